@@ -1,0 +1,63 @@
+"""Builds the FastAPI application: state in the lifespan, routes, and the error mapper."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes_chat import router as chat_router
+from api.routes_models import router as models_router
+from backends.embedded_model import ensure_embedded_model
+from backends.registry import ModelRegistry
+from settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def _engine_factory(settings: Settings):
+    def load(path: Path):
+        from backends.llamacpp import LlamaCppEngine  # imported on first load: llama.cpp is a heavy import
+
+        is_default = path.name == settings.model_name or path.stem == settings.model_name
+        return LlamaCppEngine(path, settings, settings.chat_template if is_default else None)
+
+    return load
+
+
+async def _start_up(settings: Settings, registry: ModelRegistry) -> None:
+    """Make the default model available: assemble the embedded one if needed, then load it."""
+    if settings.assemble_default_model:
+        await asyncio.to_thread(ensure_embedded_model, settings.models_dir, settings.model_name)
+    try:
+        await registry.ensure_loaded(None)
+    except Exception as exc:  # the server still starts; /health and / report the failure
+        logger.error("Default model '%s' is not available: %s", settings.model_name, getattr(exc, "message", exc))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = ModelRegistry(settings.models_dir, settings.model_name, _engine_factory(settings))
+        app.state.settings = settings
+        app.state.registry = registry
+        app.state.startup = asyncio.create_task(_start_up(settings, registry))
+        try:
+            yield
+        finally:
+            app.state.startup.cancel()
+            await asyncio.gather(app.state.startup, return_exceptions=True)
+            await registry.aclose()
+
+    app = FastAPI(title="OpenAI-compatible LLM server", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(chat_router)
+    app.include_router(models_router)
+    return app

@@ -1,0 +1,118 @@
+"""Serves one chat completion request: lease the model, run its choices, answer whole or as SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from sse_starlette import EventSourceResponse
+
+from api.chat_request import build_generation_requests, log_unknown_fields
+from api.chat_response import ChoiceAccumulator, ChunkBuilder, CompletionIdentity, whole_completion
+from api.choice_streams import merge_choices, wait_for_disconnect
+from api.errors import error_body
+from api.protocol import ChatCompletionRequest
+from backends.base import GenerationChunk, GenerationFinished, TokenDelta
+from backends.registry import ModelRegistry
+from errors import EngineFailure, ServerError
+
+logger = logging.getLogger(__name__)
+
+ChoiceChunks = AsyncIterator[tuple[int, GenerationChunk]]
+
+
+async def handle_chat_completion(body: ChatCompletionRequest, request: Request, registry: ModelRegistry) -> Response:
+    log_unknown_fields(body)
+    resources = AsyncExitStack()  # holds the model lease; a stream takes it over and releases it when it ends
+    handed_to_stream = False
+    try:
+        model = await resources.enter_async_context(registry.lease(body.model))
+        generation_requests = build_generation_requests(body, model.renderer, model.engine.capabilities)
+        identity = CompletionIdentity(model=model.model_id)
+        chunks = merge_choices([model.engine.generate(r) for r in generation_requests])
+        if body.stream:
+            response = await _start_stream(body, identity, chunks, resources)
+            handed_to_stream = True
+            return response
+        return await _whole_response(body, identity, chunks, request)
+    finally:
+        if not handed_to_stream:
+            await resources.aclose()
+
+
+async def _whole_response(
+    body: ChatCompletionRequest, identity: CompletionIdentity, chunks: ChoiceChunks, request: Request
+) -> Response:
+    choices = [ChoiceAccumulator() for _ in range(body.n or 1)]
+
+    async def collect() -> None:
+        async for index, chunk in chunks:
+            choices[index].add(chunk)
+
+    # A client that hangs up mid-generation must free its slot, not keep the engine busy for nobody.
+    collecting = asyncio.create_task(collect())
+    disconnected = asyncio.create_task(wait_for_disconnect(request.receive))
+    try:
+        await asyncio.wait({collecting, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnected.cancel()
+        if not collecting.done():
+            collecting.cancel()
+            await asyncio.gather(collecting, return_exceptions=True)
+            await chunks.aclose()
+    if collecting.cancelled():
+        logger.info("Client disconnected; generation %s cancelled", identity.id)
+        return Response(status_code=499)
+    collecting.result()  # re-raises an engine error as an HTTP error
+    completion = whole_completion(identity, choices, want_logprobs=bool(body.logprobs))
+    return JSONResponse(completion.model_dump())
+
+
+async def _start_stream(
+    body: ChatCompletionRequest, identity: CompletionIdentity, chunks: ChoiceChunks, resources: AsyncExitStack
+) -> Response:
+    # Wait for the first token before sending headers, so a request that cannot start is a real HTTP error.
+    first = await anext(chunks)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    builder = ChunkBuilder(identity, include_usage=include_usage, want_logprobs=bool(body.logprobs))
+    events = _sse_events(builder, body.n or 1, first, chunks, resources)
+    return EventSourceResponse(events, sep="\n", ping=15)
+
+
+async def _sse_events(
+    builder: ChunkBuilder, n: int, first: tuple[int, GenerationChunk], chunks: ChoiceChunks, resources: AsyncExitStack
+) -> AsyncIterator[dict]:
+    usages = {}
+    try:
+        for index in range(n):
+            yield _event(builder.role(index))
+        pending: tuple[int, GenerationChunk] | None = first
+        while pending is not None:
+            index, chunk = pending
+            if isinstance(chunk, TokenDelta):
+                if chunk.text or chunk.logprobs:
+                    yield _event(builder.delta(index, chunk))
+            elif isinstance(chunk, GenerationFinished):
+                usages[index] = chunk.usage
+                yield _event(builder.finish(index, chunk))
+            pending = await anext(chunks, None)
+        if builder.include_usage:
+            yield _event(builder.usage([usages[i] for i in sorted(usages)]))
+        yield {"data": "[DONE]"}
+    except ServerError as exc:
+        yield _event(error_body(exc))
+    except Exception:
+        logger.exception("Stream %s failed", builder.identity.id)
+        yield _event(error_body(EngineFailure("The engine failed while generating this response.")))
+    finally:
+        await chunks.aclose()
+        await resources.aclose()
+
+
+def _event(payload: dict) -> dict:
+    return {"data": json.dumps(payload, ensure_ascii=False, separators=(",", ":"))}

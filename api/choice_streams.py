@@ -1,0 +1,56 @@
+"""Runs the `n` choices of one request side by side and merges their chunks into one ordered stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from backends.base import GenerationChunk
+
+_DONE = object()
+
+
+async def merge_choices(streams: list[AsyncIterator[GenerationChunk]]) -> AsyncIterator[tuple[int, GenerationChunk]]:
+    """Yield (choice index, chunk) as chunks arrive. The first error from any choice is raised; closing the
+    merged iterator early cancels every choice (and so frees their engine slots)."""
+    if len(streams) == 1:
+        # aclosing: an async for does not close its iterator when we are closed early; the engine must know.
+        async with aclosing(streams[0]) as stream:
+            async for chunk in stream:
+                yield 0, chunk
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[GenerationChunk]) -> None:
+        try:
+            async for chunk in stream:
+                await queue.put((index, chunk))
+        except Exception as exc:
+            await queue.put((index, exc))
+        finally:
+            await queue.put((index, _DONE))
+
+    tasks = [asyncio.create_task(pump(index, stream)) for index, stream in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is _DONE:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def wait_for_disconnect(receive) -> None:
+    """Return when the ASGI client disconnects (the request body has already been read)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,91 @@
+"""The one place errors become HTTP responses, always in OpenAI's `{"error": {...}}` shape."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.protocol import ErrorDetail, ErrorResponse
+from errors import EngineFailure, ServerError
+
+logger = logging.getLogger(__name__)
+
+
+def error_body(exc: ServerError) -> dict:
+    detail = ErrorDetail(message=exc.message, type=exc.error_type, param=exc.param, code=exc.code)
+    return ErrorResponse(error=detail).model_dump()
+
+
+def error_response(exc: ServerError) -> JSONResponse:
+    headers = {}
+    retry_after = getattr(exc, "retry_after_seconds", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
+
+
+def _param_from_location(location: tuple) -> str | None:
+    """("body", "messages", 0, "role") -> "messages[0].role"."""
+    parts = [p for p in location if p != "body"]
+    # pydantic adds the union member tried ("str", "list[...]") and constraint names; they mean nothing to users.
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif "[" in str(part) or str(part) in {"str", "int", "float", "bool", "function-after", "constrained-int"}:
+            continue
+        else:
+            text += f".{part}" if text else str(part)
+    return text or None
+
+
+def _validation_message(error: dict) -> str:
+    if error.get("type") == "json_invalid":
+        return "We could not parse the JSON body of your request: it is not valid JSON."
+    param = _param_from_location(tuple(error.get("loc", ())))
+    where = f" for '{param}'" if param else ""
+    return f"Invalid value{where}: {error.get('msg', 'invalid')}."
+
+
+async def _handle_server_error(_: Request, exc: ServerError) -> JSONResponse:
+    if exc.status_code >= 500:
+        logger.warning("%s: %s", type(exc).__name__, exc.message)
+    return error_response(exc)
+
+
+async def _handle_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    code = "invalid_json" if first.get("type") == "json_invalid" else "invalid_value"
+    if first.get("type") == "missing":
+        code = "missing_required_parameter"
+    detail = ErrorDetail(
+        message=_validation_message(first),
+        type="invalid_request_error",
+        param=_param_from_location(tuple(first.get("loc", ()))),
+        code=code,
+    )
+    return JSONResponse(ErrorResponse(error=detail).model_dump(), status_code=400)
+
+
+async def _handle_http_exception(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
+    detail = ErrorDetail(message=str(exc.detail), type=error_type, param=None, code=code)
+    return JSONResponse(ErrorResponse(error=detail).model_dump(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _handle_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("Unhandled error", exc_info=exc)
+    return error_response(EngineFailure("The server had an error while processing your request."))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServerError, _handle_server_error)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
+    app.add_exception_handler(Exception, _handle_unexpected)

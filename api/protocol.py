@@ -1,0 +1,192 @@
+"""Wire types: the JSON the server reads and writes, mirroring OpenAI's names and field order.
+
+Reference: https://platform.openai.com/docs/api-reference/chat . Requests accept unknown fields (clients
+send `store`, `metadata`, ...): they are kept in `model_extra` and logged at debug level by the routes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class WireModel(BaseModel):
+    """Base of every wire type. Responses drop nothing; requests tolerate extra fields."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+# ---------------------------------------------------------------- requests
+# https://platform.openai.com/docs/api-reference/chat/create
+
+
+class TextContentPart(WireModel):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(WireModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextContentPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(WireModel):
+    include_usage: bool | None = None
+
+
+class ResponseFormat(WireModel):
+    type: Literal["text", "json_object", "json_schema"]
+
+
+class ChatCompletionRequest(WireModel):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    model: str | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logprobs: bool | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=16)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    response_format: ResponseFormat | None = None
+    seed: int | None = None
+    stop: str | Annotated[list[str], Field(max_length=16)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    tool_choice: Any = None
+    tools: list[dict[str, Any]] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    user: str | None = None
+
+    # --- llama.cpp / vLLM extensions (not in OpenAI's API) ---
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    repeat_penalty: Annotated[float, Field(ge=0.0)] | None = None
+
+
+class SetModelRequest(WireModel):
+    modelName: str  # noqa: N815 - the customer's existing contract spells it this way
+
+
+# ---------------------------------------------------------------- responses
+# https://platform.openai.com/docs/api-reference/chat/object
+
+
+class TopLogprob(WireModel):
+    token: str
+    bytes: list[int] | None
+    logprob: float
+
+
+class ChatCompletionTokenLogprob(WireModel):
+    token: str
+    bytes: list[int] | None
+    logprob: float
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(WireModel):
+    content: list[ChatCompletionTokenLogprob] | None
+    refusal: list[ChatCompletionTokenLogprob] | None = None
+
+
+class PromptTokensDetails(WireModel):
+    cached_tokens: int = 0
+
+
+class CompletionUsage(WireModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class AssistantMessage(WireModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: str | None = None
+
+
+class ChatCompletionChoice(WireModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def now_seconds() -> int:
+    return int(time.time())
+
+
+class ChatCompletion(WireModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: CompletionUsage
+    system_fingerprint: str | None = None
+
+
+# https://platform.openai.com/docs/api-reference/chat/streaming
+
+
+class ChoiceDelta(WireModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatCompletionChunkChoice(WireModel):
+    index: int
+    delta: ChoiceDelta
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter", "function_call"] | None = None
+
+
+class ChatCompletionChunk(WireModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatCompletionChunkChoice]
+    usage: CompletionUsage | None = None
+    system_fingerprint: str | None = None
+
+
+# https://platform.openai.com/docs/api-reference/models/object
+
+
+class ModelCard(WireModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "local"
+
+
+class ModelList(WireModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# https://platform.openai.com/docs/guides/error-codes
+
+
+class ErrorDetail(WireModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(WireModel):
+    error: ErrorDetail

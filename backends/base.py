@@ -1,0 +1,140 @@
+"""The engine interface: what every inference backend takes and yields.
+
+Engines receive an already-rendered prompt plus sampling settings (`GenerationRequest`) and yield typed
+chunks (`TokenDelta`, then one `GenerationFinished`). They know nothing about HTTP, SSE or OpenAI shapes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    sampling: SamplingParams
+    max_tokens: int | None  # None: the engine's bounded default
+    stop: tuple[str, ...] = ()
+    top_logprobs: int | None = None  # None: no logprobs; 0..20: chosen token plus that many alternatives
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    token_bytes: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    token_bytes: bytes
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    """New completion text. `text` may be empty while bytes of a UTF-8 character are still pending."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationFinished:
+    finish_reason: FinishReason
+    usage: Usage
+
+
+GenerationChunk = TokenDelta | GenerationFinished
+
+
+@dataclass(frozen=True)
+class EngineCapabilities:
+    """What an engine honours, so the server can refuse a field instead of silently dropping it."""
+
+    streaming: bool = True
+    logprobs: bool = True
+    max_top_logprobs: int = 20
+    logit_bias: bool = True
+    seed: bool = True
+    tools: bool = False
+    json_schema: bool = False
+
+
+@dataclass(frozen=True)
+class ChatTemplateInfo:
+    """What chat rendering needs from a model: its template source and special token texts."""
+
+    source: str
+    bos_token: str = ""
+    eos_token: str = ""
+    origin: str = ""  # where the template came from, shown in model info
+
+
+class Engine(ABC):
+    """One loaded model. `generate` may be called concurrently; the engine schedules the work."""
+
+    engine_kind: str = "base"
+    capabilities: EngineCapabilities = EngineCapabilities()
+
+    @property
+    @abstractmethod
+    def context_length(self) -> int:
+        """Most tokens (prompt + completion) one sequence may hold."""
+
+    @property
+    @abstractmethod
+    def chat_template(self) -> ChatTemplateInfo:
+        """The template this model's chat requests are rendered with."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` becomes as a prompt (special tokens parsed, BOS handled as in generation)."""
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Yield deltas then exactly one `GenerationFinished`.
+
+        Raises typed errors (`ContextLengthExceeded`, `EngineBusy`...) before the first chunk when the request
+        cannot start. Closing the iterator early cancels the generation and frees its resources.
+        """
+
+    def active_sequences(self) -> int:
+        """Sequences generating right now (for status pages)."""
+        return 0
+
+    def queued_requests(self) -> int:
+        """Requests waiting for a free sequence slot."""
+        return 0
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Finish the work in flight, then release the model's memory."""

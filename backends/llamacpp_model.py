@@ -1,0 +1,164 @@
+"""A thin, typed wrapper over llama.cpp's C API (through llama-cpp-python's ctypes bindings).
+
+Only this module and the scheduler touch raw pointers. The model (weights + vocabulary) is read-only after
+loading, so tokenising from the event loop while the scheduler thread decodes is safe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    n_ctx: int
+    n_seq_max: int
+    n_batch: int
+    n_ubatch: int
+    n_threads: int
+    n_threads_batch: int
+    flash_attn: bool
+    swa_full: bool = True  # keep full KV for sliding-window layers so cached prefixes stay reusable
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class LlamaModel:
+    """Loaded GGUF weights and vocabulary."""
+
+    def __init__(self, path: Path, n_gpu_layers: int = 0) -> None:
+        _init_backend()
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        self.path = path
+        self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self.ptr:
+            raise ValueError(f"llama.cpp could not load '{path.name}' (not a valid GGUF model?)")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.ptr)
+        self.bos_token_id = llama_cpp.llama_vocab_bos(self.vocab)
+        self.eos_token_id = llama_cpp.llama_vocab_eos(self.vocab)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self._piece_cache: dict[int, bytes] = {}
+
+    # ---------------------------------------------------------------- metadata
+
+    def metadata(self, key: str) -> str | None:
+        size = llama_cpp.llama_model_meta_val_str(self.ptr, key.encode(), None, 0)
+        if size < 0:
+            return None
+        buffer = ctypes.create_string_buffer(size + 1)
+        llama_cpp.llama_model_meta_val_str(self.ptr, key.encode(), buffer, size + 1)
+        return buffer.value.decode("utf-8", errors="replace")
+
+    # ---------------------------------------------------------------- tokens
+
+    def tokenize(self, text: str) -> list[int]:
+        """Prompt tokens: special-token text (`<start_of_turn>`) becomes special tokens, and a BOS is added
+        when the model wants one and the rendered template did not already write it."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buffer = (llama_cpp.llama_token * capacity)()
+        count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity, False, True)
+        if count < 0:
+            capacity = -count
+            buffer = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity, False, True)
+        tokens = list(buffer[:count])
+        if self.add_bos and (not tokens or tokens[0] != self.bos_token_id):
+            tokens.insert(0, self.bos_token_id)
+        return tokens
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token contributes to completion text (control tokens render as nothing)."""
+        cached = self._piece_cache.get(token)
+        if cached is None:
+            cached = self._render_piece(token, special=False)
+            self._piece_cache[token] = cached
+        return cached
+
+    def token_text(self, token: int) -> bytes:
+        """A token's own text, special tokens included (used to name tokens in logprobs and templates)."""
+        return self._render_piece(token, special=True)
+
+    def _render_piece(self, token: int, *, special: bool) -> bytes:
+        buffer = ctypes.create_string_buffer(64)
+        length = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, 64, 0, special)
+        if length < 0:
+            buffer = ctypes.create_string_buffer(-length)
+            length = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, -length, 0, special)
+        return buffer.raw[:length]
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def free(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+class LlamaContext:
+    """One llama context (KV cache shared by `n_seq_max` sequences). Used only by the scheduler thread."""
+
+    def __init__(self, model: LlamaModel, config: ContextConfig) -> None:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = config.n_ctx
+        params.n_seq_max = config.n_seq_max
+        params.n_batch = config.n_batch
+        params.n_ubatch = min(config.n_ubatch, config.n_batch)
+        params.n_threads = config.n_threads
+        params.n_threads_batch = config.n_threads_batch
+        params.kv_unified = True
+        params.swa_full = config.swa_full
+        params.no_perf = True
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if config.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        self.ptr = llama_cpp.llama_init_from_model(model.ptr, params)
+        if not self.ptr:
+            raise ValueError("llama.cpp could not create a context (out of memory for this n_ctx?)")
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ptr)
+        self.n_batch = llama_cpp.llama_n_batch(self.ptr)
+        self.memory = llama_cpp.llama_get_memory(self.ptr)
+        self.n_vocab = model.n_vocab
+
+    def decode(self, batch: llama_cpp.llama_batch) -> int:
+        return llama_cpp.llama_decode(self.ptr, batch)
+
+    def logits(self, batch_index: int):
+        """Raw logits row for a batch position that requested logits (a float* of n_vocab)."""
+        return llama_cpp.llama_get_logits_ith(self.ptr, batch_index)
+
+    def remove_tokens(self, seq_id: int, start: int) -> bool:
+        """Drop a sequence's KV from position `start` on; False if the cache cannot cut there."""
+        return bool(llama_cpp.llama_memory_seq_rm(self.memory, seq_id, start, -1))
+
+    def clear_sequence(self, seq_id: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+
+    def first_position(self, seq_id: int) -> int:
+        """Smallest position still cached for the sequence (-1 if empty); > 0 means older KV was evicted."""
+        return llama_cpp.llama_memory_seq_pos_min(self.memory, seq_id)
+
+    def free(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_free(self.ptr)
+            self.ptr = None

@@ -1,0 +1,94 @@
+"""Per-sequence sampling with llama.cpp's own C sampler chain, and logprobs for the chosen tokens.
+
+Sampling in C keeps per-token Python work constant instead of proportional to the 262k-token vocabulary.
+The chain order follows llama.cpp's defaults: bias -> penalties -> top_k -> top_p -> min_p -> temp -> dist.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import random
+
+import llama_cpp
+import numpy as np
+
+from backends.base import SamplingParams, TokenLogprob, TopLogprob
+from backends.llamacpp_model import LlamaModel
+
+
+def _logit_bias_sampler(n_vocab: int, logit_bias: dict[int, float]):
+    entries = (llama_cpp.llama_logit_bias * len(logit_bias))()
+    for entry, (token, bias) in zip(entries, logit_bias.items(), strict=True):
+        entry.token = token
+        entry.bias = bias
+    return llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(logit_bias), entries)
+
+
+def _uses_penalties(params: SamplingParams) -> bool:
+    return params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+
+
+class SamplerChain:
+    """Owns one llama_sampler chain; `sample` picks the next token from a batch row and records it."""
+
+    def __init__(self, model: LlamaModel, params: SamplingParams, prompt_tokens: list[int]) -> None:
+        chain_params = llama_cpp.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
+        add = lambda sampler: llama_cpp.llama_sampler_chain_add(self.ptr, sampler)  # noqa: E731
+        if params.logit_bias:
+            add(_logit_bias_sampler(model.n_vocab, params.logit_bias))
+        if _uses_penalties(params):
+            add(
+                llama_cpp.llama_sampler_init_penalties(
+                    params.penalty_last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
+                )
+            )
+        if params.temperature <= 0.0:
+            add(llama_cpp.llama_sampler_init_greedy())
+        else:
+            if params.top_k > 0:
+                add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+            if params.top_p < 1.0:
+                add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            if params.min_p > 0.0:
+                add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+            add(llama_cpp.llama_sampler_init_temp(params.temperature))
+            seed = params.seed if params.seed is not None else random.getrandbits(32)
+            add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        if _uses_penalties(params):
+            # Penalties look back over recent tokens, prompt included (as llama-server does).
+            for token in prompt_tokens[-params.penalty_last_n :]:
+                llama_cpp.llama_sampler_accept(self.ptr, token)
+
+    def sample(self, context_ptr, batch_index: int) -> int:
+        return llama_cpp.llama_sampler_sample(self.ptr, context_ptr, batch_index)
+
+    def free(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_sampler_free(self.ptr)
+            self.ptr = None
+
+
+def token_logprobs(model: LlamaModel, logits_ptr, token: int, top_n: int) -> TokenLogprob:
+    """Log-probability of `token` under the model's raw distribution, plus the `top_n` most likely tokens."""
+    logits = np.ctypeslib.as_array(ctypes.cast(logits_ptr, ctypes.POINTER(ctypes.c_float)), shape=(model.n_vocab,))
+    peak = float(logits.max())
+    log_normalizer = peak + float(np.log(np.exp(logits - peak).sum()))
+    top: tuple[TopLogprob, ...] = ()
+    if top_n > 0:
+        candidates = np.argpartition(logits, -top_n)[-top_n:]
+        candidates = candidates[np.argsort(-logits[candidates])]
+        top = tuple(_top_entry(model, int(t), float(logits[t]) - log_normalizer) for t in candidates)
+    text = model.token_text(token)
+    return TokenLogprob(
+        token=text.decode("utf-8", errors="replace"),
+        token_bytes=text,
+        logprob=float(logits[token]) - log_normalizer,
+        top=top,
+    )
+
+
+def _top_entry(model: LlamaModel, token: int, logprob: float) -> TopLogprob:
+    text = model.token_text(token)
+    return TopLogprob(token=text.decode("utf-8", errors="replace"), token_bytes=text, logprob=logprob)

@@ -1,0 +1,285 @@
+"""The llama.cpp scheduler: one thread owns the context and decodes every active sequence together.
+
+Each step builds one `llama_batch` holding one token per decoding sequence plus a chunk of prompt tokens
+for sequences still reading their prompt, calls `llama_decode` once, then samples each sequence that
+produced logits with its own sampler chain. Requests join between steps (FIFO); a finished or cancelled
+sequence frees its slot at once, but its KV stays cached so the next prompt sharing its prefix skips it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import llama_cpp
+
+from backends.base import (
+    GenerationChunk,
+    GenerationFinished,
+    SamplingParams,
+    TokenDelta,
+    TokenLogprob,
+    Usage,
+)
+from backends.llamacpp_model import LlamaContext, LlamaModel
+from backends.llamacpp_sampling import SamplerChain, token_logprobs
+from backends.text_output import IncrementalDetokenizer, StopStringFilter
+from errors import EngineBusy, EngineFailure
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[GenerationChunk | Exception], None]
+
+
+@dataclass(eq=False)
+class SequenceJob:
+    """One sequence to generate, handed from the event loop to the scheduler thread."""
+
+    prompt_tokens: list[int]
+    sampling: SamplingParams
+    max_tokens: int
+    stop: tuple[str, ...]
+    top_logprobs: int | None
+    emit: Emit  # thread-safe: delivers chunks (or an exception) to the waiting request
+    cancelled: bool = False  # set by the request side when the client goes away
+
+
+@dataclass(eq=False)
+class Slot:
+    """A sequence id in the shared context, and the job using it (if any)."""
+
+    seq_id: int
+    cached_tokens: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds, in order
+    job: SequenceJob | None = None
+    prompt_cursor: int = 0  # next prompt token to feed
+    next_token: int | None = None  # sampled token waiting to be decoded
+    batch_index: int = -1  # row of this step's batch that holds our logits, -1 if none
+    sampler: SamplerChain | None = None
+    detokenizer: IncrementalDetokenizer | None = None
+    stop_filter: StopStringFilter | None = None
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    completion_tokens: int = 0
+    reused_tokens: int = 0
+
+    @property
+    def prefilling(self) -> bool:
+        return self.job is not None and self.prompt_cursor < len(self.job.prompt_tokens)
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    limit = min(len(a), len(b))
+    index = 0
+    while index < limit and a[index] == b[index]:
+        index += 1
+    return index
+
+
+class Scheduler:
+    def __init__(self, model: LlamaModel, context: LlamaContext, n_slots: int, seq_ctx: int, max_queue: int) -> None:
+        self.model = model
+        self.context = context
+        self.seq_ctx = seq_ctx
+        self.max_queue = max_queue
+        self.slots = [Slot(seq_id=i) for i in range(n_slots)]
+        self._waiting: deque[SequenceJob] = deque()
+        self._wakeup = threading.Condition()
+        self._accepting = True
+        self._stopping = False
+        self._batch = llama_cpp.llama_batch_init(context.n_batch, 0, 1)
+        self._thread = threading.Thread(target=self._run, name="llamacpp-scheduler", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- event-loop side
+
+    def submit(self, job: SequenceJob) -> None:
+        with self._wakeup:
+            if not self._accepting:
+                raise EngineFailure("This model is being unloaded; retry the request.")
+            if len(self._waiting) >= self.max_queue and not self._has_free_slot():
+                raise EngineBusy("All sequences are busy and the queue is full; retry later.")
+            self._waiting.append(job)
+            self._wakeup.notify()
+
+    def cancel(self, job: SequenceJob) -> None:
+        job.cancelled = True
+        with self._wakeup:
+            if job in self._waiting:
+                self._waiting.remove(job)
+            self._wakeup.notify()
+
+    @property
+    def active_sequences(self) -> int:
+        return sum(1 for slot in self.slots if slot.job is not None)
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def shutdown(self) -> None:
+        """Stop taking work, let everything already accepted finish, then stop the thread."""
+        with self._wakeup:
+            self._accepting = False
+            self._stopping = True
+            self._wakeup.notify()
+        self._thread.join()
+        llama_cpp.llama_batch_free(self._batch)
+
+    # ---------------------------------------------------------------- scheduler thread
+
+    def _has_free_slot(self) -> bool:
+        return any(slot.job is None for slot in self.slots)
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._waiting and self.active_sequences == 0:
+                    if self._stopping:
+                        return
+                    self._wakeup.wait()
+                self._admit_waiting()
+            try:
+                self._step()
+            except Exception as exc:  # a bug or decode failure must not kill the thread and hang clients
+                logger.exception("Scheduler step failed")
+                self._fail_active(EngineFailure(f"The engine failed while generating: {exc}"))
+
+    def _admit_waiting(self) -> None:
+        """Move queued jobs into free slots, preferring the slot whose cached KV shares the longest prefix."""
+        while self._waiting and self._has_free_slot():
+            job = self._waiting.popleft()
+            free = [slot for slot in self.slots if slot.job is None]
+            slot = max(free, key=lambda s: common_prefix_length(s.cached_tokens, job.prompt_tokens))
+            self._start(slot, job)
+
+    def _start(self, slot: Slot, job: SequenceJob) -> None:
+        reuse = common_prefix_length(slot.cached_tokens, job.prompt_tokens)
+        reuse = min(reuse, len(job.prompt_tokens) - 1)  # the last prompt token is always evaluated for logits
+        # Sliding-window caches may have evicted old positions: only reuse what is really still there.
+        if reuse > 0 and self.context.first_position(slot.seq_id) > 0:
+            reuse = 0
+        if reuse == 0 or not self.context.remove_tokens(slot.seq_id, reuse):
+            self.context.clear_sequence(slot.seq_id)
+            reuse = 0
+        slot.cached_tokens = job.prompt_tokens[:reuse]
+        slot.job = job
+        slot.prompt_cursor = reuse
+        slot.reused_tokens = reuse
+        slot.next_token = None
+        slot.completion_tokens = 0
+        slot.pending_logprobs = []
+        slot.sampler = SamplerChain(self.model, job.sampling, job.prompt_tokens)
+        slot.detokenizer = IncrementalDetokenizer()
+        slot.stop_filter = StopStringFilter(job.stop)
+
+    def _step(self) -> None:
+        self._drop_cancelled()
+        batch = self._batch
+        batch.n_tokens = 0
+        active = [slot for slot in self.slots if slot.job is not None]
+        for slot in active:
+            slot.batch_index = -1
+        # Decoding sequences first (one token each) so running streams never wait behind a long prompt.
+        for slot in active:
+            if slot.next_token is not None:
+                slot.batch_index = self._add_to_batch(slot, slot.next_token, want_logits=True)
+                slot.next_token = None
+        for slot in active:
+            if slot.prefilling:
+                self._add_prompt_chunk(slot)
+        if batch.n_tokens == 0:
+            return
+        status = self.context.decode(batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status}")
+        for slot in active:
+            if slot.batch_index >= 0:
+                self._sample(slot)
+
+    def _add_to_batch(self, slot: Slot, token: int, *, want_logits: bool) -> int:
+        batch = self._batch
+        index = batch.n_tokens
+        batch.token[index] = token
+        batch.pos[index] = len(slot.cached_tokens)
+        batch.n_seq_id[index] = 1
+        batch.seq_id[index][0] = slot.seq_id
+        batch.logits[index] = want_logits
+        batch.n_tokens = index + 1
+        slot.cached_tokens.append(token)
+        return index
+
+    def _add_prompt_chunk(self, slot: Slot) -> None:
+        prompt = slot.job.prompt_tokens
+        room = self.context.n_batch - self._batch.n_tokens
+        end = min(len(prompt), slot.prompt_cursor + room)
+        for position in range(slot.prompt_cursor, end):
+            is_last = position == len(prompt) - 1
+            index = self._add_to_batch(slot, prompt[position], want_logits=is_last)
+            if is_last:
+                slot.batch_index = index
+        slot.prompt_cursor = end
+
+    def _sample(self, slot: Slot) -> None:
+        job = slot.job
+        token = slot.sampler.sample(self.context.ptr, slot.batch_index)
+        slot.completion_tokens += 1
+        if job.top_logprobs is not None and not self.model.is_end_of_generation(token):
+            logits = self.context.logits(slot.batch_index)
+            slot.pending_logprobs.append(token_logprobs(self.model, logits, token, job.top_logprobs))
+        if self.model.is_end_of_generation(token):
+            self._finish(slot, "stop")
+            return
+        text = slot.stop_filter.push(slot.detokenizer.push(self.model.piece(token)))
+        if slot.stop_filter.stopped:
+            self._finish(slot, "stop", text)
+            return
+        if text:
+            job.emit(TokenDelta(text=text, logprobs=tuple(slot.pending_logprobs)))
+            slot.pending_logprobs = []
+        if slot.completion_tokens >= job.max_tokens or len(slot.cached_tokens) >= self.seq_ctx:
+            self._finish(slot, "length")
+            return
+        slot.next_token = token
+
+    def _finish(self, slot: Slot, reason: str, text: str = "") -> None:
+        job = slot.job
+        if not slot.stop_filter.stopped:
+            text += slot.stop_filter.push(slot.detokenizer.flush())
+            text += slot.stop_filter.flush()
+        if text or slot.pending_logprobs:
+            job.emit(TokenDelta(text=text, logprobs=tuple(slot.pending_logprobs)))
+        usage = Usage(
+            prompt_tokens=len(job.prompt_tokens),
+            completion_tokens=slot.completion_tokens,
+            cached_tokens=slot.reused_tokens,
+        )
+        job.emit(GenerationFinished(finish_reason=reason, usage=usage))
+        self._release(slot)
+
+    def _release(self, slot: Slot) -> None:
+        if slot.sampler is not None:
+            slot.sampler.free()
+        slot.job = None
+        slot.sampler = None
+        slot.detokenizer = None
+        slot.stop_filter = None
+        slot.next_token = None
+        slot.batch_index = -1
+        # cached_tokens keeps exactly what was decoded (even a prompt cut off mid-prefill): the next request
+        # sharing that prefix reuses it.
+
+    def _drop_cancelled(self) -> None:
+        for slot in self.slots:
+            if slot.job is not None and slot.job.cancelled:
+                self._release(slot)
+
+    def _fail_active(self, error: Exception) -> None:
+        for slot in self.slots:
+            if slot.job is not None:
+                slot.job.emit(error)
+                self._release(slot)
+                # The failed step's KV state is unknown: forget the cache for this sequence.
+                self.context.clear_sequence(slot.seq_id)
+                slot.cached_tokens = []

@@ -1,0 +1,67 @@
+"""Engine-independent text assembly: token bytes -> UTF-8 text, and stop-string detection.
+
+Both work on a stream, so every engine can emit text token by token without ever splitting a UTF-8
+character or leaking the beginning of a stop string to the client.
+"""
+
+import codecs
+
+
+class IncrementalDetokenizer:
+    """Turns token byte pieces into text, holding back incomplete UTF-8 sequences until they complete."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, piece: bytes) -> str:
+        return self._decoder.decode(piece)
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+class StopStringFilter:
+    """Cuts generated text at the first stop string.
+
+    Text that could still turn into a stop string is held back; everything before it is released.
+    """
+
+    def __init__(self, stop_strings: tuple[str, ...]) -> None:
+        self._stops = tuple(s for s in stop_strings if s)
+        self._held = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        """Return the text that is safe to emit now. After a stop string is found, returns '' forever."""
+        if self.stopped or not text:
+            return ""
+        if not self._stops:
+            return text
+        buffer = self._held + text
+        cut = self._first_stop_index(buffer)
+        if cut is not None:
+            self.stopped = True
+            self._held = ""
+            return buffer[:cut]
+        keep = self._longest_partial_suffix(buffer)
+        self._held = buffer[len(buffer) - keep :]
+        return buffer[: len(buffer) - keep]
+
+    def flush(self) -> str:
+        """Release held-back text at the end of generation (it never became a stop string)."""
+        held, self._held = self._held, ""
+        return "" if self.stopped else held
+
+    def _first_stop_index(self, buffer: str) -> int | None:
+        hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
+        return min(hits) if hits else None
+
+    def _longest_partial_suffix(self, buffer: str) -> int:
+        """Length of the longest buffer suffix that is a proper prefix of some stop string."""
+        best = 0
+        for stop in self._stops:
+            for length in range(min(len(stop) - 1, len(buffer)), best, -1):
+                if buffer.endswith(stop[:length]):
+                    best = length
+                    break
+        return best

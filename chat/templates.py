@@ -1,0 +1,107 @@
+"""Chat templates: choosing one for a model and rendering messages into a prompt.
+
+Templates shipped inside model files are untrusted code (CVE-2024-34359 was exactly this), so every
+template is compiled in Jinja's immutable sandbox, whatever its origin.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from backends.base import ChatTemplateInfo
+from errors import InvalidRequest
+
+# Architecture (GGUF `general.architecture`) -> template file in templates/. Llama 2 era models share the
+# `llama` architecture with Llama 3, so the model name decides between llama3 and mistral-style prompts.
+_TEMPLATE_BY_ARCHITECTURE = {
+    "gemma": "gemma",
+    "gemma2": "gemma",
+    "gemma3": "gemma",
+    "gemma3n": "gemma",
+    "phi3": "phi3",
+    "mistral": "mistral",
+    "qwen2": "chatml",
+    "qwen3": "chatml",
+}
+FALLBACK_TEMPLATE = "chatml"
+
+
+def builtin_template_name(architecture: str, model_name: str) -> str:
+    """Pick the shipped template for a model that carries none of its own."""
+    if architecture == "llama":
+        lowered = model_name.lower()
+        if "llama-3" in lowered or "llama3" in lowered:
+            return "llama3"
+        if "mistral" in lowered or "mixtral" in lowered:
+            return "mistral"
+    return _TEMPLATE_BY_ARCHITECTURE.get(architecture, FALLBACK_TEMPLATE)
+
+
+def resolve_template_source(
+    *,
+    override: str | None,
+    sidecar: Path | None,
+    embedded: str | None,
+    architecture: str,
+    model_name: str,
+    templates_dir: Path,
+) -> tuple[str, str]:
+    """Return (template source, origin), in order: operator override, `<model>.jinja` beside the model file,
+    the template embedded in the model, then the shipped template for the architecture."""
+    if override:
+        override_path = Path(override)
+        if not override_path.is_file():
+            override_path = templates_dir / f"{override.removesuffix('.jinja')}.jinja"
+        return override_path.read_text(encoding="utf-8"), f"override:{override_path.name}"
+    if sidecar is not None and sidecar.is_file():
+        return sidecar.read_text(encoding="utf-8"), f"file:{sidecar.name}"
+    if embedded:
+        return embedded, "model"
+    name = builtin_template_name(architecture, model_name)
+    return (templates_dir / f"{name}.jinja").read_text(encoding="utf-8"), f"builtin:{name}"
+
+
+def _raise_exception(message: str) -> None:
+    raise InvalidRequest(f"The chat template rejected the conversation: {message}", param="messages")
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.datetime.now().strftime(fmt)
+
+
+def _new_environment() -> ImmutableSandboxedEnvironment:
+    # Same whitespace rules and helpers as Hugging Face's renderer, so templates written for it behave alike.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.ChainableUndefined)
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+class ChatPromptRenderer:
+    """Renders OpenAI-style message dicts with one model's template (compiled once)."""
+
+    def __init__(self, info: ChatTemplateInfo) -> None:
+        self.info = info
+        try:
+            self._template = _new_environment().from_string(info.source)
+        except jinja2.TemplateError as exc:
+            raise ValueError(f"chat template ({info.origin}) does not compile: {exc}") from exc
+
+    def render(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
+        try:
+            return self._template.render(
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.info.bos_token,
+                eos_token=self.info.eos_token,
+            )
+        except InvalidRequest:
+            raise
+        except jinja2.exceptions.SecurityError as exc:
+            raise InvalidRequest(f"The model's chat template attempted an unsafe operation: {exc}") from exc
+        except jinja2.TemplateError as exc:
+            raise InvalidRequest(f"The chat template could not render this conversation: {exc}") from exc

@@ -1,0 +1,61 @@
+"""Typed errors raised anywhere below the HTTP layer.
+
+Each carries the OpenAI error fields; `api/errors.py` is the one place that turns them into responses.
+Engines and chat logic raise these instead of HTTP exceptions so they stay HTTP-agnostic.
+"""
+
+
+class ServerError(Exception):
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(ServerError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class ModelNotFound(ServerError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+    def __init__(self, model: str):
+        super().__init__(f"The model '{model}' does not exist or is not available here.", param="model")
+
+
+class ModelLoading(ServerError):
+    """The model is not ready yet; clients should retry."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "model_loading"
+    retry_after_seconds = 1
+
+
+class EngineBusy(ServerError):
+    """All slots are taken and the waiting queue is full."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "server_busy"
+    retry_after_seconds = 1
+
+
+class EngineFailure(ServerError):
+    """The engine failed while working on a request (decode error, model load error...)."""
+
+    code = "engine_error"

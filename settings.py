@@ -1,0 +1,53 @@
+"""Server settings: one pydantic-settings class read from the environment, `.env` and the CLI.
+
+Every field becomes an environment variable (`LLM_SERVER_<FIELD>`) and a command-line flag in both
+spellings (`--model_name` and `--model-name`); `cli.py` derives the flags from this class so they are
+never written twice.
+"""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LLM_SERVER_", env_file=".env", extra="ignore", protected_namespaces=()
+    )
+
+    model_name: str = Field(
+        DEFAULT_MODEL_FILE,
+        description="Model served when a request names none: a file name (or its stem) in the models directory.",
+    )
+    host: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    log_level: str = Field("info", description="Logging level: debug, info, warning, error.")
+    models_dir: Path = Field(PROJECT_ROOT / "models", description="Directory holding model files.")
+    cache_dir: Path = Field(PROJECT_ROOT / "cache", description="Directory for the persistent prompt cache.")
+    templates_dir: Path = Field(
+        PROJECT_ROOT / "templates",
+        description="Directory of fallback Jinja chat templates, chosen by model architecture.",
+    )
+    n_ctx: int = Field(8192, ge=64, description="Total context size in tokens, shared by all parallel sequences.")
+    n_threads: int = Field(0, ge=0, description="CPU threads for decoding; 0 = all cores.")
+    n_threads_batch: int = Field(0, ge=0, description="CPU threads for prompt processing; 0 = same as --n-threads.")
+    n_batch: int = Field(512, ge=1, description="Most tokens handed to one llama_decode call (prompt chunk size).")
+    n_ubatch: int = Field(512, ge=1, description="Physical micro-batch size inside llama_decode.")
+    n_gpu_layers: int = Field(0, description="Layers offloaded to a GPU when llama.cpp was built with one; -1 = all.")
+    flash_attn: bool = Field(False, description="Use flash attention where the llama.cpp build supports it.")
+    parallel: int = Field(4, ge=1, le=64, description="Sequences decoded together in one batch (slots) per model.")
+    max_queue: int = Field(64, ge=0, description="Requests that may wait for a free slot; more get 503 + Retry-After.")
+    default_max_tokens: int = Field(
+        1024, ge=1, description="Completion length cap when a request sets no max_tokens (also bounded by context)."
+    )
+    chat_template: str | None = Field(
+        None,
+        description="Override the default model's chat template: a template name in templates/ or a file path.",
+    )
+    assemble_default_model: bool = Field(
+        True, description="Assemble the embedded gemma GGUF into the models directory on start if it is missing."
+    )
