@@ -1,0 +1,40 @@
+"""Fixtures that start the real server with the real llama.cpp engine and the embedded gemma model."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.server_process import ServerProcess
+
+# Token ids of gemma's end-of-generation tokens (<eos>, <end_of_turn>): banning them forces full-length output.
+GEMMA_END_TOKENS = {"1": -100, "106": -100}
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    process = ServerProcess("--n-ctx", "4096", "--parallel", "4", "--log-level", "info", log_path=log_path)
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", _strict_response_validation=True)
+
+
+@pytest.fixture(scope="session")
+def bare_client(server) -> openai.OpenAI:
+    """Configured with the bare base_url, as some clients are: requests go to /chat/completions."""
+    return openai.OpenAI(base_url=server.base_url, api_key="x", _strict_response_validation=True)
+
+
+@pytest.fixture()
+def http(server):
+    with httpx.Client(base_url=server.base_url, timeout=60) as session:
+        yield session
