@@ -151,6 +151,10 @@ class LlamaContext:
         """Drop a sequence's KV from position `start` on; False if the cache cannot cut there."""
         return bool(llama_cpp.llama_memory_seq_rm(self.memory, seq_id, start, -1))
 
+    def copy_prefix(self, source_seq: int, target_seq: int, length: int) -> None:
+        """Make positions [0, length) of `source_seq` part of `target_seq` too (shared cells, no copy)."""
+        llama_cpp.llama_memory_seq_cp(self.memory, source_seq, target_seq, 0, length)
+
     def clear_sequence(self, seq_id: int) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
 

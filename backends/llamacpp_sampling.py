@@ -41,6 +41,7 @@ class SamplerChain:
         if _uses_penalties(params):
             add(
                 llama_cpp.llama_sampler_init_penalties(
+                    model.n_vocab,
                     params.penalty_last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
                 )
             )

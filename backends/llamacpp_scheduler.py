@@ -152,25 +152,42 @@ class Scheduler:
             job = self._waiting.popleft()
             free = [slot for slot in self.slots if slot.job is None]
             slot = max(free, key=lambda s: common_prefix_length(s.cached_tokens, job.prompt_tokens))
-            self._start(slot, job)
+            try:
+                self._start(slot, job)
+            except Exception as exc:  # one bad request must not take the scheduler thread down
+                logger.exception("Could not start a sequence")
+                slot.job = job
+                self._abort(slot, EngineFailure(f"The engine could not start this request: {exc}"))
+
+    def _reusable_prefix(self, slot: Slot, prompt: list[int]) -> int:
+        """Prompt tokens whose KV `slot` holds and can serve; the last prompt token is always evaluated (logits).
+        Sliding-window caches may have evicted old positions: a sequence missing position 0 offers nothing."""
+        if self.context.first_position(slot.seq_id) > 0:
+            return 0
+        return min(common_prefix_length(slot.cached_tokens, prompt), len(prompt) - 1)
 
     def _start(self, slot: Slot, job: SequenceJob) -> None:
-        reuse = common_prefix_length(slot.cached_tokens, job.prompt_tokens)
-        reuse = min(reuse, len(job.prompt_tokens) - 1)  # the last prompt token is always evaluated for logits
-        # Sliding-window caches may have evicted old positions: only reuse what is really still there.
-        if reuse > 0 and self.context.first_position(slot.seq_id) > 0:
-            reuse = 0
-        if reuse == 0 or not self.context.remove_tokens(slot.seq_id, reuse):
+        prompt = job.prompt_tokens
+        reuse = self._reusable_prefix(slot, prompt)
+        # Another sequence (even one still generating) may hold a longer prefix, e.g. the same system prompt:
+        # share its KV cells instead of recomputing them (cheap in a unified cache: cells gain a sequence id).
+        donor = max(self.slots, key=lambda s: self._reusable_prefix(s, prompt) if s is not slot else -1)
+        shared = self._reusable_prefix(donor, prompt) if donor is not slot else 0
+        if shared > reuse:
+            self.context.clear_sequence(slot.seq_id)
+            self.context.copy_prefix(donor.seq_id, slot.seq_id, shared)
+            reuse = shared
+        elif reuse == 0 or not self.context.remove_tokens(slot.seq_id, reuse):
             self.context.clear_sequence(slot.seq_id)
             reuse = 0
-        slot.cached_tokens = job.prompt_tokens[:reuse]
+        slot.cached_tokens = prompt[:reuse]
         slot.job = job
         slot.prompt_cursor = reuse
         slot.reused_tokens = reuse
         slot.next_token = None
         slot.completion_tokens = 0
         slot.pending_logprobs = []
-        slot.sampler = SamplerChain(self.model, job.sampling, job.prompt_tokens)
+        slot.sampler = SamplerChain(self.model, job.sampling, prompt)
         slot.detokenizer = IncrementalDetokenizer()
         slot.stop_filter = StopStringFilter(job.stop)
 
@@ -278,8 +295,11 @@ class Scheduler:
     def _fail_active(self, error: Exception) -> None:
         for slot in self.slots:
             if slot.job is not None:
-                slot.job.emit(error)
-                self._release(slot)
-                # The failed step's KV state is unknown: forget the cache for this sequence.
-                self.context.clear_sequence(slot.seq_id)
-                slot.cached_tokens = []
+                self._abort(slot, error)
+
+    def _abort(self, slot: Slot, error: Exception) -> None:
+        """End a sequence with an error. Its KV state is unknown after a failure, so forget its cache."""
+        slot.job.emit(error)
+        self._release(slot)
+        self.context.clear_sequence(slot.seq_id)
+        slot.cached_tokens = []

@@ -15,7 +15,7 @@ GEMMA_END_TOKENS = {"1": -100, "106": -100}
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    process = ServerProcess("--n-ctx", "4096", "--parallel", "4", "--log-level", "info", log_path=log_path)
+    process = ServerProcess("--n-ctx", "8192", "--parallel", "8", "--log-level", "info", log_path=log_path)
     try:
         process.wait_ready()
         yield process

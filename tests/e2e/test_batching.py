@@ -1,0 +1,197 @@
+"""Continuous batching end to end: many streams in one context, prefix reuse, the bounded queue."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import GEMMA_END_TOKENS
+from tests.server_process import ServerProcess
+
+MODEL = "gemma-3-270m-q4_k_m.gguf"
+TOPICS = ["lighthouses", "volcanoes", "bakeries", "glaciers", "trains", "owls", "deserts", "violins"]
+
+# Eight requests that differ in prompt and sampling settings.
+VARIED = [
+    {"max_tokens": 24},
+    {"max_tokens": 28, "presence_penalty": 0.5},
+    {"max_tokens": 32, "frequency_penalty": 0.4},
+    {"max_tokens": 24, "extra_body": {"repeat_penalty": 1.3}},
+    {"max_tokens": 30, "extra_body": {"top_k": 5}},
+    {"max_tokens": 26, "top_p": 0.5},
+    {"max_tokens": 24, "seed": 5},
+    {"max_tokens": 30, "extra_body": {"min_p": 0.2}},
+]
+# For the solo/batched comparison: greedy requests whose other settings cannot change the argmax, so the raw
+# logprobs returned explain any divergence. (Penalties reshape the distribution after those logprobs.)
+GREEDY_VARIED = [VARIED[i] for i in (0, 4, 5, 6, 7)] + [
+    {"max_tokens": 20, "stop": ["zzzz"]},
+    {"max_tokens": 22, "extra_body": {"top_k": 1}},
+    {"max_tokens": 18, "top_p": 0.9, "extra_body": {"min_p": 0.01}},
+]
+# llama.cpp's CPU kernels take different paths for different batch shapes, and activations are quantised to
+# int8, so batched logits differ from solo ones by up to ~1 logit (measured: splitting one prompt over two
+# llama_decode calls already moves logits by up to 0.96). Greedy picks may flip where the top two candidates
+# are closer than that; nowhere else.
+NEAR_TIE = 1.0
+
+
+def _request(index: int, variants: list[dict] = VARIED) -> dict:
+    params = dict(variants[index])
+    extra = params.pop("extra_body", {})
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"Tell me everything about {TOPICS[index]}."}],
+        "temperature": 0,
+        "logit_bias": GEMMA_END_TOKENS,
+        "stream_options": {"include_usage": True},
+        **params,
+        "extra_body": extra,
+    }
+
+
+def _stream_tokens(client, index: int, variants: list[dict] = VARIED) -> tuple[list, object]:
+    """Stream one request with logprobs; return its token entries (token + top 2) and the usage."""
+    chunks = client.chat.completions.create(stream=True, logprobs=True, top_logprobs=2, **_request(index, variants))
+    entries, usage = [], None
+    for chunk in chunks:
+        if chunk.usage:
+            usage = chunk.usage
+        elif chunk.choices and chunk.choices[0].logprobs:
+            entries.extend(chunk.choices[0].logprobs.content)
+    return entries, usage
+
+
+def _concurrently(client, variants: list[dict]) -> list:
+    with concurrent.futures.ThreadPoolExecutor(len(variants)) as pool:
+        return list(pool.map(lambda i: _stream_tokens(client, i, variants), range(len(variants))))
+
+
+def test_eight_concurrent_streams_with_different_settings_all_complete(client):
+    for index, (entries, usage) in enumerate(_concurrently(client, VARIED)):
+        assert usage.completion_tokens == VARIED[index]["max_tokens"] == len(entries)
+
+
+def test_eight_concurrent_greedy_streams_match_their_solo_runs(client, capsys):
+    for _ in range(2):  # the second pass runs in the same (warm prefix cache) regime as the batched one
+        solo = [_stream_tokens(client, i, GREEDY_VARIED) for i in range(8)]
+    batched = _concurrently(client, GREEDY_VARIED)
+    late = early = 0
+    for index, ((solo_entries, _), (batch_entries, usage)) in enumerate(zip(solo, batched, strict=True)):
+        assert usage.completion_tokens == GREEDY_VARIED[index]["max_tokens"] == len(batch_entries)
+        solo_tokens = [e.token for e in solo_entries]
+        batch_tokens = [e.token for e in batch_entries]
+        if batch_tokens == solo_tokens:
+            continue
+        split = next(i for i, (a, b) in enumerate(zip(solo_tokens, batch_tokens)) if a != b)
+        if split >= 16:
+            late += 1
+            continue
+        early += 1
+        first, second = solo_entries[split].top_logprobs
+        assert first.logprob - second.logprob < NEAR_TIE, f"request {index} diverged at {split} without a near tie"
+        assert batch_tokens[split] == second.token
+    with capsys.disabled():
+        print(f"\n[batching] of 8 greedy streams: {late} diverged from solo after token 16, "
+              f"{early} before it (each at a near tie, top-2 gap < {NEAR_TIE})")
+
+
+def test_disconnecting_half_the_streams_leaves_the_rest_intact(server, client, http):
+    body = {"model": MODEL, "max_tokens": 40, "stream": True, "temperature": 0, "logit_bias": GEMMA_END_TOKENS}
+    kept_results = {}
+
+    def keep(index: int) -> None:
+        kept_results[index] = _stream_tokens(client, index)
+
+    def abandon(index: int) -> None:
+        request = {**body, "messages": [{"role": "user", "content": f"About {TOPICS[index]}"}], "max_tokens": 900}
+        with httpx.Client(base_url=server.base_url, timeout=60) as session:
+            with session.stream("POST", "/v1/chat/completions", json=request) as response:
+                for _, _line in zip(range(6), response.iter_lines()):
+                    pass
+
+    threads = [threading.Thread(target=abandon, args=(i,)) for i in range(4)]
+    threads += [threading.Thread(target=keep, args=(i,)) for i in range(4, 8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for index in range(4, 8):
+        tokens, usage = kept_results[index]  # complete, with every token delivered
+        assert usage.completion_tokens == VARIED[index]["max_tokens"] == len(tokens)
+    deadline = time.monotonic() + 10
+    while http.get("/").json()["active_sequences"] != 0:
+        assert time.monotonic() < deadline, "abandoned sequences still hold their slots"
+        time.sleep(0.05)
+
+
+def test_prefix_reuse_reports_cached_tokens(client):
+    system = "You are a harbour master. " + "Ships arrive, ships depart, tides turn. " * 40
+    ask = lambda question: client.chat.completions.create(  # noqa: E731
+        model=MODEL, max_tokens=2, messages=[{"role": "system", "content": system}, {"role": "user", "content": question}]
+    )
+    first = ask("When is high tide?")
+    again = ask("When is high tide?")
+    other = ask("Where do the ferries dock?")
+    assert again.usage.prompt_tokens == first.usage.prompt_tokens
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+    # A different question after the same system prompt reuses the shared prefix.
+    assert other.usage.prompt_tokens_details.cached_tokens >= 300
+
+
+def test_concurrent_requests_share_a_prefix_still_being_generated(client):
+    system = "You are a lighthouse keeper's logbook. " + "Fog, wind, lamp trimmed, all well. " * 40
+    messages = lambda q: [{"role": "system", "content": system}, {"role": "user", "content": q}]  # noqa: E731
+    started = threading.Event()
+
+    def long_running():
+        stream = client.chat.completions.create(
+            model=MODEL, messages=messages("Log entry one."), max_tokens=200, stream=True, logit_bias=GEMMA_END_TOKENS
+        )
+        for _ in stream:
+            started.set()
+
+    worker = threading.Thread(target=long_running)
+    worker.start()
+    assert started.wait(60)
+    second = client.chat.completions.create(model=MODEL, messages=messages("Log entry two."), max_tokens=2)
+    worker.join(120)
+    assert second.usage.prompt_tokens_details.cached_tokens >= 300
+
+
+@pytest.fixture(scope="module")
+def tiny_queue_server(tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("queue") / "server.log"
+    process = ServerProcess("--parallel", "1", "--max-queue", "1", "--n-ctx", "2048", log_path=log_path)
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+def test_full_queue_answers_503_with_retry_after(tiny_queue_server):
+    base = tiny_queue_server.base_url
+    long_body = {"model": MODEL, "messages": [{"role": "user", "content": "Talk."}], "max_tokens": 400,
+                 "logit_bias": GEMMA_END_TOKENS, "stream": True}
+    with httpx.Client(base_url=base, timeout=60) as running, httpx.Client(base_url=base, timeout=60) as queued:
+        with running.stream("POST", "/v1/chat/completions", json=long_body) as first:
+            lines = first.iter_lines()  # keep a reference: a discarded iterator closes the stream
+            next(lines)  # the only slot is now busy
+            waiter = threading.Thread(
+                target=lambda: queued.post("/v1/chat/completions", json={**long_body, "stream": False, "max_tokens": 2})
+            )
+            waiter.start()
+            deadline = time.monotonic() + 10
+            while httpx.get(f"{base}/").json()["queued_requests"] != 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            rejected = httpx.post(f"{base}/v1/chat/completions", json={**long_body, "stream": False}, timeout=30)
+            assert rejected.status_code == 503
+            assert rejected.headers["retry-after"]
+            assert rejected.json()["error"]["code"] == "server_busy"
+        waiter.join(60)
