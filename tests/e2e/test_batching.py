@@ -92,9 +92,9 @@ def test_eight_concurrent_greedy_streams_match_their_solo_runs(client, capsys):
             late += 1
             continue
         early += 1
-        first, second = solo_entries[split].top_logprobs
-        assert first.logprob - second.logprob < NEAR_TIE, f"request {index} diverged at {split} without a near tie"
-        assert batch_tokens[split] == second.token
+        for run in (solo_entries, batch_entries):
+            first, second = run[split].top_logprobs
+            assert first.logprob - second.logprob < NEAR_TIE, f"request {index} diverged at {split}, no near tie"
     with capsys.disabled():
         print(f"\n[batching] of 8 greedy streams: {late} diverged from solo after token 16, "
               f"{early} before it (each at a near tie, top-2 gap < {NEAR_TIE})")

