@@ -38,7 +38,20 @@ class Settings(BaseSettings):
     n_batch: int = Field(512, ge=1, description="Most tokens handed to one llama_decode call (prompt chunk size).")
     n_ubatch: int = Field(512, ge=1, description="Physical micro-batch size inside llama_decode.")
     n_gpu_layers: int = Field(0, description="Layers offloaded to a GPU when llama.cpp was built with one; -1 = all.")
-    flash_attn: bool = Field(False, description="Use flash attention where the llama.cpp build supports it.")
+    flash_attn: bool = Field(
+        True, description="Flash attention where the llama.cpp build supports it (llama.cpp's 'auto'); faster on CPU."
+    )
+    kv_unified: bool = Field(
+        False,
+        description="One KV cache shared by all slots: a new request can reuse a prefix cached by another slot "
+        "(even one still generating), but every sequence's attention spans all slots' cells, which slows long "
+        "prompts. Off: one KV stream per slot, as llama-server does with --parallel.",
+    )
+    swa_full: bool = Field(
+        False,
+        description="Full-size KV cache for sliding-window attention layers (gemma 2/3...): prompts that diverge "
+        "early from a cached one can reuse it, at the cost of memory and slower long prompts.",
+    )
     parallel: int = Field(4, ge=1, le=64, description="Sequences decoded together in one batch (slots) per model.")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a free slot; more get 503 + Retry-After.")
     default_max_tokens: int = Field(

@@ -46,6 +46,8 @@ class LlamaCppEngine(Engine):
             n_threads=threads,
             n_threads_batch=settings.n_threads_batch or threads,
             flash_attn=settings.flash_attn,
+            kv_unified=settings.kv_unified,
+            swa_full=settings.swa_full,
         )
         try:
             self.context = LlamaContext(self.model, config)

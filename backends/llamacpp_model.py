@@ -32,7 +32,8 @@ class ContextConfig:
     n_threads: int
     n_threads_batch: int
     flash_attn: bool
-    swa_full: bool = True  # keep full KV for sliding-window layers so cached prefixes stay reusable
+    kv_unified: bool = False  # one KV buffer for all sequences (prefixes shareable) vs one stream per slot
+    swa_full: bool = False  # full-size KV for sliding-window layers: more prefixes reusable, slower long prompts
 
 
 def default_threads() -> int:
@@ -53,6 +54,7 @@ class LlamaModel:
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.ptr)
+        self.n_swa = llama_cpp.llama_model_n_swa(self.ptr)  # sliding attention window; 0 = none
         self.bos_token_id = llama_cpp.llama_vocab_bos(self.vocab)
         self.eos_token_id = llama_cpp.llama_vocab_eos(self.vocab)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
@@ -126,7 +128,7 @@ class LlamaContext:
         params.n_ubatch = min(config.n_ubatch, config.n_batch)
         params.n_threads = config.n_threads
         params.n_threads_batch = config.n_threads_batch
-        params.kv_unified = True
+        params.kv_unified = config.kv_unified
         params.swa_full = config.swa_full
         params.no_perf = True
         params.flash_attn_type = (
@@ -139,6 +141,7 @@ class LlamaContext:
         self.n_batch = llama_cpp.llama_n_batch(self.ptr)
         self.memory = llama_cpp.llama_get_memory(self.ptr)
         self.n_vocab = model.n_vocab
+        self.kv_unified = config.kv_unified
 
     def decode(self, batch: llama_cpp.llama_batch) -> int:
         return llama_cpp.llama_decode(self.ptr, batch)

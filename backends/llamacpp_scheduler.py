@@ -161,18 +161,26 @@ class Scheduler:
 
     def _reusable_prefix(self, slot: Slot, prompt: list[int]) -> int:
         """Prompt tokens whose KV `slot` holds and can serve; the last prompt token is always evaluated (logits).
-        Sliding-window caches may have evicted old positions: a sequence missing position 0 offers nothing."""
-        if self.context.first_position(slot.seq_id) > 0:
+
+        A sliding-window cache keeps only the last `n_swa` positions of a sequence. Reusing a prefix of length
+        n needs positions n - n_swa .. n, so a sequence whose oldest cached position is newer than that offers
+        nothing (llama-server applies the same rule)."""
+        length = min(common_prefix_length(slot.cached_tokens, prompt), len(prompt) - 1)
+        if length <= 0:
             return 0
-        return min(common_prefix_length(slot.cached_tokens, prompt), len(prompt) - 1)
+        needed_from = max(0, length - self.model.n_swa) if self.model.n_swa else 0
+        return length if self.context.first_position(slot.seq_id) <= needed_from else 0
 
     def _start(self, slot: Slot, job: SequenceJob) -> None:
         prompt = job.prompt_tokens
         reuse = self._reusable_prefix(slot, prompt)
         # Another sequence (even one still generating) may hold a longer prefix, e.g. the same system prompt:
-        # share its KV cells instead of recomputing them (cheap in a unified cache: cells gain a sequence id).
-        donor = max(self.slots, key=lambda s: self._reusable_prefix(s, prompt) if s is not slot else -1)
-        shared = self._reusable_prefix(donor, prompt) if donor is not slot else 0
+        # share its KV cells instead of recomputing them. Only a unified cache can: there cells just gain a
+        # sequence id (llama.cpp cannot copy between per-slot streams of sliding-window caches).
+        shared, donor = 0, slot
+        if self.context.kv_unified:
+            donor = max(self.slots, key=lambda s: self._reusable_prefix(s, prompt) if s is not slot else -1)
+            shared = self._reusable_prefix(donor, prompt) if donor is not slot else 0
         if shared > reuse:
             self.context.clear_sequence(slot.seq_id)
             self.context.copy_prefix(donor.seq_id, slot.seq_id, shared)

@@ -7,6 +7,7 @@ import threading
 import time
 
 import httpx
+import openai
 import pytest
 
 from tests.e2e.conftest import GEMMA_END_TOKENS
@@ -143,7 +144,20 @@ def test_prefix_reuse_reports_cached_tokens(client):
     assert other.usage.prompt_tokens_details.cached_tokens >= 300
 
 
-def test_concurrent_requests_share_a_prefix_still_being_generated(client):
+@pytest.fixture(scope="module")
+def unified_client(tmp_path_factory):
+    """A server whose slots share one KV cache (--kv-unified), so one slot can reuse another's prefix."""
+    log_path = tmp_path_factory.mktemp("unified") / "server.log"
+    process = ServerProcess("--kv-unified", "--parallel", "2", "--n-ctx", "4096", log_path=log_path)
+    try:
+        process.wait_ready()
+        yield openai.OpenAI(base_url=f"{process.base_url}/v1", api_key="x", _strict_response_validation=True)
+    finally:
+        process.stop()
+
+
+def test_concurrent_requests_share_a_prefix_still_being_generated(unified_client):
+    client = unified_client
     system = "You are a lighthouse keeper's logbook. " + "Fog, wind, lamp trimmed, all well. " * 40
     messages = lambda q: [{"role": "system", "content": system}, {"role": "user", "content": q}]  # noqa: E731
     started = threading.Event()
@@ -160,6 +174,7 @@ def test_concurrent_requests_share_a_prefix_still_being_generated(client):
     assert started.wait(60)
     second = client.chat.completions.create(model=MODEL, messages=messages("Log entry two."), max_tokens=2)
     worker.join(120)
+    # The other slot is still generating, so this prefix can only have come from its KV.
     assert second.usage.prompt_tokens_details.cached_tokens >= 300
 
 
