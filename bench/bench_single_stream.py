@@ -71,7 +71,7 @@ def bench_raw_loop(runs: int, max_tokens: int, threads: int) -> dict:
     from backends.llamacpp_sampling import SamplerChain
 
     model = LlamaModel(MODEL_PATH)
-    config = ContextConfig(N_CTX, 1, 512, 512, threads, threads, flash_attn=False)
+    config = ContextConfig(N_CTX, 1, 512, 512, threads, threads, flash_attn=True)  # as our server defaults
     batch = llama_cpp.llama_batch_init(512, 0, 1)
 
     def fill(tokens: list[int], first_pos: int) -> None:
