@@ -28,15 +28,18 @@ def error_response(exc: ServerError) -> JSONResponse:
     return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
 
 
+# Names pydantic puts in an error location for the union member it tried; they mean nothing to users.
+_UNION_TAGS = {"str", "int", "float", "bool", "function-after", "constrained-int"}
+
+
 def _param_from_location(location: tuple) -> str | None:
     """("body", "messages", 0, "role") -> "messages[0].role"."""
     parts = [p for p in location if p != "body"]
-    # pydantic adds the union member tried ("str", "list[...]") and constraint names; they mean nothing to users.
     text = ""
     for part in parts:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif "[" in str(part) or str(part) in {"str", "int", "float", "bool", "function-after", "constrained-int"}:
+        elif "[" in str(part) or str(part)[:1].isupper() or str(part) in _UNION_TAGS:
             continue
         else:
             text += f".{part}" if text else str(part)

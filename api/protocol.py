@@ -28,18 +28,61 @@ class TextContentPart(WireModel):
     text: str | None = None
 
 
+class FunctionCall(WireModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(WireModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(WireModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    function_call: FunctionCall | None = None  # legacy assistant field
+
+
+class FunctionDefinition(WireModel):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_.-]+$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(WireModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(WireModel):
+    name: str
+
+
+class NamedToolChoice(WireModel):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(WireModel):
     include_usage: bool | None = None
 
 
+class JsonSchemaFormat(WireModel):
+    name: str | None = None
+    description: str | None = None
+    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    strict: bool | None = None
+
+
 class ResponseFormat(WireModel):
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class ChatCompletionRequest(WireModel):
@@ -58,8 +101,11 @@ class ChatCompletionRequest(WireModel):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    tool_choice: Any = None
-    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: list[ChatTool] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDefinition] | None = None  # legacy form of `tools`
+    function_call: Literal["none", "auto"] | NamedFunction | None = None  # legacy form of `tool_choice`
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     user: str | None = None
@@ -68,6 +114,7 @@ class ChatCompletionRequest(WireModel):
     top_k: Annotated[int, Field(ge=0)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     repeat_penalty: Annotated[float, Field(ge=0.0)] | None = None
+    grammar: str | None = None  # raw GBNF, as llama-server accepts
 
 
 class SetModelRequest(WireModel):
@@ -111,6 +158,7 @@ class AssistantMessage(WireModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatCompletionChoice(WireModel):
@@ -141,9 +189,22 @@ class ChatCompletion(WireModel):
 # https://platform.openai.com/docs/api-reference/chat/streaming
 
 
+class DeltaFunctionCall(WireModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(WireModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall | None = None
+
+
 class ChoiceDelta(WireModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatCompletionChunkChoice(WireModel):

@@ -1,0 +1,121 @@
+"""GBNF grammars that make model output valid by construction: tool calls and JSON-schema answers.
+
+Schemas become GBNF through llama-cpp-python's `llama_grammar.SchemaConverter` (a port of llama.cpp's own
+converter). Schema features it cannot enforce are refused with a 400 naming them, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from llama_cpp.llama_grammar import SchemaConverter
+
+from chat.tools import ToolPlan
+from errors import InvalidRequest
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+MAX_PARALLEL_CALLS = 4  # bounds a model that would otherwise emit calls until max_tokens
+
+# JSON-schema keywords the converter does not enforce (it would ignore them and produce unconstrained output).
+_UNSUPPORTED_KEYWORDS = {
+    "not", "if", "then", "else", "dependentSchemas", "dependentRequired", "patternProperties", "propertyNames",
+    "unevaluatedProperties", "unevaluatedItems", "contains", "minContains", "maxContains", "uniqueItems",
+    "multipleOf", "exclusiveMinimum", "exclusiveMaximum", "minProperties", "maxProperties",
+}
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """A GBNF grammar for the sampler; with `lazy_triggers` it applies only once one of them appears."""
+
+    gbnf: str
+    lazy_triggers: tuple[str, ...] = ()
+
+
+def _check_supported(schema: Any, param: str, path: str = "$") -> None:
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key in _UNSUPPORTED_KEYWORDS:
+                raise InvalidRequest(
+                    f"JSON schema feature '{key}' (at {path}) cannot be enforced by this server's grammar engine.",
+                    param=param,
+                )
+            if key in ("$ref",) and isinstance(value, str) and not value.startswith("#"):
+                raise InvalidRequest(f"Remote schema references are not supported ('{value}').", param=param)
+            if key not in ("enum", "const", "default", "examples"):
+                _check_supported(value, param, f"{path}.{key}")
+    elif isinstance(schema, list):
+        for index, item in enumerate(schema):
+            _check_supported(item, param, f"{path}[{index}]")
+
+
+def _closed_objects(schema: Any) -> Any:
+    """Objects that list their properties and say nothing of others get `additionalProperties: false`, so
+    a small model spends its tokens on the declared fields (the output still validates against the original)."""
+    if isinstance(schema, dict):
+        schema = {key: _closed_objects(value) for key, value in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema:
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [_closed_objects(item) for item in schema]
+    return schema
+
+
+def _converter() -> SchemaConverter:
+    return SchemaConverter(prop_order={"name": 0, "arguments": 1}, allow_fetch=False, dotall=False, raw_pattern=False)
+
+
+def _compact_whitespace(gbnf: str) -> str:
+    # The converter allows up to 20 spaces/newlines between tokens; a weak model wanders there. One space is enough.
+    return re.sub(r"(?m)^space ::= .*$", 'space ::= | " "', gbnf)
+
+
+def _convert(schema: dict, rule_name: str, param: str) -> SchemaConverter:
+    _check_supported(schema, param)
+    converter = _converter()
+    try:
+        resolved = converter.resolve_refs(copy.deepcopy(_closed_objects(schema)), "request")
+        converter.visit(resolved, rule_name)
+    except Exception as exc:  # the converter raises plain errors for schemas it cannot handle
+        raise InvalidRequest(f"This JSON schema cannot be turned into a grammar: {exc}", param=param) from None
+    return converter
+
+
+def json_schema_grammar(schema: dict, param: str = "response_format") -> GrammarSpec:
+    return GrammarSpec(_compact_whitespace(_convert(schema, "", param).format_grammar()))
+
+
+JSON_OBJECT_SCHEMA = {"type": "object"}
+
+
+def tool_call_schema(plan: ToolPlan) -> dict:
+    """One call: {"name": <one of the tools>, "arguments": <that tool's parameters>}."""
+    options = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
+            "required": ["name", "arguments"],
+        }
+        for tool in plan.allowed
+    ]
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def tool_call_grammar(plan: ToolPlan, *, lazy: bool) -> GrammarSpec:
+    """`<tool_call>{json}</tool_call>`, once or (parallel) up to MAX_PARALLEL_CALLS times.
+
+    Lazy (tool_choice auto): free text until the model opens a call, then the call must be valid."""
+    converter = _convert(tool_call_schema(plan), "call-json", "tools")
+    literal = lambda text: json.dumps(text)  # noqa: E731 - GBNF string literals use JSON escaping
+    converter._add_rule("call", f"{literal(TOOL_CALL_OPEN)} call-json {literal(TOOL_CALL_CLOSE)}")
+    repeat = f' ("\\n" call){{0,{MAX_PARALLEL_CALLS - 1}}}' if plan.parallel else ""
+    converter._add_rule("root", f"call{repeat}")
+    gbnf = _compact_whitespace(converter.format_grammar())
+    triggers = (rf"[\s\S]*?({re.escape(TOOL_CALL_OPEN)})[\s\S]*",) if lazy else ()
+    return GrammarSpec(gbnf, triggers)

@@ -1,0 +1,95 @@
+"""What a request asks of tool calling, validated: which tools, which choice mode, how many calls.
+
+Engine-independent: it works on plain dicts (OpenAI's `tools`, `tool_choice`, and the legacy `functions`
+/ `function_call`), so every engine shares one behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jsonschema
+
+from errors import InvalidRequest
+
+ToolMode = Literal["none", "auto", "required", "named"]
+EMPTY_PARAMETERS = {"type": "object", "properties": {}}
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    mode: ToolMode
+    tools: tuple[ToolSpec, ...] = ()
+    parallel: bool = True
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "none" and bool(self.tools)
+
+    @property
+    def allowed(self) -> tuple[ToolSpec, ...]:
+        """Tools the model may call: all of them, or only the named one."""
+        return self.tools
+
+
+NO_TOOLS = ToolPlan(mode="none")
+
+
+def _tool_spec(function: dict[str, Any], param: str) -> ToolSpec:
+    parameters = function.get("parameters") or EMPTY_PARAMETERS
+    try:
+        jsonschema.validators.validator_for(parameters).check_schema(parameters)
+    except jsonschema.SchemaError as exc:
+        raise InvalidRequest(f"Invalid JSON schema for tool '{function['name']}': {exc.message}", param=param) from None
+    if parameters.get("type", "object") != "object":
+        raise InvalidRequest(f"Tool '{function['name']}' parameters must be a JSON object schema.", param=param)
+    return ToolSpec(name=function["name"], description=function.get("description") or "", parameters=parameters)
+
+
+def _choice_mode(choice: Any, names: list[str], param: str) -> tuple[ToolMode, str | None]:
+    if choice is None:
+        return "auto", None
+    if isinstance(choice, str):
+        return choice, None
+    name = choice["function"]["name"] if "function" in choice else choice["name"]
+    if name not in names:
+        raise InvalidRequest(f"tool_choice names '{name}', which is not among the tools given.", param=param)
+    return "named", name
+
+
+def build_tool_plan(
+    tools: list[dict] | None,
+    tool_choice: Any,
+    parallel_tool_calls: bool | None,
+    functions: list[dict] | None = None,
+    function_call: Any = None,
+) -> ToolPlan:
+    """Validate the request's tool fields (modern or legacy) into one plan."""
+    if functions and tools:
+        raise InvalidRequest("Send either 'tools' or the legacy 'functions', not both.", param="functions")
+    legacy = bool(functions)
+    definitions = functions if legacy else [t["function"] for t in tools or []]
+    choice = function_call if legacy else tool_choice
+    tools_param, choice_param = ("functions", "function_call") if legacy else ("tools", "tool_choice")
+    if not definitions:
+        if choice not in (None, "none"):
+            raise InvalidRequest(f"'{choice_param}' was given without any tools.", param=choice_param)
+        return NO_TOOLS
+    names = [d["name"] for d in definitions]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("Tool names must be unique.", param=tools_param)
+    specs = tuple(_tool_spec(d, f"{tools_param}[{i}].function.parameters") for i, d in enumerate(definitions))
+    mode, named = _choice_mode(choice, names, choice_param)
+    if named:
+        specs = tuple(s for s in specs if s.name == named)
+    # Legacy function calling never returned more than one call.
+    parallel = False if legacy or named else parallel_tool_calls is not False
+    return ToolPlan(mode=mode, tools=specs, parallel=parallel)
