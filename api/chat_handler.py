@@ -12,8 +12,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
-from api.chat_request import build_generation_requests, log_unknown_fields
-from api.chat_response import ChoiceAccumulator, ChunkBuilder, CompletionIdentity, whole_completion
+from api.chat_request import log_unknown_fields, prepare_chat
+from api.chat_response import ChoiceAccumulator, ChoiceOutput, ChunkBuilder, CompletionIdentity, whole_completion
 from api.choice_streams import merge_choices, wait_for_disconnect
 from api.errors import error_body
 from api.protocol import ChatCompletionRequest
@@ -32,23 +32,28 @@ async def handle_chat_completion(body: ChatCompletionRequest, request: Request, 
     handed_to_stream = False
     try:
         model = await resources.enter_async_context(registry.lease(body.model))
-        generation_requests = build_generation_requests(body, model.renderer, model.engine.capabilities)
+        prepared = prepare_chat(body, model.renderer, model.engine.capabilities)
         identity = CompletionIdentity(model=model.model_id)
-        chunks = merge_choices([model.engine.generate(r) for r in generation_requests])
+        outputs = [ChoiceOutput(prepared.tool_plan) for _ in prepared.requests]
+        chunks = merge_choices([model.engine.generate(r) for r in prepared.requests])
         if body.stream:
-            response = await _start_stream(body, identity, chunks, resources)
+            response = await _start_stream(body, identity, outputs, chunks, resources)
             handed_to_stream = True
             return response
-        return await _whole_response(body, identity, chunks, request)
+        return await _whole_response(body, identity, outputs, chunks, request)
     finally:
         if not handed_to_stream:
             await resources.aclose()
 
 
 async def _whole_response(
-    body: ChatCompletionRequest, identity: CompletionIdentity, chunks: ChoiceChunks, request: Request
+    body: ChatCompletionRequest,
+    identity: CompletionIdentity,
+    outputs: list[ChoiceOutput],
+    chunks: ChoiceChunks,
+    request: Request,
 ) -> Response:
-    choices = [ChoiceAccumulator() for _ in range(body.n or 1)]
+    choices = [ChoiceAccumulator(output) for output in outputs]
 
     async def collect() -> None:
         async for index, chunk in chunks:
@@ -74,32 +79,43 @@ async def _whole_response(
 
 
 async def _start_stream(
-    body: ChatCompletionRequest, identity: CompletionIdentity, chunks: ChoiceChunks, resources: AsyncExitStack
+    body: ChatCompletionRequest,
+    identity: CompletionIdentity,
+    outputs: list[ChoiceOutput],
+    chunks: ChoiceChunks,
+    resources: AsyncExitStack,
 ) -> Response:
     # Wait for the first token before sending headers, so a request that cannot start is a real HTTP error.
     first = await anext(chunks)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     builder = ChunkBuilder(identity, include_usage=include_usage, want_logprobs=bool(body.logprobs))
-    events = _sse_events(builder, body.n or 1, first, chunks, resources)
+    events = _sse_events(builder, outputs, first, chunks, resources)
     return EventSourceResponse(events, sep="\n", ping=15)
 
 
 async def _sse_events(
-    builder: ChunkBuilder, n: int, first: tuple[int, GenerationChunk], chunks: ChoiceChunks, resources: AsyncExitStack
+    builder: ChunkBuilder,
+    outputs: list[ChoiceOutput],
+    first: tuple[int, GenerationChunk],
+    chunks: ChoiceChunks,
+    resources: AsyncExitStack,
 ) -> AsyncIterator[dict]:
     usages = {}
     try:
-        for index in range(n):
+        for index in range(len(outputs)):
             yield _event(builder.role(index))
         pending: tuple[int, GenerationChunk] | None = first
         while pending is not None:
             index, chunk = pending
+            output = outputs[index]
             if isinstance(chunk, TokenDelta):
-                if chunk.text or chunk.logprobs:
-                    yield _event(builder.delta(index, chunk))
+                for payload in builder.events(index, output.read(chunk.text), chunk.logprobs, output.plan.legacy):
+                    yield _event(payload)
             elif isinstance(chunk, GenerationFinished):
                 usages[index] = chunk.usage
-                yield _event(builder.finish(index, chunk))
+                for payload in builder.events(index, output.finish(), (), output.plan.legacy):
+                    yield _event(payload)
+                yield _event(builder.finish(index, output.finish_reason(chunk.finish_reason)))
             pending = await anext(chunks, None)
         if builder.include_usage:
             yield _event(builder.usage([usages[i] for i in sorted(usages)]))

@@ -6,11 +6,14 @@ Every field is either honoured or refused with a clear error here; nothing the c
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from api.protocol import ChatCompletionRequest
-from backends.base import EngineCapabilities, GenerationRequest, SamplingParams
+from backends.base import EngineCapabilities, GenerationRequest, GrammarSpec, SamplingParams
+from chat.grammars import JSON_OBJECT_SCHEMA, json_schema_grammar, tool_call_grammar
 from chat.messages import to_template_messages
 from chat.templates import ChatPromptRenderer
+from chat.tools import ToolPlan, build_tool_plan
 from errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -24,13 +27,15 @@ def log_unknown_fields(request: ChatCompletionRequest) -> None:
 
 
 def _refuse_unsupported(request: ChatCompletionRequest, capabilities: EngineCapabilities) -> None:
-    if request.tools and request.tool_choice != "none" and not capabilities.tools:
-        raise InvalidRequest("This model does not support tool calling yet.", param="tools")
+    if (request.tools or request.functions) and not capabilities.tools:
+        raise InvalidRequest("This model does not support tool calling.", param="tools")
     if request.response_format and request.response_format.type != "text" and not capabilities.json_schema:
         raise InvalidRequest(
-            f"response_format type '{request.response_format.type}' is not supported by this model yet.",
+            f"response_format type '{request.response_format.type}' is not supported by this model.",
             param="response_format",
         )
+    if request.grammar is not None and not capabilities.grammar:
+        raise InvalidRequest("This model does not accept a GBNF grammar.", param="grammar")
     if request.top_logprobs is not None and not request.logprobs:
         raise InvalidRequest("'logprobs' must be true when 'top_logprobs' is set.", param="top_logprobs")
     if request.logprobs and not capabilities.logprobs:
@@ -77,22 +82,79 @@ def stop_strings(request: ChatCompletionRequest) -> tuple[str, ...]:
     return (request.stop,) if isinstance(request.stop, str) else tuple(request.stop)
 
 
-def build_generation_requests(
+@dataclass(frozen=True)
+class PreparedChat:
+    """What the engine runs (one request per choice) and how to read its output back."""
+
+    requests: list[GenerationRequest]
+    tool_plan: ToolPlan
+
+
+def _tool_plan(request: ChatCompletionRequest) -> ToolPlan:
+    dump = lambda items: [item.model_dump(by_alias=True, exclude_none=True) for item in items or []]  # noqa: E731
+    choice = request.tool_choice.model_dump() if hasattr(request.tool_choice, "model_dump") else request.tool_choice
+    legacy_choice = (
+        request.function_call.model_dump() if hasattr(request.function_call, "model_dump") else request.function_call
+    )
+    return build_tool_plan(
+        dump(request.tools), choice, request.parallel_tool_calls, dump(request.functions), legacy_choice
+    )
+
+
+def _output_grammar(request: ChatCompletionRequest, plan: ToolPlan) -> GrammarSpec | None:
+    """At most one constraint: a raw grammar, a tool-call grammar or a response_format schema."""
+    response_format = request.response_format
+    wants_json = response_format is not None and response_format.type != "text"
+    if sum([request.grammar is not None, plan.active, wants_json]) > 1:
+        raise InvalidRequest("Use only one of 'grammar', 'tools' and a JSON 'response_format'.", param="response_format")
+    if request.grammar is not None:
+        return GrammarSpec(request.grammar)
+    if plan.active:
+        return tool_call_grammar(plan, lazy=plan.mode == "auto")
+    if not wants_json:
+        return None
+    if response_format.type == "json_object":
+        return json_schema_grammar(JSON_OBJECT_SCHEMA)
+    schema = response_format.json_schema.schema_ if response_format.json_schema else None
+    if not schema:
+        raise InvalidRequest("response_format json_schema needs a 'schema'.", param="response_format.json_schema")
+    return json_schema_grammar(schema, "response_format.json_schema.schema")
+
+
+def _render_prompt(request: ChatCompletionRequest, renderer: ChatPromptRenderer, plan: ToolPlan) -> str:
+    native = plan.active and renderer.supports_tools
+    messages = to_template_messages([m.model_dump() for m in request.messages], native_tools=native)
+    tools = [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in plan.tools]
+    if native:
+        return renderer.render(messages, tools=[{"type": "function", "function": t} for t in tools])
+    if plan.active:
+        instructions = renderer.render_tool_prompt(tools, plan.mode, plan.parallel)
+        if messages[0]["role"] == "system":
+            messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{instructions}"}
+        else:
+            messages.insert(0, {"role": "system", "content": instructions})
+    return renderer.render(messages)
+
+
+def prepare_chat(
     request: ChatCompletionRequest, renderer: ChatPromptRenderer, capabilities: EngineCapabilities
-) -> list[GenerationRequest]:
-    """One engine request per choice (`n`), all sharing the rendered prompt."""
+) -> PreparedChat:
+    """One engine request per choice (`n`), all sharing the rendered prompt and output constraint."""
     _refuse_unsupported(request, capabilities)
-    messages = to_template_messages([m.model_dump() for m in request.messages])
-    prompt = renderer.render(messages, add_generation_prompt=True)
+    plan = _tool_plan(request)
+    grammar = _output_grammar(request, plan)
+    prompt = _render_prompt(request, renderer, plan)
     max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
     top_logprobs = (request.top_logprobs or 0) if request.logprobs else None
-    return [
+    requests = [
         GenerationRequest(
             prompt=prompt,
             sampling=sampling_params(request, index),
             max_tokens=max_tokens,
             stop=stop_strings(request),
             top_logprobs=top_logprobs,
+            grammar=grammar,
         )
         for index in range(request.n or 1)
     ]
+    return PreparedChat(requests=requests, tool_plan=plan)

@@ -14,12 +14,18 @@ from api.protocol import (
     ChoiceDelta,
     ChoiceLogprobs,
     CompletionUsage,
+    DeltaFunctionCall,
+    DeltaToolCall,
+    FunctionCall,
     PromptTokensDetails,
+    ToolCall,
     TopLogprob,
     new_completion_id,
     now_seconds,
 )
 from backends.base import GenerationFinished, TokenDelta, TokenLogprob, Usage
+from chat.tool_call_parser import CallStarted, ContentText, ParsedCall, ParseEvent, ToolCallStreamParser
+from chat.tools import ToolPlan
 
 
 def wire_logprobs(entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> ChoiceLogprobs:
@@ -49,20 +55,61 @@ def wire_usage(usages: list[Usage]) -> CompletionUsage:
     )
 
 
+class ChoiceOutput:
+    """Reads one choice's generated text: plain content, or content plus tool calls when tools are active."""
+
+    def __init__(self, plan: ToolPlan) -> None:
+        self.plan = plan
+        self.parser = ToolCallStreamParser() if plan.active else None
+
+    def read(self, text: str) -> list[ParseEvent]:
+        if self.parser is None:
+            return [ContentText(text)] if text else []
+        return self.parser.feed(text)
+
+    def finish(self) -> list[ParseEvent]:
+        return self.parser.finish() if self.parser else []
+
+    @property
+    def calls(self) -> list[ParsedCall]:
+        return self.parser.calls if self.parser else []
+
+    def finish_reason(self, engine_reason: str) -> str:
+        if self.calls and engine_reason == "stop":
+            return "function_call" if self.plan.legacy else "tool_calls"
+        return engine_reason
+
+
 @dataclass
 class ChoiceAccumulator:
     """Collects one choice's stream into a whole message."""
 
-    text: list[str] = field(default_factory=list)
+    output: ChoiceOutput
+    content: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finished: GenerationFinished | None = None
 
     def add(self, chunk: TokenDelta | GenerationFinished) -> None:
         if isinstance(chunk, TokenDelta):
-            self.text.append(chunk.text)
+            self._take(self.output.read(chunk.text))
             self.logprobs.extend(chunk.logprobs)
         else:
+            self._take(self.output.finish())
             self.finished = chunk
+
+    def _take(self, events: list[ParseEvent]) -> None:
+        self.content.extend(e.text for e in events if isinstance(e, ContentText))
+
+    def message(self) -> AssistantMessage:
+        text = "".join(self.content)
+        calls = self.output.calls
+        if not calls:
+            return AssistantMessage(content=text)
+        content = text if text.strip() else None
+        if self.output.plan.legacy:
+            return AssistantMessage(content=content, function_call=FunctionCall(name=calls[0].name, arguments=calls[0].arguments))
+        wire_calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls]
+        return AssistantMessage(content=content, tool_calls=wire_calls)
 
 
 @dataclass
@@ -82,9 +129,9 @@ def whole_completion(identity: CompletionIdentity, choices: list[ChoiceAccumulat
         choices=[
             ChatCompletionChoice(
                 index=index,
-                message=AssistantMessage(content="".join(choice.text)),
+                message=choice.message(),
                 logprobs=wire_logprobs(choice.logprobs) if want_logprobs else None,
-                finish_reason=choice.finished.finish_reason,
+                finish_reason=choice.output.finish_reason(choice.finished.finish_reason),
             )
             for index, choice in enumerate(choices)
         ],
@@ -118,16 +165,32 @@ class ChunkBuilder:
     def role(self, index: int) -> dict:
         return self._chunk([ChatCompletionChunkChoice(index=index, delta=ChoiceDelta(role="assistant", content=""))])
 
-    def delta(self, index: int, delta: TokenDelta) -> dict:
-        logprobs = wire_logprobs(delta.logprobs) if self.want_logprobs else None
-        return self._chunk(
-            [ChatCompletionChunkChoice(index=index, delta=ChoiceDelta(content=delta.text), logprobs=logprobs)]
-        )
+    def events(self, index: int, events: list[ParseEvent], logprobs: tuple[TokenLogprob, ...], legacy: bool) -> list[dict]:
+        """One chunk per parse event; the token logprobs ride on the first of them."""
+        if not events and logprobs and self.want_logprobs:
+            events = [ContentText("")]  # text still held back (a split character): the logprobs go now
+        chunks = []
+        for event in events:
+            wire = wire_logprobs(logprobs) if self.want_logprobs and not chunks else None
+            chunks.append(self._chunk([ChatCompletionChunkChoice(index=index, delta=_delta(event, legacy), logprobs=wire)]))
+        return chunks
 
-    def finish(self, index: int, finished: GenerationFinished) -> dict:
-        return self._chunk(
-            [ChatCompletionChunkChoice(index=index, delta=ChoiceDelta(), finish_reason=finished.finish_reason)]
-        )
+    def finish(self, index: int, finish_reason: str) -> dict:
+        return self._chunk([ChatCompletionChunkChoice(index=index, delta=ChoiceDelta(), finish_reason=finish_reason)])
 
     def usage(self, usages: list[Usage]) -> dict:
         return self._chunk([], usage=wire_usage(usages))
+
+
+def _delta(event: ParseEvent, legacy: bool) -> ChoiceDelta:
+    if isinstance(event, ContentText):
+        return ChoiceDelta(content=event.text)
+    if isinstance(event, CallStarted):
+        function = DeltaFunctionCall(name=event.name, arguments="")
+        if legacy:
+            return ChoiceDelta(function_call=function)
+        return ChoiceDelta(tool_calls=[DeltaToolCall(index=event.index, id=event.id, type="function", function=function)])
+    function = DeltaFunctionCall(arguments=event.fragment)
+    if legacy:
+        return ChoiceDelta(function_call=function)
+    return ChoiceDelta(tool_calls=[DeltaToolCall(index=event.index, function=function)])

@@ -159,6 +159,7 @@ class AssistantMessage(WireModel):
     content: str | None
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None  # legacy `functions` requests only
 
 
 class ChatCompletionChoice(WireModel):
@@ -205,6 +206,7 @@ class ChoiceDelta(WireModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
+    function_call: DeltaFunctionCall | None = None  # legacy `functions` requests only
 
 
 class ChatCompletionChunkChoice(WireModel):

@@ -29,12 +29,22 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class GrammarSpec:
+    """A GBNF grammar (root rule `root`) the output must follow; with `lazy_triggers` (regexes over the
+    generated text) it applies only from the first trigger's match on."""
+
+    gbnf: str
+    lazy_triggers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
     sampling: SamplingParams
     max_tokens: int | None  # None: the engine's bounded default
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None  # None: no logprobs; 0..20: chosen token plus that many alternatives
+    grammar: GrammarSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,9 @@ class EngineCapabilities:
     logit_bias: bool = True
     seed: bool = True
     tools: bool = False
+    parallel_tool_calls: bool = False
     json_schema: bool = False
+    grammar: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,7 @@ class ChatTemplateInfo:
     bos_token: str = ""
     eos_token: str = ""
     origin: str = ""  # where the template came from, shown in model info
+    tool_prompt_source: str = ""  # tool-use instructions for templates that cannot render tools themselves
 
 
 class Engine(ABC):

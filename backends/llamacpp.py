@@ -20,8 +20,9 @@ from backends.base import (
     GenerationRequest,
 )
 from backends.llamacpp_model import ContextConfig, LlamaContext, LlamaModel, default_threads
+from backends.llamacpp_sampling import grammar_parses
 from backends.llamacpp_scheduler import Scheduler, SequenceJob
-from chat.templates import resolve_template_source
+from chat.templates import resolve_template_source, resolve_tool_prompt_source
 from errors import ContextLengthExceeded, InvalidRequest
 from settings import Settings
 
@@ -30,7 +31,10 @@ logger = logging.getLogger(__name__)
 
 class LlamaCppEngine(Engine):
     engine_kind = "llama.cpp"
-    capabilities = EngineCapabilities(streaming=True, logprobs=True, max_top_logprobs=20)
+    capabilities = EngineCapabilities(
+        streaming=True, logprobs=True, max_top_logprobs=20, tools=True, parallel_tool_calls=True, json_schema=True,
+        grammar=True,
+    )
 
     def __init__(self, path: Path, settings: Settings, chat_template_override: str | None = None) -> None:
         self.path = path
@@ -76,6 +80,9 @@ class LlamaCppEngine(Engine):
             bos_token=decode(self.model.bos_token_id) if self.model.bos_token_id >= 0 else "",
             eos_token=decode(self.model.eos_token_id) if self.model.eos_token_id >= 0 else "",
             origin=origin,
+            tool_prompt_source=resolve_tool_prompt_source(
+                self.path.with_name(self.path.stem + ".tools.jinja"), settings.templates_dir
+            ),
         )
 
     # ---------------------------------------------------------------- Engine interface
@@ -124,6 +131,8 @@ class LlamaCppEngine(Engine):
         prompt_tokens = self.model.tokenize(request.prompt)
         max_tokens = self._validate(request, prompt_tokens)
         self._check_logit_bias(request)
+        if request.grammar is not None and not grammar_parses(self.model, request.grammar):
+            raise InvalidRequest("The grammar does not parse as GBNF (llama.cpp's grammar format).", param="grammar")
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[GenerationChunk | Exception] = asyncio.Queue()
 
@@ -139,6 +148,7 @@ class LlamaCppEngine(Engine):
             max_tokens=max_tokens,
             stop=request.stop,
             top_logprobs=request.top_logprobs,
+            grammar=request.grammar,
             emit=emit,
         )
         self.scheduler.submit(job)

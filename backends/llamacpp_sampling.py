@@ -12,7 +12,7 @@ import random
 import llama_cpp
 import numpy as np
 
-from backends.base import SamplingParams, TokenLogprob, TopLogprob
+from backends.base import GrammarSpec, SamplingParams, TokenLogprob, TopLogprob
 from backends.llamacpp_model import LlamaModel
 
 
@@ -28,23 +28,54 @@ def _uses_penalties(params: SamplingParams) -> bool:
     return params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
 
 
+def grammar_sampler(model: LlamaModel, grammar: GrammarSpec):
+    """A llama.cpp grammar sampler, or None if the GBNF does not parse."""
+    text = grammar.gbnf.encode()
+    if not grammar.lazy_triggers:
+        sampler = llama_cpp.llama_sampler_init_grammar(model.vocab, text, b"root")
+    else:
+        patterns = (ctypes.c_char_p * len(grammar.lazy_triggers))(*(p.encode() for p in grammar.lazy_triggers))
+        sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+            model.vocab, text, b"root", patterns, len(grammar.lazy_triggers), None, 0
+        )
+    return sampler or None
+
+
+def grammar_parses(model: LlamaModel, grammar: GrammarSpec) -> bool:
+    sampler = grammar_sampler(model, grammar)
+    if sampler is None:
+        return False
+    llama_cpp.llama_sampler_free(sampler)
+    return True
+
+
 class SamplerChain:
     """Owns one llama_sampler chain; `sample` picks the next token from a batch row and records it."""
 
-    def __init__(self, model: LlamaModel, params: SamplingParams, prompt_tokens: list[int]) -> None:
+    def __init__(
+        self, model: LlamaModel, params: SamplingParams, prompt_tokens: list[int], grammar: GrammarSpec | None = None
+    ) -> None:
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
         add = lambda sampler: llama_cpp.llama_sampler_chain_add(self.ptr, sampler)  # noqa: E731
         if params.logit_bias:
             add(_logit_bias_sampler(model.n_vocab, params.logit_bias))
+        if grammar is not None:
+            constraint = grammar_sampler(model, grammar)
+            if constraint is None:
+                raise ValueError("grammar does not parse")
+            add(constraint)
         if _uses_penalties(params):
-            add(
-                llama_cpp.llama_sampler_init_penalties(
-                    model.n_vocab,
-                    params.penalty_last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
-                )
+            penalties = llama_cpp.llama_sampler_init_penalties(
+                model.n_vocab,
+                params.penalty_last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
             )
+            # Penalties look back over recent tokens, prompt included (as llama-server does). Fed to this
+            # sampler alone: the grammar must not see prompt tokens.
+            for token in prompt_tokens[-params.penalty_last_n :]:
+                llama_cpp.llama_sampler_accept(penalties, token)
+            add(penalties)
         if params.temperature <= 0.0:
             add(llama_cpp.llama_sampler_init_greedy())
         else:
@@ -57,10 +88,6 @@ class SamplerChain:
             add(llama_cpp.llama_sampler_init_temp(params.temperature))
             seed = params.seed if params.seed is not None else random.getrandbits(32)
             add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        if _uses_penalties(params):
-            # Penalties look back over recent tokens, prompt included (as llama-server does).
-            for token in prompt_tokens[-params.penalty_last_n :]:
-                llama_cpp.llama_sampler_accept(self.ptr, token)
 
     def sample(self, context_ptr, batch_index: int) -> int:
         return llama_cpp.llama_sampler_sample(self.ptr, context_ptr, batch_index)

@@ -19,6 +19,7 @@ import llama_cpp
 from backends.base import (
     GenerationChunk,
     GenerationFinished,
+    GrammarSpec,
     SamplingParams,
     TokenDelta,
     TokenLogprob,
@@ -43,6 +44,7 @@ class SequenceJob:
     max_tokens: int
     stop: tuple[str, ...]
     top_logprobs: int | None
+    grammar: GrammarSpec | None
     emit: Emit  # thread-safe: delivers chunks (or an exception) to the waiting request
     cancelled: bool = False  # set by the request side when the client goes away
 
@@ -195,7 +197,7 @@ class Scheduler:
         slot.next_token = None
         slot.completion_tokens = 0
         slot.pending_logprobs = []
-        slot.sampler = SamplerChain(self.model, job.sampling, prompt)
+        slot.sampler = SamplerChain(self.model, job.sampling, prompt, job.grammar)
         slot.detokenizer = IncrementalDetokenizer()
         slot.stop_filter = StopStringFilter(job.stop)
 

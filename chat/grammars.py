@@ -9,11 +9,11 @@ from __future__ import annotations
 import copy
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from llama_cpp.llama_grammar import SchemaConverter
 
+from backends.base import GrammarSpec
 from chat.tools import ToolPlan
 from errors import InvalidRequest
 
@@ -27,14 +27,6 @@ _UNSUPPORTED_KEYWORDS = {
     "unevaluatedProperties", "unevaluatedItems", "contains", "minContains", "maxContains", "uniqueItems",
     "multipleOf", "exclusiveMinimum", "exclusiveMaximum", "minProperties", "maxProperties",
 }
-
-
-@dataclass(frozen=True)
-class GrammarSpec:
-    """A GBNF grammar for the sampler; with `lazy_triggers` it applies only once one of them appears."""
-
-    gbnf: str
-    lazy_triggers: tuple[str, ...] = ()
 
 
 def _check_supported(schema: Any, param: str, path: str = "$") -> None:

@@ -1,18 +1,22 @@
 """Turns OpenAI chat messages into the plain dicts chat templates expect.
 
 Templates see `{"role", "content"}` with string content: text parts are joined, `developer` becomes
-`system` (the newer OpenAI name for the same thing), and anything we cannot render is refused clearly.
+`system` (the newer OpenAI name for the same thing). Tool traffic (assistant `tool_calls`, `tool` results,
+legacy `function_call` / `function`) goes to templates that understand it as structured fields; for the
+others it is written out in the same `<tool_call>` / `<tool_response>` text the tool prompt teaches.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
+from chat.grammars import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from errors import InvalidRequest
 
-_ROLE_ALIASES = {"developer": "system"}
-_SUPPORTED_ROLES = {"system", "user", "assistant"}
+_ROLE_ALIASES = {"developer": "system", "function": "tool"}
+_SUPPORTED_ROLES = {"system", "user", "assistant", "tool"}
 
 
 def content_text(content: Any, param: str) -> str:
@@ -33,7 +37,50 @@ def content_text(content: Any, param: str) -> str:
     return "".join(texts)
 
 
-def to_template_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+def _calls_of(message: dict[str, Any]) -> list[dict[str, Any]]:
+    calls = list(message.get("tool_calls") or [])
+    if message.get("function_call"):
+        calls.append({"id": "", "type": "function", "function": message["function_call"]})
+    return calls
+
+
+def _parsed_arguments(arguments: str, param: str) -> Any:
+    try:
+        return json.loads(arguments) if arguments else {}
+    except json.JSONDecodeError:
+        raise InvalidRequest("Tool call arguments in the history must be a JSON string.", param=param) from None
+
+
+def _call_text(call: dict[str, Any], param: str) -> str:
+    body = {"name": call["function"]["name"], "arguments": _parsed_arguments(call["function"]["arguments"], param)}
+    return f"{TOOL_CALL_OPEN}{json.dumps(body, ensure_ascii=False)}{TOOL_CALL_CLOSE}"
+
+
+def _structured_message(role: str, text: str, message: dict[str, Any], param: str) -> dict[str, Any]:
+    rendered: dict[str, Any] = {"role": role, "content": text}
+    calls = _calls_of(message)
+    if calls:
+        rendered["tool_calls"] = [
+            {**call, "function": {**call["function"], "arguments": _parsed_arguments(call["function"]["arguments"], param)}}
+            for call in calls
+        ]
+    if role == "tool":
+        rendered["tool_call_id"] = message.get("tool_call_id") or ""
+        if message.get("name"):
+            rendered["name"] = message["name"]
+    return rendered
+
+
+def _textual_message(role: str, text: str, message: dict[str, Any], param: str) -> dict[str, str]:
+    if role == "tool":
+        return {"role": "user", "content": f"<tool_response>\n{text}\n</tool_response>"}
+    calls = _calls_of(message)
+    if calls:
+        text = "\n".join([text] * bool(text) + [_call_text(call, param) for call in calls])
+    return {"role": role, "content": text}
+
+
+def to_template_messages(messages: Sequence[dict[str, Any]], *, native_tools: bool = False) -> list[dict[str, Any]]:
     if not messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
     rendered = []
@@ -41,7 +88,9 @@ def to_template_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, s
         role = _ROLE_ALIASES.get(message["role"], message["role"])
         if role not in _SUPPORTED_ROLES:
             raise InvalidRequest(
-                f"Messages with role '{message['role']}' are not supported yet.", param=f"messages[{index}].role"
+                f"Messages with role '{message['role']}' are not supported.", param=f"messages[{index}].role"
             )
-        rendered.append({"role": role, "content": content_text(message.get("content"), f"messages[{index}].content")})
+        text = content_text(message.get("content"), f"messages[{index}].content")
+        build = _structured_message if native_tools else _textual_message
+        rendered.append(build(role, text, message, f"messages[{index}].tool_calls"))
     return rendered

@@ -7,6 +7,7 @@ template is compiled in Jinja's immutable sandbox, whatever its origin.
 from __future__ import annotations
 
 import datetime
+import json
 from pathlib import Path
 
 import jinja2
@@ -65,6 +66,19 @@ def resolve_template_source(
     return (templates_dir / f"{name}.jinja").read_text(encoding="utf-8"), f"builtin:{name}"
 
 
+def resolve_tool_prompt_source(sidecar: Path | None, templates_dir: Path) -> str:
+    """Instructions for calling tools, for templates without tool support: `<model>.tools.jinja` beside the
+    model, else the shipped `templates/tool_prompt.jinja`."""
+    if sidecar is not None and sidecar.is_file():
+        return sidecar.read_text(encoding="utf-8")
+    return (templates_dir / "tool_prompt.jinja").read_text(encoding="utf-8")
+
+
+def _to_json(value, indent=None) -> str:
+    # Hugging Face's tojson: plain JSON (Jinja's own escapes <, > and & for HTML, which prompts do not want).
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
 def _raise_exception(message: str) -> None:
     raise InvalidRequest(f"The chat template rejected the conversation: {message}", param="messages")
 
@@ -78,6 +92,7 @@ def _new_environment() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.ChainableUndefined)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    env.filters["tojson"] = _to_json
     return env
 
 
@@ -86,19 +101,35 @@ class ChatPromptRenderer:
 
     def __init__(self, info: ChatTemplateInfo) -> None:
         self.info = info
-        try:
-            self._template = _new_environment().from_string(info.source)
-        except jinja2.TemplateError as exc:
-            raise ValueError(f"chat template ({info.origin}) does not compile: {exc}") from exc
+        self._template = self._compile(info.source, info.origin)
+        self._tool_prompt = self._compile(info.tool_prompt_source, "tool prompt") if info.tool_prompt_source else None
 
-    def render(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
+    @staticmethod
+    def _compile(source: str, origin: str) -> jinja2.Template:
         try:
-            return self._template.render(
-                messages=messages,
-                add_generation_prompt=add_generation_prompt,
-                bos_token=self.info.bos_token,
-                eos_token=self.info.eos_token,
-            )
+            return _new_environment().from_string(source)
+        except jinja2.TemplateError as exc:
+            raise ValueError(f"chat template ({origin}) does not compile: {exc}") from exc
+
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the model's own template renders a `tools` list (most modern GGUF templates do)."""
+        return "tools" in self.info.source
+
+    def render(self, messages: list[dict], *, add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
+        variables = {"tools": tools} if tools else {}
+        return self._render(self._template, messages=messages, add_generation_prompt=add_generation_prompt,
+                            bos_token=self.info.bos_token, eos_token=self.info.eos_token, **variables)
+
+    def render_tool_prompt(self, tools: list[dict], mode: str, parallel: bool) -> str:
+        if self._tool_prompt is None:
+            raise InvalidRequest("This model has no tool-use prompt configured.", param="tools")
+        return self._render(self._tool_prompt, tools=tools, mode=mode, parallel=parallel).strip()
+
+    @staticmethod
+    def _render(template: jinja2.Template, **variables) -> str:
+        try:
+            return template.render(**variables)
         except InvalidRequest:
             raise
         except jinja2.exceptions.SecurityError as exc:

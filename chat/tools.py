@@ -29,6 +29,7 @@ class ToolPlan:
     mode: ToolMode
     tools: tuple[ToolSpec, ...] = ()
     parallel: bool = True
+    legacy: bool = False  # request used `functions`: answer with `function_call`, as OpenAI did
 
     @property
     def active(self) -> bool:
@@ -92,4 +93,4 @@ def build_tool_plan(
         specs = tuple(s for s in specs if s.name == named)
     # Legacy function calling never returned more than one call.
     parallel = False if legacy or named else parallel_tool_calls is not False
-    return ToolPlan(mode=mode, tools=specs, parallel=parallel)
+    return ToolPlan(mode=mode, tools=specs, parallel=parallel, legacy=legacy)

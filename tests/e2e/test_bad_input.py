@@ -26,11 +26,31 @@ BAD_BODIES = {
     ),
     "logit_bias key not a token id": ({"model": MODEL, "messages": USER, "logit_bias": {"abc": 1}}, 400, "logit_bias"),
     "logit_bias token outside vocabulary": ({"model": MODEL, "messages": USER, "logit_bias": {"99999999": 1}}, 400, "logit_bias"),
-    "tools not supported yet": (
-        {"model": MODEL, "messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]},
+    "tool_choice names an unknown function": (
+        {"model": MODEL, "messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}],
+         "tool_choice": {"type": "function", "function": {"name": "g"}}},
         400,
-        "tools",
+        "tool_choice",
     ),
+    "tool_choice required without tools": ({"model": MODEL, "messages": USER, "tool_choice": "required"}, 400, "tool_choice"),
+    "tool with an invalid schema": (
+        {"model": MODEL, "messages": USER,
+         "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}]},
+        400,
+        "tools[0].function.parameters",
+    ),
+    "tool with a bad name": (
+        {"model": MODEL, "messages": USER, "tools": [{"type": "function", "function": {"name": "no spaces"}}]},
+        400,
+        "tools[0].function.name",
+    ),
+    "unsupported schema feature": (
+        {"model": MODEL, "messages": USER, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "object", "properties": {"a": {"not": {"type": "string"}}}}}}},
+        400,
+        "response_format.json_schema.schema",
+    ),
+    "grammar that does not parse": ({"model": MODEL, "messages": USER, "grammar": "root ::= ("}, 400, "grammar"),
     "max_tokens beyond context": ({"model": MODEL, "messages": USER, "max_tokens": 100000}, 400, "max_tokens"),
     "unknown model": ({"model": "no-such-model", "messages": USER}, 404, "model"),
 }
