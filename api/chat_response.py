@@ -102,7 +102,7 @@ class ChoiceAccumulator:
 
     def message(self) -> AssistantMessage:
         text = "".join(self.content)
-        calls = self.output.calls
+        calls = [call for call in self.output.calls if call.complete]  # never return a truncated call
         if not calls:
             return AssistantMessage(content=text)
         content = text if text.strip() else None

@@ -61,11 +61,14 @@ class SamplerChain:
         add = lambda sampler: llama_cpp.llama_sampler_chain_add(self.ptr, sampler)  # noqa: E731
         if params.logit_bias:
             add(_logit_bias_sampler(model.n_vocab, params.logit_bias))
+        self.grammar = None
         if grammar is not None:
-            constraint = grammar_sampler(model, grammar)
-            if constraint is None:
+            # Kept out of the chain: checking 262k tokens against a grammar every step is slow, so the chain
+            # picks first and the grammar only vets that pick (see `sample`), as llama.cpp's common sampler does.
+            self.grammar = grammar_sampler(model, grammar)
+            if self.grammar is None:
                 raise ValueError("grammar does not parse")
-            add(constraint)
+            self._candidates = _CandidateBuffer(model.n_vocab)
         if _uses_penalties(params):
             penalties = llama_cpp.llama_sampler_init_penalties(
                 model.n_vocab,
@@ -90,12 +93,56 @@ class SamplerChain:
             add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
     def sample(self, context_ptr, batch_index: int) -> int:
-        return llama_cpp.llama_sampler_sample(self.ptr, context_ptr, batch_index)
+        if self.grammar is None:
+            return llama_cpp.llama_sampler_sample(self.ptr, context_ptr, batch_index)
+        logits = llama_cpp.llama_get_logits_ith(context_ptr, batch_index)
+        token = self._candidates.select(logits, self.ptr)
+        if not self._grammar_allows(token):
+            token = self._candidates.select(logits, self.ptr, constraint=self.grammar)
+        llama_cpp.llama_sampler_accept(self.grammar, token)
+        llama_cpp.llama_sampler_accept(self.ptr, token)
+        return token
+
+    def _grammar_allows(self, token: int) -> bool:
+        single = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 1.0, 0.0))
+        array = llama_cpp.llama_token_data_array(single, 1, -1, False)
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(array))
+        return single[0].logit != float("-inf")
 
     def free(self) -> None:
         if self.ptr:
             llama_cpp.llama_sampler_free(self.ptr)
             self.ptr = None
+        if self.grammar:
+            llama_cpp.llama_sampler_free(self.grammar)
+            self.grammar = None
+
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
+
+
+class _CandidateBuffer:
+    """A reusable llama_token_data_array over the whole vocabulary, filled from logits with numpy."""
+
+    def __init__(self, n_vocab: int) -> None:
+        self.n_vocab = n_vocab
+        self.data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+        self.ids = np.arange(n_vocab, dtype=np.int32)
+
+    def select(self, logits_ptr, chain, constraint=None) -> int:
+        """Run `constraint` (if any) then `chain` over all tokens, without recording the pick anywhere."""
+        logits = np.ctypeslib.as_array(ctypes.cast(logits_ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
+        self.data["id"] = self.ids
+        self.data["logit"] = logits
+        self.data["p"] = 0.0
+        pointer = self.data.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+        array = llama_cpp.llama_token_data_array(pointer, self.n_vocab, -1, False)
+        if constraint is not None:
+            llama_cpp.llama_sampler_apply(constraint, ctypes.byref(array))
+        llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
+        if array.selected < 0:
+            raise RuntimeError("the sampler chain selected no token")
+        return int(array.data[array.selected].id)
 
 
 def token_logprobs(model: LlamaModel, logits_ptr, token: int, top_n: int) -> TokenLogprob:

@@ -46,6 +46,31 @@ def _check_supported(schema: Any, param: str, path: str = "$") -> None:
             _check_supported(item, param, f"{path}[{index}]")
 
 
+MAX_ENUMERATED_RANGE = 1000
+
+
+def _bounded_numbers(schema: Any, param: str) -> Any:
+    """The converter ignores `minimum`/`maximum`. A bounded integer range becomes an `enum` of its values, which
+    it does enforce; any other bound is refused rather than silently dropped."""
+    if isinstance(schema, list):
+        return [_bounded_numbers(item, param) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: value if key in ("enum", "const") else _bounded_numbers(value, param) for key, value in schema.items()}
+    if "minimum" not in schema and "maximum" not in schema:
+        return schema
+    low, high = schema.get("minimum"), schema.get("maximum")
+    is_integer = schema.get("type") == "integer"
+    if not (is_integer and isinstance(low, int) and isinstance(high, int) and 0 <= high - low < MAX_ENUMERATED_RANGE):
+        raise InvalidRequest(
+            "JSON schema feature 'minimum'/'maximum' can only be enforced on integers with both bounds at most "
+            f"{MAX_ENUMERATED_RANGE} apart.",
+            param=param,
+        )
+    rest = {key: value for key, value in schema.items() if key not in ("minimum", "maximum", "type")}
+    return {**rest, "enum": list(range(low, high + 1))}
+
+
 def _closed_objects(schema: Any) -> Any:
     """Objects that list their properties and say nothing of others get `additionalProperties: false`, so
     a small model spends its tokens on the declared fields (the output still validates against the original)."""
@@ -72,8 +97,11 @@ def _convert(schema: dict, rule_name: str, param: str) -> SchemaConverter:
     _check_supported(schema, param)
     converter = _converter()
     try:
-        resolved = converter.resolve_refs(copy.deepcopy(_closed_objects(schema)), "request")
+        enforceable = _bounded_numbers(_closed_objects(copy.deepcopy(schema)), param)
+        resolved = converter.resolve_refs(enforceable, "request")
         converter.visit(resolved, rule_name)
+    except InvalidRequest:
+        raise
     except Exception as exc:  # the converter raises plain errors for schemas it cannot handle
         raise InvalidRequest(f"This JSON schema cannot be turned into a grammar: {exc}", param=param) from None
     return converter

@@ -90,6 +90,7 @@ class ParsedCall:
     id: str
     name: str
     arguments: str
+    complete: bool = False  # its closing marker arrived (a call cut off by max_tokens stays incomplete)
 
 
 class ToolCallStreamParser:
@@ -159,6 +160,8 @@ class ToolCallStreamParser:
         rest = call.body[end + len(TOOL_CALL_CLOSE) :]
         if call.index < 0:
             self._close_unannounced(call.body[:end], events, complete=True)
+        else:
+            self.calls[call.index].complete = True
         self._call = None
         return rest
 
@@ -200,7 +203,7 @@ class ToolCallStreamParser:
         if isinstance(data, dict) and isinstance(data.get("name"), str):
             arguments = data.get("arguments", data.get("parameters", {}))
             index = len(self.calls)
-            call = ParsedCall(id=new_call_id(), name=data["name"], arguments=json.dumps(arguments))
+            call = ParsedCall(id=new_call_id(), name=data["name"], arguments=json.dumps(arguments), complete=True)
             self.calls.append(call)
             events += [CallStarted(index, call.id, call.name), CallArguments(index, call.arguments)]
             return

@@ -1,0 +1,189 @@
+"""Tool calling and structured output end to end: grammar-guaranteed results from the 270M base model."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pydantic
+import pytest
+
+MODEL = "gemma-3-270m-q4_k_m.gguf"
+ASK = [{"role": "user", "content": "Please use a tool to help me."}]
+
+SCHEMAS = {
+    "get_weather": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+        "required": ["city", "unit"],
+    },
+    "book_trip": {
+        "type": "object",
+        "properties": {
+            "traveller": {
+                "type": "object",
+                "properties": {"name": {"type": "string", "maxLength": 16}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+                "required": ["name", "age"],
+            },
+            "stops": {"type": "array", "items": {"type": "string", "maxLength": 12}, "minItems": 1, "maxItems": 3},
+            "budget": {"type": "number"},
+            "refundable": {"type": "boolean"},
+        },
+        "required": ["traveller", "stops"],
+    },
+    "no_arguments": {"type": "object", "properties": {}},
+}
+
+
+def tool(name: str) -> dict:
+    return {"type": "function", "function": {"name": name, "description": f"The {name} tool.", "parameters": SCHEMAS[name]}}
+
+
+ALL_TOOLS = [tool(name) for name in SCHEMAS]
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_named_tool_choice_gives_schema_valid_arguments(client, name):
+    response = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=ALL_TOOLS, max_tokens=120, temperature=0.7, seed=1,
+        tool_choice={"type": "function", "function": {"name": name}},
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert len(choice.message.tool_calls) == 1  # a named choice is exactly one call
+    call = choice.message.tool_calls[0]
+    assert call.id.startswith("call_") and call.type == "function" and call.function.name == name
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[name])
+
+
+def test_required_calls_an_allowed_tool_with_valid_arguments(client):
+    response = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=ALL_TOOLS[:2], tool_choice="required", parallel_tool_calls=False,
+        max_tokens=120, temperature=0,
+    )
+    calls = response.choices[0].message.tool_calls
+    assert response.choices[0].finish_reason == "tool_calls"
+    assert len(calls) == 1
+    jsonschema.validate(json.loads(calls[0].function.arguments), SCHEMAS[calls[0].function.name])
+
+
+def test_parallel_calls_are_each_valid(client):
+    response = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=[tool("get_weather")], tool_choice="required", max_tokens=200,
+        temperature=0,
+    )
+    calls = response.choices[0].message.tool_calls
+    assert calls, response.choices[0]
+    assert len({c.id for c in calls}) == len(calls)
+    for call in calls:
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS["get_weather"])
+
+
+def test_streamed_tool_call_deltas_reassemble_to_the_whole_result(client):
+    kwargs = dict(
+        model=MODEL, messages=ASK, tools=ALL_TOOLS, max_tokens=120, temperature=0,
+        tool_choice={"type": "function", "function": {"name": "book_trip"}},
+    )
+    client.chat.completions.create(**kwargs)  # warm the prefix cache so both runs below share a regime
+    whole = client.chat.completions.create(**kwargs).choices[0].message.tool_calls[0]
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    deltas = [d for c in chunks if c.choices and c.choices[0].delta.tool_calls for d in c.choices[0].delta.tool_calls]
+    assert not any(c.choices[0].delta.content for c in chunks if c.choices)  # no markup leaks as content
+    first = deltas[0]
+    assert first.index == 0 and first.id.startswith("call_") and first.type == "function"
+    assert first.function.name == "book_trip" and first.function.arguments == ""
+    arguments = "".join(d.function.arguments or "" for d in deltas)
+    assert arguments == whole.function.arguments
+    assert len(deltas) > 3  # arguments arrive in fragments, not in one piece
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_tool_choice_none_never_calls(client):
+    response = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=ALL_TOOLS, tool_choice="none", max_tokens=20
+    )
+    assert response.choices[0].message.tool_calls is None
+    assert response.choices[0].finish_reason in ("stop", "length")
+
+
+def test_full_tool_round_trip_is_accepted(client):
+    first = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=[tool("get_weather")], tool_choice="required", parallel_tool_calls=False,
+        max_tokens=60, temperature=0,
+    )
+    call = first.choices[0].message.tool_calls[0]
+    history = ASK + [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 21})},
+    ]
+    final = client.chat.completions.create(model=MODEL, messages=history, tools=[tool("get_weather")], max_tokens=10)
+    assert final.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert final.usage.prompt_tokens > first.usage.prompt_tokens
+
+
+def test_auto_mode_calls_are_valid_when_the_model_makes_them(client):
+    # Few-shot history teaches the base model the call format; once it opens a call, the grammar takes over.
+    example_call = {"id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": json.dumps({"city": "Oslo", "unit": "celsius"})}}
+    history = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [example_call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"temperature\": 3}"},
+        {"role": "assistant", "content": "It is 3 degrees in Oslo."},
+        {"role": "user", "content": "Weather in Rome?"},
+    ]
+    response = client.chat.completions.create(
+        model=MODEL, messages=history, tools=[tool("get_weather")], max_tokens=60, temperature=0
+    )
+    message = response.choices[0].message
+    for call in message.tool_calls or []:
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS["get_weather"])
+    if message.tool_calls:
+        assert response.choices[0].finish_reason == "tool_calls"
+        assert "<tool_call>" not in (message.content or "")
+
+
+def test_legacy_functions_answer_with_function_call(client, http):
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 60, "temperature": 0,
+            "functions": [tool("get_weather")["function"]], "function_call": {"name": "get_weather"}}
+    response = http.post("/v1/chat/completions", json=body).json()
+    choice = response["choices"][0]
+    assert choice["finish_reason"] == "function_call"
+    jsonschema.validate(json.loads(choice["message"]["function_call"]["arguments"]), SCHEMAS["get_weather"])
+
+
+def test_json_object_output_parses(client):
+    response = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Describe a cat as JSON."}],
+        response_format={"type": "json_object"}, max_tokens=200, seed=7,
+    )
+    assert response.choices[0].finish_reason == "stop"  # the grammar let the model close the object
+    assert isinstance(json.loads(response.choices[0].message.content), dict)
+
+
+class Person(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=20)
+    age: int = pydantic.Field(ge=0, le=130)
+    pets: list[str] = pydantic.Field(max_length=3)
+
+
+def test_parse_with_a_pydantic_model(client):
+    completion = client.chat.completions.parse(
+        model=MODEL, messages=[{"role": "user", "content": "Invent a person."}], response_format=Person,
+        max_tokens=120, temperature=0.3, seed=4,
+    )
+    person = completion.choices[0].message.parsed
+    assert isinstance(person, Person)
+
+
+def test_raw_gbnf_grammar(http):
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 10, "grammar": 'root ::= ("yes" | "no") "!"'}
+    content = http.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+    assert content in ("yes!", "no!")
+
+
+def test_model_card_states_tool_capabilities(client):
+    card = client.models.retrieve(MODEL).model_dump()
+    assert card["capabilities"]["tools"] and card["capabilities"]["json_schema"]
+    assert card["capabilities"]["parallel_tool_calls"]
