@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -50,3 +52,14 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self._log.close()
+
+
+@contextmanager
+def running_server(*flags: str, log_dir: Path) -> Iterator[ServerProcess]:
+    """A ready server for the duration of the block, stopped afterwards whatever happens."""
+    process = ServerProcess(*flags, log_path=log_dir / "server.log")
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()

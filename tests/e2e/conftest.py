@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server_process import ServerProcess
+from tests.server_process import running_server
 
 # Token ids of gemma's end-of-generation tokens (<eos>, <end_of_turn>): banning them forces full-length output.
 GEMMA_END_TOKENS = {"1": -100, "106": -100}
@@ -14,13 +14,9 @@ GEMMA_END_TOKENS = {"1": -100, "106": -100}
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    process = ServerProcess("--n-ctx", "8192", "--parallel", "8", "--log-level", "info", log_path=log_path)
-    try:
-        process.wait_ready()
+    flags = ("--n-ctx", "8192", "--parallel", "8", "--log-level", "info")
+    with running_server(*flags, log_dir=tmp_path_factory.mktemp("server")) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="session")

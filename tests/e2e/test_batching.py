@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import GEMMA_END_TOKENS
-from tests.server_process import ServerProcess
+from tests.server_process import running_server
 
 MODEL = "gemma-3-270m-q4_k_m.gguf"
 TOPICS = ["lighthouses", "volcanoes", "bakeries", "glaciers", "trains", "owls", "deserts", "violins"]
@@ -147,13 +147,9 @@ def test_prefix_reuse_reports_cached_tokens(client):
 @pytest.fixture(scope="module")
 def unified_client(tmp_path_factory):
     """A server whose slots share one KV cache (--kv-unified), so one slot can reuse another's prefix."""
-    log_path = tmp_path_factory.mktemp("unified") / "server.log"
-    process = ServerProcess("--kv-unified", "--parallel", "2", "--n-ctx", "4096", log_path=log_path)
-    try:
-        process.wait_ready()
+    flags = ("--kv-unified", "--parallel", "2", "--n-ctx", "4096")
+    with running_server(*flags, log_dir=tmp_path_factory.mktemp("unified")) as process:
         yield openai.OpenAI(base_url=f"{process.base_url}/v1", api_key="x", _strict_response_validation=True)
-    finally:
-        process.stop()
 
 
 def test_concurrent_requests_share_a_prefix_still_being_generated(unified_client):
@@ -180,13 +176,9 @@ def test_concurrent_requests_share_a_prefix_still_being_generated(unified_client
 
 @pytest.fixture(scope="module")
 def tiny_queue_server(tmp_path_factory):
-    log_path = tmp_path_factory.mktemp("queue") / "server.log"
-    process = ServerProcess("--parallel", "1", "--max-queue", "1", "--n-ctx", "2048", log_path=log_path)
-    try:
-        process.wait_ready()
+    flags = ("--parallel", "1", "--max-queue", "1", "--n-ctx", "2048")
+    with running_server(*flags, log_dir=tmp_path_factory.mktemp("queue")) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def test_full_queue_answers_503_with_retry_after(tiny_queue_server):
