@@ -124,7 +124,7 @@ class Process:
         self.base_url = f"http://127.0.0.1:{port}"
         self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
         self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-                                        env={k: v for k, v in os.environ.items() if not k.startswith("LLM_SERVER_")})  # noqa
+                                        env={k: v for k, v in os.environ.items() if not k.startswith("LLM_SERVER_")})
         self.ready_path = ready_path
 
     def wait_ready(self, timeout: float = 180) -> bool:
