@@ -232,7 +232,6 @@ def bench_in_process(args) -> dict:
     cold = one([{"role": "user", "content": LONG_PREFIX + " Summarise entry 3."}], 4).ttft
     warm = one([{"role": "user", "content": LONG_PREFIX + " Summarise entry 7."}], 4).ttft
     rows["long"] = (cold, warm)
-    del llm
     return rows
 
 

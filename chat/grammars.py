@@ -122,7 +122,7 @@ def tool_call_schema(plan: ToolPlan) -> dict:
             "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
             "required": ["name", "arguments"],
         }
-        for tool in plan.allowed
+        for tool in plan.tools
     ]
     return options[0] if len(options) == 1 else {"anyOf": options}
 

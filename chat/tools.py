@@ -27,18 +27,13 @@ class ToolSpec:
 @dataclass(frozen=True)
 class ToolPlan:
     mode: ToolMode
-    tools: tuple[ToolSpec, ...] = ()
+    tools: tuple[ToolSpec, ...] = ()  # the tools the model may call (only the named one for a named choice)
     parallel: bool = True
     legacy: bool = False  # request used `functions`: answer with `function_call`, as OpenAI did
 
     @property
     def active(self) -> bool:
         return self.mode != "none" and bool(self.tools)
-
-    @property
-    def allowed(self) -> tuple[ToolSpec, ...]:
-        """Tools the model may call: all of them, or only the named one."""
-        return self.tools
 
 
 NO_TOOLS = ToolPlan(mode="none")
