@@ -55,20 +55,21 @@ class SamplerChain:
     def __init__(
         self, model: LlamaModel, params: SamplingParams, prompt_tokens: list[int], grammar: GrammarSpec | None = None
     ) -> None:
+        self.grammar = None
+        if grammar is not None:
+            # Kept out of the chain: checking 262k tokens against a grammar every step is slow, so the chain
+            # picks first and the grammar only vets that pick (see `sample`), as llama.cpp's common sampler does.
+            # Built first, so a grammar that does not parse leaves nothing allocated behind.
+            self.grammar = grammar_sampler(model, grammar)
+            if self.grammar is None:
+                raise ValueError("grammar does not parse")
+            self._candidates = _CandidateBuffer(model.n_vocab)
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
         add = lambda sampler: llama_cpp.llama_sampler_chain_add(self.ptr, sampler)  # noqa: E731
         if params.logit_bias:
             add(_logit_bias_sampler(model.n_vocab, params.logit_bias))
-        self.grammar = None
-        if grammar is not None:
-            # Kept out of the chain: checking 262k tokens against a grammar every step is slow, so the chain
-            # picks first and the grammar only vets that pick (see `sample`), as llama.cpp's common sampler does.
-            self.grammar = grammar_sampler(model, grammar)
-            if self.grammar is None:
-                raise ValueError("grammar does not parse")
-            self._candidates = _CandidateBuffer(model.n_vocab)
         if _uses_penalties(params):
             penalties = llama_cpp.llama_sampler_init_penalties(
                 model.n_vocab,
@@ -131,9 +132,8 @@ class _CandidateBuffer:
 
     def select(self, logits_ptr, chain, constraint=None) -> int:
         """Run `constraint` (if any) then `chain` over all tokens, without recording the pick anywhere."""
-        logits = np.ctypeslib.as_array(ctypes.cast(logits_ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
         self.data["id"] = self.ids
-        self.data["logit"] = logits
+        self.data["logit"] = logits_view(logits_ptr, self.n_vocab)
         self.data["p"] = 0.0
         pointer = self.data.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
         array = llama_cpp.llama_token_data_array(pointer, self.n_vocab, -1, False)
@@ -145,9 +145,14 @@ class _CandidateBuffer:
         return int(array.data[array.selected].id)
 
 
+def logits_view(logits_ptr, n_vocab: int) -> np.ndarray:
+    """A numpy view (no copy) of one logits row returned by llama_get_logits_ith."""
+    return np.ctypeslib.as_array(ctypes.cast(logits_ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
+
+
 def token_logprobs(model: LlamaModel, logits_ptr, token: int, top_n: int) -> TokenLogprob:
     """Log-probability of `token` under the model's raw distribution, plus the `top_n` most likely tokens."""
-    logits = np.ctypeslib.as_array(ctypes.cast(logits_ptr, ctypes.POINTER(ctypes.c_float)), shape=(model.n_vocab,))
+    logits = logits_view(logits_ptr, model.n_vocab)
     peak = float(logits.max())
     log_normalizer = peak + float(np.log(np.exp(logits - peak).sum()))
     top: tuple[TopLogprob, ...] = ()
