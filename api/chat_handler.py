@@ -34,7 +34,7 @@ async def handle_chat_completion(body: ChatCompletionRequest, request: Request, 
         model = await resources.enter_async_context(registry.lease(body.model))
         prepared = prepare_chat(body, model.renderer, model.engine.capabilities)
         identity = CompletionIdentity(model=model.model_id)
-        outputs = [ChoiceOutput(prepared.tool_plan) for _ in prepared.requests]
+        outputs = [ChoiceOutput(prepared.tool_plan, prepared.tool_call_format) for _ in prepared.requests]
         chunks = merge_choices([model.engine.generate(r) for r in prepared.requests])
         if body.stream:
             response = await _start_stream(body, identity, outputs, chunks, resources)

@@ -13,6 +13,7 @@ from backends.base import EngineCapabilities, GenerationRequest, GrammarSpec, Sa
 from chat.grammars import JSON_OBJECT_SCHEMA, json_schema_grammar, tool_call_grammar
 from chat.messages import to_template_messages
 from chat.templates import ChatPromptRenderer
+from chat.tool_formats import HERMES, ToolCallFormat
 from chat.tools import ToolPlan, build_tool_plan
 from errors import InvalidRequest
 
@@ -88,6 +89,7 @@ class PreparedChat:
 
     requests: list[GenerationRequest]
     tool_plan: ToolPlan
+    tool_call_format: ToolCallFormat = HERMES
 
 
 def _tool_plan(request: ChatCompletionRequest) -> ToolPlan:
@@ -101,7 +103,7 @@ def _tool_plan(request: ChatCompletionRequest) -> ToolPlan:
     )
 
 
-def _output_grammar(request: ChatCompletionRequest, plan: ToolPlan) -> GrammarSpec | None:
+def _output_grammar(request: ChatCompletionRequest, plan: ToolPlan, call_format: ToolCallFormat) -> GrammarSpec | None:
     """At most one constraint: a raw grammar, a tool-call grammar or a response_format schema."""
     response_format = request.response_format
     wants_json = response_format is not None and response_format.type != "text"
@@ -110,7 +112,7 @@ def _output_grammar(request: ChatCompletionRequest, plan: ToolPlan) -> GrammarSp
     if request.grammar is not None:
         return GrammarSpec(request.grammar)
     if plan.active:
-        return tool_call_grammar(plan, lazy=plan.mode == "auto")
+        return tool_call_grammar(plan, call_format, lazy=plan.mode == "auto")
     if not wants_json:
         return None
     if response_format.type == "json_object":
@@ -123,7 +125,9 @@ def _output_grammar(request: ChatCompletionRequest, plan: ToolPlan) -> GrammarSp
 
 def _render_prompt(request: ChatCompletionRequest, renderer: ChatPromptRenderer, plan: ToolPlan) -> str:
     native = plan.active and renderer.supports_tools
-    messages = to_template_messages([m.model_dump() for m in request.messages], native_tools=native)
+    messages = to_template_messages(
+        [m.model_dump() for m in request.messages], native_tools=native, call_format=renderer.tool_call_format
+    )
     tools = [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in plan.tools]
     if native:
         return renderer.render(messages, tools=[{"type": "function", "function": t} for t in tools])
@@ -142,7 +146,8 @@ def prepare_chat(
     """One engine request per choice (`n`), all sharing the rendered prompt and output constraint."""
     _refuse_unsupported(request, capabilities)
     plan = _tool_plan(request)
-    grammar = _output_grammar(request, plan)
+    call_format = renderer.tool_call_format
+    grammar = _output_grammar(request, plan, call_format)
     prompt = _render_prompt(request, renderer, plan)
     max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
     top_logprobs = (request.top_logprobs or 0) if request.logprobs else None
@@ -154,7 +159,8 @@ def prepare_chat(
             stop=stop_strings(request),
             top_logprobs=top_logprobs,
             grammar=grammar,
+            preserved_tokens=call_format.preserved_tokens if plan.active else (),
         )
         for index in range(request.n or 1)
     ]
-    return PreparedChat(requests=requests, tool_plan=plan)
+    return PreparedChat(requests=requests, tool_plan=plan, tool_call_format=call_format)

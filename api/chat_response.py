@@ -25,6 +25,7 @@ from api.protocol import (
 )
 from backends.base import GenerationFinished, TokenDelta, TokenLogprob, Usage
 from chat.tool_call_parser import CallStarted, ContentText, ParsedCall, ParseEvent, ToolCallStreamParser
+from chat.tool_formats import HERMES, ToolCallFormat
 from chat.tools import ToolPlan
 
 
@@ -58,9 +59,9 @@ def wire_usage(usages: list[Usage]) -> CompletionUsage:
 class ChoiceOutput:
     """Reads one choice's generated text: plain content, or content plus tool calls when tools are active."""
 
-    def __init__(self, plan: ToolPlan) -> None:
+    def __init__(self, plan: ToolPlan, call_format: ToolCallFormat = HERMES) -> None:
         self.plan = plan
-        self.parser = ToolCallStreamParser() if plan.active else None
+        self.parser = ToolCallStreamParser(call_format) if plan.active else None
 
     def read(self, text: str) -> list[ParseEvent]:
         if self.parser is None:

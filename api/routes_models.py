@@ -25,7 +25,12 @@ def _model_card(registry: ModelRegistry, path: Path) -> ModelCard:
         engine = current.engine
         extra["context_length"] = engine.context_length
         extra["chat_template"] = engine.chat_template.origin
-        extra["capabilities"] = vars(engine.capabilities)
+        renderer = current.renderer
+        extra["capabilities"] = {
+            **vars(engine.capabilities),
+            "native_tool_template": renderer.supports_tools,  # else tools are taught by templates/tool_prompt.jinja
+            "tool_call_format": renderer.tool_call_format.name,
+        }
     return ModelCard(id=path.name, created=int(path.stat().st_mtime), **extra)
 
 

@@ -45,6 +45,9 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None  # None: no logprobs; 0..20: chosen token plus that many alternatives
     grammar: GrammarSpec | None = None
+    # Markers the output must show as text even where the vocabulary holds them as special tokens
+    # (e.g. `[TOOL_CALLS]`, `<|python_tag|>`), so tool calls can be read back.
+    preserved_tokens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

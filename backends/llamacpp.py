@@ -150,6 +150,7 @@ class LlamaCppEngine(Engine):
             top_logprobs=request.top_logprobs,
             grammar=request.grammar,
             emit=emit,
+            shown_special_tokens=self.model.special_tokens_among(request.preserved_tokens),
         )
         self.scheduler.submit(job)
         try:

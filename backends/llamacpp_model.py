@@ -96,6 +96,17 @@ class LlamaModel:
             self._piece_cache[token] = cached
         return cached
 
+    def special_tokens_among(self, texts: tuple[str, ...]) -> frozenset[int]:
+        """The ids of those texts that this vocabulary holds as one special (normally invisible) token."""
+        found = set()
+        for text in texts:
+            tokens = self.tokenize(text)
+            if tokens and tokens[0] == self.bos_token_id and self.add_bos:
+                tokens = tokens[1:]
+            if len(tokens) == 1 and self.piece(tokens[0]) != self.token_text(tokens[0]):
+                found.add(tokens[0])
+        return frozenset(found)
+
     def token_text(self, token: int) -> bytes:
         """A token's own text, special tokens included (used to name tokens in logprobs and templates)."""
         return self._render_piece(token, special=True)

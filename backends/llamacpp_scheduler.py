@@ -46,6 +46,7 @@ class SequenceJob:
     top_logprobs: int | None
     grammar: GrammarSpec | None
     emit: Emit  # thread-safe: delivers chunks (or an exception) to the waiting request
+    shown_special_tokens: frozenset[int] = frozenset()  # control tokens rendered as their text
     cancelled: bool = False  # set by the request side when the client goes away
 
 
@@ -258,7 +259,8 @@ class Scheduler:
         if self.model.is_end_of_generation(token):
             self._finish(slot, "stop")
             return
-        text = slot.stop_filter.push(slot.detokenizer.push(self.model.piece(token)))
+        piece = self.model.token_text(token) if token in job.shown_special_tokens else self.model.piece(token)
+        text = slot.stop_filter.push(slot.detokenizer.push(piece))
         if slot.stop_filter.stopped:
             self._finish(slot, "stop", text)
             return

@@ -14,11 +14,10 @@ from typing import Any
 from llama_cpp.llama_grammar import SchemaConverter
 
 from backends.base import GrammarSpec
+from chat.tool_formats import ToolCallFormat
 from chat.tools import ToolPlan
 from errors import InvalidRequest
 
-TOOL_CALL_OPEN = "<tool_call>"
-TOOL_CALL_CLOSE = "</tool_call>"
 MAX_PARALLEL_CALLS = 4  # bounds a model that would otherwise emit calls until max_tokens
 
 # JSON-schema keywords the converter does not enforce (it would ignore them and produce unconstrained output).
@@ -114,28 +113,29 @@ def json_schema_grammar(schema: dict, param: str = "response_format") -> Grammar
 JSON_OBJECT_SCHEMA = {"type": "object"}
 
 
-def tool_call_schema(plan: ToolPlan) -> dict:
-    """One call: {"name": <one of the tools>, "arguments": <that tool's parameters>}."""
+def tool_call_schema(plan: ToolPlan, arguments_key: str = "arguments") -> dict:
+    """One call: {"name": <one of the tools>, "<arguments key>": <that tool's parameters>}."""
     options = [
         {
             "type": "object",
-            "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
-            "required": ["name", "arguments"],
+            "properties": {"name": {"const": tool.name}, arguments_key: tool.parameters},
+            "required": ["name", arguments_key],
         }
         for tool in plan.tools
     ]
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-def tool_call_grammar(plan: ToolPlan, *, lazy: bool) -> GrammarSpec:
-    """`<tool_call>{json}</tool_call>`, once or (parallel) up to MAX_PARALLEL_CALLS times.
+def tool_call_grammar(plan: ToolPlan, call_format: ToolCallFormat, *, lazy: bool) -> GrammarSpec:
+    """Calls in the model's own format, once or (parallel) up to MAX_PARALLEL_CALLS times.
 
     Lazy (tool_choice auto): free text until the model opens a call, then the call must be valid."""
-    converter = _convert(tool_call_schema(plan), "call-json", "tools")
-    literal = lambda text: json.dumps(text)  # noqa: E731 - GBNF string literals use JSON escaping
-    converter._add_rule("call", f"{literal(TOOL_CALL_OPEN)} call-json {literal(TOOL_CALL_CLOSE)}")
-    repeat = f' ("\\n" call){{0,{MAX_PARALLEL_CALLS - 1}}}' if plan.parallel else ""
-    converter._add_rule("root", f"call{repeat}")
+    converter = _convert(tool_call_schema(plan, call_format.arguments_key), "call-json", "tools")
+    literal = lambda text: json.dumps(text) if text else ""  # noqa: E731 - GBNF string literals use JSON escaping
+    converter._add_rule("call", f"{literal(call_format.call_open)} call-json {literal(call_format.call_close)}")
+    repeat = f" ({literal(call_format.separator)} call){{0,{MAX_PARALLEL_CALLS - 1}}}" if plan.parallel else ""
+    prefix = f"{literal(call_format.optional_prefix)}? " if lazy and call_format.optional_prefix else ""
+    opening = literal(call_format.section_open + call_format.list_open)
+    converter._add_rule("root", f"{prefix}{opening} call{repeat} {literal(call_format.section_close)}")
     gbnf = _compact_whitespace(converter.format_grammar())
-    triggers = (rf"[\s\S]*?({re.escape(TOOL_CALL_OPEN)})[\s\S]*",) if lazy else ()
-    return GrammarSpec(gbnf, triggers)
+    return GrammarSpec(gbnf, call_format.lazy_triggers() if lazy else ())

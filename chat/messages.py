@@ -3,7 +3,7 @@
 Templates see `{"role", "content"}` with string content: text parts are joined, `developer` becomes
 `system` (the newer OpenAI name for the same thing). Tool traffic (assistant `tool_calls`, `tool` results,
 legacy `function_call` / `function`) goes to templates that understand it as structured fields; for the
-others it is written out in the same `<tool_call>` / `<tool_response>` text the tool prompt teaches.
+others it is written out in the call format the tool prompt teaches, results in `<tool_response>` text.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from chat.grammars import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from chat.tool_formats import HERMES, ToolCallFormat
 from errors import InvalidRequest
 
 _ROLE_ALIASES = {"developer": "system", "function": "tool"}
@@ -51,11 +51,6 @@ def _parsed_arguments(arguments: str, param: str) -> Any:
         raise InvalidRequest("Tool call arguments in the history must be a JSON string.", param=param) from None
 
 
-def _call_text(call: dict[str, Any], param: str) -> str:
-    body = {"name": call["function"]["name"], "arguments": _parsed_arguments(call["function"]["arguments"], param)}
-    return f"{TOOL_CALL_OPEN}{json.dumps(body, ensure_ascii=False)}{TOOL_CALL_CLOSE}"
-
-
 def _structured_message(role: str, text: str, message: dict[str, Any], param: str) -> dict[str, Any]:
     rendered: dict[str, Any] = {"role": role, "content": text}
     calls = _calls_of(message)
@@ -71,16 +66,23 @@ def _structured_message(role: str, text: str, message: dict[str, Any], param: st
     return rendered
 
 
-def _textual_message(role: str, text: str, message: dict[str, Any], param: str) -> dict[str, str]:
+def _textual_message(
+    role: str, text: str, message: dict[str, Any], param: str, call_format: ToolCallFormat
+) -> dict[str, str]:
     if role == "tool":
         return {"role": "user", "content": f"<tool_response>\n{text}\n</tool_response>"}
     calls = _calls_of(message)
     if calls:
-        text = "\n".join([text] * bool(text) + [_call_text(call, param) for call in calls])
+        written = call_format.render_calls(
+            [(call["function"]["name"], _parsed_arguments(call["function"]["arguments"], param)) for call in calls]
+        )
+        text = f"{text}\n{written}" if text else written
     return {"role": role, "content": text}
 
 
-def to_template_messages(messages: Sequence[dict[str, Any]], *, native_tools: bool = False) -> list[dict[str, Any]]:
+def to_template_messages(
+    messages: Sequence[dict[str, Any]], *, native_tools: bool = False, call_format: ToolCallFormat = HERMES
+) -> list[dict[str, Any]]:
     if not messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
     rendered = []
@@ -91,6 +93,9 @@ def to_template_messages(messages: Sequence[dict[str, Any]], *, native_tools: bo
                 f"Messages with role '{message['role']}' are not supported.", param=f"messages[{index}].role"
             )
         text = content_text(message.get("content"), f"messages[{index}].content")
-        build = _structured_message if native_tools else _textual_message
-        rendered.append(build(role, text, message, f"messages[{index}].tool_calls"))
+        param = f"messages[{index}].tool_calls"
+        if native_tools:
+            rendered.append(_structured_message(role, text, message, param))
+        else:
+            rendered.append(_textual_message(role, text, message, param, call_format))
     return rendered

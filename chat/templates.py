@@ -7,6 +7,7 @@ template is compiled in Jinja's immutable sandbox, whatever its origin.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from backends.base import ChatTemplateInfo
+from chat.tool_formats import ToolCallFormat, detect_tool_call_format
 from errors import InvalidRequest
 
 # Architecture (GGUF `general.architecture`) -> template file in templates/. Llama 2 era models share the
@@ -115,6 +117,12 @@ class ChatPromptRenderer:
     def supports_tools(self) -> bool:
         """Whether the model's own template renders a `tools` list (most modern GGUF templates do)."""
         return "tools" in self.info.source
+
+    @functools.cached_property
+    def tool_call_format(self) -> ToolCallFormat:
+        """How this model writes calls: what its own template teaches, else what the tool prompt teaches."""
+        source = self.info.source if self.supports_tools else self.info.tool_prompt_source
+        return detect_tool_call_format(source)
 
     def render(self, messages: list[dict], *, add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
         variables = {"tools": tools} if tools else {}

@@ -1,4 +1,5 @@
-"""Finds tool calls in generated text as it streams: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`.
+"""Finds tool calls in generated text as it streams, in any `ToolCallFormat` (hermes `<tool_call>`, mistral
+`[TOOL_CALLS]`, llama3 / generic bare JSON).
 
 Text outside calls is content; call markup never leaks into it. A call is announced as soon as its name is
 complete and its arguments are streamed fragment by fragment, so clients see OpenAI's delta format. The
@@ -12,7 +13,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-from chat.grammars import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from chat.tool_formats import HERMES, ToolCallFormat
 
 _NAME_RE = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _ARGUMENTS_RE = re.compile(r'\s*,\s*"(?:arguments|parameters)"\s*:\s*')
@@ -77,11 +78,12 @@ class _JsonValueScanner:
 
 @dataclass
 class _OpenCall:
-    body: str = ""
+    body: str = ""  # the call's JSON object text so far
     index: int = -1  # assigned when the name is known
+    object_scanner: _JsonValueScanner = field(default_factory=_JsonValueScanner)
     arguments_start: int = -1
     scanned_to: int = 0
-    scanner: _JsonValueScanner = field(default_factory=_JsonValueScanner)
+    arguments_scanner: _JsonValueScanner = field(default_factory=_JsonValueScanner)
     arguments: str = ""
 
 
@@ -90,88 +92,138 @@ class ParsedCall:
     id: str
     name: str
     arguments: str
-    complete: bool = False  # its closing marker arrived (a call cut off by max_tokens stays incomplete)
+    complete: bool = False  # its JSON object closed (a call cut off by max_tokens stays incomplete)
+
+
+# Everything the model may write before the first call that could still become `{"name"` (bare JSON formats).
+_JSON_START_PREFIX_RE = re.compile(r'\s*(?:\{\s*(?:"(?:n(?:a(?:m(?:e)?)?)?)?)?)?')
+_JSON_START_RE = re.compile(r'\s*\{\s*"name"')
 
 
 class ToolCallStreamParser:
-    def __init__(self) -> None:
-        self._text = ""  # content not yet released (may be the start of the open marker)
+    """Splits a stream of generated text into content and calls, for one `ToolCallFormat`.
+
+    Three states: free text (watching for a marker that opens calls), between calls (markup and whitespace
+    are skipped), inside a call's JSON object. Decisions only ever depend on the text seen so far, and text
+    that could still become a marker is held back, so any chunking of the same text gives the same result.
+    """
+
+    def __init__(self, call_format: ToolCallFormat = HERMES) -> None:
+        self.format = call_format
+        self._markers = call_format.entry_markers
+        self._between_markup = tuple(dict.fromkeys(call_format.markup + self._markers))
+        self._buffer = ""  # text received but not yet consumed by the current state
+        self._state = "text"
+        self._at_start = call_format.json_at_start  # nothing but whitespace seen yet: a bare call may begin
         self._call: _OpenCall | None = None
         self.calls: list[ParsedCall] = []
 
     def feed(self, text: str) -> list[ParseEvent]:
         events: list[ParseEvent] = []
-        pending = text
-        while pending:
-            if self._call is None:
-                pending = self._feed_text(pending, events)
-            else:
-                pending = self._feed_call(pending, events)
+        self._buffer += text
+        step = {"text": self._in_text, "between": self._between_calls, "call": self._in_call}
+        while self._buffer and step[self._state](events):
+            pass
         return events
 
     def finish(self) -> list[ParseEvent]:
-        """End of generation: release held text; an unterminated call keeps what was streamed of it."""
+        """End of generation: release held text. An unterminated call keeps what was streamed of it; one cut off
+        before its name was complete is dropped (it began after a call marker, so it was never content)."""
         events: list[ParseEvent] = []
-        if self._call is not None and self._call.index < 0:
-            self._close_unannounced(self._call.body, events, complete=False)
-        self._call = None
-        self._emit_content(self._text, events)
-        self._text = ""
+        if self._state == "text":
+            self._emit_content(self._buffer, events)
+        self._buffer, self._call, self._state = "", None, "text"
         return events
 
-    # ---------------------------------------------------------------- text outside calls
-
-    def _feed_text(self, text: str, events: list[ParseEvent]) -> str:
-        buffer = self._text + text
-        start = buffer.find(TOOL_CALL_OPEN)
-        if start >= 0:
-            self._emit_content(buffer[:start], events)
-            self._text = ""
-            self._call = _OpenCall()
-            return buffer[start + len(TOOL_CALL_OPEN) :]
-        release = buffer[: len(buffer) - _partial_marker_suffix(buffer, TOOL_CALL_OPEN)]
-        if self._is_markup_whitespace(release):
-            self._text = buffer  # may separate two calls: release it only if real text follows
-            return ""
-        self._emit_content(release, events)
-        self._text = buffer[len(release) :]
-        return ""
-
-    def _is_markup_whitespace(self, text: str) -> bool:
-        """Whitespace next to calls is part of the call markup, not content."""
-        return bool(self.calls) and not text.strip()
-
-    def _emit_content(self, text: str, events: list[ParseEvent]) -> None:
-        if text and not self._is_markup_whitespace(text):
+    @staticmethod
+    def _emit_content(text: str, events: list[ParseEvent]) -> None:
+        if text:
             events.append(ContentText(text))
+
+    # ---------------------------------------------------------------- free text
+
+    def _in_text(self, events: list[ParseEvent]) -> bool:
+        """Returns True when the state changed and the rest of the buffer should be read in the new one."""
+        buffer = self._buffer
+        if self._at_start:
+            match = _JSON_START_RE.match(buffer)
+            if match:
+                self._buffer = buffer[buffer.index("{") :]
+                self._open_call()
+                return True
+            if _JSON_START_PREFIX_RE.fullmatch(buffer):
+                return False  # still only whitespace or the beginning of `{"name"`
+            self._at_start = False
+        found = [(buffer.find(m), m) for m in self._markers if m in buffer]
+        if found:
+            position, marker = min(found)
+            self._emit_content(buffer[:position], events)
+            self._buffer = buffer[position + len(marker) :]
+            self._state = "between"
+            return True
+        held = max((_partial_marker_suffix(buffer, m) for m in self._markers), default=0)
+        self._emit_content(buffer[: len(buffer) - held], events)
+        self._buffer = buffer[len(buffer) - held :]
+        return False
+
+    # ---------------------------------------------------------------- between calls
+
+    def _between_calls(self, events: list[ParseEvent]) -> bool:
+        self._buffer = self._buffer.lstrip()
+        buffer = self._buffer
+        if not buffer:
+            return False
+        if buffer.startswith("{"):
+            self._open_call()
+            return True
+        for markup in self._between_markup:
+            if buffer.startswith(markup):
+                self._buffer = buffer[len(markup) :]
+                return True
+        if any(markup.startswith(buffer) for markup in self._between_markup):
+            return False  # may be the start of a marker
+        self._state = "text"  # the calls are over; what follows is content again
+        self._at_start = False
+        return True
 
     # ---------------------------------------------------------------- inside a call
 
-    def _feed_call(self, text: str, events: list[ParseEvent]) -> str:
+    def _open_call(self) -> None:
+        self._state = "call"
+        self._at_start = False
+        self._call = _OpenCall()
+
+    def _in_call(self, events: list[ParseEvent]) -> bool:
         call = self._call
-        call.body += text
+        consumed = 0
+        while consumed < len(self._buffer) and not call.object_scanner.done:
+            call.object_scanner.push(self._buffer[consumed])
+            consumed += 1
+        call.body += self._buffer[:consumed]
+        self._buffer = self._buffer[consumed:]
         if call.index < 0:
             self._announce_if_named(call, events)
-        if call.index >= 0 and call.arguments_start >= 0:
+        if call.index >= 0:
             self._stream_arguments(call, events)
-        end = call.body.find(TOOL_CALL_CLOSE)
-        if end < 0:
-            return ""
-        rest = call.body[end + len(TOOL_CALL_CLOSE) :]
+        if not call.object_scanner.done:
+            return False
         if call.index < 0:
-            self._close_unannounced(call.body[:end], events, complete=True)
+            self._close_unannounced(call.body, events)
         else:
             self.calls[call.index].complete = True
         self._call = None
-        return rest
+        self._state = "between"
+        return True
 
     def _announce_if_named(self, call: _OpenCall, events: list[ParseEvent]) -> None:
         name_match = _NAME_RE.match(call.body)
         if not name_match:
             return
         arguments_match = _ARGUMENTS_RE.match(call.body, name_match.end())
-        if not arguments_match:
+        if not arguments_match or not call.body[arguments_match.end() :].lstrip()[:1]:
             return
+        if call.body[arguments_match.end() :].lstrip()[0] not in '{["':
+            return  # a scalar "arguments" value is read whole when the object closes
         call.index = len(self.calls)
         call.arguments_start = call.scanned_to = arguments_match.end()
         parsed = ParsedCall(id=new_call_id(), name=json.loads(f'"{name_match.group(1)}"'), arguments="")
@@ -179,7 +231,7 @@ class ToolCallStreamParser:
         events.append(CallStarted(call.index, parsed.id, parsed.name))
 
     def _stream_arguments(self, call: _OpenCall, events: list[ParseEvent]) -> None:
-        scanner = call.scanner
+        scanner = call.arguments_scanner
         start = call.scanned_to
         position = start
         while position < len(call.body) and not scanner.done:
@@ -194,21 +246,21 @@ class ToolCallStreamParser:
             self.calls[call.index].arguments += fragment
             events.append(CallArguments(call.index, fragment))
 
-    def _close_unannounced(self, body: str, events: list[ParseEvent], *, complete: bool) -> None:
+    def _close_unannounced(self, body: str, events: list[ParseEvent]) -> None:
         """A call whose name did not come first (no grammar enforced it): parse it whole, or give it back as text."""
         try:
-            data = json.loads(body) if complete else None
+            data = json.loads(body)
         except json.JSONDecodeError:
             data = None
-        if isinstance(data, dict) and isinstance(data.get("name"), str):
-            arguments = data.get("arguments", data.get("parameters", {}))
+        has_arguments = isinstance(data, dict) and ("arguments" in data or "parameters" in data)
+        if has_arguments and isinstance(data.get("name"), str):
+            arguments = data.get("arguments", data.get("parameters"))
             index = len(self.calls)
             call = ParsedCall(id=new_call_id(), name=data["name"], arguments=json.dumps(arguments), complete=True)
             self.calls.append(call)
             events += [CallStarted(index, call.id, call.name), CallArguments(index, call.arguments)]
             return
-        tail = TOOL_CALL_CLOSE if complete else ""
-        events.append(ContentText(TOOL_CALL_OPEN + body + tail))
+        events.append(ContentText(body))
 
 
 def _partial_marker_suffix(text: str, marker: str) -> int:
@@ -218,9 +270,9 @@ def _partial_marker_suffix(text: str, marker: str) -> int:
     return 0
 
 
-def parse_tool_calls(text: str) -> tuple[str, list[ParsedCall]]:
+def parse_tool_calls(text: str, call_format: ToolCallFormat = HERMES) -> tuple[str, list[ParsedCall]]:
     """Whole-text form: (content outside calls, calls)."""
-    parser = ToolCallStreamParser()
+    parser = ToolCallStreamParser(call_format)
     events = parser.feed(text) + parser.finish()
     content = "".join(e.text for e in events if isinstance(e, ContentText))
     return content, parser.calls

@@ -1,13 +1,15 @@
-"""Property-based tests for the tool-call detector: any text, any chunking, same answer as the whole text."""
+"""Property-based tests for the tool-call detector: any text, any chunking, same answer as the whole text,
+in every call format a template can teach."""
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat.tool_call_parser import CallArguments, CallStarted, ContentText, ToolCallStreamParser, parse_tool_calls
+from chat.tool_formats import FORMATS, GENERIC, HERMES, LLAMA3, MISTRAL, detect_tool_call_format
 
-plain_text = st.text(max_size=60).filter(lambda t: "<tool_call>" not in t and t.strip() == t and t)
 names = st.from_regex(r"[a-z_]{1,12}", fullmatch=True)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=10),
@@ -15,10 +17,19 @@ json_values = st.recursive(
     max_leaves=8,
 )
 arguments = st.dictionaries(st.text(max_size=6), json_values, max_size=4)
+formats = pytest.mark.parametrize("call_format", FORMATS, ids=lambda f: f.name)
 
 
-def stream(text: str, cuts: list[int]):
-    parser = ToolCallStreamParser()
+def plain_text_for(call_format):
+    """Text that cannot open calls in this format."""
+    markers = call_format.entry_markers
+    return st.text(max_size=60).filter(
+        lambda t: t and t.strip() == t and not any(m in t for m in markers) and not t.startswith("{")
+    )
+
+
+def stream(text: str, cuts: list[int], call_format):
+    parser = ToolCallStreamParser(call_format)
     events, previous = [], 0
     for cut in sorted(set(c % (len(text) + 1) for c in cuts)) + [len(text)]:
         events += parser.feed(text[previous:cut])
@@ -26,32 +37,84 @@ def stream(text: str, cuts: list[int]):
     return events + parser.finish(), parser.calls
 
 
-@given(st.text(max_size=200), st.lists(st.integers(min_value=0), max_size=12))
-def test_any_text_streams_like_the_whole(text, cuts):
-    whole_content, whole_calls = parse_tool_calls(text)
-    events, calls = stream(text, cuts)
-    assert "".join(e.text for e in events if isinstance(e, ContentText)) == whole_content
+def content_of(events) -> str:
+    return "".join(e.text for e in events if isinstance(e, ContentText))
+
+
+@formats
+@settings(max_examples=60)
+@given(text=st.text(max_size=200), cuts=st.lists(st.integers(min_value=0), max_size=12))
+def test_any_text_streams_like_the_whole(call_format, text, cuts):
+    whole_content, whole_calls = parse_tool_calls(text, call_format)
+    events, calls = stream(text, cuts, call_format)
+    assert content_of(events) == whole_content
     assert [(c.name, c.arguments, c.complete) for c in calls] == [(c.name, c.arguments, c.complete) for c in whole_calls]
 
 
-@given(plain_text)
-def test_text_without_calls_is_all_content(text):
-    assert parse_tool_calls(text) == (text, [])
-
-
+@formats
 @settings(max_examples=60)
-@given(plain_text, st.lists(st.tuples(names, arguments), min_size=1, max_size=3), st.lists(st.integers(0), max_size=20))
-def test_calls_are_recovered_in_order_with_exact_arguments(prefix, calls, cuts):
-    text = prefix + " " + "\n".join(
-        f'<tool_call>{{"name": "{name}", "arguments": {json.dumps(args)}}}</tool_call>' for name, args in calls
-    )
-    events, parsed = stream(text, cuts)
+@given(data=st.data())
+def test_text_without_calls_is_all_content(call_format, data):
+    text = data.draw(plain_text_for(call_format))
+    assert parse_tool_calls(text, call_format) == (text, [])
+
+
+@formats
+@settings(max_examples=40)
+@given(calls=st.lists(st.tuples(names, arguments), min_size=1, max_size=3), cuts=st.lists(st.integers(0), max_size=20),
+       data=st.data())
+def test_calls_are_recovered_in_order_with_exact_arguments(call_format, calls, cuts, data):
+    # Bare-JSON formats only recognise calls at the very start of the output; the others after any text.
+    prefix = "" if call_format.json_at_start else data.draw(plain_text_for(call_format))
+    text = (prefix + " " if prefix else "") + call_format.render_calls(calls)
+    events, parsed = stream(text, cuts, call_format)
     assert [(c.name, json.loads(c.arguments)) for c in parsed] == [(n, a) for n, a in calls]
     assert all(c.complete for c in parsed)
-    content = "".join(e.text for e in events if isinstance(e, ContentText))
-    assert "<tool_call>" not in content and content.strip() == prefix
+    assert content_of(events).strip() == prefix
     for index, call in enumerate(parsed):
         started = [e for e in events if isinstance(e, CallStarted) and e.index == index]
         fragments = [e.fragment for e in events if isinstance(e, CallArguments) and e.index == index]
         assert len(started) == 1 and started[0].id == call.id
         assert "".join(fragments) == call.arguments
+
+
+def test_llama3_python_tag_opens_calls_and_never_reaches_content():
+    content, calls = parse_tool_calls('<|python_tag|>{"name": "f", "parameters": {"x": 1}}', LLAMA3)
+    assert content == "" and [(c.name, json.loads(c.arguments)) for c in calls] == [("f", {"x": 1})]
+
+
+def test_bare_json_later_in_the_text_is_content():
+    text = 'Here is JSON: {"name": "f", "arguments": {}}'
+    assert parse_tool_calls(text, GENERIC) == (text, [])
+
+
+def test_a_json_answer_that_is_not_a_call_stays_content():
+    text = '{"name": "Ada", "age": 36}'
+    assert parse_tool_calls(text, GENERIC) == (text, [])
+
+
+def test_text_after_hermes_calls_is_content_again():
+    content, calls = parse_tool_calls('<tool_call>{"name": "f", "arguments": {}}</tool_call>\nDone.', HERMES)
+    assert content == "Done." and len(calls) == 1 and calls[0].complete
+
+
+def test_truncated_call_is_incomplete():
+    _, calls = parse_tool_calls('[TOOL_CALLS][{"name": "f", "arguments": {"x": [1, 2', MISTRAL)
+    assert [(c.name, c.arguments, c.complete) for c in calls] == [("f", '{"x": [1, 2', False)]
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("{% for t in tools %}<tool_call>{{ t | tojson }}</tool_call>{% endfor %}", HERMES),
+        ("{% if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]", MISTRAL),
+        ('<|start_header_id|>{% if tools %}{"name": function name, "parameters": ...}{% endif %}', LLAMA3),
+        ("{% if tools %}{{ tools | tojson }}{% endif %}{{ messages[0]['content'] }}", GENERIC),
+    ],
+)
+def test_format_is_detected_from_the_template(source, expected):
+    assert detect_tool_call_format(source) is expected
+
+
+def test_call_cut_off_before_its_name_is_dropped_not_content():
+    assert parse_tool_calls('Sure. <tool_call>{"na', HERMES) == ("Sure. ", [])
