@@ -59,3 +59,11 @@ class EngineFailure(ServerError):
     """The engine failed while working on a request (decode error, model load error...)."""
 
     code = "engine_error"
+
+
+class NotSupported(ServerError):
+    """The model's engine does not offer this operation (e.g. prompt pre-warming on a remote model)."""
+
+    status_code = 501
+    error_type = "invalid_request_error"
+    code = "not_implemented"

@@ -28,6 +28,16 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="Logging level: debug, info, warning, error.")
     models_dir: Path = Field(PROJECT_ROOT / "models", description="Directory holding model files.")
     cache_dir: Path = Field(PROJECT_ROOT / "cache", description="Directory for the persistent prompt cache.")
+    prompt_cache: bool = Field(
+        True, description="Persistent prompt cache: save finished sequences' KV state to --cache-dir and restore "
+        "the longest stored prefix of a new prompt (also after a restart)."
+    )
+    cache_capacity_bytes: int = Field(
+        2 << 30, ge=0, description="Disk space for the prompt cache per model; least recently used states go first."
+    )
+    cache_min_tokens: int = Field(
+        256, ge=1, description="Shortest sequence worth saving to the prompt cache (shorter ones are cheap to redo)."
+    )
     templates_dir: Path = Field(
         PROJECT_ROOT / "templates",
         description="Directory of fallback Jinja chat templates, chosen by model architecture.",

@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.routes_cache import router as cache_router
 from api.routes_chat import router as chat_router
 from api.routes_models import router as models_router
 from backends.embedded_model import ensure_embedded_model
@@ -60,4 +61,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(chat_router)
     app.include_router(models_router)
+    app.include_router(cache_router)
     return app

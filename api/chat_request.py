@@ -123,21 +123,31 @@ def _output_grammar(request: ChatCompletionRequest, plan: ToolPlan, call_format:
     return json_schema_grammar(schema, "response_format.json_schema.schema")
 
 
-def _render_prompt(request: ChatCompletionRequest, renderer: ChatPromptRenderer, plan: ToolPlan) -> str:
+def _render_prompt(
+    request: ChatCompletionRequest, renderer: ChatPromptRenderer, plan: ToolPlan, add_generation_prompt: bool = True
+) -> str:
     native = plan.active and renderer.supports_tools
     messages = to_template_messages(
         [m.model_dump() for m in request.messages], native_tools=native, call_format=renderer.tool_call_format
     )
     tools = [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in plan.tools]
     if native:
-        return renderer.render(messages, tools=[{"type": "function", "function": t} for t in tools])
+        return renderer.render(
+            messages, tools=[{"type": "function", "function": t} for t in tools], add_generation_prompt=add_generation_prompt
+        )
     if plan.active:
         instructions = renderer.render_tool_prompt(tools, plan.mode, plan.parallel)
         if messages[0]["role"] == "system":
             messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{instructions}"}
         else:
             messages.insert(0, {"role": "system", "content": instructions})
-    return renderer.render(messages)
+    return renderer.render(messages, add_generation_prompt=add_generation_prompt)
+
+
+def render_for_cache(request: ChatCompletionRequest, renderer: ChatPromptRenderer) -> tuple[str, str]:
+    """(the prompt a chat request with these messages and tools evaluates, the same without generation prompt)."""
+    plan = _tool_plan(request)
+    return _render_prompt(request, renderer, plan), _render_prompt(request, renderer, plan, add_generation_prompt=False)
 
 
 def prepare_chat(

@@ -117,6 +117,26 @@ class ChatCompletionRequest(WireModel):
     grammar: str | None = None  # raw GBNF, as llama-server accepts
 
 
+class RestoreCacheRequest(WireModel):
+    """Pre-warm the prompt cache with a conversation (and its tools), as a later chat request would send it."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    model: str | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDefinition] | None = None
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
+
+
+class RestoreCacheResponse(BaseModel):
+    model: str
+    prompt_tokens: int  # the whole prompt, as a chat request with these messages counts it
+    cached_tokens: int  # now cached for requests that continue this conversation
+    reused_tokens: int  # of those, already cached before (memory or disk)
+    seconds: float
+
+
 class SetModelRequest(WireModel):
     modelName: str  # noqa: N815 - the customer's existing contract spells it this way
 

@@ -66,6 +66,7 @@ def _status(request: Request) -> dict:
         "error": registry.last_error,
         "active_sequences": engine.active_sequences() if engine else 0,
         "queued_requests": engine.queued_requests() if engine else 0,
+        "prompt_cache": engine.cache_summary() if engine else None,
     }
 
 

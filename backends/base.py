@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from errors import NotSupported
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -115,6 +117,15 @@ class ChatTemplateInfo:
     tool_prompt_source: str = ""  # tool-use instructions for templates that cannot render tools themselves
 
 
+@dataclass(frozen=True)
+class WarmedPrompt:
+    """What pre-warming a prompt into the cache achieved."""
+
+    prompt_tokens: int  # tokens of the whole prompt, as a chat request with these messages would count them
+    cached_tokens: int  # tokens now cached (in memory and on disk) for requests continuing this conversation
+    reused_tokens: int  # of those, how many were already cached before
+
+
 class Engine(ABC):
     """One loaded model. `generate` may be called concurrently; the engine schedules the work."""
 
@@ -150,6 +161,17 @@ class Engine(ABC):
     def queued_requests(self) -> int:
         """Requests waiting for a free sequence slot."""
         return 0
+
+    async def warm_prompt(self, prompt: str, conversation: str) -> WarmedPrompt:
+        """Evaluate a chat prompt into the prompt cache (memory and disk) without generating.
+
+        `prompt` is what a chat request would evaluate; `conversation` is the same messages rendered without
+        the generation prompt. What both share is what later requests continuing the conversation reuse."""
+        raise NotSupported(f"The {self.engine_kind} engine has no prompt cache to warm.")
+
+    def cache_summary(self) -> dict | None:
+        """The prompt cache's contents and counters, or None without one."""
+        return None
 
     @abstractmethod
     async def aclose(self) -> None:

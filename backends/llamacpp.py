@@ -18,12 +18,15 @@ from backends.base import (
     GenerationChunk,
     GenerationFinished,
     GenerationRequest,
+    SamplingParams,
+    WarmedPrompt,
 )
 from backends.llamacpp_model import ContextConfig, LlamaContext, LlamaModel, default_threads
 from backends.llamacpp_sampling import grammar_parses
-from backends.llamacpp_scheduler import Scheduler, SequenceJob
+from backends.llamacpp_scheduler import Scheduler, SequenceJob, common_prefix_length
+from backends.prompt_cache import CachedPrefix, PromptCache, model_namespace, state_format_tag
 from chat.templates import resolve_template_source, resolve_tool_prompt_source
-from errors import ContextLengthExceeded, InvalidRequest
+from errors import ContextLengthExceeded, InvalidRequest, NotSupported
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -61,9 +64,24 @@ class LlamaCppEngine(Engine):
         self._context_length = min(self.context.n_ctx // settings.parallel, self.model.n_ctx_train)
         self._default_max_tokens = settings.default_max_tokens
         self._template = self._load_template(settings, chat_template_override)
+        self.prompt_cache = self._open_prompt_cache(settings)
         self.scheduler = Scheduler(
-            self.model, self.context, settings.parallel, self._context_length, settings.max_queue
+            self.model, self.context, settings.parallel, self._context_length, settings.max_queue, self.prompt_cache
         )
+
+    def _open_prompt_cache(self, settings: Settings) -> PromptCache | None:
+        if not settings.prompt_cache:
+            return None
+        try:
+            return PromptCache(
+                settings.cache_dir / model_namespace(self.path),
+                settings.cache_capacity_bytes,
+                settings.cache_min_tokens,
+                state_format_tag(flash_attn=settings.flash_attn, swa_full=settings.swa_full),
+            )
+        except Exception as exc:  # an unusable cache dir must not stop the model from serving
+            logger.warning("Prompt cache disabled for %s: %s", self.path.name, exc)
+            return None
 
     def _load_template(self, settings: Settings, override: str | None) -> ChatTemplateInfo:
         source, origin = resolve_template_source(
@@ -127,12 +145,38 @@ class LlamaCppEngine(Engine):
                     param="logit_bias",
                 )
 
+    async def _stored_prefix(self, prompt_tokens: list[int], max_length: int) -> CachedPrefix | None:
+        """A longer prefix than any slot holds, from the disk cache (read off the event loop)."""
+        if self.prompt_cache is None:
+            return None
+        in_memory = self.scheduler.longest_cached_prefix(prompt_tokens)
+        if max_length <= max(in_memory, self.prompt_cache.min_tokens - 1):
+            return None
+        return await asyncio.to_thread(self.prompt_cache.lookup, prompt_tokens, max_length, in_memory)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         prompt_tokens = self.model.tokenize(request.prompt)
         max_tokens = self._validate(request, prompt_tokens)
         self._check_logit_bias(request)
         if request.grammar is not None and not grammar_parses(self.model, request.grammar):
             raise InvalidRequest("The grammar does not parse as GBNF (llama.cpp's grammar format).", param="grammar")
+        job = SequenceJob(
+            prompt_tokens=prompt_tokens,
+            sampling=request.sampling,
+            max_tokens=max_tokens,
+            stop=request.stop,
+            top_logprobs=request.top_logprobs,
+            grammar=request.grammar,
+            emit=lambda item: None,
+            shown_special_tokens=self.model.special_tokens_among(request.preserved_tokens),
+            # The last prompt token is always evaluated (its logits pick the first completion token).
+            cached_prefix=await self._stored_prefix(prompt_tokens, len(prompt_tokens) - 1),
+        )
+        async for chunk in self._run(job):
+            yield chunk
+
+    async def _run(self, job: SequenceJob) -> AsyncIterator[GenerationChunk]:
+        """Submit a job to the scheduler thread and relay what it emits until it finishes."""
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[GenerationChunk | Exception] = asyncio.Queue()
 
@@ -142,16 +186,7 @@ class LlamaCppEngine(Engine):
             except RuntimeError:  # the event loop is gone (shutdown): nobody is listening any more
                 pass
 
-        job = SequenceJob(
-            prompt_tokens=prompt_tokens,
-            sampling=request.sampling,
-            max_tokens=max_tokens,
-            stop=request.stop,
-            top_logprobs=request.top_logprobs,
-            grammar=request.grammar,
-            emit=emit,
-            shown_special_tokens=self.model.special_tokens_among(request.preserved_tokens),
-        )
+        job.emit = emit
         self.scheduler.submit(job)
         try:
             while True:
@@ -165,6 +200,41 @@ class LlamaCppEngine(Engine):
             # Runs on normal end, client disconnect (GeneratorExit/CancelledError) and errors alike.
             self.scheduler.cancel(job)
 
+    async def warm_prompt(self, prompt: str, conversation: str) -> WarmedPrompt:
+        if self.prompt_cache is None:
+            raise NotSupported("The prompt cache is turned off on this server (--no-prompt-cache).")
+        prompt_tokens = self.model.tokenize(prompt)
+        self._validate(GenerationRequest(prompt=prompt, sampling=SamplingParams(), max_tokens=1), prompt_tokens)
+        # Cache what continuations share: the conversation without the generation prompt, which a follow-up
+        # turn replaces with its next message. (A sliding-window cache cannot be cut back, so caching the
+        # generation prompt too would make the state useless for exactly those follow-ups.)
+        shared = common_prefix_length(prompt_tokens, self.model.tokenize(conversation))
+        to_cache = prompt_tokens[: max(shared, 1)]
+        loop = asyncio.get_running_loop()
+        saved: asyncio.Future[bool] = loop.create_future()
+        job = SequenceJob(
+            prompt_tokens=to_cache,
+            sampling=SamplingParams(temperature=0.0),
+            max_tokens=0,
+            stop=(),
+            top_logprobs=None,
+            grammar=None,
+            emit=lambda item: None,
+            prefill_only=True,
+            on_saved=lambda ok: loop.call_soon_threadsafe(_resolve, saved, ok),
+            cached_prefix=await self._stored_prefix(to_cache, len(to_cache)),
+        )
+        usage = None
+        async for chunk in self._run(job):
+            if isinstance(chunk, GenerationFinished):
+                usage = chunk.usage
+        if not await saved:
+            logger.warning("The warmed prompt of %d tokens could not be written to the disk cache", len(to_cache))
+        return WarmedPrompt(prompt_tokens=len(prompt_tokens), cached_tokens=len(to_cache), reused_tokens=usage.cached_tokens)
+
+    def cache_summary(self) -> dict | None:
+        return self.prompt_cache.summary() if self.prompt_cache else None
+
     def active_sequences(self) -> int:
         return self.scheduler.active_sequences
 
@@ -176,5 +246,12 @@ class LlamaCppEngine(Engine):
 
     def _close_blocking(self) -> None:
         self.scheduler.shutdown()
+        if self.prompt_cache is not None:
+            self.prompt_cache.close()  # finishes the writes already queued
         self.context.free()
         self.model.free()
+
+
+def _resolve(future: asyncio.Future, value) -> None:
+    if not future.done():
+        future.set_result(value)

@@ -172,6 +172,22 @@ class LlamaContext:
     def clear_sequence(self, seq_id: int) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
 
+    def sequence_state(self, seq_id: int) -> bytes:
+        """A copy of one sequence's KV state (llama.cpp's own serialisation), for the prompt cache."""
+        size = llama_cpp.llama_state_seq_get_size(self.ptr, seq_id)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self.ptr, buffer, size, seq_id)
+        return ctypes.string_at(buffer, written)
+
+    def load_sequence_state(self, seq_id: int, state: bytes) -> bool:
+        """Replace a sequence's KV with a saved state; False (and the sequence left empty) if llama.cpp refuses it."""
+        self.clear_sequence(seq_id)
+        buffer = ctypes.cast(ctypes.c_char_p(state), ctypes.POINTER(ctypes.c_uint8))  # read in place, no copy
+        if llama_cpp.llama_state_seq_set_data(self.ptr, buffer, len(state), seq_id) == 0:
+            self.clear_sequence(seq_id)
+            return False
+        return True
+
     def first_position(self, seq_id: int) -> int:
         """Smallest position still cached for the sequence (-1 if empty); > 0 means older KV was evicted."""
         return llama_cpp.llama_memory_seq_pos_min(self.memory, seq_id)

@@ -4,6 +4,8 @@ Each step builds one `llama_batch` holding one token per decoding sequence plus 
 for sequences still reading their prompt, calls `llama_decode` once, then samples each sequence that
 produced logits with its own sampler chain. Requests join between steps (FIFO); a finished or cancelled
 sequence frees its slot at once, but its KV stays cached so the next prompt sharing its prefix skips it.
+With a persistent prompt cache, a finished sequence's state is also handed to the cache's writer thread, and a
+job that found a longer prefix on disk has that state loaded into its sequence when it starts.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from backends.base import (
 )
 from backends.llamacpp_model import LlamaContext, LlamaModel
 from backends.llamacpp_sampling import SamplerChain, token_logprobs
+from backends.prompt_cache import CachedPrefix, PromptCache
 from backends.text_output import IncrementalDetokenizer, StopStringFilter
 from errors import EngineBusy, EngineFailure
 
@@ -47,6 +50,9 @@ class SequenceJob:
     grammar: GrammarSpec | None
     emit: Emit  # thread-safe: delivers chunks (or an exception) to the waiting request
     shown_special_tokens: frozenset[int] = frozenset()  # control tokens rendered as their text
+    cached_prefix: CachedPrefix | None = None  # a stored state of a prompt prefix, found on disk beforehand
+    prefill_only: bool = False  # evaluate the prompt into the cache, generate nothing (/restore_cache)
+    on_saved: Callable[[bool], None] | None = None  # prefill_only: told once the state reached the disk cache
     cancelled: bool = False  # set by the request side when the client goes away
 
 
@@ -81,8 +87,17 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 
 
 class Scheduler:
-    def __init__(self, model: LlamaModel, context: LlamaContext, n_slots: int, seq_ctx: int, max_queue: int) -> None:
+    def __init__(
+        self,
+        model: LlamaModel,
+        context: LlamaContext,
+        n_slots: int,
+        seq_ctx: int,
+        max_queue: int,
+        prompt_cache: PromptCache | None = None,
+    ) -> None:
         self.model = model
+        self.prompt_cache = prompt_cache
         self.context = context
         self.seq_ctx = seq_ctx
         self.max_queue = max_queue
@@ -112,6 +127,10 @@ class Scheduler:
             if job in self._waiting:
                 self._waiting.remove(job)
             self._wakeup.notify()
+
+    def longest_cached_prefix(self, tokens: list[int]) -> int:
+        """Tokens of `tokens` some slot already holds (read from the event loop: a hint, not a promise)."""
+        return max((common_prefix_length(list(slot.cached_tokens), tokens) for slot in self.slots), default=0)
 
     @property
     def active_sequences(self) -> int:
@@ -162,13 +181,16 @@ class Scheduler:
                 slot.job = job
                 self._abort(slot, EngineFailure(f"The engine could not start this request: {exc}"))
 
-    def _reusable_prefix(self, slot: Slot, prompt: list[int]) -> int:
-        """Prompt tokens whose KV `slot` holds and can serve; the last prompt token is always evaluated (logits).
+    def _reusable_prefix(self, slot: Slot, job: SequenceJob) -> int:
+        """Prompt tokens whose KV `slot` holds and can serve; the last prompt token is always evaluated (logits),
+        except for a prefill-only job, which needs no logits.
 
         A sliding-window cache keeps only the last `n_swa` positions of a sequence. Reusing a prefix of length
         n needs positions n - n_swa .. n, so a sequence whose oldest cached position is newer than that offers
         nothing (llama-server applies the same rule)."""
-        length = min(common_prefix_length(slot.cached_tokens, prompt), len(prompt) - 1)
+        prompt = job.prompt_tokens
+        limit = len(prompt) if job.prefill_only else len(prompt) - 1
+        length = min(common_prefix_length(slot.cached_tokens, prompt), limit)
         if length <= 0:
             return 0
         needed_from = max(0, length - self.model.n_swa) if self.model.n_swa else 0
@@ -176,15 +198,18 @@ class Scheduler:
 
     def _start(self, slot: Slot, job: SequenceJob) -> None:
         prompt = job.prompt_tokens
-        reuse = self._reusable_prefix(slot, prompt)
+        reuse = self._reusable_prefix(slot, job)
         # Another sequence (even one still generating) may hold a longer prefix, e.g. the same system prompt:
         # share its KV cells instead of recomputing them. Only a unified cache can: there cells just gain a
         # sequence id (llama.cpp cannot copy between per-slot streams of sliding-window caches).
         shared, donor = 0, slot
         if self.context.kv_unified:
-            donor = max(self.slots, key=lambda s: self._reusable_prefix(s, prompt) if s is not slot else -1)
-            shared = self._reusable_prefix(donor, prompt) if donor is not slot else 0
-        if shared > reuse:
+            donor = max(self.slots, key=lambda s: self._reusable_prefix(s, job) if s is not slot else -1)
+            shared = self._reusable_prefix(donor, job) if donor is not slot else 0
+        stored = job.cached_prefix
+        if stored is not None and len(stored.tokens) > max(reuse, shared):
+            reuse = self._restore(slot, stored)
+        elif shared > reuse:
             self.context.clear_sequence(slot.seq_id)
             self.context.copy_prefix(donor.seq_id, slot.seq_id, shared)
             reuse = shared
@@ -192,6 +217,7 @@ class Scheduler:
             self.context.clear_sequence(slot.seq_id)
             reuse = 0
         slot.cached_tokens = prompt[:reuse]
+        job.cached_prefix = None  # the state bytes are in the KV now (or rejected): free them
         slot.job = job
         slot.prompt_cursor = reuse
         slot.reused_tokens = reuse
@@ -201,6 +227,12 @@ class Scheduler:
         slot.sampler = SamplerChain(self.model, job.sampling, prompt, job.grammar)
         slot.detokenizer = IncrementalDetokenizer()
         slot.stop_filter = StopStringFilter(job.stop)
+
+    def _restore(self, slot: Slot, stored: CachedPrefix) -> int:
+        """Load a state from the disk cache into the slot's sequence; returns the prompt tokens it covers."""
+        restored = self.context.load_sequence_state(slot.seq_id, stored.state)
+        self.prompt_cache.record_restore(stored, restored)
+        return len(stored.tokens) if restored else 0
 
     def _step(self) -> None:
         self._drop_cancelled()
@@ -217,14 +249,15 @@ class Scheduler:
         for slot in active:
             if slot.prefilling:
                 self._add_prompt_chunk(slot)
-        if batch.n_tokens == 0:
-            return
-        status = self.context.decode(batch)
-        if status != 0:
-            raise RuntimeError(f"llama_decode returned {status}")
+        if batch.n_tokens:
+            status = self.context.decode(batch)
+            if status != 0:
+                raise RuntimeError(f"llama_decode returned {status}")
         for slot in active:
             if slot.batch_index >= 0:
                 self._sample(slot)
+            elif slot.job.prefill_only and not slot.prefilling:
+                self._finish(slot, "stop")
 
     def _add_to_batch(self, slot: Slot, token: int, *, want_logits: bool) -> int:
         batch = self._batch
@@ -243,7 +276,7 @@ class Scheduler:
         room = self.context.n_batch - self._batch.n_tokens
         end = min(len(prompt), slot.prompt_cursor + room)
         for position in range(slot.prompt_cursor, end):
-            is_last = position == len(prompt) - 1
+            is_last = position == len(prompt) - 1 and not slot.job.prefill_only
             index = self._add_to_batch(slot, prompt[position], want_logits=is_last)
             if is_last:
                 slot.batch_index = index
@@ -284,8 +317,18 @@ class Scheduler:
             completion_tokens=slot.completion_tokens,
             cached_tokens=slot.reused_tokens,
         )
+        self._save_to_disk_cache(slot)
         job.emit(GenerationFinished(finish_reason=reason, usage=usage))
         self._release(slot)
+
+    def _save_to_disk_cache(self, slot: Slot) -> None:
+        """Hand a snapshot of the finished sequence to the cache's writer thread (the write itself is off-thread)."""
+        job, cache = slot.job, self.prompt_cache
+        if cache is None or not cache.wants(slot.cached_tokens, force=job.prefill_only):
+            if job.on_saved:
+                job.on_saved(cache is not None)
+            return
+        cache.offer(tuple(slot.cached_tokens), self.context.sequence_state(slot.seq_id), job.on_saved)
 
     def _release(self, slot: Slot) -> None:
         if slot.sampler is not None:

@@ -27,6 +27,8 @@ class ServerProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        if "--cache-dir" not in flags:  # tests never share the repository's prompt cache (or each other's)
+            flags = (*flags, "--cache-dir", str(log_path.parent / "prompt-cache"))
         command = [sys.executable, str(REPO_ROOT / "server.py"), "--port", str(self.port), *flags]
         self._log = open(log_path, "wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_SERVER_")}

@@ -1,0 +1,42 @@
+"""Prompt cache routes: pre-warm it from a conversation (`POST /restore_cache`) and inspect it (`GET /cache`)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+
+from api.chat_request import render_for_cache
+from api.deps import RegistryDep
+from api.protocol import ChatCompletionRequest, ErrorResponse, RestoreCacheRequest, RestoreCacheResponse
+
+router = APIRouter(tags=["cache"])
+
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 501, 503)}
+
+
+@router.post("/restore_cache", response_model=RestoreCacheResponse, responses=_ERRORS)
+@router.post("/v1/restore_cache", response_model=RestoreCacheResponse, include_in_schema=False)
+async def restore_cache(body: RestoreCacheRequest, registry: RegistryDep) -> RestoreCacheResponse:
+    """Evaluate the prompt these messages and tools render to and keep its state in memory and on disk, so
+    the next chat request continuing the conversation (even after a restart) starts at once."""
+    started = time.perf_counter()
+    chat = ChatCompletionRequest.model_validate(body.model_dump(by_alias=True, exclude_none=True))
+    async with registry.lease(body.model) as model:
+        prompt, conversation = render_for_cache(chat, model.renderer)
+        warmed = await model.engine.warm_prompt(prompt, conversation)
+    return RestoreCacheResponse(
+        model=model.model_id,
+        prompt_tokens=warmed.prompt_tokens,
+        cached_tokens=warmed.cached_tokens,
+        reused_tokens=warmed.reused_tokens,
+        seconds=round(time.perf_counter() - started, 4),
+    )
+
+
+@router.get("/cache")
+async def cache_status(registry: RegistryDep) -> dict:
+    """The loaded model's prompt cache: entries, bytes, hits, misses, restored tokens, saves."""
+    current = registry.current
+    summary = current.engine.cache_summary() if current else None
+    return {"model": current.model_id if current else None, "enabled": summary is not None, **(summary or {})}

@@ -1,0 +1,311 @@
+"""Persistent prompt cache: sequences' KV state in `LlamaDiskCache` (diskcache) under `cache/`, keyed by tokens.
+
+One store per model file (its own sub-directory, named from the file's name, size and mtime), so two models
+never share states. Values are per-sequence llama.cpp states (`llama_state_seq_get_data`), not whole contexts,
+so saving one conversation never copies everyone's KV.
+
+Writes happen on a background thread, off the request path: the scheduler hands over a snapshot and moves on.
+A burst cannot queue writes without bound (at most `MAX_PENDING_WRITES` wait; older ones are dropped, the
+same tokens are coalesced). Everything that can go wrong on disk (a corrupt or truncated entry, a state from
+another llama.cpp build, a full disk, a deleted directory) is logged, the entry dropped, and the request
+served cold. diskcache itself is safe for several processes sharing one directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+from llama_cpp.llama import LlamaState
+from llama_cpp.llama_cache import LlamaDiskCache
+
+logger = logging.getLogger(__name__)
+
+MAX_PENDING_WRITES = 2
+
+
+def model_namespace(model_path: Path) -> str:
+    """A directory name that changes whenever the model file does (so a replaced file never sees old states)."""
+    stat = model_path.stat()
+    fingerprint = hashlib.sha256(f"{model_path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return f"{model_path.stem}-{fingerprint}"
+
+
+def state_format_tag(*, flash_attn: bool, swa_full: bool) -> str:
+    """What a saved state's byte layout depends on besides the model: the llama.cpp build and KV layout options."""
+    return f"llama-cpp-python {llama_cpp.__version__}; v_trans={not flash_attn}; swa_full={swa_full}"
+
+
+class StoredSequenceState(LlamaState):
+    """One sequence's state as LlamaDiskCache stores it (a `LlamaState`), plus what it takes to trust it later."""
+
+    def __init__(self, tokens: tuple[int, ...], state: bytes, format_tag: str) -> None:
+        super().__init__(
+            input_ids=np.asarray(tokens, dtype=np.intc),
+            scores=np.zeros(0, dtype=np.single),
+            n_tokens=len(tokens),
+            llama_state=state,
+            llama_state_size=len(state),
+            seed=0,
+        )
+        self.format_tag = format_tag
+        self.checksum = _checksum(state)
+
+    def verify(self, tokens: tuple[int, ...], format_tag: str) -> str | None:
+        """None when the entry can be restored, else why not."""
+        if self.format_tag != format_tag:
+            return f"written by another build ({self.format_tag!r})"
+        if self.n_tokens != len(tokens) or len(self.llama_state) != self.llama_state_size:
+            return "truncated"
+        if _checksum(self.llama_state) != self.checksum:
+            return "checksum mismatch"
+        return None
+
+
+def _checksum(data: bytes) -> int:
+    # Catches truncation and bit rot before llama.cpp sees the bytes; crc32 runs at memory speed (tens of MB
+    # are checked on the request path), and nothing here defends against deliberate tampering of cache/.
+    return zlib.crc32(data)
+
+
+@dataclass(frozen=True)
+class CachedPrefix:
+    """A stored state read back: the tokens it covers and the llama.cpp sequence state bytes."""
+
+    tokens: tuple[int, ...]
+    state: bytes
+
+
+@dataclass
+class PromptCacheStats:
+    disk_hits: int = 0  # lookups that restored a state from disk
+    disk_misses: int = 0  # lookups that found no usable stored prefix
+    restored_tokens: int = 0  # prompt tokens not recomputed thanks to disk restores
+    saves: int = 0
+    save_errors: int = 0
+    dropped_saves: int = 0  # snapshots discarded because writes were backed up
+    bad_entries: int = 0  # corrupt, truncated or incompatible entries removed
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+
+class PromptStateStore(LlamaDiskCache):
+    """LlamaDiskCache with the behaviour a server needs: reads do not consume entries, size is bounded with
+    least-recently-used eviction, lookups only return states whose tokens are a prefix of the prompt, and a
+    vanished directory is recreated."""
+
+    def __init__(self, directory: Path, capacity_bytes: int) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        super().__init__(str(directory), capacity_bytes)
+        self._configure()
+
+    def _configure(self) -> None:
+        # diskcache evicts by itself on every write once the volume exceeds size_limit.
+        self.cache.reset("size_limit", self.capacity_bytes)
+        self.cache.reset("eviction_policy", "least-recently-used")
+
+    def reopen_if_missing(self) -> None:
+        if not (self.directory / "cache.db").exists():
+            logger.warning("Prompt cache directory %s disappeared; recreating it", self.directory)
+            self.cache.close()
+            self.directory.mkdir(parents=True, exist_ok=True)
+            super().__init__(str(self.directory), self.capacity_bytes)
+            self._configure()
+
+    def longest_prefix_key(self, tokens: tuple[int, ...], max_length: int) -> tuple[int, ...] | None:
+        """The longest stored key that is a whole prefix of `tokens` and no longer than `max_length`.
+
+        Whole prefixes only: a state can always be continued from its end, while cutting it shorter fails
+        for sliding-window caches (gemma 2/3), where the older positions are gone."""
+        best: tuple[int, ...] | None = None
+        for key in self.cache.iterkeys():
+            if (best is None or len(key) > len(best)) and len(key) <= max_length and tokens[: len(key)] == key:
+                best = key
+        return best
+
+    def __getitem__(self, key) -> StoredSequenceState:
+        value = self.cache.get(tuple(key), default=None, retry=True)
+        if value is None:
+            raise KeyError("Key not found")
+        return value
+
+    def __setitem__(self, key, value: LlamaState) -> None:
+        self.cache.set(tuple(key), value, retry=True)
+
+    def __contains__(self, key) -> bool:
+        return tuple(key) in self.cache
+
+    def discard(self, key: tuple[int, ...]) -> None:
+        self.cache.delete(key, retry=True)
+
+    def summary(self) -> dict[str, int | str]:
+        return {"directory": str(self.directory), "entries": len(self.cache), "bytes": int(self.cache.volume()),
+                "capacity_bytes": self.capacity_bytes}
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+@dataclass(eq=False)
+class _PendingWrite:
+    tokens: tuple[int, ...]
+    state: bytes
+    done: Callable[[bool], None] | None = None  # told whether the state reached the disk
+
+
+class PromptCache:
+    """The persistent prompt cache of one loaded model: lookups for new requests, background saves."""
+
+    def __init__(self, directory: Path, capacity_bytes: int, min_tokens: int, format_tag: str) -> None:
+        self.store = PromptStateStore(directory, capacity_bytes)
+        self.min_tokens = min_tokens
+        self.format_tag = format_tag
+        self.stats = PromptCacheStats()
+        self._pending: deque[_PendingWrite] = deque()
+        self._wakeup = threading.Condition()
+        self._closing = False
+        self._saved_keys: set[tuple[int, ...]] = set()  # stored by this process: no need to snapshot them again
+        self._writer = threading.Thread(target=self._write_loop, name="prompt-cache-writer", daemon=True)
+        self._writer.start()
+
+    # ---------------------------------------------------------------- lookup (worker thread of the event loop)
+
+    def lookup(self, tokens: list[int], max_length: int, in_memory: int) -> CachedPrefix | None:
+        """The longest stored prefix of `tokens` (at most `max_length` long) if it beats the `in_memory` reuse."""
+        if max_length < max(self.min_tokens, in_memory + 1):
+            return None
+        wanted = tuple(tokens)
+        key = None
+        try:
+            self.store.reopen_if_missing()
+            key = self.store.longest_prefix_key(wanted, max_length)
+            if key is None or len(key) <= in_memory:
+                self.stats.add(disk_misses=1 if key is None else 0)
+                return None
+            entry = self.store[key]
+            problem = entry.verify(key, self.format_tag) if isinstance(entry, StoredSequenceState) else "not a state"
+        except KeyError:  # evicted (maybe by another process) between the scan and the read
+            self.stats.add(disk_misses=1)
+            return None
+        except Exception as exc:  # unreadable entry or database: serve cold, never fail the request
+            logger.warning("Prompt cache lookup failed (%s); serving this request without it", exc)
+            self._drop_quietly(key)
+            return None
+        if problem:
+            logger.warning("Dropping prompt cache entry of %d tokens: %s", len(key), problem)
+            self._drop_quietly(key)
+            return None
+        return CachedPrefix(tokens=key, state=entry.llama_state)
+
+    def record_restore(self, prefix: CachedPrefix, restored: bool) -> None:
+        """The scheduler's verdict on a looked-up state: restored, or rejected by llama.cpp (then it goes)."""
+        if restored:
+            self.stats.add(disk_hits=1, restored_tokens=len(prefix.tokens))
+            self._saved_keys.add(prefix.tokens)
+            return
+        logger.warning("llama.cpp rejected a stored state of %d tokens; dropping it", len(prefix.tokens))
+        self._drop_quietly(prefix.tokens)
+
+    def _drop_quietly(self, key: tuple[int, ...] | None) -> None:
+        self.stats.add(bad_entries=1)
+        if key is None:
+            return
+        try:
+            self.store.discard(key)
+        except Exception:
+            logger.exception("Could not remove a bad prompt cache entry")
+
+    # ---------------------------------------------------------------- saving (scheduler thread -> writer thread)
+
+    def wants(self, tokens: list[int], *, force: bool = False) -> bool:
+        """Whether a sequence holding `tokens` is worth a snapshot (checked before copying any state)."""
+        return (force or len(tokens) >= self.min_tokens) and tuple(tokens) not in self._saved_keys
+
+    def offer(self, tokens: tuple[int, ...], state: bytes, done: Callable[[bool], None] | None = None) -> None:
+        """Queue a snapshot for writing; returns at once. Backed-up writes are dropped oldest first."""
+        with self._wakeup:
+            for pending in list(self._pending):
+                if pending.tokens == tokens:  # coalesce: the newer snapshot of the same tokens wins
+                    self._pending.remove(pending)
+                    if pending.done:
+                        done = _both(pending.done, done)
+            self._pending.append(_PendingWrite(tokens, state, done))
+            while len(self._pending) > MAX_PENDING_WRITES:
+                waited = [p for p in self._pending if p.done is None]
+                victim = waited[0] if waited else self._pending[0]
+                self._pending.remove(victim)
+                self.stats.add(dropped_saves=1)
+                if victim.done:
+                    victim.done(False)
+            self._wakeup.notify()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._pending and not self._closing:
+                    self._wakeup.wait()
+                if not self._pending:
+                    return
+                item = self._pending.popleft()
+            ok = self._write(item)
+            if item.done:
+                item.done(ok)
+
+    def _write(self, item: _PendingWrite) -> bool:
+        try:
+            self.store.reopen_if_missing()
+            self.store[item.tokens] = StoredSequenceState(item.tokens, item.state, self.format_tag)
+        except Exception as exc:  # full disk, removed directory, locked database...: log and carry on
+            logger.warning("Could not save a prompt state of %d tokens: %s", len(item.tokens), exc)
+            self.stats.add(save_errors=1)
+            return False
+        self._saved_keys.add(item.tokens)
+        self.stats.add(saves=1)
+        return True
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def summary(self) -> dict:
+        try:
+            stored = self.store.summary()
+        except Exception as exc:
+            stored = {"error": str(exc)}
+        with self._wakeup:
+            pending = len(self._pending)
+        return {**stored, **self.stats.as_dict(), "pending_writes": pending, "min_tokens": self.min_tokens}
+
+    def close(self) -> None:
+        """Finish the writes already queued, then stop."""
+        with self._wakeup:
+            self._closing = True
+            self._wakeup.notify()
+        self._writer.join()
+        self.store.close()
+
+
+def _both(first: Callable[[bool], None], second: Callable[[bool], None] | None) -> Callable[[bool], None]:
+    if second is None:
+        return first
+
+    def both(ok: bool) -> None:
+        first(ok)
+        second(ok)
+
+    return both
