@@ -1,0 +1,110 @@
+"""Persistent prompt cache end to end: /restore_cache, restore from disk after a restart, corrupt entries,
+per-model namespaces. Each test runs its own servers on its own cache directory."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from settings import PROJECT_ROOT
+from tests.server_process import running_server
+
+MODEL = "gemma-3-270m-q4_k_m.gguf"
+FLAGS = ("--parallel", "2", "--n-ctx", "4096", "--cache-min-tokens", "64")
+CONVERSATION = [
+    {"role": "system", "content": "You keep the harbour log. " + " ".join(
+        f"Entry {i}: the ferry left at {i % 12 + 1} o'clock and the lamp was trimmed." for i in range(30))},
+    {"role": "user", "content": "When did the ferry leave in entry 4?"},
+    {"role": "assistant", "content": "At 5 o'clock."},
+]
+FOLLOW_UP = CONVERSATION + [{"role": "user", "content": "And in entry 9?"}]
+
+
+def chat(server, messages, model=MODEL):
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", _strict_response_validation=True)
+    return client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0)
+
+
+def cache_status(server) -> dict:
+    return httpx.get(f"{server.base_url}/cache").json()
+
+
+def restore(server, messages) -> httpx.Response:
+    return httpx.post(f"{server.base_url}/restore_cache", json={"messages": messages}, timeout=120)
+
+
+@pytest.fixture()
+def cache_dir(tmp_path):
+    return tmp_path / "prompt-cache"
+
+
+def test_restore_then_follow_up_reuses_the_conversation_and_answers_the_same(tmp_path, cache_dir):
+    with running_server(*FLAGS, "--no-prompt-cache", log_dir=tmp_path) as server:
+        cold = chat(server, FOLLOW_UP)
+    assert cold.usage.prompt_tokens_details.cached_tokens == 0
+    with running_server(*FLAGS, "--cache-dir", str(cache_dir), log_dir=tmp_path) as server:
+        warmed = restore(server, CONVERSATION).json()
+        assert warmed["model"] == MODEL and warmed["reused_tokens"] == 0
+        assert 0 < warmed["cached_tokens"] <= warmed["prompt_tokens"] < cold.usage.prompt_tokens
+        warm = chat(server, FOLLOW_UP)
+    assert warm.usage.prompt_tokens == cold.usage.prompt_tokens
+    assert warm.usage.prompt_tokens_details.cached_tokens >= warmed["cached_tokens"]
+    assert warm.choices[0].message.content == cold.choices[0].message.content
+
+
+def test_a_restart_restores_from_disk(tmp_path, cache_dir):
+    with running_server(*FLAGS, "--cache-dir", str(cache_dir), log_dir=tmp_path) as server:
+        warmed = restore(server, CONVERSATION).json()
+        first = chat(server, FOLLOW_UP)
+    with running_server(*FLAGS, "--cache-dir", str(cache_dir), log_dir=tmp_path) as server:
+        again = chat(server, FOLLOW_UP)
+        status = cache_status(server)
+    # The longest stored prefix is the first answer's whole sequence (prompt + completion, saved after it).
+    assert again.usage.prompt_tokens_details.cached_tokens >= warmed["cached_tokens"]
+    assert status["disk_hits"] == 1 and status["restored_tokens"] >= warmed["cached_tokens"]
+    assert again.choices[0].message.content == first.choices[0].message.content
+
+
+def test_corrupt_entries_are_served_cold_without_a_crash(tmp_path, cache_dir):
+    with running_server(*FLAGS, "--cache-dir", str(cache_dir), log_dir=tmp_path) as server:
+        assert restore(server, CONVERSATION).status_code == 200
+    value_files = list(cache_dir.rglob("*.val"))
+    assert value_files
+    for path in value_files:
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with running_server(*FLAGS, "--cache-dir", str(cache_dir), log_dir=tmp_path) as server:
+        response = chat(server, FOLLOW_UP)
+        status = cache_status(server)
+        assert response.usage.prompt_tokens_details.cached_tokens == 0
+        assert status["bad_entries"] >= 1 and status["disk_hits"] == 0
+        assert chat(server, FOLLOW_UP).choices[0].finish_reason in ("stop", "length")  # still serving
+
+
+def test_two_models_never_restore_each_others_states(tmp_path, cache_dir):
+    models = tmp_path / "models"
+    models.mkdir()
+    gemma = PROJECT_ROOT / "models" / MODEL
+    (models / "first.gguf").symlink_to(gemma)
+    (models / "second.gguf").symlink_to(gemma)  # same weights: only the namespace keeps them apart
+    flags = (*FLAGS, "--models-dir", str(models), "--model-name", "first.gguf", "--no-assemble-default-model",
+             "--cache-dir", str(cache_dir))
+    with running_server(*flags, log_dir=tmp_path) as server:
+        assert restore(server, CONVERSATION).status_code == 200
+        first_dir = cache_status(server)["directory"]
+    with running_server(*flags, log_dir=tmp_path) as server:
+        other = chat(server, FOLLOW_UP, model="second.gguf")
+        status = cache_status(server)
+    assert other.usage.prompt_tokens_details.cached_tokens == 0
+    assert status["model"] == "second.gguf" and status["directory"] != first_dir and status["disk_hits"] == 0
+
+
+def test_restore_cache_is_501_without_a_prompt_cache_and_400_for_bad_input(tmp_path):
+    with running_server(*FLAGS, "--no-prompt-cache", log_dir=tmp_path) as server:
+        response = restore(server, CONVERSATION)
+        assert response.status_code == 501
+        assert response.json()["error"]["code"] == "not_implemented"
+        bad = httpx.post(f"{server.base_url}/restore_cache", json={"messages": []}, timeout=30)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
+        unknown = httpx.post(f"{server.base_url}/restore_cache", json={"model": "nope", "messages": CONVERSATION})
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
