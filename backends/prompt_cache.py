@@ -17,7 +17,7 @@ import hashlib
 import logging
 import threading
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,6 +30,7 @@ from llama_cpp.llama_cache import LlamaDiskCache
 logger = logging.getLogger(__name__)
 
 MAX_PENDING_WRITES = 2
+KNOWN_SAVED_LIMIT = 4096
 
 
 def model_namespace(model_path: Path) -> str:
@@ -181,7 +182,8 @@ class PromptCache:
         self._pending: deque[_PendingWrite] = deque()
         self._wakeup = threading.Condition()
         self._closing = False
-        self._saved_keys: set[tuple[int, ...]] = set()  # stored by this process: no need to snapshot them again
+        # Digests of sequences known to be on disk, so they are not snapshotted again (bounded, oldest forgotten).
+        self._known_saved: OrderedDict[bytes, None] = OrderedDict()
         self._writer = threading.Thread(target=self._write_loop, name="prompt-cache-writer", daemon=True)
         self._writer.start()
 
@@ -218,7 +220,7 @@ class PromptCache:
         """The scheduler's verdict on a looked-up state: restored, or rejected by llama.cpp (then it goes)."""
         if restored:
             self.stats.add(disk_hits=1, restored_tokens=len(prefix.tokens))
-            self._saved_keys.add(prefix.tokens)
+            self._remember_saved(prefix.tokens)
             return
         logger.warning("llama.cpp rejected a stored state of %d tokens; dropping it", len(prefix.tokens))
         self._drop_quietly(prefix.tokens)
@@ -236,7 +238,7 @@ class PromptCache:
 
     def wants(self, tokens: list[int], *, force: bool = False) -> bool:
         """Whether a sequence holding `tokens` is worth a snapshot (checked before copying any state)."""
-        return (force or len(tokens) >= self.min_tokens) and tuple(tokens) not in self._saved_keys
+        return (force or len(tokens) >= self.min_tokens) and _digest(tokens) not in self._known_saved
 
     def offer(self, tokens: tuple[int, ...], state: bytes, done: Callable[[bool], None] | None = None) -> None:
         """Queue a snapshot for writing; returns at once. Backed-up writes are dropped oldest first."""
@@ -276,9 +278,15 @@ class PromptCache:
             logger.warning("Could not save a prompt state of %d tokens: %s", len(item.tokens), exc)
             self.stats.add(save_errors=1)
             return False
-        self._saved_keys.add(item.tokens)
+        self._remember_saved(item.tokens)
         self.stats.add(saves=1)
         return True
+
+    def _remember_saved(self, tokens: tuple[int, ...]) -> None:
+        with self._wakeup:
+            self._known_saved[_digest(tokens)] = None
+            while len(self._known_saved) > KNOWN_SAVED_LIMIT:
+                self._known_saved.popitem(last=False)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -298,6 +306,10 @@ class PromptCache:
             self._wakeup.notify()
         self._writer.join()
         self.store.close()
+
+
+def _digest(tokens) -> bytes:
+    return hashlib.blake2b(np.asarray(tokens, dtype=np.int32).tobytes(), digest_size=16).digest()
 
 
 def _both(first: Callable[[bool], None], second: Callable[[bool], None] | None) -> Callable[[bool], None]:
