@@ -32,12 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         if field.annotation is bool:
             parser.add_argument(
                 *spellings, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                help=f"{field.description} (default: {default})",
+                help=f"{field.description} (default: {default})".replace("%", "%%"),
             )
             continue
         parser.add_argument(
             *spellings, dest=name, type=_flag_type(field.annotation), default=argparse.SUPPRESS,
-            metavar=name.upper(), help=f"{field.description} (default: {default})",
+            metavar=name.upper(), help=f"{field.description} (default: {default})".replace("%", "%%"),
         )
     return parser
 

@@ -67,3 +67,16 @@ class NotSupported(ServerError):
     status_code = 501
     error_type = "invalid_request_error"
     code = "not_implemented"
+
+
+class ModelLoadFailed(ServerError):
+    """The model file could not be loaded (corrupt, unsupported architecture...); a later request retries."""
+
+    code = "model_load_failed"
+
+
+class ModelTooLarge(ServerError):
+    """The model cannot fit the memory budget even with every other model unloaded."""
+
+    status_code = 507
+    code = "insufficient_memory"

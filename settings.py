@@ -38,6 +38,16 @@ class Settings(BaseSettings):
     cache_min_tokens: int = Field(
         256, ge=1, description="Shortest sequence worth saving to the prompt cache (shorter ones are cheap to redo)."
     )
+    models_file: Path | None = Field(
+        None, description="Models file (YAML) with catalog entries: aliases, engine, settings, defaults. "
+        "Default: models.yaml in the models directory."
+    )
+    scan_hf_cache: bool = Field(True, description="List models already in the local Hugging Face cache.")
+    hf_cache_dir: Path | None = Field(None, description="Hugging Face hub cache (default: HF_HUB_CACHE / HF_HOME).")
+    max_loaded_models: int = Field(3, ge=1, description="Models resident at once; the least recently used goes first.")
+    memory_budget: int = Field(
+        0, ge=0, description="Bytes of estimated weights + KV cache all resident models may use; 0 = 80% of RAM."
+    )
     templates_dir: Path = Field(
         PROJECT_ROOT / "templates",
         description="Directory of fallback Jinja chat templates, chosen by model architecture.",

@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -14,6 +13,8 @@ from api.errors import install_error_handlers
 from api.routes_cache import router as cache_router
 from api.routes_chat import router as chat_router
 from api.routes_models import router as models_router
+from backends.base import Engine
+from backends.catalog import ModelEntry
 from backends.embedded_model import ensure_embedded_model
 from backends.registry import ModelRegistry
 from settings import Settings
@@ -21,14 +22,11 @@ from settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def _engine_factory(settings: Settings):
-    def load(path: Path):
-        from backends.llamacpp import LlamaCppEngine  # imported on first load: llama.cpp is a heavy import
+def _create_engine(entry: ModelEntry, settings: Settings) -> Engine:
+    """Runs in a worker thread. Only llama.cpp entries reach here (the registry refuses other engines)."""
+    from backends.llamacpp import LlamaCppEngine  # imported on first load: llama.cpp is a heavy import
 
-        is_default = path.name == settings.model_name or path.stem == settings.model_name
-        return LlamaCppEngine(path, settings, settings.chat_template if is_default else None)
-
-    return load
+    return LlamaCppEngine(entry, settings)
 
 
 async def _start_up(settings: Settings, registry: ModelRegistry) -> None:
@@ -46,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = ModelRegistry(settings.models_dir, settings.model_name, _engine_factory(settings))
+        registry = ModelRegistry(settings, _create_engine)
         app.state.settings = settings
         app.state.registry = registry
         app.state.startup = asyncio.create_task(_start_up(settings, registry))

@@ -32,7 +32,8 @@ async def handle_chat_completion(body: ChatCompletionRequest, request: Request, 
     handed_to_stream = False
     try:
         model = await resources.enter_async_context(registry.lease(body.model))
-        prepared = prepare_chat(body, model.renderer, model.engine.capabilities)
+        defaults = registry.generation_defaults(model.model_id)
+        prepared = prepare_chat(body, model.renderer, model.engine.capabilities, defaults)
         identity = CompletionIdentity(model=model.model_id)
         outputs = [ChoiceOutput(prepared.tool_plan, prepared.tool_call_format) for _ in prepared.requests]
         chunks = merge_choices([model.engine.generate(r) for r in prepared.requests])

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from api.protocol import ChatCompletionRequest
 from backends.base import EngineCapabilities, GenerationRequest, GrammarSpec, SamplingParams
+from backends.catalog import GenerationDefaults
 from chat.grammars import JSON_OBJECT_SCHEMA, json_schema_grammar, tool_call_grammar
 from chat.messages import to_template_messages
 from chat.templates import ChatPromptRenderer
@@ -20,6 +21,7 @@ from errors import InvalidRequest
 logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLING = SamplingParams()
+NO_DEFAULTS = GenerationDefaults()
 
 
 def log_unknown_fields(request: ChatCompletionRequest) -> None:
@@ -57,24 +59,20 @@ def _logit_bias(request: ChatCompletionRequest) -> dict[int, float]:
     return bias
 
 
-def _pick(value, default):
-    return default if value is None else value
+def _pick(*values):
+    """The first value that is set: the request's, then the model's default, then the server's."""
+    return next((value for value in values if value is not None), None)
 
 
-def sampling_params(request: ChatCompletionRequest, choice_index: int = 0) -> SamplingParams:
-    """Request values over server defaults. Each extra choice gets the next seed so n>1 choices differ."""
+def sampling_params(
+    request: ChatCompletionRequest, choice_index: int = 0, defaults: GenerationDefaults = NO_DEFAULTS
+) -> SamplingParams:
+    """Request values over the model's defaults over the server's. Each extra choice gets the next seed."""
     seed = None if request.seed is None else request.seed + choice_index
-    return SamplingParams(
-        temperature=_pick(request.temperature, DEFAULT_SAMPLING.temperature),
-        top_p=_pick(request.top_p, DEFAULT_SAMPLING.top_p),
-        top_k=_pick(request.top_k, DEFAULT_SAMPLING.top_k),
-        min_p=_pick(request.min_p, DEFAULT_SAMPLING.min_p),
-        repeat_penalty=_pick(request.repeat_penalty, DEFAULT_SAMPLING.repeat_penalty),
-        presence_penalty=_pick(request.presence_penalty, DEFAULT_SAMPLING.presence_penalty),
-        frequency_penalty=_pick(request.frequency_penalty, DEFAULT_SAMPLING.frequency_penalty),
-        seed=seed,
-        logit_bias=_logit_bias(request),
-    )
+    fields = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty")
+    chosen = {name: _pick(getattr(request, name), getattr(defaults, name), getattr(DEFAULT_SAMPLING, name))
+              for name in fields}
+    return SamplingParams(**chosen, seed=seed, logit_bias=_logit_bias(request))
 
 
 def stop_strings(request: ChatCompletionRequest) -> tuple[str, ...]:
@@ -151,7 +149,10 @@ def render_for_cache(request: ChatCompletionRequest, renderer: ChatPromptRendere
 
 
 def prepare_chat(
-    request: ChatCompletionRequest, renderer: ChatPromptRenderer, capabilities: EngineCapabilities
+    request: ChatCompletionRequest,
+    renderer: ChatPromptRenderer,
+    capabilities: EngineCapabilities,
+    defaults: GenerationDefaults = NO_DEFAULTS,
 ) -> PreparedChat:
     """One engine request per choice (`n`), all sharing the rendered prompt and output constraint."""
     _refuse_unsupported(request, capabilities)
@@ -159,12 +160,12 @@ def prepare_chat(
     call_format = renderer.tool_call_format
     grammar = _output_grammar(request, plan, call_format)
     prompt = _render_prompt(request, renderer, plan)
-    max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
+    max_tokens = _pick(request.max_completion_tokens, request.max_tokens, defaults.max_tokens)
     top_logprobs = (request.top_logprobs or 0) if request.logprobs else None
     requests = [
         GenerationRequest(
             prompt=prompt,
-            sampling=sampling_params(request, index),
+            sampling=sampling_params(request, index, defaults),
             max_tokens=max_tokens,
             stop=stop_strings(request),
             top_logprobs=top_logprobs,

@@ -139,6 +139,12 @@ class RestoreCacheResponse(BaseModel):
 
 class SetModelRequest(WireModel):
     modelName: str  # noqa: N815 - the customer's existing contract spells it this way
+    wait: bool = True  # false: answer 202 at once; the model's status shows the load's progress
+
+
+class ModelActionRequest(WireModel):
+    model: str
+    wait: bool = True
 
 
 # ---------------------------------------------------------------- responses

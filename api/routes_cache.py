@@ -35,8 +35,10 @@ async def restore_cache(body: RestoreCacheRequest, registry: RegistryDep) -> Res
 
 
 @router.get("/cache")
-async def cache_status(registry: RegistryDep) -> dict:
-    """The loaded model's prompt cache: entries, bytes, hits, misses, restored tokens, saves."""
-    current = registry.current
-    summary = current.engine.cache_summary() if current else None
-    return {"model": current.model_id if current else None, "enabled": summary is not None, **(summary or {})}
+async def cache_status(registry: RegistryDep, model: str | None = None) -> dict:
+    """A loaded model's prompt cache (`?model=`, default: the default model): entries, bytes, hits, misses,
+    restored tokens, saves."""
+    entry = registry.resolve(model)
+    loaded = registry.loaded_model(entry.id)
+    summary = loaded.engine.cache_summary() if loaded else None
+    return {"model": entry.id, "loaded": loaded is not None, "enabled": summary is not None, **(summary or {})}

@@ -1,72 +1,137 @@
-"""Model listing and selection, server status and health."""
+"""Model catalog, selection and management, server status and health."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import RegistryDep
 from api.errors import error_response
-from api.protocol import ModelCard, ModelList, SetModelRequest
+from api.protocol import ModelActionRequest, ModelCard, ModelList, SetModelRequest
+from backends.catalog import GenerationDefaults, ModelEntry
+from backends.memory import process_rss_bytes
 from backends.registry import ModelRegistry
 from errors import ModelLoading
 
 router = APIRouter(tags=["models"])
 
 
-def _model_card(registry: ModelRegistry, path: Path) -> ModelCard:
-    current = registry.current
-    loaded = current is not None and current.model_id == path.name
-    status = "loaded" if loaded else "loading" if registry.loading_id == path.name else "available"
-    extra: dict = {"engine": "llama.cpp", "status": status, "loaded": loaded, "size_bytes": path.stat().st_size}
-    if loaded:
-        engine = current.engine
+def _model_card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
+    status, error = registry.status(entry.id)
+    created = int(entry.path.stat().st_mtime) if entry.path is not None and entry.path.exists() else 0
+    extra: dict = {
+        "engine": entry.engine,
+        "status": status,
+        "loaded": status == "loaded",
+        "error": error,
+        "aliases": list(entry.aliases),
+        "source": entry.source,
+        "size_bytes": entry.size_bytes,
+    }
+    model = registry.loaded_model(entry.id)
+    if model is not None:
+        engine, renderer = model.engine, model.renderer
         extra["context_length"] = engine.context_length
+        extra["memory_bytes"] = model.memory_bytes
+        extra["load_seconds"] = round(model.load_seconds, 3)
         extra["chat_template"] = engine.chat_template.origin
-        renderer = current.renderer
         extra["capabilities"] = {
             **vars(engine.capabilities),
             "native_tool_template": renderer.supports_tools,  # else tools are taught by templates/tool_prompt.jinja
             "tool_call_format": renderer.tool_call_format.name,
         }
-    return ModelCard(id=path.name, created=int(path.stat().st_mtime), **extra)
+    elif entry.settings.n_ctx is not None:
+        extra["context_length"] = entry.settings.n_ctx // (entry.settings.parallel or registry.settings.parallel)
+    return ModelCard(id=entry.id, created=created, **extra)
 
 
 @router.get("/v1/models", response_model=ModelList)
 @router.get("/models", response_model=ModelList, include_in_schema=False)
 async def list_models(registry: RegistryDep) -> ModelList:
-    return ModelList(data=[_model_card(registry, path) for path in registry.available()])
+    return ModelList(data=[_model_card(registry, entry) for entry in registry.catalog(refresh=True)])
 
 
-@router.get("/v1/models/{model_id}", response_model=ModelCard)
-@router.get("/models/{model_id}", response_model=ModelCard, include_in_schema=False)
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+@router.get("/models/{model_id:path}", response_model=ModelCard, include_in_schema=False)
 async def get_model(model_id: str, registry: RegistryDep) -> ModelCard:
-    resolved = registry.resolve_id(model_id)
-    return _model_card(registry, registry.models_dir / resolved)
+    return _model_card(registry, registry.resolve(model_id))
 
 
 @router.post("/setModel")
-async def set_model(body: SetModelRequest, registry: RegistryDep) -> dict:
-    """Load a model (waiting for it) and make it the default for requests that name none."""
-    loaded = await registry.set_default(body.modelName)
-    return {"status": "ok", "model": loaded.model_id, "context_length": loaded.engine.context_length}
+async def set_model(body: SetModelRequest, registry: RegistryDep) -> JSONResponse:
+    """Make a model the default for requests that name none, loading it (waits unless `"wait": false`)."""
+    entry = await registry.set_default(body.modelName, wait=body.wait)
+    return _action_response(registry, entry, body.wait)
+
+
+# ---------------------------------------------------------------- management
+
+
+@router.post("/admin/models/load", tags=["admin"])
+async def load_model(body: ModelActionRequest, registry: RegistryDep) -> JSONResponse:
+    """Load a model (it stays resident until evicted or unloaded); `"wait": false` answers 202 at once."""
+    if body.wait:
+        entry = (await registry.ensure_loaded(body.model)).entry
+    else:
+        entry = registry.start_loading(body.model)
+    return _action_response(registry, entry, body.wait)
+
+
+@router.post("/admin/models/unload", tags=["admin"])
+async def unload_model(body: ModelActionRequest, registry: RegistryDep) -> dict:
+    """Unload a model and free its memory, after the requests it is serving finish."""
+    rss_before = process_rss_bytes()
+    was_loaded = await registry.unload(body.model)
+    return {"model": registry.resolve(body.model).id, "unloaded": was_loaded, "status": "available",
+            "rss_bytes_before": rss_before, "rss_bytes_after": process_rss_bytes()}
+
+
+@router.get("/admin/models/{model_id:path}/defaults", tags=["admin"])
+async def get_defaults(model_id: str, registry: RegistryDep) -> dict:
+    entry = registry.resolve(model_id)
+    return {"model": entry.id, "defaults": registry.generation_defaults(entry.id).model_dump(exclude_none=True)}
+
+
+@router.put("/admin/models/{model_id:path}/defaults", tags=["admin"])
+async def put_defaults(model_id: str, body: GenerationDefaults, registry: RegistryDep) -> dict:
+    """Replace the model's run-time generation defaults (no reload); request fields still override them."""
+    entry = registry.set_generation_defaults(model_id, body)
+    return {"model": entry.id, "defaults": registry.generation_defaults(entry.id).model_dump(exclude_none=True)}
+
+
+def _action_response(registry: ModelRegistry, entry: ModelEntry, waited: bool) -> JSONResponse:
+    status, error = registry.status(entry.id)
+    body = {"status": "ok" if waited else "accepted", "model": entry.id, "model_status": status, "error": error,
+            "default_model": registry.default_model}
+    model = registry.loaded_model(entry.id)
+    if model is not None:
+        body["context_length"] = model.engine.context_length
+    return JSONResponse(body, status_code=200 if waited else 202)
+
+
+# ---------------------------------------------------------------- status
 
 
 def _status(request: Request) -> dict:
     registry: ModelRegistry = request.app.state.registry
-    current = registry.current
-    engine = current.engine if current else None
+    loaded = registry.loaded_models
+    default = registry.loaded_model(registry.default_model) or (loaded[0] if loaded else None)
     return {
         "status": registry.state if request.app.state.startup.done() else "loading",
-        "model": current.model_id if current else None,
+        "model": default.model_id if default else None,
         "default_model": registry.default_model,
-        "loading": registry.loading_id,
+        "loaded_models": [
+            {"model": m.model_id, "active_sequences": m.engine.active_sequences(),
+             "queued_requests": m.engine.queued_requests(), "memory_bytes": m.memory_bytes, "in_flight": m.leases}
+            for m in loaded
+        ],
+        "loading": registry.loading_ids,
         "error": registry.last_error,
-        "active_sequences": engine.active_sequences() if engine else 0,
-        "queued_requests": engine.queued_requests() if engine else 0,
-        "prompt_cache": engine.cache_summary() if engine else None,
+        "active_sequences": sum(m.engine.active_sequences() for m in loaded),
+        "queued_requests": sum(m.engine.queued_requests() for m in loaded),
+        "memory": {"rss_bytes": process_rss_bytes(), "budget_bytes": registry.memory_budget(),
+                   "estimated_in_use_bytes": registry.memory_in_use()},
+        "prompt_cache": default.engine.cache_summary() if default else None,
     }
 
 

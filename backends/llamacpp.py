@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from backends.base import (
     ChatTemplateInfo,
@@ -21,6 +20,7 @@ from backends.base import (
     SamplingParams,
     WarmedPrompt,
 )
+from backends.catalog import ModelEntry
 from backends.llamacpp_model import ContextConfig, LlamaContext, LlamaModel, default_threads
 from backends.llamacpp_sampling import grammar_parses
 from backends.llamacpp_scheduler import Scheduler, SequenceJob, common_prefix_length
@@ -39,8 +39,10 @@ class LlamaCppEngine(Engine):
         grammar=True,
     )
 
-    def __init__(self, path: Path, settings: Settings, chat_template_override: str | None = None) -> None:
-        self.path = path
+    def __init__(self, entry: ModelEntry, settings: Settings) -> None:
+        """`settings` are the server's with the catalog entry's overrides applied (registry.engine_settings)."""
+        self.entry = entry
+        self.path = path = entry.path
         self.model = LlamaModel(path, n_gpu_layers=settings.n_gpu_layers)
         threads = settings.n_threads or default_threads()
         # Never allocate more context than the model was trained for: positions beyond it are garbage.
@@ -63,7 +65,7 @@ class LlamaCppEngine(Engine):
             raise
         self._context_length = min(self.context.n_ctx // settings.parallel, self.model.n_ctx_train)
         self._default_max_tokens = settings.default_max_tokens
-        self._template = self._load_template(settings, chat_template_override)
+        self._template = self._load_template(settings)
         self.prompt_cache = self._open_prompt_cache(settings)
         self.scheduler = Scheduler(
             self.model, self.context, settings.parallel, self._context_length, settings.max_queue, self.prompt_cache
@@ -74,7 +76,7 @@ class LlamaCppEngine(Engine):
             return None
         try:
             return PromptCache(
-                settings.cache_dir / model_namespace(self.path),
+                settings.cache_dir / model_namespace(self.entry.id, self.path),
                 settings.cache_capacity_bytes,
                 settings.cache_min_tokens,
                 state_format_tag(flash_attn=settings.flash_attn, swa_full=settings.swa_full),
@@ -83,9 +85,9 @@ class LlamaCppEngine(Engine):
             logger.warning("Prompt cache disabled for %s: %s", self.path.name, exc)
             return None
 
-    def _load_template(self, settings: Settings, override: str | None) -> ChatTemplateInfo:
+    def _load_template(self, settings: Settings) -> ChatTemplateInfo:
         source, origin = resolve_template_source(
-            override=override,
+            override=settings.chat_template,
             sidecar=self.path.with_suffix(".jinja"),
             embedded=self.model.metadata("tokenizer.chat_template"),
             architecture=self.model.metadata("general.architecture") or "",
@@ -99,7 +101,7 @@ class LlamaCppEngine(Engine):
             eos_token=decode(self.model.eos_token_id) if self.model.eos_token_id >= 0 else "",
             origin=origin,
             tool_prompt_source=resolve_tool_prompt_source(
-                self.path.with_name(self.path.stem + ".tools.jinja"), settings.templates_dir
+                self.entry.tool_prompt or self.path.with_name(self.path.stem + ".tools.jinja"), settings.templates_dir
             ),
         )
 

@@ -33,11 +33,13 @@ MAX_PENDING_WRITES = 2
 KNOWN_SAVED_LIMIT = 4096
 
 
-def model_namespace(model_path: Path) -> str:
-    """A directory name that changes whenever the model file does (so a replaced file never sees old states)."""
+def model_namespace(model_id: str, model_path: Path) -> str:
+    """A directory name per catalog model that changes whenever its file does (a replaced file never sees old
+    states, and two catalog entries, even of the same file with different settings, never share states)."""
     stat = model_path.stat()
-    fingerprint = hashlib.sha256(f"{model_path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return f"{model_path.stem}-{fingerprint}"
+    key = f"{model_id}|{model_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id.removesuffix(".gguf"))[:60]
+    return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def state_format_tag(*, flash_attn: bool, swa_full: bool) -> str:

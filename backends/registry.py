@@ -1,136 +1,284 @@
-"""Resolves a request's `model` field to a loaded engine, loading it on demand.
+"""Resolves a request's `model` field to a loaded engine, loading it on demand; keeps several models resident.
 
-Model ids are GGUF file names in the models directory (the stem is accepted too). A name is only ever
-matched against the directory listing, never joined into a path, so no request can reach outside it.
-This issue keeps one model resident: loading another retires the current one, which finishes the
-requests it is serving (leases) before its memory is freed.
+Names are looked up in the catalog (ids and aliases), never joined into paths. A model that is not loaded is
+loaded in the background of the request that wants it; concurrent requests for it wait for that one load.
+Residency is bounded by `--max-loaded-models` and `--memory-budget` (estimated weights + KV): to make room the
+least recently used model goes first, idle ones before busy ones, and a busy one is only unloaded once the
+requests it is serving have finished (it takes no new ones meanwhile). A failed load is recorded (status
+`failed` with the error) and retried by the next request that asks for the model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from backends.base import Engine
+from backends.catalog import Catalog, GenerationDefaults, ModelEntry, default_hf_cache
+from backends.memory import estimate_memory_bytes, physical_memory_bytes
 from chat.templates import ChatPromptRenderer
-from errors import EngineFailure, ModelLoading, ModelNotFound
+from errors import ModelLoadFailed, ModelNotFound, ModelTooLarge, NotSupported, ServerError
+from settings import Settings
 
 logger = logging.getLogger(__name__)
 
-EngineFactory = Callable[[Path], Engine]
+EngineFactory = Callable[[ModelEntry, Settings], Engine]
+ModelStatus = Literal["available", "loading", "loaded", "failed"]
 RegistryState = Literal["empty", "loading", "ready", "failed"]
 
 
-@dataclass
+@dataclass(eq=False)
 class LoadedModel:
-    model_id: str
-    path: Path
+    entry: ModelEntry
     engine: Engine
     renderer: ChatPromptRenderer
+    memory_bytes: int  # estimated weights + KV, what the memory budget counts
+    load_seconds: float = 0.0
     leases: int = 0
-    retired: bool = False
+    retired: bool = False  # being unloaded: takes no new requests
+    last_used: float = field(default_factory=time.monotonic)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    gone: asyncio.Event = field(default_factory=asyncio.Event)  # set once its memory is freed
 
     def __post_init__(self) -> None:
         self.idle.set()
 
+    @property
+    def model_id(self) -> str:
+        return self.entry.id
 
-def list_model_files(models_dir: Path) -> list[Path]:
-    if not models_dir.is_dir():
-        return []
-    return sorted(p for p in models_dir.iterdir() if p.is_file() and p.suffix.lower() == ".gguf")
+
+def engine_settings(entry: ModelEntry, settings: Settings) -> Settings:
+    """The server's settings with the catalog entry's per-model overrides applied."""
+    overrides = entry.settings.model_dump(exclude_none=True)
+    if entry.chat_template:
+        overrides["chat_template"] = entry.chat_template
+    elif entry.id != settings.model_name and entry.id.removesuffix(".gguf") != settings.model_name:
+        overrides["chat_template"] = None  # --chat-template is the default model's override only
+    return settings.model_copy(update=overrides)
 
 
 class ModelRegistry:
-    def __init__(self, models_dir: Path, default_model: str, engine_factory: EngineFactory) -> None:
-        self.models_dir = models_dir
-        self.default_model = default_model
+    def __init__(self, settings: Settings, engine_factory: EngineFactory) -> None:
+        self.settings = settings
+        self.default_model = settings.model_name
         self._engine_factory = engine_factory
-        self._current: LoadedModel | None = None
-        self._loading: tuple[str, asyncio.Task[LoadedModel]] | None = None
-        self.last_error: str | None = None
+        self._catalog: Catalog | None = None
+        self._loaded: dict[str, LoadedModel] = {}
+        self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
+        self._reserved: dict[str, int] = {}  # memory promised to loads in progress
+        self._errors: dict[str, str] = {}
+        self._runtime_defaults: dict[str, GenerationDefaults] = {}
+        self._residency = asyncio.Lock()  # one load at a time decides what to evict and reserves memory
 
     # ---------------------------------------------------------------- catalog
 
-    def available(self) -> list[Path]:
-        return list_model_files(self.models_dir)
+    def catalog(self, *, refresh: bool = False) -> Catalog:
+        if self._catalog is None or refresh:
+            settings = self.settings
+            hf_cache = (settings.hf_cache_dir or default_hf_cache()) if settings.scan_hf_cache else None
+            models_file = settings.models_file or settings.models_dir / "models.yaml"
+            self._catalog = Catalog.build(settings.models_dir, models_file, hf_cache)
+        return self._catalog
 
-    def resolve_id(self, name: str | None) -> str:
-        """Map a requested name (file name or stem) to a model id; unknown names are 404."""
+    def resolve(self, name: str | None) -> ModelEntry:
+        """The catalog entry for a requested name (id, `.gguf` stem or alias); empty means the default."""
         wanted = name or self.default_model
-        for path in self.available():
-            if wanted in (path.name, path.stem):
-                return path.name
-        raise ModelNotFound(wanted)
+        entry = self.catalog().find(wanted) or self.catalog(refresh=True).find(wanted)
+        if entry is None:
+            raise ModelNotFound(wanted)
+        return entry
 
     # ---------------------------------------------------------------- state
 
-    @property
-    def current(self) -> LoadedModel | None:
-        return self._current
+    def loaded_model(self, model_id: str) -> LoadedModel | None:
+        model = self._loaded.get(model_id)
+        return model if model is not None and not model.retired else None
 
     @property
-    def loading_id(self) -> str | None:
-        return self._loading[0] if self._loading else None
+    def loaded_models(self) -> list[LoadedModel]:
+        return [m for m in self._loaded.values() if not m.retired]
+
+    @property
+    def loading_ids(self) -> list[str]:
+        return list(self._loading)
+
+    def status(self, model_id: str) -> tuple[ModelStatus, str | None]:
+        if model_id in self._loading:
+            return "loading", None
+        if self.loaded_model(model_id):
+            return "loaded", None
+        if model_id in self._errors:
+            return "failed", self._errors[model_id]
+        return "available", None
 
     @property
     def state(self) -> RegistryState:
+        """Overall readiness for /health: a model is loaded, one is loading, or the default failed."""
+        if self.loaded_models:
+            return "ready"
         if self._loading:
             return "loading"
-        if self._current:
-            return "ready"
-        return "failed" if self.last_error else "empty"
+        try:
+            default_id = self.resolve(None).id
+        except ModelNotFound:
+            return "failed"
+        return "failed" if default_id in self._errors else "empty"
+
+    @property
+    def last_error(self) -> str | None:
+        try:
+            return self._errors.get(self.resolve(None).id)
+        except ModelNotFound as exc:
+            return exc.message
+
+    def memory_budget(self) -> int:
+        return self.settings.memory_budget or int(physical_memory_bytes() * 0.8)
+
+    def memory_in_use(self) -> int:
+        return sum(m.memory_bytes for m in self._loaded.values()) + sum(self._reserved.values())
+
+    # ---------------------------------------------------------------- generation defaults
+
+    def generation_defaults(self, model_id: str) -> GenerationDefaults:
+        """The catalog entry's defaults with the ones set at run time (PUT) on top."""
+        entry = self.catalog().entries.get(model_id)
+        base = entry.defaults.model_dump(exclude_none=True) if entry else {}
+        runtime = self._runtime_defaults.get(model_id)
+        return GenerationDefaults(**{**base, **(runtime.model_dump(exclude_none=True) if runtime else {})})
+
+    def set_generation_defaults(self, name: str, defaults: GenerationDefaults) -> ModelEntry:
+        """Replace a model's run-time defaults (fields left out fall back to the catalog's); no reload."""
+        entry = self.resolve(name)
+        self._runtime_defaults[entry.id] = defaults
+        return entry
 
     # ---------------------------------------------------------------- loading
 
     async def ensure_loaded(self, name: str | None) -> LoadedModel:
         """Return the loaded model for `name`, loading it (once, however many callers wait) if needed."""
-        model_id = self.resolve_id(name)
-        if self._current and self._current.model_id == model_id:
-            return self._current
-        if self._loading is None or self._loading[0] != model_id:
-            if self._loading is not None:
-                # Another model is loading: wait for it so loads never overlap, then load ours.
-                await asyncio.shield(self._loading[1])
-                return await self.ensure_loaded(model_id)
-            task = asyncio.create_task(self._load(model_id))
-            self._loading = (model_id, task)
-        return await asyncio.shield(self._loading[1])
+        entry = self.resolve(name)
+        while True:
+            model = self._loaded.get(entry.id)
+            if model is not None and model.retired:
+                await model.gone.wait()  # being unloaded: wait, then load it again
+                continue
+            if model is not None:
+                model.last_used = time.monotonic()
+                return model
+            task = self._loading.get(entry.id)
+            if task is None:
+                task = asyncio.create_task(self._load(entry))
+                self._loading[entry.id] = task
+            return await asyncio.shield(task)
 
-    async def set_default(self, name: str) -> LoadedModel:
-        loaded = await self.ensure_loaded(name)
-        self.default_model = loaded.model_id
-        return loaded
+    def start_loading(self, name: str | None) -> ModelEntry:
+        """Begin loading in the background (status shows progress); failures are recorded, not raised."""
+        entry = self.resolve(name)
+        task = asyncio.create_task(self.ensure_loaded(entry.id))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: recorded in the status
+        return entry
 
-    async def _load(self, model_id: str) -> LoadedModel:
-        path = self.models_dir / model_id
-        logger.info("Loading model %s", model_id)
+    async def set_default(self, name: str, *, wait: bool = True) -> ModelEntry:
+        entry = self.resolve(name)
+        if wait:
+            await self.ensure_loaded(entry.id)
+        else:
+            self.start_loading(entry.id)
+        self.default_model = entry.id
+        return entry
+
+    async def _load(self, entry: ModelEntry) -> LoadedModel:
+        started = time.perf_counter()
+        settings = engine_settings(entry, self.settings)
         try:
-            engine = await asyncio.to_thread(self._engine_factory, path)
-            renderer = ChatPromptRenderer(engine.chat_template)
+            if entry.engine != "llama.cpp":
+                raise NotSupported(
+                    f"Model '{entry.id}' needs the {entry.engine} engine, which this server does not provide yet."
+                )
+            estimate = await asyncio.to_thread(estimate_memory_bytes, entry, settings.n_ctx)
+            async with self._residency:
+                await self._make_room(entry, estimate)
+                self._reserved[entry.id] = estimate
+            logger.info("Loading model %s (about %.0f MiB)", entry.id, estimate / 2**20)
+            engine = await asyncio.to_thread(self._engine_factory, entry, settings)
+            try:
+                renderer = ChatPromptRenderer(engine.chat_template)
+            except Exception:
+                await engine.aclose()
+                raise
+        except NotSupported:
+            raise
+        except ServerError as exc:
+            self._errors[entry.id] = exc.message
+            raise
         except Exception as exc:
-            self.last_error = f"{model_id}: {exc}"
-            logger.exception("Failed to load %s", model_id)
-            raise EngineFailure(f"Model '{model_id}' failed to load: {exc}") from exc
+            self._errors[entry.id] = f"{type(exc).__name__}: {exc}"
+            logger.exception("Failed to load %s", entry.id)
+            raise ModelLoadFailed(f"Model '{entry.id}' failed to load: {exc}") from exc
         finally:
-            self._loading = None
-        previous, self._current = self._current, LoadedModel(model_id, path, engine, renderer)
-        self.last_error = None
-        if previous is not None:
-            asyncio.create_task(self._retire(previous))
-        logger.info("Model %s ready (context %d tokens/sequence)", model_id, engine.context_length)
-        return self._current
+            self._loading.pop(entry.id, None)
+        model = LoadedModel(entry, engine, renderer, self._reserved.pop(entry.id), time.perf_counter() - started)
+        self._loaded[entry.id] = model
+        self._errors.pop(entry.id, None)
+        logger.info("Model %s ready in %.2f s (context %d tokens/sequence)", entry.id, model.load_seconds,
+                    engine.context_length)
+        return model
 
-    async def _retire(self, model: LoadedModel) -> None:
-        """Close a replaced model once the requests it is serving have finished."""
-        model.retired = True
-        await model.idle.wait()
-        await model.engine.aclose()
+    async def _make_room(self, entry: ModelEntry, needed: int) -> None:
+        """Unload least recently used models until `entry` fits the model count and memory budget."""
+        budget = self.memory_budget()
+        if needed > budget:
+            raise ModelTooLarge(
+                f"Model '{entry.id}' needs about {needed / 2**20:.0f} MiB (weights + KV cache), more than the "
+                f"memory budget of {budget / 2**20:.0f} MiB (--memory-budget). Lower its n_ctx or raise the budget."
+            )
+        while True:
+            count = len(self._loaded) + len(self._reserved)
+            if count < self.settings.max_loaded_models and self.memory_in_use() + needed <= budget:
+                return
+            candidates = [m for m in self._loaded.values() if not m.retired]
+            if candidates:
+                victim = min(candidates, key=lambda m: (m.leases > 0, m.last_used))  # idle first, then LRU
+                logger.info("Unloading %s to make room for %s", victim.model_id, entry.id)
+                await self._unload(victim)
+                continue
+            # Only models being unloaded, or loads that already reserved their room, hold it: wait for one.
+            gone = [asyncio.ensure_future(m.gone.wait()) for m in self._loaded.values()]
+            loads = [self._loading[i] for i in self._reserved if i in self._loading]
+            if not gone and not loads:
+                return
+            await asyncio.wait(gone + loads, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in gone:
+                waiter.cancel()
+
+    # ---------------------------------------------------------------- unloading
+
+    async def unload(self, name: str) -> bool:
+        """Unload a model once its in-flight requests finish; False if it was not loaded."""
+        entry = self.resolve(name)
+        model = self._loaded.get(entry.id)
+        if model is None:
+            return False
+        await self._unload(model)
+        return True
+
+    async def _unload(self, model: LoadedModel) -> None:
+        if model.retired:
+            await model.gone.wait()
+            return
+        model.retired = True  # from here no new lease; requests already holding it finish first
+        try:
+            await model.idle.wait()
+            await model.engine.aclose()
+        finally:
+            self._loaded.pop(model.model_id, None)
+            model.gone.set()
         logger.info("Unloaded model %s", model.model_id)
 
     # ---------------------------------------------------------------- use
@@ -139,22 +287,20 @@ class ModelRegistry:
     async def lease(self, name: str | None) -> AsyncIterator[LoadedModel]:
         """Hold a model for the duration of one request so it is not unloaded underneath it."""
         model = await self.ensure_loaded(name)
-        model.leases += 1
+        while model.retired:  # chosen for eviction between its load and now: get it back
+            model = await self.ensure_loaded(model.model_id)
+        model.leases += 1  # no await between the retired check and this, so eviction sees the lease
         model.idle.clear()
+        model.last_used = time.monotonic()
         try:
             yield model
         finally:
             model.leases -= 1
+            model.last_used = time.monotonic()
             if model.leases == 0:
                 model.idle.set()
 
-    def require_ready(self) -> None:
-        if self.state == "loading" and self._current is None:
-            raise ModelLoading(f"Model '{self.loading_id}' is loading; retry shortly.")
-
     async def aclose(self) -> None:
-        if self._loading:
-            await asyncio.gather(self._loading[1], return_exceptions=True)
-        if self._current is not None:
-            current, self._current = self._current, None
-            await current.engine.aclose()
+        await asyncio.gather(*self._loading.values(), return_exceptions=True)
+        for model in list(self._loaded.values()):
+            await self._unload(model)

@@ -1,0 +1,38 @@
+"""Memory accounting for model residency: estimates before loading, and what the process really uses."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from backends.catalog import ModelEntry
+from backends.gguf_header import kv_bytes_per_token, read_gguf_metadata
+
+
+def physical_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def process_rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def estimate_memory_bytes(entry: ModelEntry, n_ctx: int) -> int:
+    """Weights (file size) plus an f16 KV cache for `n_ctx` tokens. Raises GGUFError for a broken GGUF."""
+    weights = entry.size_bytes or 0
+    if entry.engine == "llama.cpp" and entry.path is not None:
+        return weights + n_ctx * kv_bytes_per_token(read_gguf_metadata(entry.path))
+    if entry.engine == "transformers" and entry.path is not None and (entry.path / "config.json").is_file():
+        config = json.loads((entry.path / "config.json").read_text())
+        layers = config.get("num_hidden_layers", 0)
+        heads = config.get("num_attention_heads", 1) or 1
+        kv_heads = config.get("num_key_value_heads", heads) or heads
+        head_dim = config.get("head_dim") or config.get("hidden_size", 0) // heads
+        return weights + n_ctx * layers * kv_heads * head_dim * 2 * 2
+    return weights
