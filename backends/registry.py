@@ -3,8 +3,8 @@
 Names are looked up in the catalog (ids and aliases), never joined into paths. A model that is not loaded is
 loaded in the background of the request that wants it; concurrent requests for it wait for that one load.
 Residency is bounded by `--max-loaded-models` and `--memory-budget` (estimated weights + KV): to make room the
-least recently used model goes first, idle ones before busy ones, and a busy one is only unloaded once the
-requests it is serving have finished (it takes no new ones meanwhile). A failed load is recorded (status
+least recently used idle model goes first; when all are busy the first to go idle goes, and after
+EVICTION_PATIENCE_SECONDS the least recently used is drained (no new requests; unloaded when its last finishes). A failed load is recorded (status
 `failed` with the error) and retried by the next request that asks for the model.
 """
 
@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 EngineFactory = Callable[[ModelEntry, Settings], Engine]
 ModelStatus = Literal["available", "loading", "loaded", "failed"]
 RegistryState = Literal["empty", "loading", "ready", "failed"]
+# When every resident model is busy, how long a load waits for one to go idle before it drains the least
+# recently used (stops giving it new requests): bounded, so a constantly busy model cannot starve a load.
+EVICTION_PATIENCE_SECONDS = 5.0
 
 
 @dataclass(eq=False)
@@ -243,10 +246,13 @@ class ModelRegistry:
             if count < self.settings.max_loaded_models and self.memory_in_use() + needed <= budget:
                 return
             candidates = [m for m in self._loaded.values() if not m.retired]
-            if candidates:
-                victim = min(candidates, key=lambda m: (m.leases > 0, m.last_used))  # idle first, then LRU
+            idle = [m for m in candidates if m.leases == 0]
+            if idle or candidates:
+                if not idle and await self._first_idle(candidates):
+                    continue  # one finished its requests: evict that one (next round)
+                victim = min(idle or candidates, key=lambda m: m.last_used)
                 logger.info("Unloading %s to make room for %s", victim.model_id, entry.id)
-                await self._unload(victim)
+                await self._unload(victim)  # a busy victim takes no new requests and goes when they finish
                 continue
             # Only models being unloaded, or loads that already reserved their room, hold it: wait for one.
             gone = [asyncio.ensure_future(m.gone.wait()) for m in self._loaded.values()]
@@ -256,6 +262,15 @@ class ModelRegistry:
             await asyncio.wait(gone + loads, return_when=asyncio.FIRST_COMPLETED)
             for waiter in gone:
                 waiter.cancel()
+
+    @staticmethod
+    async def _first_idle(models: list[LoadedModel]) -> bool:
+        """Wait (a bounded time) for any of the busy models to finish its requests."""
+        waiters = [asyncio.ensure_future(m.idle.wait()) for m in models]
+        done, pending = await asyncio.wait(waiters, timeout=EVICTION_PATIENCE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
+        return bool(done)
 
     # ---------------------------------------------------------------- unloading
 

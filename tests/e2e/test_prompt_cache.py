@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
+import yaml
 
 from settings import PROJECT_ROOT
 from tests.server_process import running_server
@@ -26,8 +27,8 @@ def chat(server, messages, model=MODEL):
     return client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0)
 
 
-def cache_status(server) -> dict:
-    return httpx.get(f"{server.base_url}/cache").json()
+def cache_status(server, model: str | None = None) -> dict:
+    return httpx.get(f"{server.base_url}/cache", params={"model": model} if model else {}).json()
 
 
 def restore(server, messages) -> httpx.Response:
@@ -84,19 +85,20 @@ def test_corrupt_entries_are_served_cold_without_a_crash(tmp_path, cache_dir):
 def test_two_models_never_restore_each_others_states(tmp_path, cache_dir):
     models = tmp_path / "models"
     models.mkdir()
-    gemma = PROJECT_ROOT / "models" / MODEL
-    (models / "first.gguf").symlink_to(gemma)
-    (models / "second.gguf").symlink_to(gemma)  # same weights: only the namespace keeps them apart
-    flags = (*FLAGS, "--models-dir", str(models), "--model-name", "first.gguf", "--no-assemble-default-model",
+    gemma = str(PROJECT_ROOT / "models" / MODEL)
+    # Two catalog entries of the same weights: only the per-model namespace keeps their states apart.
+    (models / "models.yaml").write_text(yaml.safe_dump({"models": [{"id": "first", "path": gemma},
+                                                                   {"id": "second", "path": gemma}]}))
+    flags = (*FLAGS, "--models-dir", str(models), "--model-name", "first", "--no-assemble-default-model",
              "--cache-dir", str(cache_dir))
     with running_server(*flags, log_dir=tmp_path) as server:
         assert restore(server, CONVERSATION).status_code == 200
-        first_dir = cache_status(server)["directory"]
+        first_dir = cache_status(server, "first")["directory"]
     with running_server(*flags, log_dir=tmp_path) as server:
-        other = chat(server, FOLLOW_UP, model="second.gguf")
-        status = cache_status(server)
+        other = chat(server, FOLLOW_UP, model="second")
+        status = cache_status(server, "second")
     assert other.usage.prompt_tokens_details.cached_tokens == 0
-    assert status["model"] == "second.gguf" and status["directory"] != first_dir and status["disk_hits"] == 0
+    assert status["model"] == "second" and status["directory"] != first_dir and status["disk_hits"] == 0
 
 
 def test_restore_cache_is_501_without_a_prompt_cache_and_400_for_bad_input(tmp_path):

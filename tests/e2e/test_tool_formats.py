@@ -1,7 +1,7 @@
 """Every call format a template can teach (hermes, mistral, llama3, generic JSON) works end to end.
 
-The embedded gemma model is served under extra names whose tool prompts (`<model>.tools.jinja` beside the file)
-teach the other formats, so the real detector, grammar, parser and history writer run for each of them.
+The embedded gemma model is served under extra catalog entries (models.yaml) whose tool prompts teach the
+other formats, so the real detector, grammar, parser and history writer run for each of them.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import jsonschema
 import openai
 import pytest
+import yaml
 
 from chat.tool_formats import LLAMA3, MISTRAL
 from settings import PROJECT_ROOT
@@ -35,10 +36,12 @@ FORMATS = {"mistral": MISTRAL, "llama3": LLAMA3}
 def format_client(tmp_path_factory, server):
     models = tmp_path_factory.mktemp("format-models")
     gemma = PROJECT_ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"  # assembled by the session server
+    entries = []
     for name, prompt in TOOL_PROMPTS.items():
-        (models / f"gemma-{name}.gguf").symlink_to(gemma)
-        (models / f"gemma-{name}.tools.jinja").write_text(prompt)
-    flags = ("--models-dir", str(models), "--model-name", "gemma-mistral.gguf", "--no-assemble-default-model",
+        (models / f"{name}.tools.jinja").write_text(prompt)
+        entries.append({"id": f"gemma-{name}", "path": str(gemma), "tool_prompt": f"{name}.tools.jinja"})
+    (models / "models.yaml").write_text(yaml.safe_dump({"models": entries}))
+    flags = ("--models-dir", str(models), "--model-name", "gemma-mistral", "--no-assemble-default-model",
              "--parallel", "2")
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("format-server")) as process:
         yield openai.OpenAI(base_url=f"{process.base_url}/v1", api_key="x", _strict_response_validation=True)
@@ -47,7 +50,7 @@ def format_client(tmp_path_factory, server):
 @pytest.mark.parametrize("name", sorted(TOOL_PROMPTS))
 def test_model_card_names_the_detected_format(format_client, name):
     format_client.chat.completions.create(model=f"gemma-{name}", messages=ASK, max_tokens=1)  # load it
-    capabilities = format_client.models.retrieve(f"gemma-{name}.gguf").model_dump()["capabilities"]
+    capabilities = format_client.models.retrieve(f"gemma-{name}").model_dump()["capabilities"]
     assert capabilities["tool_call_format"] == name
 
 

@@ -1,20 +1,32 @@
-"""The registry with a stand-in engine: name resolution, single loading, and retiring a replaced model."""
+"""The registry with a stand-in engine: catalog resolution, single loading, LRU eviction that waits for
+in-flight requests, memory budget, failures recorded and retried, generation defaults."""
+
+from __future__ import annotations
 
 import asyncio
+import struct
 
 import pytest
 
 from backends.base import ChatTemplateInfo, Engine
+from backends.catalog import GenerationDefaults
 from backends.registry import ModelRegistry
-from errors import ModelNotFound
+from errors import ModelLoadFailed, ModelNotFound, ModelTooLarge, NotSupported
+from settings import Settings
+
+EMPTY_GGUF = b"GGUF" + struct.pack("<IQQ", 3, 0, 0)  # a valid header with no metadata
 
 
 class StandInEngine(Engine):
-    loads = 0
+    loads: list[str] = []
+    fail: set[str] = set()
 
-    def __init__(self, path):
-        StandInEngine.loads += 1
-        self.path = path
+    def __init__(self, entry, settings):
+        if entry.id in StandInEngine.fail:
+            raise ValueError("corrupt weights")
+        StandInEngine.loads.append(entry.id)
+        self.entry = entry
+        self.settings = settings
         self.closed = False
 
     context_length = 128
@@ -30,44 +42,131 @@ class StandInEngine(Engine):
         self.closed = True
 
 
-@pytest.fixture()
-def registry(tmp_path):
-    (tmp_path / "models").mkdir()
-    for name in ("a.gguf", "b.gguf", "notes.txt"):
-        (tmp_path / "models" / name).write_bytes(b"x")
-    (tmp_path / "secret.gguf").write_bytes(b"x")
-    StandInEngine.loads = 0
-    return ModelRegistry(tmp_path / "models", "a.gguf", StandInEngine)
+def make_registry(tmp_path, **overrides) -> ModelRegistry:
+    models = tmp_path / "models"
+    models.mkdir(exist_ok=True)
+    for name in ("a.gguf", "b.gguf", "c.gguf"):
+        (models / name).write_bytes(EMPTY_GGUF)
+    (models / "notes.txt").write_text("x")
+    (tmp_path / "secret.gguf").write_bytes(EMPTY_GGUF)
+    (models / "escape.gguf").symlink_to(tmp_path / "secret.gguf")
+    (models / "models.yaml").write_text(
+        "models:\n"
+        "  - id: small\n    path: a.gguf\n    aliases: [tiny]\n    settings: {n_ctx: 512}\n"
+        "    defaults: {temperature: 0.1, max_tokens: 7}\n"
+        "  - id: hf-model\n    engine: transformers\n    repo: org/model\n"
+    )
+    StandInEngine.loads, StandInEngine.fail = [], set()
+    settings = Settings(models_dir=models, model_name="a.gguf", scan_hf_cache=False, **overrides)
+    return ModelRegistry(settings, StandInEngine)
 
 
-@pytest.mark.parametrize("name", ["../secret.gguf", "../secret", "/etc/passwd", "notes.txt", "c.gguf", "A.GGUF"])
-def test_only_listed_gguf_files_resolve(registry, name):
+@pytest.mark.parametrize("name", ["../secret.gguf", "../secret", "/etc/passwd", "notes.txt", "d.gguf", "escape.gguf"])
+def test_only_catalog_models_resolve(tmp_path, name):
     with pytest.raises(ModelNotFound):
-        registry.resolve_id(name)
+        make_registry(tmp_path).resolve(name)
 
 
-def test_file_name_or_stem_resolves(registry):
-    assert registry.resolve_id("b") == registry.resolve_id("b.gguf") == "b.gguf"
-    assert registry.resolve_id(None) == registry.resolve_id("") == "a.gguf"  # empty means "the default"
+def test_file_name_stem_and_alias_resolve(tmp_path):
+    registry = make_registry(tmp_path)
+    assert registry.resolve("b").id == registry.resolve("b.gguf").id == "b.gguf"
+    assert registry.resolve(None).id == registry.resolve("").id == "a.gguf"  # empty means "the default"
+    assert registry.resolve("tiny").id == "small"
+    assert registry.resolve("small").path == registry.resolve("a").path
 
 
-def test_concurrent_requests_share_one_load(registry):
+def test_catalog_entry_settings_reach_the_engine(tmp_path):
+    registry = make_registry(tmp_path)
+    model = asyncio.run(registry.ensure_loaded("tiny"))
+    assert model.engine.settings.n_ctx == 512 and model.engine.entry.id == "small"
+
+
+def test_concurrent_requests_share_one_load(tmp_path):
+    registry = make_registry(tmp_path)
+
     async def scenario():
         results = await asyncio.gather(*(registry.ensure_loaded("b") for _ in range(5)))
         assert len({id(r) for r in results}) == 1
 
     asyncio.run(scenario())
-    assert StandInEngine.loads == 1
+    assert StandInEngine.loads == ["b.gguf"]
 
 
-def test_replaced_model_closes_after_its_last_lease(registry):
+def test_least_recently_used_is_evicted_and_a_busy_model_only_after_its_requests(tmp_path):
+    registry = make_registry(tmp_path, max_loaded_models=2)
+
     async def scenario():
-        async with registry.lease("a") as first:
+        a = await registry.ensure_loaded("a")
+        await registry.ensure_loaded("b")
+        async with registry.lease("a"):  # a is now the most recently used
+            pass
+        await registry.ensure_loaded("c")  # evicts b (least recently used)
+        assert {m.model_id for m in registry.loaded_models} == {"a.gguf", "c.gguf"}
+        async with registry.lease("a"):
+            async with registry.lease("c"):
+                loading = asyncio.create_task(registry.ensure_loaded("b"))  # both busy: must wait
+                await asyncio.sleep(0.05)
+                assert not loading.done() and not a.engine.closed
+            await asyncio.sleep(0.05)  # c went idle first: it goes, a keeps serving
+            assert loading.done() and not a.engine.closed
+        assert {m.model_id for m in registry.loaded_models} == {"a.gguf", "b.gguf"}
+
+    asyncio.run(scenario())
+
+
+def test_memory_budget_bounds_residency(tmp_path):
+    registry = make_registry(tmp_path, memory_budget=len(EMPTY_GGUF) * 2)
+
+    async def scenario():
+        await registry.ensure_loaded("a")
+        await registry.ensure_loaded("b")
+        await registry.ensure_loaded("c")
+        assert len(registry.loaded_models) == 2
+        registry.settings = registry.settings.model_copy(update={"memory_budget": 1})
+        with pytest.raises(ModelTooLarge):
+            await registry.ensure_loaded("a.gguf" if registry.loaded_model("a.gguf") is None else "b.gguf")
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_load_is_recorded_then_retried(tmp_path):
+    registry = make_registry(tmp_path)
+    StandInEngine.fail = {"b.gguf"}
+
+    async def scenario():
+        with pytest.raises(ModelLoadFailed):
             await registry.ensure_loaded("b")
-            await asyncio.sleep(0.01)
-            assert first.retired and not first.engine.closed  # still serving our request
-        await asyncio.sleep(0.01)
-        assert first.engine.closed
-        assert registry.current.model_id == "b.gguf"
+        assert registry.status("b.gguf") == ("failed", "ValueError: corrupt weights")
+        StandInEngine.fail = set()
+        await registry.ensure_loaded("b")
+        assert registry.status("b.gguf") == ("loaded", None)
+
+    asyncio.run(scenario())
+
+
+def test_an_engine_this_build_lacks_is_501_not_a_failure(tmp_path):
+    registry = make_registry(tmp_path)
+    with pytest.raises(NotSupported):
+        asyncio.run(registry.ensure_loaded("hf-model"))
+    assert registry.status("hf-model") == ("available", None)
+
+
+def test_generation_defaults_layer_runtime_over_catalog(tmp_path):
+    registry = make_registry(tmp_path)
+    assert registry.generation_defaults("small") == GenerationDefaults(temperature=0.1, max_tokens=7)
+    registry.set_generation_defaults("tiny", GenerationDefaults(top_k=5, max_tokens=3))
+    assert registry.generation_defaults("small") == GenerationDefaults(temperature=0.1, top_k=5, max_tokens=3)
+
+
+def test_unload_waits_for_in_flight_requests(tmp_path):
+    registry = make_registry(tmp_path)
+
+    async def scenario():
+        async with registry.lease("a") as model:
+            unloading = asyncio.create_task(registry.unload("a"))
+            await asyncio.sleep(0.02)
+            assert not unloading.done() and not model.engine.closed
+        assert await unloading and model.engine.closed
+        assert registry.status("a.gguf") == ("available", None)
 
     asyncio.run(scenario())
