@@ -174,17 +174,27 @@ class ModelRegistry:
             if model is not None:
                 model.last_used = time.monotonic()
                 return model
-            task = self._loading.get(entry.id)
-            if task is None:
-                task = asyncio.create_task(self._load(entry))
-                self._loading[entry.id] = task
-            return await asyncio.shield(task)
+            return await asyncio.shield(self._load_task(entry))
+
+    def _load_task(self, entry: ModelEntry) -> asyncio.Task[LoadedModel]:
+        """The one load of `entry` in progress, started now if there is none."""
+        task = self._loading.get(entry.id)
+        if task is None:
+            task = asyncio.create_task(self._load(entry))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # failures live in the status
+            self._loading[entry.id] = task
+        return task
 
     def start_loading(self, name: str | None) -> ModelEntry:
-        """Begin loading in the background (status shows progress); failures are recorded, not raised."""
+        """Begin loading in the background (the status shows `loading` at once); failures are recorded."""
         entry = self.resolve(name)
-        task = asyncio.create_task(self.ensure_loaded(entry.id))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: recorded in the status
+        model = self._loaded.get(entry.id)
+        if model is None:
+            self._load_task(entry)
+        elif model.retired:
+            asyncio.create_task(self.ensure_loaded(entry.id)).add_done_callback(
+                lambda t: t.cancelled() or t.exception()
+            )
         return entry
 
     async def set_default(self, name: str, *, wait: bool = True) -> ModelEntry:
