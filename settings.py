@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     memory_budget: int = Field(
         0, ge=0, description="Bytes of estimated weights + KV cache all resident models may use; 0 = 80% of RAM."
     )
+    trust_remote_code: bool = Field(
+        False, description="Let Hugging Face checkpoints run their own Python code (only for models you trust)."
+    )
     templates_dir: Path = Field(
         PROJECT_ROOT / "templates",
         description="Directory of fallback Jinja chat templates, chosen by model architecture.",

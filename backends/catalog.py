@@ -62,6 +62,18 @@ class EngineOverrides(BaseModel):
     cache_min_tokens: int | None = Field(None, ge=1)
 
 
+class HFLoadOptions(BaseModel):
+    """How the transformers engine loads a checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: str = "auto"  # auto (cuda when available, else cpu), cpu, cuda, cuda:N
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    quantization: Literal["4bit", "8bit"] | None = None  # bitsandbytes, CUDA only
+    device_map: str | None = None  # "auto": spread a model larger than one GPU over the GPUs (and CPU)
+    gguf_file: str | None = None  # load this GGUF from the folder through transformers (dequantised)
+
+
 class ModelEntry(BaseModel):
     """One servable model."""
 
@@ -76,6 +88,7 @@ class ModelEntry(BaseModel):
     tool_prompt: Path | None = None  # tool-use instructions for templates without tool support
     settings: EngineOverrides = EngineOverrides()
     defaults: GenerationDefaults = GenerationDefaults()
+    hf: HFLoadOptions = HFLoadOptions()
     upstream: dict[str, Any] | None = None  # remote engine settings (base_url...)
     source: Literal["file", "folder", "hf-cache", "models-file"] = "models-file"
 

@@ -21,12 +21,13 @@ from backends.base import (
     WarmedPrompt,
 )
 from backends.catalog import ModelEntry
+from backends.engine_support import check_logit_bias, completion_budget, relay_from_thread
 from backends.llamacpp_model import ContextConfig, LlamaContext, LlamaModel, default_threads
 from backends.llamacpp_sampling import grammar_parses
 from backends.llamacpp_scheduler import Scheduler, SequenceJob, common_prefix_length
 from backends.prompt_cache import CachedPrefix, PromptCache, model_namespace, state_format_tag
 from chat.templates import resolve_template_source, resolve_tool_prompt_source
-from errors import ContextLengthExceeded, InvalidRequest, NotSupported
+from errors import InvalidRequest, NotSupported
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -118,35 +119,6 @@ class LlamaCppEngine(Engine):
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenize(text))
 
-    def _validate(self, request: GenerationRequest, prompt_tokens: list[int]) -> int:
-        """Check the request fits one sequence's context; return the completion token budget."""
-        n_prompt = len(prompt_tokens)
-        room = self._context_length - n_prompt
-        if room <= 0:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self._context_length} tokens. However, your messages "
-                f"resulted in {n_prompt} tokens. Please reduce the length of the messages.",
-                param="messages",
-            )
-        if request.max_tokens is None:
-            return min(self._default_max_tokens, room)
-        if request.max_tokens > room:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self._context_length} tokens. However, you requested "
-                f"{n_prompt + request.max_tokens} tokens ({n_prompt} in the messages, {request.max_tokens} in "
-                "the completion). Please reduce the length of the messages or completion.",
-                param="max_tokens",
-            )
-        return request.max_tokens
-
-    def _check_logit_bias(self, request: GenerationRequest) -> None:
-        for token in request.sampling.logit_bias:
-            if not 0 <= token < self.model.n_vocab:
-                raise InvalidRequest(
-                    f"logit_bias token id {token} is outside this model's vocabulary (0..{self.model.n_vocab - 1}).",
-                    param="logit_bias",
-                )
-
     async def _stored_prefix(self, prompt_tokens: list[int], max_length: int) -> CachedPrefix | None:
         """A longer prefix than any slot holds, from the disk cache (read off the event loop)."""
         if self.prompt_cache is None:
@@ -158,8 +130,8 @@ class LlamaCppEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         prompt_tokens = self.model.tokenize(request.prompt)
-        max_tokens = self._validate(request, prompt_tokens)
-        self._check_logit_bias(request)
+        max_tokens = completion_budget(request, len(prompt_tokens), self._context_length, self._default_max_tokens)
+        check_logit_bias(request, self.model.n_vocab)
         if request.grammar is not None and not grammar_parses(self.model, request.grammar):
             raise InvalidRequest("The grammar does not parse as GBNF (llama.cpp's grammar format).", param="grammar")
         job = SequenceJob(
@@ -177,36 +149,21 @@ class LlamaCppEngine(Engine):
         async for chunk in self._run(job):
             yield chunk
 
-    async def _run(self, job: SequenceJob) -> AsyncIterator[GenerationChunk]:
+    def _run(self, job: SequenceJob) -> AsyncIterator[GenerationChunk]:
         """Submit a job to the scheduler thread and relay what it emits until it finishes."""
-        loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[GenerationChunk | Exception] = asyncio.Queue()
 
-        def emit(item: GenerationChunk | Exception) -> None:
-            try:
-                loop.call_soon_threadsafe(chunks.put_nowait, item)
-            except RuntimeError:  # the event loop is gone (shutdown): nobody is listening any more
-                pass
+        def start(emit):
+            job.emit = emit
+            self.scheduler.submit(job)
+            return job
 
-        job.emit = emit
-        self.scheduler.submit(job)
-        try:
-            while True:
-                item = await chunks.get()
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-                if isinstance(item, GenerationFinished):
-                    return
-        finally:
-            # Runs on normal end, client disconnect (GeneratorExit/CancelledError) and errors alike.
-            self.scheduler.cancel(job)
+        return relay_from_thread(start, self.scheduler.cancel)
 
     async def warm_prompt(self, prompt: str, conversation: str) -> WarmedPrompt:
         if self.prompt_cache is None:
             raise NotSupported("The prompt cache is turned off on this server (--no-prompt-cache).")
         prompt_tokens = self.model.tokenize(prompt)
-        self._validate(GenerationRequest(prompt=prompt, sampling=SamplingParams(), max_tokens=1), prompt_tokens)
+        completion_budget(GenerationRequest(prompt, SamplingParams(), 1), len(prompt_tokens), self._context_length, 1)
         # Cache what continuations share: the conversation without the generation prompt, which a follow-up
         # turn replaces with its next message. (A sliding-window cache cannot be cut back, so caching the
         # generation prompt too would make the state useless for exactly those follow-ups.)

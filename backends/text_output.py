@@ -5,6 +5,7 @@ character or leaking the beginning of a stop string to the client.
 """
 
 import codecs
+from collections.abc import Callable
 
 
 class IncrementalDetokenizer:
@@ -65,3 +66,32 @@ class StopStringFilter:
                     best = length
                     break
         return best
+
+
+class TokenTextDecoder:
+    """Token ids -> text increments for tokenizers that only decode whole id sequences (Hugging Face).
+
+    Decodes a short window of recent ids and emits only what it adds to the window's text, so a UTF-8
+    character spread over several tokens, or a word whose spacing depends on its neighbours, comes out whole
+    (the same technique as vLLM's and TGI's incremental detokenisers)."""
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self._decode = decode
+        self._ids: list[int] = []
+        self._prefix = 0  # start of the window
+        self._read = 0  # ids before this are already emitted
+
+    def push(self, token: int) -> str:
+        self._ids.append(token)
+        emitted = self._decode(self._ids[self._prefix : self._read])
+        current = self._decode(self._ids[self._prefix :])
+        if len(current) <= len(emitted) or current.endswith("\ufffd"):
+            return ""  # an incomplete character: wait for its remaining bytes
+        self._prefix, self._read = self._read, len(self._ids)
+        return current[len(emitted) :]
+
+    def flush(self) -> str:
+        emitted = self._decode(self._ids[self._prefix : self._read])
+        current = self._decode(self._ids[self._prefix :])
+        self._prefix = self._read = len(self._ids)
+        return current[len(emitted) :]

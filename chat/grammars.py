@@ -89,7 +89,7 @@ def _converter() -> SchemaConverter:
 
 def _compact_whitespace(gbnf: str) -> str:
     # The converter allows up to 20 spaces/newlines between tokens; a weak model wanders there. One space is enough.
-    return re.sub(r"(?m)^space ::= .*$", 'space ::= | " "', gbnf)
+    return re.sub(r"(?m)^space ::= .*$", 'space ::= " "?', gbnf)
 
 
 def _convert(schema: dict, rule_name: str, param: str) -> SchemaConverter:

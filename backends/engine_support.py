@@ -1,0 +1,70 @@
+"""Pieces every local engine shares: request limits checked before any work, and the bridge that relays what
+a worker thread emits for one request to the asyncio side."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+from backends.base import GenerationChunk, GenerationFinished, GenerationRequest
+from errors import ContextLengthExceeded, InvalidRequest
+
+Emit = Callable[[GenerationChunk | Exception], None]
+
+
+def completion_budget(request: GenerationRequest, n_prompt: int, context_length: int, default_max_tokens: int) -> int:
+    """Check the request fits one sequence's context; return the completion token budget."""
+    room = context_length - n_prompt
+    if room <= 0:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context_length} tokens. However, your messages "
+            f"resulted in {n_prompt} tokens. Please reduce the length of the messages.",
+            param="messages",
+        )
+    if request.max_tokens is None:
+        return min(default_max_tokens, room)
+    if request.max_tokens > room:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context_length} tokens. However, you requested "
+            f"{n_prompt + request.max_tokens} tokens ({n_prompt} in the messages, {request.max_tokens} in "
+            "the completion). Please reduce the length of the messages or completion.",
+            param="max_tokens",
+        )
+    return request.max_tokens
+
+
+def check_logit_bias(request: GenerationRequest, n_vocab: int) -> None:
+    for token in request.sampling.logit_bias:
+        if not 0 <= token < n_vocab:
+            raise InvalidRequest(
+                f"logit_bias token id {token} is outside this model's vocabulary (0..{n_vocab - 1}).",
+                param="logit_bias",
+            )
+
+
+async def relay_from_thread(
+    start: Callable[[Emit], object], cancel: Callable[[object], None]
+) -> AsyncIterator[GenerationChunk]:
+    """Start a job whose worker thread calls `emit`; yield its chunks until `GenerationFinished`.
+
+    Leaving early (client gone, error) cancels the job, so the worker stops at its next token."""
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[GenerationChunk | Exception] = asyncio.Queue()
+
+    def emit(item: GenerationChunk | Exception) -> None:
+        try:
+            loop.call_soon_threadsafe(chunks.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening any more
+            pass
+
+    job = start(emit)
+    try:
+        while True:
+            item = await chunks.get()
+            if isinstance(item, Exception):
+                raise item
+            yield item
+            if isinstance(item, GenerationFinished):
+                return
+    finally:
+        cancel(job)
