@@ -23,8 +23,12 @@ logger = logging.getLogger(__name__)
 
 
 def _create_engine(entry: ModelEntry, settings: Settings) -> Engine:
-    """Runs in a worker thread. Only llama.cpp entries reach here (the registry refuses other engines)."""
-    from backends.llamacpp import LlamaCppEngine  # imported on first load: llama.cpp is a heavy import
+    """Runs in a worker thread. Engines import their heavy libraries (llama.cpp, torch) on first use."""
+    if entry.engine == "transformers":
+        from backends.transformers_engine import TransformersEngine
+
+        return TransformersEngine(entry, settings)
+    from backends.llamacpp import LlamaCppEngine
 
     return LlamaCppEngine(entry, settings)
 

@@ -33,6 +33,7 @@ RegistryState = Literal["empty", "loading", "ready", "failed"]
 # When every resident model is busy, how long a load waits for one to go idle before it drains the least
 # recently used (stops giving it new requests): bounded, so a constantly busy model cannot starve a load.
 EVICTION_PATIENCE_SECONDS = 5.0
+LOCAL_ENGINES = {"llama.cpp", "transformers"}  # engine kinds this build can load (remote: issue 8)
 
 
 @dataclass(eq=False)
@@ -210,7 +211,7 @@ class ModelRegistry:
         started = time.perf_counter()
         settings = engine_settings(entry, self.settings)
         try:
-            if entry.engine != "llama.cpp":
+            if entry.engine not in LOCAL_ENGINES:
                 raise NotSupported(
                     f"Model '{entry.id}' needs the {entry.engine} engine, which this server does not provide yet."
                 )

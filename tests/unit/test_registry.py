@@ -54,7 +54,7 @@ def make_registry(tmp_path, **overrides) -> ModelRegistry:
         "models:\n"
         "  - id: small\n    path: a.gguf\n    aliases: [tiny]\n    settings: {n_ctx: 512}\n"
         "    defaults: {temperature: 0.1, max_tokens: 7}\n"
-        "  - id: hf-model\n    engine: transformers\n    repo: org/model\n"
+        "  - id: remote-model\n    upstream: {base_url: 'http://127.0.0.1:9'}\n"
     )
     StandInEngine.loads, StandInEngine.fail = [], set()
     settings = Settings(models_dir=models, model_name="a.gguf", scan_hf_cache=False, **overrides)
@@ -147,8 +147,8 @@ def test_a_failed_load_is_recorded_then_retried(tmp_path):
 def test_an_engine_this_build_lacks_is_501_not_a_failure(tmp_path):
     registry = make_registry(tmp_path)
     with pytest.raises(NotSupported):
-        asyncio.run(registry.ensure_loaded("hf-model"))
-    assert registry.status("hf-model") == ("available", None)
+        asyncio.run(registry.ensure_loaded("remote-model"))
+    assert registry.status("remote-model") == ("available", None)
 
 
 def test_generation_defaults_layer_runtime_over_catalog(tmp_path):

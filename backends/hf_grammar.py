@@ -1,0 +1,77 @@
+"""Grammar-constrained decoding for the transformers engine with xgrammar.
+
+The same GBNF the llama.cpp engine enforces (built by `chat/grammars.py` from JSON schemas and tool
+definitions) is compiled by xgrammar, which parses llama.cpp-style GBNF, precomputes token masks for a Hugging
+Face tokenizer and applies them to a logits row on CPU or GPU. Chosen over outlines / lm-format-enforcer
+because it takes our existing GBNF unchanged (one grammar source for both engines) and masks a 262k-token
+vocabulary in microseconds. Lazy grammars (tool_choice auto) are handled here: the sequence is free until a
+trigger regex matches the text generated so far, then the matcher is fed the text from the trigger on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+
+import torch
+import xgrammar
+
+from backends.base import GrammarSpec
+from errors import InvalidRequest
+
+logger = logging.getLogger(__name__)
+
+
+class GrammarCompiler:
+    """Compiles GBNF for one tokenizer (cached: agents send the same tools again and again)."""
+
+    def __init__(self, tokenizer, vocab_size: int) -> None:
+        info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        self._compiler = xgrammar.GrammarCompiler(info)
+        self.vocab_size = vocab_size
+        self.compile = functools.lru_cache(maxsize=64)(self._compile)
+
+    def _compile(self, gbnf: str):
+        try:
+            return self._compiler.compile_grammar(xgrammar.Grammar.from_ebnf(gbnf, root_rule_name="root"))
+        except Exception as exc:
+            raise InvalidRequest(f"The grammar does not parse as GBNF: {exc}", param="grammar") from None
+
+
+class GrammarConstraint:
+    """One sequence's grammar state."""
+
+    def __init__(self, compiled, spec: GrammarSpec, vocab_size: int) -> None:
+        self._compiled = compiled
+        self._triggers = [re.compile(pattern) for pattern in spec.lazy_triggers]
+        self._matcher = None if self._triggers else xgrammar.GrammarMatcher(compiled)
+        self._text = ""  # generated text while waiting for a trigger
+        self._bitmask = xgrammar.allocate_token_bitmask(1, vocab_size)
+
+    def mask(self, logits: torch.Tensor) -> None:
+        """Forbid, in place, every token the grammar does not allow next (nothing while lazy and untriggered)."""
+        if self._matcher is None or self._matcher.is_terminated():
+            return
+        self._matcher.fill_next_token_bitmask(self._bitmask)
+        xgrammar.apply_token_bitmask_inplace(logits.view(1, -1), self._bitmask.to(logits.device))
+
+    def accept(self, token: int, text: str) -> None:
+        """Advance past the sampled token (`text`: what it added to the output, for trigger matching)."""
+        if self._matcher is not None:
+            if not self._matcher.is_terminated() and not self._matcher.accept_token(token):
+                logger.warning("Grammar rejected token %d; the sequence continues unconstrained", token)
+                self._matcher = None
+                self._triggers = []
+            return
+        if not self._triggers:
+            return
+        self._text += text
+        for pattern in self._triggers:
+            match = pattern.fullmatch(self._text)
+            if match:
+                matcher = xgrammar.GrammarMatcher(self._compiled)
+                if matcher.accept_string(self._text[match.start(1) :]):
+                    self._matcher = matcher
+                self._triggers = []  # triggered once: constrained from here, or (if it failed) never
+                return

@@ -1,0 +1,214 @@
+"""The transformers engine's worker thread: runs waiting requests together as left-padded batches.
+
+Requests that arrive while a batch runs join the next one. A batch prefills every prompt in one forward pass
+(left padding, attention mask, explicit positions), then decodes one token per live sequence per step over a
+shared KV cache. Each sequence has its own sampler, grammar, stop strings and budget; one that finishes (or
+whose client went away) stops emitting at once and is masked out of later steps, and the batch ends when all
+are done. torch runs in inference mode on this thread only; the event loop never waits on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from backends.base import GenerationFinished, SamplingParams, TokenDelta, TokenLogprob, Usage
+from backends.engine_support import Emit
+from backends.hf_grammar import GrammarConstraint
+from backends.hf_sampling import RowSampler, row_logprobs
+from backends.text_output import StopStringFilter, TokenTextDecoder
+from errors import EngineBusy, EngineFailure
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class HFJob:
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    max_tokens: int
+    stop: tuple[str, ...]
+    top_logprobs: int | None
+    constraint: GrammarConstraint | None
+    shown_special_ids: frozenset[int] = frozenset()  # special tokens to show as text (tool-call markers)
+    emit: Emit = lambda item: None
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class _Row:
+    job: HFJob
+    sampler: RowSampler
+    decoder: TokenTextDecoder
+    stop_filter: StopStringFilter
+    position: int  # position of the next token
+    completion_tokens: int = 0
+    done: bool = False
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+class BatchScheduler:
+    def __init__(self, checkpoint, *, max_batch: int, max_queue: int, seq_ctx: int, eos_ids: set[int]) -> None:
+        self.model = checkpoint.model
+        self.tokenizer = checkpoint.tokenizer
+        self.device = checkpoint.device
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.seq_ctx = seq_ctx
+        self.eos_ids = eos_ids
+        self.vocab_size = self.model.config.vocab_size
+        self.special_ids = set(self.tokenizer.all_special_ids)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(eos_ids, default=0)
+        self._waiting: deque[HFJob] = deque()
+        self._running: list[_Row] = []
+        self._wakeup = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="transformers-batcher", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- event-loop side
+
+    def submit(self, job: HFJob) -> None:
+        with self._wakeup:
+            if self._stopping:
+                raise EngineFailure("This model is being unloaded; retry the request.")
+            if len(self._waiting) >= self.max_queue:
+                raise EngineBusy("The request queue is full; retry later.")
+            self._waiting.append(job)
+            self._wakeup.notify()
+
+    def cancel(self, job: HFJob) -> None:
+        job.cancelled = True
+        with self._wakeup:
+            if job in self._waiting:
+                self._waiting.remove(job)
+
+    @property
+    def active_sequences(self) -> int:
+        return sum(1 for row in self._running if not row.done)
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def shutdown(self) -> None:
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify()
+        self._thread.join()
+
+    # ---------------------------------------------------------------- worker thread
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._waiting and not self._stopping:
+                    self._wakeup.wait()
+                if not self._waiting:
+                    return
+                batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
+            try:
+                with torch.inference_mode():
+                    self._run_batch(batch)
+            except Exception as exc:  # a failure must not kill the thread and hang every later request
+                logger.exception("Batch failed")
+                for row in self._running:
+                    if not row.done:
+                        row.done = True
+                        row.job.emit(EngineFailure(f"The engine failed while generating: {exc}"))
+            finally:
+                self._running = []
+
+    def _run_batch(self, jobs: list[HFJob]) -> None:
+        self._running = rows = [self._new_row(job) for job in jobs]
+        width = max(len(job.prompt_ids) for job in jobs)
+        input_ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for index, job in enumerate(jobs):  # left padding: every prompt ends in the last column
+            input_ids[index, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
+            mask[index, width - len(job.prompt_ids) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = _new_cache(self.model)
+        logits = self._forward(input_ids, mask, positions, cache)
+        while True:
+            next_tokens = []
+            for index, row in enumerate(rows):
+                live = not row.done and not self._drop_if_cancelled(row)
+                next_tokens.append(self._step(row, logits[index]) if live else self.pad_id)
+            if all(row.done for row in rows):
+                return
+            step_mask = torch.tensor([[0 if row.done else 1] for row in rows], dtype=torch.long)
+            mask = torch.cat([mask, step_mask], dim=1)
+            positions = torch.tensor([[row.position - 1] for row in rows], dtype=torch.long)
+            logits = self._forward(torch.tensor(next_tokens).view(-1, 1), mask, positions, cache)
+
+    def _forward(self, input_ids, mask, positions, cache) -> torch.Tensor:
+        output = self.model(
+            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device), past_key_values=cache, use_cache=True, logits_to_keep=1,
+        )
+        return output.logits[:, -1, :].float().cpu()
+
+    def _new_row(self, job: HFJob) -> _Row:
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
+        return _Row(job=job, sampler=RowSampler(job.sampling, job.prompt_ids, self.vocab_size),
+                    decoder=TokenTextDecoder(decode), stop_filter=StopStringFilter(job.stop),
+                    position=len(job.prompt_ids))
+
+    def _drop_if_cancelled(self, row: _Row) -> bool:
+        if row.job.cancelled:
+            row.done = True  # the client is gone: stop here, emit nothing more
+        return row.done
+
+    def _step(self, row: _Row, raw_logits: torch.Tensor) -> int:
+        """Sample one token for a live row, emit its text; returns the token to feed next."""
+        job = row.job
+        logits = row.sampler.adjust(raw_logits.clone())
+        if job.constraint is not None:
+            job.constraint.mask(logits)
+        token = row.sampler.pick(logits)
+        row.sampler.accept(token)
+        row.completion_tokens += 1
+        row.position += 1
+        if job.top_logprobs is not None and token not in self.eos_ids:
+            row.pending_logprobs.append(row_logprobs(raw_logits, token, job.top_logprobs, self._token_bytes))
+        if token in self.eos_ids:
+            self._finish(row, "stop")
+            return token
+        visible = token not in self.special_ids or token in job.shown_special_ids
+        piece = row.decoder.push(token) if visible else ""
+        if job.constraint is not None:
+            job.constraint.accept(token, piece)
+        text = row.stop_filter.push(piece)
+        if row.stop_filter.stopped:
+            self._finish(row, "stop", text)
+            return token
+        if text:
+            job.emit(TokenDelta(text=text, logprobs=tuple(row.pending_logprobs)))
+            row.pending_logprobs = []
+        if row.completion_tokens >= job.max_tokens or row.position >= self.seq_ctx:
+            self._finish(row, "length")
+        return token
+
+    def _finish(self, row: _Row, reason: str, text: str = "") -> None:
+        if not row.stop_filter.stopped:
+            text += row.stop_filter.push(row.decoder.flush())
+            text += row.stop_filter.flush()
+        if text or row.pending_logprobs:
+            row.job.emit(TokenDelta(text=text, logprobs=tuple(row.pending_logprobs)))
+        usage = Usage(prompt_tokens=len(row.job.prompt_ids), completion_tokens=row.completion_tokens)
+        row.job.emit(GenerationFinished(finish_reason=reason, usage=usage))
+        row.done = True
+
+    def _token_bytes(self, token: int) -> bytes:
+        return self.tokenizer.decode([token], skip_special_tokens=False).encode("utf-8")
+
+
+def _new_cache(model):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)

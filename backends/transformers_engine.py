@@ -1,0 +1,138 @@
+"""The transformers engine: Hugging Face checkpoints on torch (CUDA when present, CPU otherwise).
+
+The asyncio-facing side, like `llamacpp.py`: it tokenises and validates a request, compiles its grammar, and
+hands it to the batching worker thread (`hf_scheduler`). Chat templates, tools and JSON schemas go through the
+same engine-independent code as the llama.cpp engine, so the API behaves the same on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from backends.base import ChatTemplateInfo, Engine, EngineCapabilities, GenerationChunk, GenerationRequest
+from backends.catalog import ModelEntry
+from backends.engine_support import check_logit_bias, completion_budget, relay_from_thread
+from backends.hf_grammar import GrammarCompiler, GrammarConstraint
+from backends.hf_loading import free_checkpoint, load_checkpoint
+from backends.hf_scheduler import BatchScheduler, HFJob
+from chat.templates import resolve_template_source
+from settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class TransformersEngine(Engine):
+    engine_kind = "transformers"
+    capabilities = EngineCapabilities(
+        streaming=True, logprobs=True, max_top_logprobs=20, tools=True, parallel_tool_calls=True, json_schema=True,
+        grammar=True,
+    )
+
+    def __init__(self, entry: ModelEntry, settings: Settings) -> None:
+        self.entry = entry
+        self.checkpoint = load_checkpoint(entry, settings.trust_remote_code)
+        tokenizer, config = self.checkpoint.tokenizer, self.checkpoint.model.config
+        self.vocab_size = config.vocab_size
+        trained = getattr(config, "max_position_embeddings", None) or settings.n_ctx
+        self._context_length = min(settings.n_ctx, trained)
+        self._default_max_tokens = settings.default_max_tokens
+        self._template = self._load_template(settings)
+        self.grammars = GrammarCompiler(tokenizer, self.vocab_size)
+        self.scheduler = BatchScheduler(
+            self.checkpoint, max_batch=settings.parallel, max_queue=settings.max_queue, seq_ctx=self._context_length,
+            eos_ids=self._end_of_generation_ids(),
+        )
+
+    def _end_of_generation_ids(self) -> set[int]:
+        tokenizer, model = self.checkpoint.tokenizer, self.checkpoint.model
+        ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        configured = getattr(model.generation_config, "eos_token_id", None)
+        ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+        return ids
+
+    def _load_template(self, settings: Settings) -> ChatTemplateInfo:
+        tokenizer = self.checkpoint.tokenizer
+        embedded = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+        source, origin = resolve_template_source(
+            override=settings.chat_template,
+            sidecar=None,
+            embedded=embedded,
+            architecture=getattr(self.checkpoint.model.config, "model_type", ""),
+            model_name=self.entry.id,
+            templates_dir=settings.templates_dir,
+        )
+        return ChatTemplateInfo(
+            source=source, bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "", origin=origin,
+            tool_prompt_source=(settings.templates_dir / "tool_prompt.jinja").read_text(encoding="utf-8")
+            if self.entry.tool_prompt is None else self.entry.tool_prompt.read_text(encoding="utf-8"),
+        )
+
+    # ---------------------------------------------------------------- Engine interface
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    @property
+    def chat_template(self) -> ChatTemplateInfo:
+        return self._template
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenize(text))
+
+    def _tokenize(self, text: str) -> list[int]:
+        # The rendered chat template already holds BOS and the other special tokens as text.
+        return self.checkpoint.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _special_ids_among(self, texts: tuple[str, ...]) -> frozenset[int]:
+        tokenizer = self.checkpoint.tokenizer
+        special = set(tokenizer.all_special_ids)
+        found = set()
+        for text in texts:
+            ids = tokenizer.convert_tokens_to_ids([text])
+            if ids and ids[0] in special:
+                found.add(ids[0])
+        return frozenset(found)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        prompt_ids = self._tokenize(request.prompt)
+        max_tokens = completion_budget(request, len(prompt_ids), self._context_length, self._default_max_tokens)
+        check_logit_bias(request, self.vocab_size)
+        constraint = None
+        if request.grammar is not None:
+            compiled = await asyncio.to_thread(self.grammars.compile, request.grammar.gbnf)
+            constraint = GrammarConstraint(compiled, request.grammar, self.vocab_size)
+        job = HFJob(
+            prompt_ids=prompt_ids,
+            sampling=request.sampling,
+            max_tokens=max_tokens,
+            stop=request.stop,
+            top_logprobs=request.top_logprobs,
+            constraint=constraint,
+            shown_special_ids=self._special_ids_among(request.preserved_tokens),
+        )
+
+        def start(emit):
+            job.emit = emit
+            self.scheduler.submit(job)
+            return job
+
+        async for chunk in relay_from_thread(start, self.scheduler.cancel):
+            yield chunk
+
+    def active_sequences(self) -> int:
+        return self.scheduler.active_sequences
+
+    def queued_requests(self) -> int:
+        return self.scheduler.queued
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._close_blocking)
+
+    def _close_blocking(self) -> None:
+        self.scheduler.shutdown()
+        self.scheduler = None
+        self.grammars = None
+        free_checkpoint(self.checkpoint)
