@@ -89,7 +89,9 @@ def _converter() -> SchemaConverter:
 
 def _compact_whitespace(gbnf: str) -> str:
     # The converter allows up to 20 spaces/newlines between tokens; a weak model wanders there. One space is enough.
-    return re.sub(r"(?m)^space ::= .*$", 'space ::= " "?', gbnf)
+    gbnf = re.sub(r"(?m)^space ::= .*$", 'space ::= " "?', gbnf)
+    # Its string characters admit raw control characters, which JSON forbids (they must be escaped).
+    return gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
 
 
 def _convert(schema: dict, rule_name: str, param: str) -> SchemaConverter:

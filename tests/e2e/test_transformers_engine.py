@@ -1,0 +1,170 @@
+"""The transformers engine through the real server: a tiny Llama checkpoint the tests build (random weights,
+a real byte-level BPE tokenizer, a ChatML template), loaded from models/ like any Hugging Face folder."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+
+import httpx
+import jsonschema
+import openai
+import pytest
+import yaml
+
+from settings import PROJECT_ROOT
+from tests.server_process import running_server
+from tests.tiny_hf_model import build_tiny_llama
+
+MODEL = "tiny-llama"
+ASK = [{"role": "user", "content": "Tell me about owls."}]
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"],
+}
+
+
+@pytest.fixture(scope="module")
+def hf_server(tmp_path_factory):
+    models = tmp_path_factory.mktemp("hf-models")
+    build_tiny_llama(models / MODEL)
+    (models / "models.yaml").write_text(yaml.safe_dump({"models": [
+        {"id": "tiny-4bit", "path": str(models / MODEL), "engine": "transformers", "hf": {"quantization": "4bit"}},
+        {"id": "gemma-via-transformers", "path": str(PROJECT_ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"),
+         "engine": "transformers", "chat_template": "gemma", "settings": {"n_ctx": 512}},
+        {"id": "gemma-llama-cpp", "path": str(PROJECT_ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"),
+         "settings": {"n_ctx": 512, "parallel": 1}},
+    ]}))
+    flags = ("--models-dir", str(models), "--model-name", MODEL, "--no-assemble-default-model", "--parallel", "4",
+             "--n-ctx", "1024", "--scan-hf-cache", "--hf-cache-dir", str(models / "no-hub"))
+    with running_server(*flags, log_dir=tmp_path_factory.mktemp("hf-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(hf_server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{hf_server.base_url}/v1", api_key="x", _strict_response_validation=True)
+
+
+def greedy(client, max_tokens=12, **kwargs):
+    return client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=max_tokens, temperature=0, **kwargs)
+
+
+def test_model_card_names_the_engine(client):
+    card = client.models.retrieve(MODEL).model_dump()
+    assert card["engine"] == "transformers" and card["status"] == "loaded" and card["source"] == "folder"
+    assert card["capabilities"]["tools"] and card["capabilities"]["json_schema"]
+
+
+def test_whole_response_and_usage(client):
+    response = greedy(client)
+    choice = response.choices[0]
+    assert choice.finish_reason == "length" and choice.message.content
+    assert response.usage.completion_tokens == 12 and response.usage.prompt_tokens > 5
+
+
+def test_stream_reassembles_to_the_whole_response(client):
+    whole = greedy(client, 16).choices[0].message.content
+    chunks = list(greedy(client, 16, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_stop_string_cuts_the_output(client):
+    text = greedy(client, 24).choices[0].message.content
+    start = next(i for i in range(2, len(text) - 3) if "\ufffd" not in text[i : i + 3] and text[i : i + 3].strip())
+    stop = text[start : start + 3]
+    response = greedy(client, 24, stop=[stop])
+    assert response.choices[0].message.content == text[: text.index(stop)]
+    assert response.choices[0].finish_reason == "stop"
+
+
+def test_seeded_sampling_is_reproducible_and_n_gives_distinct_choices(client):
+    kwargs = dict(model=MODEL, messages=ASK, max_tokens=12, temperature=1.0, seed=7, n=2)
+    first = client.chat.completions.create(**kwargs)
+    second = client.chat.completions.create(**kwargs)
+    assert [c.message.content for c in first.choices] == [c.message.content for c in second.choices]
+    assert len(first.choices) == 2 and first.choices[0].message.content != first.choices[1].message.content
+    other = client.chat.completions.create(**{**kwargs, "seed": 8, "n": 1})
+    assert other.choices[0].message.content != first.choices[0].message.content
+
+
+def test_logprobs_and_top_logprobs(client):
+    response = greedy(client, 6, logprobs=True, top_logprobs=3)
+    entries = response.choices[0].logprobs.content
+    assert len(entries) == 6
+    for entry in entries:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[-1].logprob
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob, abs=1e-4)  # greedy: the top token
+
+
+def test_concurrent_streams_all_complete(client):
+    def run(index):
+        stream = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"Question number {index}"}], max_tokens=20 + index,
+            temperature=0.5, seed=index, stream=True, stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+        return chunks[-1].usage.completion_tokens, [c for c in chunks if c.choices][-1].choices[0].finish_reason
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(run, range(6)))
+    assert results == [(20 + i, "length") for i in range(6)]
+
+
+def test_client_disconnect_stops_generation(hf_server, client):
+    stream = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=900, stream=True)
+    for _, _ in zip(range(3), stream):
+        pass
+    stream.close()
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{hf_server.base_url}/").json()["active_sequences"]:
+        assert time.monotonic() < deadline, "generation kept running after the client left"
+        time.sleep(0.05)
+    assert greedy(client, 2).choices[0].finish_reason == "length"
+
+
+def test_required_tool_call_has_schema_valid_arguments(client):
+    response = client.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=150, temperature=0.7, seed=3, parallel_tool_calls=False,
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}], tool_choice="required",
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls", choice.message
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+
+
+def test_json_schema_output_validates(client):
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10},
+                                               "age": {"type": "integer", "minimum": 0, "maximum": 99}},
+              "required": ["name", "age"]}
+    response = client.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=120, temperature=0.7, seed=5,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}},
+    )
+    assert response.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(response.choices[0].message.content), schema)
+
+
+def test_bitsandbytes_quantization_on_cpu_is_a_clear_400(client):
+    with pytest.raises(openai.BadRequestError) as failure:
+        client.chat.completions.create(model="tiny-4bit", messages=ASK, max_tokens=2)
+    assert "CUDA" in failure.value.body["message"] and "bitsandbytes" in failure.value.body["message"]
+
+
+@pytest.mark.timeout(600)
+def test_gemma_gguf_through_transformers_matches_llama_cpp_greedy(client):
+    # transformers dequantises the Q4_K_M weights to fp32; the first tokens agree with llama.cpp's kernels.
+    def first_tokens(model):
+        response = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Write one sentence about the sea."}], max_tokens=8,
+            temperature=0, logprobs=True,
+        )
+        return [entry.token for entry in response.choices[0].logprobs.content]
+
+    assert first_tokens("gemma-via-transformers") == first_tokens("gemma-llama-cpp")
