@@ -9,7 +9,7 @@ from api.deps import RegistryDep
 from api.errors import error_response
 from api.protocol import ModelActionRequest, ModelCard, ModelList, SetModelRequest
 from backends.catalog import GenerationDefaults, ModelEntry
-from backends.memory import process_rss_bytes
+from backends.memory import cuda_allocated_bytes, process_rss_bytes
 from backends.registry import ModelRegistry
 from errors import ModelLoading
 
@@ -80,10 +80,11 @@ async def load_model(body: ModelActionRequest, registry: RegistryDep) -> JSONRes
 @router.post("/admin/models/unload", tags=["admin"])
 async def unload_model(body: ModelActionRequest, registry: RegistryDep) -> dict:
     """Unload a model and free its memory, after the requests it is serving finish."""
-    rss_before = process_rss_bytes()
+    rss_before, cuda_before = process_rss_bytes(), cuda_allocated_bytes()
     was_loaded = await registry.unload(body.model)
     return {"model": registry.resolve(body.model).id, "unloaded": was_loaded, "status": "available",
-            "rss_bytes_before": rss_before, "rss_bytes_after": process_rss_bytes()}
+            "rss_bytes_before": rss_before, "rss_bytes_after": process_rss_bytes(),
+            "cuda_allocated_bytes_before": cuda_before, "cuda_allocated_bytes_after": cuda_allocated_bytes()}
 
 
 @router.get("/admin/models/{model_id:path}/defaults", tags=["admin"])
@@ -129,7 +130,8 @@ def _status(request: Request) -> dict:
         "error": registry.last_error,
         "active_sequences": sum(m.engine.active_sequences() for m in loaded),
         "queued_requests": sum(m.engine.queued_requests() for m in loaded),
-        "memory": {"rss_bytes": process_rss_bytes(), "budget_bytes": registry.memory_budget(),
+        "memory": {"rss_bytes": process_rss_bytes(), "cuda_allocated_bytes": cuda_allocated_bytes(),
+                   "budget_bytes": registry.memory_budget(),
                    "estimated_in_use_bytes": registry.memory_in_use()},
         "prompt_cache": default.engine.cache_summary() if default else None,
     }

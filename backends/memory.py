@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from backends.catalog import ModelEntry
@@ -21,6 +22,15 @@ def process_rss_bytes() -> int:
     except (OSError, IndexError, ValueError):
         return 0
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def cuda_allocated_bytes() -> int | None:
+    """Bytes torch holds on CUDA devices, or None when torch is not in use or there is no GPU (never imports
+    torch: a llama.cpp-only server must not pay for it)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return sum(torch.cuda.memory_allocated(index) for index in range(torch.cuda.device_count()))
 
 
 def estimate_memory_bytes(entry: ModelEntry, n_ctx: int) -> int:
