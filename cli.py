@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, field in Settings.model_fields.items():
         spellings = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"])
         default = field.default
+        if typing.get_origin(field.annotation) is list:
+            parser.add_argument(
+                *spellings, dest=name, action="append", default=argparse.SUPPRESS, metavar=name.upper(),
+                help=f"{field.description} (default: none)".replace("%", "%%"),
+            )
+            continue
         if field.annotation is bool:
             parser.add_argument(
                 *spellings, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,

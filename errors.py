@@ -69,6 +69,21 @@ class NotSupported(ServerError):
     code = "not_implemented"
 
 
+class UpstreamError(ServerError):
+    """A remote upstream failed: unreachable or answering 5xx (502), too slow (504), or refusing the request
+    (its own 4xx status, its message kept)."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, status_code: int = 502, code: str = "upstream_error",
+                 error_type: str = "upstream_error", param: str | None = None):
+        super().__init__(message, param=param, code=code)
+        self.status_code = status_code
+        self.error_type = error_type
+
+
 class ModelLoadFailed(ServerError):
     """The model file could not be loaded (corrupt, unsupported architecture...); a later request retries."""
 

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     )
     scan_hf_cache: bool = Field(True, description="List models already in the local Hugging Face cache.")
     hf_cache_dir: Path | None = Field(None, description="Hugging Face hub cache (default: HF_HUB_CACHE / HF_HOME).")
+    upstream: list[str] = Field(
+        [], description="A remote OpenAI-compatible server: NAME=URL[,URL...][#KEY_ENV]; its models are served as "
+        "NAME/<model>, its API key read from the variable KEY_ENV (repeatable; more options in models.yaml)."
+    )
     max_loaded_models: int = Field(3, ge=1, description="Models resident at once; the least recently used goes first.")
     memory_budget: int = Field(
         0, ge=0, description="Bytes of estimated weights + KV cache all resident models may use; 0 = 80% of RAM."

@@ -13,16 +13,28 @@ from api.errors import install_error_handlers
 from api.routes_cache import router as cache_router
 from api.routes_chat import router as chat_router
 from api.routes_models import router as models_router
+from api.routes_passthrough import router as passthrough_router
 from backends.base import Engine
 from backends.catalog import ModelEntry
 from backends.embedded_model import ensure_embedded_model
 from backends.registry import ModelRegistry
+from backends.remote_engine import RemoteEngine
+from backends.remote_pool import RemoteDirectory, load_upstream_configs
 from settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-def _create_engine(entry: ModelEntry, settings: Settings) -> Engine:
+def _engine_factory(remote: RemoteDirectory):
+    def create(entry: ModelEntry, settings: Settings) -> Engine:
+        if entry.engine == "remote":
+            return RemoteEngine(entry, remote.pool((entry.upstream or {}).get("name", "")))
+        return _create_local_engine(entry, settings)
+
+    return create
+
+
+def _create_local_engine(entry: ModelEntry, settings: Settings) -> Engine:
     """Runs in a worker thread. Engines import their heavy libraries (llama.cpp, torch) on first use."""
     if entry.engine == "transformers":
         from backends.transformers_engine import TransformersEngine
@@ -48,7 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = ModelRegistry(settings, _create_engine)
+        remote = RemoteDirectory(
+            load_upstream_configs(settings.models_file or settings.models_dir / "models.yaml", settings.upstream)
+        )
+        remote.start()
+        registry = ModelRegistry(settings, _engine_factory(remote), remote)
         app.state.settings = settings
         app.state.registry = registry
         app.state.startup = asyncio.create_task(_start_up(settings, registry))
@@ -58,10 +74,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.startup.cancel()
             await asyncio.gather(app.state.startup, return_exceptions=True)
             await registry.aclose()
+            await remote.aclose()
 
     app = FastAPI(title="OpenAI-compatible LLM server", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(chat_router)
     app.include_router(models_router)
     app.include_router(cache_router)
+    app.include_router(passthrough_router)
     return app

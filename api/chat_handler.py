@@ -16,6 +16,7 @@ from api.chat_request import log_unknown_fields, prepare_chat
 from api.chat_response import ChoiceAccumulator, ChoiceOutput, ChunkBuilder, CompletionIdentity, whole_completion
 from api.choice_streams import merge_choices, wait_for_disconnect
 from api.errors import error_body
+from api.proxy import client_body, relay
 from api.protocol import ChatCompletionRequest
 from backends.base import GenerationChunk, GenerationFinished, TokenDelta
 from backends.registry import ModelRegistry
@@ -32,6 +33,8 @@ async def handle_chat_completion(body: ChatCompletionRequest, request: Request, 
     handed_to_stream = False
     try:
         model = await resources.enter_async_context(registry.lease(body.model))
+        if model.engine.relays_requests:  # a remote model: its upstream gets the request as the client sent it
+            return await relay(model.engine, model.model_id, "chat/completions", client_body(body), request)
         defaults = registry.generation_defaults(model.model_id)
         prepared = prepare_chat(body, model.renderer, model.engine.capabilities, defaults)
         identity = CompletionIdentity(model=model.model_id)

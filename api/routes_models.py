@@ -28,8 +28,11 @@ def _model_card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
         "source": entry.source,
         "size_bytes": entry.size_bytes,
     }
+    if entry.engine == "remote" and registry.remote is not None:
+        pool = registry.remote.pool((entry.upstream or {}).get("name", ""))
+        extra["upstream"] = pool.describe() if pool else None  # URLs and health; never the key
     model = registry.loaded_model(entry.id)
-    if model is not None:
+    if model is not None and not model.engine.relays_requests:
         engine, renderer = model.engine, model.renderer
         extra["context_length"] = engine.context_length
         extra["memory_bytes"] = model.memory_bytes

@@ -131,6 +131,7 @@ class Engine(ABC):
 
     engine_kind: str = "base"
     capabilities: EngineCapabilities = EngineCapabilities()
+    relays_requests: bool = False  # True: the HTTP layer forwards requests whole (remote upstreams)
 
     @property
     @abstractmethod

@@ -90,7 +90,7 @@ class ModelEntry(BaseModel):
     defaults: GenerationDefaults = GenerationDefaults()
     hf: HFLoadOptions = HFLoadOptions()
     upstream: dict[str, Any] | None = None  # remote engine settings (base_url...)
-    source: Literal["file", "folder", "hf-cache", "models-file"] = "models-file"
+    source: Literal["file", "folder", "hf-cache", "models-file", "upstream"] = "models-file"
 
     @model_validator(mode="after")
     def _engine_from_path(self) -> ModelEntry:
@@ -210,8 +210,11 @@ class Catalog:
                 self._by_name.setdefault(name, entry.id)
 
     @classmethod
-    def build(cls, models_dir: Path, models_file: Path | None, hf_cache: Path | None) -> Catalog:
-        entries = _discover_hf_cache(hf_cache) if hf_cache else []
+    def build(
+        cls, models_dir: Path, models_file: Path | None, hf_cache: Path | None, remote: list[ModelEntry] = ()
+    ) -> Catalog:
+        entries = list(remote)  # models the upstreams serve, `upstream/model`
+        entries += _discover_hf_cache(hf_cache) if hf_cache else []
         entries += _discover_models_dir(models_dir)
         if models_file is not None:
             entries += _read_models_file(models_file, models_dir)

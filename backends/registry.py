@@ -21,6 +21,7 @@ from typing import Literal
 from backends.base import Engine
 from backends.catalog import Catalog, GenerationDefaults, ModelEntry, default_hf_cache
 from backends.memory import estimate_memory_bytes, physical_memory_bytes
+from backends.remote_pool import RemoteDirectory
 from chat.templates import ChatPromptRenderer
 from errors import ModelLoadFailed, ModelNotFound, ModelTooLarge, NotSupported, ServerError
 from settings import Settings
@@ -33,7 +34,7 @@ RegistryState = Literal["empty", "loading", "ready", "failed"]
 # When every resident model is busy, how long a load waits for one to go idle before it drains the least
 # recently used (stops giving it new requests): bounded, so a constantly busy model cannot starve a load.
 EVICTION_PATIENCE_SECONDS = 5.0
-LOCAL_ENGINES = {"llama.cpp", "transformers"}  # engine kinds this build can load (remote: issue 8)
+ENGINES = {"llama.cpp", "transformers", "remote"}
 
 
 @dataclass(eq=False)
@@ -68,8 +69,11 @@ def engine_settings(entry: ModelEntry, settings: Settings) -> Settings:
 
 
 class ModelRegistry:
-    def __init__(self, settings: Settings, engine_factory: EngineFactory) -> None:
+    def __init__(
+        self, settings: Settings, engine_factory: EngineFactory, remote: RemoteDirectory | None = None
+    ) -> None:
         self.settings = settings
+        self.remote = remote
         self.default_model = settings.model_name
         self._engine_factory = engine_factory
         self._catalog: Catalog | None = None
@@ -87,7 +91,8 @@ class ModelRegistry:
             settings = self.settings
             hf_cache = (settings.hf_cache_dir or default_hf_cache()) if settings.scan_hf_cache else None
             models_file = settings.models_file or settings.models_dir / "models.yaml"
-            self._catalog = Catalog.build(settings.models_dir, models_file, hf_cache)
+            remote = self.remote.entries() if self.remote else []
+            self._catalog = Catalog.build(settings.models_dir, models_file, hf_cache, remote)
         return self._catalog
 
     def resolve(self, name: str | None) -> ModelEntry:
@@ -211,10 +216,16 @@ class ModelRegistry:
         started = time.perf_counter()
         settings = engine_settings(entry, self.settings)
         try:
-            if entry.engine not in LOCAL_ENGINES:
+            if entry.engine not in ENGINES:
                 raise NotSupported(
                     f"Model '{entry.id}' needs the {entry.engine} engine, which this server does not provide yet."
                 )
+            if entry.engine == "remote":  # nothing to load here: the proxy holds no weights
+                engine = self._engine_factory(entry, settings)
+                model = LoadedModel(entry, engine, ChatPromptRenderer(engine.chat_template), 0)
+                self._loaded[entry.id] = model
+                self._errors.pop(entry.id, None)
+                return model
             estimate = await asyncio.to_thread(estimate_memory_bytes, entry, settings.n_ctx)
             async with self._residency:
                 await self._make_room(entry, estimate)
@@ -253,10 +264,11 @@ class ModelRegistry:
                 f"memory budget of {budget / 2**20:.0f} MiB (--memory-budget). Lower its n_ctx or raise the budget."
             )
         while True:
-            count = len(self._loaded) + len(self._reserved)
+            local = [m for m in self._loaded.values() if m.entry.engine != "remote"]
+            count = len(local) + len(self._reserved)
             if count < self.settings.max_loaded_models and self.memory_in_use() + needed <= budget:
                 return
-            candidates = [m for m in self._loaded.values() if not m.retired]
+            candidates = [m for m in local if not m.retired]
             idle = [m for m in candidates if m.leases == 0]
             if idle or candidates:
                 if not idle and await self._first_idle(candidates):

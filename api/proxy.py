@@ -1,0 +1,202 @@
+"""Relays a request for a remote model to its upstream, transparently.
+
+Every field the client sent is forwarded (tools, response_format, logprobs, n, vendor extensions); only `model`
+is rewritten to the upstream's name, and back to ours in the answer. Streams are relayed line by line as they
+arrive, never buffered. A connection error before the upstream answered moves the request to another URL of the
+pool; once a byte has reached the client nothing is retried. Errors keep the OpenAI shape: an upstream 4xx
+passes through with its message, unreachable or 5xx -> 502, too slow -> 504, a stream that dies -> one error
+event, then the end. A client that goes away cancels the upstream request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from api.choice_streams import wait_for_disconnect
+from api.errors import error_body
+from backends.remote_engine import RemoteEngine
+from backends.remote_pool import UpstreamPool, UpstreamURL
+from errors import UpstreamError
+
+logger = logging.getLogger(__name__)
+
+# Connection failures: the upstream never saw the request, so another URL may take it.
+_RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def client_body(body) -> dict:
+    """What the client sent, as it sent it: set fields only (defaults are the upstream's to pick), extras kept."""
+    return body.model_dump(mode="json", exclude_unset=True, by_alias=True)
+
+
+async def relay(engine: RemoteEngine, model_id: str, path: str, body: dict, request: Request) -> Response:
+    pool = engine.pool
+    payload = {**body, "model": engine.upstream_model}
+    response, url = await _open(pool, path, payload)
+    if response.status_code >= 400:
+        await _raise_upstream_status(pool, response, url)
+    if body.get("stream"):
+        return await _relay_stream(pool, response, url, model_id)
+    return await _relay_whole(pool, response, url, model_id, request)
+
+
+async def _open(pool: UpstreamPool, path: str, payload: dict) -> tuple[httpx.Response, UpstreamURL]:
+    """Send to the least busy healthy URL; on a connection error try the others."""
+    tried: set[UpstreamURL] = set()
+    last_error: Exception | None = None
+    while (url := pool.pick(tried)) is not None:
+        tried.add(url)
+        url.in_flight += 1
+        request = pool.client.build_request("POST", f"{url.base}/{path}", json=payload, headers=pool.headers())
+        try:
+            return await pool.client.send(request, stream=True), url
+        except _RETRYABLE as exc:
+            url.in_flight -= 1
+            pool.mark_failed(url, exc)
+            last_error = exc
+        except httpx.TimeoutException as exc:
+            url.in_flight -= 1
+            raise _timeout(pool, "answer") from exc
+        except httpx.HTTPError as exc:
+            url.in_flight -= 1
+            pool.mark_failed(url, exc)
+            last_error = exc
+    raise UpstreamError(
+        f"Upstream '{pool.name}' is unreachable: {last_error or 'no URL configured'}", code="upstream_unavailable"
+    )
+
+
+def _timeout(pool: UpstreamPool, what: str) -> UpstreamError:
+    return UpstreamError(f"Upstream '{pool.name}' did not {what} in time.", status_code=504, code="upstream_timeout")
+
+
+async def _raise_upstream_status(pool: UpstreamPool, response: httpx.Response, url: UpstreamURL) -> None:
+    try:
+        raw = await response.aread()
+    except httpx.HTTPError:
+        raw = b""
+    finally:
+        await response.aclose()
+        url.in_flight -= 1
+    detail = _error_detail(raw)
+    message = detail.get("message") or raw.decode("utf-8", errors="replace")[:500] or response.reason_phrase
+    if response.status_code < 500:  # the client's fault: its status, the upstream's words
+        raise UpstreamError(
+            str(message), status_code=response.status_code, code=detail.get("code") or "upstream_rejected",
+            error_type=detail.get("type") or "invalid_request_error", param=detail.get("param"),
+        )
+    raise UpstreamError(f"Upstream '{pool.name}' failed ({response.status_code}): {message}",
+                        code="upstream_server_error")
+
+
+def _error_detail(raw: bytes) -> dict:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return error
+    if isinstance(error, str):
+        return {"message": error}
+    return {"message": data.get("detail") or data.get("message")} if isinstance(data, dict) else {}
+
+
+async def _relay_whole(
+    pool: UpstreamPool, response: httpx.Response, url: UpstreamURL, model_id: str, request: Request
+) -> Response:
+    reading = asyncio.ensure_future(response.aread())
+    disconnected = asyncio.ensure_future(wait_for_disconnect(request.receive))
+    try:
+        await asyncio.wait([reading, disconnected], return_when=asyncio.FIRST_COMPLETED)
+        if not reading.done():
+            return Response(status_code=499)  # the client left: the upstream request is dropped below
+        raw = reading.result()
+    except httpx.TimeoutException as exc:
+        raise _timeout(pool, "answer") from exc
+    except httpx.HTTPError as exc:
+        pool.mark_failed(url, exc)
+        raise UpstreamError(f"Upstream '{pool.name}' broke off its answer: {exc}", code="upstream_disconnected") from exc
+    finally:
+        for task in (reading, disconnected):
+            task.cancel()
+        await response.aclose()
+        url.in_flight -= 1
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise UpstreamError(f"Upstream '{pool.name}' answered something that is not JSON.") from None
+    if isinstance(data, dict) and "model" in data:
+        data["model"] = model_id
+    return JSONResponse(data, status_code=response.status_code)
+
+
+async def _relay_stream(pool: UpstreamPool, response: httpx.Response, url: UpstreamURL, model_id: str) -> Response:
+    timeouts = pool.config.timeouts
+    deadline = time.monotonic() + timeouts.total
+    lines = response.aiter_lines()
+    # Wait for the first line before answering, so a slow or failing upstream still gets a proper error status.
+    try:
+        first = await asyncio.wait_for(anext(lines), timeouts.first_byte)
+    except BaseException as exc:
+        await response.aclose()
+        url.in_flight -= 1
+        if isinstance(exc, (asyncio.TimeoutError, httpx.TimeoutException)):
+            raise _timeout(pool, "start streaming") from exc
+        if isinstance(exc, StopAsyncIteration):
+            raise UpstreamError(f"Upstream '{pool.name}' sent an empty stream.", code="upstream_disconnected") from None
+        if isinstance(exc, httpx.HTTPError):
+            pool.mark_failed(url, exc)
+            raise UpstreamError(f"Upstream '{pool.name}' broke off: {exc}", code="upstream_disconnected") from exc
+        raise
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            yield _with_our_model(first, model_id) + "\n"
+            while True:
+                wait = min(timeouts.idle, deadline - time.monotonic())
+                if wait <= 0:
+                    raise asyncio.TimeoutError
+                try:
+                    line = await asyncio.wait_for(anext(lines), wait)
+                except StopAsyncIteration:
+                    return
+                yield _with_our_model(line, model_id) + "\n"
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            yield _error_event(_timeout(pool, "keep streaming"))
+        except httpx.HTTPError as exc:
+            pool.mark_failed(url, exc)
+            yield _error_event(UpstreamError(f"Upstream '{pool.name}' broke off the stream: {exc}",
+                                             code="upstream_disconnected"))
+        finally:  # also runs when the client disconnects: closing cancels the upstream request
+            await response.aclose()
+            url.in_flight -= 1
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+def _with_our_model(line: str, model_id: str) -> str:
+    if not line.startswith("data: {"):
+        return line
+    try:
+        chunk = json.loads(line[6:])
+    except ValueError:
+        return line
+    if isinstance(chunk, dict) and "model" in chunk:
+        chunk["model"] = model_id
+        return "data: " + json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
+    return line
+
+
+def _error_event(error: UpstreamError) -> str:
+    logger.warning("%s", error.message)
+    return f"data: {json.dumps(error_body(error))}\n\n"
