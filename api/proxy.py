@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -44,7 +45,7 @@ async def relay(engine: RemoteEngine, model_id: str, path: str, body: dict, requ
     if response.status_code >= 400:
         await _raise_upstream_status(pool, response, url)
     if body.get("stream"):
-        return await _relay_stream(pool, response, url, model_id)
+        return await _relay_stream(pool, response, url, engine.upstream_model, model_id)
     return await _relay_whole(pool, response, url, model_id, request)
 
 
@@ -139,13 +140,15 @@ async def _relay_whole(
     return JSONResponse(data, status_code=response.status_code)
 
 
-async def _relay_stream(pool: UpstreamPool, response: httpx.Response, url: UpstreamURL, model_id: str) -> Response:
+async def _relay_stream(
+    pool: UpstreamPool, response: httpx.Response, url: UpstreamURL, pool_model: str, model_id: str
+) -> Response:
     timeouts = pool.config.timeouts
     deadline = time.monotonic() + timeouts.total
-    lines = response.aiter_lines()
-    # Wait for the first line before answering, so a slow or failing upstream still gets a proper error status.
+    raw = response.aiter_raw()
+    # Wait for the first bytes before answering, so a slow or failing upstream still gets a proper error status.
     try:
-        first = await asyncio.wait_for(anext(lines), timeouts.first_byte)
+        first = await asyncio.wait_for(anext(raw), timeouts.first_byte)
     except BaseException as exc:
         await response.aclose()
         url.in_flight -= 1
@@ -157,19 +160,28 @@ async def _relay_stream(pool: UpstreamPool, response: httpx.Response, url: Upstr
             pool.mark_failed(url, exc)
             raise UpstreamError(f"Upstream '{pool.name}' broke off: {exc}", code="upstream_disconnected") from exc
         raise
+    # From here on httpx enforces the idle timeout on every read (httpcore reads the request's timeout
+    # extension at each read), which costs nothing per chunk, unlike a wait_for task per read.
+    response.request.extensions["timeout"] = {**response.request.extensions.get("timeout", {}), "read": timeouts.idle}
+    rename = _model_renamer(pool_model, model_id)
 
-    async def events() -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[bytes]:
+        # Bytes are relayed as they arrive, cut only at line ends so a model name is never split in two.
+        pending = first
         try:
-            yield _with_our_model(first, model_id) + "\n"
             while True:
-                wait = min(timeouts.idle, deadline - time.monotonic())
-                if wait <= 0:
+                cut = pending.rfind(b"\n") + 1
+                if cut:
+                    yield rename(pending[:cut])
+                    pending = pending[cut:]
+                if time.monotonic() > deadline:
                     raise asyncio.TimeoutError
                 try:
-                    line = await asyncio.wait_for(anext(lines), wait)
+                    pending += await anext(raw)
                 except StopAsyncIteration:
-                    return
-                yield _with_our_model(line, model_id) + "\n"
+                    break
+            if pending:
+                yield rename(pending)
         except (asyncio.TimeoutError, httpx.TimeoutException):
             yield _error_event(_timeout(pool, "keep streaming"))
         except httpx.HTTPError as exc:
@@ -184,19 +196,15 @@ async def _relay_stream(pool: UpstreamPool, response: httpx.Response, url: Upstr
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
-def _with_our_model(line: str, model_id: str) -> str:
-    if not line.startswith("data: {"):
-        return line
-    try:
-        chunk = json.loads(line[6:])
-    except ValueError:
-        return line
-    if isinstance(chunk, dict) and "model" in chunk:
-        chunk["model"] = model_id
-        return "data: " + json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
-    return line
+def _model_renamer(upstream_model: str, model_id: str):
+    """Rewrites the upstream's model name to ours in SSE bytes. A targeted substitution rather than a JSON round
+    trip per chunk: `"model": "<name>"` cannot occur unescaped in a JSON chunk except as its model field."""
+    quoted = json.dumps(upstream_model, ensure_ascii=False).encode()
+    pattern = re.compile(rb'"model"\s*:\s*' + re.escape(quoted))
+    replacement = b'"model":' + json.dumps(model_id, ensure_ascii=False).encode().replace(b"\\", b"\\\\")
+    return lambda data: pattern.sub(replacement, data)
 
 
-def _error_event(error: UpstreamError) -> str:
+def _error_event(error: UpstreamError) -> bytes:
     logger.warning("%s", error.message)
-    return f"data: {json.dumps(error_body(error))}\n\n"
+    return f"data: {json.dumps(error_body(error))}\n\n".encode()

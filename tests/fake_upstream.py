@@ -119,3 +119,10 @@ class FakeUpstream:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+if __name__ == "__main__":  # a standalone upstream for benchmarks: python -m tests.fake_upstream PORT TOKENS INTERVAL
+    import sys
+
+    port, tokens, interval = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+    uvicorn.run(build_app(Record(), tokens, interval), host="127.0.0.1", port=port, log_level="error", lifespan="off")
