@@ -34,7 +34,6 @@ RegistryState = Literal["empty", "loading", "ready", "failed"]
 # When every resident model is busy, how long a load waits for one to go idle before it drains the least
 # recently used (stops giving it new requests): bounded, so a constantly busy model cannot starve a load.
 EVICTION_PATIENCE_SECONDS = 5.0
-ENGINES = {"llama.cpp", "transformers", "remote"}
 
 
 @dataclass(eq=False)
@@ -216,10 +215,6 @@ class ModelRegistry:
         started = time.perf_counter()
         settings = engine_settings(entry, self.settings)
         try:
-            if entry.engine not in ENGINES:
-                raise NotSupported(
-                    f"Model '{entry.id}' needs the {entry.engine} engine, which this server does not provide yet."
-                )
             if entry.engine == "remote":  # nothing to load here: the proxy holds no weights
                 engine = self._engine_factory(entry, settings)
                 model = LoadedModel(entry, engine, ChatPromptRenderer(engine.chat_template), 0)

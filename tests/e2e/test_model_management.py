@@ -44,7 +44,7 @@ def catalog_server(tmp_path_factory):
         {"id": "gemma-a", "path": GEMMA, "aliases": ["a"], "settings": {"n_ctx": 1024, "parallel": 1}},
         {"id": "gemma-b", "path": GEMMA, "settings": {"n_ctx": 2048, "parallel": 2}},
         {"id": "gemma-c", "path": GEMMA, "settings": {"n_ctx": 1024, "parallel": 1}},
-        {"id": "remote-later", "upstream": {"base_url": "http://127.0.0.1:9"}},
+        {"id": "remote-orphan", "upstream": {"name": "nowhere", "model": "x"}},
         {"id": "hf-missing", "engine": "transformers", "repo": "org/not-here"},
     ])
     (models / "broken.gguf").write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)  # header of garbage
@@ -56,9 +56,9 @@ def catalog_server(tmp_path_factory):
 
 def test_catalog_lists_entries_with_status_engine_and_aliases(catalog_server):
     listed = cards(catalog_server)
-    assert {"gemma-a", "gemma-b", "gemma-c", "remote-later", "hf-missing", "broken.gguf"} <= listed.keys()
+    assert {"gemma-a", "gemma-b", "gemma-c", "remote-orphan", "hf-missing", "broken.gguf"} <= listed.keys()
     assert listed["gemma-a"]["status"] == "loaded" and listed["gemma-a"]["aliases"] == ["a"]
-    assert listed["remote-later"]["engine"] == "remote" and listed["remote-later"]["status"] == "available"
+    assert listed["remote-orphan"]["engine"] == "remote" and listed["remote-orphan"]["status"] == "available"
     assert listed["hf-missing"]["engine"] == "transformers"
     assert listed["broken.gguf"]["engine"] == "llama.cpp"
 
@@ -111,9 +111,9 @@ def test_corrupt_model_fails_clearly_and_others_keep_serving(catalog_server):
     assert client_for(catalog_server).chat.completions.create(model="gemma-a", messages=ASK, max_tokens=1).choices
 
 
-def test_an_engine_not_built_yet_answers_501(catalog_server):
-    response = httpx.post(f"{catalog_server.base_url}/v1/chat/completions", json={"model": "remote-later", "messages": ASK})
-    assert response.status_code == 501 and response.json()["error"]["code"] == "not_implemented"
+def test_a_remote_entry_naming_an_unknown_upstream_is_404(catalog_server):
+    response = httpx.post(f"{catalog_server.base_url}/v1/chat/completions", json={"model": "remote-orphan", "messages": ASK})
+    assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
 
 
 def test_a_hugging_face_model_missing_from_disk_is_404_without_a_download(catalog_server):

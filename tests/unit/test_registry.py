@@ -11,7 +11,7 @@ import pytest
 from backends.base import ChatTemplateInfo, Engine
 from backends.catalog import GenerationDefaults
 from backends.registry import ModelRegistry
-from errors import ModelLoadFailed, ModelNotFound, ModelTooLarge, NotSupported
+from errors import ModelLoadFailed, ModelNotFound, ModelTooLarge
 from settings import Settings
 
 EMPTY_GGUF = b"GGUF" + struct.pack("<IQQ", 3, 0, 0)  # a valid header with no metadata
@@ -54,7 +54,7 @@ def make_registry(tmp_path, **overrides) -> ModelRegistry:
         "models:\n"
         "  - id: small\n    path: a.gguf\n    aliases: [tiny]\n    settings: {n_ctx: 512}\n"
         "    defaults: {temperature: 0.1, max_tokens: 7}\n"
-        "  - id: remote-model\n    upstream: {base_url: 'http://127.0.0.1:9'}\n"
+        "  - id: remote-model\n    upstream: {name: somewhere, model: m}\n"
     )
     StandInEngine.loads, StandInEngine.fail = [], set()
     settings = Settings(models_dir=models, model_name="a.gguf", scan_hf_cache=False, **overrides)
@@ -144,11 +144,16 @@ def test_a_failed_load_is_recorded_then_retried(tmp_path):
     asyncio.run(scenario())
 
 
-def test_an_engine_this_build_lacks_is_501_not_a_failure(tmp_path):
-    registry = make_registry(tmp_path)
-    with pytest.raises(NotSupported):
-        asyncio.run(registry.ensure_loaded("remote-model"))
-    assert registry.status("remote-model") == ("available", None)
+def test_remote_models_do_not_count_towards_residency(tmp_path):
+    registry = make_registry(tmp_path, max_loaded_models=1)
+
+    async def scenario():
+        await registry.ensure_loaded("a")
+        await registry.ensure_loaded("remote-model")
+        assert {m.model_id for m in registry.loaded_models} == {"a.gguf", "remote-model"}
+        assert registry.loaded_model("remote-model").memory_bytes == 0
+
+    asyncio.run(scenario())
 
 
 def test_generation_defaults_layer_runtime_over_catalog(tmp_path):
