@@ -1,0 +1,252 @@
+"""Interactive terminal chat: a thin client of any OpenAI-compatible server (ours by default).
+
+Answers stream in as they are generated and are shown as Markdown (rich; code highlighted), followed by
+time-to-first-token and tokens/s. Line editing and history come from prompt_toolkit; Enter sends, Esc then
+Enter (or Alt-Enter) adds a new line. Ctrl-C during an answer stops it (closing the stream, so the server stops
+generating); Ctrl-C twice at the prompt exits. Server errors are one readable line; the conversation goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+from prompt_toolkit import PromptSession
+from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings
+from rich.console import Console
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.table import Table
+
+from clients.conversation import Conversation, load, save, saved_names
+
+HELP = """\
+/models              list the server's models
+/switch NAME         continue this conversation on another model
+/save NAME           save the conversation      /load [NAME]   load one (alone: list saved ones)
+/new                 start over                 /system TEXT   set the system prompt
+/set KEY VALUE       temperature, top_p or max_tokens
+/retry               ask the last question again
+/help                this help                  /quit          leave (or Ctrl-D; Ctrl-C twice)"""
+
+
+@dataclass
+class AnswerStats:
+    ttft: float | None
+    tokens: int
+    seconds: float
+    interrupted: bool = False
+
+    def line(self) -> str:
+        rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        first = f"TTFT {self.ttft:.2f} s · " if self.ttft is not None else ""
+        stopped = " · stopped" if self.interrupted else ""
+        return f"{first}{self.tokens} tokens · {rate:.1f} tok/s{stopped}"
+
+
+class TerminalChat:
+    def __init__(
+        self,
+        client: openai.OpenAI,
+        conversation: Conversation,
+        data_dir: Path,
+        console: Console | None = None,
+        session: PromptSession | None = None,
+    ) -> None:
+        self.client = client
+        self.conversation = conversation
+        self.data_dir = data_dir
+        self.console = console or Console()
+        self.session = session or PromptSession(history=_history(data_dir), key_bindings=_newline_bindings())
+        self._interrupts = 0
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self) -> None:
+        self.console.print(f"[bold]Chat[/bold] with {self.conversation.model or 'the default model'} — /help for commands")
+        while True:
+            try:
+                text = self.session.prompt("> ", multiline=False)
+            except KeyboardInterrupt:
+                self._interrupts += 1
+                if self._interrupts >= 2:
+                    return
+                self.console.print("[dim](Ctrl-C again to quit)[/dim]")
+                continue
+            except EOFError:
+                return
+            self._interrupts = 0
+            text = text.strip()
+            if not text:
+                continue
+            if text.startswith("/"):
+                if self.command(text) == "quit":
+                    return
+            else:
+                self.ask(text)
+
+    # ---------------------------------------------------------------- commands
+
+    def command(self, text: str) -> str | None:
+        name, _, argument = text[1:].partition(" ")
+        argument = argument.strip()
+        handlers = {
+            "help": lambda: self.console.print(HELP),
+            "models": self._models,
+            "switch": lambda: self._switch(argument),
+            "save": lambda: self._save(argument),
+            "load": lambda: self._load(argument),
+            "new": self._new,
+            "system": lambda: self._system(argument),
+            "set": lambda: self._set(argument),
+            "retry": self._retry,
+        }
+        if name in ("quit", "exit"):
+            return "quit"
+        handler = handlers.get(name)
+        if handler is None:
+            self._error(f"unknown command /{name} (try /help)")
+            return None
+        try:
+            handler()
+        except ValueError as exc:
+            self._error(str(exc))
+        except openai.APIError as exc:
+            self._error(_describe(exc))
+        return None
+
+    def _models(self) -> None:
+        table = Table("id", "engine", "status", "context")
+        for model in self.client.models.list():
+            extra = model.model_extra or {}
+            table.add_row(model.id, str(extra.get("engine", "")), str(extra.get("status", "")),
+                          str(extra.get("context_length") or ""))
+        self.console.print(table)
+
+    def _switch(self, name: str) -> None:
+        if not name:
+            raise ValueError("usage: /switch NAME")
+        with self.console.status(f"loading {name}..."):
+            model = self.client.models.retrieve(name)  # 404 for unknown names, before anything changes
+            if (model.model_extra or {}).get("status") not in (None, "loaded"):
+                self._load_on_server(model.id)
+        self.conversation.model = model.id
+        self.console.print(f"now talking to [bold]{model.id}[/bold]")
+
+    def _load_on_server(self, model_id: str) -> None:
+        """Our server loads models on demand anyway; asking now shows the wait here instead of in the answer."""
+        root = str(self.client.base_url).rstrip("/").removesuffix("/v1")
+        response = httpx.post(f"{root}/admin/models/load", json={"model": model_id}, timeout=600,
+                              headers={"Authorization": f"Bearer {self.client.api_key}"})
+        if response.status_code >= 400 and response.status_code != 404:  # 404: not our server, no admin API
+            raise ValueError(response.json().get("error", {}).get("message", response.text))
+
+    def _save(self, name: str) -> None:
+        if not name:
+            raise ValueError("usage: /save NAME")
+        path = save(self.conversation, self.data_dir, name)
+        self.console.print(f"saved to {path}")
+
+    def _load(self, name: str) -> None:
+        if not name:
+            names = saved_names(self.data_dir)
+            self.console.print("saved: " + (", ".join(names) if names else "none yet"))
+            return
+        self.conversation = load(self.data_dir, name)
+        self.console.print(f"loaded {name}: {len(self.conversation.messages)} messages, model "
+                           f"{self.conversation.model or 'default'}")
+
+    def _new(self) -> None:
+        self.conversation = Conversation(model=self.conversation.model, system=self.conversation.system,
+                                         settings=self.conversation.settings)
+        self.console.print("new conversation")
+
+    def _system(self, text: str) -> None:
+        self.conversation.system = text or None
+        self.console.print("system prompt " + ("set" if text else "cleared"))
+
+    def _set(self, argument: str) -> None:
+        key, _, value = argument.partition(" ")
+        self.conversation.set(key, value.strip())
+        self.console.print(f"{key} = {self.conversation.settings[key]}")
+
+    def _retry(self) -> None:
+        question = self.conversation.drop_last_answer()
+        if question is None:
+            raise ValueError("nothing to retry")
+        self.conversation.messages.pop()
+        self.ask(question)
+
+    # ---------------------------------------------------------------- answering
+
+    def ask(self, text: str) -> AnswerStats | None:
+        self.conversation.messages.append({"role": "user", "content": text})
+        try:
+            answer, stats = self._stream_answer()
+        except openai.APIError as exc:
+            self.conversation.messages.pop()  # not answered: keep the history consistent
+            self._error(_describe(exc))
+            return None
+        self.conversation.messages.append({"role": "assistant", "content": answer})
+        self.console.print(f"[dim]{stats.line()}[/dim]")
+        return stats
+
+    def _stream_answer(self) -> tuple[str, AnswerStats]:
+        conversation = self.conversation
+        stream = self.client.chat.completions.create(
+            model=conversation.model or "", messages=conversation.request_messages(), stream=True,
+            stream_options={"include_usage": True}, **conversation.settings,
+        )
+        started = time.perf_counter()
+        parts: list[str] = []
+        ttft, tokens, interrupted = None, 0, False
+        with Live(Markdown(""), console=self.console, refresh_per_second=12, vertical_overflow="visible") as live:
+            try:
+                for chunk in stream:
+                    if chunk.usage is not None:
+                        tokens = chunk.usage.completion_tokens
+                    delta = chunk.choices[0].delta.content if chunk.choices else None
+                    if delta:
+                        ttft = ttft if ttft is not None else time.perf_counter() - started
+                        parts.append(delta)
+                        live.update(Markdown("".join(parts)))
+            except KeyboardInterrupt:
+                interrupted = True  # closing the stream below disconnects: the server stops generating
+            finally:
+                stream.close()
+        elapsed = time.perf_counter() - started - (ttft or 0.0)
+        return "".join(parts), AnswerStats(ttft, tokens or len(parts), elapsed, interrupted)
+
+    def _error(self, message: str) -> None:
+        self.console.print(f"[red]error:[/red] {message}")
+
+
+def _describe(exc: openai.APIError) -> str:
+    if isinstance(exc, openai.APIConnectionError):
+        return "cannot reach the server (is it running? check --base-url)"
+    body = getattr(exc, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    status = getattr(exc, "status_code", None)
+    return f"{status}: {message or exc.message}" if status else (message or exc.message)
+
+
+def _history(data_dir: Path):
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return FileHistory(str(data_dir / ".history"))
+    except OSError:
+        return InMemoryHistory()
+
+
+def _newline_bindings() -> KeyBindings:
+    bindings = KeyBindings()
+
+    @bindings.add("escape", "enter")
+    def _(event) -> None:
+        event.current_buffer.insert_text("\n")
+
+    return bindings
