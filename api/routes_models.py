@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from api.deps import RegistryDep
 from api.errors import error_response
 from api.protocol import ModelActionRequest, ModelCard, ModelList, SetModelRequest
+from api.routes_web import chat_page, wants_html
 from backends.catalog import GenerationDefaults, ModelEntry
 from backends.memory import cuda_allocated_bytes, process_rss_bytes
 from backends.registry import ModelRegistry
@@ -141,7 +142,10 @@ def _status(request: Request) -> dict:
 
 
 @router.get("/")
-async def server_status(request: Request) -> dict:
+async def server_status(request: Request):
+    """Status as JSON; a browser gets the chat page instead."""
+    if wants_html(request.headers.get("accept", "")):
+        return chat_page()
     return _status(request)
 
 

@@ -1,0 +1,31 @@
+"""The built-in web chat page: static files from `web/` (no build step, no CDN), at `/chat`, and at `/` for
+browsers (clients asking for JSON still get the status there)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from settings import PROJECT_ROOT
+
+WEB_DIR = PROJECT_ROOT / "web"
+router = APIRouter(tags=["web"])
+
+
+def chat_page() -> FileResponse:
+    return FileResponse(WEB_DIR / "chat.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
+def wants_html(accept: str) -> bool:
+    """A browser navigating here (its Accept lists text/html before or without JSON)."""
+    accept = accept.lower()
+    return "text/html" in accept and ("application/json" not in accept or accept.index("text/html") < accept.index("application/json"))
+
+
+@router.get("/chat", include_in_schema=False)
+async def chat() -> FileResponse:
+    return chat_page()
+
+
+assets = StaticFiles(directory=WEB_DIR)

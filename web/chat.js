@@ -1,0 +1,174 @@
+// The built-in chat page: a thin client of this server's OpenAI API (/v1/models, streamed /v1/chat/completions).
+(function () {
+  "use strict";
+  const $ = (id) => document.getElementById(id);
+  const STORE = "llm-server-chat";
+  let state = load();
+  let controller = null;
+
+  function load() {
+    try {
+      const saved = JSON.parse(localStorage.getItem(STORE) || "{}");
+      return { model: saved.model || "", system: saved.system || "", temperature: saved.temperature ?? 0.7,
+               apiKey: saved.apiKey || "", messages: Array.isArray(saved.messages) ? saved.messages : [] };
+    } catch (error) {
+      return { model: "", system: "", temperature: 0.7, apiKey: "", messages: [] };
+    }
+  }
+  function persist() { localStorage.setItem(STORE, JSON.stringify(state)); }
+  function headers() {
+    const result = { "Content-Type": "application/json" };
+    if (state.apiKey) result.Authorization = "Bearer " + state.apiKey;
+    return result;
+  }
+
+  function addBubble(role, text) {
+    const bubble = document.createElement("div");
+    bubble.className = "message " + role;
+    fill(bubble, role, text);
+    $("messages").appendChild(bubble);
+    $("messages").scrollTop = $("messages").scrollHeight;
+    return bubble;
+  }
+  function fill(bubble, role, text) {
+    if (role === "assistant") bubble.innerHTML = ChatMarkdown.renderMarkdown(text);
+    else bubble.textContent = text;
+  }
+  function redraw() {
+    $("messages").innerHTML = "";
+    for (const message of state.messages) addBubble(message.role, message.content);
+  }
+
+  async function loadModels() {
+    const select = $("model");
+    try {
+      const response = await fetch("/v1/models", { headers: headers() });
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
+      select.innerHTML = "";
+      for (const card of body.data) {
+        const option = document.createElement("option");
+        option.value = card.id;
+        option.textContent = card.id + (card.status ? " (" + card.status + ")" : "");
+        select.appendChild(option);
+      }
+      if (state.model && body.data.some((card) => card.id === state.model)) select.value = state.model;
+      state.model = select.value;
+      persist();
+    } catch (error) {
+      $("status").textContent = "Could not list models: " + error.message;
+    }
+  }
+
+  function setBusy(busy) {
+    $("send").disabled = busy;
+    $("stop").disabled = !busy;
+  }
+
+  async function send(text) {
+    state.messages.push({ role: "user", content: text });
+    persist();
+    addBubble("user", text);
+    const bubble = addBubble("assistant", "");
+    const system = state.system.trim() ? [{ role: "system", content: state.system }] : [];
+    controller = new AbortController();
+    setBusy(true);
+    $("status").textContent = "…";
+    let answer = "";
+    let tokens = 0;
+    let firstAt = null;
+    const started = performance.now();
+    try {
+      const response = await fetch("/v1/chat/completions", {
+        method: "POST", headers: headers(), signal: controller.signal,
+        body: JSON.stringify({ model: state.model, messages: system.concat(state.messages), stream: true,
+                               temperature: Number(state.temperature), stream_options: { include_usage: true } }),
+      });
+      if (!response.ok) {
+        const body = await response.json().catch(() => ({}));
+        throw new Error(body.error ? body.error.message : response.status + " " + response.statusText);
+      }
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true }).replace(/\r\n/g, "\n");
+        const [payloads, rest] = ChatMarkdown.takeEvents(buffer);
+        buffer = rest;
+        for (const payload of payloads) {
+          if (payload === "[DONE]") continue;
+          const chunk = JSON.parse(payload);
+          if (chunk.error) throw new Error(chunk.error.message);
+          if (chunk.usage) tokens = chunk.usage.completion_tokens;
+          const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+          if (delta && delta.content) {
+            if (firstAt === null) firstAt = performance.now();
+            answer += delta.content;
+            fill(bubble, "assistant", answer);
+            $("messages").scrollTop = $("messages").scrollHeight;
+          }
+        }
+      }
+      report(tokens, started, firstAt, false);
+    } catch (error) {
+      if (error.name === "AbortError") {
+        report(tokens, started, firstAt, true);
+      } else {
+        bubble.className = "message error";
+        bubble.textContent = "Error: " + error.message;
+        $("status").textContent = "";
+      }
+    } finally {
+      controller = null;
+      setBusy(false);
+      if (answer) {
+        state.messages.push({ role: "assistant", content: answer });
+      } else if (bubble.className !== "message error") {
+        bubble.remove();
+      }
+      persist();
+    }
+  }
+
+  function report(tokens, started, firstAt, stopped) {
+    if (firstAt === null) { $("status").textContent = stopped ? "Stopped." : ""; return; }
+    const seconds = (performance.now() - firstAt) / 1000;
+    const rate = seconds > 0 ? (tokens / seconds).toFixed(1) : "–";
+    $("status").textContent = "TTFT " + ((firstAt - started) / 1000).toFixed(2) + " s · " + tokens + " tokens · "
+      + rate + " tok/s" + (stopped ? " · stopped" : "");
+  }
+
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("input").value.trim();
+    if (!text || controller) return;
+    $("input").value = "";
+    send(text);
+  });
+  $("input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  $("stop").addEventListener("click", () => { if (controller) controller.abort(); });
+  $("new-chat").addEventListener("click", () => {
+    if (controller) controller.abort();
+    state.messages = [];
+    persist();
+    redraw();
+    $("status").textContent = "";
+  });
+  $("model").addEventListener("change", () => { state.model = $("model").value; persist(); });
+  $("temperature").addEventListener("change", () => { state.temperature = Number($("temperature").value); persist(); });
+  $("system").addEventListener("change", () => { state.system = $("system").value; persist(); });
+  $("api-key").addEventListener("change", () => { state.apiKey = $("api-key").value; persist(); loadModels(); });
+
+  $("temperature").value = state.temperature;
+  $("system").value = state.system;
+  $("api-key").value = state.apiKey;
+  redraw();
+  loadModels();
+})();
