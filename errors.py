@@ -95,3 +95,21 @@ class ModelTooLarge(ServerError):
 
     status_code = 507
     code = "insufficient_memory"
+
+
+class Unauthorized(ServerError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PayloadTooLarge(ServerError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RequestTimeout(ServerError):
+    status_code = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -12,21 +13,37 @@ from cli import settings_from_cli
 from settings import Settings
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                 "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = settings_from_cli(argv)
-    configure_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    configure_logging(settings.log_level, settings.log_format)
+    # SIGTERM/Ctrl-C: uvicorn stops accepting, lets requests in flight (streams included) finish for up to
+    # --shutdown-grace seconds, then the app's lifespan unloads models (queued cache writes are finished) and
+    # closes upstream clients. Our own request log replaces uvicorn's access log.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                access_log=False, timeout_graceful_shutdown=settings.shutdown_grace)
 
 
 def __getattr__(name: str):
     """`uvicorn server:app` imports `app` lazily, so `python server.py` never builds one from the env alone."""
     if name == "app":
         settings = Settings()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         return create_app(settings)
     raise AttributeError(name)
 

@@ -6,6 +6,7 @@ never written twice.
 """
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,21 @@ class Settings(BaseSettings):
         [], description="A remote OpenAI-compatible server: NAME=URL[,URL...][#KEY_ENV]; its models are served as "
         "NAME/<model>, its API key read from the variable KEY_ENV (repeatable; more options in models.yaml)."
     )
+    api_key: list[str] = Field(
+        [], description="Require this API key (repeatable); also LLM_SERVER_API_KEY='[\"k1\",\"k2\"]'. None: open server."
+    )
+    api_key_file: Path | None = Field(
+        None, description="File of API keys, one per line: KEY, or KEY model,model to limit it to those models."
+    )
+    cors_origins: list[str] = Field([], description="Browser origins allowed to call the API (CORS); default none.")
+    max_body_bytes: int = Field(8 << 20, ge=1024, description="Largest request body; larger ones get 413.")
+    body_timeout: float = Field(30.0, gt=0, description="Seconds a client may take to send its request body (408).")
+    max_tokens_limit: int = Field(0, ge=0, description="Cap on a request's max_tokens; 0 = the model's context.")
+    max_messages: int = Field(4096, ge=1, description="Most messages one chat request may carry.")
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="On SIGTERM, seconds requests in flight may take to finish before the server stops."
+    )
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text or one JSON object each.")
     max_loaded_models: int = Field(3, ge=1, description="Models resident at once; the least recently used goes first.")
     memory_budget: int = Field(
         0, ge=0, description="Bytes of estimated weights + KV cache all resident models may use; 0 = 80% of RAM."

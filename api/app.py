@@ -7,9 +7,15 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sse_starlette.sse import AppStatus
 
+from api.auth import ApiKeyMiddleware, load_keys
 from api.errors import install_error_handlers
+from api.limits import BodyLimitMiddleware
+from api.observability import Metrics, RegistryCollector, RequestLogMiddleware
 from api.routes_cache import router as cache_router
 from api.routes_chat import router as chat_router
 from api.routes_models import router as models_router
@@ -67,19 +73,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         remote.start()
         registry = ModelRegistry(settings, _engine_factory(remote), remote)
+        metrics.registry.register(RegistryCollector(registry))
         app.state.settings = settings
         app.state.registry = registry
         app.state.startup = asyncio.create_task(_start_up(settings, registry))
         try:
             yield
         finally:
+            AppStatus.should_exit = True  # streams still open after uvicorn's grace period end now
             app.state.startup.cancel()
             await asyncio.gather(app.state.startup, return_exceptions=True)
             await registry.aclose()
             await remote.aclose()
 
     app = FastAPI(title="OpenAI-compatible LLM server", version="0.1.0", lifespan=lifespan)
+    # sse-starlette would end every stream the moment SIGTERM arrives; we let them finish within uvicorn's
+    # graceful shutdown period (--shutdown-grace) instead, and end the rest when the lifespan shuts down.
+    AppStatus.disable_automatic_graceful_drain()
+    metrics = Metrics()
+    app.state.metrics = metrics
     install_error_handlers(app)
+    # Outermost last: request log (sees every answer, 401s included) > CORS (preflights need no key) > API keys
+    # > body limits > the routes.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
+    app.add_middleware(ApiKeyMiddleware, keys=load_keys(settings.api_key, settings.api_key_file))
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["x-request-id"])
+    app.add_middleware(RequestLogMiddleware, metrics=metrics, json_logs=settings.log_format == "json")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     app.include_router(chat_router)
     app.include_router(models_router)
     app.include_router(cache_router)

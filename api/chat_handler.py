@@ -12,10 +12,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
-from api.chat_request import log_unknown_fields, prepare_chat
+from api.chat_request import check_request_limits, log_unknown_fields, prepare_chat
 from api.chat_response import ChoiceAccumulator, ChoiceOutput, ChunkBuilder, CompletionIdentity, whole_completion
 from api.choice_streams import merge_choices, wait_for_disconnect
 from api.errors import error_body
+from api.observability import note_model, observe
 from api.proxy import client_body, relay
 from api.protocol import ChatCompletionRequest
 from backends.base import GenerationChunk, GenerationFinished, TokenDelta
@@ -29,17 +30,22 @@ ChoiceChunks = AsyncIterator[tuple[int, GenerationChunk]]
 
 async def handle_chat_completion(body: ChatCompletionRequest, request: Request, registry: ModelRegistry) -> Response:
     log_unknown_fields(body)
+    settings = request.app.state.settings
+    check_request_limits(body, settings.max_tokens_limit, settings.max_messages)
     resources = AsyncExitStack()  # holds the model lease; a stream takes it over and releases it when it ends
     handed_to_stream = False
     try:
         model = await resources.enter_async_context(registry.lease(body.model))
         if model.engine.relays_requests:  # a remote model: its upstream gets the request as the client sent it
+            note_model(model.model_id, model.engine.engine_kind)
             return await relay(model.engine, model.model_id, "chat/completions", client_body(body), request)
         defaults = registry.generation_defaults(model.model_id)
         prepared = prepare_chat(body, model.renderer, model.engine.capabilities, defaults)
         identity = CompletionIdentity(model=model.model_id)
         outputs = [ChoiceOutput(prepared.tool_plan, prepared.tool_call_format) for _ in prepared.requests]
-        chunks = merge_choices([model.engine.generate(r) for r in prepared.requests])
+        chunks = observe(
+            merge_choices([model.engine.generate(r) for r in prepared.requests]), model.model_id, model.engine.engine_kind
+        )
         if body.stream:
             response = await _start_stream(body, identity, outputs, chunks, resources)
             handed_to_stream = True

@@ -29,6 +29,16 @@ def log_unknown_fields(request: ChatCompletionRequest) -> None:
         logger.debug("Ignoring fields this server does not use: %s", sorted(request.model_extra))
 
 
+def check_request_limits(request: ChatCompletionRequest, max_tokens_limit: int, max_messages: int) -> None:
+    """The operator's per-request caps (`--max-tokens-limit`, `--max-messages`)."""
+    for field in ("max_tokens", "max_completion_tokens"):
+        value = getattr(request, field)
+        if max_tokens_limit and value is not None and value > max_tokens_limit:
+            raise InvalidRequest(f"{field} may be at most {max_tokens_limit} on this server.", param=field)
+    if len(request.messages) > max_messages:
+        raise InvalidRequest(f"At most {max_messages} messages per request on this server.", param="messages")
+
+
 def _refuse_unsupported(request: ChatCompletionRequest, capabilities: EngineCapabilities) -> None:
     if (request.tools or request.functions) and not capabilities.tools:
         raise InvalidRequest("This model does not support tool calling.", param="tools")

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.choice_streams import wait_for_disconnect
 from api.errors import error_body
+from api.observability import note_upstream_error
 from backends.remote_engine import RemoteEngine
 from backends.remote_pool import UpstreamPool, UpstreamURL
 from errors import UpstreamError
@@ -41,12 +42,17 @@ def client_body(body) -> dict:
 async def relay(engine: RemoteEngine, model_id: str, path: str, body: dict, request: Request) -> Response:
     pool = engine.pool
     payload = {**body, "model": engine.upstream_model}
-    response, url = await _open(pool, path, payload)
-    if response.status_code >= 400:
-        await _raise_upstream_status(pool, response, url)
-    if body.get("stream"):
-        return await _relay_stream(pool, response, url, engine.upstream_model, model_id)
-    return await _relay_whole(pool, response, url, model_id, request)
+    try:
+        response, url = await _open(pool, path, payload)
+        if response.status_code >= 400:
+            await _raise_upstream_status(pool, response, url)
+        if body.get("stream"):
+            return await _relay_stream(pool, response, url, engine.upstream_model, model_id)
+        return await _relay_whole(pool, response, url, model_id, request)
+    except UpstreamError as exc:
+        if exc.status_code >= 500:
+            note_upstream_error(pool.name, exc.code)
+        raise
 
 
 async def _open(pool: UpstreamPool, path: str, payload: dict) -> tuple[httpx.Response, UpstreamURL]:
@@ -183,10 +189,10 @@ async def _relay_stream(
             if pending:
                 yield rename(pending)
         except (asyncio.TimeoutError, httpx.TimeoutException):
-            yield _error_event(_timeout(pool, "keep streaming"))
+            yield _error_event(pool, _timeout(pool, "keep streaming"))
         except httpx.HTTPError as exc:
             pool.mark_failed(url, exc)
-            yield _error_event(UpstreamError(f"Upstream '{pool.name}' broke off the stream: {exc}",
+            yield _error_event(pool, UpstreamError(f"Upstream '{pool.name}' broke off the stream: {exc}",
                                              code="upstream_disconnected"))
         finally:  # also runs when the client disconnects: closing cancels the upstream request
             await response.aclose()
@@ -205,6 +211,7 @@ def _model_renamer(upstream_model: str, model_id: str):
     return lambda data: pattern.sub(replacement, data)
 
 
-def _error_event(error: UpstreamError) -> bytes:
+def _error_event(pool: UpstreamPool, error: UpstreamError) -> bytes:
+    note_upstream_error(pool.name, error.code)
     logger.warning("%s", error.message)
     return f"data: {json.dumps(error_body(error))}\n\n".encode()

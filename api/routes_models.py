@@ -9,6 +9,7 @@ from api.deps import RegistryDep
 from api.errors import error_response
 from api.protocol import ModelActionRequest, ModelCard, ModelList, SetModelRequest
 from api.routes_web import chat_page, wants_html
+from backends.access import may_use
 from backends.catalog import GenerationDefaults, ModelEntry
 from backends.memory import cuda_allocated_bytes, process_rss_bytes
 from backends.registry import ModelRegistry
@@ -52,7 +53,8 @@ def _model_card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
 @router.get("/v1/models", response_model=ModelList)
 @router.get("/models", response_model=ModelList, include_in_schema=False)
 async def list_models(registry: RegistryDep) -> ModelList:
-    return ModelList(data=[_model_card(registry, entry) for entry in registry.catalog(refresh=True)])
+    entries = [entry for entry in registry.catalog(refresh=True) if may_use(entry.id, entry.aliases)]
+    return ModelList(data=[_model_card(registry, entry) for entry in entries])
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard)

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
+from backends.access import may_use
 from backends.base import Engine
 from backends.catalog import Catalog, GenerationDefaults, ModelEntry, default_hf_cache
 from backends.memory import estimate_memory_bytes, physical_memory_bytes
@@ -98,7 +99,7 @@ class ModelRegistry:
         """The catalog entry for a requested name (id, `.gguf` stem or alias); empty means the default."""
         wanted = name or self.default_model
         entry = self.catalog().find(wanted) or self.catalog(refresh=True).find(wanted)
-        if entry is None:
+        if entry is None or not may_use(entry.id, entry.aliases):  # a key limited to other models sees no more
             raise ModelNotFound(wanted)
         return entry
 
