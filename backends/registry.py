@@ -98,10 +98,18 @@ class ModelRegistry:
     def resolve(self, name: str | None) -> ModelEntry:
         """The catalog entry for a requested name (id, `.gguf` stem or alias); empty means the default."""
         wanted = name or self.default_model
-        entry = self.catalog().find(wanted) or self.catalog(refresh=True).find(wanted)
+        entry = self.catalog().find(wanted)
+        if entry is None or self._missing_from_disk(entry):  # the catalog may be stale: look again
+            entry = self.catalog(refresh=True).find(wanted)
         if entry is None or not may_use(entry.id, entry.aliases):  # a key limited to other models sees no more
             raise ModelNotFound(wanted)
+        if self._missing_from_disk(entry):
+            raise ModelNotFound(wanted)
         return entry
+
+    def _missing_from_disk(self, entry: ModelEntry) -> bool:
+        """Its file is gone (and it is not loaded: a loaded model keeps serving from memory)."""
+        return entry.path is not None and entry.id not in self._loaded and not entry.path.exists()
 
     # ---------------------------------------------------------------- state
 
