@@ -155,7 +155,7 @@ async def server_status(request: Request):
 async def health(request: Request) -> JSONResponse:
     """200 when a model is ready to serve, 503 while starting or loading (never blocks)."""
     status = _status(request)
-    if status["status"] == "ready":
+    if status["status"] in ("ready", "empty"):  # empty: every model was unloaded; the next request loads one
         return JSONResponse({"status": "ok", "model": status["model"]})
     if status["status"] == "loading":
         return error_response(ModelLoading("The model is loading; retry shortly."))
