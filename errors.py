@@ -109,6 +109,13 @@ class PayloadTooLarge(ServerError):
     code = "request_too_large"
 
 
+class GenerationTimeout(ServerError):
+    """A request ran past --request-timeout; its generation was stopped."""
+
+    status_code = 504
+    code = "request_timeout"
+
+
 class RequestTimeout(ServerError):
     status_code = 408
     error_type = "invalid_request_error"

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     body_timeout: float = Field(30.0, gt=0, description="Seconds a client may take to send its request body (408).")
     max_tokens_limit: int = Field(0, ge=0, description="Cap on a request's max_tokens; 0 = the model's context.")
     max_messages: int = Field(4096, ge=1, description="Most messages one chat request may carry.")
+    request_timeout: float = Field(
+        0, ge=0, description="Longest a chat generation may run, in seconds (then 504, or an error event in a "
+        "stream); 0 = no limit."
+    )
     shutdown_grace: float = Field(
         30.0, ge=0, description="On SIGTERM, seconds requests in flight may take to finish before the server stops."
     )

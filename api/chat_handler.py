@@ -14,7 +14,7 @@ from sse_starlette import EventSourceResponse
 
 from api.chat_request import check_request_limits, log_unknown_fields, prepare_chat
 from api.chat_response import ChoiceAccumulator, ChoiceOutput, ChunkBuilder, CompletionIdentity, whole_completion
-from api.choice_streams import merge_choices, wait_for_disconnect
+from api.choice_streams import merge_choices, wait_for_disconnect, with_deadline
 from api.errors import error_body
 from api.observability import note_model, observe
 from api.proxy import client_body, relay
@@ -46,6 +46,8 @@ async def handle_chat_completion(body: ChatCompletionRequest, request: Request, 
         chunks = observe(
             merge_choices([model.engine.generate(r) for r in prepared.requests]), model.model_id, model.engine.engine_kind
         )
+        if settings.request_timeout:
+            chunks = with_deadline(chunks, settings.request_timeout)
         if body.stream:
             response = await _start_stream(body, identity, outputs, chunks, resources)
             handed_to_stream = True

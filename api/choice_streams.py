@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from backends.base import GenerationChunk
+from errors import GenerationTimeout
 
 _DONE = object()
 
@@ -54,3 +55,22 @@ async def wait_for_disconnect(receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def with_deadline(chunks: AsyncIterator, seconds: float) -> AsyncIterator:
+    """Pass chunks through until `seconds` after the start; then stop the generation and raise a 504."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    try:
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                item = await asyncio.wait_for(anext(chunks), max(remaining, 0.001))
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                raise GenerationTimeout(
+                    f"The request took longer than this server's limit of {seconds:g} s (--request-timeout)."
+                ) from None
+            yield item
+    finally:
+        await chunks.aclose()

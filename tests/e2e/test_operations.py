@@ -185,3 +185,21 @@ def test_sigterm_lets_the_stream_in_flight_finish(tmp_path):
             httpx.get(f"{server.base_url}/health", timeout=2)
     finally:
         server.stop()
+
+
+def test_request_timeout_stops_a_long_generation(tmp_path):
+    with running_server("--parallel", "1", "--n-ctx", "2048", "--request-timeout", "1",
+                        log_dir=tmp_path) as server:
+        body = {"messages": ASK, "max_tokens": 1000, "logit_bias": GEMMA_END_TOKENS}
+        started = time.monotonic()
+        response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
+        assert response.status_code == 504 and response.json()["error"]["code"] == "request_timeout"
+        assert time.monotonic() - started < 5
+        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json={**body, "stream": True},
+                          timeout=60) as stream:
+            events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: {")]
+        assert events[-1]["error"]["code"] == "request_timeout"
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{server.base_url}/").json()["active_sequences"]:  # the generation was stopped
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
