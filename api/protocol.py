@@ -137,6 +137,43 @@ class RestoreCacheResponse(BaseModel):
     seconds: float
 
 
+class CompletionRequest(WireModel):
+    """Legacy text completions (`/v1/completions`): the prompt is used as is, no chat template."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    model: str | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = 16  # OpenAI's default for this endpoint
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    n: Annotated[int, Field(ge=1, le=16)] | None = None
+    best_of: Annotated[int, Field(ge=1, le=16)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    echo: bool | None = None
+    stop: str | Annotated[list[str], Field(max_length=16)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    seed: int | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    suffix: str | None = None
+    user: str | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    repeat_penalty: Annotated[float, Field(ge=0.0)] | None = None
+    grammar: str | None = None
+
+
+class TokenizeRequest(WireModel):
+    content: str
+    model: str | None = None
+
+
+class DetokenizeRequest(WireModel):
+    tokens: list[int]
+    model: str | None = None
+
+
 class SetModelRequest(WireModel):
     modelName: str  # noqa: N815 - the customer's existing contract spells it this way
     wait: bool = True  # false: answer 202 at once; the model's status shows the load's progress

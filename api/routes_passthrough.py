@@ -1,40 +1,84 @@
-"""`/v1/completions` and `/v1/embeddings`: relayed to the upstream for remote models. Local engines do not
-serve them yet (501)."""
+"""`/v1/completions` (local engines and remote), `/v1/embeddings` (remote only for now), `/tokenize` and
+`/detokenize` (llama-server's shape)."""
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
+from pydantic import ValidationError
 
+from api.completions import handle_completion
 from api.deps import RegistryDep
+from api.observability import note_model
+from api.protocol import CompletionRequest, DetokenizeRequest, TokenizeRequest
 from api.proxy import relay
 from backends.registry import ModelRegistry
 from errors import InvalidRequest, NotSupported
 
-router = APIRouter(tags=["passthrough"])
+router = APIRouter(tags=["completions"])
 
 
-async def _relay_for_remote(path: str, body: Any, request: Request, registry: ModelRegistry) -> Response:
+def _model_name(body: Any) -> str | None:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    model_name = body.get("model")
-    if not isinstance(model_name, str) or not model_name:
-        raise InvalidRequest("'model' is required.", param="model")
-    async with registry.lease(model_name) as model:
-        if not model.engine.relays_requests:
-            raise NotSupported(f"/v1/{path} is not available for local models yet; use /v1/chat/completions.")
-        return await relay(model.engine, model.model_id, path, body, request)
+    name = body.get("model")
+    if name is not None and not isinstance(name, str):
+        raise InvalidRequest("'model' must be a string.", param="model")
+    return name
+
+
+def _validated(model_type, body: dict):
+    try:
+        return model_type.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        param = ".".join(str(part) for part in error["loc"]) or None
+        raise InvalidRequest(f"Invalid value for '{param}': {error['msg']}.", param=param) from None
 
 
 @router.post("/v1/completions")
 @router.post("/completions", include_in_schema=False)
 async def completions(request: Request, registry: RegistryDep, body: Any = Body(...)) -> Response:
-    return await _relay_for_remote("completions", body, request, registry)
+    name = _model_name(body)
+    resources = AsyncExitStack()
+    handed_over = False
+    try:
+        model = await resources.enter_async_context(registry.lease(name))
+        if model.engine.relays_requests:
+            note_model(model.model_id, model.engine.engine_kind)
+            return await relay(model.engine, model.model_id, "completions", body, request)
+        response = await handle_completion(_validated(CompletionRequest, body), model, registry, resources)
+        handed_over = bool(body.get("stream"))
+        return response
+    finally:
+        if not handed_over:
+            await resources.aclose()
 
 
 @router.post("/v1/embeddings")
 @router.post("/embeddings", include_in_schema=False)
 async def embeddings(request: Request, registry: RegistryDep, body: Any = Body(...)) -> Response:
-    return await _relay_for_remote("embeddings", body, request, registry)
+    async with registry.lease(_model_name(body)) as model:
+        if not model.engine.relays_requests:
+            raise NotSupported("/v1/embeddings is not available for local models yet.")
+        return await relay(model.engine, model.model_id, "embeddings", body, request)
+
+
+async def _engine_for(registry: ModelRegistry, name: str | None):
+    model = await registry.ensure_loaded(name)
+    if model.engine.relays_requests:
+        raise NotSupported("Tokenizing is only available for local models.")
+    return model.engine
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, registry: RegistryDep) -> dict:
+    return {"tokens": (await _engine_for(registry, body.model)).tokenize(body.content)}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, registry: RegistryDep) -> dict:
+    return {"content": (await _engine_for(registry, body.model)).detokenize(body.tokens)}

@@ -155,6 +155,13 @@ class Engine(ABC):
         cannot start. Closing the iterator early cancels the generation and frees its resources.
         """
 
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` as a prompt (special-token text parsed, BOS as the model wants)."""
+        raise NotSupported(f"The {self.engine_kind} engine does not tokenize here.")
+
+    def detokenize(self, tokens: list[int]) -> str:
+        raise NotSupported(f"The {self.engine_kind} engine does not detokenize here.")
+
     def active_sequences(self) -> int:
         """Sequences generating right now (for status pages)."""
         return 0

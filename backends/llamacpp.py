@@ -119,6 +119,17 @@ class LlamaCppEngine(Engine):
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenize(text))
 
+    def tokenize(self, text: str) -> list[int]:
+        return self.model.tokenize(text)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        self._check_ids(tokens)
+        return b"".join(self.model.piece(token) for token in tokens).decode("utf-8", errors="replace")
+
+    def _check_ids(self, tokens: list[int]) -> None:
+        if any(not 0 <= token < self.model.n_vocab for token in tokens):
+            raise InvalidRequest(f"Token ids must be in 0..{self.model.n_vocab - 1} for this model.", param="tokens")
+
     async def _stored_prefix(self, prompt_tokens: list[int], max_length: int) -> CachedPrefix | None:
         """A longer prefix than any slot holds, from the disk cache (read off the event loop)."""
         if self.prompt_cache is None:

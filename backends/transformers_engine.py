@@ -18,6 +18,7 @@ from backends.hf_grammar import GrammarCompiler, GrammarConstraint
 from backends.hf_loading import free_checkpoint, load_checkpoint
 from backends.hf_scheduler import BatchScheduler, HFJob
 from chat.templates import resolve_template_source
+from errors import InvalidRequest
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -83,8 +84,22 @@ class TransformersEngine(Engine):
         return len(self._tokenize(text))
 
     def _tokenize(self, text: str) -> list[int]:
-        # The rendered chat template already holds BOS and the other special tokens as text.
-        return self.checkpoint.tokenizer(text, add_special_tokens=False)["input_ids"]
+        # Special-token text (a chat template's BOS included) is parsed; a BOS the tokenizer normally adds is
+        # added only when the text did not bring one, as llama.cpp does.
+        tokenizer = self.checkpoint.tokenizer
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos = tokenizer.bos_token_id
+        if getattr(tokenizer, "add_bos_token", False) and bos is not None and ids[:1] != [bos]:
+            ids.insert(0, bos)
+        return ids
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._tokenize(text)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        if any(not 0 <= token < self.vocab_size for token in tokens):
+            raise InvalidRequest(f"Token ids must be in 0..{self.vocab_size - 1} for this model.", param="tokens")
+        return self.checkpoint.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def _special_ids_among(self, texts: tuple[str, ...]) -> frozenset[int]:
         tokenizer = self.checkpoint.tokenizer

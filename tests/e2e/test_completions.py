@@ -1,0 +1,67 @@
+"""Legacy text completions and tokenize/detokenize on the llama.cpp engine (real server, real model)."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.e2e.conftest import GEMMA_END_TOKENS
+
+MODEL = "gemma-3-270m-q4_k_m.gguf"
+
+
+@pytest.fixture(scope="module")
+def loose_client(server) -> openai.OpenAI:
+    # The SDK's Completion type requires a non-null finish_reason even in stream chunks, which no server (nor
+    # OpenAI's own API) sends before the last one: streamed completions are read without strict validation.
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x")
+
+
+def test_completion_with_logprobs(client):
+    response = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6, temperature=0,
+                                         logprobs=2, logit_bias=GEMMA_END_TOKENS)
+    choice = response.choices[0]
+    assert response.object == "text_completion" and choice.finish_reason == "length"
+    assert response.usage.completion_tokens == 6
+    assert "".join(choice.logprobs.tokens) == choice.text
+    assert all(len(top) == 2 for top in choice.logprobs.top_logprobs)
+    assert choice.logprobs.text_offset[0] == 0
+
+
+def test_batch_prompts_with_n_and_echo(client):
+    response = client.completions.create(model=MODEL, prompt=["One", "Two"], max_tokens=3, n=2, echo=True, seed=3,
+                                         logit_bias=GEMMA_END_TOKENS)
+    assert [c.index for c in response.choices] == [0, 1, 2, 3]
+    assert [c.text[:3] for c in response.choices] == ["One", "One", "Two", "Two"]
+    assert response.usage.completion_tokens == 12
+
+
+def test_stream_equals_the_whole_completion(client, loose_client):
+    kwargs = dict(model=MODEL, prompt="Once upon a time", max_tokens=8, temperature=0, logit_bias=GEMMA_END_TOKENS)
+    client.completions.create(**kwargs)  # warm the prefix cache so both runs below share a regime
+    whole = client.completions.create(**kwargs).choices[0].text
+    chunks = list(loose_client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole
+    assert chunks[-1].usage.completion_tokens == 8
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+def test_token_array_prompts_and_tokenize_round_trip(client, http):
+    tokens = http.post("/tokenize", json={"content": "Hello world"}).json()["tokens"]
+    assert http.post("/detokenize", json={"tokens": tokens}).json()["content"] == "Hello world"
+    from_text = client.completions.create(model=MODEL, prompt="Hello world", max_tokens=4, temperature=0)
+    from_tokens = client.completions.create(model=MODEL, prompt=tokens, max_tokens=4, temperature=0)
+    assert from_tokens.choices[0].text == from_text.choices[0].text
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"prompt": "x", "suffix": "y"}, "suffix"),
+    ({"prompt": "x", "best_of": 3}, "best_of"),
+    ({"prompt": "x", "echo": True, "logprobs": 1}, "echo"),
+    ({"prompt": "x", "logprobs": 9}, "logprobs"),
+    ({"prompt": [], "max_tokens": 2}, "prompt"),
+    ({"prompt": [10**9]}, "tokens"),
+])
+def test_unsupported_or_bad_fields_are_400(http, body, param):
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == param
