@@ -45,6 +45,10 @@ def _engine_factory(remote: RemoteDirectory):
 def _create_local_engine(entry: ModelEntry, settings: Settings) -> Engine:
     """Runs in a worker thread. Engines import their heavy libraries (llama.cpp, torch) on first use."""
     if entry.engine == "transformers":
+        from backends.hf_embeddings import TransformersEmbeddingEngine, is_embedding_model
+
+        if entry.path is not None and entry.path.is_dir() and is_embedding_model(entry.path):
+            return TransformersEmbeddingEngine(entry, settings)
         from backends.transformers_engine import TransformersEngine
 
         return TransformersEngine(entry, settings)

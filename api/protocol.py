@@ -164,6 +164,15 @@ class CompletionRequest(WireModel):
     grammar: str | None = None
 
 
+class EmbeddingRequest(WireModel):
+    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)] | list[int] | \
+        Annotated[list[list[int]], Field(min_length=1, max_length=2048)]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    user: str | None = None
+
+
 class TokenizeRequest(WireModel):
     content: str
     model: str | None = None

@@ -1,19 +1,21 @@
-"""`/v1/completions` (local engines and remote), `/v1/embeddings` (remote only for now), `/tokenize` and
-`/detokenize` (llama-server's shape)."""
+"""`/v1/completions` (local engines and remote), `/v1/embeddings` (embedding models of the transformers engine,
+and remote), `/tokenize` and `/detokenize` (llama-server's shape)."""
 
 from __future__ import annotations
 
+import base64
+import struct
 from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import APIRouter, Body, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from api.completions import handle_completion
 from api.deps import RegistryDep
 from api.observability import note_model
-from api.protocol import CompletionRequest, DetokenizeRequest, TokenizeRequest
+from api.protocol import CompletionRequest, DetokenizeRequest, EmbeddingRequest, TokenizeRequest
 from api.proxy import relay
 from backends.registry import ModelRegistry
 from errors import InvalidRequest, NotSupported
@@ -62,9 +64,31 @@ async def completions(request: Request, registry: RegistryDep, body: Any = Body(
 @router.post("/embeddings", include_in_schema=False)
 async def embeddings(request: Request, registry: RegistryDep, body: Any = Body(...)) -> Response:
     async with registry.lease(_model_name(body)) as model:
-        if not model.engine.relays_requests:
-            raise NotSupported("/v1/embeddings is not available for local models yet.")
-        return await relay(model.engine, model.model_id, "embeddings", body, request)
+        if model.engine.relays_requests:
+            note_model(model.model_id, model.engine.engine_kind)
+            return await relay(model.engine, model.model_id, "embeddings", body, request)
+        return await _embed_locally(_validated(EmbeddingRequest, body), model)
+
+
+async def _embed_locally(body: EmbeddingRequest, model) -> Response:
+    inputs = body.input
+    if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
+        inputs = [inputs]
+    if any(not item for item in inputs):
+        raise InvalidRequest("Inputs must not be empty.", param="input")
+    native = getattr(model.engine, "dimensions", None)
+    if body.dimensions is not None and body.dimensions != native:
+        raise InvalidRequest(f"This model's embeddings have {native} dimensions and cannot be shortened.",
+                             param="dimensions")
+    result = await model.engine.embed(inputs)
+    as_base64 = body.encoding_format == "base64"
+    data = [
+        {"object": "embedding", "index": index,
+         "embedding": base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if as_base64 else vector}
+        for index, vector in enumerate(result.vectors)
+    ]
+    usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
+    return JSONResponse({"object": "list", "data": data, "model": model.model_id, "usage": usage})
 
 
 async def _engine_for(registry: ModelRegistry, name: str | None):

@@ -155,6 +155,10 @@ class Engine(ABC):
         cannot start. Closing the iterator early cancels the generation and frees its resources.
         """
 
+    async def embed(self, inputs: list[str] | list[list[int]]):
+        """Embedding vectors for the inputs (an object with `vectors` and `prompt_tokens`)."""
+        raise NotSupported(f"This {self.engine_kind} model does not serve embeddings.")
+
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text` as a prompt (special-token text parsed, BOS as the model wants)."""
         raise NotSupported(f"The {self.engine_kind} engine does not tokenize here.")

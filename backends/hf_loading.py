@@ -106,12 +106,16 @@ def load_checkpoint(entry: ModelEntry, trust_remote_code: bool) -> LoadedCheckpo
 
 def free_checkpoint(checkpoint: LoadedCheckpoint) -> None:
     """Drop the weights for real: release references, collect, and hand cached CUDA blocks back."""
+    checkpoint.model = None
+    checkpoint.tokenizer = None
+    release_torch_memory()
+
+
+def release_torch_memory() -> None:
     import gc
 
     import torch
 
-    checkpoint.model = None
-    checkpoint.tokenizer = None
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -1,0 +1,145 @@
+"""Embedding models on the transformers engine (BERT-style encoders such as all-MiniLM-L6-v2).
+
+A Hugging Face folder whose model is not a causal LM (or that carries sentence-transformers' `modules.json`) is
+served for `/v1/embeddings` only. Pooling follows the folder's sentence-transformers config (mean by default,
+CLS when it says so) and vectors are L2-normalised when its modules include `Normalize`. Inputs are embedded in
+batches on a worker thread, one batch at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends.base import ChatTemplateInfo, Engine, EngineCapabilities, GenerationRequest
+from backends.catalog import ModelEntry
+from backends.hf_loading import pick_device, pick_dtype, release_torch_memory
+from errors import InvalidRequest, ModelNotFound
+from settings import Settings
+
+BATCH = 32
+
+
+def is_embedding_model(folder: Path) -> bool:
+    if (folder / "modules.json").is_file():
+        return True
+    try:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return False
+    return bool(architectures) and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+
+
+@dataclass
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class TransformersEmbeddingEngine(Engine):
+    engine_kind = "transformers"
+    capabilities = EngineCapabilities(streaming=False, logprobs=False, logit_bias=False, seed=False)
+
+    def __init__(self, entry: ModelEntry, settings: Settings) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        if entry.path is None or not (entry.path / "config.json").is_file():
+            raise ModelNotFound(entry.id)
+        self.entry = entry
+        folder = entry.path
+        device = pick_device(entry.hf)
+        common = {"local_files_only": True, "trust_remote_code": settings.trust_remote_code}
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, **common)
+        self.model = AutoModel.from_pretrained(folder, dtype=pick_dtype(entry.hf, device), **common).to(device).eval()
+        self.device = device
+        self.pooling, self.normalize = _pooling_config(folder)
+        self.dimensions = self.model.config.hidden_size
+        limit = getattr(self.tokenizer, "model_max_length", 512) or 512
+        self._context_length = min(limit, getattr(self.model.config, "max_position_embeddings", limit))
+        self._lock = threading.Lock()
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    @property
+    def chat_template(self) -> ChatTemplateInfo:
+        return ChatTemplateInfo(source="", origin="embedding model")
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text)["input_ids"]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    async def generate(self, request: GenerationRequest):
+        raise InvalidRequest(f"'{self.entry.id}' is an embedding model: use /v1/embeddings.", param="model")
+        yield  # pragma: no cover - an async generator like the other engines
+
+    async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
+        return await asyncio.to_thread(self._embed_blocking, inputs)
+
+    def _embed_blocking(self, inputs: list[str] | list[list[int]]) -> Embeddings:
+        import torch
+
+        vectors: list[list[float]] = []
+        tokens = 0
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(inputs), BATCH):
+                batch = inputs[start : start + BATCH]
+                if isinstance(batch[0], str):
+                    encoded = self.tokenizer(batch, padding=True, truncation=False, return_tensors="pt")
+                else:
+                    encoded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt")
+                lengths = encoded["attention_mask"].sum(dim=1)
+                if int(lengths.max()) > self._context_length:
+                    raise InvalidRequest(
+                        f"An input has {int(lengths.max())} tokens; this model embeds at most {self._context_length}.",
+                        param="input",
+                    )
+                tokens += int(lengths.sum())
+                encoded = {k: v.to(self.device) for k, v in encoded.items()}
+                hidden = self.model(**encoded).last_hidden_state.float()
+                if self.pooling == "cls":
+                    pooled = hidden[:, 0]
+                else:
+                    mask = encoded["attention_mask"].unsqueeze(-1).float()
+                    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+                if self.normalize:
+                    pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                vectors.extend(pooled.cpu().tolist())
+        return Embeddings(vectors, tokens)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._free)
+
+    def _free(self) -> None:
+        with self._lock:
+            self.model = self.tokenizer = None
+            release_torch_memory()
+
+
+def _pooling_config(folder: Path) -> tuple[str, bool]:
+    pooling, normalize = "mean", False
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+    except (OSError, ValueError):
+        return pooling, normalize
+    for module in modules:
+        kind = module.get("type", "")
+        if kind.endswith("Normalize"):
+            normalize = True
+        if kind.endswith("Pooling"):
+            try:
+                config = json.loads((folder / module.get("path", "") / "config.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if config.get("pooling_mode_cls_token"):
+                pooling = "cls"
+    return pooling, normalize
