@@ -106,6 +106,13 @@ class EngineCapabilities:
     grammar: bool = False
 
 
+# What the local generative engines (llama.cpp, transformers) both honour.
+GENERATIVE_CAPABILITIES = EngineCapabilities(
+    streaming=True, logprobs=True, max_top_logprobs=20, tools=True, parallel_tool_calls=True, json_schema=True,
+    grammar=True,
+)
+
+
 @dataclass(frozen=True)
 class ChatTemplateInfo:
     """What chat rendering needs from a model: its template source and special token texts."""

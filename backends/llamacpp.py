@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from backends.base import (
     ChatTemplateInfo,
     Engine,
-    EngineCapabilities,
+    GENERATIVE_CAPABILITIES,
     GenerationChunk,
     GenerationFinished,
     GenerationRequest,
@@ -35,10 +35,7 @@ logger = logging.getLogger(__name__)
 
 class LlamaCppEngine(Engine):
     engine_kind = "llama.cpp"
-    capabilities = EngineCapabilities(
-        streaming=True, logprobs=True, max_top_logprobs=20, tools=True, parallel_tool_calls=True, json_schema=True,
-        grammar=True,
-    )
+    capabilities = GENERATIVE_CAPABILITIES
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         """`settings` are the server's with the catalog entry's overrides applied (registry.engine_settings)."""

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from backends.base import ChatTemplateInfo, Engine, EngineCapabilities, GenerationChunk, GenerationRequest
+from backends.base import GENERATIVE_CAPABILITIES, ChatTemplateInfo, Engine, GenerationChunk, GenerationRequest
 from backends.catalog import ModelEntry
 from backends.engine_support import check_logit_bias, completion_budget, relay_from_thread
 from backends.hf_grammar import GrammarCompiler, GrammarConstraint
@@ -26,10 +26,7 @@ logger = logging.getLogger(__name__)
 
 class TransformersEngine(Engine):
     engine_kind = "transformers"
-    capabilities = EngineCapabilities(
-        streaming=True, logprobs=True, max_top_logprobs=20, tools=True, parallel_tool_calls=True, json_schema=True,
-        grammar=True,
-    )
+    capabilities = GENERATIVE_CAPABILITIES
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         self.entry = entry
