@@ -168,3 +168,12 @@ def test_gemma_gguf_through_transformers_matches_llama_cpp_greedy(client):
         return [entry.token for entry in response.choices[0].logprobs.content]
 
     assert first_tokens("gemma-via-transformers") == first_tokens("gemma-llama-cpp")
+
+
+def test_text_completion_and_tokenize_on_the_transformers_engine(hf_server, client):
+    response = client.completions.create(model=MODEL, prompt="The owl", max_tokens=5, temperature=0,
+                                         logit_bias={"4": -100})  # <|im_end|>: force full length
+    assert response.usage.completion_tokens == 5 and response.choices[0].finish_reason == "length"
+    tokens = httpx.post(f"{hf_server.base_url}/tokenize", json={"model": MODEL, "content": "owls at night"}).json()
+    text = httpx.post(f"{hf_server.base_url}/detokenize", json={"model": MODEL, **tokens}).json()["content"]
+    assert text == "owls at night"
