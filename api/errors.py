@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.protocol import ErrorDetail, ErrorResponse
@@ -60,7 +61,9 @@ async def _handle_server_error(_: Request, exc: ServerError) -> JSONResponse:
     return error_response(exc)
 
 
-async def _handle_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def _handle_validation_error(_: Request, exc: RequestValidationError | ValidationError) -> JSONResponse:
+    # Also pydantic errors raised inside handlers (a body re-validated as another request type): still the
+    # client's input, so a 400, never a 500.
     errors = exc.errors()
     first = errors[0] if errors else {}
     code = "invalid_json" if first.get("type") == "json_invalid" else "invalid_value"
@@ -90,5 +93,6 @@ async def _handle_unexpected(_: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServerError, _handle_server_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_exception_handler(ValidationError, _handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(Exception, _handle_unexpected)

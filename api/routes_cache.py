@@ -21,7 +21,9 @@ async def restore_cache(body: RestoreCacheRequest, registry: RegistryDep) -> Res
     """Evaluate the prompt these messages and tools render to and keep its state in memory and on disk, so
     the next chat request continuing the conversation (even after a restart) starts at once."""
     started = time.perf_counter()
-    chat = ChatCompletionRequest.model_validate(body.model_dump(by_alias=True, exclude_none=True))
+    # Only the fields restore_cache defines: anything else the client added has no meaning here.
+    fields = set(RestoreCacheRequest.model_fields)
+    chat = ChatCompletionRequest.model_validate(body.model_dump(by_alias=True, exclude_none=True, include=fields))
     async with registry.lease(body.model) as model:
         prompt, conversation = render_for_cache(chat, model.renderer)
         warmed = await model.engine.warm_prompt(prompt, conversation)

@@ -123,3 +123,9 @@ def test_openai_client_raises_typed_errors(client):
     with pytest.raises(openai.BadRequestError) as too_long:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 5000}])
     assert too_long.value.code == "context_length_exceeded"
+
+
+def test_restore_cache_ignores_fields_it_does_not_define(http):
+    # Found by the fuzzer: an invalid chat-only field made the re-validation inside the handler a 500.
+    response = http.post("/restore_cache", json={"n": [], "messages": [{"role": "tool"}]})
+    assert response.status_code == 200 and response.json()["prompt_tokens"] > 0

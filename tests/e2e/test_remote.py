@@ -196,5 +196,7 @@ def test_completions_and_embeddings_pass_through(proxy):
     assert completion.status_code == 200 and completion.json()["model"] == "fake/echo"
     embedding = post(proxy, {"model": "fake/echo", "input": "Hi"}, "/v1/embeddings")
     assert embedding.status_code == 200 and embedding.json()["data"][0]["embedding"] == [0.1, 0.2]
-    local = post(proxy, {"model": "local-gemma", "prompt": "Hi"}, "/v1/completions")
-    assert local.status_code == 501 and local.json()["error"]["code"] == "not_implemented"
+    local = post(proxy, {"model": "local-gemma", "prompt": "Hi", "max_tokens": 2}, "/v1/completions")
+    assert local.status_code == 200 and local.json()["model"] == "local-gemma"  # served here, not relayed
+    local = post(proxy, {"model": "local-gemma", "input": "Hi"}, "/v1/embeddings")
+    assert local.status_code == 501 and local.json()["error"]["code"] == "not_implemented"  # a GGUF chat model
