@@ -43,9 +43,9 @@ def check_logit_bias(request: GenerationRequest, n_vocab: int) -> None:
 
 
 async def relay_from_thread(
-    start: Callable[[Emit], object], cancel: Callable[[object], None]
+    job, submit: Callable[[object], None], cancel: Callable[[object], None]
 ) -> AsyncIterator[GenerationChunk]:
-    """Start a job whose worker thread calls `emit`; yield its chunks until `GenerationFinished`.
+    """Give `job` an `emit` for its worker thread, `submit` it, and yield its chunks until `GenerationFinished`.
 
     Leaving early (client gone, error) cancels the job, so the worker stops at its next token."""
     loop = asyncio.get_running_loop()
@@ -57,7 +57,8 @@ async def relay_from_thread(
         except RuntimeError:  # the event loop is gone (shutdown): nobody is listening any more
             pass
 
-    job = start(emit)
+    job.emit = emit
+    submit(job)
     try:
         while True:
             item = await chunks.get()

@@ -154,18 +154,8 @@ class LlamaCppEngine(Engine):
             # The last prompt token is always evaluated (its logits pick the first completion token).
             cached_prefix=await self._stored_prefix(prompt_tokens, len(prompt_tokens) - 1),
         )
-        async for chunk in self._run(job):
+        async for chunk in relay_from_thread(job, self.scheduler.submit, self.scheduler.cancel):
             yield chunk
-
-    def _run(self, job: SequenceJob) -> AsyncIterator[GenerationChunk]:
-        """Submit a job to the scheduler thread and relay what it emits until it finishes."""
-
-        def start(emit):
-            job.emit = emit
-            self.scheduler.submit(job)
-            return job
-
-        return relay_from_thread(start, self.scheduler.cancel)
 
     async def warm_prompt(self, prompt: str, conversation: str) -> WarmedPrompt:
         if self.prompt_cache is None:
@@ -192,7 +182,7 @@ class LlamaCppEngine(Engine):
             cached_prefix=await self._stored_prefix(to_cache, len(to_cache)),
         )
         usage = None
-        async for chunk in self._run(job):
+        async for chunk in relay_from_thread(job, self.scheduler.submit, self.scheduler.cancel):
             if isinstance(chunk, GenerationFinished):
                 usage = chunk.usage
         if not await saved:

@@ -125,13 +125,7 @@ class TransformersEngine(Engine):
             constraint=constraint,
             shown_special_ids=self._special_ids_among(request.preserved_tokens),
         )
-
-        def start(emit):
-            job.emit = emit
-            self.scheduler.submit(job)
-            return job
-
-        async for chunk in relay_from_thread(start, self.scheduler.cancel):
+        async for chunk in relay_from_thread(job, self.scheduler.submit, self.scheduler.cancel):
             yield chunk
 
     def active_sequences(self) -> int:
