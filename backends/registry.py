@@ -224,17 +224,12 @@ class ModelRegistry:
         started = time.perf_counter()
         settings = engine_settings(entry, self.settings)
         try:
-            if entry.engine == "remote":  # nothing to load here: the proxy holds no weights
-                engine = self._engine_factory(entry, settings)
-                model = LoadedModel(entry, engine, ChatPromptRenderer(engine.chat_template), 0)
-                self._loaded[entry.id] = model
-                self._errors.pop(entry.id, None)
-                return model
-            estimate = await asyncio.to_thread(estimate_memory_bytes, entry, settings.n_ctx)
-            async with self._residency:
-                await self._make_room(entry, estimate)
-                self._reserved[entry.id] = estimate
-            logger.info("Loading model %s (about %.0f MiB)", entry.id, estimate / 2**20)
+            if entry.engine != "remote":  # a remote model holds no weights here: no room to make
+                estimate = await asyncio.to_thread(estimate_memory_bytes, entry, settings.n_ctx)
+                async with self._residency:
+                    await self._make_room(entry, estimate)
+                    self._reserved[entry.id] = estimate
+                logger.info("Loading model %s (about %.0f MiB)", entry.id, estimate / 2**20)
             engine = await asyncio.to_thread(self._engine_factory, entry, settings)
             try:
                 renderer = ChatPromptRenderer(engine.chat_template)
@@ -252,7 +247,8 @@ class ModelRegistry:
             raise ModelLoadFailed(f"Model '{entry.id}' failed to load: {exc}") from exc
         finally:
             self._loading.pop(entry.id, None)
-        model = LoadedModel(entry, engine, renderer, self._reserved.pop(entry.id), time.perf_counter() - started)
+            memory = self._reserved.pop(entry.id, 0)  # a failed load gives its reservation back too
+        model = LoadedModel(entry, engine, renderer, memory, time.perf_counter() - started)
         self._loaded[entry.id] = model
         self._errors.pop(entry.id, None)
         logger.info("Model %s ready in %.2f s (context %d tokens/sequence)", entry.id, model.load_seconds,

@@ -175,3 +175,17 @@ def test_unload_waits_for_in_flight_requests(tmp_path):
         assert registry.status("a.gguf") == ("available", None)
 
     asyncio.run(scenario())
+
+
+def test_a_failed_load_gives_its_memory_reservation_back(tmp_path):
+    registry = make_registry(tmp_path, max_loaded_models=1)
+    StandInEngine.fail = {"b.gguf"}
+
+    async def scenario():
+        with pytest.raises(ModelLoadFailed):
+            await registry.ensure_loaded("b")
+        assert registry.memory_in_use() == 0
+        await registry.ensure_loaded("a")  # the failed load does not hold the only slot
+        assert registry.status("a.gguf") == ("loaded", None)
+
+    asyncio.run(scenario())
