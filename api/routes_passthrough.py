@@ -10,7 +10,6 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 
 from api.completions import handle_completion
 from api.deps import RegistryDep
@@ -32,15 +31,6 @@ def _model_name(body: Any) -> str | None:
     return name
 
 
-def _validated(model_type, body: dict):
-    try:
-        return model_type.model_validate(body)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        param = ".".join(str(part) for part in error["loc"]) or None
-        raise InvalidRequest(f"Invalid value for '{param}': {error['msg']}.", param=param) from None
-
-
 @router.post("/v1/completions")
 @router.post("/completions", include_in_schema=False)
 async def completions(request: Request, registry: RegistryDep, body: Any = Body(...)) -> Response:
@@ -52,7 +42,8 @@ async def completions(request: Request, registry: RegistryDep, body: Any = Body(
         if model.engine.relays_requests:
             note_model(model.model_id, model.engine.engine_kind)
             return await relay(model.engine, model.model_id, "completions", body, request)
-        response = await handle_completion(_validated(CompletionRequest, body), model, registry, resources)
+        # A pydantic ValidationError here becomes the same 400 as FastAPI's own (api/errors.py).
+        response = await handle_completion(CompletionRequest.model_validate(body), model, registry, resources)
         handed_over = bool(body.get("stream"))
         return response
     finally:
@@ -67,7 +58,7 @@ async def embeddings(request: Request, registry: RegistryDep, body: Any = Body(.
         if model.engine.relays_requests:
             note_model(model.model_id, model.engine.engine_kind)
             return await relay(model.engine, model.model_id, "embeddings", body, request)
-        return await _embed_locally(_validated(EmbeddingRequest, body), model)
+        return await _embed_locally(EmbeddingRequest.model_validate(body), model)
 
 
 async def _embed_locally(body: EmbeddingRequest, model) -> Response:
