@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -14,14 +13,15 @@ from sse_starlette import EventSourceResponse
 
 from api.chat_request import check_request_limits, log_unknown_fields, prepare_chat
 from api.chat_response import ChoiceAccumulator, ChoiceOutput, ChunkBuilder, CompletionIdentity, whole_completion
-from api.choice_streams import merge_choices, wait_for_disconnect, with_deadline
+from api.choice_streams import consume_unless_disconnected, merge_choices, with_deadline
 from api.errors import error_body
 from api.observability import note_model, observe
 from api.proxy import client_body, relay
 from api.protocol import ChatCompletionRequest
-from backends.base import GenerationChunk, GenerationFinished, TokenDelta
-from backends.registry import ModelRegistry
+from backends.base import GenerationChunk, GenerationFinished, GenerationRequest, TokenDelta
+from backends.registry import LoadedModel, ModelRegistry
 from errors import EngineFailure, ServerError
+from settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +43,7 @@ async def handle_chat_completion(body: ChatCompletionRequest, request: Request, 
         prepared = prepare_chat(body, model.renderer, model.engine.capabilities, defaults)
         identity = CompletionIdentity(model=model.model_id)
         outputs = [ChoiceOutput(prepared.tool_plan, prepared.tool_call_format) for _ in prepared.requests]
-        chunks = observe(
-            merge_choices([model.engine.generate(r) for r in prepared.requests]), model.model_id, model.engine.engine_kind
-        )
-        if settings.request_timeout:
-            chunks = with_deadline(chunks, settings.request_timeout)
+        chunks = generation_chunks(model, prepared.requests, settings)
         if body.stream:
             response = await _start_stream(body, identity, outputs, chunks, resources)
             handed_to_stream = True
@@ -58,6 +54,12 @@ async def handle_chat_completion(body: ChatCompletionRequest, request: Request, 
             await resources.aclose()
 
 
+def generation_chunks(model: LoadedModel, requests: list[GenerationRequest], settings: Settings) -> ChoiceChunks:
+    """The choices' chunks, merged, observed for metrics and bounded by `--request-timeout`."""
+    chunks = observe(merge_choices([model.engine.generate(r) for r in requests]), model.model_id, model.engine.engine_kind)
+    return with_deadline(chunks, settings.request_timeout) if settings.request_timeout else chunks
+
+
 async def _whole_response(
     body: ChatCompletionRequest,
     identity: CompletionIdentity,
@@ -66,26 +68,9 @@ async def _whole_response(
     request: Request,
 ) -> Response:
     choices = [ChoiceAccumulator(output) for output in outputs]
-
-    async def collect() -> None:
-        async for index, chunk in chunks:
-            choices[index].add(chunk)
-
-    # A client that hangs up mid-generation must free its slot, not keep the engine busy for nobody.
-    collecting = asyncio.create_task(collect())
-    disconnected = asyncio.create_task(wait_for_disconnect(request.receive))
-    try:
-        await asyncio.wait({collecting, disconnected}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        disconnected.cancel()
-        if not collecting.done():
-            collecting.cancel()
-            await asyncio.gather(collecting, return_exceptions=True)
-            await chunks.aclose()
-    if collecting.cancelled():
+    if not await consume_unless_disconnected(chunks, lambda item: choices[item[0]].add(item[1]), request.receive):
         logger.info("Client disconnected; generation %s cancelled", identity.id)
         return Response(status_code=499)
-    collecting.result()  # re-raises an engine error as an HTTP error
     completion = whole_completion(identity, choices, want_logprobs=bool(body.logprobs))
     return JSONResponse(completion.model_dump())
 

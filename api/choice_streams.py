@@ -49,6 +49,30 @@ async def merge_choices(streams: list[AsyncIterator[GenerationChunk]]) -> AsyncI
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def consume_unless_disconnected(chunks: AsyncIterator, consume, receive) -> bool:
+    """Feed every chunk to `consume`. A client that hangs up first cancels the generation (its slot is freed
+    for others) and the answer is False. An engine error is raised."""
+
+    async def collect() -> None:
+        async for chunk in chunks:
+            consume(chunk)
+
+    collecting = asyncio.create_task(collect())
+    disconnected = asyncio.create_task(wait_for_disconnect(receive))
+    try:
+        await asyncio.wait({collecting, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnected.cancel()
+        if not collecting.done():
+            collecting.cancel()
+            await asyncio.gather(collecting, return_exceptions=True)
+            await chunks.aclose()
+    if collecting.cancelled():
+        return False
+    collecting.result()
+    return True
+
+
 async def wait_for_disconnect(receive) -> None:
     """Return when the ASGI client disconnects (the request body has already been read)."""
     while True:

@@ -97,6 +97,16 @@ def test_stream_equals_calling_the_upstream_directly(server, proxy):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == direct_text
 
 
+def test_responses_are_relayed_whole_and_streamed(server, proxy):
+    kwargs = dict(input="Tell me about owls.", max_output_tokens=12, temperature=0)
+    direct = client_for(f"{server.base_url}/v1").responses.create(model="gemma-3-270m-q4_k_m.gguf", **kwargs)
+    relayed = client_for(f"{proxy.base_url}/v1").responses.create(model=OURS, **kwargs)
+    assert relayed.model == OURS and relayed.output_text == direct.output_text
+    events = list(client_for(f"{proxy.base_url}/v1").responses.create(model=OURS, stream=True, **kwargs))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == direct.output_text
+    assert events[-1].response.model == OURS
+
+
 def test_tools_pass_through(proxy):
     response = client_for(f"{proxy.base_url}/v1").chat.completions.create(
         model=OURS, messages=ASK, max_tokens=80, temperature=0, parallel_tool_calls=False,

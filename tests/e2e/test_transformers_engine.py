@@ -177,3 +177,15 @@ def test_text_completion_and_tokenize_on_the_transformers_engine(hf_server, clie
     tokens = httpx.post(f"{hf_server.base_url}/tokenize", json={"model": MODEL, "content": "owls at night"}).json()
     text = httpx.post(f"{hf_server.base_url}/detokenize", json={"model": MODEL, **tokens}).json()["content"]
     assert text == "owls at night"
+
+
+def test_responses_api_on_the_transformers_engine(client):
+    whole = client.responses.create(model=MODEL, input="Tell me about owls.", max_output_tokens=12, temperature=0)
+    assert whole.output_text == greedy(client).choices[0].message.content
+    with client.responses.stream(model=MODEL, input="Tell me about owls.", max_output_tokens=150,
+                                 tools=[{"type": "function", "name": "get_weather", "parameters": WEATHER}],
+                                 tool_choice="required", parallel_tool_calls=False) as stream:
+        final = stream.get_final_response()
+    (call,) = final.output
+    assert call.type == "function_call" and call.name == "get_weather"
+    jsonschema.validate(json.loads(call.arguments), WEATHER)

@@ -1,0 +1,206 @@
+"""Turns a Responses API request into the chat completion request the engines already serve.
+
+One path for both APIs means the same chat template, tool-call grammar, JSON-schema grammar, sampling and
+prompt cache. Every Responses field is mapped, or refused with a 400 that names it: this server keeps no
+state, so `previous_response_id`, `conversation`, `background` and item references cannot be honoured.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from api.protocol import ChatCompletionRequest
+from api.responses_protocol import ResponsesRequest
+from errors import InvalidRequest
+
+logger = logging.getLogger(__name__)
+
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+_TEXT_PARTS = {"input_text", "output_text", "text"}
+
+
+def check_response_limits(body: ResponsesRequest, max_tokens_limit: int, max_messages: int) -> None:
+    """The operator's per-request caps (`--max-tokens-limit`, `--max-messages`), before any model is touched."""
+    if max_tokens_limit and body.max_output_tokens is not None and body.max_output_tokens > max_tokens_limit:
+        raise InvalidRequest(f"max_output_tokens may be at most {max_tokens_limit} on this server.",
+                             param="max_output_tokens")
+    if isinstance(body.input, list) and len(body.input) > max_messages:
+        raise InvalidRequest(f"At most {max_messages} input items per request on this server.", param="input")
+
+
+def _refuse_stateful(body: ResponsesRequest) -> None:
+    stateless = "this server does not store responses or conversations; send the whole conversation in 'input'."
+    if body.previous_response_id:
+        raise InvalidRequest(f"'previous_response_id' is not supported: {stateless}", param="previous_response_id")
+    if body.conversation:
+        raise InvalidRequest(f"'conversation' is not supported: {stateless}", param="conversation")
+    if body.background:
+        raise InvalidRequest("'background' responses are not supported: this server keeps no responses.",
+                             param="background")
+    if body.truncation == "auto":
+        raise InvalidRequest("truncation 'auto' is not supported: a conversation longer than the context is a 400.",
+                             param="truncation")
+    if body.store:
+        logger.info("Request asked for store=true; this server keeps no responses (the answer says store: false)")
+    if body.reasoning:
+        logger.warning("Ignoring 'reasoning' %s: the models served here have no reasoning settings", body.reasoning)
+
+
+def _part_text(part: Any, param: str) -> str:
+    if not isinstance(part, dict) or part.get("type") not in _TEXT_PARTS:
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        raise InvalidRequest(f"Content parts of type '{kind}' are not supported by this model; only text parts are.",
+                             param=f"{param}.type")
+    text = part.get("text")
+    if not isinstance(text, str):
+        raise InvalidRequest("A text content part needs a string 'text'.", param=f"{param}.text")
+    return text
+
+
+def _content_text(content: Any, param: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidRequest("'content' must be a string or a list of content parts.", param=param)
+    return "".join(_part_text(part, f"{param}[{index}]") for index, part in enumerate(content))
+
+
+def _required_string(item: dict, key: str, param: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{key}' must be a string.", param=f"{param}.{key}")
+    return value
+
+
+def _chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Input items -> chat messages. Consecutive function_call items become one assistant message's tool_calls."""
+    messages: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        param = f"input[{index}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest("Each input item must be an object.", param=param)
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise InvalidRequest(f"Input messages with role '{role}' are not supported.", param=f"{param}.role")
+            messages.append({"role": role, "content": _content_text(item.get("content"), f"{param}.content")})
+        elif kind == "function_call":
+            call = {"id": _required_string(item, "call_id", param), "type": "function",
+                    "function": {"name": _required_string(item, "name", param),
+                                 "arguments": _required_string(item, "arguments", param)}}
+            last = messages[-1] if messages else None
+            if last and last["role"] == "assistant":  # the same assistant turn: its text, then its calls
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            text = output if isinstance(output, str) else _content_text(output, f"{param}.output")
+            messages.append({"role": "tool", "tool_call_id": _required_string(item, "call_id", param), "content": text})
+        elif kind == "reasoning":
+            logger.warning("Ignoring a 'reasoning' input item: the models served here take no reasoning items")
+        else:
+            reason = "this server stores no items" if kind == "item_reference" else "not supported by this server"
+            raise InvalidRequest(f"Input items of type '{kind}' are {reason}.", param=f"{param}.type")
+    if not messages:
+        raise InvalidRequest("'input' must contain at least one message.", param="input")
+    return messages
+
+
+def _chat_tools(body: ResponsesRequest) -> list[dict[str, Any]] | None:
+    if body.tools is None:
+        return None
+    tools = []
+    for index, tool in enumerate(body.tools):
+        if tool.type != "function":
+            raise InvalidRequest(f"Tools of type '{tool.type}' are not supported; only 'function' tools are.",
+                                 param=f"tools[{index}].type")
+        if not tool.name:
+            raise InvalidRequest("A function tool needs a 'name'.", param=f"tools[{index}].name")
+        function = {"name": tool.name, "description": tool.description, "parameters": tool.parameters,
+                    "strict": tool.strict}
+        tools.append({"type": "function", "function": {k: v for k, v in function.items() if v is not None}})
+    return tools
+
+
+def _chat_tool_choice(body: ResponsesRequest) -> Any:
+    choice = body.tool_choice
+    if choice is None or isinstance(choice, str):
+        return choice
+    if choice.type != "function" or not choice.name:
+        raise InvalidRequest(f"tool_choice of type '{choice.type}' is not supported; use 'none', 'auto', "
+                             "'required' or {'type': 'function', 'name': ...}.", param="tool_choice")
+    return {"type": "function", "function": {"name": choice.name}}
+
+
+def _chat_response_format(body: ResponsesRequest) -> dict[str, Any] | None:
+    text_format = body.text.format if body.text else None
+    if text_format is None or text_format.type == "text":
+        return None
+    if text_format.type == "json_object":
+        return {"type": "json_object"}
+    if not text_format.name:
+        raise InvalidRequest("A json_schema text format needs a 'name'.", param="text.format.name")
+    return {"type": "json_schema", "json_schema": {
+        "name": text_format.name, "schema": text_format.schema_, "strict": text_format.strict}}
+
+
+def wants_logprobs(body: ResponsesRequest) -> bool:
+    return LOGPROBS_INCLUDE in (body.include or [])
+
+
+def to_chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
+    _refuse_stateful(body)
+    unknown_includes = sorted(set(body.include or []) - {LOGPROBS_INCLUDE})
+    if unknown_includes:
+        raise InvalidRequest(f"include values {unknown_includes} are not supported; only '{LOGPROBS_INCLUDE}' is.",
+                             param="include")
+    items = [{"role": "user", "content": body.input}] if isinstance(body.input, str) else body.input
+    messages = _chat_messages(items)
+    if body.instructions:
+        messages.insert(0, {"role": "system", "content": body.instructions})
+    chat = {
+        "model": body.model,
+        "messages": messages,
+        "max_completion_tokens": body.max_output_tokens,
+        "tools": _chat_tools(body),
+        "tool_choice": _chat_tool_choice(body),
+        "parallel_tool_calls": body.parallel_tool_calls,
+        "response_format": _chat_response_format(body),
+        "logprobs": wants_logprobs(body) or None,
+        "top_logprobs": body.top_logprobs if wants_logprobs(body) else None,
+        "stream": body.stream,
+    }
+    for name in ("temperature", "top_p", "seed", "top_k", "min_p", "repeat_penalty", "presence_penalty",
+                 "frequency_penalty"):
+        chat[name] = getattr(body, name)
+    return ChatCompletionRequest.model_validate({k: v for k, v in chat.items() if v is not None})
+
+
+# Chat-side names of the fields the shared chat path may refuse, as a Responses client spelled them.
+_PARAM_NAMES = [
+    (re.compile(r"^response_format\.json_schema\.schema"), "text.format.schema"),
+    (re.compile(r"^response_format.*"), "text.format"),
+    (re.compile(r"^tools\[(\d+)\]\.function\."), r"tools[\1]."),
+    (re.compile(r"^max_completion_tokens$"), "max_output_tokens"),
+    (re.compile(r"^messages\b.*"), "input"),
+    (re.compile(r"^logprobs$"), "include"),
+]
+
+
+@contextmanager
+def responses_param_names() -> Iterator[None]:
+    """Errors from the shared chat path name the Responses field the client sent, not its chat twin."""
+    try:
+        yield
+    except InvalidRequest as exc:
+        for pattern, replacement in _PARAM_NAMES:
+            if exc.param and pattern.search(exc.param):
+                exc.param = pattern.sub(replacement, exc.param)
+                break
+        raise

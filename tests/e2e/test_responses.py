@@ -1,0 +1,159 @@
+"""The Responses API (`/v1/responses`) end to end: the real server and gemma, the `openai` SDK strict."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import jsonschema
+import openai
+import pydantic
+import pytest
+
+MODEL = "gemma-3-270m-q4_k_m.gguf"
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                            "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"]}
+WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "Current weather in a city.",
+                "parameters": WEATHER}
+
+
+class Person(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=12)
+    age: int = pydantic.Field(ge=0, le=120)
+
+
+PERSON_FORMAT = {"type": "json_schema", "name": "person", "strict": True,
+                 "schema": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                                             "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+                            "required": ["name", "age"], "additionalProperties": False}}
+
+
+def test_text_answer_equals_the_chat_answer_for_the_same_conversation(client):
+    response = client.responses.create(model=MODEL, instructions="Answer briefly.", input="Name a colour.",
+                                       max_output_tokens=12, temperature=0)
+    chat = client.chat.completions.create(
+        model=MODEL, max_tokens=12, temperature=0,
+        messages=[{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a colour."}],
+    )
+    assert response.id.startswith("resp_") and response.model == MODEL
+    assert response.output_text == chat.choices[0].message.content
+    assert response.status == ("incomplete" if chat.choices[0].finish_reason == "length" else "completed")
+    assert response.usage.input_tokens == chat.usage.prompt_tokens
+    assert response.usage.output_tokens == chat.usage.completion_tokens
+    assert response.instructions == "Answer briefly." and response.max_output_tokens == 12
+
+
+def test_function_call_history_reaches_the_model_as_the_chat_history_does(client):
+    call = {"name": "get_weather", "arguments": json.dumps({"city": "Oslo", "unit": "celsius"})}
+    items = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"type": "function_call", "call_id": "call_1", **call},
+        {"type": "function_call_output", "call_id": "call_1", "output": json.dumps({"temperature": -3})},
+    ]
+    messages = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": call}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": json.dumps({"temperature": -3})},
+    ]
+    response = client.responses.create(model=MODEL, input=items, tools=[WEATHER_TOOL], tool_choice="none",
+                                        max_output_tokens=10, temperature=0)
+    chat = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0,
+                                          tool_choice="none", tools=[{"type": "function", "function": {
+                                              k: v for k, v in WEATHER_TOOL.items() if k != "type"}}])
+    assert response.usage.input_tokens == chat.usage.prompt_tokens
+    assert response.output_text == chat.choices[0].message.content
+
+
+def test_stream_events_build_the_same_answer_as_the_whole_response(client):
+    kwargs = dict(model=MODEL, input="Tell me about owls.", max_output_tokens=16, temperature=0)
+    whole = client.responses.create(**kwargs)
+    events = list(client.responses.create(stream=True, **kwargs))
+    kinds = [event.type for event in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                          f"response.{whole.status}"]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
+    assert len(deltas) > 3 and "".join(deltas) == whole.output_text
+    final = events[-1].response
+    assert final.output_text == whole.output_text and final.usage.output_tokens == whole.usage.output_tokens
+    assert {event.response.id for event in events if hasattr(event, "response")} == {final.id}
+
+
+def test_required_function_tool_gives_valid_arguments(client):
+    response = client.responses.create(model=MODEL, input="Please use a tool.", tools=[WEATHER_TOOL],
+                                       tool_choice="required", parallel_tool_calls=False, max_output_tokens=80)
+    assert response.status == "completed"
+    [call] = response.output
+    assert call.type == "function_call" and call.name == "get_weather" and call.call_id.startswith("call_")
+    assert call.status == "completed"
+    jsonschema.validate(json.loads(call.arguments), WEATHER)
+
+
+def test_streamed_function_call_through_the_sdk_stream_helper(client):
+    with client.responses.stream(model=MODEL, input="Please use a tool.", tools=[WEATHER_TOOL],
+                                 tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=80,
+                                 temperature=0.8, extra_body={"seed": 3}) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    deltas = [event.delta for event in events if event.type == "response.function_call_arguments.delta"]
+    [call] = final.output
+    assert len(deltas) > 3 and "".join(deltas) == call.arguments
+    assert not any(event.type == "response.output_text.delta" for event in events)  # no markup leaks as text
+    jsonschema.validate(json.loads(call.arguments), WEATHER)
+
+
+def test_json_schema_format_whole_and_streamed_into_a_pydantic_model(client):
+    response = client.responses.create(model=MODEL, input="Describe a person.", text={"format": PERSON_FORMAT},
+                                       max_output_tokens=60, temperature=0.8, extra_body={"seed": 5})
+    jsonschema.validate(json.loads(response.output_text), PERSON_FORMAT["schema"])
+    assert response.text.format.type == "json_schema" and response.text.format.name == "person"
+    with client.responses.stream(model=MODEL, input="Describe a person.", text_format=Person,
+                                 max_output_tokens=60, temperature=0.8, extra_body={"seed": 6}) as stream:
+        final = stream.get_final_response()
+    assert isinstance(final.output_parsed, Person)
+
+
+def test_logprobs_when_included(client):
+    response = client.responses.create(model=MODEL, input="Hello!", include=["message.output_text.logprobs"],
+                                       top_logprobs=2, max_output_tokens=6, temperature=0)
+    logprobs = response.output[0].content[0].logprobs
+    assert len(logprobs) == response.usage.output_tokens
+    assert "".join(entry.token for entry in logprobs) == response.output_text
+    for entry in logprobs:
+        assert len(entry.top_logprobs) == 2 and entry.logprob <= 0
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob, abs=1e-4)  # greedy: the top token
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"input": "hi", "background": True}, "background"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]},
+     "input[0].content[0].type"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
+    ({"input": []}, "input"),
+    ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+    ({"input": "hi", "tools": [{"type": "function", "name": "f", "parameters": {"type": "nope"}}]},
+     "tools[0].parameters"),
+    ({"input": "hi", "text": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}, "text.format.name"),
+    ({"input": "hi", "include": ["file_search_call.results"]}, "include"),
+    ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+])
+def test_what_cannot_be_honoured_is_a_400_naming_the_field(http, body, param):
+    answer = http.post("/v1/responses", json={"model": MODEL, **body})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_unknown_model_is_404_through_the_sdk(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model="no-such-model", input="hi")
+    assert caught.value.body["code"] == "model_not_found"
+
+
+def test_bare_path_serves_too(server):
+    answer = httpx.post(f"{server.base_url}/responses", json={"model": MODEL, "input": "hi", "max_output_tokens": 2},
+                        timeout=60)
+    assert answer.status_code == 200 and answer.json()["object"] == "response"
