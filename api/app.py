@@ -53,6 +53,10 @@ def _create_local_engine(entry: ModelEntry, settings: Settings) -> Engine:
         from backends.transformers_engine import TransformersEngine
 
         return TransformersEngine(entry, settings)
+    from backends.llamacpp_embeddings import LlamaCppEmbeddingEngine, is_gguf_embedding_model
+
+    if is_gguf_embedding_model(entry, settings):
+        return LlamaCppEmbeddingEngine(entry, settings)
     from backends.llamacpp import LlamaCppEngine
 
     return LlamaCppEngine(entry, settings)

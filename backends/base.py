@@ -104,6 +104,8 @@ class EngineCapabilities:
     parallel_tool_calls: bool = False
     json_schema: bool = False
     grammar: bool = False
+    generation: bool = True  # chat / completions / responses
+    embeddings: bool = False  # /v1/embeddings
 
 
 # What the local generative engines (llama.cpp, transformers) both honour.
@@ -164,7 +166,10 @@ class Engine(ABC):
 
     async def embed(self, inputs: list[str] | list[list[int]]):
         """Embedding vectors for the inputs (an object with `vectors` and `prompt_tokens`)."""
-        raise NotSupported(f"This {self.engine_kind} model does not serve embeddings.")
+        raise NotSupported(
+            f"This {self.engine_kind} model generates text and does not serve embeddings; use an embedding model "
+            "(or mark this one `embedding: true` in models.yaml to serve it as one)."
+        )
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text` as a prompt (special-token text parsed, BOS as the model wants)."""

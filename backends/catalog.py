@@ -60,6 +60,8 @@ class EngineOverrides(BaseModel):
     swa_full: bool | None = None
     prompt_cache: bool | None = None
     cache_min_tokens: int | None = Field(None, ge=1)
+    embedding: bool | None = None
+    pooling: Literal["model", "mean", "cls", "last"] | None = None
 
 
 class HFLoadOptions(BaseModel):

@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
-from backends.base import ChatTemplateInfo, Engine, EngineCapabilities, GenerationRequest
 from backends.catalog import ModelEntry
+from backends.embedding_base import EmbeddingEngine, Embeddings
 from backends.hf_loading import pick_device, pick_dtype, release_torch_memory
 from errors import InvalidRequest, ModelNotFound
 from settings import Settings
@@ -33,22 +32,15 @@ def is_embedding_model(folder: Path) -> bool:
     return bool(architectures) and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
 
 
-@dataclass
-class Embeddings:
-    vectors: list[list[float]]
-    prompt_tokens: int
-
-
-class TransformersEmbeddingEngine(Engine):
+class TransformersEmbeddingEngine(EmbeddingEngine):
     engine_kind = "transformers"
-    capabilities = EngineCapabilities(streaming=False, logprobs=False, logit_bias=False, seed=False)
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         if entry.path is None or not (entry.path / "config.json").is_file():
             raise ModelNotFound(entry.id)
-        self.entry = entry
+        self.model_id = entry.id
         folder = entry.path
         device = pick_device(entry.hf)
         common = {"local_files_only": True, "trust_remote_code": settings.trust_remote_code}
@@ -65,22 +57,11 @@ class TransformersEmbeddingEngine(Engine):
     def context_length(self) -> int:
         return self._context_length
 
-    @property
-    def chat_template(self) -> ChatTemplateInfo:
-        return ChatTemplateInfo(source="", origin="embedding model")
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenize(text))
-
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text)["input_ids"]
 
     def detokenize(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
-
-    async def generate(self, request: GenerationRequest):
-        raise InvalidRequest(f"'{self.entry.id}' is an embedding model: use /v1/embeddings.", param="model")
-        yield  # pragma: no cover - an async generator like the other engines
 
     async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
         return await asyncio.to_thread(self._embed_blocking, inputs)

@@ -34,6 +34,8 @@ class ContextConfig:
     flash_attn: bool
     kv_unified: bool = False  # one KV buffer for all sequences (prefixes shareable) vs one stream per slot
     swa_full: bool = False  # full-size KV for sliding-window layers: more prefixes reusable, slower long prompts
+    embeddings: bool = False  # an embedding context: decode yields pooled vectors, not logits
+    pooling_type: int = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED  # unspecified = the GGUF's own pooling
 
 
 def default_threads() -> int:
@@ -72,18 +74,26 @@ class LlamaModel:
 
     # ---------------------------------------------------------------- tokens
 
-    def tokenize(self, text: str) -> list[int]:
-        """Prompt tokens: special-token text (`<start_of_turn>`) becomes special tokens, and a BOS is added
-        when the model wants one and the rendered template did not already write it."""
+    def _tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")
         capacity = len(data) + 8
         buffer = (llama_cpp.llama_token * capacity)()
-        count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity, False, True)
+        count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity, add_special, parse_special)
         if count < 0:
             capacity = -count
             buffer = (llama_cpp.llama_token * capacity)()
-            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity, False, True)
-        tokens = list(buffer[:count])
+            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity, add_special, parse_special)
+        return list(buffer[:count])
+
+    def tokenize_plain(self, text: str) -> list[int]:
+        """Tokens as the vocabulary frames an input on its own (BERT: [CLS] text [SEP]); special-token text is
+        literal. What embedding models were trained on."""
+        return self._tokenize(text, add_special=True, parse_special=False)
+
+    def tokenize(self, text: str) -> list[int]:
+        """Prompt tokens: special-token text (`<start_of_turn>`) becomes special tokens, and a BOS is added
+        when the model wants one and the rendered template did not already write it."""
+        tokens = self._tokenize(text, add_special=False, parse_special=True)
         if self.add_bos and (not tokens or tokens[0] != self.bos_token_id):
             tokens.insert(0, self.bos_token_id)
         return tokens
@@ -141,6 +151,8 @@ class LlamaContext:
         params.n_threads_batch = config.n_threads_batch
         params.kv_unified = config.kv_unified
         params.swa_full = config.swa_full
+        params.embeddings = config.embeddings
+        params.pooling_type = config.pooling_type
         params.no_perf = True
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if config.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -187,6 +199,20 @@ class LlamaContext:
             self.clear_sequence(seq_id)
             return False
         return True
+
+    def clear_memory(self) -> None:
+        if self.memory:  # non-causal embedding models may have no KV memory at all
+            llama_cpp.llama_memory_clear(self.memory, True)
+
+    def pooling_type(self) -> int:
+        return llama_cpp.llama_pooling_type(self.ptr)
+
+    def pooled_embedding(self, seq_id: int, dimensions: int) -> list[float]:
+        """The pooled vector of one sequence of the last decoded batch (embedding contexts only)."""
+        pointer = llama_cpp.llama_get_embeddings_seq(self.ptr, seq_id)
+        if not pointer:
+            raise ValueError(f"llama.cpp returned no pooled embedding for sequence {seq_id}")
+        return pointer[:dimensions]
 
     def first_position(self, seq_id: int) -> int:
         """Smallest position still cached for the sequence (-1 if empty); > 0 means older KV was evicted."""

@@ -1,0 +1,149 @@
+"""GGUF embedding models on llama.cpp (BERT-style embedders, or any GGUF configured with `embedding: true`).
+
+The model runs in an embedding context: llama.cpp pools each sequence's token vectors (the GGUF's pooling type,
+or `--pooling` / models.yaml `pooling`) and we L2-normalise them, as OpenAI's and llama-server's vectors are.
+Several inputs share one decode as separate sequences, up to the batch's token and sequence limits. Encoders
+attend both ways, so an input must fit one micro-batch: the context is sized to the model's trained length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import llama_cpp
+
+from backends.catalog import ModelEntry
+from backends.embedding_base import EmbeddingEngine, Embeddings, l2_normalized
+from backends.gguf_header import read_gguf_metadata
+from backends.llamacpp_model import ContextConfig, LlamaContext, LlamaModel, default_threads
+from errors import EngineFailure, InvalidRequest, ModelNotFound
+from settings import Settings
+
+SEQUENCES_PER_DECODE = 16
+_POOLING = {
+    "model": llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
+    "mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+    "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
+    "last": llama_cpp.LLAMA_POOLING_TYPE_LAST,
+}
+
+
+# Encoder architectures llama.cpp runs with bidirectional attention when their GGUF does not say.
+_ENCODER_ARCHITECTURES = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "modern-bert",
+                          "neo-bert", "t5encoder"}
+
+
+def is_gguf_embedding_model(entry: ModelEntry, settings: Settings) -> bool:
+    """Configured as one, or the file carries a pooling type (converters write it for embedding models only)."""
+    if settings.embedding:
+        return True
+    if entry.path is None or not entry.path.is_file():
+        return False
+    metadata = read_gguf_metadata(entry.path)
+    return f"{metadata.get('general.architecture', '')}.pooling_type" in metadata
+
+
+def _attends_both_ways(metadata: dict) -> bool:
+    architecture = metadata.get("general.architecture", "")
+    causal = metadata.get(f"{architecture}.attention.causal")
+    return causal is False or (causal is None and architecture in _ENCODER_ARCHITECTURES)
+
+
+class LlamaCppEmbeddingEngine(EmbeddingEngine):
+    engine_kind = "llama.cpp"
+
+    def __init__(self, entry: ModelEntry, settings: Settings) -> None:
+        if entry.path is None or not entry.path.is_file():
+            raise ModelNotFound(entry.id)
+        self.model_id = entry.id
+        self.model = LlamaModel(entry.path, n_gpu_layers=settings.n_gpu_layers)
+        threads = settings.n_threads or default_threads()
+        n_ctx = min(settings.n_ctx, self.model.n_ctx_train)
+        # A bidirectional encoder must see a whole input in one micro-batch; a causal model need not, and a big
+        # micro-batch would cost (vocabulary x micro-batch) floats of output buffer (2 GiB for gemma at 2048).
+        n_ubatch = n_ctx if _attends_both_ways(read_gguf_metadata(entry.path)) else min(n_ctx, settings.n_ubatch)
+        config = ContextConfig(
+            n_ctx=n_ctx, n_seq_max=SEQUENCES_PER_DECODE, n_batch=n_ctx, n_ubatch=n_ubatch, n_threads=threads,
+            n_threads_batch=settings.n_threads_batch or threads, flash_attn=False, kv_unified=True,
+            embeddings=True, pooling_type=_POOLING[settings.pooling],
+        )
+        try:
+            self.context = LlamaContext(self.model, config)
+            if self.context.pooling_type() in (llama_cpp.LLAMA_POOLING_TYPE_NONE, llama_cpp.LLAMA_POOLING_TYPE_RANK):
+                raise ValueError(f"'{entry.id}' does not pool its token vectors into one embedding; "
+                                 "set pooling (mean, cls or last) for it in models.yaml or with --pooling.")
+        except Exception:
+            self.free_blocking()
+            raise
+        self.dimensions = llama_cpp.llama_model_n_embd(self.model.ptr)
+        self._context_length = self.context.n_ctx
+        self._batch = llama_cpp.llama_batch_init(self._context_length, 0, SEQUENCES_PER_DECODE)
+        self._lock = threading.Lock()
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.model.tokenize_plain(text)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.model.piece(token) for token in tokens).decode("utf-8", errors="replace")
+
+    async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
+        return await asyncio.to_thread(self._embed_blocking, inputs)
+
+    def _embed_blocking(self, inputs: list[str] | list[list[int]]) -> Embeddings:
+        token_lists = [self.tokenize(item) if isinstance(item, str) else list(item) for item in inputs]
+        for index, tokens in enumerate(token_lists):
+            if len(tokens) > self._context_length:
+                raise InvalidRequest(f"Input {index} has {len(tokens)} tokens; this model embeds at most "
+                                     f"{self._context_length}.", param="input")
+            if any(not 0 <= token < self.model.n_vocab for token in tokens):
+                raise InvalidRequest(f"Input {index} holds token ids outside this model's vocabulary.", param="input")
+        vectors: list[list[float]] = []
+        with self._lock:
+            for group in self._decode_groups(token_lists):
+                vectors.extend(self._decode(group))
+        return Embeddings(vectors, sum(len(tokens) for tokens in token_lists))
+
+    def _decode_groups(self, token_lists: list[list[int]]):
+        """Consecutive inputs that fit one decode together (order is kept)."""
+        group: list[list[int]] = []
+        used = 0
+        for tokens in token_lists:
+            if group and (used + len(tokens) > self._context_length or len(group) == SEQUENCES_PER_DECODE):
+                yield group
+                group, used = [], 0
+            group.append(tokens)
+            used += len(tokens)
+        if group:
+            yield group
+
+    def _decode(self, group: list[list[int]]) -> list[list[float]]:
+        batch = self._batch
+        batch.n_tokens = 0
+        for seq_id, tokens in enumerate(group):
+            for position, token in enumerate(tokens):
+                slot = batch.n_tokens
+                batch.token[slot], batch.pos[slot] = token, position
+                batch.seq_id[slot][0], batch.n_seq_id[slot] = seq_id, 1
+                batch.logits[slot] = True  # embedding contexts want every token as an output
+                batch.n_tokens += 1
+        self.context.clear_memory()
+        if self.context.decode(batch) != 0:
+            raise EngineFailure("llama.cpp failed to embed this batch.")
+        return [l2_normalized(self.context.pooled_embedding(seq_id, self.dimensions)) for seq_id in range(len(group))]
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.free_blocking)
+
+    def free_blocking(self) -> None:
+        with getattr(self, "_lock", threading.Lock()):
+            if getattr(self, "_batch", None) is not None:
+                llama_cpp.llama_batch_free(self._batch)
+                self._batch = None
+            if getattr(self, "context", None) is not None:
+                self.context.free()
+            self.model.free()
