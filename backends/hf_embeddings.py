@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from backends.catalog import ModelEntry
-from backends.embedding_base import EmbeddingEngine, Embeddings
+from backends.embedding_base import EmbeddingEngine, Embeddings, check_token_ids
 from backends.hf_loading import pick_device, pick_dtype, release_torch_memory
 from errors import InvalidRequest, ModelNotFound
 from settings import Settings
@@ -69,6 +69,8 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
     def _embed_blocking(self, inputs: list[str] | list[list[int]]) -> Embeddings:
         import torch
 
+        if not isinstance(inputs[0], str):
+            check_token_ids(inputs, len(self.tokenizer))
         vectors: list[list[float]] = []
         tokens = 0
         with self._lock, torch.inference_mode():

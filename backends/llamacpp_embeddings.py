@@ -14,7 +14,7 @@ import threading
 import llama_cpp
 
 from backends.catalog import ModelEntry
-from backends.embedding_base import EmbeddingEngine, Embeddings, l2_normalized
+from backends.embedding_base import EmbeddingEngine, Embeddings, check_token_ids, l2_normalized
 from backends.gguf_header import read_gguf_metadata
 from backends.llamacpp_model import ContextConfig, LlamaContext, LlamaModel, default_threads
 from errors import EngineFailure, InvalidRequest, ModelNotFound
@@ -96,12 +96,11 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
 
     def _embed_blocking(self, inputs: list[str] | list[list[int]]) -> Embeddings:
         token_lists = [self.tokenize(item) if isinstance(item, str) else list(item) for item in inputs]
+        check_token_ids(token_lists, self.model.n_vocab)
         for index, tokens in enumerate(token_lists):
             if len(tokens) > self._context_length:
                 raise InvalidRequest(f"Input {index} has {len(tokens)} tokens; this model embeds at most "
                                      f"{self._context_length}.", param="input")
-            if any(not 0 <= token < self.model.n_vocab for token in tokens):
-                raise InvalidRequest(f"Input {index} holds token ids outside this model's vocabulary.", param="input")
         vectors: list[list[float]] = []
         with self._lock:
             for group in self._decode_groups(token_lists):
