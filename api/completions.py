@@ -1,7 +1,8 @@
 """Legacy text completions (`/v1/completions`) on local engines: prompts used as they are (no chat template),
 through the same engines, scheduler and sampling as chat. Several prompts and `n` choices each run side by side;
-choice index = prompt index * n + choice. `logprobs` is the legacy integer form. Fields this server cannot honour
-(`suffix` infill, `best_of` > n, `echo` together with `logprobs`) are a 400, never silently dropped."""
+choice index = prompt index * n + choice. `logprobs` is the legacy integer form. `suffix` asks for fill-in-the-
+middle, on models whose vocabulary has infill tokens. Fields this server cannot honour (`suffix` elsewhere,
+`best_of` > n, `echo` together with `logprobs`) are a 400, never silently dropped."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
 from api.chat_request import sampling_params, stop_strings
-from api.choice_streams import merge_choices
+from api.choice_streams import consume_unless_disconnected, merge_choices
 from api.errors import error_body
 from api.observability import observe
 from api.protocol import CompletionRequest, now_seconds
@@ -24,23 +26,43 @@ from errors import InvalidRequest, ServerError
 
 
 def _refuse_unsupported(body: CompletionRequest) -> None:
-    if body.suffix:
-        raise InvalidRequest("'suffix' (fill-in-the-middle) is not supported by this model.", param="suffix")
     if body.best_of is not None and body.best_of != (body.n or 1):
         raise InvalidRequest("'best_of' other than n is not supported.", param="best_of")
     if body.echo and body.logprobs is not None:
         raise InvalidRequest("'echo' with 'logprobs' is not supported (prompt tokens are not scored).", param="echo")
 
 
-def _prompts(body: CompletionRequest, model: LoadedModel) -> list[str]:
+def _prompts(body: CompletionRequest) -> list[str | list[int]]:
+    """Each prompt as text or as token ids (used exactly: special tokens in them stay special)."""
     prompt = body.prompt
     if isinstance(prompt, str):
         return [prompt]
-    if not prompt:
+    if not prompt or any(item in ("", []) for item in prompt):
         raise InvalidRequest("'prompt' must not be empty.", param="prompt")
     if all(isinstance(item, int) for item in prompt):
-        return [model.engine.detokenize(prompt)]
-    return [item if isinstance(item, str) else model.engine.detokenize(item) for item in prompt]
+        return [prompt]
+    return list(prompt)
+
+
+def _prompt_text(prompt: str | list[int], model: LoadedModel) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    try:
+        return model.engine.detokenize(prompt)
+    except InvalidRequest as exc:
+        exc.param = "prompt"
+        raise
+
+
+def _with_suffix(prompts: list[str | list[int]], suffix: str, model: LoadedModel) -> list[list[int]]:
+    """Fill-in-the-middle: the model writes what goes between each prompt and `suffix`."""
+    if any(not isinstance(prompt, str) for prompt in prompts):
+        raise InvalidRequest("'suffix' needs text prompts, not token ids.", param="suffix")
+    filled = [model.engine.infill_prompt(prompt, suffix) for prompt in prompts]
+    if any(tokens is None for tokens in filled):
+        raise InvalidRequest("'suffix' (fill-in-the-middle) is not supported by this model: its vocabulary has "
+                             "no infill tokens.", param="suffix")
+    return filled
 
 
 @dataclass
@@ -61,11 +83,14 @@ def _legacy_logprobs(entries: list[TokenLogprob], offset: int) -> dict:
 
 
 async def handle_completion(
-    body: CompletionRequest, model: LoadedModel, registry: ModelRegistry, resources: AsyncExitStack
+    body: CompletionRequest, model: LoadedModel, registry: ModelRegistry, resources: AsyncExitStack, request: Request
 ) -> Response:
     """Runs with the model leased in `resources`; a stream takes the lease over and releases it when done."""
     _refuse_unsupported(body)
-    prompts = _prompts(body, model)
+    prompts = _prompts(body)
+    echoed = [_prompt_text(prompt, model) for prompt in prompts] if body.echo else [""] * len(prompts)
+    if body.suffix:
+        prompts = _with_suffix(prompts, body.suffix, model)
     n = body.n or 1
     defaults = registry.generation_defaults(model.model_id)
     max_tokens = body.max_tokens if body.max_tokens is not None else defaults.max_tokens
@@ -82,7 +107,7 @@ async def handle_completion(
                      model.engine.engine_kind)
     identity = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": now_seconds(),
                 "model": model.model_id}
-    echoes = [prompts[index // n] if body.echo else "" for index in range(len(requests))]
+    echoes = [echoed[index // n] for index in range(len(requests))]
     if body.stream:
         first = await anext(chunks)  # a request that cannot start is a real HTTP error, not a broken stream
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -90,16 +115,18 @@ async def handle_completion(
         return EventSourceResponse(events, sep="\n", ping=15)
     choices = [_Choice() for _ in requests]
     usages: dict[int, object] = {}
-    try:
-        async for index, chunk in chunks:
-            if isinstance(chunk, TokenDelta):
-                choices[index].text.append(chunk.text)
-                choices[index].logprobs.extend(chunk.logprobs)
-            elif isinstance(chunk, GenerationFinished):
-                choices[index].finish_reason = chunk.finish_reason
-                usages[index] = chunk.usage
-    finally:
-        await chunks.aclose()
+
+    def take(item) -> None:
+        index, chunk = item
+        if isinstance(chunk, TokenDelta):
+            choices[index].text.append(chunk.text)
+            choices[index].logprobs.extend(chunk.logprobs)
+        elif isinstance(chunk, GenerationFinished):
+            choices[index].finish_reason = chunk.finish_reason
+            usages[index] = chunk.usage
+
+    if not await consume_unless_disconnected(chunks, take, request.receive):
+        return Response(status_code=499)  # the client left; its generations were cancelled
     wire_choices = [
         {"index": index, "text": echoes[index] + "".join(choice.text), "finish_reason": choice.finish_reason,
          "logprobs": _legacy_logprobs(choice.logprobs, 0) if body.logprobs is not None else None}

@@ -43,7 +43,7 @@ async def completions(request: Request, registry: RegistryDep, body: Any = Body(
             note_model(model.model_id, model.engine.engine_kind)
             return await relay(model.engine, model.model_id, "completions", body, request)
         # A pydantic ValidationError here becomes the same 400 as FastAPI's own (api/errors.py).
-        response = await handle_completion(CompletionRequest.model_validate(body), model, registry, resources)
+        response = await handle_completion(CompletionRequest.model_validate(body), model, registry, resources, request)
         handed_over = bool(body.get("stream"))
         return response
     finally:

@@ -41,7 +41,7 @@ class GrammarSpec:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    prompt: str
+    prompt: str | list[int]  # text (special-token text parsed, BOS added as the model wants) or exact token ids
     sampling: SamplingParams
     max_tokens: int | None  # None: the engine's bounded default
     stop: tuple[str, ...] = ()
@@ -177,6 +177,11 @@ class Engine(ABC):
 
     def detokenize(self, tokens: list[int]) -> str:
         raise NotSupported(f"The {self.engine_kind} engine does not detokenize here.")
+
+    def infill_prompt(self, prefix: str, suffix: str) -> list[int] | None:
+        """Prompt tokens asking the model to fill in between `prefix` and `suffix` (prefix-suffix-middle), or
+        None when the model has no fill-in-the-middle tokens."""
+        return None
 
     def active_sequences(self) -> int:
         """Sequences generating right now (for status pages)."""

@@ -21,12 +21,6 @@ class Embeddings:
     prompt_tokens: int
 
 
-def check_token_ids(token_lists: list[list[int]], vocabulary_size: int) -> None:
-    for index, tokens in enumerate(token_lists):
-        if any(not 0 <= token < vocabulary_size for token in tokens):
-            raise InvalidRequest(f"Input {index} holds token ids outside this model's vocabulary.", param="input")
-
-
 def l2_normalized(vector: list[float]) -> list[float]:
     norm = math.sqrt(sum(value * value for value in vector))
     return [value / norm for value in vector] if norm > 0 else vector

@@ -33,6 +33,11 @@ def completion_budget(request: GenerationRequest, n_prompt: int, context_length:
     return request.max_tokens
 
 
+def check_token_ids(tokens: list[int], n_vocab: int, param: str) -> None:
+    if any(not 0 <= token < n_vocab for token in tokens):
+        raise InvalidRequest(f"Token ids must be in 0..{n_vocab - 1} for this model.", param=param)
+
+
 def check_logit_bias(request: GenerationRequest, n_vocab: int) -> None:
     for token in request.sampling.logit_bias:
         if not 0 <= token < n_vocab:

@@ -14,7 +14,8 @@ import threading
 from pathlib import Path
 
 from backends.catalog import ModelEntry
-from backends.embedding_base import EmbeddingEngine, Embeddings, check_token_ids
+from backends.embedding_base import EmbeddingEngine, Embeddings
+from backends.engine_support import check_token_ids
 from backends.hf_loading import pick_device, pick_dtype, release_torch_memory
 from errors import InvalidRequest, ModelNotFound
 from settings import Settings
@@ -70,7 +71,8 @@ class TransformersEmbeddingEngine(EmbeddingEngine):
         import torch
 
         if not isinstance(inputs[0], str):
-            check_token_ids(inputs, len(self.tokenizer))
+            for tokens in inputs:
+                check_token_ids(tokens, len(self.tokenizer), param="input")
         vectors: list[list[float]] = []
         tokens = 0
         with self._lock, torch.inference_mode():

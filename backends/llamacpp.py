@@ -21,7 +21,7 @@ from backends.base import (
     WarmedPrompt,
 )
 from backends.catalog import ModelEntry
-from backends.engine_support import check_logit_bias, completion_budget, relay_from_thread
+from backends.engine_support import check_logit_bias, check_token_ids, completion_budget, relay_from_thread
 from backends.llamacpp_model import ContextConfig, LlamaContext, LlamaModel, default_threads
 from backends.llamacpp_sampling import grammar_parses
 from backends.llamacpp_scheduler import Scheduler, SequenceJob, common_prefix_length
@@ -120,12 +120,18 @@ class LlamaCppEngine(Engine):
         return self.model.tokenize(text)
 
     def detokenize(self, tokens: list[int]) -> str:
-        self._check_ids(tokens)
+        check_token_ids(tokens, self.model.n_vocab, param="tokens")
         return b"".join(self.model.piece(token) for token in tokens).decode("utf-8", errors="replace")
 
-    def _check_ids(self, tokens: list[int]) -> None:
-        if any(not 0 <= token < self.model.n_vocab for token in tokens):
-            raise InvalidRequest(f"Token ids must be in 0..{self.model.n_vocab - 1} for this model.", param="tokens")
+    def infill_prompt(self, prefix: str, suffix: str) -> list[int] | None:
+        markers = self.model.fill_in_the_middle_tokens()
+        if markers is None:
+            return None
+        begin, before_suffix, middle = markers
+        bos = [self.model.bos_token_id] if self.model.add_bos else []
+        # The user's code is literal text: special-token spellings in it are not parsed.
+        return bos + [begin, *self.model.tokenize_literal(prefix), before_suffix,
+                      *self.model.tokenize_literal(suffix), middle]
 
     async def _stored_prefix(self, prompt_tokens: list[int], max_length: int) -> CachedPrefix | None:
         """A longer prefix than any slot holds, from the disk cache (read off the event loop)."""
@@ -137,7 +143,11 @@ class LlamaCppEngine(Engine):
         return await asyncio.to_thread(self.prompt_cache.lookup, prompt_tokens, max_length, in_memory)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        prompt_tokens = self.model.tokenize(request.prompt)
+        if isinstance(request.prompt, str):
+            prompt_tokens = self.model.tokenize(request.prompt)
+        else:
+            check_token_ids(request.prompt, self.model.n_vocab, param="prompt")
+            prompt_tokens = list(request.prompt)
         max_tokens = completion_budget(request, len(prompt_tokens), self._context_length, self._default_max_tokens)
         check_logit_bias(request, self.model.n_vocab)
         if request.grammar is not None and not grammar_parses(self.model, request.grammar):

@@ -14,7 +14,8 @@ import threading
 import llama_cpp
 
 from backends.catalog import ModelEntry
-from backends.embedding_base import EmbeddingEngine, Embeddings, check_token_ids, l2_normalized
+from backends.embedding_base import EmbeddingEngine, Embeddings, l2_normalized
+from backends.engine_support import check_token_ids
 from backends.gguf_header import read_gguf_metadata
 from backends.llamacpp_model import ContextConfig, LlamaContext, LlamaModel, default_threads
 from errors import EngineFailure, InvalidRequest, ModelNotFound
@@ -96,7 +97,8 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
 
     def _embed_blocking(self, inputs: list[str] | list[list[int]]) -> Embeddings:
         token_lists = [self.tokenize(item) if isinstance(item, str) else list(item) for item in inputs]
-        check_token_ids(token_lists, self.model.n_vocab)
+        for tokens in token_lists:
+            check_token_ids(tokens, self.model.n_vocab, param="input")
         for index, tokens in enumerate(token_lists):
             if len(tokens) > self._context_length:
                 raise InvalidRequest(f"Input {index} has {len(tokens)} tokens; this model embeds at most "

@@ -90,6 +90,15 @@ class LlamaModel:
         literal. What embedding models were trained on."""
         return self._tokenize(text, add_special=True, parse_special=False)
 
+    def tokenize_literal(self, text: str) -> list[int]:
+        return self._tokenize(text, add_special=False, parse_special=False)
+
+    def fill_in_the_middle_tokens(self) -> tuple[int, int, int] | None:
+        """(prefix, suffix, middle) marker ids of code models trained for infill; None when the vocabulary has none."""
+        ids = (llama_cpp.llama_vocab_fim_pre(self.vocab), llama_cpp.llama_vocab_fim_suf(self.vocab),
+               llama_cpp.llama_vocab_fim_mid(self.vocab))
+        return None if min(ids) < 0 else ids
+
     def tokenize(self, text: str) -> list[int]:
         """Prompt tokens: special-token text (`<start_of_turn>`) becomes special tokens, and a BOS is added
         when the model wants one and the rendered template did not already write it."""

@@ -13,12 +13,11 @@ from collections.abc import AsyncIterator
 
 from backends.base import GENERATIVE_CAPABILITIES, ChatTemplateInfo, Engine, GenerationChunk, GenerationRequest
 from backends.catalog import ModelEntry
-from backends.engine_support import check_logit_bias, completion_budget, relay_from_thread
+from backends.engine_support import check_logit_bias, check_token_ids, completion_budget, relay_from_thread
 from backends.hf_grammar import GrammarCompiler, GrammarConstraint
 from backends.hf_loading import free_checkpoint, load_checkpoint
 from backends.hf_scheduler import BatchScheduler, HFJob
 from chat.templates import resolve_template_source
-from errors import InvalidRequest
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -94,8 +93,7 @@ class TransformersEngine(Engine):
         return self._tokenize(text)
 
     def detokenize(self, tokens: list[int]) -> str:
-        if any(not 0 <= token < self.vocab_size for token in tokens):
-            raise InvalidRequest(f"Token ids must be in 0..{self.vocab_size - 1} for this model.", param="tokens")
+        check_token_ids(tokens, self.vocab_size, param="tokens")
         return self.checkpoint.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def _special_ids_among(self, texts: tuple[str, ...]) -> frozenset[int]:
@@ -109,7 +107,11 @@ class TransformersEngine(Engine):
         return frozenset(found)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        prompt_ids = self._tokenize(request.prompt)
+        if isinstance(request.prompt, str):
+            prompt_ids = self._tokenize(request.prompt)
+        else:
+            check_token_ids(request.prompt, self.vocab_size, param="prompt")
+            prompt_ids = list(request.prompt)
         max_tokens = completion_budget(request, len(prompt_ids), self._context_length, self._default_max_tokens)
         check_logit_bias(request, self.vocab_size)
         constraint = None

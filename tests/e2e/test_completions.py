@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 
+from settings import PROJECT_ROOT
 from tests.e2e.conftest import GEMMA_END_TOKENS
+from tests.gguf_edit import copy_with_metadata
+from tests.server_process import running_server
 
 MODEL = "gemma-3-270m-q4_k_m.gguf"
 
@@ -60,8 +64,41 @@ def test_token_array_prompts_and_tokenize_round_trip(client, http):
     ({"prompt": "x", "echo": True, "logprobs": 1}, "echo"),
     ({"prompt": "x", "logprobs": 9}, "logprobs"),
     ({"prompt": [], "max_tokens": 2}, "prompt"),
-    ({"prompt": [10**9]}, "tokens"),
+    ({"prompt": [10**9]}, "prompt"),
 ])
 def test_unsupported_or_bad_fields_are_400(http, body, param):
     response = http.post("/v1/completions", json=body)
     assert response.status_code == 400 and response.json()["error"]["param"] == param
+
+
+# gemma has no fill-in-the-middle tokens; a copy whose header names three of its unused tokens as the
+# prefix/suffix/middle markers exercises the real infill path (the weights never learnt them: the output is
+# not good code, but the prompt layout is what is checked).
+FIM_IDS = {"tokenizer.ggml.fim_pre_token_id": 6, "tokenizer.ggml.fim_suf_token_id": 7,
+           "tokenizer.ggml.fim_mid_token_id": 8}
+
+
+@pytest.fixture(scope="module")
+def fim_server(tmp_path_factory):
+    models = tmp_path_factory.mktemp("fim-models")
+    copy_with_metadata(PROJECT_ROOT / "models" / MODEL, models / "gemma-fim.gguf", FIM_IDS)
+    flags = ("--models-dir", str(models), "--model-name", "gemma-fim.gguf", "--no-assemble-default-model",
+             "--n-ctx", "1024", "--parallel", "1", "--no-prompt-cache")
+    with running_server(*flags, log_dir=tmp_path_factory.mktemp("fim-server")) as process:
+        yield process
+
+
+def test_suffix_fills_in_the_middle_on_a_model_with_infill_tokens(fim_server):
+    client = openai.OpenAI(base_url=f"{fim_server.base_url}/v1", api_key="x", _strict_response_validation=True)
+    prefix, suffix = "def add(a, b):\n    ", "\n\nprint(add(1, 2))"
+
+    def tokens(text: str) -> list[int]:
+        ids = httpx.post(f"{fim_server.base_url}/tokenize", json={"content": text}).json()["tokens"]
+        return ids[1:]  # without the BOS
+
+    layout = [2, 6, *tokens(prefix), 7, *tokens(suffix), 8]  # BOS <pre> prefix <suf> suffix <mid>
+    kwargs = dict(model="gemma-fim.gguf", max_tokens=6, temperature=0, logit_bias=GEMMA_END_TOKENS)
+    infill = client.completions.create(prompt=prefix, suffix=suffix, echo=True, **kwargs)
+    by_tokens = client.completions.create(prompt=layout, **kwargs)
+    assert infill.usage.prompt_tokens == len(layout) == by_tokens.usage.prompt_tokens
+    assert infill.choices[0].text == prefix + by_tokens.choices[0].text  # echo shows the prompt, not the markers
