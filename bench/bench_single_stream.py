@@ -7,7 +7,7 @@ Baselines, run one after another on the same machine and the same threads (never
 Then our server (a real `python server.py` process, `--parallel 1`) over HTTP with streaming.
 
 Each run uses a distinct prompt so no engine reuses a cached prefix (cold TTFT).
-Usage: python bench/bench_single_stream.py [--runs 3] [--max-tokens 128] [--threads 2]
+Usage: python bench/bench_single_stream.py [--runs 3] [--max-tokens 128] [--threads 2] [--api chat|responses]
 """
 
 from __future__ import annotations
@@ -108,7 +108,28 @@ def bench_raw_loop(runs: int, max_tokens: int, threads: int) -> dict:
     return summarize("raw llama_decode loop (ceiling)", samples)
 
 
-def bench_server(runs: int, max_tokens: int, threads: int, log_dir: Path) -> dict:
+def _request(api: str, run: int, max_tokens: int) -> tuple[str, dict]:
+    if api == "responses":
+        return "/v1/responses", {"input": question_for(run), "max_output_tokens": max_tokens, "temperature": 0,
+                                 "stream": True}
+    return "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": question_for(run)}], "max_tokens": max_tokens, "temperature": 0,
+        "stream": True, "stream_options": {"include_usage": True},
+    }
+
+
+def _read(api: str, event: dict) -> tuple[bool, int | None]:
+    """(the event carries answer text, completion tokens if it carries the usage)."""
+    if api == "responses":
+        if event["type"] in ("response.completed", "response.incomplete"):
+            return False, event["response"]["usage"]["output_tokens"]
+        return event["type"] == "response.output_text.delta" and bool(event["delta"]), None
+    if event.get("usage"):
+        return False, event["usage"]["completion_tokens"]
+    return bool(event["choices"] and event["choices"][0]["delta"].get("content")), None
+
+
+def bench_server(runs: int, max_tokens: int, threads: int, log_dir: Path, api: str = "chat") -> dict:
     server = ServerProcess(
         "--parallel", "1", "--n-ctx", str(N_CTX), "--n-threads", str(threads), "--log-level", "warning",
         log_path=log_dir / "bench_server.log",
@@ -118,27 +139,21 @@ def bench_server(runs: int, max_tokens: int, threads: int, log_dir: Path) -> dic
         server.wait_ready()
         with httpx.Client(base_url=server.base_url, timeout=300) as http:
             for run in range(runs):
-                body = {
-                    "messages": [{"role": "user", "content": question_for(run)}],
-                    "max_tokens": max_tokens, "temperature": 0, "stream": True,
-                    "stream_options": {"include_usage": True},
-                }
+                path, body = _request(api, run, max_tokens)
                 start = time.perf_counter()
-                stamps, usage = [], None
-                with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                stamps, tokens = [], None
+                with http.stream("POST", path, json=body) as response:
                     for line in response.iter_lines():
                         if not line.startswith("data: {"):
                             continue
-                        chunk = json.loads(line[6:])
-                        if chunk.get("usage"):
-                            usage = chunk["usage"]
-                        elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                        has_text, usage = _read(api, json.loads(line[6:]))
+                        tokens = usage if usage is not None else tokens
+                        if has_text:
                             stamps.append(time.perf_counter())
-                tokens = usage["completion_tokens"]
                 samples.append((stamps[0] - start, (tokens - 1) / (stamps[-1] - stamps[0]), tokens))
     finally:
         server.stop()
-    return summarize("our server (HTTP, streaming)", samples)
+    return summarize(f"our server (HTTP, streaming, {api} API)", samples)
 
 
 def main() -> None:
@@ -146,11 +161,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--api", choices=("chat", "responses"), default="chat",
+                        help="which streaming API of ours to time: /v1/chat/completions or /v1/responses")
     args = parser.parse_args()
     log_dir = Path("/tmp")
     high = bench_high_level(args.runs, args.max_tokens, args.threads)
     raw = bench_raw_loop(args.runs, args.max_tokens, args.threads)
-    ours = bench_server(args.runs, args.max_tokens, args.threads, log_dir)
+    ours = bench_server(args.runs, args.max_tokens, args.threads, log_dir, args.api)
     print()
     print(f"decode ratio  ours / in-process llama-cpp-python: {ours['decode_tok_s'] / high['decode_tok_s']:.2f}")
     print(f"decode ratio  ours / raw loop ceiling:             {ours['decode_tok_s'] / raw['decode_tok_s']:.2f}")
