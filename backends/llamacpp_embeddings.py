@@ -63,10 +63,11 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
         n_ctx = min(settings.n_ctx, self.model.n_ctx_train)
         # A bidirectional encoder must see a whole input in one micro-batch; a causal model need not, and a big
         # micro-batch would cost (vocabulary x micro-batch) floats of output buffer (2 GiB for gemma at 2048).
-        n_ubatch = n_ctx if _attends_both_ways(read_gguf_metadata(entry.path)) else min(n_ctx, settings.n_ubatch)
+        bidirectional = _attends_both_ways(read_gguf_metadata(entry.path))
+        n_ubatch = n_ctx if bidirectional else min(n_ctx, settings.n_ubatch)
         config = ContextConfig(
             n_ctx=n_ctx, n_seq_max=SEQUENCES_PER_DECODE, n_batch=n_ctx, n_ubatch=n_ubatch, n_threads=threads,
-            n_threads_batch=settings.n_threads_batch or threads, flash_attn=False, kv_unified=True,
+            n_threads_batch=settings.n_threads_batch or threads, flash_attn=settings.flash_attn, kv_unified=True,
             embeddings=True, pooling_type=_POOLING[settings.pooling],
         )
         try:
@@ -78,7 +79,10 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
             self.free_blocking()
             raise
         self.dimensions = llama_cpp.llama_model_n_embd(self.model.ptr)
-        self._context_length = self.context.n_ctx
+        # One decode holds at most n_batch tokens, and for an encoder at most n_ubatch: llama.cpp aborts the
+        # process (GGML_ASSERT) on an encoder batch larger than n_ubatch, so inputs and groups stay within it.
+        self._context_length = min(self.context.n_ctx, llama_cpp.llama_n_batch(self.context.ptr),
+                                   llama_cpp.llama_n_ubatch(self.context.ptr) if bidirectional else self.context.n_ctx)
         self._batch = llama_cpp.llama_batch_init(self._context_length, 0, SEQUENCES_PER_DECODE)
         self._lock = threading.Lock()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import os
 import sys
 import tempfile
 import time
@@ -57,8 +58,10 @@ def bare_transformers(folder: Path, texts: list[str], batch: int) -> float:
 def bare_llama_cpp(gguf: Path, texts: list[str], batch: int) -> float:
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(gguf), embedding=True, n_ctx=512, n_batch=512, n_ubatch=512,
-                          n_seq_max=16, verbose=False)
+    # The settings our engine uses (flash attention: 2.6x faster for this BERT on CPU; all cores).
+    threads = os.cpu_count() or 1
+    llm = llama_cpp.Llama(model_path=str(gguf), embedding=True, n_ctx=512, n_batch=512, n_ubatch=512, n_seq_max=16,
+                          n_threads=threads, n_threads_batch=threads, flash_attn=True, verbose=False)
     start = time.perf_counter()
     for group in batches(texts, batch):
         llm.embed(group, normalize=True)
