@@ -37,6 +37,18 @@ class ModelNotFound(ServerError):
         super().__init__(f"The model '{model}' does not exist or is not available here.", param="model")
 
 
+class ResponseNotFound(ServerError):
+    """A stored Responses API object was asked for; this server stores none."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "response_not_found"
+
+    def __init__(self, response_id: str):
+        super().__init__(f"No response with id '{response_id}': this server does not store responses (they are "
+                         "answered with store: false).", param="response_id")
+
+
 class ModelLoading(ServerError):
     """The model is not ready yet; clients should retry."""
 

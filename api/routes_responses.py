@@ -29,7 +29,7 @@ from api.responses_output import ResponseWriter
 from api.responses_protocol import ResponseObject, ResponsesRequest
 from api.responses_request import check_response_limits, responses_param_names, to_chat_request, wants_logprobs
 from backends.registry import LoadedModel, ModelRegistry
-from errors import EngineFailure, InvalidRequest, ServerError
+from errors import EngineFailure, InvalidRequest, ResponseNotFound, ServerError
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,15 @@ async def create_response(request: Request, registry: RegistryDep, body: Any = B
     finally:
         if not handed_to_stream:
             await resources.aclose()
+
+
+@router.get("/v1/responses/{response_id}", responses={404: {"model": ErrorResponse}})
+@router.delete("/v1/responses/{response_id}", responses={404: {"model": ErrorResponse}})
+@router.get("/v1/responses/{response_id}/input_items", responses={404: {"model": ErrorResponse}})
+@router.post("/v1/responses/{response_id}/cancel", responses={404: {"model": ErrorResponse}})
+async def stored_response(response_id: str) -> Response:
+    """Clients that retrieve, delete or cancel a response get a clear 404, not a bare 'Not Found'."""
+    raise ResponseNotFound(response_id)
 
 
 def _start_generation(body: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings):

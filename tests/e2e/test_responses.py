@@ -157,3 +157,10 @@ def test_bare_path_serves_too(server):
     answer = httpx.post(f"{server.base_url}/responses", json={"model": MODEL, "input": "hi", "max_output_tokens": 2},
                         timeout=60)
     assert answer.status_code == 200 and answer.json()["object"] == "response"
+
+
+def test_stored_responses_do_not_exist_here(client, http):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.retrieve("resp_123")
+    assert caught.value.body["code"] == "response_not_found" and "does not store" in caught.value.body["message"]
+    assert http.delete("/v1/responses/resp_123").json()["error"]["code"] == "response_not_found"
