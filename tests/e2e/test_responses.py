@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import jsonschema
@@ -164,3 +165,28 @@ def test_stored_responses_do_not_exist_here(client, http):
         client.responses.retrieve("resp_123")
     assert caught.value.body["code"] == "response_not_found" and "does not store" in caught.value.body["message"]
     assert http.delete("/v1/responses/resp_123").json()["error"]["code"] == "response_not_found"
+
+
+# A schema that forces a long answer (the grammar will not let the model stop early), so disconnects land mid-way.
+LONG = {"format": {"type": "json_schema", "name": "story", "schema": {
+    "type": "object", "properties": {"story": {"type": "string", "minLength": 1500}}, "required": ["story"]}}}
+
+
+def _wait_idle(http) -> None:
+    deadline = time.monotonic() + 5
+    while http.get("/").json()["active_sequences"] != 0:
+        assert time.monotonic() < deadline, "generation kept running after the client left"
+        time.sleep(0.05)
+
+
+def test_disconnects_stop_the_generation(server, http):
+    body = {"model": MODEL, "input": "Tell a story.", "text": LONG, "max_output_tokens": 900}
+    with httpx.Client(base_url=server.base_url, timeout=60) as session:
+        with session.stream("POST", "/v1/responses", json={**body, "stream": True}) as response:
+            received = [line for line, _ in zip(response.iter_lines(), range(24))]
+            assert any(line.startswith("event: response.output_text.delta") for line in received)
+            assert http.get("/").json()["active_sequences"] == 1
+    _wait_idle(http)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.base_url}/v1/responses", json=body, timeout=1.0)
+    _wait_idle(http)
