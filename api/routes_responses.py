@@ -17,7 +17,7 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
-from api.chat_handler import generation_chunks
+from api.chat_handler import ChoiceChunks, generation_chunks
 from api.chat_request import prepare_chat
 from api.chat_response import ChoiceOutput
 from api.choice_streams import consume_unless_disconnected
@@ -28,8 +28,10 @@ from api.proxy import relay
 from api.responses_output import ResponseWriter
 from api.responses_protocol import ResponseObject, ResponsesRequest
 from api.responses_request import check_response_limits, responses_param_names, to_chat_request, wants_logprobs
+from backends.base import GenerationChunk
 from backends.registry import LoadedModel, ModelRegistry
 from errors import EngineFailure, InvalidRequest, ResponseNotFound, ServerError
+from settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,9 @@ async def stored_response(response_id: str) -> Response:
     raise ResponseNotFound(response_id)
 
 
-def _start_generation(body: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings):
+def _start_generation(
+    body: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings
+) -> tuple[ResponseWriter, ChoiceChunks]:
     with responses_param_names():
         chat = to_chat_request(body)
         prepared = prepare_chat(chat, model.renderer, model.engine.capabilities,
@@ -96,20 +100,22 @@ def _start_generation(body: ResponsesRequest, model: LoadedModel, registry: Mode
     return writer, chunks
 
 
-async def _whole_response(writer: ResponseWriter, chunks, request: Request) -> Response:
+async def _whole_response(writer: ResponseWriter, chunks: ChoiceChunks, request: Request) -> Response:
     if not await consume_unless_disconnected(chunks, lambda item: writer.add(item[1]), request.receive):
         logger.info("Client disconnected; response %s cancelled", writer.response.id)
         return Response(status_code=499)
     return JSONResponse(writer.response.model_dump(mode="json"))
 
 
-async def _start_stream(writer: ResponseWriter, chunks, resources: AsyncExitStack) -> Response:
+async def _start_stream(writer: ResponseWriter, chunks: ChoiceChunks, resources: AsyncExitStack) -> Response:
     # Wait for the first token before sending headers, so a request that cannot start is a real HTTP error.
     first = await anext(chunks)
     return EventSourceResponse(_sse_events(writer, first, chunks, resources), sep="\n", ping=15)
 
 
-async def _sse_events(writer: ResponseWriter, first, chunks, resources: AsyncExitStack) -> AsyncIterator[dict]:
+async def _sse_events(
+    writer: ResponseWriter, first: tuple[int, GenerationChunk], chunks: ChoiceChunks, resources: AsyncExitStack
+) -> AsyncIterator[dict]:
     try:
         for event in writer.start():
             yield _sse(event)
