@@ -58,6 +58,15 @@ class ModelLoading(ServerError):
     retry_after_seconds = 1
 
 
+class DefaultModelUnavailable(ServerError):
+    """/health: the default model is missing (`model_not_found`) or failed to load (`model_load_failed`), and
+    nothing is loading: retrying will not help until the operator acts."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "model_not_found"
+
+
 class EngineBusy(ServerError):
     """All slots are taken and the waiting queue is full."""
 

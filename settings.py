@@ -11,7 +11,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
+from backends.embedded_model import SMOLLM2_FILE
+
 PROJECT_ROOT = Path(__file__).resolve().parent
 
 
@@ -21,7 +22,7 @@ class Settings(BaseSettings):
     )
 
     model_name: str = Field(
-        DEFAULT_MODEL_FILE,
+        SMOLLM2_FILE,
         description="Model served when a request names none: a file name (or its stem) in the models directory.",
     )
     host: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
@@ -116,6 +117,7 @@ class Settings(BaseSettings):
         None,
         description="Override the default model's chat template: a template name in templates/ or a file path.",
     )
-    assemble_default_model: bool = Field(
-        True, description="Assemble the embedded gemma GGUF into the models directory on start if it is missing."
+    install_embedded_models: bool = Field(
+        True, description="Place the embedded models (SmolLM2-135M-Instruct, gemma-3-270m) into the models "
+        "directory on start when they are missing."
     )

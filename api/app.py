@@ -25,10 +25,11 @@ from api.routes_web import assets as web_assets
 from api.routes_web import router as web_router
 from backends.base import Engine
 from backends.catalog import ModelEntry
-from backends.embedded_model import ensure_embedded_model
+from backends.embedded_model import ensure_embedded_models
 from backends.registry import ModelRegistry
 from backends.remote_engine import RemoteEngine
 from backends.remote_pool import RemoteDirectory, load_upstream_configs
+from errors import ModelNotFound
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -63,13 +64,16 @@ def _create_local_engine(entry: ModelEntry, settings: Settings) -> Engine:
 
 
 async def _start_up(settings: Settings, registry: ModelRegistry) -> None:
-    """Make the default model available: assemble the embedded one if needed, then load it."""
-    if settings.assemble_default_model:
-        await asyncio.to_thread(ensure_embedded_model, settings.models_dir, settings.model_name)
+    """Make the default model available: place the embedded models if needed, then load the default."""
+    if settings.install_embedded_models:
+        await asyncio.to_thread(ensure_embedded_models, settings.models_dir)
     try:
         await registry.ensure_loaded(None)
-    except Exception as exc:  # the server still starts; /health and / report the failure
-        logger.error("Default model '%s' is not available: %s", settings.model_name, getattr(exc, "message", exc))
+    except ModelNotFound:  # the server still starts; /health and / say the default model is missing
+        logger.error(registry.missing_default_message())
+    except Exception as exc:
+        logger.error("Default model '%s' failed to load: %s", settings.model_name, getattr(exc, "message", exc))
+
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -22,7 +22,7 @@ from errors import Unauthorized
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = {"/health", "/chat", "/openapi.json", "/docs"}
+OPEN_PATHS = {"/health", "/chat", "/favicon.ico", "/openapi.json", "/docs"}
 OPEN_PREFIXES = ("/chat/assets/",)
 
 

@@ -13,7 +13,7 @@ from backends.access import may_use
 from backends.catalog import GenerationDefaults, ModelEntry
 from backends.memory import cuda_allocated_bytes, process_rss_bytes
 from backends.registry import ModelRegistry
-from errors import ModelLoading
+from errors import DefaultModelUnavailable, ModelLoading
 
 router = APIRouter(tags=["models"])
 
@@ -29,6 +29,7 @@ def _model_card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
         "aliases": list(entry.aliases),
         "source": entry.source,
         "size_bytes": entry.size_bytes,
+        "default": registry.default_model in entry.names,  # what a request naming no model gets
     }
     if entry.engine == "remote" and registry.remote is not None:
         pool = registry.remote.pool((entry.upstream or {}).get("name", ""))
@@ -153,10 +154,12 @@ async def server_status(request: Request):
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """200 when a model is ready to serve, 503 while starting or loading (never blocks)."""
+    """200 when a model is ready to serve; 503 while starting or loading (`model_loading`, with Retry-After), or
+    when the default model is missing (`model_not_found`) or failed to load (`model_load_failed`). Never blocks."""
     status = _status(request)
     if status["status"] in ("ready", "empty"):  # empty: every model was unloaded; the next request loads one
         return JSONResponse({"status": "ok", "model": status["model"]})
     if status["status"] == "loading":
         return error_response(ModelLoading("The model is loading; retry shortly."))
-    return error_response(ModelLoading(f"No model is loaded: {status['error'] or 'none requested'}"))
+    code = "model_not_found" if status["status"] == "missing" else "model_load_failed"
+    return error_response(DefaultModelUnavailable(f"No model is loaded: {status['error']}", code=code))

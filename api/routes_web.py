@@ -28,4 +28,10 @@ async def chat() -> FileResponse:
     return chat_page()
 
 
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> FileResponse:
+    """Browsers ask for it on every page of this origin (JSON ones too); a 404 shows as a console error."""
+    return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+
 assets = StaticFiles(directory=WEB_DIR)

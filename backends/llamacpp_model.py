@@ -13,11 +13,14 @@ from pathlib import Path
 
 import llama_cpp
 
+from backends.llamacpp_logging import route_llama_logs_to_python
+
 _backend_ready = False
 
 
 def _init_backend() -> None:
     global _backend_ready
+    route_llama_logs_to_python()  # every load: importing llama_cpp.llama (the disk cache does) installs its own
     if not _backend_ready:
         llama_cpp.llama_backend_init()
         _backend_ready = True

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 EngineFactory = Callable[[ModelEntry, Settings], Engine]
 ModelStatus = Literal["available", "loading", "loaded", "failed"]
-RegistryState = Literal["empty", "loading", "ready", "failed"]
+RegistryState = Literal["empty", "loading", "ready", "failed", "missing"]
 # When every resident model is busy, how long a load waits for one to go idle before it drains the least
 # recently used (stops giving it new requests): bounded, so a constantly busy model cannot starve a load.
 EVICTION_PATIENCE_SECONDS = 5.0
@@ -136,7 +136,7 @@ class ModelRegistry:
 
     @property
     def state(self) -> RegistryState:
-        """Overall readiness for /health: a model is loaded, one is loading, or the default failed."""
+        """Overall readiness for /health: a model is loaded, one is loading, the default failed or is missing."""
         if self.loaded_models:
             return "ready"
         if self._loading:
@@ -144,15 +144,26 @@ class ModelRegistry:
         try:
             default_id = self.resolve(None).id
         except ModelNotFound:
-            return "failed"
+            return "missing"
         return "failed" if default_id in self._errors else "empty"
 
     @property
     def last_error(self) -> str | None:
         try:
             return self._errors.get(self.resolve(None).id)
-        except ModelNotFound as exc:
-            return exc.message
+        except ModelNotFound:
+            return self.missing_default_message()
+
+    def missing_default_message(self) -> str:
+        """What was looked for where, what is there instead, and how to add a model (one log line)."""
+        settings = self.settings
+        available = ", ".join(entry.id for entry in self.catalog() if may_use(entry.id, entry.aliases)) or "none"
+        models_file = settings.models_file or settings.models_dir / "models.yaml"
+        hf_cache = f", the Hugging Face cache {settings.hf_cache_dir or default_hf_cache()}" if settings.scan_hf_cache else ""
+        return (f"Default model '{self.default_model}' not found: looked for a file or folder of that name (or "
+                f"stem) in {settings.models_dir}{hf_cache} and an id or alias in {models_file}. Available: {available}. "
+                "Put a .gguf file or a Hugging Face model folder into the models directory, or pass --model-name "
+                "with an available model.")
 
     def memory_budget(self) -> int:
         return self.settings.memory_budget or int(physical_memory_bytes() * 0.8)

@@ -103,7 +103,7 @@ def main() -> None:
         ]}))
         bare = {"minilm-hf": bare_transformers(folder, texts, args.batch),
                 "minilm-gguf": bare_llama_cpp(gguf, texts, args.batch)}
-        flags = ("--models-dir", str(models), "--model-name", "minilm-gguf", "--no-assemble-default-model")
+        flags = ("--models-dir", str(models), "--model-name", "minilm-gguf", "--no-install-embedded-models")
         with running_server(*flags, log_dir=Path(scratch)) as server:
             print(f"{args.inputs} inputs of 5..40 words, batches of {args.batch}; inputs/s (ratio to bare library)")
             for model, engine in (("minilm-gguf", "llama.cpp"), ("minilm-hf", "transformers")):

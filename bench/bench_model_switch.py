@@ -43,7 +43,7 @@ def ttft(client: httpx.Client, model: str) -> float:
 
 
 def run(models_dir: Path, max_loaded: int, rounds: int, log_dir: Path) -> dict[str, float]:
-    flags = ("--models-dir", str(models_dir), "--model-name", "gemma-a", "--no-assemble-default-model",
+    flags = ("--models-dir", str(models_dir), "--model-name", "gemma-a", "--no-install-embedded-models",
              "--max-loaded-models", str(max_loaded), "--no-prompt-cache")
     results: dict[str, float] = {}
     with running_server(*flags, log_dir=log_dir) as server, httpx.Client(base_url=server.base_url, timeout=300) as client:

@@ -49,7 +49,7 @@ def server_rates(entry: dict, max_tokens: int, ban: dict, log_dir: Path) -> dict
     models = log_dir / "models"
     models.mkdir(exist_ok=True)
     (models / "models.yaml").write_text(yaml.safe_dump({"models": [entry]}))
-    flags = ("--models-dir", str(models), "--model-name", "bench-hf", "--no-assemble-default-model", "--parallel", "4",
+    flags = ("--models-dir", str(models), "--model-name", "bench-hf", "--no-install-embedded-models", "--parallel", "4",
              "--n-ctx", "1024", "--no-scan-hf-cache")
     rates = {}
     with running_server(*flags, log_dir=log_dir) as server, httpx.Client(base_url=server.base_url, timeout=900) as client:

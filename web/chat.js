@@ -52,7 +52,10 @@
         option.textContent = card.id + (card.status ? " (" + card.status + ")" : "");
         select.appendChild(option);
       }
+      // The conversation's own model if the server still has it, else the server's default model.
+      const fallback = body.data.find((card) => card.default);
       if (state.model && body.data.some((card) => card.id === state.model)) select.value = state.model;
+      else if (fallback) select.value = fallback.id;
       state.model = select.value;
       persist();
     } catch (error) {

@@ -82,7 +82,7 @@ FIM_IDS = {"tokenizer.ggml.fim_pre_token_id": 6, "tokenizer.ggml.fim_suf_token_i
 def fim_server(tmp_path_factory):
     models = tmp_path_factory.mktemp("fim-models")
     copy_with_metadata(PROJECT_ROOT / "models" / MODEL, models / "gemma-fim.gguf", FIM_IDS)
-    flags = ("--models-dir", str(models), "--model-name", "gemma-fim.gguf", "--no-assemble-default-model",
+    flags = ("--models-dir", str(models), "--model-name", "gemma-fim.gguf", "--no-install-embedded-models",
              "--n-ctx", "1024", "--parallel", "1", "--no-prompt-cache")
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("fim-server")) as process:
         yield process

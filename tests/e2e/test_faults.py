@@ -34,7 +34,7 @@ def faulty(tmp_path_factory):
     (models / "hostile.jinja").write_text(ESCAPE)  # a chat template trying to reach Python internals
     not_a_dir = models / "cache-is-a-file"
     not_a_dir.write_text("x")
-    flags = ("--models-dir", str(models), "--model-name", "main.gguf", "--no-assemble-default-model",
+    flags = ("--models-dir", str(models), "--model-name", "main.gguf", "--no-install-embedded-models",
              "--cache-dir", str(not_a_dir), "--cache-min-tokens", "1", "--n-ctx", "2048", "--parallel", "2")
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("fault-server")) as server:
         yield server, models

@@ -48,7 +48,7 @@ def catalog_server(tmp_path_factory):
         {"id": "hf-missing", "engine": "transformers", "repo": "org/not-here"},
     ])
     (models / "broken.gguf").write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)  # header of garbage
-    flags = ("--models-dir", str(models), "--model-name", "gemma-a", "--no-assemble-default-model",
+    flags = ("--models-dir", str(models), "--model-name", "gemma-a", "--no-install-embedded-models",
              "--max-loaded-models", "2")
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("catalog-server")) as server:
         yield server
@@ -156,7 +156,7 @@ def test_eviction_waits_for_the_stream_in_flight(tmp_path):
     models = tmp_path / "models"
     write_catalog(models, [{"id": "one", "path": GEMMA, "settings": {"n_ctx": 1024, "parallel": 1}},
                            {"id": "two", "path": GEMMA, "settings": {"n_ctx": 1024, "parallel": 1}}])
-    flags = ("--models-dir", str(models), "--model-name", "one", "--no-assemble-default-model",
+    flags = ("--models-dir", str(models), "--model-name", "one", "--no-install-embedded-models",
              "--max-loaded-models", "1")
     with running_server(*flags, log_dir=tmp_path) as server:
         client = client_for(server)

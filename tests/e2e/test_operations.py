@@ -32,7 +32,7 @@ def secured(tmp_path_factory):
     ]}))
     key_file = models / "keys.txt"
     key_file.write_text(f"# team keys\n{LIMITED_KEY} side\n")
-    flags = ("--models-dir", str(models), "--model-name", "main", "--no-assemble-default-model",
+    flags = ("--models-dir", str(models), "--model-name", "main", "--no-install-embedded-models",
              "--api-key", KEY, "--api-key-file", str(key_file), "--cors-origins", "http://allowed.example",
              "--max-body-bytes", "65536", "--body-timeout", "1", "--log-format", "json", "--max-tokens-limit", "512")
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("ops-server")) as server:

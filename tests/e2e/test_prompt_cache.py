@@ -89,7 +89,7 @@ def test_two_models_never_restore_each_others_states(tmp_path, cache_dir):
     # Two catalog entries of the same weights: only the per-model namespace keeps their states apart.
     (models / "models.yaml").write_text(yaml.safe_dump({"models": [{"id": "first", "path": gemma},
                                                                    {"id": "second", "path": gemma}]}))
-    flags = (*FLAGS, "--models-dir", str(models), "--model-name", "first", "--no-assemble-default-model",
+    flags = (*FLAGS, "--models-dir", str(models), "--model-name", "first", "--no-install-embedded-models",
              "--cache-dir", str(cache_dir))
     with running_server(*flags, log_dir=tmp_path) as server:
         assert restore(server, CONVERSATION).status_code == 200

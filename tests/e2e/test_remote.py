@@ -46,7 +46,7 @@ def proxy(server, fakes, tmp_path_factory):
         ],
     }))
     os.environ["FAKE_UPSTREAM_KEY"] = KEY
-    flags = ("--models-dir", str(models), "--model-name", "local-gemma", "--no-assemble-default-model",
+    flags = ("--models-dir", str(models), "--model-name", "local-gemma", "--no-install-embedded-models",
              "--upstream", f"ours={server.base_url}/v1")
     try:
         with running_server(*flags, log_dir=tmp_path_factory.mktemp("proxy-server")) as process:

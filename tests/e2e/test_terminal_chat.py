@@ -88,7 +88,7 @@ def chat_server(tmp_path_factory):
         {"id": "one", "path": GEMMA, "settings": {"n_ctx": 2048, "parallel": 1}},
         {"id": "two", "path": GEMMA, "settings": {"n_ctx": 2048, "parallel": 1}},
     ]}))
-    flags = ("--models-dir", str(models), "--model-name", "one", "--no-assemble-default-model")
+    flags = ("--models-dir", str(models), "--model-name", "one", "--no-install-embedded-models")
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("chat-server")) as server:
         yield server
 

@@ -41,7 +41,7 @@ def format_client(tmp_path_factory, server):
         (models / f"{name}.tools.jinja").write_text(prompt)
         entries.append({"id": f"gemma-{name}", "path": str(gemma), "tool_prompt": f"{name}.tools.jinja"})
     (models / "models.yaml").write_text(yaml.safe_dump({"models": entries}))
-    flags = ("--models-dir", str(models), "--model-name", "gemma-mistral", "--no-assemble-default-model",
+    flags = ("--models-dir", str(models), "--model-name", "gemma-mistral", "--no-install-embedded-models",
              "--parallel", "2")
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("format-server")) as process:
         yield openai.OpenAI(base_url=f"{process.base_url}/v1", api_key="x", _strict_response_validation=True)

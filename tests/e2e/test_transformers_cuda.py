@@ -32,7 +32,7 @@ def cuda_server(tmp_path_factory):
         {"id": "tiny-4bit", "path": folder, "engine": "transformers", "hf": {"device": "cuda", "quantization": "4bit"}},
         {"id": "tiny-8bit", "path": folder, "engine": "transformers", "hf": {"device": "cuda", "quantization": "8bit"}},
     ]}))
-    flags = ("--models-dir", str(models), "--model-name", "tiny-fp16", "--no-assemble-default-model")
+    flags = ("--models-dir", str(models), "--model-name", "tiny-fp16", "--no-install-embedded-models")
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("cuda-server")) as server:
         yield server
 

@@ -37,7 +37,7 @@ def hf_server(tmp_path_factory):
         {"id": "gemma-llama-cpp", "path": str(PROJECT_ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"),
          "settings": {"n_ctx": 512, "parallel": 1}},
     ]}))
-    flags = ("--models-dir", str(models), "--model-name", MODEL, "--no-assemble-default-model", "--parallel", "4",
+    flags = ("--models-dir", str(models), "--model-name", MODEL, "--no-install-embedded-models", "--parallel", "4",
              "--n-ctx", "1024", "--scan-hf-cache", "--hf-cache-dir", str(models / "no-hub"))
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("hf-server")) as server:
         yield server

@@ -1,15 +1,18 @@
 """The built-in web chat page: served at /chat (and / for browsers), its JavaScript checked with node, and
-driven in headless Chromium through Playwright where both are installed (skipped with the reason otherwise)."""
+driven as a person would in Debian's headless Chromium through Playwright (.ci/run installs both; in CI a skip
+is a failure)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import time
 
 import httpx
 import pytest
 
+from backends.embedded_model import GEMMA_FILE, SMOLLM2_FILE
 from tests.server_process import REPO_ROOT
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
@@ -56,36 +59,83 @@ def test_page_scripts_parse_and_markdown_is_safe():
     assert out["events"] == ['{"a":1}', "[DONE]"] and out["rest"] == 'data: {"b"'
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# As root in a sandbox without a display or network: no setuid sandbox, no GPU, no calls home.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+# Records the assistant bubble's text length at every change, to see the answer arrive in pieces.
+WATCH_LAST_ANSWER = """() => {
+    window.__lengths = [];
+    new MutationObserver(() => {
+        const bubbles = document.querySelectorAll('.message.assistant');
+        if (bubbles.length) window.__lengths.push(bubbles[bubbles.length - 1].textContent.length);
+    }).observe(document.querySelector('#messages'), {childList: true, subtree: true, characterData: true});
+}"""
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (Debian package `chromium`)")
+def _default_model(base_url: str) -> str:
+    (card,) = [card for card in httpx.get(f"{base_url}/v1/models").json()["data"] if card["default"]]
+    return card["id"]
+
+
+def _wait_idle(base_url: str, timeout: float = 10.0) -> None:
+    """The server has no sequence running (a stopped answer stopped generating there too)."""
+    deadline = time.monotonic() + timeout
+    while httpx.get(base_url, headers={"Accept": "application/json"}).json()["active_sequences"]:
+        assert time.monotonic() < deadline, "the server kept generating after Stop"
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`)")
 def test_chat_in_a_real_browser(server):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    from playwright import sync_api  # a test dependency (requirements-dev.txt): never skipped
+
+    default_model = _default_model(server.base_url)
+    other_model = GEMMA_FILE if default_model != GEMMA_FILE else SMOLLM2_FILE
+    sent_models, console_errors = [], []
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=_chromium(), headless=True)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page()
+        page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+        page.on("pageerror", lambda error: console_errors.append(str(error)))
+        page.on("request", lambda request: request.url.endswith("/v1/chat/completions")
+                and sent_models.append(json.loads(request.post_data)["model"]))
         page.goto(f"{server.base_url}/chat")
-        page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+        page.wait_for_function("document.querySelectorAll('#model option').length > 1")
+        assert page.input_value("#model") == default_model  # a new visitor talks to the server's default model
+
+        # Send, and watch the answer stream in.
+        page.evaluate(WATCH_LAST_ANSWER)
         page.fill("#input", "Say hello.")
-        page.click("#send")
-        page.wait_for_selector(".message.assistant", timeout=30000)
+        page.press("#input", "Enter")
         page.wait_for_function("document.querySelector('#status').textContent.includes('tok/s')", timeout=60000)
-        assert page.inner_text(".message.assistant")
-        # Stop mid-answer: a long request, then the stop button.
-        page.fill("#temperature", "0.8")
+        answer = page.inner_text(".message.assistant")
+        lengths = page.evaluate("window.__lengths")
+        assert answer.strip() and len({n for n in lengths if 0 < n < len(answer)}) >= 2, lengths
+
+        # Switch model, ask for something long, stop it mid-answer: the server stops generating too.
+        page.select_option("#model", other_model)
         page.fill("#input", "Write a very long essay about the sea.")
         page.click("#send")
         page.wait_for_function("document.querySelectorAll('.message.assistant').length >= 2 && "
                                "document.querySelectorAll('.message.assistant')[1].textContent.length > 5")
         page.click("#stop")
         page.wait_for_function("document.querySelector('#status').textContent.includes('stopped')")
-        # A reload keeps the conversation (localStorage); switching the model keeps working.
+        _wait_idle(server.base_url)
+        stopped_answer = page.inner_text(".message.assistant >> nth=1")
+
+        # A reload keeps the conversation and the chosen model (localStorage).
         page.reload()
         page.wait_for_function("document.querySelectorAll('.message').length >= 4")
-        page.select_option("#model", index=0)
-        page.fill("#input", "One more.")
+        assert page.input_value("#model") == other_model
+        assert page.inner_text(".message.assistant >> nth=1") == stopped_answer
+
+        # Back to the first model, same conversation.
+        page.select_option("#model", default_model)
+        page.fill("#input", "Thanks. One more sentence, please.")
         page.click("#send")
-        page.wait_for_function("document.querySelectorAll('.message.assistant').length >= 3")
+        page.wait_for_function("document.querySelectorAll('.message.assistant').length >= 3 && "
+                               "document.querySelector('#status').textContent.includes('tok/s')", timeout=60000)
         browser.close()
+    assert sent_models == [default_model, other_model, default_model]
+    assert console_errors == []
