@@ -1,4 +1,6 @@
-"""Chat completions end to end: real server, real gemma model, official openai client (strict validation)."""
+"""Chat completions end to end: real server, official openai client (strict validation). Engine mechanics run on
+the embedded gemma base model (its end tokens can be banned to force full-length output); chat quality on the
+default instruct model, SmolLM2-135M-Instruct."""
 
 from __future__ import annotations
 
@@ -7,9 +9,10 @@ import time
 
 import httpx
 
+from backends.embedded_model import GEMMA_FILE, SMOLLM2_FILE
 from tests.e2e.conftest import GEMMA_END_TOKENS
 
-MODEL = "gemma-3-270m-q4_k_m.gguf"
+MODEL = GEMMA_FILE
 MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
 
 
@@ -36,9 +39,22 @@ def test_non_streaming_completion(client):
 def test_model_field_absent_uses_default_and_stem_is_accepted(client, http):
     # The openai SDK always sends `model`; other clients may not.
     without = http.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 2})
-    assert without.status_code == 200 and without.json()["model"] == MODEL
+    assert without.status_code == 200 and without.json()["model"] == SMOLLM2_FILE
     stem = client.chat.completions.create(model=MODEL.removesuffix(".gguf"), messages=MESSAGES, max_tokens=2)
     assert stem.model == MODEL
+
+
+def test_default_instruct_model_answers_and_ends_its_turn(client):
+    """The default model is a chat model: it answers the question (the GGUF's own ChatML template, rendered in the
+    sandbox) and ends its turn at <|im_end|> long before max_tokens, where the base model would ramble on."""
+    kwargs = dict(messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
+                  max_tokens=200, temperature=0)
+    response = client.chat.completions.create(model=SMOLLM2_FILE, **kwargs)
+    answer = response.choices[0].message.content
+    assert response.choices[0].finish_reason == "stop" and response.usage.completion_tokens < 60
+    assert "Paris" in answer and "<|im_" not in answer and "capital of France?" not in answer
+    streamed, chunks = _stream_text(client, model=SMOLLM2_FILE, **kwargs)
+    assert streamed == answer and chunks[-1].choices[0].finish_reason == "stop"
 
 
 def test_stream_concatenates_to_non_stream_text(client):
@@ -215,7 +231,7 @@ def test_models_endpoints(client, http):
 def test_status_and_health(http):
     assert http.get("/health").status_code == 200
     status = http.get("/").json()
-    assert status["model"] == MODEL
+    assert status["model"] == status["default_model"] == SMOLLM2_FILE
     assert status["status"] == "ready"
 
 
@@ -223,6 +239,8 @@ def test_set_model_loads_and_sets_default(http):
     response = http.post("/setModel", json={"modelName": MODEL})
     assert response.status_code == 200
     assert response.json()["model"] == MODEL
+    assert http.get("/").json()["default_model"] == MODEL
     missing = http.post("/setModel", json={"modelName": "nope.gguf"})
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "model_not_found"
+    assert http.post("/setModel", json={"modelName": SMOLLM2_FILE}).status_code == 200  # the session's default again

@@ -1,5 +1,7 @@
 """Persistent prompt cache end to end: /restore_cache, restore from disk after a restart, corrupt entries,
-per-model namespaces. Each test runs its own servers on its own cache directory."""
+per-model namespaces. Each test runs its own servers on its own cache directory. Restoring runs on both embedded
+architectures: SmolLM2 (llama, full attention: a cached sequence can be cut back to a shared prefix) and gemma 3
+(sliding-window attention: only whole stored prefixes are usable)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,11 @@ import openai
 import pytest
 import yaml
 
+from backends.embedded_model import GEMMA_FILE, SMOLLM2_FILE
 from settings import PROJECT_ROOT
 from tests.server_process import running_server
 
-MODEL = "gemma-3-270m-q4_k_m.gguf"
+MODEL = GEMMA_FILE
 FLAGS = ("--parallel", "2", "--n-ctx", "4096", "--cache-min-tokens", "64")
 CONVERSATION = [
     {"role": "system", "content": "You keep the harbour log. " + " ".join(
@@ -40,26 +43,32 @@ def cache_dir(tmp_path):
     return tmp_path / "prompt-cache"
 
 
-def test_restore_then_follow_up_reuses_the_conversation_and_answers_the_same(tmp_path, cache_dir):
-    with running_server(*FLAGS, "--no-prompt-cache", log_dir=tmp_path) as server:
-        cold = chat(server, FOLLOW_UP)
+@pytest.fixture(params=[SMOLLM2_FILE, GEMMA_FILE], ids=["llama", "gemma3-swa"])
+def model(request) -> str:
+    return request.param
+
+
+def test_restore_then_follow_up_reuses_the_conversation_and_answers_the_same(tmp_path, cache_dir, model):
+    with running_server(*FLAGS, "--model-name", model, "--no-prompt-cache", log_dir=tmp_path) as server:
+        cold = chat(server, FOLLOW_UP, model)
     assert cold.usage.prompt_tokens_details.cached_tokens == 0
-    with running_server(*FLAGS, "--cache-dir", str(cache_dir), log_dir=tmp_path) as server:
+    with running_server(*FLAGS, "--model-name", model, "--cache-dir", str(cache_dir), log_dir=tmp_path) as server:
         warmed = restore(server, CONVERSATION).json()
-        assert warmed["model"] == MODEL and warmed["reused_tokens"] == 0
+        assert warmed["model"] == model and warmed["reused_tokens"] == 0
         assert 0 < warmed["cached_tokens"] <= warmed["prompt_tokens"] < cold.usage.prompt_tokens
-        warm = chat(server, FOLLOW_UP)
+        warm = chat(server, FOLLOW_UP, model)
     assert warm.usage.prompt_tokens == cold.usage.prompt_tokens
     assert warm.usage.prompt_tokens_details.cached_tokens >= warmed["cached_tokens"]
     assert warm.choices[0].message.content == cold.choices[0].message.content
 
 
-def test_a_restart_restores_from_disk(tmp_path, cache_dir):
-    with running_server(*FLAGS, "--cache-dir", str(cache_dir), log_dir=tmp_path) as server:
+def test_a_restart_restores_from_disk(tmp_path, cache_dir, model):
+    flags = (*FLAGS, "--model-name", model, "--cache-dir", str(cache_dir))
+    with running_server(*flags, log_dir=tmp_path) as server:
         warmed = restore(server, CONVERSATION).json()
-        first = chat(server, FOLLOW_UP)
-    with running_server(*FLAGS, "--cache-dir", str(cache_dir), log_dir=tmp_path) as server:
-        again = chat(server, FOLLOW_UP)
+        first = chat(server, FOLLOW_UP, model)
+    with running_server(*flags, log_dir=tmp_path) as server:
+        again = chat(server, FOLLOW_UP, model)
         status = cache_status(server)
     # The longest stored prefix is the first answer's whole sequence (prompt + completion, saved after it).
     assert again.usage.prompt_tokens_details.cached_tokens >= warmed["cached_tokens"]
@@ -67,19 +76,20 @@ def test_a_restart_restores_from_disk(tmp_path, cache_dir):
     assert again.choices[0].message.content == first.choices[0].message.content
 
 
-def test_corrupt_entries_are_served_cold_without_a_crash(tmp_path, cache_dir):
-    with running_server(*FLAGS, "--cache-dir", str(cache_dir), log_dir=tmp_path) as server:
+def test_corrupt_entries_are_served_cold_without_a_crash(tmp_path, cache_dir, model):
+    flags = (*FLAGS, "--model-name", model, "--cache-dir", str(cache_dir))
+    with running_server(*flags, log_dir=tmp_path) as server:
         assert restore(server, CONVERSATION).status_code == 200
     value_files = list(cache_dir.rglob("*.val"))
     assert value_files
     for path in value_files:
         path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
-    with running_server(*FLAGS, "--cache-dir", str(cache_dir), log_dir=tmp_path) as server:
-        response = chat(server, FOLLOW_UP)
+    with running_server(*flags, log_dir=tmp_path) as server:
+        response = chat(server, FOLLOW_UP, model)
         status = cache_status(server)
         assert response.usage.prompt_tokens_details.cached_tokens == 0
         assert status["bad_entries"] >= 1 and status["disk_hits"] == 0
-        assert chat(server, FOLLOW_UP).choices[0].finish_reason in ("stop", "length")  # still serving
+        assert chat(server, FOLLOW_UP, model).choices[0].finish_reason in ("stop", "length")  # still serving
 
 
 def test_two_models_never_restore_each_others_states(tmp_path, cache_dir):

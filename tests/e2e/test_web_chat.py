@@ -90,8 +90,8 @@ def _wait_idle(base_url: str, timeout: float = 10.0) -> None:
 def test_chat_in_a_real_browser(server):
     from playwright import sync_api  # a test dependency (requirements-dev.txt): never skipped
 
-    default_model = _default_model(server.base_url)
-    other_model = GEMMA_FILE if default_model != GEMMA_FILE else SMOLLM2_FILE
+    default_model, other_model = SMOLLM2_FILE, GEMMA_FILE  # the base model rambles on: there is time to Stop it
+    assert _default_model(server.base_url) == default_model
     sent_models, console_errors = [], []
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
