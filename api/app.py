@@ -27,8 +27,8 @@ from backends.base import Engine
 from backends.catalog import ModelEntry
 from backends.embedded_model import ensure_embedded_models
 from backends.registry import ModelRegistry
-from backends.remote_engine import RemoteEngine
-from backends.remote_pool import RemoteDirectory, load_upstream_configs
+from backends.remote.engine import RemoteEngine
+from backends.remote.pool import RemoteDirectory, load_upstream_configs
 from errors import ModelNotFound
 from settings import Settings
 
@@ -47,18 +47,18 @@ def _engine_factory(remote: RemoteDirectory):
 def _create_local_engine(entry: ModelEntry, settings: Settings) -> Engine:
     """Runs in a worker thread. Engines import their heavy libraries (llama.cpp, torch) on first use."""
     if entry.engine == "transformers":
-        from backends.hf_embeddings import TransformersEmbeddingEngine, is_embedding_model
+        from backends.hf.embeddings import TransformersEmbeddingEngine, is_embedding_model
 
         if entry.path is not None and entry.path.is_dir() and is_embedding_model(entry.path):
             return TransformersEmbeddingEngine(entry, settings)
-        from backends.transformers_engine import TransformersEngine
+        from backends.hf.engine import TransformersEngine
 
         return TransformersEngine(entry, settings)
-    from backends.llamacpp_embeddings import LlamaCppEmbeddingEngine, is_gguf_embedding_model
+    from backends.llamacpp.embeddings import LlamaCppEmbeddingEngine, is_gguf_embedding_model
 
     if is_gguf_embedding_model(entry, settings):
         return LlamaCppEmbeddingEngine(entry, settings)
-    from backends.llamacpp import LlamaCppEngine
+    from backends.llamacpp.engine import LlamaCppEngine
 
     return LlamaCppEngine(entry, settings)
 

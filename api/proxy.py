@@ -24,8 +24,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from api.choice_streams import wait_for_disconnect
 from api.errors import error_body
 from api.observability import note_upstream_error
-from backends.remote_engine import RemoteEngine
-from backends.remote_pool import UpstreamPool, UpstreamURL
+from backends.remote.engine import RemoteEngine
+from backends.remote.pool import UpstreamPool, UpstreamURL
 from errors import UpstreamError
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from backends.access import may_use
 from backends.base import Engine
 from backends.catalog import Catalog, GenerationDefaults, ModelEntry, default_hf_cache
 from backends.memory import estimate_memory_bytes, physical_memory_bytes
-from backends.remote_pool import RemoteDirectory
+from backends.remote.pool import RemoteDirectory
 from chat.templates import ChatPromptRenderer
 from errors import ModelLoadFailed, ModelNotFound, ModelTooLarge, NotSupported, ServerError
 from settings import Settings

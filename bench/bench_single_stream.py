@@ -67,8 +67,8 @@ def bench_raw_loop(runs: int, max_tokens: int, threads: int) -> dict:
     import llama_cpp
 
     from backends.base import SamplingParams
-    from backends.llamacpp_model import ContextConfig, LlamaContext, LlamaModel
-    from backends.llamacpp_sampling import SamplerChain
+    from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel
+    from backends.llamacpp.sampling import SamplerChain
 
     model = LlamaModel(MODEL_PATH)
     config = ContextConfig(N_CTX, 1, 512, 512, threads, threads, flash_attn=True)  # as our server defaults

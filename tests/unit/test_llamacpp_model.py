@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backends.embedded_model import ensure_embedded_model
-from backends.llamacpp_model import LlamaModel
+from backends.llamacpp.model import LlamaModel
 from settings import PROJECT_ROOT
 
 MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"

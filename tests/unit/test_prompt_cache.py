@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.prompt_cache import MAX_PENDING_WRITES, PromptCache, PromptStateStore, StoredSequenceState
+from backends.llamacpp.prompt_cache import MAX_PENDING_WRITES, PromptCache, PromptStateStore, StoredSequenceState
 
 TAG = "test-build"
 

@@ -18,8 +18,8 @@ import torch
 
 from backends.base import GenerationFinished, SamplingParams, TokenDelta, TokenLogprob, Usage
 from backends.engine_support import Emit
-from backends.hf_grammar import GrammarConstraint
-from backends.hf_sampling import RowSampler, row_logprobs
+from backends.hf.grammar import GrammarConstraint
+from backends.hf.sampling import RowSampler, row_logprobs
 from backends.text_output import StopStringFilter, TokenTextDecoder
 from errors import EngineBusy, EngineFailure
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 from backends.base import ChatTemplateInfo, Engine, EngineCapabilities, GenerationChunk, GenerationRequest
 from backends.catalog import ModelEntry
-from backends.remote_pool import UpstreamPool
+from backends.remote.pool import UpstreamPool
 from errors import ModelNotFound, NotSupported
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from backends.llamacpp_logging import route_llama_logs_to_python
+from backends.llamacpp.log_routing import route_llama_logs_to_python
 
 _backend_ready = False
 

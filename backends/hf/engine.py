@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 from backends.base import GENERATIVE_CAPABILITIES, ChatTemplateInfo, Engine, GenerationChunk, GenerationRequest
 from backends.catalog import ModelEntry
 from backends.engine_support import check_logit_bias, check_token_ids, completion_budget, relay_from_thread
-from backends.hf_grammar import GrammarCompiler, GrammarConstraint
-from backends.hf_loading import free_checkpoint, load_checkpoint
-from backends.hf_scheduler import BatchScheduler, HFJob
+from backends.hf.grammar import GrammarCompiler, GrammarConstraint
+from backends.hf.loading import free_checkpoint, load_checkpoint
+from backends.hf.scheduler import BatchScheduler, HFJob
 from chat.templates import resolve_template_source
 from settings import Settings
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from backends.catalog import ModelEntry
 from backends.embedding_base import EmbeddingEngine, Embeddings
 from backends.engine_support import check_token_ids
-from backends.hf_loading import pick_device, pick_dtype, release_torch_memory
+from backends.hf.loading import pick_device, pick_dtype, release_torch_memory
 from errors import InvalidRequest, ModelNotFound
 from settings import Settings
 

@@ -13,7 +13,7 @@ import llama_cpp
 import numpy as np
 
 from backends.base import GrammarSpec, SamplingParams, TokenLogprob, TopLogprob
-from backends.llamacpp_model import LlamaModel
+from backends.llamacpp.model import LlamaModel
 
 
 def _logit_bias_sampler(n_vocab: int, logit_bias: dict[int, float]):

@@ -27,9 +27,9 @@ from backends.base import (
     TokenLogprob,
     Usage,
 )
-from backends.llamacpp_model import LlamaContext, LlamaModel
-from backends.llamacpp_sampling import SamplerChain, token_logprobs
-from backends.prompt_cache import CachedPrefix, PromptCache
+from backends.llamacpp.model import LlamaContext, LlamaModel
+from backends.llamacpp.sampling import SamplerChain, token_logprobs
+from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache
 from backends.text_output import IncrementalDetokenizer, StopStringFilter
 from errors import EngineBusy, EngineFailure
 

@@ -16,8 +16,8 @@ import llama_cpp
 from backends.catalog import ModelEntry
 from backends.embedding_base import EmbeddingEngine, Embeddings, l2_normalized
 from backends.engine_support import check_token_ids
-from backends.gguf_header import read_gguf_metadata
-from backends.llamacpp_model import ContextConfig, LlamaContext, LlamaModel, default_threads
+from backends.llamacpp.gguf_header import read_gguf_metadata
+from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, default_threads
 from errors import EngineFailure, InvalidRequest, ModelNotFound
 from settings import Settings
 
