@@ -23,57 +23,10 @@ from api.routes_passthrough import router as passthrough_router
 from api.routes_responses import router as responses_router
 from api.routes_web import assets as web_assets
 from api.routes_web import router as web_router
-from backends.base import Engine
-from backends.catalog import ModelEntry
-from backends.embedded_model import ensure_embedded_models
 from backends.registry import ModelRegistry
-from backends.remote.engine import RemoteEngine
-from backends.remote.pool import RemoteDirectory, load_upstream_configs
-from errors import ModelNotFound
 from settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-def _engine_factory(remote: RemoteDirectory):
-    def create(entry: ModelEntry, settings: Settings) -> Engine:
-        if entry.engine == "remote":
-            return RemoteEngine(entry, remote.pool((entry.upstream or {}).get("name", "")))
-        return _create_local_engine(entry, settings)
-
-    return create
-
-
-def _create_local_engine(entry: ModelEntry, settings: Settings) -> Engine:
-    """Runs in a worker thread. Engines import their heavy libraries (llama.cpp, torch) on first use."""
-    if entry.engine == "transformers":
-        from backends.hf.embeddings import TransformersEmbeddingEngine, is_embedding_model
-
-        if entry.path is not None and entry.path.is_dir() and is_embedding_model(entry.path):
-            return TransformersEmbeddingEngine(entry, settings)
-        from backends.hf.engine import TransformersEngine
-
-        return TransformersEngine(entry, settings)
-    from backends.llamacpp.embeddings import LlamaCppEmbeddingEngine, is_gguf_embedding_model
-
-    if is_gguf_embedding_model(entry, settings):
-        return LlamaCppEmbeddingEngine(entry, settings)
-    from backends.llamacpp.engine import LlamaCppEngine
-
-    return LlamaCppEngine(entry, settings)
-
-
-async def _start_up(settings: Settings, registry: ModelRegistry) -> None:
-    """Make the default model available: place the embedded models if needed, then load the default."""
-    if settings.install_embedded_models:
-        await asyncio.to_thread(ensure_embedded_models, settings.models_dir)
-    try:
-        await registry.ensure_loaded(None)
-    except ModelNotFound:  # the server still starts; /health and / say the default model is missing
-        logger.error(registry.missing_default_message())
-    except Exception as exc:
-        logger.error("Default model '%s' failed to load: %s", settings.model_name, getattr(exc, "message", exc))
-
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -81,23 +34,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        remote = RemoteDirectory(
-            load_upstream_configs(settings.models_file or settings.models_dir / "models.yaml", settings.upstream)
-        )
-        remote.start()
-        registry = ModelRegistry(settings, _engine_factory(remote), remote)
+        registry = ModelRegistry.from_settings(settings)
+        registry.start()
         metrics.registry.register(RegistryCollector(registry))
         app.state.settings = settings
         app.state.registry = registry
-        app.state.startup = asyncio.create_task(_start_up(settings, registry))
+        app.state.startup = asyncio.create_task(registry.load_default_model())
         try:
             yield
         finally:
             AppStatus.should_exit = True  # streams still open after uvicorn's grace period end now
             app.state.startup.cancel()
             await asyncio.gather(app.state.startup, return_exceptions=True)
-            await registry.aclose()
-            await remote.aclose()
+            await registry.aclose()  # models, then the upstream clients
 
     app = FastAPI(title="OpenAI-compatible LLM server", version="0.1.0", lifespan=lifespan)
     # sse-starlette would end every stream the moment SIGTERM arrives; we let them finish within uvicorn's

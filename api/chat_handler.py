@@ -16,8 +16,8 @@ from api.chat_response import ChoiceAccumulator, ChoiceOutput, ChunkBuilder, Com
 from api.choice_streams import consume_unless_disconnected, merge_choices, with_deadline
 from api.errors import error_body
 from api.observability import note_model, observe
-from api.proxy import client_body, relay
 from api.protocol import ChatCompletionRequest
+from api.proxy import client_body, relay
 from backends.base import GenerationChunk, GenerationFinished, GenerationRequest, TokenDelta
 from backends.registry import LoadedModel, ModelRegistry
 from errors import EngineFailure, ServerError

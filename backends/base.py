@@ -11,7 +11,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from chat.grammars import GrammarSpec
+from chat.templates import ChatTemplateInfo
 from errors import NotSupported
+
+__all__ = ["ChatTemplateInfo", "GrammarSpec"]  # defined with the chat logic that reads them; engines fill them
 
 FinishReason = Literal["stop", "length"]
 
@@ -28,15 +32,6 @@ class SamplingParams:
     penalty_last_n: int = 64
     seed: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class GrammarSpec:
-    """A GBNF grammar (root rule `root`) the output must follow; with `lazy_triggers` (regexes over the
-    generated text) it applies only from the first trigger's match on."""
-
-    gbnf: str
-    lazy_triggers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,17 +108,6 @@ GENERATIVE_CAPABILITIES = EngineCapabilities(
     streaming=True, logprobs=True, max_top_logprobs=20, tools=True, parallel_tool_calls=True, json_schema=True,
     grammar=True,
 )
-
-
-@dataclass(frozen=True)
-class ChatTemplateInfo:
-    """What chat rendering needs from a model: its template source and special token texts."""
-
-    source: str
-    bos_token: str = ""
-    eos_token: str = ""
-    origin: str = ""  # where the template came from, shown in model info
-    tool_prompt_source: str = ""  # tool-use instructions for templates that cannot render tools themselves
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,10 @@ from typing import Literal
 from backends.access import may_use
 from backends.base import Engine
 from backends.catalog import Catalog, GenerationDefaults, ModelEntry, default_hf_cache
+from backends.embedded_model import ensure_embedded_models
+from backends.factory import EngineBuilder
 from backends.memory import estimate_memory_bytes, physical_memory_bytes
-from backends.remote.pool import RemoteDirectory
+from backends.remote.pool import RemoteDirectory, load_upstream_configs
 from chat.templates import ChatPromptRenderer
 from errors import ModelLoadFailed, ModelNotFound, ModelTooLarge, NotSupported, ServerError
 from settings import Settings
@@ -69,6 +71,13 @@ def engine_settings(entry: ModelEntry, settings: Settings) -> Settings:
 
 
 class ModelRegistry:
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelRegistry:
+        """The server's registry: engines built by `backends/factory.py`, upstreams from the models file and flags."""
+        models_file = settings.models_file or settings.models_dir / "models.yaml"
+        remote = RemoteDirectory(load_upstream_configs(models_file, settings.upstream))
+        return cls(settings, EngineBuilder(remote), remote)
+
     def __init__(
         self, settings: Settings, engine_factory: EngineFactory, remote: RemoteDirectory | None = None
     ) -> None:
@@ -349,7 +358,26 @@ class ModelRegistry:
             if model.leases == 0:
                 model.idle.set()
 
+    def start(self) -> None:
+        """Start background work (upstream model discovery and health probes); needs the running event loop."""
+        if self.remote is not None:
+            self.remote.start()
+
+    async def load_default_model(self) -> None:
+        """Start-up: place the embedded models if configured, then load the default model. A failure is logged,
+        not raised: the server still starts, and /health and / report it."""
+        if self.settings.install_embedded_models:
+            await asyncio.to_thread(ensure_embedded_models, self.settings.models_dir)
+        try:
+            await self.ensure_loaded(None)
+        except ModelNotFound:
+            logger.error(self.missing_default_message())
+        except Exception as exc:
+            logger.error("Default model '%s' failed to load: %s", self.default_model, getattr(exc, "message", exc))
+
     async def aclose(self) -> None:
         await asyncio.gather(*self._loading.values(), return_exceptions=True)
         for model in list(self._loaded.values()):
             await self._unload(model)
+        if self.remote is not None:
+            await self.remote.aclose()

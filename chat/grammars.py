@@ -9,14 +9,25 @@ from __future__ import annotations
 import copy
 import json
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from llama_cpp.llama_grammar import SchemaConverter
-
-from backends.base import GrammarSpec
 from chat.tool_formats import ToolCallFormat
 from chat.tools import ToolPlan
 from errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_grammar import SchemaConverter
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """A GBNF grammar (root rule `root`) the output must follow; with `lazy_triggers` (regexes over the
+    generated text) it applies only from the first trigger's match on."""
+
+    gbnf: str
+    lazy_triggers: tuple[str, ...] = ()
+
 
 MAX_PARALLEL_CALLS = 4  # bounds a model that would otherwise emit calls until max_tokens
 
@@ -84,6 +95,9 @@ def _closed_objects(schema: Any) -> Any:
 
 
 def _converter() -> SchemaConverter:
+    # Imported here: llama_cpp loads its shared library on import, and the HTTP layer imports this module.
+    from llama_cpp.llama_grammar import SchemaConverter
+
     return SchemaConverter(prop_order={"name": 0, "arguments": 1}, allow_fetch=False, dotall=False, raw_pattern=False)
 
 

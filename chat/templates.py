@@ -9,14 +9,26 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from backends.base import ChatTemplateInfo
 from chat.tool_formats import ToolCallFormat, detect_tool_call_format
 from errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class ChatTemplateInfo:
+    """What chat rendering needs from a model: its template source and special token texts."""
+
+    source: str
+    bos_token: str = ""
+    eos_token: str = ""
+    origin: str = ""  # where the template came from, shown in model info
+    tool_prompt_source: str = ""  # tool-use instructions for templates that cannot render tools themselves
+
 
 # Architecture (GGUF `general.architecture`) -> template file in templates/. Llama 2 era models share the
 # `llama` architecture with Llama 3, so the model name decides between llama3 and mistral-style prompts.

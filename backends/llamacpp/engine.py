@@ -11,9 +11,9 @@ import logging
 from collections.abc import AsyncIterator
 
 from backends.base import (
+    GENERATIVE_CAPABILITIES,
     ChatTemplateInfo,
     Engine,
-    GENERATIVE_CAPABILITIES,
     GenerationChunk,
     GenerationFinished,
     GenerationRequest,
@@ -23,9 +23,9 @@ from backends.base import (
 from backends.catalog import ModelEntry
 from backends.engine_support import check_logit_bias, check_token_ids, completion_budget, relay_from_thread
 from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, default_threads
+from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache, model_namespace, state_format_tag
 from backends.llamacpp.sampling import grammar_parses
 from backends.llamacpp.scheduler import Scheduler, SequenceJob, common_prefix_length
-from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache, model_namespace, state_format_tag
 from chat.templates import resolve_template_source, resolve_tool_prompt_source
 from errors import InvalidRequest, NotSupported
 from settings import Settings

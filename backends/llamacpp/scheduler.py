@@ -28,8 +28,8 @@ from backends.base import (
     Usage,
 )
 from backends.llamacpp.model import LlamaContext, LlamaModel
-from backends.llamacpp.sampling import SamplerChain, token_logprobs
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache
+from backends.llamacpp.sampling import SamplerChain, token_logprobs
 from backends.text_output import IncrementalDetokenizer, StopStringFilter
 from errors import EngineBusy, EngineFailure
 

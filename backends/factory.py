@@ -1,0 +1,49 @@
+"""Builds the engine for a catalog entry from a lazy kind -> class table.
+
+Engine modules import their heavy libraries (llama.cpp, torch) at module level, so a class is imported only
+when a model of its kind is first loaded: a llama.cpp-only server never imports torch. Runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from backends.base import Engine
+from backends.catalog import ModelEntry
+from backends.remote.pool import RemoteDirectory
+from settings import Settings
+
+# kind -> (module, class)
+ENGINE_CLASSES: dict[str, tuple[str, str]] = {
+    "llama.cpp": ("backends.llamacpp.engine", "LlamaCppEngine"),
+    "llama.cpp-embedding": ("backends.llamacpp.embeddings", "LlamaCppEmbeddingEngine"),
+    "transformers": ("backends.hf.engine", "TransformersEngine"),
+    "transformers-embedding": ("backends.hf.embeddings", "TransformersEmbeddingEngine"),
+}
+
+
+def local_engine_kind(entry: ModelEntry, settings: Settings) -> str:
+    """Which local engine serves `entry`: generative or embedding, on llama.cpp or transformers."""
+    if entry.engine == "transformers":
+        from backends.hf.embeddings import is_embedding_model
+
+        embedder = entry.path is not None and entry.path.is_dir() and is_embedding_model(entry.path)
+        return "transformers-embedding" if embedder else "transformers"
+    from backends.llamacpp.embeddings import is_gguf_embedding_model
+
+    return "llama.cpp-embedding" if is_gguf_embedding_model(entry, settings) else "llama.cpp"
+
+
+class EngineBuilder:
+    """Called by the registry (in a worker thread) with an entry and its effective settings."""
+
+    def __init__(self, remote: RemoteDirectory) -> None:
+        self.remote = remote
+
+    def __call__(self, entry: ModelEntry, settings: Settings) -> Engine:
+        if entry.engine == "remote":
+            from backends.remote.engine import RemoteEngine
+
+            return RemoteEngine(entry, self.remote.pool((entry.upstream or {}).get("name", "")))
+        module, name = ENGINE_CLASSES[local_engine_kind(entry, settings)]
+        return getattr(importlib.import_module(module), name)(entry, settings)
