@@ -98,9 +98,10 @@ class UpstreamError(ServerError):
     error_type = "upstream_error"
     code = "upstream_error"
 
-    def __init__(self, message: str, *, status_code: int = 502, code: str = "upstream_error",
+    def __init__(self, message: str, *, upstream: str, status_code: int = 502, code: str = "upstream_error",
                  error_type: str = "upstream_error", param: str | None = None):
         super().__init__(message, param=param, code=code)
+        self.upstream = upstream  # the upstream's name (for metrics; never its URL or key)
         self.status_code = status_code
         self.error_type = error_type
 

@@ -18,8 +18,9 @@ from api.limits import BodyLimitMiddleware
 from api.observability import Metrics, RegistryCollector, RequestLogMiddleware
 from api.routes_cache import router as cache_router
 from api.routes_chat import router as chat_router
+from api.routes_completions import router as completions_router
+from api.routes_embeddings import router as embeddings_router
 from api.routes_models import router as models_router
-from api.routes_passthrough import router as passthrough_router
 from api.routes_responses import router as responses_router
 from api.routes_web import assets as web_assets
 from api.routes_web import router as web_router
@@ -71,7 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat_router)
     app.include_router(models_router)
     app.include_router(cache_router)
-    app.include_router(passthrough_router)
+    app.include_router(completions_router)
+    app.include_router(embeddings_router)
     app.include_router(responses_router)
     app.include_router(web_router)
     app.mount("/chat/assets", web_assets, name="chat-assets")

@@ -6,23 +6,19 @@ middle, on models whose vocabulary has infill tokens. Fields this server cannot 
 
 from __future__ import annotations
 
-import json
 import uuid
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from fastapi import Request
-from fastapi.responses import JSONResponse, Response
-from sse_starlette import EventSourceResponse
-
 from api.chat_request import sampling_params, stop_strings
-from api.choice_streams import consume_unless_disconnected, merge_choices
+from api.completions_protocol import Completion, CompletionChoice, CompletionLogprobs
 from api.errors import error_body
-from api.observability import observe
-from api.protocol import CompletionRequest, now_seconds
-from backends.base import GenerationFinished, GenerationRequest, GrammarSpec, TokenDelta, TokenLogprob
+from api.protocol import CompletionRequest, CompletionUsage, now_seconds
+from api.serving import AnswerWriter, LocalRun, Payloads, generation_chunks
+from api.sse import DONE
+from backends.base import GenerationChunk, GenerationFinished, GenerationRequest, GrammarSpec, TokenDelta, TokenLogprob
 from backends.registry import LoadedModel, ModelRegistry
 from errors import InvalidRequest, ServerError
+from settings import Settings
 
 
 def _refuse_unsupported(body: CompletionRequest) -> None:
@@ -70,22 +66,21 @@ class _Choice:
     text: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
+    offset: int = 0  # text offset of the next streamed token (legacy logprobs count from the echoed prompt)
 
 
-def _legacy_logprobs(entries: list[TokenLogprob], offset: int) -> dict:
+def _legacy_logprobs(entries: list[TokenLogprob], offset: int) -> CompletionLogprobs:
     tokens, offsets = [], []
     for entry in entries:
         offsets.append(offset)
         tokens.append(entry.token)
         offset += len(entry.token)
-    return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [{t.token: t.logprob for t in e.top} for e in entries], "text_offset": offsets}
+    return CompletionLogprobs(tokens=tokens, token_logprobs=[e.logprob for e in entries],
+                              top_logprobs=[{t.token: t.logprob for t in e.top} for e in entries], text_offset=offsets)
 
 
-async def handle_completion(
-    body: CompletionRequest, model: LoadedModel, registry: ModelRegistry, resources: AsyncExitStack, request: Request
-) -> Response:
-    """Runs with the model leased in `resources`; a stream takes the lease over and releases it when done."""
+def start_completion(body: CompletionRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings) -> LocalRun:
+    """The generations of every prompt x `n`, and the writer of their answer."""
     _refuse_unsupported(body)
     prompts = _prompts(body)
     echoed = [_prompt_text(prompt, model) for prompt in prompts] if body.echo else [""] * len(prompts)
@@ -103,74 +98,59 @@ async def handle_completion(
         for prompt in prompts
         for choice in range(n)
     ]
-    chunks = observe(merge_choices([model.engine.generate(r) for r in requests]), model.model_id,
-                     model.engine.engine_kind)
-    identity = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": now_seconds(),
-                "model": model.model_id}
     echoes = [echoed[index // n] for index in range(len(requests))]
-    if body.stream:
-        first = await anext(chunks)  # a request that cannot start is a real HTTP error, not a broken stream
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _stream(identity, first, chunks, echoes, n, body.logprobs is not None, include_usage, resources)
-        return EventSourceResponse(events, sep="\n", ping=15)
-    choices = [_Choice() for _ in requests]
-    usages: dict[int, object] = {}
+    writer = CompletionWriter(body, model.model_id, echoes, n)
+    return LocalRun(writer, generation_chunks(model, requests, settings), bool(body.stream))
 
-    def take(item) -> None:
-        index, chunk = item
+
+class CompletionWriter(AnswerWriter):
+    def __init__(self, body: CompletionRequest, model_id: str, echoes: list[str], n: int) -> None:
+        self.identity = {"id": f"cmpl-{uuid.uuid4().hex}", "created": now_seconds(), "model": model_id}
+        self.echoes, self.n = echoes, n
+        self.want_logprobs = body.logprobs is not None
+        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        self.choices = [_Choice(offset=len(echo)) for echo in echoes]
+        self.usages: dict[int, object] = {}
+
+    def _chunk(self, index: int, text: str, logprobs=None, finish_reason=None) -> dict:
+        choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish_reason)
+        return Completion(**self.identity, choices=[choice]).model_dump(exclude_none=False)
+
+    def start(self) -> Payloads:
+        return [self._chunk(index, echo) for index, echo in enumerate(self.echoes) if echo]
+
+    def add(self, index: int, chunk: GenerationChunk) -> Payloads:
+        choice = self.choices[index]
         if isinstance(chunk, TokenDelta):
-            choices[index].text.append(chunk.text)
-            choices[index].logprobs.extend(chunk.logprobs)
-        elif isinstance(chunk, GenerationFinished):
-            choices[index].finish_reason = chunk.finish_reason
-            usages[index] = chunk.usage
+            choice.text.append(chunk.text)
+            choice.logprobs.extend(chunk.logprobs)
+            logprobs = _legacy_logprobs(list(chunk.logprobs), choice.offset) if self.want_logprobs else None
+            choice.offset += len(chunk.text)
+            return [self._chunk(index, chunk.text, logprobs)]
+        if isinstance(chunk, GenerationFinished):
+            choice.finish_reason = chunk.finish_reason
+            self.usages[index] = chunk.usage
+            return [self._chunk(index, "", CompletionLogprobs() if self.want_logprobs else None, chunk.finish_reason)]
+        return ()
 
-    if not await consume_unless_disconnected(chunks, take, request.receive):
-        return Response(status_code=499)  # the client left; its generations were cancelled
-    wire_choices = [
-        {"index": index, "text": echoes[index] + "".join(choice.text), "finish_reason": choice.finish_reason,
-         "logprobs": _legacy_logprobs(choice.logprobs, 0) if body.logprobs is not None else None}
-        for index, choice in enumerate(choices)
-    ]
-    return JSONResponse({**identity, "choices": wire_choices, "usage": _usage(usages, n)})
+    def finish(self) -> Payloads:
+        usage = [Completion(**self.identity, choices=[], usage=self._usage()).model_dump()] if self.include_usage else []
+        return [*usage, DONE]
 
+    def fail(self, error: ServerError) -> Payloads:
+        return [error_body(error)]
 
-def _usage(usages: dict, n: int) -> dict:
-    # Every prompt counts once however many choices it has, as OpenAI counts.
-    prompt = sum(usage.prompt_tokens for index, usage in usages.items() if index % n == 0)
-    completion = sum(usage.completion_tokens for usage in usages.values())
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    def whole(self) -> dict:
+        choices = [
+            CompletionChoice(index=index, text=self.echoes[index] + "".join(choice.text),
+                             finish_reason=choice.finish_reason,
+                             logprobs=_legacy_logprobs(choice.logprobs, 0) if self.want_logprobs else None)
+            for index, choice in enumerate(self.choices)
+        ]
+        return Completion(**self.identity, choices=choices, usage=self._usage()).model_dump()
 
-
-async def _stream(identity, first, chunks, echoes, n, want_logprobs, include_usage, resources):
-    usages: dict[int, object] = {}
-    offsets = [len(echo) for echo in echoes]
-
-    def event(index: int, text: str, logprobs=None, finish_reason=None) -> dict:
-        choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
-        return {"data": json.dumps({**identity, "choices": [choice]}, ensure_ascii=False)}
-
-    try:
-        for index, echo in enumerate(echoes):
-            if echo:
-                yield event(index, echo)
-        pending = first
-        while pending is not None:
-            index, chunk = pending
-            if isinstance(chunk, TokenDelta):
-                logprobs = _legacy_logprobs(list(chunk.logprobs), offsets[index]) if want_logprobs else None
-                offsets[index] += len(chunk.text)
-                yield event(index, chunk.text, logprobs)
-            elif isinstance(chunk, GenerationFinished):
-                usages[index] = chunk.usage
-                yield event(index, "", {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-                            if want_logprobs else None, chunk.finish_reason)
-            pending = await anext(chunks, None)
-        if include_usage:
-            yield {"data": json.dumps({**identity, "choices": [], "usage": _usage(usages, n)})}
-        yield {"data": "[DONE]"}
-    except ServerError as exc:
-        yield {"data": json.dumps(error_body(exc))}
-    finally:
-        await chunks.aclose()
-        await resources.aclose()
+    def _usage(self) -> CompletionUsage:
+        # Every prompt counts once however many choices it has, as OpenAI counts.
+        prompt = sum(usage.prompt_tokens for index, usage in self.usages.items() if index % self.n == 0)
+        completion = sum(usage.completion_tokens for usage in self.usages.values())
+        return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)

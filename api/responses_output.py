@@ -23,6 +23,7 @@ from api.responses_protocol import (
     ResponseUsage,
     new_item_id,
 )
+from api.serving import AnswerWriter
 from backends.base import GenerationFinished, TokenDelta, TokenLogprob, Usage
 from chat.tool_call_parser import CallArguments, CallStarted, ContentText, ParseEvent
 from errors import ServerError
@@ -48,8 +49,11 @@ def response_usage(usage: Usage) -> ResponseUsage:
     )
 
 
-class ResponseWriter:
-    """Feeds on one choice's engine chunks; returns the events each one causes, in order."""
+class ResponseWriter(AnswerWriter):
+    """Feeds on one choice's engine chunks; returns the events each one causes, in order. The whole answer is
+    the response object those same events built, so a stream and a whole answer cannot differ."""
+
+    named_events = True  # `event: response.output_text.delta`
 
     def __init__(self, response: ResponseObject, output: ChoiceOutput, want_logprobs: bool) -> None:
         self.response = response
@@ -72,7 +76,10 @@ class ResponseWriter:
     def start(self) -> list[Event]:
         return [self._lifecycle("response.created"), self._lifecycle("response.in_progress")]
 
-    def add(self, chunk: TokenDelta | GenerationFinished) -> list[Event]:
+    def whole(self) -> dict:
+        return self.response.model_dump(mode="json")
+
+    def add(self, index: int, chunk: TokenDelta | GenerationFinished) -> list[Event]:
         if isinstance(chunk, TokenDelta):
             self._held_logprobs.extend(chunk.logprobs if self.want_logprobs else ())
             return self._parse_events(self.output.read(chunk.text))

@@ -7,7 +7,7 @@ chunks (`TokenDelta`, then one `GenerationFinished`). They know nothing about HT
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -111,6 +111,22 @@ GENERATIVE_CAPABILITIES = EngineCapabilities(
 
 
 @dataclass(frozen=True)
+class RelayedWhole:
+    """A relayed request's whole answer (remote engines)."""
+
+    status_code: int
+    body: object  # the upstream's JSON, `model` renamed to ours
+
+
+@dataclass(frozen=True)
+class RelayedStream:
+    """A relayed request's stream: SSE bytes cut at line ends, the first already arrived. Raises `UpstreamError`
+    if the upstream breaks off; closing it cancels the upstream request."""
+
+    chunks: AsyncIterator[bytes]
+
+
+@dataclass(frozen=True)
 class WarmedPrompt:
     """What pre-warming a prompt into the cache achieved."""
 
@@ -154,6 +170,13 @@ class Engine(ABC):
             f"This {self.engine_kind} model generates text and does not serve embeddings; use an embedding model "
             "(or mark this one `embedding: true` in models.yaml to serve it as one)."
         )
+
+    async def relay(
+        self, path: str, body: dict, client_gone: Callable[[], Awaitable]
+    ) -> RelayedWhole | RelayedStream | None:
+        """Forward a request as the client sent it to the API `path` of another server (`relays_requests`
+        engines). None: `client_gone` finished before the answer did."""
+        raise NotSupported(f"The {self.engine_kind} engine generates locally; it relays nothing.")
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text` as a prompt (special-token text parsed, BOS as the model wants)."""

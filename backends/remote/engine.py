@@ -1,22 +1,31 @@
 """The remote engine: a catalog model served by an upstream OpenAI-compatible server.
 
-It generates nothing itself: requests for it are relayed as they came (see `api/proxy.py`), with the `model`
-field rewritten to the upstream's name. This object only says where to: the upstream pool and model name.
+It generates nothing itself: a request for it is relayed as the client sent it (`relay`), with the `model` field
+rewritten to the upstream's name and back. The I/O lives in `relay.py`, the URLs and their counters in `pool.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-from backends.base import ChatTemplateInfo, Engine, EngineCapabilities, GenerationChunk, GenerationRequest
+from backends.base import (
+    ChatTemplateInfo,
+    Engine,
+    EngineCapabilities,
+    GenerationChunk,
+    GenerationRequest,
+    RelayedStream,
+    RelayedWhole,
+)
 from backends.catalog import ModelEntry
 from backends.remote.pool import UpstreamPool
+from backends.remote.relay import open_call, read_whole, start_stream
 from errors import ModelNotFound, NotSupported
 
 
 class RemoteEngine(Engine):
     engine_kind = "remote"
-    relays_requests = True  # the HTTP layer forwards requests whole instead of calling generate()
+    relays_requests = True  # requests are forwarded whole (`relay`) instead of calling generate()
     # Everything is passed through; the upstream decides what it supports.
     capabilities = EngineCapabilities(tools=True, parallel_tool_calls=True, json_schema=True, grammar=True)
 
@@ -27,6 +36,16 @@ class RemoteEngine(Engine):
         self.entry = entry
         self.pool = pool
         self.upstream_model = upstream.get("model") or entry.id.split("/", 1)[-1]
+
+    async def relay(
+        self, path: str, body: dict, client_gone: Callable[[], Awaitable]
+    ) -> RelayedWhole | RelayedStream | None:
+        """Forward `body` to the upstream's `path` (e.g. `chat/completions`). A stream comes back once its first
+        bytes arrived; a whole answer once read, or None if `client_gone` finished first."""
+        call = await open_call(self.pool, path, {**body, "model": self.upstream_model})
+        if body.get("stream"):
+            return await start_stream(call, self.upstream_model, self.entry.id)
+        return await read_whole(call, self.entry.id, client_gone)
 
     @property
     def context_length(self) -> int:

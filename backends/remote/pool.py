@@ -110,13 +110,19 @@ class UpstreamPool:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def pick(self, exclude: set[UpstreamURL]) -> UpstreamURL | None:
-        """The healthy URL with the fewest requests in flight; if all are down, the one down the longest."""
+    def borrow(self, exclude: set[UpstreamURL]) -> UpstreamURL | None:
+        """The healthy URL with the fewest requests in flight (if all are down, the one down the longest), its
+        count taken; every borrowed URL is given back with `release` (relay.UpstreamCall does so exactly once)."""
         candidates = [u for u in self.urls if u not in exclude]
         healthy = [u for u in candidates if u.healthy]
-        if healthy:
-            return min(healthy, key=lambda u: u.in_flight)
-        return min(candidates, key=lambda u: u.down_until, default=None)
+        url = min(healthy, key=lambda u: u.in_flight) if healthy else \
+            min(candidates, key=lambda u: u.down_until, default=None)
+        if url is not None:
+            url.in_flight += 1
+        return url
+
+    def release(self, url: UpstreamURL) -> None:
+        url.in_flight -= 1
 
     def mark_failed(self, url: UpstreamURL, error: Exception) -> None:
         url.down_until = time.monotonic() + self.config.down_seconds

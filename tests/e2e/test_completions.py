@@ -51,8 +51,8 @@ def test_stream_equals_the_whole_completion(client, loose_client):
 
 
 def test_token_array_prompts_and_tokenize_round_trip(client, http):
-    tokens = http.post("/tokenize", json={"content": "Hello world"}).json()["tokens"]
-    assert http.post("/detokenize", json={"tokens": tokens}).json()["content"] == "Hello world"
+    tokens = http.post("/tokenize", json={"model": MODEL, "content": "Hello world"}).json()["tokens"]
+    assert http.post("/detokenize", json={"model": MODEL, "tokens": tokens}).json()["content"] == "Hello world"
     from_text = client.completions.create(model=MODEL, prompt="Hello world", max_tokens=4, temperature=0)
     from_tokens = client.completions.create(model=MODEL, prompt=tokens, max_tokens=4, temperature=0)
     assert from_tokens.choices[0].text == from_text.choices[0].text

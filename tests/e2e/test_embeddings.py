@@ -18,7 +18,6 @@ from tests.minilm_gguf import build_minilm_gguf
 from tests.server_process import running_server
 
 
-
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     models = tmp_path_factory.mktemp("embedding-models")

@@ -26,8 +26,8 @@ def run(pieces: list[str], finish_reason: str = "stop", tools=NO_TOOLS, logprobs
     events = writer.start()
     for piece in pieces:
         entry = (TokenLogprob(piece, piece.encode(), -0.5),) if logprobs else ()
-        events += writer.add(TokenDelta(piece, entry))
-    events += writer.add(GenerationFinished(finish_reason, Usage(prompt_tokens=7, completion_tokens=len(pieces))))
+        events += writer.add(0, TokenDelta(piece, entry))
+    events += writer.add(0, GenerationFinished(finish_reason, Usage(prompt_tokens=7, completion_tokens=len(pieces))))
     for event in events:
         EVENTS.validate_python(event)  # the SDK's strict types accept every event
     Response.model_validate(writer.response.model_dump(mode="json"))

@@ -1,0 +1,59 @@
+"""`/v1/completions` (legacy text completions: local engines, remote relayed) and llama-server's `/tokenize` and
+`/detokenize`. The body is validated here, not by FastAPI, so a remote upstream gets exactly what was sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import Response
+
+from api.completions import start_completion
+from api.completions_protocol import DetokenizeResponse, TokenizeResponse
+from api.deps import RegistryDep
+from api.protocol import CompletionRequest, DetokenizeRequest, TokenizeRequest
+from api.serving import LocalRun, serve
+from backends.base import Engine
+from backends.registry import LoadedModel, ModelRegistry
+from errors import InvalidRequest, NotSupported
+
+router = APIRouter(tags=["completions"])
+
+
+def model_name_of(body: Any) -> str | None:
+    """The `model` of a body that is validated later (or relayed as is)."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    name = body.get("model")
+    if name is not None and not isinstance(name, str):
+        raise InvalidRequest("'model' must be a string.", param="model")
+    return name
+
+
+@router.post("/v1/completions")
+@router.post("/completions", include_in_schema=False)
+async def completions(request: Request, registry: RegistryDep, body: Any = Body(...)) -> Response:
+    async def start_local(model: LoadedModel) -> LocalRun:
+        # A pydantic ValidationError here becomes the same 400 as FastAPI's own (api/errors.py).
+        parsed = CompletionRequest.model_validate(body)
+        return start_completion(parsed, model, registry, request.app.state.settings)
+
+    return await serve(request, registry, model_name_of(body), start_local=start_local, relay_path="completions",
+                       relay_body=lambda: body)
+
+
+async def _local_engine(registry: ModelRegistry, name: str | None) -> Engine:
+    model = await registry.ensure_loaded(name)
+    if model.engine.relays_requests:
+        raise NotSupported("Tokenizing is only available for local models.")
+    return model.engine
+
+
+@router.post("/tokenize", response_model=TokenizeResponse)
+async def tokenize(body: TokenizeRequest, registry: RegistryDep) -> TokenizeResponse:
+    return TokenizeResponse(tokens=(await _local_engine(registry, body.model)).tokenize(body.content))
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse)
+async def detokenize(body: DetokenizeRequest, registry: RegistryDep) -> DetokenizeResponse:
+    return DetokenizeResponse(content=(await _local_engine(registry, body.model)).detokenize(body.tokens))
