@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -20,8 +19,9 @@ from backends.base import GenerationFinished, SamplingParams, TokenDelta, TokenL
 from backends.engine_support import Emit
 from backends.hf.grammar import GrammarConstraint
 from backends.hf.sampling import RowSampler, row_logprobs
+from backends.job_queue import JobQueue
 from backends.text_output import StopStringFilter, TokenTextDecoder
-from errors import EngineBusy, EngineFailure
+from errors import EngineFailure
 
 logger = logging.getLogger(__name__)
 
@@ -57,35 +57,24 @@ class BatchScheduler:
         self.tokenizer = checkpoint.tokenizer
         self.device = checkpoint.device
         self.max_batch = max_batch
-        self.max_queue = max_queue
         self.seq_ctx = seq_ctx
         self.eos_ids = eos_ids
         self.vocab_size = self.model.config.vocab_size
         self.special_ids = set(self.tokenizer.all_special_ids)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(eos_ids, default=0)
-        self._waiting: deque[HFJob] = deque()
+        self._queue: JobQueue[HFJob] = JobQueue(max_queue)
         self._running: list[_Row] = []
-        self._wakeup = threading.Condition()
-        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="transformers-batcher", daemon=True)
         self._thread.start()
 
     # ---------------------------------------------------------------- event-loop side
 
     def submit(self, job: HFJob) -> None:
-        with self._wakeup:
-            if self._stopping:
-                raise EngineFailure("This model is being unloaded; retry the request.")
-            if len(self._waiting) >= self.max_queue:
-                raise EngineBusy("The request queue is full; retry later.")
-            self._waiting.append(job)
-            self._wakeup.notify()
+        self._queue.submit(job)
 
     def cancel(self, job: HFJob) -> None:
         job.cancelled = True
-        with self._wakeup:
-            if job in self._waiting:
-                self._waiting.remove(job)
+        self._queue.cancel(job)
 
     @property
     def active_sequences(self) -> int:
@@ -93,24 +82,19 @@ class BatchScheduler:
 
     @property
     def queued(self) -> int:
-        return len(self._waiting)
+        return len(self._queue)
 
     def shutdown(self) -> None:
-        with self._wakeup:
-            self._stopping = True
-            self._wakeup.notify()
+        self._queue.close()
         self._thread.join()
 
     # ---------------------------------------------------------------- worker thread
 
     def _run(self) -> None:
         while True:
-            with self._wakeup:
-                while not self._waiting and not self._stopping:
-                    self._wakeup.wait()
-                if not self._waiting:
-                    return
-                batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
+            batch = self._queue.take(lambda: self.max_batch)
+            if batch is None:
+                return
             try:
                 with torch.inference_mode():
                     self._run_batch(batch)

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import llama_cpp
 
 from backends.base import (
-    GenerationChunk,
     GenerationFinished,
     GrammarSpec,
     SamplingParams,
@@ -27,15 +25,16 @@ from backends.base import (
     TokenLogprob,
     Usage,
 )
+from backends.engine_support import Emit
+from backends.job_queue import JobQueue
 from backends.llamacpp.model import LlamaContext, LlamaModel
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache
 from backends.llamacpp.sampling import SamplerChain, token_logprobs
 from backends.text_output import IncrementalDetokenizer, StopStringFilter
-from errors import EngineBusy, EngineFailure
+from errors import EngineFailure
 
 logger = logging.getLogger(__name__)
 
-Emit = Callable[[GenerationChunk | Exception], None]
 
 
 @dataclass(eq=False)
@@ -100,12 +99,8 @@ class Scheduler:
         self.prompt_cache = prompt_cache
         self.context = context
         self.seq_ctx = seq_ctx
-        self.max_queue = max_queue
         self.slots = [Slot(seq_id=i) for i in range(n_slots)]
-        self._waiting: deque[SequenceJob] = deque()
-        self._wakeup = threading.Condition()
-        self._accepting = True
-        self._stopping = False
+        self._queue: JobQueue[SequenceJob] = JobQueue(max_queue)
         self._batch = llama_cpp.llama_batch_init(context.n_batch, 0, 1)
         self._thread = threading.Thread(target=self._run, name="llamacpp-scheduler", daemon=True)
         self._thread.start()
@@ -113,20 +108,11 @@ class Scheduler:
     # ---------------------------------------------------------------- event-loop side
 
     def submit(self, job: SequenceJob) -> None:
-        with self._wakeup:
-            if not self._accepting:
-                raise EngineFailure("This model is being unloaded; retry the request.")
-            if len(self._waiting) >= self.max_queue and not self._has_free_slot():
-                raise EngineBusy("All sequences are busy and the queue is full; retry later.")
-            self._waiting.append(job)
-            self._wakeup.notify()
+        self._queue.submit(job, starts_at_once=self._has_free_slot())
 
     def cancel(self, job: SequenceJob) -> None:
         job.cancelled = True
-        with self._wakeup:
-            if job in self._waiting:
-                self._waiting.remove(job)
-            self._wakeup.notify()
+        self._queue.cancel(job)
 
     def longest_cached_prefix(self, tokens: list[int]) -> int:
         """Tokens of `tokens` some slot already holds (read from the event loop: a hint, not a promise)."""
@@ -138,14 +124,11 @@ class Scheduler:
 
     @property
     def queued(self) -> int:
-        return len(self._waiting)
+        return len(self._queue)
 
     def shutdown(self) -> None:
         """Stop taking work, let everything already accepted finish, then stop the thread."""
-        with self._wakeup:
-            self._accepting = False
-            self._stopping = True
-            self._wakeup.notify()
+        self._queue.close()
         self._thread.join()
         llama_cpp.llama_batch_free(self._batch)
 
@@ -156,22 +139,20 @@ class Scheduler:
 
     def _run(self) -> None:
         while True:
-            with self._wakeup:
-                while not self._waiting and self.active_sequences == 0:
-                    if self._stopping:
-                        return
-                    self._wakeup.wait()
-                self._admit_waiting()
+            free_slots = lambda: sum(1 for slot in self.slots if slot.job is None)  # noqa: E731
+            admitted = self._queue.take(free_slots, busy=lambda: self.active_sequences > 0)
+            if admitted is None:
+                return
+            self._admit(admitted)
             try:
                 self._step()
             except Exception as exc:  # a bug or decode failure must not kill the thread and hang clients
                 logger.exception("Scheduler step failed")
                 self._fail_active(EngineFailure(f"The engine failed while generating: {exc}"))
 
-    def _admit_waiting(self) -> None:
-        """Move queued jobs into free slots, preferring the slot whose cached KV shares the longest prefix."""
-        while self._waiting and self._has_free_slot():
-            job = self._waiting.popleft()
+    def _admit(self, jobs: list[SequenceJob]) -> None:
+        """Move taken jobs into free slots, preferring the slot whose cached KV shares the longest prefix."""
+        for job in jobs:
             free = [slot for slot in self.slots if slot.job is None]
             slot = max(free, key=lambda s: common_prefix_length(s.cached_tokens, job.prompt_tokens))
             try:
