@@ -1,6 +1,6 @@
 """Typed errors raised anywhere below the HTTP layer.
 
-Each carries the OpenAI error fields; `api/errors.py` is the one place that turns them into responses.
+Each carries the OpenAI error fields; `api/error_responses.py` is the one place that turns them into responses.
 Engines and chat logic raise these instead of HTTP exceptions so they stay HTTP-agnostic.
 """
 

@@ -9,7 +9,7 @@ import sys
 import uvicorn
 
 from api.app import create_app
-from cli import settings_from_cli
+from settings_cli import settings_from_cli
 from settings import Settings
 
 

@@ -1,7 +1,7 @@
 """Server settings: one pydantic-settings class read from the environment, `.env` and the CLI.
 
 Every field becomes an environment variable (`LLM_SERVER_<FIELD>`) and a command-line flag in both
-spellings (`--model_name` and `--model-name`); `cli.py` derives the flags from this class so they are
+spellings (`--model_name` and `--model-name`); `settings_cli.py` derives the flags from this class so they are
 never written twice.
 """
 

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import AppStatus
 
 from api.auth import ApiKeyMiddleware, load_keys
-from api.errors import install_error_handlers
+from api.error_responses import install_error_handlers
 from api.limits import BodyLimitMiddleware
 from api.observability import Metrics, RegistryCollector, RequestLogMiddleware
 from api.routes_cache import router as cache_router

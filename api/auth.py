@@ -15,7 +15,7 @@ from pathlib import Path
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import error_response
+from api.error_responses import error_response
 from api.routes_web import wants_html
 from backends.access import allowed_models
 from errors import Unauthorized

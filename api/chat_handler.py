@@ -8,7 +8,7 @@ from fastapi.responses import Response
 
 from api.chat_request import check_request_limits, log_unknown_fields, prepare_chat
 from api.chat_response import ChoiceAccumulator, ChoiceOutput, ChunkBuilder, CompletionIdentity, whole_completion
-from api.errors import error_body
+from api.error_responses import error_body
 from api.protocol import ChatCompletionRequest
 from api.serving import AnswerWriter, LocalRun, Payloads, generation_chunks, serve
 from api.sse import DONE

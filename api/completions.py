@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from api.chat_request import sampling_params, stop_strings
 from api.completions_protocol import Completion, CompletionChoice, CompletionLogprobs
-from api.errors import error_body
+from api.error_responses import error_body
 from api.protocol import CompletionRequest, CompletionUsage, now_seconds
 from api.serving import AnswerWriter, LocalRun, Payloads, generation_chunks
 from api.sse import DONE

@@ -9,7 +9,7 @@ import asyncio
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_response
+from api.error_responses import error_response
 from errors import PayloadTooLarge, RequestTimeout
 
 

@@ -34,7 +34,7 @@ def model_name_of(body: Any) -> str | None:
 @router.post("/completions", include_in_schema=False)
 async def completions(request: Request, registry: RegistryDep, body: Any = Body(...)) -> Response:
     async def start_local(model: LoadedModel) -> LocalRun:
-        # A pydantic ValidationError here becomes the same 400 as FastAPI's own (api/errors.py).
+        # A pydantic ValidationError here becomes the same 400 as FastAPI's own (api/error_responses.py).
         parsed = CompletionRequest.model_validate(body)
         return start_completion(parsed, model, registry, request.app.state.settings)
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import RegistryDep
-from api.errors import error_response
+from api.error_responses import error_response
 from api.protocol import ModelActionRequest, ModelCard, ModelList, SetModelRequest
 from api.routes_web import chat_page, wants_html
 from backends.access import may_use

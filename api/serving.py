@@ -19,7 +19,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.choice_streams import consume_unless_disconnected, merge_choices, wait_for_disconnect, with_deadline
-from api.errors import error_body
+from api.error_responses import error_body
 from api.observability import note_model, note_upstream_error, observe
 from api.sse import event_stream, sse_bytes, sse_event
 from backends.base import GenerationChunk, GenerationRequest, RelayedStream

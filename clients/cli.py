@@ -1,4 +1,4 @@
-"""`llm-server-chat` / `python chat.py`: interactive terminal chat with this server or any OpenAI-compatible one."""
+"""`llm-server-chat` / `python chat_cli.py`: interactive terminal chat with this server or any OpenAI-compatible one."""
 
 from __future__ import annotations
 

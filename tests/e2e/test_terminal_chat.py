@@ -1,4 +1,4 @@
-"""The terminal chat (`python chat.py`) driven through a real pseudo-terminal against a real server: a turn,
+"""The terminal chat (`python chat_cli.py`) driven through a real pseudo-terminal against a real server: a turn,
 /switch, /save + /load, Ctrl-C mid-answer (the server stops generating), errors, Ctrl-C twice to quit."""
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][A-Z0-9]|\x1b[=>]|\r")
 
 
 class TerminalSession:
-    """`python chat.py` on a pty: type into it, wait for text on its screen."""
+    """`python chat_cli.py` on a pty: type into it, wait for text on its screen."""
 
     def __init__(self, *args: str) -> None:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # child: becomes the session leader with the pty as its terminal
             os.chdir(REPO_ROOT)
             env = {**os.environ, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1", "COLUMNS": "120"}
-            os.execve(sys.executable, [sys.executable, "chat.py", *args], env)
+            os.execve(sys.executable, [sys.executable, "chat_cli.py", *args], env)
         self.screen = ""
 
     def read(self, seconds: float) -> None:

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from cli import settings_from_cli
+from settings_cli import settings_from_cli
 from settings import Settings
 
 

@@ -1,6 +1,0 @@
-"""Interactive terminal chat with this server (or any OpenAI-compatible one): `python chat.py --help`."""
-
-from clients.cli import main
-
-if __name__ == "__main__":
-    main()
