@@ -6,7 +6,7 @@ Baselines measured in the same run: `transformers` AutoModel + mean pooling, and
 both in-process with the same batch size. Reports inputs/s and the ratio ours / bare, for one client sending
 batches and for `--clients` clients at once.
 
-Usage: python bench/bench_embeddings.py [--inputs 512] [--batch 32] [--clients 4]
+Usage: python -m bench.bench_embeddings [--inputs 512] [--batch 32] [--clients 4]
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,10 +21,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.minilm_gguf import build_minilm_gguf  # noqa: E402
-from tests.server_process import running_server  # noqa: E402
+from tests.minilm_gguf import build_minilm_gguf
+from tests.server_process import running_server
 
 WORDS = ("owl lighthouse river quantum market violin harbour glacier recipe satellite poem thunder "
          "library engine garden compiler").split()

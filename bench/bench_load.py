@@ -6,7 +6,7 @@ first `--check-tokens` tokens differ from their solo run (lost or interleaved to
 difference can also be llama.cpp's batch-shape rounding at a near tie), aggregate tok/s, TTFT p50/p95, and the
 server's RSS after warm-up and at the end (it should stay flat), plus active sequences afterwards (0).
 
-Usage: python bench/bench_load.py [--clients 64] [--requests 128] [--max-tokens 32]
+Usage: python -m bench.bench_load [--clients 64] [--requests 128] [--max-tokens 32]
 """
 
 from __future__ import annotations
@@ -15,16 +15,14 @@ import argparse
 import concurrent.futures
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.server_process import running_server  # noqa: E402
+from backends.embedded_model import GEMMA_FILE
+from tests.server_process import running_server
 
 TOPICS = ["owls", "rivers", "castles", "comets", "violins", "glaciers", "bakeries", "trains",
           "deserts", "bridges", "pianos", "forests", "beetles", "harbours", "volcanoes", "lighthouses"]
@@ -77,7 +75,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--check-tokens", type=int, default=8)
     args = parser.parse_args()
-    flags = ("--parallel", "8", "--n-ctx", "8192", "--max-queue", str(args.clients * 2), "--log-level", "warning")
+    flags = ("--model-name", GEMMA_FILE, "--parallel", "8", "--n-ctx", "8192", "--max-queue", str(args.clients * 2), "--log-level", "warning")
     with tempfile.TemporaryDirectory() as scratch, running_server(*flags, log_dir=Path(scratch)) as server:
         limits = httpx.Limits(max_connections=args.clients + 8)
         with httpx.Client(base_url=server.base_url, timeout=900, limits=limits) as client:

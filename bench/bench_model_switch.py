@@ -7,7 +7,7 @@ One run, one machine, two catalog entries of the embedded gemma GGUF (models.yam
   switch x2     the same alternation with --max-loaded-models 2 (both stay resident)
   RSS           process RSS before and after POST /admin/models/unload
 
-Usage: python bench/bench_model_switch.py [--rounds 4]
+Usage: python -m bench.bench_model_switch [--rounds 4]
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,12 +22,11 @@ from pathlib import Path
 import httpx
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from backends.embedded_model import GEMMA_FILE
+from settings import PROJECT_ROOT
+from tests.server_process import running_server
 
-from settings import DEFAULT_MODEL_FILE, PROJECT_ROOT  # noqa: E402
-from tests.server_process import running_server  # noqa: E402
-
-GEMMA = str(PROJECT_ROOT / "models" / DEFAULT_MODEL_FILE)
+GEMMA = str(PROJECT_ROOT / "models" / GEMMA_FILE)
 ASK = [{"role": "user", "content": "Name a colour."}]
 
 

@@ -10,7 +10,7 @@ One run, one machine, our server on the embedded gemma model, a ~1.8k-token conv
 
 Targets (issue 5): warm <= 0.1 s, disk-restored <= 0.2 s, no request's total time grows by more than 5 %.
 
-Usage: python bench/bench_prompt_cache.py [--requests 4] [--threads 2]
+Usage: python -m bench.bench_prompt_cache [--requests 4] [--threads 2]
 """
 
 from __future__ import annotations
@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.server_process import running_server  # noqa: E402
+from backends.embedded_model import GEMMA_FILE
+from tests.server_process import running_server
 
 TOPICS = ["lighthouses", "volcanoes", "bakeries", "glaciers", "trains", "owls", "deserts", "violins"]
 
@@ -104,7 +102,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    flags = ("--n-threads", str(args.threads), "--parallel", "2", "--n-ctx", "8192")
+    flags = ("--model-name", GEMMA_FILE, "--n-threads", str(args.threads), "--parallel", "2", "--n-ctx", "8192")
     with tempfile.TemporaryDirectory() as scratch:
         scratch_path = Path(scratch)
         print("TTFT, ~1.8k-token conversation prefix:")

@@ -7,7 +7,7 @@ chunks/s, direct and through `python server.py --upstream`.
 
 Targets (issue 8): added TTFT <= 5 ms median; aggregate tok/s ratio >= 0.95.
 
-Usage: python bench/bench_proxy.py [--tokens 64] [--interval 0.01] [--concurrency 1 32]
+Usage: python -m bench.bench_proxy [--tokens 64] [--interval 0.01] [--concurrency 1 32]
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.server_process import REPO_ROOT, free_port, running_server  # noqa: E402
+from tests.server_process import REPO_ROOT, free_port, running_server
 
 
 def one_stream(client: httpx.Client, base: str, model: str) -> tuple[float, int]:

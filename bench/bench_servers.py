@@ -11,7 +11,7 @@ tokens banned so every stream can run to 128) it prints aggregate tok/s, per-str
 and p95, and tokens delivered / requested; then a long-prompt case (~1.8k tokens): cold TTFT and the TTFT of
 the same prefix again with a new question. Finally our ratios to each other system.
 
-Usage: python bench/bench_servers.py [--concurrency 1 4 8 16] [--max-tokens 128] [--threads 2] [--only ours ...]
+Usage: python -m bench.bench_servers [--concurrency 1 4 8 16] [--max-tokens 128] [--threads 2] [--only ours ...]
 """
 
 from __future__ import annotations
@@ -27,16 +27,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from backends.embedded_model import GEMMA_FILE
+from settings import PROJECT_ROOT
+from tests.server_process import free_port
 
-from settings import DEFAULT_MODEL_FILE, PROJECT_ROOT  # noqa: E402
-from tests.server_process import free_port  # noqa: E402
-
-MODEL_PATH = PROJECT_ROOT / "models" / DEFAULT_MODEL_FILE
+MODEL_PATH = PROJECT_ROOT / "models" / GEMMA_FILE
 GEMMA_TEMPLATE = PROJECT_ROOT / "templates" / "gemma.jinja"
 BANNED_END_TOKENS = {"1": -100, "106": -100}  # <eos>, <end_of_turn>
 TOPICS = ["lighthouses", "volcanoes", "bakeries", "glaciers", "trains", "owls", "deserts", "violins",
@@ -84,7 +82,7 @@ def messages_for(index: int) -> list[dict]:
 
 
 def stream_once(base_url: str, messages: list[dict], max_tokens: int) -> StreamResult:
-    body = {"model": DEFAULT_MODEL_FILE, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+    body = {"model": GEMMA_FILE, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "logit_bias": BANNED_END_TOKENS}
     result, stamps = StreamResult(), []
     start = time.perf_counter()
@@ -161,7 +159,7 @@ def start_system(name: str, args) -> Process | None:
     port = free_port()
     slots, n_ctx, threads = str(args.parallel), str(args.parallel * 2304), str(args.threads)
     if name == "ours":
-        command = [sys.executable, "server.py", "--port", str(port), "--parallel", slots, "--n-ctx", n_ctx,
+        command = [sys.executable, "server.py", "--port", str(port), "--model-name", GEMMA_FILE, "--parallel", slots, "--n-ctx", n_ctx,
                    "--n-threads", threads, "--log-level", "warning", *args.ours_flags.split()]
         return Process(name, command, "/health", port)
     if name == "llama-server":

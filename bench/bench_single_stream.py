@@ -7,7 +7,7 @@ Baselines, run one after another on the same machine and the same threads (never
 Then our server (a real `python server.py` process, `--parallel 1`) over HTTP with streaming.
 
 Each run uses a distinct prompt so no engine reuses a cached prefix (cold TTFT).
-Usage: python bench/bench_single_stream.py [--runs 3] [--max-tokens 128] [--threads 2] [--api chat|responses]
+Usage: python -m bench.bench_single_stream [--runs 3] [--max-tokens 128] [--threads 2] [--api chat|responses]
 """
 
 from __future__ import annotations
@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from backends.embedded_model import GEMMA_FILE
+from settings import PROJECT_ROOT
+from tests.server_process import ServerProcess
 
-from settings import DEFAULT_MODEL_FILE, PROJECT_ROOT  # noqa: E402
-from tests.server_process import ServerProcess  # noqa: E402
-
-MODEL_PATH = PROJECT_ROOT / "models" / DEFAULT_MODEL_FILE
+MODEL_PATH = PROJECT_ROOT / "models" / GEMMA_FILE
 N_CTX = 2048
 
 
@@ -131,7 +129,7 @@ def _read(api: str, event: dict) -> tuple[bool, int | None]:
 
 def bench_server(runs: int, max_tokens: int, threads: int, log_dir: Path, api: str = "chat") -> dict:
     server = ServerProcess(
-        "--parallel", "1", "--n-ctx", str(N_CTX), "--n-threads", str(threads), "--log-level", "warning",
+        "--model-name", GEMMA_FILE, "--parallel", "1", "--n-ctx", str(N_CTX), "--n-threads", str(threads), "--log-level", "warning",
         log_path=log_dir / "bench_server.log",
     )
     samples = []

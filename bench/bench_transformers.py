@@ -7,7 +7,7 @@ aggregate tok/s of 1 and 4 concurrent streams through the server.
 
 Targets (issue 7): single stream >= 0.9x in-process; aggregate rising with concurrency.
 
-Usage: python bench/bench_transformers.py [--max-tokens 64] [--model-dir DIR]
+Usage: python -m bench.bench_transformers [--max-tokens 64] [--model-dir DIR]
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,12 +22,11 @@ from pathlib import Path
 import httpx
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from backends.embedded_model import GEMMA_FILE
+from settings import PROJECT_ROOT
+from tests.server_process import running_server
 
-from settings import DEFAULT_MODEL_FILE, PROJECT_ROOT  # noqa: E402
-from tests.server_process import running_server  # noqa: E402
-
-GEMMA = PROJECT_ROOT / "models" / DEFAULT_MODEL_FILE
+GEMMA = PROJECT_ROOT / "models" / GEMMA_FILE
 PROMPT = "Write a long story about a lighthouse keeper."
 
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import openai
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,6 +21,11 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def strict_client(base_url: str, key: str = "x", **options) -> openai.OpenAI:
+    """The official client as our acceptance tests use it: every response validated against OpenAI's types."""
+    return openai.OpenAI(base_url=base_url, api_key=key, _strict_response_validation=True, **options)
 
 
 class ServerProcess:
@@ -33,6 +39,10 @@ class ServerProcess:
         self._log = open(log_path, "wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_SERVER_")}
         self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def openai_client(self, key: str = "x", *, bare: bool = False, **options) -> openai.OpenAI:
+        """A strict client of this server at `/v1` (or at the bare root, as some clients are configured)."""
+        return strict_client(self.base_url if bare else f"{self.base_url}/v1", key, **options)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

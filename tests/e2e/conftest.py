@@ -21,13 +21,13 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", _strict_response_validation=True)
+    return server.openai_client()
 
 
 @pytest.fixture(scope="session")
 def bare_client(server) -> openai.OpenAI:
     """Configured with the bare base_url, as some clients are: requests go to /chat/completions."""
-    return openai.OpenAI(base_url=server.base_url, api_key="x", _strict_response_validation=True)
+    return server.openai_client(bare=True)
 
 
 @pytest.fixture()

@@ -7,7 +7,6 @@ import threading
 import time
 
 import httpx
-import openai
 import pytest
 
 from tests.e2e.conftest import GEMMA_END_TOKENS
@@ -149,7 +148,7 @@ def unified_client(tmp_path_factory):
     """A server whose slots share one KV cache (--kv-unified), so one slot can reuse another's prefix."""
     flags = ("--kv-unified", "--parallel", "2", "--n-ctx", "4096")
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("unified")) as process:
-        yield openai.OpenAI(base_url=f"{process.base_url}/v1", api_key="x", _strict_response_validation=True)
+        yield process.openai_client()
 
 
 def test_concurrent_requests_share_a_prefix_still_being_generated(unified_client):

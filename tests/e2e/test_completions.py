@@ -89,7 +89,7 @@ def fim_server(tmp_path_factory):
 
 
 def test_suffix_fills_in_the_middle_on_a_model_with_infill_tokens(fim_server):
-    client = openai.OpenAI(base_url=f"{fim_server.base_url}/v1", api_key="x", _strict_response_validation=True)
+    client = fim_server.openai_client()
     prefix, suffix = "def add(a, b):\n    ", "\n\nprint(add(1, 2))"
 
     def tokens(text: str) -> list[int]:

@@ -29,7 +29,7 @@ def client(tmp_path_factory):
     ]}))
     flags = ("--models-dir", str(models), "--model-name", "minilm", "--no-install-embedded-models")
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("embedding-server")) as server:
-        yield openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", _strict_response_validation=True)
+        yield server.openai_client()
 
 
 # The SDK asks for base64 unless told otherwise and decodes it after validating, which strict validation rejects;

@@ -26,7 +26,7 @@ def write_catalog(models_dir, entries) -> None:
 
 
 def client_for(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", _strict_response_validation=True)
+    return server.openai_client()
 
 
 def cards(server) -> dict[str, dict]:

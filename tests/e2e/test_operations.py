@@ -51,7 +51,7 @@ def post(server, path, body, key=KEY, **kwargs):
 
 
 def client(server, key=KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, _strict_response_validation=True, max_retries=0)
+    return server.openai_client(key, max_retries=0)
 
 
 def test_api_keys_guard_everything_but_health(secured):

@@ -6,7 +6,6 @@ architectures: SmolLM2 (llama, full attention: a cached sequence can be cut back
 from __future__ import annotations
 
 import httpx
-import openai
 import pytest
 import yaml
 
@@ -26,7 +25,7 @@ FOLLOW_UP = CONVERSATION + [{"role": "user", "content": "And in entry 9?"}]
 
 
 def chat(server, messages, model=MODEL):
-    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", _strict_response_validation=True)
+    client = server.openai_client()
     return client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0)
 
 

@@ -16,7 +16,7 @@ import yaml
 
 from settings import PROJECT_ROOT
 from tests.fake_upstream import FakeUpstream
-from tests.server_process import free_port, running_server
+from tests.server_process import free_port, running_server, strict_client
 
 KEY = "sekrit-upstream-key-123"
 OURS = "ours/gemma-3-270m-q4_k_m.gguf"
@@ -64,7 +64,7 @@ def _card_ids(process) -> list[str]:
 
 
 def client_for(base_url: str, key: str = "client-key") -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key=key, _strict_response_validation=True, max_retries=0)
+    return strict_client(base_url, key, max_retries=0)
 
 
 def post(proxy, body, path="/v1/chat/completions"):

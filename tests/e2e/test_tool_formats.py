@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import jsonschema
-import openai
 import pytest
 import yaml
 
@@ -44,7 +43,7 @@ def format_client(tmp_path_factory, server):
     flags = ("--models-dir", str(models), "--model-name", "gemma-mistral", "--no-install-embedded-models",
              "--parallel", "2")
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("format-server")) as process:
-        yield openai.OpenAI(base_url=f"{process.base_url}/v1", api_key="x", _strict_response_validation=True)
+        yield process.openai_client()
 
 
 @pytest.mark.parametrize("name", sorted(TOOL_PROMPTS))

@@ -7,7 +7,6 @@ import importlib.util
 import time
 
 import httpx
-import openai
 import pytest
 import yaml
 
@@ -38,7 +37,7 @@ def cuda_server(tmp_path_factory):
 
 
 def client_for(server):
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", _strict_response_validation=True)
+    return server.openai_client()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")

@@ -45,7 +45,7 @@ def hf_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(hf_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{hf_server.base_url}/v1", api_key="x", _strict_response_validation=True)
+    return hf_server.openai_client()
 
 
 def greedy(client, max_tokens=12, **kwargs):

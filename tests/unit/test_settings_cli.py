@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from settings_cli import settings_from_cli
 from settings import Settings
+from settings_cli import settings_from_cli
 
 
 def test_every_setting_has_both_flag_spellings():
