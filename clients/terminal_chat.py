@@ -191,17 +191,23 @@ class TerminalChat:
             self.conversation.messages.pop()  # not answered: keep the history consistent
             self._error(_describe(exc))
             return None
-        self.conversation.messages.append({"role": "assistant", "content": answer})
+        if answer or not stats.interrupted:
+            self.conversation.messages.append({"role": "assistant", "content": answer})
+        else:
+            self.conversation.messages.pop()  # stopped before a word arrived: as if never asked
         self.console.print(f"[dim]{stats.line()}[/dim]")
         return stats
 
     def _stream_answer(self) -> tuple[str, AnswerStats]:
         conversation = self.conversation
-        stream = self.client.chat.completions.create(
-            model=conversation.model or "", messages=conversation.request_messages(), stream=True,
-            stream_options={"include_usage": True}, **conversation.settings,
-        )
         started = time.perf_counter()
+        try:  # Ctrl-C while the server has not started answering (queued, long prompt): nothing to show
+            stream = self.client.chat.completions.create(
+                model=conversation.model or "", messages=conversation.request_messages(), stream=True,
+                stream_options={"include_usage": True}, **conversation.settings,
+            )
+        except KeyboardInterrupt:  # the connection is dropped, so the server drops the request
+            return "", AnswerStats(None, 0, time.perf_counter() - started, interrupted=True)
         parts: list[str] = []
         ttft, tokens, interrupted = None, 0, False
         with Live(Markdown(""), console=self.console, refresh_per_second=12, vertical_overflow="visible") as live:

@@ -15,10 +15,13 @@ import httpx
 import pytest
 import yaml
 
+from backends.embedded_model import SMOLLM2_FILE
 from settings import PROJECT_ROOT
 from tests.server_process import REPO_ROOT, running_server
 
-GEMMA = str(PROJECT_ROOT / "models" / "gemma-3-270m-q4_k_m.gguf")
+# The instruct model: it answers and ends its turn, as a person chatting expects (the base model rambles on).
+INSTRUCT = str(PROJECT_ROOT / "models" / SMOLLM2_FILE)
+SMOLLM2_END_TOKENS = {"0": -100, "2": -100}  # <|endoftext|>, <|im_end|>: banned, an answer runs to max_tokens
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][A-Z0-9]|\x1b[=>]|\r")
 
 
@@ -85,8 +88,8 @@ class TerminalSession:
 def chat_server(tmp_path_factory):
     models = tmp_path_factory.mktemp("chat-models")
     (models / "models.yaml").write_text(yaml.safe_dump({"models": [
-        {"id": "one", "path": GEMMA, "settings": {"n_ctx": 2048, "parallel": 1}},
-        {"id": "two", "path": GEMMA, "settings": {"n_ctx": 2048, "parallel": 1}},
+        {"id": "one", "path": INSTRUCT, "settings": {"n_ctx": 2048, "parallel": 1}},
+        {"id": "two", "path": INSTRUCT, "settings": {"n_ctx": 2048, "parallel": 1}},
     ]}))
     flags = ("--models-dir", str(models), "--model-name", "one", "--no-install-embedded-models")
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("chat-server")) as server:
@@ -134,9 +137,13 @@ def test_errors_are_one_line_and_the_chat_goes_on(terminal):
 def test_ctrl_c_stops_the_answer_and_the_server(chat_server, terminal):
     terminal.send("/set max_tokens 1500")
     terminal.expect("max_tokens = 1500")
+    # Ctrl-C as soon as the answer streams (the model writes hundreds of tokens here).
     terminal.send("Write a very long essay about the history of the sea, with many chapters.")
-    terminal.expect(r"\w{3,}", 30)  # the answer is streaming
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while not httpx.get(f"{chat_server.base_url}/").json()["active_sequences"]:
+        assert time.monotonic() < deadline, "the answer never started"
+        time.sleep(0.05)
+    time.sleep(0.3)
     terminal.type("\x03")
     terminal.expect(r"stopped")
     deadline = time.monotonic() + 10
@@ -153,3 +160,20 @@ def test_ctrl_c_twice_at_the_prompt_quits(terminal):
     terminal.expect("Ctrl-C again to quit")
     terminal.type("\x03")
     assert terminal.exited()
+
+
+def test_ctrl_c_while_the_question_waits_for_a_busy_server(chat_server, terminal):
+    # Another client holds the only slot, so the question waits in the queue when Ctrl-C comes: before any
+    # answer arrived, the chat must still say it stopped and go on (it used to die with a traceback).
+    body = {"model": "one", "messages": [{"role": "user", "content": "Write a long essay about the sea."}],
+            "max_tokens": 600, "stream": True, "logit_bias": SMOLLM2_END_TOKENS}
+    with httpx.stream("POST", f"{chat_server.base_url}/v1/chat/completions", json=body, timeout=60) as busy:
+        lines = busy.iter_lines()  # kept: a dropped iterator would close the response, freeing the slot
+        next(lines)  # it holds the slot
+        terminal.send("Are you there?")
+        time.sleep(0.5)
+        terminal.type("\x03")
+        terminal.expect(r"0 tokens .* stopped")
+    terminal.send("/set max_tokens 4")
+    terminal.send("Short answer please.")
+    terminal.expect(r"tok/s")
