@@ -179,7 +179,7 @@ def _read_models_file(models_file: Path, models_dir: Path) -> list[ModelEntry]:
     except (OSError, yaml.YAMLError) as exc:
         logger.error("Ignoring %s: %s", models_file, exc)
         return []
-    raw_entries = document.get("models", []) if isinstance(document, dict) else []
+    raw_entries = (document.get("models") or []) if isinstance(document, dict) else []  # `models:` alone is None
     entries = []
     for index, raw in enumerate(raw_entries):
         try:

@@ -1,12 +1,14 @@
-"""Pieces every local engine shares: request limits checked before any work, and the bridge that relays what
-a worker thread emits for one request to the asyncio side."""
+"""Pieces every local engine shares: request limits checked before any work, the bridge that relays what a
+worker thread emits for one request to the asyncio side, and the base of the engines whose scheduler runs on a
+worker thread (llama.cpp, transformers)."""
 
 from __future__ import annotations
 
 import asyncio
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable
 
-from backends.base import GenerationChunk, GenerationFinished, GenerationRequest
+from backends.base import Engine, GenerationChunk, GenerationFinished, GenerationRequest
 from errors import ContextLengthExceeded, InvalidRequest
 
 Emit = Callable[[GenerationChunk | Exception], None]
@@ -74,3 +76,27 @@ async def relay_from_thread(
                 return
     finally:
         cancel(job)
+
+
+class WorkerThreadEngine(Engine):
+    """An engine whose `scheduler` (submit / cancel / active_sequences / queued / shutdown) runs requests on a
+    worker thread."""
+
+    scheduler = None
+
+    def run_job(self, job) -> AsyncIterator[GenerationChunk]:
+        """Hand `job` to the worker thread; its chunks as they come (leaving early cancels it)."""
+        return relay_from_thread(job, self.scheduler.submit, self.scheduler.cancel)
+
+    def active_sequences(self) -> int:
+        return self.scheduler.active_sequences
+
+    def queued_requests(self) -> int:
+        return self.scheduler.queued
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close_blocking)
+
+    @abstractmethod
+    def close_blocking(self) -> None:
+        """Stop the worker thread (work already accepted finishes first), then free the model's memory."""

@@ -71,6 +71,9 @@ def build_tool_plan(
     """Validate the request's tool fields (modern or legacy) into one plan."""
     if functions and tools:
         raise InvalidRequest("Send either 'tools' or the legacy 'functions', not both.", param="functions")
+    if function_call not in (None, "none") and not functions:  # never silently dropped
+        raise InvalidRequest("'function_call' needs the legacy 'functions' (with 'tools', use 'tool_choice').",
+                             param="function_call")
     legacy = bool(functions)
     definitions = functions if legacy else [t["function"] for t in tools or []]
     choice = function_call if legacy else tool_choice

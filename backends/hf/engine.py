@@ -11,9 +11,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from backends.base import GENERATIVE_CAPABILITIES, ChatTemplateInfo, Engine, GenerationChunk, GenerationRequest
+from backends.base import GENERATIVE_CAPABILITIES, ChatTemplateInfo, GenerationChunk, GenerationRequest
 from backends.catalog import ModelEntry
-from backends.engine_support import check_logit_bias, check_token_ids, completion_budget, relay_from_thread
+from backends.engine_support import WorkerThreadEngine, check_logit_bias, check_token_ids, completion_budget
 from backends.hf.grammar import GrammarCompiler, GrammarConstraint
 from backends.hf.loading import free_checkpoint, load_checkpoint
 from backends.hf.scheduler import BatchScheduler, HFJob
@@ -23,7 +23,7 @@ from settings import Settings
 logger = logging.getLogger(__name__)
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(WorkerThreadEngine):
     engine_kind = "transformers"
     capabilities = GENERATIVE_CAPABILITIES
 
@@ -127,19 +127,10 @@ class TransformersEngine(Engine):
             constraint=constraint,
             shown_special_ids=self._special_ids_among(request.preserved_tokens),
         )
-        async for chunk in relay_from_thread(job, self.scheduler.submit, self.scheduler.cancel):
+        async for chunk in self.run_job(job):
             yield chunk
 
-    def active_sequences(self) -> int:
-        return self.scheduler.active_sequences
-
-    def queued_requests(self) -> int:
-        return self.scheduler.queued
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self._close_blocking)
-
-    def _close_blocking(self) -> None:
+    def close_blocking(self) -> None:
         self.scheduler.shutdown()
         self.scheduler = None
         self.grammars = None

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from backends.base import (
     GENERATIVE_CAPABILITIES,
     ChatTemplateInfo,
-    Engine,
     GenerationChunk,
     GenerationFinished,
     GenerationRequest,
@@ -21,7 +20,7 @@ from backends.base import (
     WarmedPrompt,
 )
 from backends.catalog import ModelEntry
-from backends.engine_support import check_logit_bias, check_token_ids, completion_budget, relay_from_thread
+from backends.engine_support import WorkerThreadEngine, check_logit_bias, check_token_ids, completion_budget
 from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, default_threads
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache, model_namespace, state_format_tag
 from backends.llamacpp.sampling import grammar_parses
@@ -33,7 +32,7 @@ from settings import Settings
 logger = logging.getLogger(__name__)
 
 
-class LlamaCppEngine(Engine):
+class LlamaCppEngine(WorkerThreadEngine):
     engine_kind = "llama.cpp"
     capabilities = GENERATIVE_CAPABILITIES
 
@@ -164,7 +163,7 @@ class LlamaCppEngine(Engine):
             # The last prompt token is always evaluated (its logits pick the first completion token).
             cached_prefix=await self._stored_prefix(prompt_tokens, len(prompt_tokens) - 1),
         )
-        async for chunk in relay_from_thread(job, self.scheduler.submit, self.scheduler.cancel):
+        async for chunk in self.run_job(job):
             yield chunk
 
     async def warm_prompt(self, prompt: str, conversation: str) -> WarmedPrompt:
@@ -192,7 +191,7 @@ class LlamaCppEngine(Engine):
             cached_prefix=await self._stored_prefix(to_cache, len(to_cache)),
         )
         usage = None
-        async for chunk in relay_from_thread(job, self.scheduler.submit, self.scheduler.cancel):
+        async for chunk in self.run_job(job):
             if isinstance(chunk, GenerationFinished):
                 usage = chunk.usage
         if not await saved:
@@ -202,16 +201,7 @@ class LlamaCppEngine(Engine):
     def cache_summary(self) -> dict | None:
         return self.prompt_cache.summary() if self.prompt_cache else None
 
-    def active_sequences(self) -> int:
-        return self.scheduler.active_sequences
-
-    def queued_requests(self) -> int:
-        return self.scheduler.queued
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self._close_blocking)
-
-    def _close_blocking(self) -> None:
+    def close_blocking(self) -> None:
         self.scheduler.shutdown()
         if self.prompt_cache is not None:
             self.prompt_cache.close()  # finishes the writes already queued

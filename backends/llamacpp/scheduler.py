@@ -36,7 +36,6 @@ from errors import EngineFailure
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(eq=False)
 class SequenceJob:
     """One sequence to generate, handed from the event loop to the scheduler thread."""
