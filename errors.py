@@ -125,6 +125,14 @@ class Unauthorized(ServerError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(ServerError):
+    """A valid key that may not do this (a user key on an operator endpoint)."""
+
+    status_code = 403
+    error_type = "invalid_request_error"
+    code = "permission_denied"
+
+
 class PayloadTooLarge(ServerError):
     status_code = 413
     error_type = "invalid_request_error"

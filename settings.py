@@ -51,11 +51,29 @@ class Settings(BaseSettings):
         "NAME/<model>, its API key read from the variable KEY_ENV (repeatable; more options in models.yaml)."
     )
     api_key: list[str] = Field(
-        [], description="Require this API key (repeatable); also LLM_SERVER_API_KEY='[\"k1\",\"k2\"]'. None: open server."
+        [], description="A user API key (repeatable); also LLM_SERVER_API_KEY='[\"k1\",\"k2\"]'. No keys at all: "
+        "open server."
+    )
+    admin_key: list[str] = Field(
+        [], description="An administrator key (repeatable): the only keys allowed on /admin/*, /setModel and "
+        "other operator endpoints."
     )
     api_key_file: Path | None = Field(
-        None, description="File of API keys, one per line: KEY, or KEY model,model to limit it to those models."
+        None, description="File of API keys with role, label, models and limits (YAML, or lines KEY [MODELS] "
+        "[role=admin|user label=NAME rpm=N tpm=N streams=N request_tokens=N]); reloaded on SIGHUP."
     )
+    key_requests_per_minute: int = Field(0, ge=0, description="Default requests per minute per key; 0 = no limit.")
+    key_tokens_per_minute: int = Field(
+        0, ge=0, description="Default prompt + completion tokens per minute per key; 0 = no limit."
+    )
+    key_max_streams: int = Field(0, ge=0, description="Default requests in flight at once per key; 0 = no limit.")
+    key_max_request_tokens: int = Field(
+        0, ge=0, description="Default cap on one request's n x max_tokens per key; 0 = no limit."
+    )
+    rate_window_seconds: float = Field(
+        60.0, gt=0, description="Length of the sliding window the per-minute limits count in (OpenAI's: 60)."
+    )
+    private_metrics: bool = Field(False, description="/metrics answers only administrator keys.")
     cors_origins: list[str] = Field([], description="Browser origins allowed to call the API (CORS); default none.")
     max_body_bytes: int = Field(8 << 20, ge=1024, description="Largest request body; larger ones get 413.")
     body_timeout: float = Field(30.0, gt=0, description="Seconds a client may take to send its request body (408).")

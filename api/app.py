@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import AppStatus
 
-from api.auth import ApiKeyMiddleware, load_keys
+from api.audit import audit
+from api.auth import ApiKeyMiddleware
 from api.error_responses import install_error_handlers
+from api.keys import KeyLimits, KeyStore
 from api.limits import BodyLimitMiddleware
-from api.observability import Metrics, RegistryCollector, RequestLogMiddleware
+from api.observability import KeyUsageCollector, Metrics, RegistryCollector, RequestLogMiddleware
+from api.quotas import QuotaBook
+from api.routes_admin import router as admin_router
 from api.routes_cache import router as cache_router
 from api.routes_chat import router as chat_router
 from api.routes_completions import router as completions_router
@@ -30,6 +34,32 @@ from settings import Settings
 logger = logging.getLogger(__name__)
 
 
+def default_key_limits(settings: Settings) -> KeyLimits:
+    """The flags' per-key limits (0 = none), for keys that set none of their own."""
+    return KeyLimits(requests_per_minute=settings.key_requests_per_minute or None,
+                     tokens_per_minute=settings.key_tokens_per_minute or None,
+                     max_streams=settings.key_max_streams or None,
+                     max_request_tokens=settings.key_max_request_tokens or None)
+
+
+def _reload_keys_on_sighup(keys: KeyStore) -> None:
+    """SIGHUP re-reads the key file; requests in flight keep the key they came with, streams are not cut."""
+
+    def reload() -> None:
+        try:
+            ring = keys.reload()
+        except (OSError, ValueError) as exc:
+            logger.error("Key file not reloaded (the previous keys stay): %s", exc)
+            return
+        audit(None, "reload_keys", keys=len(ring.keys))
+        logger.info("%s", keys.describe())
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    except (NotImplementedError, RuntimeError, AttributeError):  # no signals here (Windows, not the main thread)
+        logger.debug("SIGHUP key reload is not available here")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -38,9 +68,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = ModelRegistry.from_settings(settings)
         registry.start()
         metrics.registry.register(RegistryCollector(registry))
-        app.state.settings = settings
         app.state.registry = registry
         app.state.startup = asyncio.create_task(registry.load_default_model())
+        logger.info("%s", keys.describe())
+        _reload_keys_on_sighup(keys)
         try:
             yield
         finally:
@@ -54,20 +85,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # graceful shutdown period (--shutdown-grace) instead, and end the rest when the lifespan shuts down.
     AppStatus.disable_automatic_graceful_drain()
     metrics = Metrics()
-    app.state.metrics = metrics
+    keys = KeyStore(settings.admin_key, settings.api_key, settings.api_key_file, default_key_limits(settings))
+    quotas = QuotaBook(window=settings.rate_window_seconds)
+    metrics.registry.register(KeyUsageCollector(quotas))
+    app.state.settings, app.state.metrics, app.state.keys, app.state.quotas = settings, metrics, keys, quotas
     install_error_handlers(app)
     # Outermost last: request log (sees every answer, 401s included) > CORS (preflights need no key) > API keys
     # > body limits > the routes.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
-    app.add_middleware(ApiKeyMiddleware, keys=load_keys(settings.api_key, settings.api_key_file))
+    app.add_middleware(ApiKeyMiddleware, keys=keys)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id"])
     app.add_middleware(RequestLogMiddleware, metrics=metrics, json_logs=settings.log_format == "json")
-
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(chat_router)
     app.include_router(models_router)
@@ -75,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(completions_router)
     app.include_router(embeddings_router)
     app.include_router(responses_router)
+    app.include_router(admin_router)
     app.include_router(web_router)
     app.mount("/chat/assets", web_assets, name="chat-assets")
     return app

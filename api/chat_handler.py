@@ -9,8 +9,9 @@ from fastapi.responses import Response
 from api.chat_request import check_request_limits, log_unknown_fields, prepare_chat
 from api.chat_response import ChoiceAccumulator, ChoiceOutput, ChunkBuilder, CompletionIdentity, whole_completion
 from api.error_responses import error_body
+from api.keys import Tenant
 from api.protocol import ChatCompletionRequest
-from api.serving import AnswerWriter, LocalRun, Payloads, generation_chunks, serve
+from api.serving import AnswerWriter, LocalRun, Payloads, generation_chunks, requested_tokens, serve
 from api.sse import DONE
 from backends.base import GenerationChunk, GenerationFinished, TokenDelta
 from backends.registry import LoadedModel, ModelRegistry
@@ -22,7 +23,9 @@ def client_body(body) -> dict:
     return body.model_dump(mode="json", exclude_unset=True, by_alias=True)
 
 
-async def handle_chat_completion(body: ChatCompletionRequest, request: Request, registry: ModelRegistry) -> Response:
+async def handle_chat_completion(
+    body: ChatCompletionRequest, request: Request, registry: ModelRegistry, tenant: Tenant
+) -> Response:
     log_unknown_fields(body)
     settings = request.app.state.settings
     check_request_limits(body, settings.max_tokens_limit, settings.max_messages)
@@ -32,10 +35,12 @@ async def handle_chat_completion(body: ChatCompletionRequest, request: Request, 
                                 registry.generation_defaults(model.model_id))
         outputs = [ChoiceOutput(prepared.tool_plan, prepared.tool_call_format) for _ in prepared.requests]
         writer = ChatWriter(body, CompletionIdentity(model=model.model_id), outputs)
-        return LocalRun(writer, generation_chunks(model, prepared.requests, settings), bool(body.stream))
+        return LocalRun(writer, generation_chunks(model, prepared.requests, settings, tenant), bool(body.stream))
 
-    return await serve(request, registry, body.model, start_local=start_local, relay_path="chat/completions",
-                       relay_body=lambda: client_body(body))
+    sent = client_body(body)
+    return await serve(request, registry, body.model, tenant=tenant,
+                       request_tokens=requested_tokens(sent, settings.default_max_tokens), start_local=start_local,
+                       relay_path="chat/completions", relay_body=lambda: sent)
 
 
 class ChatWriter(AnswerWriter):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from api.chat_request import sampling_params, stop_strings
 from api.completions_protocol import Completion, CompletionChoice, CompletionLogprobs
 from api.error_responses import error_body
+from api.keys import Tenant
 from api.protocol import CompletionRequest, CompletionUsage, now_seconds
 from api.serving import AnswerWriter, LocalRun, Payloads, generation_chunks
 from api.sse import DONE
@@ -79,7 +80,9 @@ def _legacy_logprobs(entries: list[TokenLogprob], offset: int) -> CompletionLogp
                               top_logprobs=[{t.token: t.logprob for t in e.top} for e in entries], text_offset=offsets)
 
 
-def start_completion(body: CompletionRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings) -> LocalRun:
+def start_completion(
+    body: CompletionRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings, tenant: Tenant
+) -> LocalRun:
     """The generations of every prompt x `n`, and the writer of their answer."""
     _refuse_unsupported(body)
     prompts = _prompts(body)
@@ -100,7 +103,7 @@ def start_completion(body: CompletionRequest, model: LoadedModel, registry: Mode
     ]
     echoes = [echoed[index // n] for index in range(len(requests))]
     writer = CompletionWriter(body, model.model_id, echoes, n)
-    return LocalRun(writer, generation_chunks(model, requests, settings), bool(body.stream))
+    return LocalRun(writer, generation_chunks(model, requests, settings, tenant), bool(body.stream))
 
 
 class CompletionWriter(AnswerWriter):

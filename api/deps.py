@@ -7,7 +7,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.keys import Tenant
+from api.quotas import QuotaBook
 from backends.registry import ModelRegistry
+from errors import PermissionDenied
 from settings import Settings
 
 
@@ -28,3 +31,30 @@ def get_settings(request: Request) -> Settings:
 
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def current_tenant(request: Request) -> Tenant:
+    """The caller, as the API-key middleware identified it (the open tenant when no key is configured)."""
+    tenant = getattr(request.state, "tenant", None)
+    return tenant if tenant is not None else request.app.state.keys.open_tenant
+
+
+def require_admin(request: Request) -> Tenant:
+    """Operator endpoints: an administrator key, else 403 `permission_denied` (nothing is done)."""
+    tenant = current_tenant(request)
+    if not tenant.is_admin:
+        no_admin = not request.app.state.keys.ring.has_admin
+        raise PermissionDenied(
+            "This endpoint needs an administrator key; no admin key is configured, so operator endpoints are off."
+            if no_admin else f"Key '{tenant.label}' is a user key; this endpoint needs an administrator key."
+        )
+    return tenant
+
+
+def get_quotas(request: Request) -> QuotaBook:
+    return request.app.state.quotas
+
+
+TenantDep = Annotated[Tenant, Depends(current_tenant)]
+AdminDep = Annotated[Tenant, Depends(require_admin)]
+QuotasDep = Annotated[QuotaBook, Depends(get_quotas)]

@@ -22,7 +22,7 @@ def error_body(exc: ServerError) -> dict:
 
 
 def error_response(exc: ServerError) -> JSONResponse:
-    headers = {}
+    headers = dict(getattr(exc, "headers", None) or {})  # e.g. a 429's x-ratelimit-* headers
     retry_after = getattr(exc, "retry_after_seconds", None)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)

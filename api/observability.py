@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -101,6 +101,28 @@ class RegistryCollector:
                     cache.add_metric([model.model_id, counter], summary[counter])
         yield GaugeMetricFamily("llm_loaded_models", "Models loaded", value=len(loaded))
         yield from (active, queued, memory, cache)
+
+
+class KeyUsageCollector:
+    """Per-key usage from the quota book, labelled with the key's label (never the key itself)."""
+
+    def __init__(self, quotas) -> None:
+        self.quotas = quotas
+
+    def collect(self):
+        requests = CounterMetricFamily("llm_key_requests", "Requests admitted per key", labels=["key"])
+        tokens = CounterMetricFamily("llm_key_tokens", "Tokens used per key", labels=["key", "kind"])
+        errors = CounterMetricFamily("llm_key_errors", "Requests that failed per key", labels=["key"])
+        limited = CounterMetricFamily("llm_key_rate_limited", "Requests refused by a quota (429)", labels=["key"])
+        in_flight = GaugeMetricFamily("llm_key_in_flight", "Requests in flight per key", labels=["key"])
+        for label, usage in sorted(self.quotas.keys.items()):
+            requests.add_metric([label], usage.requests)
+            tokens.add_metric([label, "prompt"], usage.prompt_tokens)
+            tokens.add_metric([label, "completion"], usage.completion_tokens)
+            errors.add_metric([label], usage.errors)
+            limited.add_metric([label], usage.rate_limited)
+            in_flight.add_metric([label], usage.in_flight)
+        yield from (requests, tokens, errors, limited, in_flight)
 
 
 async def observe(chunks: AsyncIterator, model_id: str, engine: str) -> AsyncIterator:

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter
 
 from api.chat_request import render_for_cache
-from api.deps import RegistryDep
+from api.deps import QuotasDep, RegistryDep, TenantDep
 from api.protocol import ChatCompletionRequest, ErrorResponse, RestoreCacheRequest, RestoreCacheResponse
 
 router = APIRouter(tags=["cache"])
@@ -17,16 +17,24 @@ _ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 501, 503)}
 
 @router.post("/restore_cache", response_model=RestoreCacheResponse, responses=_ERRORS)
 @router.post("/v1/restore_cache", response_model=RestoreCacheResponse, include_in_schema=False)
-async def restore_cache(body: RestoreCacheRequest, registry: RegistryDep) -> RestoreCacheResponse:
+async def restore_cache(
+    body: RestoreCacheRequest, registry: RegistryDep, tenant: TenantDep, quotas: QuotasDep
+) -> RestoreCacheResponse:
     """Evaluate the prompt these messages and tools render to and keep its state in memory and on disk, so
     the next chat request continuing the conversation (even after a restart) starts at once."""
     started = time.perf_counter()
     # Only the fields restore_cache defines: anything else the client added has no meaning here.
     fields = set(RestoreCacheRequest.model_fields)
     chat = ChatCompletionRequest.model_validate(body.model_dump(by_alias=True, exclude_none=True, include=fields))
-    async with registry.lease(body.model) as model:
-        prompt, conversation = render_for_cache(chat, model.renderer)
-        warmed = await model.engine.warm_prompt(prompt, conversation)
+    # A key warms only models it may use, within its quotas (the prompt's tokens count as used).
+    ticket = quotas.admit(tenant, 0)
+    try:
+        async with registry.lease(body.model, tenant.may_use) as model:
+            prompt, conversation = render_for_cache(chat, model.renderer)
+            warmed = await model.engine.warm_prompt(prompt, conversation)
+        ticket.charge(warmed.prompt_tokens - warmed.reused_tokens, 0)
+    finally:
+        ticket.release()
     return RestoreCacheResponse(
         model=model.model_id,
         prompt_tokens=warmed.prompt_tokens,
@@ -37,10 +45,10 @@ async def restore_cache(body: RestoreCacheRequest, registry: RegistryDep) -> Res
 
 
 @router.get("/cache")
-async def cache_status(registry: RegistryDep, model: str | None = None) -> dict:
+async def cache_status(registry: RegistryDep, tenant: TenantDep, model: str | None = None) -> dict:
     """A loaded model's prompt cache (`?model=`, default: the default model): entries, bytes, hits, misses,
     restored tokens, saves."""
-    entry = registry.resolve(model)
+    entry = registry.resolve(model, tenant.may_use)
     loaded = registry.loaded_model(entry.id)
     summary = loaded.engine.cache_summary() if loaded else None
     return {"model": entry.id, "loaded": loaded is not None, "enabled": summary is not None, **(summary or {})}

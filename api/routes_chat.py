@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from api.chat_handler import handle_chat_completion
-from api.deps import RegistryDep
+from api.deps import RegistryDep, TenantDep
 from api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse
 
 router = APIRouter(tags=["chat"])
@@ -14,5 +14,7 @@ _ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 500, 503)}
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS)
 @router.post("/chat/completions", response_model=ChatCompletion, responses=_ERRORS, include_in_schema=False)
-async def create_chat_completion(body: ChatCompletionRequest, request: Request, registry: RegistryDep) -> Response:
-    return await handle_chat_completion(body, request, registry)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, registry: RegistryDep, tenant: TenantDep
+) -> Response:
+    return await handle_chat_completion(body, request, registry, tenant)

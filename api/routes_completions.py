@@ -10,9 +10,10 @@ from fastapi.responses import Response
 
 from api.completions import start_completion
 from api.completions_protocol import DetokenizeResponse, TokenizeResponse
-from api.deps import RegistryDep
+from api.deps import RegistryDep, TenantDep
+from api.keys import Tenant
 from api.protocol import CompletionRequest, DetokenizeRequest, TokenizeRequest
-from api.serving import LocalRun, serve
+from api.serving import LocalRun, requested_tokens, serve
 from backends.base import Engine
 from backends.registry import LoadedModel, ModelRegistry
 from errors import InvalidRequest, NotSupported
@@ -32,28 +33,32 @@ def model_name_of(body: Any) -> str | None:
 
 @router.post("/v1/completions")
 @router.post("/completions", include_in_schema=False)
-async def completions(request: Request, registry: RegistryDep, body: Any = Body(...)) -> Response:
+async def completions(request: Request, registry: RegistryDep, tenant: TenantDep, body: Any = Body(...)) -> Response:
+    settings = request.app.state.settings
+
     async def start_local(model: LoadedModel) -> LocalRun:
         # A pydantic ValidationError here becomes the same 400 as FastAPI's own (api/error_responses.py).
         parsed = CompletionRequest.model_validate(body)
-        return start_completion(parsed, model, registry, request.app.state.settings)
+        return start_completion(parsed, model, registry, settings, tenant)
 
-    return await serve(request, registry, model_name_of(body), start_local=start_local, relay_path="completions",
-                       relay_body=lambda: body)
+    name = model_name_of(body)
+    return await serve(request, registry, name, tenant=tenant,
+                       request_tokens=requested_tokens(body, settings.default_max_tokens), start_local=start_local,
+                       relay_path="completions", relay_body=lambda: body)
 
 
-async def _local_engine(registry: ModelRegistry, name: str | None) -> Engine:
-    model = await registry.ensure_loaded(name)
+async def _local_engine(registry: ModelRegistry, name: str | None, tenant: Tenant) -> Engine:
+    model = await registry.ensure_loaded(name, tenant.may_use)
     if model.engine.relays_requests:
         raise NotSupported("Tokenizing is only available for local models.")
     return model.engine
 
 
 @router.post("/tokenize", response_model=TokenizeResponse)
-async def tokenize(body: TokenizeRequest, registry: RegistryDep) -> TokenizeResponse:
-    return TokenizeResponse(tokens=(await _local_engine(registry, body.model)).tokenize(body.content))
+async def tokenize(body: TokenizeRequest, registry: RegistryDep, tenant: TenantDep) -> TokenizeResponse:
+    return TokenizeResponse(tokens=(await _local_engine(registry, body.model, tenant)).tokenize(body.content))
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse)
-async def detokenize(body: DetokenizeRequest, registry: RegistryDep) -> DetokenizeResponse:
-    return DetokenizeResponse(content=(await _local_engine(registry, body.model)).detokenize(body.tokens))
+async def detokenize(body: DetokenizeRequest, registry: RegistryDep, tenant: TenantDep) -> DetokenizeResponse:
+    return DetokenizeResponse(content=(await _local_engine(registry, body.model, tenant)).detokenize(body.tokens))

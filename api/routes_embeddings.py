@@ -7,13 +7,13 @@ import struct
 from typing import Any
 
 from fastapi import APIRouter, Body, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from api.completions_protocol import Embedding, EmbeddingList, EmbeddingUsage
-from api.deps import RegistryDep
+from api.deps import RegistryDep, TenantDep
 from api.protocol import EmbeddingRequest
 from api.routes_completions import model_name_of
-from api.serving import serve
+from api.serving import LocalWhole, serve
 from backends.registry import LoadedModel
 from errors import InvalidRequest
 
@@ -22,12 +22,13 @@ router = APIRouter(tags=["embeddings"])
 
 @router.post("/v1/embeddings", response_model=EmbeddingList)
 @router.post("/embeddings", include_in_schema=False)
-async def embeddings(request: Request, registry: RegistryDep, body: Any = Body(...)) -> Response:
-    async def start_local(model: LoadedModel) -> Response:
-        return JSONResponse((await embed(EmbeddingRequest.model_validate(body), model)).model_dump())
+async def embeddings(request: Request, registry: RegistryDep, tenant: TenantDep, body: Any = Body(...)) -> Response:
+    async def start_local(model: LoadedModel) -> LocalWhole:
+        answer = await embed(EmbeddingRequest.model_validate(body), model)
+        return LocalWhole(answer.model_dump(), answer.usage.prompt_tokens)
 
-    return await serve(request, registry, model_name_of(body), start_local=start_local, relay_path="embeddings",
-                       relay_body=lambda: body)
+    return await serve(request, registry, model_name_of(body), tenant=tenant, request_tokens=0,
+                       start_local=start_local, relay_path="embeddings", relay_body=lambda: body)
 
 
 async def embed(body: EmbeddingRequest, model: LoadedModel) -> EmbeddingList:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api.deps import RegistryDep
+from api.audit import audit
+from api.deps import AdminDep, RegistryDep, TenantDep
 from api.error_responses import error_response
 from api.protocol import ModelActionRequest, ModelCard, ModelList, SetModelRequest
 from api.routes_web import chat_page, wants_html
-from backends.access import may_use
 from backends.catalog import GenerationDefaults, ModelEntry
 from backends.memory import cuda_allocated_bytes, process_rss_bytes
 from backends.registry import ModelRegistry
@@ -53,21 +53,22 @@ def _model_card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
 
 @router.get("/v1/models", response_model=ModelList)
 @router.get("/models", response_model=ModelList, include_in_schema=False)
-async def list_models(registry: RegistryDep) -> ModelList:
-    entries = [entry for entry in registry.catalog(refresh=True) if may_use(entry.id, entry.aliases)]
+async def list_models(registry: RegistryDep, tenant: TenantDep) -> ModelList:
+    entries = [entry for entry in registry.catalog(refresh=True) if tenant.may_use(entry.id, entry.aliases)]
     return ModelList(data=[_model_card(registry, entry) for entry in entries])
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard)
 @router.get("/models/{model_id:path}", response_model=ModelCard, include_in_schema=False)
-async def get_model(model_id: str, registry: RegistryDep) -> ModelCard:
-    return _model_card(registry, registry.resolve(model_id))
+async def get_model(model_id: str, registry: RegistryDep, tenant: TenantDep) -> ModelCard:
+    return _model_card(registry, registry.resolve(model_id, tenant.may_use))
 
 
 @router.post("/setModel")
-async def set_model(body: SetModelRequest, registry: RegistryDep) -> JSONResponse:
+async def set_model(body: SetModelRequest, registry: RegistryDep, admin: AdminDep) -> JSONResponse:
     """Make a model the default for requests that name none, loading it (waits unless `"wait": false`)."""
     entry = await registry.set_default(body.modelName, wait=body.wait)
+    audit(admin, "set_default_model", model=entry.id)
     return _action_response(registry, entry, body.wait)
 
 
@@ -75,8 +76,9 @@ async def set_model(body: SetModelRequest, registry: RegistryDep) -> JSONRespons
 
 
 @router.post("/admin/models/load", tags=["admin"])
-async def load_model(body: ModelActionRequest, registry: RegistryDep) -> JSONResponse:
+async def load_model(body: ModelActionRequest, registry: RegistryDep, admin: AdminDep) -> JSONResponse:
     """Load a model (it stays resident until evicted or unloaded); `"wait": false` answers 202 at once."""
+    audit(admin, "load", model=body.model)
     if body.wait:
         entry = (await registry.ensure_loaded(body.model)).entry
     else:
@@ -85,25 +87,27 @@ async def load_model(body: ModelActionRequest, registry: RegistryDep) -> JSONRes
 
 
 @router.post("/admin/models/unload", tags=["admin"])
-async def unload_model(body: ModelActionRequest, registry: RegistryDep) -> dict:
+async def unload_model(body: ModelActionRequest, registry: RegistryDep, admin: AdminDep) -> dict:
     """Unload a model and free its memory, after the requests it is serving finish."""
     rss_before, cuda_before = process_rss_bytes(), cuda_allocated_bytes()
     was_loaded = await registry.unload(body.model)
+    audit(admin, "unload", model=body.model, was_loaded=was_loaded)
     return {"model": registry.resolve(body.model).id, "unloaded": was_loaded, "status": "available",
             "rss_bytes_before": rss_before, "rss_bytes_after": process_rss_bytes(),
             "cuda_allocated_bytes_before": cuda_before, "cuda_allocated_bytes_after": cuda_allocated_bytes()}
 
 
 @router.get("/admin/models/{model_id:path}/defaults", tags=["admin"])
-async def get_defaults(model_id: str, registry: RegistryDep) -> dict:
+async def get_defaults(model_id: str, registry: RegistryDep, _: AdminDep) -> dict:
     entry = registry.resolve(model_id)
     return {"model": entry.id, "defaults": registry.generation_defaults(entry.id).model_dump(exclude_none=True)}
 
 
 @router.put("/admin/models/{model_id:path}/defaults", tags=["admin"])
-async def put_defaults(model_id: str, body: GenerationDefaults, registry: RegistryDep) -> dict:
+async def put_defaults(model_id: str, body: GenerationDefaults, registry: RegistryDep, admin: AdminDep) -> dict:
     """Replace the model's run-time generation defaults (no reload); request fields still override them."""
     entry = registry.set_generation_defaults(model_id, body)
+    audit(admin, "set_defaults", model=entry.id, defaults=body.model_dump_json(exclude_none=True))
     return {"model": entry.id, "defaults": registry.generation_defaults(entry.id).model_dump(exclude_none=True)}
 
 

@@ -15,12 +15,13 @@ from fastapi.responses import Response
 
 from api.chat_request import prepare_chat
 from api.chat_response import ChoiceOutput
-from api.deps import RegistryDep
+from api.deps import RegistryDep, TenantDep
+from api.keys import Tenant
 from api.protocol import ErrorResponse
 from api.responses_output import ResponseWriter
 from api.responses_protocol import ResponseObject, ResponsesRequest
 from api.responses_request import check_response_limits, responses_param_names, to_chat_request, wants_logprobs
-from api.serving import ChoiceChunks, LocalRun, generation_chunks, serve
+from api.serving import ChoiceChunks, LocalRun, generation_chunks, requested_tokens, serve
 from backends.registry import LoadedModel, ModelRegistry
 from errors import InvalidRequest, ResponseNotFound
 from settings import Settings
@@ -34,7 +35,7 @@ _ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 500, 503)}
 
 @router.post("/v1/responses", response_model=ResponseObject, responses=_ERRORS)
 @router.post("/responses", response_model=ResponseObject, responses=_ERRORS, include_in_schema=False)
-async def create_response(request: Request, registry: RegistryDep, body: Any = Body(...)) -> Response:
+async def create_response(request: Request, registry: RegistryDep, tenant: TenantDep, body: Any = Body(...)) -> Response:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     parsed = ResponsesRequest.model_validate(body)  # a ValidationError becomes the app's usual 400
@@ -44,11 +45,12 @@ async def create_response(request: Request, registry: RegistryDep, body: Any = B
     check_response_limits(parsed, settings.max_tokens_limit, settings.max_messages)
 
     async def start_local(model: LoadedModel) -> LocalRun:
-        writer, chunks = _start_generation(parsed, model, registry, settings)
+        writer, chunks = _start_generation(parsed, model, registry, settings, tenant)
         return LocalRun(writer, chunks, bool(parsed.stream))
 
-    return await serve(request, registry, parsed.model, start_local=start_local, relay_path="responses",
-                       relay_body=lambda: body)
+    return await serve(request, registry, parsed.model, tenant=tenant,
+                       request_tokens=requested_tokens(body, settings.default_max_tokens), start_local=start_local,
+                       relay_path="responses", relay_body=lambda: body)
 
 
 @router.get("/v1/responses/{response_id}", responses={404: {"model": ErrorResponse}})
@@ -61,7 +63,7 @@ async def stored_response(response_id: str) -> Response:
 
 
 def _start_generation(
-    body: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings
+    body: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings, tenant: Tenant
 ) -> tuple[ResponseWriter, ChoiceChunks]:
     with responses_param_names():
         chat = to_chat_request(body)
@@ -79,5 +81,5 @@ def _start_generation(
         top_logprobs=body.top_logprobs, user=body.user,
     )
     writer = ResponseWriter(shell, ChoiceOutput(prepared.tool_plan, prepared.tool_call_format), wants_logprobs(body))
-    chunks = generation_chunks(model, prepared.requests, settings)
+    chunks = generation_chunks(model, prepared.requests, settings, tenant)
     return writer, chunks

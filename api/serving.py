@@ -13,16 +13,19 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sse_starlette import EventSourceResponse
 
 from api.choice_streams import consume_unless_disconnected, merge_choices, wait_for_disconnect, with_deadline
 from api.error_responses import error_body
+from api.keys import Tenant
 from api.observability import note_model, note_upstream_error, observe
+from api.quotas import Ticket
 from api.sse import event_stream, sse_bytes, sse_event
-from backends.base import GenerationChunk, GenerationRequest, RelayedStream
+from backends.base import GenerationChunk, GenerationFinished, GenerationRequest, RelayedStream
 from backends.registry import LoadedModel, ModelRegistry
 from errors import EngineFailure, ServerError, UpstreamError
 from settings import Settings
@@ -64,49 +67,89 @@ class LocalRun:
     stream: bool
 
 
-LocalStart = Callable[[LoadedModel], Awaitable[LocalRun | Response]]
+@dataclass
+class LocalWhole:
+    """An answer computed at once (embeddings), with the prompt tokens it used."""
+
+    body: object
+    prompt_tokens: int
 
 
-def generation_chunks(model: LoadedModel, requests: list[GenerationRequest], settings: Settings) -> ChoiceChunks:
-    """The choices' chunks, merged, observed for metrics and bounded by `--request-timeout`."""
-    chunks = observe(merge_choices([model.engine.generate(r) for r in requests]), model.model_id,
-                     model.engine.engine_kind)
+LocalStart = Callable[[LoadedModel], Awaitable[LocalRun | LocalWhole]]
+
+
+def generation_chunks(
+    model: LoadedModel, requests: list[GenerationRequest], settings: Settings, tenant: Tenant
+) -> ChoiceChunks:
+    """The choices' chunks, merged, observed for metrics and bounded by `--request-timeout`. Each generation is
+    labelled with its tenant, so the engines' queues can take turns between tenants."""
+    streams = [model.engine.generate(replace(r, tenant=tenant.label)) for r in requests]
+    chunks = observe(merge_choices(streams), model.model_id, model.engine.engine_kind)
     return with_deadline(chunks, settings.request_timeout) if settings.request_timeout else chunks
 
 
+def requested_tokens(body: dict, default_max_tokens: int) -> int:
+    """What a request may generate at most, n x max_tokens, for the per-key cap (any API's field names)."""
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+    n = body.get("n") if isinstance(body.get("n"), int) else 1
+    return max(1, n) * (max_tokens if isinstance(max_tokens, int) else default_max_tokens)
+
+
 async def serve(
-    request: Request, registry: ModelRegistry, model_name: str | None, *, start_local: LocalStart,
-    relay_path: str, relay_body: Callable[[], dict],
+    request: Request, registry: ModelRegistry, model_name: str | None, *, tenant: Tenant, request_tokens: int,
+    start_local: LocalStart, relay_path: str, relay_body: Callable[[], dict],
 ) -> Response:
-    resources = AsyncExitStack()  # holds the model lease
+    ticket = request.app.state.quotas.admit(tenant, request_tokens)  # 429 before any work
+    resources = AsyncExitStack()  # holds the model lease and the quota ticket
+    resources.callback(ticket.release)
     handed_to_stream = False
     try:
-        model = await resources.enter_async_context(registry.lease(model_name))
+        model = await resources.enter_async_context(registry.lease(model_name, tenant.may_use))
         if model.engine.relays_requests:
             note_model(model.model_id, model.engine.engine_kind)
-            response = await _relay(model, relay_path, relay_body(), request)
+            response = await _relay(model, relay_path, relay_body(), request, ticket, resources)
         else:
-            response = await _run_locally(await start_local(model), request, resources)
-        handed_to_stream = isinstance(response, StreamingResponse)
+            response = await _run_locally(await start_local(model), request, resources, ticket)
+        response.headers.update(ticket.headers())
+        # A stream holds the lease and the ticket until it ends (its generator closes `resources`).
+        handed_to_stream = isinstance(response, (StreamingResponse, EventSourceResponse))
         return response
+    except Exception:
+        ticket.failed()
+        raise
     finally:
         if not handed_to_stream:
             await resources.aclose()
 
 
-async def _run_locally(run: LocalRun | Response, request: Request, resources: AsyncExitStack) -> Response:
-    if isinstance(run, Response):
-        return run
+async def _run_locally(run: LocalRun | LocalWhole, request: Request, resources: AsyncExitStack,
+                       ticket: Ticket) -> Response:
+    if isinstance(run, LocalWhole):
+        ticket.charge(run.prompt_tokens, 0)
+        return JSONResponse(run.body)
+    run.chunks = _charged(run.chunks, ticket)
     if run.stream:
         first = await anext(run.chunks)  # a request that cannot start is a real HTTP error, not a broken stream
-        return event_stream(_local_events(run, first, resources))
+        return event_stream(_local_events(run, first, resources, ticket))
     if not await consume_unless_disconnected(run.chunks, lambda item: run.writer.add(*item), request.receive):
         logger.info("Client disconnected; its generation was cancelled")
         return Response(status_code=499)
     return JSONResponse(run.writer.whole())
 
 
-async def _local_events(run: LocalRun, first: tuple[int, GenerationChunk], resources: AsyncExitStack):
+async def _charged(chunks: ChoiceChunks, ticket: Ticket) -> ChoiceChunks:
+    """The chunks, each finished choice's tokens charged to the key."""
+    try:
+        async for index, chunk in chunks:
+            if isinstance(chunk, GenerationFinished):
+                ticket.charge(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+            yield index, chunk
+    finally:
+        await chunks.aclose()
+
+
+async def _local_events(run: LocalRun, first: tuple[int, GenerationChunk], resources: AsyncExitStack,
+                        ticket: Ticket):
     writer = run.writer
 
     def events(payloads: Payloads):
@@ -123,9 +166,11 @@ async def _local_events(run: LocalRun, first: tuple[int, GenerationChunk], resou
         for event in events(writer.finish()):
             yield event
     except ServerError as exc:
+        ticket.failed()
         for event in events(writer.fail(exc)):
             yield event
     except Exception:
+        ticket.failed()
         logger.exception("A stream failed")
         for event in events(writer.fail(EngineFailure("The engine failed while generating this response."))):
             yield event
@@ -134,7 +179,8 @@ async def _local_events(run: LocalRun, first: tuple[int, GenerationChunk], resou
         await resources.aclose()
 
 
-async def _relay(model: LoadedModel, path: str, body: dict, request: Request) -> Response:
+async def _relay(model: LoadedModel, path: str, body: dict, request: Request, ticket: Ticket,
+                 resources: AsyncExitStack) -> Response:
     try:
         answer = await model.engine.relay(path, body, lambda: wait_for_disconnect(request.receive))
     except UpstreamError as exc:
@@ -145,17 +191,24 @@ async def _relay(model: LoadedModel, path: str, body: dict, request: Request) ->
         return Response(status_code=499)  # the client left; the upstream request was dropped
     if isinstance(answer, RelayedStream):
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(_relayed_bytes(answer), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(_relayed_bytes(answer, ticket, resources), media_type="text/event-stream",
+                                 headers=headers)
+    usage = answer.body.get("usage") if isinstance(answer.body, dict) else None
+    if isinstance(usage, dict):  # chat/completions name them prompt/completion, Responses input/output
+        ticket.charge(int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0),
+                      int(usage.get("completion_tokens") or usage.get("output_tokens") or 0))
     return JSONResponse(answer.body, status_code=answer.status_code)
 
 
-async def _relayed_bytes(answer: RelayedStream) -> AsyncIterator[bytes]:
+async def _relayed_bytes(answer: RelayedStream, ticket: Ticket, resources: AsyncExitStack) -> AsyncIterator[bytes]:
     try:
         async for chunk in answer.chunks:
             yield chunk
     except UpstreamError as exc:  # the upstream broke off: one error event, then the end
+        ticket.failed()
         note_upstream_error(exc.upstream, exc.code)
         logger.warning("%s", exc.message)
         yield sse_bytes(error_body(exc))
     finally:
         await answer.chunks.aclose()
+        await resources.aclose()

@@ -45,6 +45,7 @@ class GenerationRequest:
     # Markers the output must show as text even where the vocabulary holds them as special tokens
     # (e.g. `[TOOL_CALLS]`, `<|python_tag|>`), so tool calls can be read back.
     preserved_tokens: tuple[str, ...] = ()
+    tenant: str = ""  # who asked (an API key's label): engines' queues take turns between tenants
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,16 @@
 """The waiting line between the event loop and a local engine's worker thread (llama.cpp's scheduler and the
 transformers batcher share it): jobs are submitted and cancelled from the event loop, taken by the worker.
 
-Once closed it takes no new jobs; the worker drains what was already accepted and then stops.
+Tenants take turns: each job carries its tenant (an API key's label), every tenant has its own line, and the
+worker takes the next job from the tenant whose turn it is, so a key that floods the server with requests delays
+another key's request by at most one job (one slot turnover), not by its whole backlog. Within a tenant, first
+come first served. Once closed the queue takes no new jobs; the worker drains what was accepted, then stops.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -16,15 +19,20 @@ from errors import EngineBusy, EngineFailure
 Job = TypeVar("Job")
 
 
+def _tenant(job) -> str:
+    return getattr(job, "tenant", "")
+
+
 class JobQueue(Generic[Job]):
     def __init__(self, max_queue: int) -> None:
         self.max_queue = max_queue
-        self._waiting: deque[Job] = deque()
+        self._lines: OrderedDict[str, deque[Job]] = OrderedDict()  # first key: the tenant whose turn it is
+        self._size = 0
         self._wakeup = threading.Condition()
         self._closed = False
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return self._size
 
     # ---------------------------------------------------------------- event-loop side
 
@@ -33,16 +41,21 @@ class JobQueue(Generic[Job]):
         with self._wakeup:
             if self._closed:
                 raise EngineFailure("This model is being unloaded; retry the request.")
-            if len(self._waiting) >= self.max_queue and not starts_at_once:
+            if self._size >= self.max_queue and not starts_at_once:
                 raise EngineBusy("All sequences are busy and the queue is full; retry later.")
-            self._waiting.append(job)
+            self._lines.setdefault(_tenant(job), deque()).append(job)  # a new tenant's turn comes last
+            self._size += 1
             self._wakeup.notify()
 
     def cancel(self, job: Job) -> None:
         """Drop `job` if it still waits, and wake the worker (which stops a running job that is cancelled)."""
         with self._wakeup:
-            if job in self._waiting:
-                self._waiting.remove(job)
+            line = self._lines.get(_tenant(job))
+            if line is not None and job in line:
+                line.remove(job)
+                self._size -= 1
+                if not line:
+                    del self._lines[_tenant(job)]
             self._wakeup.notify()
 
     def close(self) -> None:
@@ -53,11 +66,20 @@ class JobQueue(Generic[Job]):
     # ---------------------------------------------------------------- worker side
 
     def take(self, how_many: Callable[[], int], busy: Callable[[], bool] = lambda: False) -> list[Job] | None:
-        """Block until there is work, then take up to `how_many()` waiting jobs (asked under the lock, so the
-        worker can count its free room). None once closed with nothing waiting and the worker not `busy`."""
+        """Block until there is work, then take up to `how_many()` waiting jobs, tenants in turn (asked under the
+        lock, so the worker can count its free room). None once closed with nothing waiting and the worker idle."""
         with self._wakeup:
-            while not self._waiting and not busy():
+            while not self._size and not busy():
                 if self._closed:
                     return None
                 self._wakeup.wait()
-            return [self._waiting.popleft() for _ in range(min(how_many(), len(self._waiting)))]
+            return [self._next() for _ in range(min(how_many(), self._size))]
+
+    def _next(self) -> Job:
+        tenant, line = next(iter(self._lines.items()))
+        job = line.popleft()
+        self._size -= 1
+        del self._lines[tenant]
+        if line:  # its next job waits for every other tenant's turn
+            self._lines[tenant] = line
+        return job

@@ -18,7 +18,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-from backends.access import may_use
 from backends.base import Engine
 from backends.catalog import Catalog, GenerationDefaults, ModelEntry, default_hf_cache
 from backends.embedded_model import ensure_embedded_models
@@ -32,6 +31,12 @@ from settings import Settings
 logger = logging.getLogger(__name__)
 
 EngineFactory = Callable[[ModelEntry, Settings], Engine]
+# Whether a caller may use a model (id, aliases): the HTTP layer passes its key's rule explicitly.
+ModelAccess = Callable[[str, tuple[str, ...]], bool]
+
+
+def everyone(model_id: str, aliases: tuple[str, ...] = ()) -> bool:
+    return True
 ModelStatus = Literal["available", "loading", "loaded", "failed"]
 RegistryState = Literal["empty", "loading", "ready", "failed", "missing"]
 # When every resident model is busy, how long a load waits for one to go idle before it drains the least
@@ -104,7 +109,7 @@ class ModelRegistry:
             self._catalog = Catalog.build(settings.models_dir, models_file, hf_cache, remote)
         return self._catalog
 
-    def resolve(self, name: str | None) -> ModelEntry:
+    def resolve(self, name: str | None, may_use: ModelAccess = everyone) -> ModelEntry:
         """The catalog entry for a requested name (id, `.gguf` stem or alias); empty means the default."""
         wanted = name or self.default_model
         entry = self.catalog().find(wanted)
@@ -166,7 +171,7 @@ class ModelRegistry:
     def missing_default_message(self) -> str:
         """What was looked for where, what is there instead, and how to add a model (one log line)."""
         settings = self.settings
-        available = ", ".join(entry.id for entry in self.catalog() if may_use(entry.id, entry.aliases)) or "none"
+        available = ", ".join(entry.id for entry in self.catalog()) or "none"
         models_file = settings.models_file or settings.models_dir / "models.yaml"
         hf_cache = f", the Hugging Face cache {settings.hf_cache_dir or default_hf_cache()}" if settings.scan_hf_cache else ""
         return (f"Default model '{self.default_model}' not found: looked for a file or folder of that name (or "
@@ -197,9 +202,9 @@ class ModelRegistry:
 
     # ---------------------------------------------------------------- loading
 
-    async def ensure_loaded(self, name: str | None) -> LoadedModel:
+    async def ensure_loaded(self, name: str | None, may_use: ModelAccess = everyone) -> LoadedModel:
         """Return the loaded model for `name`, loading it (once, however many callers wait) if needed."""
-        entry = self.resolve(name)
+        entry = self.resolve(name, may_use)
         while True:
             model = self._loaded.get(entry.id)
             if model is not None and model.retired:
@@ -342,9 +347,9 @@ class ModelRegistry:
     # ---------------------------------------------------------------- use
 
     @asynccontextmanager
-    async def lease(self, name: str | None) -> AsyncIterator[LoadedModel]:
+    async def lease(self, name: str | None, may_use: ModelAccess = everyone) -> AsyncIterator[LoadedModel]:
         """Hold a model for the duration of one request so it is not unloaded underneath it."""
-        model = await self.ensure_loaded(name)
+        model = await self.ensure_loaded(name, may_use)
         while model.retired:  # chosen for eviction between its load and now: get it back
             model = await self.ensure_loaded(model.model_id)
         model.leases += 1  # no await between the retired check and this, so eviction sees the lease

@@ -119,6 +119,7 @@ class TransformersEngine(WorkerThreadEngine):
             compiled = await asyncio.to_thread(self.grammars.compile, request.grammar.gbnf)
             constraint = GrammarConstraint(compiled, request.grammar, self.vocab_size)
         job = HFJob(
+            tenant=request.tenant,
             prompt_ids=prompt_ids,
             sampling=request.sampling,
             max_tokens=max_tokens,

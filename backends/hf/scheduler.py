@@ -37,6 +37,7 @@ class HFJob:
     shown_special_ids: frozenset[int] = frozenset()  # special tokens to show as text (tool-call markers)
     emit: Emit = lambda item: None
     cancelled: bool = False
+    tenant: str = ""  # who asked: the queue takes turns between tenants
 
 
 @dataclass(eq=False)

@@ -152,6 +152,7 @@ class LlamaCppEngine(WorkerThreadEngine):
         if request.grammar is not None and not grammar_parses(self.model, request.grammar):
             raise InvalidRequest("The grammar does not parse as GBNF (llama.cpp's grammar format).", param="grammar")
         job = SequenceJob(
+            tenant=request.tenant,
             prompt_tokens=prompt_tokens,
             sampling=request.sampling,
             max_tokens=max_tokens,

@@ -51,6 +51,7 @@ class SequenceJob:
     cached_prefix: CachedPrefix | None = None  # a stored state of a prompt prefix, found on disk beforehand
     prefill_only: bool = False  # evaluate the prompt into the cache, generate nothing (/restore_cache)
     on_saved: Callable[[bool], None] | None = None  # prefill_only: told once the state reached the disk cache
+    tenant: str = ""  # who asked: the queue takes turns between tenants
     cancelled: bool = False  # set by the request side when the client goes away
 
 

@@ -163,6 +163,8 @@ def test_eviction_waits_for_the_stream_in_flight(tmp_path):
         stream = client.chat.completions.create(model="one", messages=ASK, max_tokens=60, stream=True,
                                                 logit_bias=GEMMA_END_TOKENS)
         first = next(stream)  # the stream is running on "one"
+        (held,) = httpx.get(server.base_url).json()["loaded_models"]
+        assert held["model"] == "one" and held["in_flight"] == 1  # the stream holds its lease until it ends
         done: dict[str, float] = {}
 
         def ask_two():

@@ -108,3 +108,20 @@ def test_close_wakes_a_blocked_take_which_returns_none():
     thread.join(timeout=5)
     assert not thread.is_alive()
     assert result == [None]
+
+
+def test_tenants_take_turns_so_a_flood_does_not_starve_a_quiet_key():
+    from dataclasses import dataclass
+
+    @dataclass(eq=False)
+    class TenantJob:
+        tenant: str
+        name: str
+
+    queue = JobQueue(max_queue=100)
+    for i in range(5):
+        queue.submit(TenantJob("flood", f"f{i}"))
+    queue.submit(TenantJob("quiet", "q0"))
+    taken = [job.name for job in queue.take(lambda: 3)]
+    assert taken == ["f0", "q0", "f1"]  # the quiet key's request is second, not sixth
+    assert [job.name for job in queue.take(lambda: 10)] == ["f2", "f3", "f4"]
