@@ -2,9 +2,9 @@
 transformers batcher share it): jobs are submitted and cancelled from the event loop, taken by the worker.
 
 Tenants take turns: each job carries its tenant (an API key's label), every tenant has its own line, and the
-worker takes the next job from the tenant whose turn it is, so a key that floods the server with requests delays
-another key's request by at most one job (one slot turnover), not by its whole backlog. Within a tenant, first
-come first served. Once closed the queue takes no new jobs; the worker drains what was accepted, then stops.
+worker takes the next job from the tenant whose turn it is. A tenant with nothing waiting gets the next turn, and
+one that is served goes to the back, so a key that floods the server delays another key's request until the next
+free slot (one slot turnover), not by its whole backlog. Within a tenant, first come first served. Once closed the queue takes no new jobs; the worker drains what was accepted, then stops.
 """
 
 from __future__ import annotations
@@ -43,7 +43,11 @@ class JobQueue(Generic[Job]):
                 raise EngineFailure("This model is being unloaded; retry the request.")
             if self._size >= self.max_queue and not starts_at_once:
                 raise EngineBusy("All sequences are busy and the queue is full; retry later.")
-            self._lines.setdefault(_tenant(job), deque()).append(job)  # a new tenant's turn comes last
+            tenant = _tenant(job)
+            if tenant not in self._lines:  # a tenant with nothing waiting has the next turn
+                self._lines[tenant] = deque()
+                self._lines.move_to_end(tenant, last=False)
+            self._lines[tenant].append(job)
             self._size += 1
             self._wakeup.notify()
 
