@@ -76,7 +76,8 @@ class ChoiceOutput:
         return self.parser.calls if self.parser else []
 
     def finish_reason(self, engine_reason: str) -> str:
-        if self.calls and engine_reason == "stop":
+        # Only a finished call makes it a tool call: a call cut off (stop string, length) is never returned.
+        if any(call.complete for call in self.calls) and engine_reason == "stop":
             return "function_call" if self.plan.legacy else "tool_calls"
         return engine_reason
 

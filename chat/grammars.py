@@ -39,9 +39,25 @@ _UNSUPPORTED_KEYWORDS = {
 }
 
 
+# Keywords whose value maps names to subschemas: those names are data (a property may be called "not" or
+# "minimum"), so the walkers below descend into their values without reading the names as keywords.
+_SCHEMA_MAPS = ("properties", "$defs", "definitions")
+
+
+def _map_values(key: str, value: Any, transform) -> Any:
+    """`transform` applied to a keyword's value; for a map of named subschemas, to each subschema."""
+    if key in _SCHEMA_MAPS and isinstance(value, dict):
+        return {name: transform(sub) for name, sub in value.items()}
+    return transform(value)
+
+
 def _check_supported(schema: Any, param: str, path: str = "$") -> None:
     if isinstance(schema, dict):
         for key, value in schema.items():
+            if key in _SCHEMA_MAPS and isinstance(value, dict):
+                for name, sub in value.items():
+                    _check_supported(sub, param, f"{path}.{key}.{name}")
+                continue
             if key in _UNSUPPORTED_KEYWORDS:
                 raise InvalidRequest(
                     f"JSON schema feature '{key}' (at {path}) cannot be enforced by this server's grammar engine.",
@@ -66,7 +82,8 @@ def _bounded_numbers(schema: Any, param: str) -> Any:
         return [_bounded_numbers(item, param) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    schema = {key: value if key in ("enum", "const") else _bounded_numbers(value, param) for key, value in schema.items()}
+    schema = {key: value if key in ("enum", "const") else _map_values(key, value, lambda v: _bounded_numbers(v, param))
+              for key, value in schema.items()}
     if "minimum" not in schema and "maximum" not in schema:
         return schema
     low, high = schema.get("minimum"), schema.get("maximum")
@@ -85,7 +102,7 @@ def _closed_objects(schema: Any) -> Any:
     """Objects that list their properties and say nothing of others get `additionalProperties: false`, so
     a small model spends its tokens on the declared fields (the output still validates against the original)."""
     if isinstance(schema, dict):
-        schema = {key: _closed_objects(value) for key, value in schema.items()}
+        schema = {key: _map_values(key, value, _closed_objects) for key, value in schema.items()}
         if "properties" in schema and "additionalProperties" not in schema:
             schema["additionalProperties"] = False
         return schema

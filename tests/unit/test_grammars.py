@@ -1,0 +1,143 @@
+import pytest
+
+from chat.grammars import MAX_PARALLEL_CALLS, json_schema_grammar, tool_call_grammar, tool_call_schema
+from chat.tool_formats import HERMES, LLAMA3, MISTRAL
+from chat.tools import build_tool_plan
+from errors import InvalidRequest
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}}
+TIME = {"type": "function", "function": {"name": "get_time"}}
+
+
+def rules(gbnf: str) -> dict[str, str]:
+    return dict(line.split(" ::= ", 1) for line in gbnf.splitlines())
+
+
+def test_simple_object_schema_gives_a_root_rule_with_its_required_key():
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    grammar = rules(json_schema_grammar(schema).gbnf)
+    assert grammar["root"] == '"{" space a-kv "}" space'
+    assert grammar["a-kv"].startswith('"\\"a\\"" space ":" space string')
+
+
+def test_whitespace_between_tokens_is_at_most_one_space():
+    assert rules(json_schema_grammar({"type": "object"}).gbnf)["space"] == '" "?'
+
+
+def test_string_characters_exclude_raw_control_characters():
+    gbnf = json_schema_grammar({"type": "string"}).gbnf
+    assert "\\x00-\\x1F" in rules(gbnf)["char"]
+
+
+def test_objects_with_properties_are_closed_unless_they_say_otherwise():
+    closed = json_schema_grammar({"type": "object", "properties": {"a": {"type": "integer"}}}).gbnf
+    assert "additional" not in closed
+    assert rules(closed)["root"] == '"{" space  (a-kv )? "}" space'  # optional: not required
+    open_ = json_schema_grammar({"type": "object", "additionalProperties": {"type": "integer"}}).gbnf
+    assert "additional-kvs" in rules(open_)["root"]
+
+
+@pytest.mark.parametrize("keyword,schema", [
+    ("not", {"type": "string", "not": {"const": "x"}}),
+    ("patternProperties", {"type": "object", "patternProperties": {"^x": {"type": "string"}}}),
+    ("uniqueItems", {"type": "array", "items": {"type": "string"}, "uniqueItems": True}),
+    ("multipleOf", {"type": "integer", "multipleOf": 2}),
+    ("if", {"type": "string", "if": {"minLength": 1}, "then": {"maxLength": 2}}),
+])
+def test_unsupported_keywords_are_refused_by_name(keyword, schema):
+    with pytest.raises(InvalidRequest) as caught:
+        json_schema_grammar(schema, "response_format.json_schema.schema")
+    assert caught.value.message.startswith(f"JSON schema feature '{keyword}' (at $)")
+    assert caught.value.param == "response_format.json_schema.schema"
+
+
+def test_a_nested_unsupported_keyword_is_reported_with_its_path():
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}
+    with pytest.raises(InvalidRequest, match=r"'uniqueItems' \(at \$\.properties\.tags\)"):
+        json_schema_grammar(schema)
+
+
+def test_keywords_inside_enum_and_const_values_are_data_not_schema():
+    gbnf = json_schema_grammar({"enum": [{"not": 1}]}).gbnf
+    assert rules(gbnf)["root"] == '"{\\"not\\": 1}"'
+
+
+def test_local_defs_ref_becomes_a_rule():
+    schema = {
+        "$defs": {"Point": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}},
+        "type": "object", "properties": {"p": {"$ref": "#/$defs/Point"}}, "required": ["p"],
+    }
+    grammar = rules(json_schema_grammar(schema).gbnf)
+    assert grammar["p"] == "Point"
+    assert "Point-x-kv" in grammar["Point"]
+
+
+def test_a_ref_to_a_missing_definition_is_an_invalid_request():
+    schema = {"type": "object", "properties": {"p": {"$ref": "#/$defs/Missing"}}}
+    with pytest.raises(InvalidRequest, match="cannot be turned into a grammar") as caught:
+        json_schema_grammar(schema, "tools")
+    assert caught.value.param == "tools"
+
+
+def test_remote_refs_are_refused():
+    with pytest.raises(InvalidRequest, match="Remote schema references"):
+        json_schema_grammar({"$ref": "https://example.com/schema.json"})
+
+
+def test_a_small_integer_range_becomes_an_enumeration():
+    gbnf = json_schema_grammar({"type": "integer", "minimum": 1, "maximum": 3}).gbnf
+    assert rules(gbnf)["root"] == '"1" | "2" | "3"'
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "number", "minimum": 0, "maximum": 1},
+    {"type": "integer", "minimum": 0},
+    {"type": "integer", "minimum": 0, "maximum": 5000},
+])
+def test_other_numeric_bounds_are_refused(schema):
+    with pytest.raises(InvalidRequest, match="'minimum'/'maximum'"):
+        json_schema_grammar(schema)
+
+
+def test_tool_call_schema_is_one_object_per_tool():
+    single = tool_call_schema(build_tool_plan([WEATHER], "required", None))
+    assert single["properties"]["name"] == {"const": "get_weather"}
+    assert single["required"] == ["name", "arguments"]
+    both = tool_call_schema(build_tool_plan([WEATHER, TIME], "required", None), "parameters")
+    assert [o["properties"]["name"]["const"] for o in both["anyOf"]] == ["get_weather", "get_time"]
+    assert "parameters" in both["anyOf"][0]["properties"]
+
+
+def test_named_tool_grammar_allows_exactly_one_call_of_that_tool():
+    plan = build_tool_plan([WEATHER, TIME], {"type": "function", "function": {"name": "get_weather"}}, None)
+    spec = tool_call_grammar(plan, HERMES, lazy=False)
+    grammar = rules(spec.gbnf)
+    assert grammar["call"] == '"<tool_call>" call-json "</tool_call>"'
+    assert grammar["call-json-name"] == '"\\"get_weather\\""'
+    assert "get_time" not in spec.gbnf
+    assert "{0," not in grammar["root"]  # a named choice is never parallel
+    assert spec.lazy_triggers == ()
+
+
+def test_required_parallel_grammar_repeats_calls_in_the_models_format():
+    spec = tool_call_grammar(build_tool_plan([WEATHER, TIME], "required", True), MISTRAL, lazy=False)
+    grammar = rules(spec.gbnf)
+    assert grammar["root"] == f'"[TOOL_CALLS][" call (", " call){{0,{MAX_PARALLEL_CALLS - 1}}} "]"'
+    assert '"\\"get_weather\\""' in spec.gbnf and '"\\"get_time\\""' in spec.gbnf
+
+
+def test_auto_grammar_is_lazy_with_the_formats_triggers():
+    spec = tool_call_grammar(build_tool_plan([WEATHER], "auto", False), LLAMA3, lazy=True)
+    assert spec.lazy_triggers == LLAMA3.lazy_triggers()
+    assert rules(spec.gbnf)["root"].startswith('"<|python_tag|>"? ')
+    assert "call-json-parameters-kv" in rules(spec.gbnf)
+
+
+@pytest.mark.parametrize("name", ["not", "minimum", "properties", "if", "multipleOf"])
+def test_a_property_named_like_a_keyword_is_data_not_a_keyword(name):
+    schema = {"type": "object", "properties": {name: {"type": "string"}}, "required": [name]}
+    grammar = json_schema_grammar(schema, "response_format")
+    assert f'\\"{name}\\"' in grammar.gbnf
