@@ -141,6 +141,14 @@ def whole_completion(identity: CompletionIdentity, choices: list[ChoiceAccumulat
     )
 
 
+def _without_nulls(value):
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value
+
+
 class ChunkBuilder:
     """Makes the stream's chunk objects; `include_usage` adds `usage: null` to each, as OpenAI does."""
 
@@ -160,8 +168,9 @@ class ChunkBuilder:
         exclude = None if self.include_usage else {"usage"}
         payload = chunk.model_dump(exclude=exclude)
         for choice in payload["choices"]:
-            # OpenAI sends only the delta fields that changed: {"content": "Hi"}, and {} in the final chunk.
-            choice["delta"] = {key: value for key, value in choice["delta"].items() if value is not None}
+            # OpenAI sends only the delta fields that changed: {"content": "Hi"}, {} in the final chunk, and in a
+            # tool call's later fragments only `index` and `function.arguments`.
+            choice["delta"] = _without_nulls(choice["delta"])
         return payload
 
     def role(self, index: int) -> dict:
