@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from chat.schema_refs import embeddable, self_contained
 from chat.tool_formats import ToolCallFormat
 from chat.tools import ToolPlan
 from errors import InvalidRequest
@@ -140,23 +141,26 @@ def _convert(schema: dict, rule_name: str, param: str) -> SchemaConverter:
 
 
 def json_schema_grammar(schema: dict, param: str = "response_format") -> GrammarSpec:
-    return GrammarSpec(_compact_whitespace(_convert(schema, "", param).format_grammar()))
+    return GrammarSpec(_compact_whitespace(_convert(self_contained(schema), "", param).format_grammar()))
 
 
 JSON_OBJECT_SCHEMA = {"type": "object"}
 
 
 def tool_call_schema(plan: ToolPlan, arguments_key: str = "arguments") -> dict:
-    """One call: {"name": <one of the tools>, "<arguments key>": <that tool's parameters>}."""
-    options = [
-        {
+    """One call: {"name": <one of the tools>, "<arguments key>": <that tool's parameters>}. Each tool's own
+    definitions (`$defs`) move to the wrapper's root under the tool's name, so its references still resolve."""
+    options, definitions = [], {}
+    for tool in plan.tools:
+        parameters, tool_definitions = embeddable(tool.parameters, tool.name)
+        definitions.update(tool_definitions)
+        options.append({
             "type": "object",
-            "properties": {"name": {"const": tool.name}, arguments_key: tool.parameters},
+            "properties": {"name": {"const": tool.name}, arguments_key: parameters},
             "required": ["name", arguments_key],
-        }
-        for tool in plan.tools
-    ]
-    return options[0] if len(options) == 1 else {"anyOf": options}
+        })
+    wrapper = options[0] if len(options) == 1 else {"anyOf": options}
+    return {**wrapper, "$defs": definitions} if definitions else wrapper
 
 
 def tool_call_grammar(plan: ToolPlan, call_format: ToolCallFormat, *, lazy: bool) -> GrammarSpec:

@@ -130,12 +130,18 @@ def test_chat_in_a_real_browser(server):
         assert page.input_value("#model") == other_model
         assert page.inner_text(".message.assistant >> nth=1") == stopped_answer
 
-        # Back to the first model, same conversation.
+        # Back to the first model, same conversation (greedy: a short answer, whatever came before).
         page.select_option("#model", default_model)
+        page.fill("#temperature", "0")
+        page.dispatch_event("#temperature", "change")
         page.fill("#input", "Thanks. One more sentence, please.")
         page.click("#send")
-        page.wait_for_function("document.querySelectorAll('.message.assistant').length >= 3 && "
-                               "document.querySelector('#status').textContent.includes('tok/s')", timeout=60000)
+        try:
+            page.wait_for_function("document.querySelectorAll('.message.assistant').length >= 3 && "
+                                   "document.querySelector('#status').textContent.includes('tok/s')", timeout=120000)
+        except sync_api.TimeoutError:
+            raise AssertionError(f"no third answer; the page shows:\n{page.inner_text('main')[-2000:]}\n"
+                                 f"status: {page.inner_text('#status')}") from None
         browser.close()
     assert sent_models == [default_model, other_model, default_model]
     assert console_errors == []

@@ -71,8 +71,8 @@ def test_local_defs_ref_becomes_a_rule():
         "type": "object", "properties": {"p": {"$ref": "#/$defs/Point"}}, "required": ["p"],
     }
     grammar = rules(json_schema_grammar(schema).gbnf)
-    assert grammar["p"] == "Point"
-    assert "Point-x-kv" in grammar["Point"]
+    assert grammar["p"] == "schema-Point"  # definitions are namespaced (see chat/schema_refs.py)
+    assert "schema-Point-x-kv" in grammar["schema-Point"]
 
 
 def test_a_ref_to_a_missing_definition_is_an_invalid_request():
@@ -141,3 +141,45 @@ def test_a_property_named_like_a_keyword_is_data_not_a_keyword(name):
     schema = {"type": "object", "properties": {name: {"type": "string"}}, "required": [name]}
     grammar = json_schema_grammar(schema, "response_format")
     assert f'\\"{name}\\"' in grammar.gbnf
+
+
+def _undefined_rules(gbnf: str) -> set[str]:
+    """Rule names used but never defined (llama.cpp would refuse such a grammar)."""
+    import re
+
+    defined = set(re.findall(r"(?m)^([\w-]+) ::=", gbnf))
+    bodies = " ".join(line.split("::=", 1)[1] for line in gbnf.splitlines() if "::=" in line)
+    bodies = re.sub(r'"(?:[^"\\]|\\.)*"', " ", bodies)  # string literals
+    bodies = re.sub(r"\[(?:[^\]\\]|\\.)*\]", " ", bodies)  # character classes
+    return set(re.findall(r"[A-Za-z][\w-]*", bodies)) - defined
+
+
+def _pydantic_schemas():
+    from pydantic import BaseModel
+
+    class Options(BaseModel):
+        unit: str
+        days: int
+
+    class Weather(BaseModel):
+        city: str
+        options: Options
+        fallback: Options | None = None
+
+    class Tree_Node(BaseModel):  # recursive, and a name the converter would rewrite
+        name: str
+        children: list["Tree_Node"] = []
+
+    return {"nested": Weather.model_json_schema(), "recursive": Tree_Node.model_json_schema()}
+
+
+@pytest.mark.parametrize("kind", ["nested", "recursive"])
+def test_pydantic_defs_schemas_become_complete_grammars_as_response_format_and_tool(kind):
+    schema = _pydantic_schemas()[kind]
+    assert "$defs" in schema
+    assert _undefined_rules(json_schema_grammar(schema).gbnf) == set()
+    for choice in ("required", {"type": "function", "function": {"name": "my_tool"}}):
+        plan = build_tool_plan([{"type": "function", "function": {"name": "my_tool", "parameters": schema}},
+                                {"type": "function", "function": {"name": "other", "parameters": schema}}],
+                               choice, None)
+        assert _undefined_rules(tool_call_grammar(plan, HERMES, lazy=False).gbnf) == set()

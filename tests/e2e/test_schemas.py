@@ -1,0 +1,84 @@
+"""Schemas as frameworks write them: pydantic v2 models with nested models (`$defs` + `$ref`), as tool parameters
+(tool_choice required and named, whole and streamed) and as response formats (`client.chat.completions.parse`),
+on both embedded models. Every answer must validate against the pydantic model it came from."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pydantic
+import pytest
+
+from backends.embedded_model import GEMMA_FILE, SMOLLM2_FILE
+
+
+class Leg(pydantic.BaseModel):
+    origin: str = pydantic.Field(max_length=12)  # bounded strings: this file tests references, not termination
+    destination: str = pydantic.Field(max_length=12)
+
+
+class Flight(pydantic.BaseModel):
+    passenger: str = pydantic.Field(max_length=16)
+    legs: list[Leg] = pydantic.Field(min_length=1, max_length=2)
+    seat: Leg | None = None
+
+
+BOOK_FLIGHT = {"type": "function", "function": {"name": "book_flight", "description": "Book a flight.",
+                                                "parameters": Flight.model_json_schema()}}
+ASK = [{"role": "user", "content": "Book me a flight from Paris to Rome."}]
+MODELS = pytest.mark.parametrize("model", [SMOLLM2_FILE, GEMMA_FILE], ids=["smollm2", "gemma"])
+
+
+def test_the_schema_really_uses_defs():
+    schema = Flight.model_json_schema()
+    assert "$defs" in schema and "$ref" in json.dumps(schema["properties"])
+
+
+@MODELS
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "book_flight"}}],
+                         ids=["required", "named"])
+def test_a_tool_with_defs_is_called_with_valid_arguments(client, model, tool_choice):
+    kwargs = dict(model=model, messages=ASK, tools=[BOOK_FLIGHT], tool_choice=tool_choice, max_tokens=200,
+                  temperature=0, parallel_tool_calls=False)
+    whole = client.chat.completions.create(**kwargs)
+    [call] = whole.choices[0].message.tool_calls
+    assert call.function.name == "book_flight" and whole.choices[0].finish_reason == "tool_calls"
+    Flight.model_validate_json(call.function.arguments)
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    streamed = "".join(tc.function.arguments or "" for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or [])
+    Flight.model_validate_json(streamed)
+
+
+@MODELS
+def test_a_response_format_with_defs_parses_into_the_model(client, model):
+    completion = client.chat.completions.parse(model=model, messages=ASK, response_format=Flight, max_tokens=200,
+                                               temperature=0)
+    assert isinstance(completion.choices[0].message.parsed, Flight)
+
+
+class Category(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=10)
+    children: list["Category"] = pydantic.Field(default=[], max_length=2)
+
+
+def test_a_recursive_model_is_enforced(client):
+    schema = Category.model_json_schema()
+    assert schema.get("$ref") or "$defs" in schema  # pydantic refers to itself
+    answer = client.chat.completions.create(
+        model=SMOLLM2_FILE, messages=[{"role": "user", "content": "Give me a category tree about animals."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "tree", "schema": schema}},
+        max_tokens=300, temperature=0,
+    )
+    if answer.choices[0].finish_reason == "stop":
+        Category.model_validate_json(answer.choices[0].message.content)
+    else:  # cut by max_tokens: still a prefix the grammar allowed, never something else
+        assert answer.choices[0].message.content.startswith("{")
+
+
+def test_a_broken_reference_is_a_400_naming_the_tool(client):
+    broken = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"$ref": "#/$defs/Missing"}}}}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=SMOLLM2_FILE, messages=ASK, tools=[broken], tool_choice="required")
+    assert refused.value.body["param"] == "tools"
