@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     )
     parallel: int = Field(4, ge=1, le=64, description="Sequences decoded together in one batch (slots) per model.")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a free slot; more get 503 + Retry-After.")
+    budget_closing: bool = Field(
+        True, description="In the last tokens of a grammar-constrained answer's max_tokens (tools required/named, "
+        "JSON schemas), favour tokens that close the JSON, so a budget-limited answer is still valid JSON "
+        "(finish_reason length). llama.cpp engine."
+    )
     default_max_tokens: int = Field(
         1024, ge=1, description="Completion length cap when a request sets no max_tokens (also bounded by context)."
     )

@@ -62,6 +62,7 @@ class EngineOverrides(BaseModel):
     cache_min_tokens: int | None = Field(None, ge=1)
     embedding: bool | None = None
     pooling: Literal["model", "mean", "cls", "last"] | None = None
+    budget_closing: bool | None = None
 
 
 class HFLoadOptions(BaseModel):

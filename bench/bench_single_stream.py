@@ -90,7 +90,7 @@ def bench_raw_loop(runs: int, max_tokens: int, threads: int) -> dict:
         assert context.decode(batch) == 0
         row, position = len(tokens) - 1, len(tokens)
         for _ in range(max_tokens):
-            token = sampler.sample(context.ptr, row)
+            token, _ = sampler.sample(context.ptr, row)
             stamps.append(time.perf_counter())
             if model.is_end_of_generation(token):
                 break

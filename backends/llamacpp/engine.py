@@ -65,7 +65,8 @@ class LlamaCppEngine(WorkerThreadEngine):
         self._template = self._load_template(settings)
         self.prompt_cache = self._open_prompt_cache(settings)
         self.scheduler = Scheduler(
-            self.model, self.context, settings.parallel, self._context_length, settings.max_queue, self.prompt_cache
+            self.model, self.context, settings.parallel, self._context_length, settings.max_queue, self.prompt_cache,
+            budget_closing=settings.budget_closing,
         )
 
     def _open_prompt_cache(self, settings: Settings) -> PromptCache | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 
 from backends.llamacpp.log_routing import route_llama_logs_to_python
 
@@ -24,6 +25,11 @@ def _init_backend() -> None:
     if not _backend_ready:
         llama_cpp.llama_backend_init()
         _backend_ready = True
+
+
+def _only_closes(piece: bytes) -> bool:
+    text = piece.strip()
+    return bool(text) and all(byte in b'"]}' for byte in text)
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class LlamaModel:
             raise ValueError(f"llama.cpp could not load '{path.name}' (not a valid GGUF model?)")
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self._closing_tokens: np.ndarray | None = None
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.ptr)
         self.n_swa = llama_cpp.llama_model_n_swa(self.ptr)  # sliding attention window; 0 = none
         self.bos_token_id = llama_cpp.llama_vocab_bos(self.vocab)
@@ -140,6 +147,15 @@ class LlamaModel:
             buffer = ctypes.create_string_buffer(-length)
             length = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, -length, 0, special)
         return buffer.raw[:length]
+
+    def closing_tokens(self) -> np.ndarray:
+        """Tokens that only close JSON (`"`, `]`, `}` and merges of them, whitespace aside) and the end-of-generation
+        tokens: what budget-aware closing favours. Found once per model (a pass over the vocabulary)."""
+        if self._closing_tokens is None:
+            closers = [token for token in range(self.n_vocab)
+                       if self.is_end_of_generation(token) or _only_closes(self.piece(token))]
+            self._closing_tokens = np.array(closers, dtype=np.int64)
+        return self._closing_tokens
 
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))

@@ -49,6 +49,9 @@ def grammar_parses(model: LlamaModel, grammar: GrammarSpec) -> bool:
     return True
 
 
+Boost = tuple[np.ndarray, float]  # token ids, logit added to each
+
+
 class SamplerChain:
     """Owns one llama_sampler chain; `sample` picks the next token from a batch row and records it."""
 
@@ -93,15 +96,21 @@ class SamplerChain:
             seed = params.seed if params.seed is not None else random.getrandbits(32)
             add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
-    def sample(self, context_ptr, batch_index: int) -> int:
+    def sample(self, context_ptr, batch_index: int, boost: Boost | None = None) -> tuple[int, bool]:
+        """The next token, and whether `boost` (extra logit for some tokens; grammar-constrained only) changed it."""
         if self.grammar is None:
-            return llama_cpp.llama_sampler_sample(self.ptr, context_ptr, batch_index)
+            return llama_cpp.llama_sampler_sample(self.ptr, context_ptr, batch_index), False
         logits = llama_cpp.llama_get_logits_ith(context_ptr, batch_index)
-        token = self._candidates.select(logits, self.ptr)
-        if not self._grammar_allows(token):
-            token = self._candidates.select(logits, self.ptr, constraint=self.grammar)
+        token = self._constrained_pick(logits, boost)
+        changed = boost is not None and token != self._constrained_pick(logits, None)
         llama_cpp.llama_sampler_accept(self.grammar, token)
         llama_cpp.llama_sampler_accept(self.ptr, token)
+        return token, changed
+
+    def _constrained_pick(self, logits, boost: Boost | None) -> int:
+        token = self._candidates.select(logits, self.ptr, boost=boost)
+        if not self._grammar_allows(token):
+            token = self._candidates.select(logits, self.ptr, constraint=self.grammar, boost=boost)
         return token
 
     def _grammar_allows(self, token: int) -> bool:
@@ -130,10 +139,13 @@ class _CandidateBuffer:
         self.data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
         self.ids = np.arange(n_vocab, dtype=np.int32)
 
-    def select(self, logits_ptr, chain, constraint=None) -> int:
+    def select(self, logits_ptr, chain, constraint=None, boost: Boost | None = None) -> int:
         """Run `constraint` (if any) then `chain` over all tokens, without recording the pick anywhere."""
         self.data["id"] = self.ids
         self.data["logit"] = logits_view(logits_ptr, self.n_vocab)
+        if boost is not None:
+            tokens, amount = boost
+            self.data["logit"][tokens] += amount
         self.data["p"] = 0.0
         pointer = self.data.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
         array = llama_cpp.llama_token_data_array(pointer, self.n_vocab, -1, False)

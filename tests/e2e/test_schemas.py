@@ -82,3 +82,42 @@ def test_a_broken_reference_is_a_400_naming_the_tool(client):
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model=SMOLLM2_FILE, messages=ASK, tools=[broken], tool_choice="required")
     assert refused.value.body["param"] == "tools"
+
+
+# ---------------------------------------------------------------- budget-aware closing
+
+LEG_SCHEMA = {"type": "object", "properties": {"from": {"type": "string"}, "to": {"type": "string"}},
+              "required": ["from", "to"]}
+FLIGHT_SCHEMA = {"type": "object", "properties": {"legs": {"type": "array", "items": LEG_SCHEMA}}, "required": ["legs"]}
+UNBOUNDED_FLIGHT = {"type": "function", "function": {"name": "book_flight", "parameters": FLIGHT_SCHEMA}}
+
+
+def test_a_json_answer_cut_by_max_tokens_is_still_valid_json(client):
+    """gemma loops inside a JSON string here; the last tokens of the budget close the object instead."""
+    kwargs = dict(model=GEMMA_FILE, messages=[{"role": "user", "content": "Give me a JSON object with the name and "
+                  "age of a cat."}], response_format={"type": "json_object"}, max_tokens=120, temperature=0)
+    client.chat.completions.create(**kwargs)  # warm the prefix cache: both runs below in the same rounding regime
+    whole = client.chat.completions.create(**kwargs)
+    assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens <= 120
+    assert isinstance(json.loads(whole.choices[0].message.content), dict)
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kwargs)
+                       if c.choices)
+    assert streamed == whole.choices[0].message.content
+
+
+def test_a_tool_call_cut_by_max_tokens_is_a_valid_call_streamed_and_whole(client):
+    """The issue's SmolLM2 case: unbounded strings and legs; the call closes within the budget, both ways."""
+    import jsonschema
+
+    kwargs = dict(model=SMOLLM2_FILE, messages=ASK, tools=[UNBOUNDED_FLIGHT],
+                  tool_choice={"type": "function", "function": {"name": "book_flight"}}, max_tokens=60,
+                  temperature=0.7, seed=3)
+    client.chat.completions.create(**kwargs)  # warm the prefix cache: both runs below in the same rounding regime
+    whole = client.chat.completions.create(**kwargs)
+    [call] = whole.choices[0].message.tool_calls
+    jsonschema.validate(json.loads(call.function.arguments), FLIGHT_SCHEMA)
+    assert whole.choices[0].finish_reason in ("length", "tool_calls") and whole.usage.completion_tokens <= 60
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    streamed = "".join(tc.function.arguments or "" for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or [])
+    assert streamed == call.function.arguments
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
