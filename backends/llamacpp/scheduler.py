@@ -41,7 +41,7 @@ CLOSING_BONUS = 4.0  # logits added per token of the closing window already used
 def closing_window(max_tokens: int) -> int:
     """How many of a constrained answer's last budget tokens may be spent closing it: enough for closing quotes
     and brackets, missing required keys and a tool call's end marker; never more than half the budget."""
-    return min(max_tokens // 2, max(32, min(64, max_tokens // 5)))
+    return min(max_tokens // 2, max(32, min(64, max_tokens // 8)))
 
 
 @dataclass(eq=False)
