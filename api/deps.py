@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from api.keys import Tenant
 from api.quotas import QuotaBook
 from backends.registry import ModelRegistry
-from errors import PermissionDenied
+from errors import PermissionDenied, Unauthorized
 from settings import Settings
 
 
@@ -36,7 +36,13 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 def current_tenant(request: Request) -> Tenant:
     """The caller, as the API-key middleware identified it (the open tenant when no key is configured)."""
     tenant = getattr(request.state, "tenant", None)
-    return tenant if tenant is not None else request.app.state.keys.open_tenant
+    if tenant is not None:
+        return tenant
+    keys = request.app.state.keys
+    if keys.ring.open:
+        return keys.open_tenant
+    # An open path (no key checked) must never act as anyone, least of all as the all-powerful open tenant.
+    raise Unauthorized("Missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key'.")
 
 
 def require_admin(request: Request) -> Tenant:
