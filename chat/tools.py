@@ -30,6 +30,7 @@ class ToolPlan:
     tools: tuple[ToolSpec, ...] = ()  # the tools the model may call (only the named one for a named choice)
     parallel: bool = True
     legacy: bool = False  # request used `functions`: answer with `function_call`, as OpenAI did
+    parallel_by_default: bool = True  # the client left parallel_tool_calls unset (OpenAI's default: true)
 
     @property
     def active(self) -> bool:
@@ -91,4 +92,5 @@ def build_tool_plan(
         specs = tuple(s for s in specs if s.name == named)
     # Legacy function calling never returned more than one call.
     parallel = False if legacy or named else parallel_tool_calls is not False
-    return ToolPlan(mode=mode, tools=specs, parallel=parallel, legacy=legacy)
+    return ToolPlan(mode=mode, tools=specs, parallel=parallel, legacy=legacy,
+                    parallel_by_default=parallel_tool_calls is None)

@@ -157,6 +157,11 @@ class LlamaModel:
             self._closing_tokens = np.array(closers, dtype=np.int64)
         return self._closing_tokens
 
+    def end_tokens(self) -> list[int]:
+        """The main end-of-generation tokens (end of sequence, end of turn)."""
+        tokens = {llama_cpp.llama_vocab_eos(self.vocab), llama_cpp.llama_vocab_eot(self.vocab)}
+        return sorted(token for token in tokens if token >= 0)
+
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 

@@ -71,8 +71,12 @@ class SamplerChain:
         chain_params.no_perf = True
         self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
         add = lambda sampler: llama_cpp.llama_sampler_chain_add(self.ptr, sampler)  # noqa: E731
-        if params.logit_bias:
-            add(_logit_bias_sampler(model.n_vocab, params.logit_bias))
+        logit_bias = dict(params.logit_bias)
+        if grammar is not None and grammar.end_bonus:  # only matters where the grammar allows the answer to end
+            for token in model.end_tokens():
+                logit_bias[token] = logit_bias.get(token, 0.0) + grammar.end_bonus
+        if logit_bias:
+            add(_logit_bias_sampler(model.n_vocab, logit_bias))
         if _uses_penalties(params):
             penalties = llama_cpp.llama_sampler_init_penalties(
                 model.n_vocab,

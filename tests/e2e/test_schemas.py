@@ -121,3 +121,19 @@ def test_a_tool_call_cut_by_max_tokens_is_a_valid_call_streamed_and_whole(client
     streamed = "".join(tc.function.arguments or "" for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or [])
     assert streamed == call.function.arguments
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"]}}}
+
+
+@MODELS
+@pytest.mark.parametrize("question", ["What is the weather in Paris?", "Book a flight from Paris to Rome."])
+def test_required_calls_are_not_repeated_by_default(client, model, question):
+    """The issue measured 4 calls, 1-2 distinct, from both models; parallel calls stay allowed."""
+    tools = [WEATHER, BOOK_FLIGHT]
+    answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                            tools=tools, tool_choice="required", max_tokens=200, temperature=0)
+    arguments = [(c.function.name, c.function.arguments) for c in answer.choices[0].message.tool_calls]
+    assert len(arguments) == len(set(arguments)) and answer.choices[0].finish_reason == "tool_calls", arguments
