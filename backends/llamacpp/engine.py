@@ -68,6 +68,9 @@ class LlamaCppEngine(WorkerThreadEngine):
             self.model, self.context, settings.parallel, self._context_length, settings.max_queue, self.prompt_cache,
             budget_closing=settings.budget_closing,
         )
+        # Budget-aware closing needs the vocabulary's closing tokens: found now, in the background, so the first
+        # constrained answer near its budget does not stall every stream of the scheduler for it.
+        self._closing_tokens_ready = self.model.prepare_closing_tokens() if settings.budget_closing else None
 
     def _open_prompt_cache(self, settings: Settings) -> PromptCache | None:
         if not settings.prompt_cache:
@@ -204,6 +207,8 @@ class LlamaCppEngine(WorkerThreadEngine):
         return self.prompt_cache.summary() if self.prompt_cache else None
 
     def close_blocking(self) -> None:
+        if self._closing_tokens_ready is not None:
+            self._closing_tokens_ready.join()  # it reads the vocabulary freed below
         self.scheduler.shutdown()
         if self.prompt_cache is not None:
             self.prompt_cache.close()  # finishes the writes already queued

@@ -145,13 +145,15 @@ class Scheduler:
 
     # ---------------------------------------------------------------- scheduler thread
 
+    def _free_slots(self) -> int:
+        return sum(1 for slot in self.slots if slot.job is None)
+
     def _has_free_slot(self) -> bool:
-        return any(slot.job is None for slot in self.slots)
+        return self._free_slots() > 0
 
     def _run(self) -> None:
         while True:
-            free_slots = lambda: sum(1 for slot in self.slots if slot.job is None)  # noqa: E731
-            admitted = self._queue.take(free_slots, busy=lambda: self.active_sequences > 0)
+            admitted = self._queue.take(self._free_slots, busy=lambda: self.active_sequences > 0)
             if admitted is None:
                 return
             self._admit(admitted)
