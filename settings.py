@@ -133,6 +133,11 @@ class Settings(BaseSettings):
         "JSON schemas), favour tokens that close the JSON, so a budget-limited answer is still valid JSON "
         "(finish_reason length). llama.cpp engine."
     )
+    loop_breaking: bool = Field(
+        True, description="When a grammar-constrained answer repeats itself (the same array element or key again "
+        "and again), favour closing that array or object where the model would start another element, so it ends "
+        "with valid JSON instead of looping until max_tokens. llama.cpp engine."
+    )
     default_max_tokens: int = Field(
         1024, ge=1, description="Completion length cap when a request sets no max_tokens (also bounded by context)."
     )

@@ -63,6 +63,7 @@ class EngineOverrides(BaseModel):
     embedding: bool | None = None
     pooling: Literal["model", "mean", "cls", "last"] | None = None
     budget_closing: bool | None = None
+    loop_breaking: bool | None = None
 
 
 class HFLoadOptions(BaseModel):

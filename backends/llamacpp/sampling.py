@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import random
+from collections.abc import Callable
 
 import llama_cpp
 import numpy as np
@@ -100,16 +101,18 @@ class SamplerChain:
             seed = params.seed if params.seed is not None else random.getrandbits(32)
             add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
-    def sample(self, context_ptr, batch_index: int, boost: Boost | None = None) -> tuple[int, bool]:
-        """The next token, and whether `boost` (extra logit for some tokens; grammar-constrained only) changed it."""
+    def sample(self, context_ptr, batch_index: int, steer: Callable[[int], Boost | None] | None = None) -> tuple[int, bool]:
+        """The next token, and whether steering changed it. `steer` (grammar-constrained only) sees the model's own
+        pick and may return extra logits for some tokens (see steering.py); the pick is then made again."""
         if self.grammar is None:
             return llama_cpp.llama_sampler_sample(self.ptr, context_ptr, batch_index), False
         logits = llama_cpp.llama_get_logits_ith(context_ptr, batch_index)
-        token = self._constrained_pick(logits, boost)
-        changed = boost is not None and token != self._constrained_pick(logits, None)
+        natural = self._constrained_pick(logits, None)
+        boost = steer(natural) if steer is not None else None
+        token = natural if boost is None else self._constrained_pick(logits, boost)
         llama_cpp.llama_sampler_accept(self.grammar, token)
         llama_cpp.llama_sampler_accept(self.ptr, token)
-        return token, changed
+        return token, token != natural
 
     def _constrained_pick(self, logits, boost: Boost | None) -> int:
         token = self._candidates.select(logits, self.ptr, boost=boost)

@@ -30,19 +30,11 @@ from backends.job_queue import JobQueue
 from backends.llamacpp.model import LlamaContext, LlamaModel
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache
 from backends.llamacpp.sampling import SamplerChain, token_logprobs
+from backends.llamacpp.steering import DEFAULT_STEERING, Steering, SteeringOptions
 from backends.text_output import IncrementalDetokenizer, StopStringFilter
 from errors import EngineFailure
 
 logger = logging.getLogger(__name__)
-
-CLOSING_BONUS = 4.0  # logits added per token of the closing window already used
-
-
-def closing_window(max_tokens: int) -> int:
-    """How many of a constrained answer's last budget tokens may be spent closing it: enough for closing quotes
-    and brackets, missing required keys and a tool call's end marker; never more than half the budget."""
-    return min(max_tokens // 2, max(32, min(64, max_tokens // 8)))
-
 
 @dataclass(eq=False)
 class SequenceJob:
@@ -79,7 +71,7 @@ class Slot:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     completion_tokens: int = 0
     reused_tokens: int = 0
-    closed_by_budget: bool = False  # budget-aware closing changed a pick: it ends with finish_reason length
+    steering: Steering | None = None  # budget closing and loop breaking for a grammar-constrained answer
 
     @property
     def prefilling(self) -> bool:
@@ -103,10 +95,10 @@ class Scheduler:
         seq_ctx: int,
         max_queue: int,
         prompt_cache: PromptCache | None = None,
-        budget_closing: bool = True,
+        steering: SteeringOptions = DEFAULT_STEERING,
     ) -> None:
         self.model = model
-        self.budget_closing = budget_closing
+        self.steering = steering
         self.prompt_cache = prompt_cache
         self.context = context
         self.seq_ctx = seq_ctx
@@ -217,9 +209,9 @@ class Scheduler:
         slot.reused_tokens = reuse
         slot.next_token = None
         slot.completion_tokens = 0
-        slot.closed_by_budget = False
         slot.pending_logprobs = []
         slot.sampler = SamplerChain(self.model, job.sampling, prompt, job.grammar)
+        slot.steering = Steering(self.model, job.grammar, job.max_tokens, self.steering)
         slot.detokenizer = IncrementalDetokenizer()
         slot.stop_filter = StopStringFilter(job.stop)
 
@@ -278,9 +270,11 @@ class Scheduler:
         slot.prompt_cursor = end
 
     def _sample(self, slot: Slot) -> None:
-        job = slot.job
-        token, closed_by_budget = slot.sampler.sample(self.context.ptr, slot.batch_index, self._closing_boost(slot))
-        slot.closed_by_budget |= closed_by_budget
+        job, steering = slot.job, slot.steering
+        token, steered = slot.sampler.sample(
+            self.context.ptr, slot.batch_index, lambda pick: steering.boost_for(pick, slot.completion_tokens)
+        )
+        steering.observe(token, steered)
         slot.completion_tokens += 1
         if job.top_logprobs is not None and not self.model.is_end_of_generation(token):
             logits = self.context.logits(slot.batch_index)
@@ -301,23 +295,13 @@ class Scheduler:
             return
         slot.next_token = token
 
-    def _closing_boost(self, slot: Slot):
-        """Budget-aware closing: in the last tokens of a grammar-constrained answer's budget, tokens that close the
-        structure (and end the answer) get a growing bonus, so the answer ends as valid JSON instead of being cut.
-        Lazy grammars (tool_choice auto) are left alone: whether their grammar is active is not known here."""
-        job = slot.job
-        if not self.budget_closing or job.grammar is None or job.grammar.lazy_triggers:
-            return None
-        window = closing_window(job.max_tokens)
-        remaining = job.max_tokens - slot.completion_tokens
-        if remaining > window:
-            return None
-        return self.model.closing_tokens(), CLOSING_BONUS * (1 + (window - remaining))
-
     def _finish(self, slot: Slot, reason: str, text: str = "") -> None:
-        job = slot.job
-        if reason == "stop" and slot.closed_by_budget:
+        job, steering = slot.job, slot.steering
+        if reason == "stop" and steering.closed_by_budget:
             reason = "length"  # it ended where the budget made it end (still valid JSON): say so
+        if steering.loop_breaks:
+            logger.info("A constrained answer repeated itself: closed where it began another element (%d picks)",
+                        steering.loop_breaks)
         if not slot.stop_filter.stopped:
             text += slot.stop_filter.push(slot.detokenizer.flush())
             text += slot.stop_filter.flush()
@@ -346,6 +330,7 @@ class Scheduler:
             slot.sampler.free()
         slot.job = None
         slot.sampler = None
+        slot.steering = None
         slot.detokenizer = None
         slot.stop_filter = None
         slot.next_token = None

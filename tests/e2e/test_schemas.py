@@ -92,13 +92,16 @@ FLIGHT_SCHEMA = {"type": "object", "properties": {"legs": {"type": "array", "ite
 UNBOUNDED_FLIGHT = {"type": "function", "function": {"name": "book_flight", "parameters": FLIGHT_SCHEMA}}
 
 
+CAT = [{"role": "user", "content": "Give me a JSON object with the name and age of a cat."}]
+
+
 def test_a_json_answer_cut_by_max_tokens_is_still_valid_json(client):
-    """gemma loops inside a JSON string here; the last tokens of the budget close the object instead."""
-    kwargs = dict(model=GEMMA_FILE, messages=[{"role": "user", "content": "Give me a JSON object with the name and "
-                  "age of a cat."}], response_format={"type": "json_object"}, max_tokens=120, temperature=0)
+    """gemma adds key after key here (it would not stop before 80 tokens); the budget's last tokens close it."""
+    kwargs = dict(model=GEMMA_FILE, messages=CAT, response_format={"type": "json_object"}, max_tokens=40,
+                  temperature=0)
     client.chat.completions.create(**kwargs)  # warm the prefix cache: both runs below in the same rounding regime
     whole = client.chat.completions.create(**kwargs)
-    assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens <= 120
+    assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens <= 40
     assert isinstance(json.loads(whole.choices[0].message.content), dict)
     streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kwargs)
                        if c.choices)
@@ -137,3 +140,52 @@ def test_required_calls_are_not_repeated_by_default(client, model, question):
                                             tools=tools, tool_choice="required", max_tokens=200, temperature=0)
     arguments = [(c.function.name, c.function.arguments) for c in answer.choices[0].message.tool_calls]
     assert len(arguments) == len(set(arguments)) and answer.choices[0].finish_reason == "tool_calls", arguments
+
+
+# ---------------------------------------------------------------- loop breaking
+
+
+class Trip(pydantic.BaseModel):
+    city: str
+    days: int
+    sights: list[str]
+
+
+def test_a_json_object_that_repeats_itself_ends_on_its_own(client):
+    """The issue's gemma case: the cat object looped until max_tokens 300 (881 characters, an unterminated string)."""
+    kwargs = dict(model=GEMMA_FILE, messages=CAT, response_format={"type": "json_object"}, max_tokens=300,
+                  temperature=0)
+    client.chat.completions.create(**kwargs)  # warm the prefix cache: both runs below in the same rounding regime
+    whole = client.chat.completions.create(**kwargs)
+    assert whole.choices[0].finish_reason == "stop" and whole.usage.completion_tokens < 300
+    assert isinstance(json.loads(whole.choices[0].message.content), dict)
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kwargs)
+                       if c.choices)
+    assert streamed == whole.choices[0].message.content
+
+
+@MODELS
+def test_a_list_that_repeats_itself_is_closed_and_parses(client, model):
+    """The issue's Trip case: the sights array never closed (LengthFinishReasonError at max_tokens 600)."""
+    answer = client.chat.completions.parse(model=model, messages=[{"role": "user", "content": "Plan a trip to Rome."}],
+                                           response_format=Trip, max_tokens=600, temperature=0)
+    assert answer.choices[0].finish_reason == "stop" and answer.usage.completion_tokens < 300
+    trip = answer.choices[0].message.parsed
+    assert trip.city and trip.sights
+
+
+def test_a_call_that_kept_adding_legs_is_returned_whole_and_streamed(client):
+    """The issue's SmolLM2 case at its own budget: whole returned no call (stream: 180 argument fragments)."""
+    import jsonschema
+
+    kwargs = dict(model=SMOLLM2_FILE, messages=ASK, tools=[UNBOUNDED_FLIGHT],
+                  tool_choice={"type": "function", "function": {"name": "book_flight"}}, max_tokens=200,
+                  temperature=0.7, seed=3)
+    client.chat.completions.create(**kwargs)  # warm the prefix cache: both runs below in the same rounding regime
+    whole = client.chat.completions.create(**kwargs)
+    [call] = whole.choices[0].message.tool_calls
+    jsonschema.validate(json.loads(call.function.arguments), FLIGHT_SCHEMA)
+    assert whole.choices[0].finish_reason == "tool_calls"
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    streamed = "".join(tc.function.arguments or "" for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or [])
+    assert streamed == call.function.arguments

@@ -1,0 +1,71 @@
+"""Steering a grammar-constrained answer towards its end: budget-aware closing and loop breaking.
+
+Both favour the same tokens, the ones that only close JSON (`"`, `]`, `}` and their merges) and the end of the
+answer, over the model's own pick, in two situations:
+- budget closing: in the last tokens of `max_tokens`, with a bonus that grows as the budget runs out, so a cut
+  answer is still valid JSON (then finish_reason is `length`: the budget made it end);
+- loop breaking: once the answer repeats itself (see backends/json_loops.py), where the model would start one
+  more element of the looping container (then finish_reason stays `stop`: the JSON ended where it was complete).
+Lazy grammars (tool_choice auto) are left alone: whether their grammar is active yet is not known here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backends.base import GrammarSpec
+from backends.json_loops import LoopWatch
+from backends.llamacpp.model import LlamaModel
+from backends.llamacpp.sampling import Boost
+
+CLOSING_BONUS = 4.0  # logits added per token of the closing window already used
+LOOP_BONUS = 100.0  # a loop is closed wherever the grammar lets it: the model's preference to go on is strong
+
+
+def closing_window(max_tokens: int) -> int:
+    """How many of a constrained answer's last budget tokens may be spent closing it: enough for closing quotes
+    and brackets, missing required keys and a tool call's end marker; never more than half the budget."""
+    return min(max_tokens // 2, max(32, min(64, max_tokens // 8)))
+
+
+@dataclass(frozen=True)
+class SteeringOptions:
+    budget_closing: bool = True
+    loop_breaking: bool = True
+
+
+DEFAULT_STEERING = SteeringOptions()
+
+
+class Steering:
+    """One sequence's steering: `boost_for` the model's pick before it is taken, `observe` each token taken."""
+
+    def __init__(self, model: LlamaModel, grammar: GrammarSpec | None, max_tokens: int, options: SteeringOptions):
+        active = grammar is not None and not grammar.lazy_triggers
+        self.model = model
+        self.max_tokens = max_tokens
+        self.budget_closing = active and options.budget_closing
+        self.loops = LoopWatch() if active and options.loop_breaking else None
+        self.reason: str | None = None  # why the last boost was given: "budget" or "loop"
+        self.closed_by_budget = False  # budget closing changed a pick: the answer ends with finish_reason length
+        self.loop_breaks = 0  # picks loop breaking changed
+
+    def boost_for(self, pick: int, completion_tokens: int) -> Boost | None:
+        """Extra logits for closing tokens at this step, given the model's unsteered pick (None: no steering)."""
+        self.reason = None
+        amount = 0.0
+        if self.budget_closing:
+            window = closing_window(self.max_tokens)
+            remaining = self.max_tokens - completion_tokens
+            if remaining <= window:
+                amount, self.reason = CLOSING_BONUS * (1 + (window - remaining)), "budget"
+        if self.loops is not None and self.loops.should_close(self.model.piece(pick)):
+            amount, self.reason = max(amount, LOOP_BONUS), "loop"
+        return (self.model.closing_tokens(), amount) if self.reason else None
+
+    def observe(self, token: int, steered: bool) -> None:
+        """Record the token taken, and whether steering changed it from the model's own pick."""
+        self.closed_by_budget |= steered and self.reason == "budget"
+        self.loop_breaks += steered and self.reason == "loop"
+        if self.loops is not None:
+            self.loops.observe(token, self.model.piece(token))
