@@ -1,0 +1,171 @@
+"""Thinking models: which markers open and close their reasoning, splitting it from the answer, and letting a
+grammar constrain only what follows it.
+
+Detected families (from the chat template, else from single tokens in the vocabulary):
+- `<think>` ... `</think>`: Qwen3, QwQ, DeepSeek-R1 and its distills, SmolLM3, Phi-4-reasoning, GLM, most others;
+- `[THINK]` ... `[/THINK]`: Mistral's Magistral.
+Templates whose generation prompt already opens the block (DeepSeek-R1 style `<think>\\n`) start the answer in
+reasoning. gpt-oss's channel format (`<|channel|>analysis`) is not handled: its reasoning stays in the content.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from chat.grammars import GrammarSpec
+
+
+@dataclass(frozen=True)
+class ReasoningMarkers:
+    open: str
+    close: str
+
+
+THINK = ReasoningMarkers("<think>", "</think>")
+MAGISTRAL = ReasoningMarkers("[THINK]", "[/THINK]")
+KNOWN_MARKERS = (THINK, MAGISTRAL)
+
+
+def detect_markers(template_source: str, vocabulary_markers: tuple[str, ...] = ()) -> ReasoningMarkers | None:
+    """The markers a model's template writes (or reads back from history), else ones its vocabulary holds as
+    single tokens (`vocabulary_markers`: those of the known markers the engine found there)."""
+    for markers in KNOWN_MARKERS:
+        if markers.close in template_source:
+            return markers
+    for markers in KNOWN_MARKERS:
+        if markers.open in vocabulary_markers and markers.close in vocabulary_markers:
+            return markers
+    return None
+
+
+def opens_reasoning(prompt: str, markers: ReasoningMarkers) -> bool:
+    """Whether the rendered prompt ends inside an open reasoning block (the template opened it)."""
+    tail = prompt.rstrip()
+    return tail.endswith(markers.open)
+
+
+class ReasoningSplitter:
+    """Splits generated text into (is_reasoning, text) parts, chunk by chunk, whatever the chunking: markers split
+    across chunks are held back until they are whole, and marker text never appears in either part.
+
+    The block counts only at the start of the answer (leading whitespace aside), as the models write it; the
+    same marker later in the answer is plain content. Whitespace right after either marker is dropped."""
+
+    def __init__(self, markers: ReasoningMarkers, starts_inside: bool = False) -> None:
+        self.markers = markers
+        self.inside = starts_inside
+        self.decided = starts_inside  # whether the start of the answer was read (opened a block or not)
+        self.finished_block = False
+        self.held = ""
+        self.strip_next = starts_inside  # drop whitespace that follows a marker
+
+    def feed(self, text: str) -> list[tuple[bool, str]]:
+        self.held += text
+        parts: list[tuple[bool, str]] = []
+        while True:
+            progressed = self._advance(parts)
+            if not progressed:
+                return [(kind, piece) for kind, piece in parts if piece]
+
+    def finish(self) -> list[tuple[bool, str]]:
+        """Whatever is still held: an unclosed block at the end (length) stays reasoning."""
+        held, self.held = self.held, ""
+        if not self.decided and self.markers.open.startswith(held.lstrip()) and held.strip():
+            return []  # the answer was only part of an open marker
+        if self.strip_next:
+            held = held.lstrip()
+        return [(self.inside, held)] if held else []
+
+    def _advance(self, parts: list[tuple[bool, str]]) -> bool:
+        if self.strip_next:
+            stripped = self.held.lstrip()
+            if not stripped:
+                self.held = ""
+                return False
+            self.held, self.strip_next = stripped, False
+        if not self.decided:
+            return self._read_start()
+        if not self.inside:
+            parts.append((False, self.held))
+            self.held = ""
+            return False
+        return self._read_reasoning(parts)
+
+    def _read_start(self) -> bool:
+        start = self.held.lstrip()
+        if start.startswith(self.markers.open):
+            self.held = start[len(self.markers.open):]
+            self.decided = self.inside = self.strip_next = True
+            return True
+        if start and not self.markers.open.startswith(start):
+            self.decided = True  # no block: everything is the answer
+            return True
+        return False  # only whitespace or part of the open marker so far: wait
+
+    def _read_reasoning(self, parts: list[tuple[bool, str]]) -> bool:
+        close = self.markers.close
+        at = self.held.find(close)
+        if at >= 0:
+            parts.append((True, self.held[:at]))
+            self.held = self.held[at + len(close):]
+            self.inside, self.finished_block, self.strip_next = False, True, True
+            return True
+        keep = _partial_suffix(self.held, close)
+        parts.append((True, self.held[: len(self.held) - keep]))
+        self.held = self.held[len(self.held) - keep:]
+        return False
+
+
+def _partial_suffix(text: str, marker: str) -> int:
+    """Length of the longest end of `text` that is a proper start of `marker` (held back: it may complete)."""
+    for length in range(min(len(text), len(marker) - 1), 0, -1):
+        if marker.startswith(text[-length:]):
+            return length
+    return 0
+
+
+# ---------------------------------------------------------------- grammars after thinking
+
+_BARE_ROOT = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|(?<![\w-])root(?![\w-])')
+
+
+def _rename_root(gbnf: str, name: str) -> str:
+    """Rename rule `root` and every reference to it, leaving string literals and character classes alone."""
+    return _BARE_ROOT.sub(lambda match: name if match.group(0) == "root" else match.group(0), gbnf)
+
+
+def _literal(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _class_char(char: str) -> str:
+    return "\\" + char if char in "\\]^-[" else char
+
+
+def _text_without(marker: str) -> str:
+    """GBNF alternatives for one step of text that does not run into `marker` (the usual prefix construction)."""
+    steps = [f"[^{_class_char(marker[0])}]"]
+    for length in range(1, len(marker)):
+        steps.append(f"{_literal(marker[:length])} [^{_class_char(marker[length])}]")
+    return " | ".join(steps)
+
+
+def grammar_after_reasoning(grammar: GrammarSpec, markers: ReasoningMarkers, starts_inside: bool) -> GrammarSpec:
+    """The same constraint, applied only after a reasoning block: the block (already open, or optional at the
+    start) admits any text up to its close marker, then the original grammar follows. A lazy grammar's triggers
+    only fire after the block, so call markup inside reasoning never starts a call."""
+    if grammar.lazy_triggers:
+        close = re.escape(markers.close)
+        if starts_inside:
+            before = rf"[\s\S]*?{close}"
+        else:
+            before = rf"(?:\s*{re.escape(markers.open)}[\s\S]*?{close}|(?!\s*{re.escape(markers.open)}))"
+        return GrammarSpec(grammar.gbnf, tuple(before + trigger for trigger in grammar.lazy_triggers), grammar.end_bonus)
+    think = "reasoning-rest" if starts_inside else f"({_literal(markers.open)} reasoning-rest)?"
+    rules = [
+        f"root ::= {think} answer-root",
+        f"reasoning-rest ::= reasoning-step* {_literal(markers.close)} [ \\t\\n]{{0,4}}",
+        f"reasoning-step ::= {_text_without(markers.close)}",
+    ]
+    return GrammarSpec("\n".join(rules) + "\n" + _rename_root(grammar.gbnf, "answer-root"), (), grammar.end_bonus)
