@@ -138,6 +138,16 @@ class Settings(BaseSettings):
         "and again), favour closing that array or object where the model would start another element, so it ends "
         "with valid JSON instead of looping until max_tokens. llama.cpp engine."
     )
+    reasoning_format: Literal["reasoning_content", "reasoning", "both", "none"] = Field(
+        "reasoning_content", description="Where a thinking model's reasoning goes: message/delta "
+        "`reasoning_content` (llama-server, LiteLLM, the AI SDK), `reasoning` (vLLM, Ollama, OpenRouter), both, or "
+        "none (left in the content, markers included). A request's `reasoning_format` overrides it."
+    )
+    reasoning_budget: int = Field(
+        -1, ge=-1, description="Reasoning tokens a thinking model may write before the server closes the block "
+        "and lets the answer follow; -1 unlimited, 0 no thinking. Per model (`defaults.reasoning_budget` in "
+        "models.yaml) and per request (`reasoning_budget`)."
+    )
     default_max_tokens: int = Field(
         1024, ge=1, description="Completion length cap when a request sets no max_tokens (also bounded by context)."
     )

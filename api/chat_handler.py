@@ -7,6 +7,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from api.chat_request import check_request_limits, log_unknown_fields, prepare_chat
+from api.reasoning_plan import server_reasoning
 from api.chat_response import ChoiceAccumulator, ChoiceOutput, ChunkBuilder, CompletionIdentity, whole_completion
 from api.error_responses import error_body
 from api.keys import Tenant
@@ -32,9 +33,9 @@ async def handle_chat_completion(
 
     async def start_local(model: LoadedModel) -> LocalRun:
         prepared = prepare_chat(body, model.renderer, model.engine.capabilities,
-                                registry.generation_defaults(model.model_id))
-        outputs = [ChoiceOutput(prepared.tool_plan, prepared.tool_call_format) for _ in prepared.requests]
-        writer = ChatWriter(body, CompletionIdentity(model=model.model_id), outputs)
+                                registry.generation_defaults(model.model_id), server_reasoning(settings))
+        outputs = [prepared.output() for _ in prepared.requests]
+        writer = ChatWriter(body, CompletionIdentity(model=model.model_id), outputs, prepared.reasoning_format)
         return LocalRun(writer, generation_chunks(model, prepared.requests, settings, tenant), bool(body.stream))
 
     sent = client_body(body)
@@ -44,14 +45,16 @@ async def handle_chat_completion(
 
 
 class ChatWriter(AnswerWriter):
-    def __init__(self, body: ChatCompletionRequest, identity: CompletionIdentity, outputs: list[ChoiceOutput]) -> None:
+    def __init__(self, body: ChatCompletionRequest, identity: CompletionIdentity, outputs: list[ChoiceOutput],
+                 reasoning_format: str = "none") -> None:
         self.outputs = outputs
         self.want_logprobs = bool(body.logprobs)
         self.identity = identity
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        self.builder = ChunkBuilder(identity, include_usage=include_usage, want_logprobs=self.want_logprobs)
+        self.builder = ChunkBuilder(identity, include_usage=include_usage, want_logprobs=self.want_logprobs,
+                                    reasoning_format=reasoning_format)
         self.streaming = bool(body.stream)
-        self.choices = [ChoiceAccumulator(output) for output in outputs]
+        self.choices = [ChoiceAccumulator(output, reasoning_format) for output in outputs]
         self.usages = {}
 
     def start(self) -> Payloads:
@@ -78,4 +81,9 @@ class ChatWriter(AnswerWriter):
         return [error_body(error)]
 
     def whole(self) -> dict:
-        return whole_completion(self.identity, self.choices, want_logprobs=self.want_logprobs).model_dump()
+        completion = whole_completion(self.identity, self.choices, want_logprobs=self.want_logprobs).model_dump()
+        for choice in completion["choices"]:  # reasoning fields only where there was reasoning
+            for name in ("reasoning_content", "reasoning"):
+                if choice["message"].get(name) is None:
+                    choice["message"].pop(name, None)
+        return completion

@@ -7,8 +7,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
+from api.chat_response import ChoiceOutput
 from api.protocol import ChatCompletionRequest
+from api.reasoning_plan import (
+    ReasoningPlan,
+    ReasoningRequest,
+    ServerReasoning,
+    plan_reasoning,
+    template_variables,
+)
 from backends.base import EngineCapabilities, GenerationRequest, GrammarSpec, SamplingParams
 from backends.catalog import GenerationDefaults
 from chat.grammars import JSON_OBJECT_SCHEMA, json_schema_grammar, tool_call_grammar
@@ -22,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLING = SamplingParams()
 NO_DEFAULTS = GenerationDefaults()
+DEFAULT_REASONING = ServerReasoning()
 
 
 def log_unknown_fields(request: ChatCompletionRequest) -> None:
@@ -98,6 +108,16 @@ class PreparedChat:
     requests: list[GenerationRequest]
     tool_plan: ToolPlan
     tool_call_format: ToolCallFormat = HERMES
+    reasoning: ReasoningPlan | None = None  # None: the model does not reason
+
+    def output(self) -> ChoiceOutput:
+        """A reader for one choice's generated text."""
+        splitter = self.reasoning.splitter() if self.reasoning else None
+        return ChoiceOutput(self.tool_plan, self.tool_call_format, splitter)
+
+    @property
+    def reasoning_format(self) -> str:
+        return self.reasoning.output_format if self.reasoning else "none"
 
 
 def _tool_plan(request: ChatCompletionRequest) -> ToolPlan:
@@ -131,8 +151,14 @@ def _output_grammar(request: ChatCompletionRequest, plan: ToolPlan, call_format:
     return json_schema_grammar(schema, "response_format.json_schema.schema")
 
 
+def reasoning_request(request: ChatCompletionRequest) -> ReasoningRequest:
+    return ReasoningRequest(effort=request.reasoning_effort, template_kwargs=request.chat_template_kwargs,
+                            output_format=request.reasoning_format, budget=request.reasoning_budget)
+
+
 def _render_prompt(
-    request: ChatCompletionRequest, renderer: ChatPromptRenderer, plan: ToolPlan, add_generation_prompt: bool = True
+    request: ChatCompletionRequest, renderer: ChatPromptRenderer, plan: ToolPlan, add_generation_prompt: bool = True,
+    variables: dict[str, Any] | None = None,
 ) -> str:
     native = plan.active and renderer.supports_tools
     messages = to_template_messages(
@@ -140,22 +166,25 @@ def _render_prompt(
     )
     tools = [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in plan.tools]
     if native:
-        return renderer.render(
-            messages, tools=[{"type": "function", "function": t} for t in tools], add_generation_prompt=add_generation_prompt
-        )
+        return renderer.render(messages, tools=[{"type": "function", "function": t} for t in tools],
+                               add_generation_prompt=add_generation_prompt, extra=variables)
     if plan.active:
         instructions = renderer.render_tool_prompt(tools, plan.mode, plan.parallel)
         if messages[0]["role"] == "system":
             messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{instructions}"}
         else:
             messages.insert(0, {"role": "system", "content": instructions})
-    return renderer.render(messages, add_generation_prompt=add_generation_prompt)
+    return renderer.render(messages, add_generation_prompt=add_generation_prompt, extra=variables)
 
 
-def render_for_cache(request: ChatCompletionRequest, renderer: ChatPromptRenderer) -> tuple[str, str]:
+def render_for_cache(
+    request: ChatCompletionRequest, renderer: ChatPromptRenderer, defaults: GenerationDefaults = NO_DEFAULTS
+) -> tuple[str, str]:
     """(the prompt a chat request with these messages and tools evaluates, the same without generation prompt)."""
     plan = _tool_plan(request)
-    return _render_prompt(request, renderer, plan), _render_prompt(request, renderer, plan, add_generation_prompt=False)
+    variables = template_variables(reasoning_request(request), defaults, renderer)
+    return (_render_prompt(request, renderer, plan, variables=variables),
+            _render_prompt(request, renderer, plan, add_generation_prompt=False, variables=variables))
 
 
 def prepare_chat(
@@ -163,15 +192,20 @@ def prepare_chat(
     renderer: ChatPromptRenderer,
     capabilities: EngineCapabilities,
     defaults: GenerationDefaults = NO_DEFAULTS,
+    server_reasoning: ServerReasoning = DEFAULT_REASONING,
 ) -> PreparedChat:
     """One engine request per choice (`n`), all sharing the rendered prompt and output constraint."""
     _refuse_unsupported(request, capabilities)
     plan = _tool_plan(request)
     call_format = renderer.tool_call_format
     grammar = _output_grammar(request, plan, call_format)
-    prompt = _render_prompt(request, renderer, plan)
+    wanted = reasoning_request(request)
+    variables = template_variables(wanted, defaults, renderer)
+    prompt = _render_prompt(request, renderer, plan, variables=variables)
+    reasoning = plan_reasoning(wanted, renderer, prompt, variables, defaults, server_reasoning)
     max_tokens = _pick(request.max_completion_tokens, request.max_tokens, defaults.max_tokens)
     top_logprobs = (request.top_logprobs or 0) if request.logprobs else None
+    preserved = call_format.preserved_tokens if plan.active else ()
     requests = [
         GenerationRequest(
             prompt=prompt,
@@ -179,9 +213,10 @@ def prepare_chat(
             max_tokens=max_tokens,
             stop=stop_strings(request),
             top_logprobs=top_logprobs,
-            grammar=grammar,
-            preserved_tokens=call_format.preserved_tokens if plan.active else (),
+            grammar=reasoning.grammar(grammar) if reasoning else grammar,
+            preserved_tokens=preserved + (reasoning.preserved_tokens if reasoning else ()),
+            reasoning=reasoning.control() if reasoning else None,
         )
         for index in range(request.n or 1)
     ]
-    return PreparedChat(requests=requests, tool_plan=plan, tool_call_format=call_format)
+    return PreparedChat(requests=requests, tool_plan=plan, tool_call_format=call_format, reasoning=reasoning)

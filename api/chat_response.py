@@ -13,6 +13,7 @@ from api.protocol import (
     ChatCompletionTokenLogprob,
     ChoiceDelta,
     ChoiceLogprobs,
+    CompletionTokensDetails,
     CompletionUsage,
     DeltaFunctionCall,
     DeltaToolCall,
@@ -24,6 +25,7 @@ from api.protocol import (
     now_seconds,
 )
 from backends.base import GenerationFinished, TokenDelta, TokenLogprob, Usage
+from chat.reasoning import ReasoningSplitter, ReasoningText
 from chat.tool_call_parser import CallStarted, ContentText, ParsedCall, ParseEvent, ToolCallStreamParser
 from chat.tool_formats import HERMES, ToolCallFormat
 from chat.tools import ToolPlan
@@ -53,23 +55,48 @@ def wire_usage(usages: list[Usage]) -> CompletionUsage:
         completion_tokens=completion,
         total_tokens=prompt + completion,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=sum(u.reasoning_tokens for u in usages)),
     )
 
 
-class ChoiceOutput:
-    """Reads one choice's generated text: plain content, or content plus tool calls when tools are active."""
+# Where reasoning goes in messages and deltas (--reasoning-format); "none" never splits it out of the content.
+REASONING_FIELDS = {"reasoning_content": ("reasoning_content",), "reasoning": ("reasoning",),
+                    "both": ("reasoning_content", "reasoning"), "none": ()}
 
-    def __init__(self, plan: ToolPlan, call_format: ToolCallFormat = HERMES) -> None:
+
+def reasoning_fields(text: str | None, reasoning_format: str) -> dict[str, str]:
+    return {name: text for name in REASONING_FIELDS[reasoning_format]} if text else {}
+
+
+class ChoiceOutput:
+    """Reads one choice's generated text: reasoning (with a `splitter`), content, and tool calls when tools are
+    active. Call markup inside reasoning is never a call: only content reaches the call parser."""
+
+    def __init__(self, plan: ToolPlan, call_format: ToolCallFormat = HERMES,
+                 splitter: ReasoningSplitter | None = None) -> None:
         self.plan = plan
         self.parser = ToolCallStreamParser(call_format) if plan.active else None
+        self.splitter = splitter
 
-    def read(self, text: str) -> list[ParseEvent]:
+    def read(self, text: str) -> list[ParseEvent | ReasoningText]:
+        if self.splitter is None:
+            return self._content(text)
+        return self._split(self.splitter.feed(text))
+
+    def finish(self) -> list[ParseEvent | ReasoningText]:
+        events = self._split(self.splitter.finish()) if self.splitter else []
+        return events + (self.parser.finish() if self.parser else [])
+
+    def _split(self, parts: list[tuple[bool, str]]) -> list[ParseEvent | ReasoningText]:
+        events: list[ParseEvent | ReasoningText] = []
+        for is_reasoning, text in parts:
+            events += [ReasoningText(text)] if is_reasoning else self._content(text)
+        return events
+
+    def _content(self, text: str) -> list[ParseEvent]:
         if self.parser is None:
             return [ContentText(text)] if text else []
         return self.parser.feed(text)
-
-    def finish(self) -> list[ParseEvent]:
-        return self.parser.finish() if self.parser else []
 
     @property
     def calls(self) -> list[ParsedCall]:
@@ -87,7 +114,9 @@ class ChoiceAccumulator:
     """Collects one choice's stream into a whole message."""
 
     output: ChoiceOutput
+    reasoning_format: str = "reasoning_content"
     content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finished: GenerationFinished | None = None
 
@@ -99,19 +128,22 @@ class ChoiceAccumulator:
             self._take(self.output.finish())
             self.finished = chunk
 
-    def _take(self, events: list[ParseEvent]) -> None:
+    def _take(self, events: list[ParseEvent | ReasoningText]) -> None:
         self.content.extend(e.text for e in events if isinstance(e, ContentText))
+        self.reasoning.extend(e.text for e in events if isinstance(e, ReasoningText))
 
     def message(self) -> AssistantMessage:
         text = "".join(self.content)
+        thinking = reasoning_fields("".join(self.reasoning), self.reasoning_format)
         calls = [call for call in self.output.calls if call.complete]  # never return a truncated call
         if not calls:
-            return AssistantMessage(content=text)
+            return AssistantMessage(content=text, **thinking)
         content = text if text.strip() else None
         if self.output.plan.legacy:
-            return AssistantMessage(content=content, function_call=FunctionCall(name=calls[0].name, arguments=calls[0].arguments))
+            call = FunctionCall(name=calls[0].name, arguments=calls[0].arguments)
+            return AssistantMessage(content=content, function_call=call, **thinking)
         wire_calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls]
-        return AssistantMessage(content=content, tool_calls=wire_calls)
+        return AssistantMessage(content=content, tool_calls=wire_calls, **thinking)
 
 
 @dataclass
@@ -152,10 +184,12 @@ def _without_nulls(value):
 class ChunkBuilder:
     """Makes the stream's chunk objects; `include_usage` adds `usage: null` to each, as OpenAI does."""
 
-    def __init__(self, identity: CompletionIdentity, include_usage: bool, want_logprobs: bool) -> None:
+    def __init__(self, identity: CompletionIdentity, include_usage: bool, want_logprobs: bool,
+                 reasoning_format: str = "reasoning_content") -> None:
         self.identity = identity
         self.include_usage = include_usage
         self.want_logprobs = want_logprobs
+        self.reasoning_format = reasoning_format
 
     def _chunk(self, choices: list[ChatCompletionChunkChoice], usage: CompletionUsage | None = None) -> dict:
         chunk = ChatCompletionChunk(
@@ -176,14 +210,15 @@ class ChunkBuilder:
     def role(self, index: int) -> dict:
         return self._chunk([ChatCompletionChunkChoice(index=index, delta=ChoiceDelta(role="assistant", content=""))])
 
-    def events(self, index: int, events: list[ParseEvent], logprobs: tuple[TokenLogprob, ...], legacy: bool) -> list[dict]:
+    def events(self, index: int, events: list[ParseEvent | ReasoningText], logprobs: tuple[TokenLogprob, ...], legacy: bool) -> list[dict]:
         """One chunk per parse event; the token logprobs ride on the first of them."""
         if not events and logprobs and self.want_logprobs:
             events = [ContentText("")]  # text still held back (a split character): the logprobs go now
         chunks = []
         for event in events:
             wire = wire_logprobs(logprobs) if self.want_logprobs and not chunks else None
-            chunks.append(self._chunk([ChatCompletionChunkChoice(index=index, delta=_delta(event, legacy), logprobs=wire)]))
+            delta = _delta(event, legacy, self.reasoning_format)
+            chunks.append(self._chunk([ChatCompletionChunkChoice(index=index, delta=delta, logprobs=wire)]))
         return chunks
 
     def finish(self, index: int, finish_reason: str) -> dict:
@@ -193,9 +228,11 @@ class ChunkBuilder:
         return self._chunk([], usage=wire_usage(usages))
 
 
-def _delta(event: ParseEvent, legacy: bool) -> ChoiceDelta:
+def _delta(event: ParseEvent | ReasoningText, legacy: bool, reasoning_format: str) -> ChoiceDelta:
     if isinstance(event, ContentText):
         return ChoiceDelta(content=event.text)
+    if isinstance(event, ReasoningText):
+        return ChoiceDelta(**reasoning_fields(event.text, reasoning_format))
     if isinstance(event, CallStarted):
         function = DeltaFunctionCall(name=event.name, arguments="")
         if legacy:

@@ -46,6 +46,8 @@ class ChatMessage(WireModel):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     function_call: FunctionCall | None = None  # legacy assistant field
+    reasoning_content: str | None = None  # an assistant turn's thinking (llama-server's name)
+    reasoning: str | None = None  # the same (vLLM / Ollama / OpenRouter name)
 
 
 class FunctionDefinition(WireModel):
@@ -85,6 +87,9 @@ class ResponseFormat(WireModel):
     json_schema: JsonSchemaFormat | None = None
 
 
+ReasoningFormat = Literal["reasoning_content", "reasoning", "both", "none"]
+
+
 class ChatCompletionRequest(WireModel):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     model: str | None = None
@@ -115,6 +120,10 @@ class ChatCompletionRequest(WireModel):
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     repeat_penalty: Annotated[float, Field(ge=0.0)] | None = None
     grammar: str | None = None  # raw GBNF, as llama-server accepts
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # extra template variables, e.g. {"enable_thinking": false}
+    reasoning_format: ReasoningFormat | None = None  # where thinking goes (server default: --reasoning-format)
+    reasoning_budget: Annotated[int, Field(ge=-1)] | None = None  # thinking tokens before the block is closed
 
 
 class RestoreCacheRequest(WireModel):
@@ -127,6 +136,8 @@ class RestoreCacheRequest(WireModel):
     parallel_tool_calls: bool | None = None
     functions: list[FunctionDefinition] | None = None
     function_call: Literal["none", "auto"] | NamedFunction | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None  # they change the prompt
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 class RestoreCacheResponse(BaseModel):
@@ -219,11 +230,16 @@ class PromptTokensDetails(WireModel):
     cached_tokens: int = 0
 
 
+class CompletionTokensDetails(WireModel):
+    reasoning_tokens: int = 0
+
+
 class CompletionUsage(WireModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class AssistantMessage(WireModel):
@@ -232,6 +248,8 @@ class AssistantMessage(WireModel):
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
     function_call: FunctionCall | None = None  # legacy `functions` requests only
+    reasoning_content: str | None = None  # thinking, by --reasoning-format (omitted when there is none)
+    reasoning: str | None = None
 
 
 class ChatCompletionChoice(WireModel):
@@ -279,6 +297,8 @@ class ChoiceDelta(WireModel):
     content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
     function_call: DeltaFunctionCall | None = None  # legacy `functions` requests only
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class ChatCompletionChunkChoice(WireModel):

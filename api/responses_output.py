@@ -1,7 +1,8 @@
 """Builds a Responses API answer from engine chunks: the stream's typed events and the final response object.
 
 The whole (non-stream) answer is the final object of the same event sequence, so stream and whole never
-differ. Output items open lazily: a message when visible text arrives, a function_call item per parsed call.
+differ. Output items open lazily: a reasoning item when a thinking model reasons, a message when visible text
+arrives, a function_call item per parsed call.
 Whitespace before a tool call opens no message (models often write a newline before the call).
 """
 
@@ -18,6 +19,8 @@ from api.responses_protocol import (
     OutputMessage,
     OutputText,
     OutputTokensDetails,
+    ReasoningItem,
+    ReasoningTextPart,
     ResponseError,
     ResponseObject,
     ResponseUsage,
@@ -25,6 +28,7 @@ from api.responses_protocol import (
 )
 from api.serving import AnswerWriter
 from backends.base import GenerationFinished, TokenDelta, TokenLogprob, Usage
+from chat.reasoning import ReasoningText
 from chat.tool_call_parser import CallArguments, CallStarted, ContentText, ParseEvent
 from errors import ServerError
 
@@ -44,7 +48,7 @@ def response_usage(usage: Usage) -> ResponseUsage:
         input_tokens=usage.prompt_tokens,
         input_tokens_details=InputTokensDetails(cached_tokens=usage.cached_tokens),
         output_tokens=usage.completion_tokens,
-        output_tokens_details=OutputTokensDetails(),
+        output_tokens_details=OutputTokensDetails(reasoning_tokens=usage.reasoning_tokens),
         total_tokens=usage.prompt_tokens + usage.completion_tokens,
     )
 
@@ -62,6 +66,7 @@ class ResponseWriter(AnswerWriter):
         self._sequence = 0
         self._message: OutputMessage | None = None  # the message item being written, if any
         self._call: FunctionCallItem | None = None  # the function_call item being written, if any
+        self._reasoning: ReasoningItem | None = None  # the reasoning item being written, if any
         self._held_space = ""  # whitespace not yet known to belong to a message
         self._held_logprobs: list[TokenLogprob] = []
 
@@ -95,10 +100,12 @@ class ResponseWriter(AnswerWriter):
 
     # ------------------------------------------------------------ items
 
-    def _parse_events(self, parsed: list[ParseEvent]) -> list[Event]:
+    def _parse_events(self, parsed: list[ParseEvent | ReasoningText]) -> list[Event]:
         events: list[Event] = []
         for item in parsed:
-            if isinstance(item, ContentText):
+            if isinstance(item, ReasoningText):
+                events += self._reasoning_text(item.text)
+            elif isinstance(item, ContentText):
                 events += self._text(item.text)
             elif isinstance(item, CallStarted):
                 events += self._close_open_items("completed")
@@ -110,7 +117,29 @@ class ResponseWriter(AnswerWriter):
                                           output_index=self._index(self._call), delta=item.fragment))
         return events
 
-    def _index(self, item: OutputMessage | FunctionCallItem) -> int:
+    def _reasoning_text(self, text: str) -> list[Event]:
+        events: list[Event] = []
+        if self._reasoning is None:
+            events += self._close_open_items("completed")
+            self._reasoning = ReasoningItem(id=new_item_id("rs"), content=[ReasoningTextPart()])
+            self.response.output.append(self._reasoning)
+            events.append(self._event("response.output_item.added", output_index=self._index(self._reasoning),
+                                      item=self._reasoning.model_dump(mode="json")))
+        self._reasoning.content[0].text += text
+        events.append(self._event("response.reasoning_text.delta", item_id=self._reasoning.id,
+                                  output_index=self._index(self._reasoning), content_index=0, delta=text))
+        return events
+
+    def _close_reasoning(self, status: str) -> list[Event]:
+        if self._reasoning is None:
+            return []
+        item, self._reasoning = self._reasoning, None
+        item.status, index = status, self._index(item)
+        return [self._event("response.reasoning_text.done", item_id=item.id, output_index=index, content_index=0,
+                            text=item.content[0].text),
+                self._event("response.output_item.done", output_index=index, item=item.model_dump(mode="json"))]
+
+    def _index(self, item: ReasoningItem | OutputMessage | FunctionCallItem) -> int:
         return len(self.response.output) - 1 if self.response.output[-1] is item else self.response.output.index(item)
 
     def _text(self, text: str) -> list[Event]:
@@ -132,6 +161,7 @@ class ResponseWriter(AnswerWriter):
         return events
 
     def _open_message(self) -> list[Event]:
+        closed = self._close_reasoning("completed")
         self._message = OutputMessage(id=new_item_id("msg"))
         self.response.output.append(self._message)
         index = self._index(self._message)
@@ -140,7 +170,7 @@ class ResponseWriter(AnswerWriter):
         self._message.content.append(part)
         part_added = self._event("response.content_part.added", item_id=self._message.id, output_index=index,
                                  content_index=0, part=part.model_dump(mode="json"))
-        return [added, part_added]
+        return [*closed, added, part_added]
 
     def _open_call(self, started: CallStarted) -> list[Event]:
         self._call = FunctionCallItem(id=new_item_id("fc"), call_id=started.id, name=started.name)
@@ -149,7 +179,7 @@ class ResponseWriter(AnswerWriter):
                             item=self._call.model_dump(mode="json"))]
 
     def _close_open_items(self, status: str) -> list[Event]:
-        events = []
+        events = self._close_reasoning(status)
         if self._message is not None:
             message, self._message = self._message, None
             message.status = status
@@ -175,7 +205,7 @@ class ResponseWriter(AnswerWriter):
 
     def _finish(self, finished: GenerationFinished) -> list[Event]:
         events: list[Event] = []
-        if not self.response.output:  # nothing visible was written: the answer is a (possibly blank) message
+        if not any(item.type != "reasoning" for item in self.response.output):  # no answer: a (blank) message
             events += self._open_message() + self._text("")
         truncated = finished.finish_reason == "length"
         events += self._close_open_items("incomplete" if truncated else "completed")

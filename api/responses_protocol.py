@@ -95,6 +95,19 @@ class OutputMessage(WireModel):
     content: list[OutputText] = Field(default_factory=list)
 
 
+class ReasoningTextPart(WireModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str = ""
+
+
+class ReasoningItem(WireModel):
+    id: str
+    type: Literal["reasoning"] = "reasoning"
+    summary: list[dict[str, Any]] = Field(default_factory=list)
+    content: list[ReasoningTextPart] = Field(default_factory=list)
+    status: Literal["in_progress", "completed", "incomplete"] = "in_progress"
+
+
 class FunctionCallItem(WireModel):
     id: str
     type: Literal["function_call"] = "function_call"
@@ -142,7 +155,7 @@ class ResponseObject(WireModel):
     max_output_tokens: int | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     model: str
-    output: list[OutputMessage | FunctionCallItem] = Field(default_factory=list)
+    output: list[ReasoningItem | OutputMessage | FunctionCallItem] = Field(default_factory=list)
     parallel_tool_calls: bool = True
     previous_response_id: str | None = None
     temperature: float | None = None

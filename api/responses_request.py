@@ -46,8 +46,11 @@ def _refuse_stateful(body: ResponsesRequest) -> None:
                              param="truncation")
     if body.store:
         logger.info("Request asked for store=true; this server keeps no responses (the answer says store: false)")
-    if body.reasoning:
-        logger.warning("Ignoring 'reasoning' %s: the models served here have no reasoning settings", body.reasoning)
+    unknown = sorted(set(body.reasoning or {}) - {"effort", "summary", "generate_summary"})
+    if unknown:
+        raise InvalidRequest(f"reasoning.{unknown[0]} is not supported.", param=f"reasoning.{unknown[0]}")
+    if (body.reasoning or {}).get("summary"):
+        logger.warning("Ignoring reasoning.summary: reasoning is returned as reasoning_text, not summarised")
 
 
 def _part_text(part: Any, param: str) -> str:
@@ -79,6 +82,7 @@ def _required_string(item: dict, key: str, param: str) -> str:
 def _chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Input items -> chat messages. Consecutive function_call items become one assistant message's tool_calls."""
     messages: list[dict[str, Any]] = []
+    thinking = ""  # a reasoning item's text, for the assistant turn that follows it
     for index, item in enumerate(items):
         param = f"input[{index}]"
         if not isinstance(item, dict):
@@ -89,6 +93,8 @@ def _chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if role not in ("user", "assistant", "system", "developer"):
                 raise InvalidRequest(f"Input messages with role '{role}' are not supported.", param=f"{param}.role")
             messages.append({"role": role, "content": _content_text(item.get("content"), f"{param}.content")})
+            if role == "assistant" and thinking:
+                messages[-1]["reasoning_content"], thinking = thinking, ""
         elif kind == "function_call":
             call = {"id": _required_string(item, "call_id", param), "type": "function",
                     "function": {"name": _required_string(item, "name", param),
@@ -98,12 +104,15 @@ def _chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            if thinking:
+                messages[-1]["reasoning_content"], thinking = thinking, ""
         elif kind == "function_call_output":
             output = item.get("output")
             text = output if isinstance(output, str) else _content_text(output, f"{param}.output")
             messages.append({"role": "tool", "tool_call_id": _required_string(item, "call_id", param), "content": text})
-        elif kind == "reasoning":
-            logger.warning("Ignoring a 'reasoning' input item: the models served here take no reasoning items")
+        elif kind == "reasoning":  # its text goes back to templates that render past thinking
+            parts = (item.get("content") or []) + (item.get("summary") or [])
+            thinking += "".join(part.get("text") or "" for part in parts if isinstance(part, dict))
         else:
             reason = "this server stores no items" if kind == "item_reference" else "not supported by this server"
             raise InvalidRequest(f"Input items of type '{kind}' are {reason}.", param=f"{param}.type")
@@ -175,6 +184,7 @@ def to_chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
         "logprobs": wants_logprobs(body) or None,
         "top_logprobs": body.top_logprobs if wants_logprobs(body) else None,
         "stream": body.stream,
+        "reasoning_effort": (body.reasoning or {}).get("effort"),
     }
     for name in ("temperature", "top_p", "seed", "top_k", "min_p", "repeat_penalty", "presence_penalty",
                  "frequency_penalty"):
@@ -190,6 +200,7 @@ _PARAM_NAMES = [
     (re.compile(r"^max_completion_tokens$"), "max_output_tokens"),
     (re.compile(r"^messages\b.*"), "input"),
     (re.compile(r"^logprobs$"), "include"),
+    (re.compile(r"^reasoning_effort$"), "reasoning.effort"),
 ]
 
 

@@ -30,7 +30,7 @@ async def restore_cache(
     ticket = quotas.admit(tenant, 0)
     try:
         async with registry.lease(body.model, tenant.may_use) as model:
-            prompt, conversation = render_for_cache(chat, model.renderer)
+            prompt, conversation = render_for_cache(chat, model.renderer, registry.generation_defaults(model.model_id))
             warmed = await model.engine.warm_prompt(prompt, conversation)
         ticket.charge(warmed.prompt_tokens - warmed.reused_tokens, 0)
     finally:

@@ -45,10 +45,23 @@ def _model_card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
             **vars(engine.capabilities),
             "native_tool_template": renderer.supports_tools,  # else tools are taught by templates/tool_prompt.jinja
             "tool_call_format": renderer.tool_call_format.name,
+            "reasoning": reasoning_capabilities(renderer),
         }
     elif entry.settings.n_ctx is not None:
         extra["context_length"] = entry.settings.n_ctx // (entry.settings.parallel or registry.settings.parallel)
     return ModelCard(id=entry.id, created=created, **extra)
+
+
+def reasoning_capabilities(renderer) -> dict | None:
+    """Whether the model thinks, with which markers, and which controls it honours (None: it does not reason)."""
+    markers = renderer.reasoning_markers
+    if markers is None:
+        return None
+    controls = ["reasoning_budget", "reasoning_format", "chat_template_kwargs"]
+    controls += [name for name in ("enable_thinking", "reasoning_effort") if renderer.reads_variable(name)]
+    if not renderer.reads_variable("reasoning_effort"):
+        controls.append("reasoning_effort:none")  # honoured by closing the block at once
+    return {"markers": [markers.open, markers.close], "controls": controls}
 
 
 @router.get("/v1/models", response_model=ModelList)

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
 
 from api.chat_request import prepare_chat
-from api.chat_response import ChoiceOutput
+from api.reasoning_plan import server_reasoning
 from api.deps import RegistryDep, TenantDep
 from api.keys import Tenant
 from api.protocol import ErrorResponse
@@ -68,7 +68,7 @@ def _start_generation(
     with responses_param_names():
         chat = to_chat_request(body)
         prepared = prepare_chat(chat, model.renderer, model.engine.capabilities,
-                                registry.generation_defaults(model.model_id))
+                                registry.generation_defaults(model.model_id), server_reasoning(settings))
     text_format = body.text.format.model_dump(by_alias=True, exclude_none=True) if body.text and body.text.format \
         else {"type": "text"}
     shell = ResponseObject(
@@ -80,6 +80,6 @@ def _start_generation(
         tools=[tool.model_dump(exclude_none=True) for tool in body.tools or []],
         top_logprobs=body.top_logprobs, user=body.user,
     )
-    writer = ResponseWriter(shell, ChoiceOutput(prepared.tool_plan, prepared.tool_call_format), wants_logprobs(body))
+    writer = ResponseWriter(shell, prepared.output(), wants_logprobs(body))
     chunks = generation_chunks(model, prepared.requests, settings, tenant)
     return writer, chunks

@@ -35,6 +35,17 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class ReasoningControl:
+    """A thinking model's reasoning block for one request: the engine counts its tokens, and closes it itself
+    (writes `close` plus a blank line) once `budget` tokens were spent in it."""
+
+    open: str
+    close: str
+    starts_inside: bool = False  # the prompt already opened the block
+    budget: int | None = None  # None: no limit; 0: close at once
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: str | list[int]  # text (special-token text parsed, BOS added as the model wants) or exact token ids
     sampling: SamplingParams
@@ -46,6 +57,7 @@ class GenerationRequest:
     # (e.g. `[TOOL_CALLS]`, `<|python_tag|>`), so tool calls can be read back.
     preserved_tokens: tuple[str, ...] = ()
     tenant: str = ""  # who asked (an API key's label): engines' queues take turns between tenants
+    reasoning: ReasoningControl | None = None  # a thinking model's block, to count, budget and close
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    reasoning_tokens: int = 0  # completion tokens spent inside the reasoning block (markers included)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ class GenerationDefaults(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     max_tokens: int | None = Field(None, ge=1)
+    reasoning_budget: int | None = Field(None, ge=-1)  # thinking tokens before the block is closed; -1 unlimited
+    chat_template_kwargs: dict[str, Any] | None = None  # template variables, e.g. {"enable_thinking": false}
 
 
 class EngineOverrides(BaseModel):

@@ -98,4 +98,7 @@ def to_template_messages(
             rendered.append(_structured_message(role, text, message, param))
         else:
             rendered.append(_textual_message(role, text, message, param, call_format))
+        thinking = message.get("reasoning_content") or message.get("reasoning")
+        if role == "assistant" and thinking:
+            rendered[-1]["reasoning_content"] = thinking  # templates that render thinking read this name
     return rendered

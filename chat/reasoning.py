@@ -22,6 +22,13 @@ class ReasoningMarkers:
     close: str
 
 
+@dataclass(frozen=True)
+class ReasoningText:
+    """A piece of the answer's reasoning (a parse event beside the tool-call parser's)."""
+
+    text: str
+
+
 THINK = ReasoningMarkers("<think>", "</think>")
 MAGISTRAL = ReasoningMarkers("[THINK]", "[/THINK]")
 KNOWN_MARKERS = (THINK, MAGISTRAL)

@@ -11,10 +11,12 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from chat.reasoning import ReasoningMarkers, detect_markers
 from chat.tool_formats import ToolCallFormat, detect_tool_call_format
 from errors import InvalidRequest
 
@@ -28,6 +30,7 @@ class ChatTemplateInfo:
     eos_token: str = ""
     origin: str = ""  # where the template came from, shown in model info
     tool_prompt_source: str = ""  # tool-use instructions for templates that cannot render tools themselves
+    vocabulary_markers: tuple[str, ...] = ()  # known reasoning markers the vocabulary holds as single tokens
 
 
 # Architecture (GGUF `general.architecture`) -> template file in templates/. Llama 2 era models share the
@@ -136,10 +139,25 @@ class ChatPromptRenderer:
         source = self.info.source if self.supports_tools else self.info.tool_prompt_source
         return detect_tool_call_format(source)
 
-    def render(self, messages: list[dict], *, add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
+    @functools.cached_property
+    def reasoning_markers(self) -> ReasoningMarkers | None:
+        """The thinking block this model writes, if it is a reasoning model (see chat/reasoning.py)."""
+        return detect_markers(self.info.source, self.info.vocabulary_markers)
+
+    def reads_variable(self, name: str) -> bool:
+        """Whether the template mentions a variable (e.g. `enable_thinking`, `reasoning_effort`)."""
+        return name in self.info.source
+
+    def render(self, messages: list[dict], *, add_generation_prompt: bool = True, tools: list[dict] | None = None,
+               extra: dict[str, Any] | None = None) -> str:
+        """`extra`: more template variables (chat_template_kwargs); they may not replace the ones set here."""
         variables = {"tools": tools} if tools else {}
-        return self._render(self._template, messages=messages, add_generation_prompt=add_generation_prompt,
-                            bos_token=self.info.bos_token, eos_token=self.info.eos_token, **variables)
+        fixed = dict(messages=messages, add_generation_prompt=add_generation_prompt, bos_token=self.info.bos_token,
+                     eos_token=self.info.eos_token, **variables)
+        clash = sorted(set(extra or {}) & (set(fixed) | {"tools"}))
+        if clash:
+            raise InvalidRequest(f"chat_template_kwargs may not set {clash[0]!r}.", param="chat_template_kwargs")
+        return self._render(self._template, **(extra or {}), **fixed)
 
     def render_tool_prompt(self, tools: list[dict], mode: str, parallel: bool) -> str:
         if self._tool_prompt is None:

@@ -26,6 +26,7 @@ from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache, model_name
 from backends.llamacpp.sampling import grammar_parses
 from backends.llamacpp.scheduler import Scheduler, SequenceJob, common_prefix_length
 from backends.llamacpp.steering import SteeringOptions
+from chat.reasoning import KNOWN_MARKERS
 from chat.templates import resolve_template_source, resolve_tool_prompt_source
 from errors import InvalidRequest, NotSupported
 from settings import Settings
@@ -106,6 +107,8 @@ class LlamaCppEngine(WorkerThreadEngine):
             tool_prompt_source=resolve_tool_prompt_source(
                 self.entry.tool_prompt or self.path.with_name(self.path.stem + ".tools.jinja"), settings.templates_dir
             ),
+            vocabulary_markers=tuple(text for markers in KNOWN_MARKERS for text in (markers.open, markers.close)
+                                     if len(self.model.tokenize_markup(text)) == 1),
         )
 
     # ---------------------------------------------------------------- Engine interface
@@ -167,6 +170,7 @@ class LlamaCppEngine(WorkerThreadEngine):
             grammar=request.grammar,
             emit=lambda item: None,
             shown_special_tokens=self.model.special_tokens_among(request.preserved_tokens),
+            reasoning=request.reasoning,
             # The last prompt token is always evaluated (its logits pick the first completion token).
             cached_prefix=await self._stored_prefix(prompt_tokens, len(prompt_tokens) - 1),
         )

@@ -105,6 +105,10 @@ class LlamaModel:
     def tokenize_literal(self, text: str) -> list[int]:
         return self._tokenize(text, add_special=False, parse_special=False)
 
+    def tokenize_markup(self, text: str) -> list[int]:
+        """Generated markup (a reasoning close marker): special-token text becomes its token, no BOS."""
+        return self._tokenize(text, add_special=False, parse_special=True)
+
     def fill_in_the_middle_tokens(self) -> tuple[int, int, int] | None:
         """(prefix, suffix, middle) marker ids of code models trained for infill; None when the vocabulary has none."""
         ids = (llama_cpp.llama_vocab_fim_pre(self.vocab), llama_cpp.llama_vocab_fim_suf(self.vocab),

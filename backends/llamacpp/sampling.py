@@ -114,6 +114,15 @@ class SamplerChain:
         llama_cpp.llama_sampler_accept(self.ptr, token)
         return token, token != natural
 
+    def accept(self, token: int) -> None:
+        """Record a token the engine wrote without sampling it. llama.cpp aborts the process on a token its grammar
+        rejects, so that is checked first."""
+        if self.grammar is not None:
+            if not self._grammar_allows(token):
+                raise ValueError(f"the grammar does not allow the written token {token}")
+            llama_cpp.llama_sampler_accept(self.grammar, token)
+        llama_cpp.llama_sampler_accept(self.ptr, token)
+
     def _constrained_pick(self, logits, boost: Boost | None) -> int:
         token = self._candidates.select(logits, self.ptr, boost=boost)
         if not self._grammar_allows(token):

@@ -20,6 +20,7 @@ import llama_cpp
 from backends.base import (
     GenerationFinished,
     GrammarSpec,
+    ReasoningControl,
     SamplingParams,
     TokenDelta,
     TokenLogprob,
@@ -52,6 +53,7 @@ class SequenceJob:
     prefill_only: bool = False  # evaluate the prompt into the cache, generate nothing (/restore_cache)
     on_saved: Callable[[bool], None] | None = None  # prefill_only: told once the state reached the disk cache
     tenant: str = ""  # who asked: the queue takes turns between tenants
+    reasoning: ReasoningControl | None = None  # a thinking model's block: counted, budgeted, closed
     cancelled: bool = False  # set by the request side when the client goes away
 
 
@@ -71,7 +73,8 @@ class Slot:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     completion_tokens: int = 0
     reused_tokens: int = 0
-    steering: Steering | None = None  # budget closing and loop breaking for a grammar-constrained answer
+    steering: Steering | None = None  # reasoning budget, budget closing and loop breaking
+    forced: list[int] = field(default_factory=list)  # tokens to write next without sampling
 
     @property
     def prefilling(self) -> bool:
@@ -211,7 +214,8 @@ class Scheduler:
         slot.completion_tokens = 0
         slot.pending_logprobs = []
         slot.sampler = SamplerChain(self.model, job.sampling, prompt, job.grammar)
-        slot.steering = Steering(self.model, job.grammar, job.max_tokens, self.steering)
+        slot.steering = Steering(self.model, job.grammar, job.max_tokens, self.steering, job.reasoning)
+        slot.forced = []
         slot.detokenizer = IncrementalDetokenizer()
         slot.stop_filter = StopStringFilter(job.stop)
 
@@ -242,7 +246,11 @@ class Scheduler:
                 raise RuntimeError(f"llama_decode returned {status}")
         for slot in active:
             if slot.batch_index >= 0:
-                self._sample(slot)
+                try:
+                    self._sample(slot)
+                except Exception as exc:  # one sequence's sampling failure ends that sequence only
+                    logger.exception("Sampling failed")
+                    self._abort(slot, EngineFailure(f"The engine failed while generating: {exc}"))
             elif slot.job.prefill_only and not slot.prefilling:
                 self._finish(slot, "stop")
 
@@ -271,10 +279,15 @@ class Scheduler:
 
     def _sample(self, slot: Slot) -> None:
         job, steering = slot.job, slot.steering
-        token, steered = slot.sampler.sample(
-            self.context.ptr, slot.batch_index, lambda pick: steering.boost_for(pick, slot.completion_tokens)
-        )
+        if slot.forced:
+            token, steered = slot.forced.pop(0), False
+            slot.sampler.accept(token)
+        else:
+            token, steered = slot.sampler.sample(
+                self.context.ptr, slot.batch_index, lambda pick: steering.boost_for(pick, slot.completion_tokens)
+            )
         steering.observe(token, steered)
+        slot.forced = slot.forced or steering.forced_tokens()
         slot.completion_tokens += 1
         if job.top_logprobs is not None and not self.model.is_end_of_generation(token):
             logits = self.context.logits(slot.batch_index)
@@ -311,6 +324,7 @@ class Scheduler:
             prompt_tokens=len(job.prompt_tokens),
             completion_tokens=slot.completion_tokens,
             cached_tokens=slot.reused_tokens,
+            reasoning_tokens=steering.reasoning.tokens,
         )
         self._save_to_disk_cache(slot)
         job.emit(GenerationFinished(finish_reason=reason, usage=usage))

@@ -1,6 +1,11 @@
-"""Steering a grammar-constrained answer towards its end: budget-aware closing and loop breaking.
+"""Steering a generated answer: closing a reasoning block whose budget is spent, and, for a grammar-constrained
+answer, budget-aware closing and loop breaking.
 
-Both favour the same tokens, the ones that only close JSON (`"`, `]`, `}` and their merges) and the end of the
+The engine closes a thinking model's reasoning block itself (writes the close marker) once the request's
+reasoning budget is spent, or, when a grammar constrains the answer that follows, early enough to leave that
+answer its closing window. The answer-shaping below never touches the reasoning.
+
+Budget closing and loop breaking favour the same tokens, the ones that only close JSON (`"`, `]`, `}` and their merges) and the end of the
 answer, over the model's own pick, in two situations:
 - budget closing: in the last tokens of `max_tokens`, with a bonus that grows as the budget runs out, so a cut
   answer is still valid JSON (then finish_reason is `length`: the budget made it end);
@@ -13,8 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backends.base import GrammarSpec
+from backends.base import GrammarSpec, ReasoningControl
 from backends.json_loops import LoopWatch
+from backends.reasoning_state import ReasoningTracker
 from backends.llamacpp.model import LlamaModel
 from backends.llamacpp.sampling import Boost
 
@@ -38,21 +44,32 @@ DEFAULT_STEERING = SteeringOptions()
 
 
 class Steering:
-    """One sequence's steering: `boost_for` the model's pick before it is taken, `observe` each token taken."""
+    """One sequence's steering: `boost_for` the model's pick before it is taken, `observe` each token taken,
+    `forced_tokens` to write instead of sampling (the close of a reasoning block)."""
 
-    def __init__(self, model: LlamaModel, grammar: GrammarSpec | None, max_tokens: int, options: SteeringOptions):
+    def __init__(self, model: LlamaModel, grammar: GrammarSpec | None, max_tokens: int, options: SteeringOptions,
+                 reasoning: ReasoningControl | None = None):
         active = grammar is not None and not grammar.lazy_triggers
         self.model = model
         self.max_tokens = max_tokens
         self.budget_closing = active and options.budget_closing
         self.loops = LoopWatch() if active and options.loop_breaking else None
+        self.reasoning = ReasoningTracker(reasoning, self._reasoning_budget(reasoning, active))
         self.reason: str | None = None  # why the last boost was given: "budget" or "loop"
         self.closed_by_budget = False  # budget closing changed a pick: the answer ends with finish_reason length
         self.loop_breaks = 0  # picks loop breaking changed
 
+    def _reasoning_budget(self, reasoning: ReasoningControl | None, constrained: bool) -> int | None:
+        if reasoning is None or not constrained:
+            return None
+        room = max(0, self.max_tokens - 2 * closing_window(self.max_tokens))  # the answer still needs its tokens
+        return room if reasoning.budget is None else min(reasoning.budget, room)
+
     def boost_for(self, pick: int, completion_tokens: int) -> Boost | None:
         """Extra logits for closing tokens at this step, given the model's unsteered pick (None: no steering)."""
         self.reason = None
+        if not self.reasoning.shaping_answer:
+            return None
         amount = 0.0
         if self.budget_closing:
             window = closing_window(self.max_tokens)
@@ -67,5 +84,14 @@ class Steering:
         """Record the token taken, and whether steering changed it from the model's own pick."""
         self.closed_by_budget |= steered and self.reason == "budget"
         self.loop_breaks += steered and self.reason == "loop"
-        if self.loops is not None:
+        answering = self.reasoning.shaping_answer
+        if self.reasoning.control is not None:
+            self.reasoning.observe(self.model.token_text(token).decode("utf-8", errors="replace"))
+        if self.loops is not None and answering:
             self.loops.observe(token, self.model.piece(token))
+
+    def forced_tokens(self) -> list[int]:
+        """Tokens the engine writes next without sampling: the close of a reasoning block whose budget is spent."""
+        if not self.reasoning.must_close:
+            return []
+        return self.model.tokenize_markup(self.reasoning.closing_text())

@@ -1,0 +1,63 @@
+"""Where a generating sequence stands with respect to its reasoning block, token by token (engine-neutral).
+
+The engines need it to count reasoning tokens, to close the block when its budget is spent (they then write the
+close marker themselves), and to keep answer-shaping (budget closing, loop breaking) out of the thinking.
+"""
+
+from __future__ import annotations
+
+from backends.base import ReasoningControl
+
+CLOSING_SUFFIX = "\n\n"  # written after a close marker the engine forces, as the models write it
+
+
+class ReasoningTracker:
+    def __init__(self, control: ReasoningControl | None, budget: int | None = None) -> None:
+        """`budget` (tokens of reasoning) overrides the control's own, e.g. to leave room for a constrained answer."""
+        self.control = control
+        self.budget = budget if budget is not None else (control.budget if control else None)
+        self.inside = bool(control and control.starts_inside)
+        self.decided = not control or control.starts_inside  # the start of the answer was read
+        self.tokens = 0  # generated inside the block, markers included
+        self.closed_by_budget = False
+        self._since_open = ""
+        self._start = ""
+
+    def observe(self, text: str) -> None:
+        """A generated token's text (control tokens included, as their text)."""
+        if self.control is None:
+            return
+        if not self.decided:
+            self._read_start(text)
+        elif self.inside:
+            self.tokens += 1
+            self._since_open = (self._since_open + text)[-4 * len(self.control.close):]
+            if self.control.close in self._since_open:
+                self.inside = False
+
+    def _read_start(self, text: str) -> None:
+        self._start += text
+        start = self._start.lstrip()
+        opening = self.control.open
+        if start.startswith(opening):
+            self.decided = self.inside = True
+            self.tokens = 1  # the token that completed the open marker
+            self._since_open = start[len(opening):]
+            if self.control.close in self._since_open:
+                self.inside = False
+        elif start and not opening.startswith(start):
+            self.decided = True
+
+    @property
+    def must_close(self) -> bool:
+        """The block is open and its budget is spent: the engine should write the close marker now."""
+        return self.inside and self.budget is not None and self.tokens >= self.budget
+
+    def closing_text(self) -> str:
+        self.closed_by_budget = True
+        return self.control.close + CLOSING_SUFFIX
+
+    @property
+    def shaping_answer(self) -> bool:
+        """Whether tokens now belong to the answer (not the reasoning, nor a possible opening of it)."""
+        return self.decided and not self.inside
