@@ -38,6 +38,7 @@ class RequestRecord:
     engine: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0
     first_token_at: float | None = None
     status: int = 0
     upstream_error: tuple[str, str] | None = None  # (upstream, code) when a remote upstream failed
@@ -52,6 +53,8 @@ class Metrics:
         self.requests = Counter("llm_requests", "HTTP requests", ["route", "model", "status"], registry=self.registry)
         self.prompt_tokens = Counter("llm_prompt_tokens", "Prompt tokens", ["model"], registry=self.registry)
         self.completion_tokens = Counter("llm_completion_tokens", "Completion tokens", ["model"], registry=self.registry)
+        self.reasoning_tokens = Counter("llm_reasoning_tokens", "Completion tokens spent thinking", ["model"],
+                                        registry=self.registry)
         self.ttft = Histogram("llm_time_to_first_token_seconds", "Time to first token", ["model"], registry=self.registry,
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.token_latency = Histogram("llm_time_per_output_token_seconds", "Time per output token after the first",
@@ -72,6 +75,7 @@ class Metrics:
             return
         self.prompt_tokens.labels(model).inc(record.prompt_tokens)
         self.completion_tokens.labels(model).inc(record.completion_tokens)
+        self.reasoning_tokens.labels(model).inc(record.reasoning_tokens)
         if record.first_token_at is not None:
             self.ttft.labels(model).observe(record.first_token_at - record.started)
             if record.completion_tokens > 1:
@@ -139,6 +143,7 @@ async def observe(chunks: AsyncIterator, model_id: str, engine: str) -> AsyncIte
                 elif isinstance(chunk, GenerationFinished):
                     record.prompt_tokens = chunk.usage.prompt_tokens
                     record.completion_tokens += chunk.usage.completion_tokens
+                    record.reasoning_tokens += chunk.usage.reasoning_tokens
             yield item
     finally:
         await chunks.aclose()
@@ -198,6 +203,7 @@ class RequestLogMiddleware:
         fields = {"request_id": record.request_id, "method": record.method, "path": record.path,
                   "status": record.status, "model": record.model, "engine": record.engine,
                   "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
+                  "reasoning_tokens": record.reasoning_tokens or None,
                   "ttft_s": ttft, "total_s": round(total, 4)}
         if self.json_logs:
             logger.info(json.dumps(fields))

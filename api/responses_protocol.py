@@ -74,6 +74,8 @@ class ResponsesRequest(WireModel):
     repeat_penalty: Annotated[float, Field(ge=0.0)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    reasoning_budget: Annotated[int, Field(ge=-1)] | None = None  # thinking tokens before the block is closed
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------- response object

@@ -11,11 +11,23 @@ from backends.base import ReasoningControl
 CLOSING_SUFFIX = "\n\n"  # written after a close marker the engine forces, as the models write it
 
 
+ANSWER_RESERVE = 128  # at most this many tokens (half of max_tokens at most) kept for a constrained answer
+
+
+def reasoning_budget(control: ReasoningControl | None, max_tokens: int, constrained: bool) -> int | None:
+    """The request's reasoning budget; with a grammar constraining the answer, also small enough that the answer
+    after the thinking still fits in max_tokens (a JSON answer or tool call cut off would be useless)."""
+    budget = control.budget if control else None
+    if control is None or not constrained:
+        return budget
+    room = max(0, max_tokens - min(max_tokens // 2, ANSWER_RESERVE))
+    return room if budget is None else min(budget, room)
+
+
 class ReasoningTracker:
-    def __init__(self, control: ReasoningControl | None, budget: int | None = None) -> None:
-        """`budget` (tokens of reasoning) overrides the control's own, e.g. to leave room for a constrained answer."""
+    def __init__(self, control: ReasoningControl | None, max_tokens: int = 0, constrained: bool = False) -> None:
         self.control = control
-        self.budget = budget if budget is not None else (control.budget if control else None)
+        self.budget = reasoning_budget(control, max_tokens, constrained)
         self.inside = bool(control and control.starts_inside)
         self.decided = not control or control.starts_inside  # the start of the answer was read
         self.tokens = 0  # generated inside the block, markers included

@@ -127,6 +127,7 @@ class TransformersEngine(WorkerThreadEngine):
             top_logprobs=request.top_logprobs,
             constraint=constraint,
             shown_special_ids=self._special_ids_among(request.preserved_tokens),
+            reasoning=request.reasoning,
         )
         async for chunk in self.run_job(job):
             yield chunk

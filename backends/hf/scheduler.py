@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from backends.base import GenerationFinished, SamplingParams, TokenDelta, TokenLogprob, Usage
+from backends.base import GenerationFinished, ReasoningControl, SamplingParams, TokenDelta, TokenLogprob, Usage
 from backends.engine_support import Emit
 from backends.hf.grammar import GrammarConstraint
 from backends.hf.sampling import RowSampler, row_logprobs
 from backends.job_queue import JobQueue
+from backends.reasoning_state import ReasoningTracker
 from backends.text_output import StopStringFilter, TokenTextDecoder
 from errors import EngineFailure
 
@@ -38,6 +39,7 @@ class HFJob:
     emit: Emit = lambda item: None
     cancelled: bool = False
     tenant: str = ""  # who asked: the queue takes turns between tenants
+    reasoning: ReasoningControl | None = None  # a thinking model's block: counted, budgeted, closed
 
 
 @dataclass(eq=False)
@@ -47,6 +49,8 @@ class _Row:
     decoder: TokenTextDecoder
     stop_filter: StopStringFilter
     position: int  # position of the next token
+    reasoning: ReasoningTracker
+    forced: list[int] = field(default_factory=list)  # tokens to write next without sampling (a reasoning close)
     completion_tokens: int = 0
     done: bool = False
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -142,7 +146,8 @@ class BatchScheduler:
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
         return _Row(job=job, sampler=RowSampler(job.sampling, job.prompt_ids, self.vocab_size),
                     decoder=TokenTextDecoder(decode), stop_filter=StopStringFilter(job.stop),
-                    position=len(job.prompt_ids))
+                    position=len(job.prompt_ids),
+                    reasoning=ReasoningTracker(job.reasoning, job.max_tokens, constrained=job.constraint is not None))
 
     def _drop_if_cancelled(self, row: _Row) -> bool:
         if row.job.cancelled:
@@ -152,11 +157,12 @@ class BatchScheduler:
     def _step(self, row: _Row, raw_logits: torch.Tensor) -> int:
         """Sample one token for a live row, emit its text; returns the token to feed next."""
         job = row.job
-        logits = row.sampler.adjust(raw_logits.clone())
-        if job.constraint is not None:
-            job.constraint.mask(logits)
-        token = row.sampler.pick(logits)
+        token = row.forced.pop(0) if row.forced else self._sample(row, raw_logits)
         row.sampler.accept(token)
+        if row.reasoning.control is not None:
+            row.reasoning.observe(self.tokenizer.decode([token], skip_special_tokens=False))
+            if row.reasoning.must_close and not row.forced:  # budget spent: write the close marker ourselves
+                row.forced = self.tokenizer.encode(row.reasoning.closing_text(), add_special_tokens=False)
         row.completion_tokens += 1
         row.position += 1
         if job.top_logprobs is not None and token not in self.eos_ids:
@@ -179,13 +185,20 @@ class BatchScheduler:
             self._finish(row, "length")
         return token
 
+    def _sample(self, row: _Row, raw_logits: torch.Tensor) -> int:
+        logits = row.sampler.adjust(raw_logits.clone())
+        if row.job.constraint is not None:
+            row.job.constraint.mask(logits)
+        return row.sampler.pick(logits)
+
     def _finish(self, row: _Row, reason: str, text: str = "") -> None:
         if not row.stop_filter.stopped:
             text += row.stop_filter.push(row.decoder.flush())
             text += row.stop_filter.flush()
         if text or row.pending_logprobs:
             row.job.emit(TokenDelta(text=text, logprobs=tuple(row.pending_logprobs)))
-        usage = Usage(prompt_tokens=len(row.job.prompt_ids), completion_tokens=row.completion_tokens)
+        usage = Usage(prompt_tokens=len(row.job.prompt_ids), completion_tokens=row.completion_tokens,
+                      reasoning_tokens=row.reasoning.tokens)
         row.job.emit(GenerationFinished(finish_reason=reason, usage=usage))
         row.done = True
 

@@ -54,16 +54,10 @@ class Steering:
         self.max_tokens = max_tokens
         self.budget_closing = active and options.budget_closing
         self.loops = LoopWatch() if active and options.loop_breaking else None
-        self.reasoning = ReasoningTracker(reasoning, self._reasoning_budget(reasoning, active))
+        self.reasoning = ReasoningTracker(reasoning, max_tokens, constrained=active)
         self.reason: str | None = None  # why the last boost was given: "budget" or "loop"
         self.closed_by_budget = False  # budget closing changed a pick: the answer ends with finish_reason length
         self.loop_breaks = 0  # picks loop breaking changed
-
-    def _reasoning_budget(self, reasoning: ReasoningControl | None, constrained: bool) -> int | None:
-        if reasoning is None or not constrained:
-            return None
-        room = max(0, self.max_tokens - 2 * closing_window(self.max_tokens))  # the answer still needs its tokens
-        return room if reasoning.budget is None else min(reasoning.budget, room)
 
     def boost_for(self, pick: int, completion_tokens: int) -> Boost | None:
         """Extra logits for closing tokens at this step, given the model's unsteered pick (None: no steering)."""

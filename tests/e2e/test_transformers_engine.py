@@ -32,6 +32,8 @@ def hf_server(tmp_path_factory):
     build_tiny_llama(models / MODEL)
     (models / "models.yaml").write_text(yaml.safe_dump({"models": [
         {"id": "tiny-4bit", "path": str(models / MODEL), "engine": "transformers", "hf": {"quantization": "4bit"}},
+        {"id": "tiny-thinker", "path": str(models / MODEL), "engine": "transformers",
+         "chat_template": str(PROJECT_ROOT / "tests" / "fixtures" / "thinking_chatml.jinja")},
         {"id": "gemma-via-transformers", "path": str(PROJECT_ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"),
          "engine": "transformers", "chat_template": "gemma", "settings": {"n_ctx": 512}},
         {"id": "gemma-llama-cpp", "path": str(PROJECT_ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"),
@@ -189,3 +191,15 @@ def test_responses_api_on_the_transformers_engine(client):
     (call,) = final.output
     assert call.type == "function_call" and call.name == "get_weather"
     jsonschema.validate(json.loads(call.arguments), WEATHER)
+
+
+def test_a_thinking_template_on_the_transformers_engine(client):
+    """The reasoning path on this engine: the template opens a <think> block, the budget closes it, the schema
+    grammar applies after it (the random model would never close the block or write JSON on its own)."""
+    answer = client.chat.completions.create(
+        model="tiny-thinker", messages=ASK, max_tokens=80, temperature=0, extra_body={"reasoning_budget": 6},
+        response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER, "strict": True}})
+    message = answer.choices[0].message
+    jsonschema.validate(json.loads(message.content), WEATHER)
+    assert (message.model_extra or {}).get("reasoning_content") and "</think>" not in message.content
+    assert answer.usage.completion_tokens_details.reasoning_tokens >= 6

@@ -131,3 +131,26 @@ def test_a_call_cut_off_by_a_stop_string_is_not_a_tool_call():
     cut = accumulate(TOOLS, CALL[:60], reason="stop")  # the engine stopped (a stop string) inside the call
     choice = whole_completion(IDENTITY, [cut], False).choices[0]
     assert choice.message.tool_calls is None and choice.finish_reason == "stop"
+
+
+def test_call_markup_inside_reasoning_is_never_a_call():
+    from chat.reasoning import THINK, ReasoningSplitter
+
+    choice = ChoiceAccumulator(ChoiceOutput(TOOLS, splitter=ReasoningSplitter(THINK)))
+    for text in ["<think>I could write ", CALL[:20], CALL[20:], " here.</think>\n\n", "No call needed."]:
+        choice.add(TokenDelta(text))
+    choice.add(GenerationFinished("stop", USAGE))
+    message = choice.message()
+    assert message.tool_calls is None and message.content == "No call needed."
+    assert message.reasoning_content == f"I could write {CALL} here."
+
+
+def test_a_call_after_reasoning_is_a_call():
+    from chat.reasoning import THINK, ReasoningSplitter
+
+    choice = ChoiceAccumulator(ChoiceOutput(TOOLS, splitter=ReasoningSplitter(THINK, starts_inside=True)))
+    for text in ["Paris it is.</th", "ink>\n", CALL]:
+        choice.add(TokenDelta(text))
+    choice.add(GenerationFinished("stop", USAGE))
+    message = choice.message()
+    assert message.reasoning_content == "Paris it is." and message.tool_calls[0].function.name == "get_weather"
