@@ -17,10 +17,11 @@ import openai
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.table import Table
+from rich.text import Text
 
 from clients.conversation import Conversation, load, save, saved_names
 
@@ -31,6 +32,7 @@ HELP = """\
 /new                 start over                 /system TEXT   set the system prompt
 /set KEY VALUE       temperature, top_p or max_tokens
 /retry               ask the last question again
+/thinking            show or hide a thinking model's reasoning (shown dimmed, on by default)
 /help                this help                  /quit          leave (or Ctrl-D; Ctrl-C twice)"""
 
 
@@ -63,6 +65,7 @@ class TerminalChat:
         self.console = console or Console()
         self.session = session or PromptSession(history=_history(data_dir), key_bindings=_newline_bindings())
         self._interrupts = 0
+        self.show_thinking = True
 
     # ---------------------------------------------------------------- loop
 
@@ -104,6 +107,7 @@ class TerminalChat:
             "system": lambda: self._system(argument),
             "set": lambda: self._set(argument),
             "retry": self._retry,
+            "thinking": self._toggle_thinking,
         }
         if name in ("quit", "exit"):
             return "quit"
@@ -174,6 +178,10 @@ class TerminalChat:
         self.conversation.set(key, value.strip())
         self.console.print(f"{key} = {self.conversation.settings[key]}")
 
+    def _toggle_thinking(self) -> None:
+        self.show_thinking = not self.show_thinking
+        self.console.print("reasoning " + ("shown" if self.show_thinking else "hidden"))
+
     def _retry(self) -> None:
         question = self.conversation.drop_last_answer()
         if question is None:
@@ -186,19 +194,22 @@ class TerminalChat:
     def ask(self, text: str) -> AnswerStats | None:
         self.conversation.messages.append({"role": "user", "content": text})
         try:
-            answer, stats = self._stream_answer()
+            answer, thinking, stats = self._stream_answer()
         except openai.APIError as exc:
             self.conversation.messages.pop()  # not answered: keep the history consistent
             self._error(_describe(exc))
             return None
-        if answer or not stats.interrupted:
-            self.conversation.messages.append({"role": "assistant", "content": answer})
+        if answer or thinking or not stats.interrupted:
+            reply = {"role": "assistant", "content": answer}
+            if thinking:
+                reply["reasoning_content"] = thinking  # the server gives it back to templates that render it
+            self.conversation.messages.append(reply)
         else:
             self.conversation.messages.pop()  # stopped before a word arrived: as if never asked
         self.console.print(f"[dim]{stats.line()}[/dim]")
         return stats
 
-    def _stream_answer(self) -> tuple[str, AnswerStats]:
+    def _stream_answer(self) -> tuple[str, str, AnswerStats]:
         conversation = self.conversation
         started = time.perf_counter()
         try:  # Ctrl-C while the server has not started answering (queued, long prompt): nothing to show
@@ -207,25 +218,35 @@ class TerminalChat:
                 stream_options={"include_usage": True}, **conversation.settings,
             )
         except KeyboardInterrupt:  # the connection is dropped, so the server drops the request
-            return "", AnswerStats(None, 0, time.perf_counter() - started, interrupted=True)
+            return "", "", AnswerStats(None, 0, time.perf_counter() - started, interrupted=True)
         parts: list[str] = []
+        thoughts: list[str] = []
         ttft, tokens, interrupted = None, 0, False
         with Live(Markdown(""), console=self.console, refresh_per_second=12, vertical_overflow="visible") as live:
             try:
                 for chunk in stream:
                     if chunk.usage is not None:
                         tokens = chunk.usage.completion_tokens
-                    delta = chunk.choices[0].delta.content if chunk.choices else None
-                    if delta:
+                    delta = chunk.choices[0].delta if chunk.choices else None
+                    extra = (delta.model_extra or {}) if delta else {}
+                    thought = extra.get("reasoning_content") or extra.get("reasoning")
+                    if delta and (delta.content or thought):
                         ttft = ttft if ttft is not None else time.perf_counter() - started
-                        parts.append(delta)
-                        live.update(Markdown("".join(parts)))
+                        parts.append(delta.content or "")
+                        thoughts.append(thought or "")
+                        live.update(self._view("".join(thoughts), "".join(parts)))
             except KeyboardInterrupt:
                 interrupted = True  # closing the stream below disconnects: the server stops generating
             finally:
                 stream.close()
         elapsed = time.perf_counter() - started - (ttft or 0.0)
-        return "".join(parts), AnswerStats(ttft, tokens or len(parts), elapsed, interrupted)
+        return "".join(parts), "".join(thoughts), AnswerStats(ttft, tokens or len(parts), elapsed, interrupted)
+
+    def _view(self, thinking: str, answer: str):
+        """The answer as Markdown, after the reasoning in dim text when there is some and it is shown."""
+        if not thinking or not self.show_thinking:
+            return Markdown(answer)
+        return Group(Text(thinking.strip(), style="dim italic"), Text(""), Markdown(answer))
 
     def _error(self, message: str) -> None:
         self.console.print(f"[red]error:[/red] {message}")

@@ -22,21 +22,38 @@
     return result;
   }
 
-  function addBubble(role, text) {
+  function addBubble(role, text, thinking) {
     const bubble = document.createElement("div");
     bubble.className = "message " + role;
-    fill(bubble, role, text);
+    if (role === "assistant") {
+      const answer = document.createElement("div");
+      answer.className = "answer";
+      bubble.append(answer);
+    }
+    fill(bubble, role, text, thinking);
     $("messages").appendChild(bubble);
     $("messages").scrollTop = $("messages").scrollHeight;
     return bubble;
   }
-  function fill(bubble, role, text) {
-    if (role === "assistant") bubble.innerHTML = ChatMarkdown.renderMarkdown(text);
-    else bubble.textContent = text;
+  function fill(bubble, role, text, thinking) {
+    if (role !== "assistant") { bubble.textContent = text; return; }
+    // A thinking model's reasoning: a collapsible block, open while it streams, folded once the answer starts.
+    let details = bubble.querySelector(".thinking");
+    if (thinking && !details) {
+      details = document.createElement("details");
+      details.className = "thinking";
+      details.innerHTML = "<summary>Thinking</summary><div class=\"thinking-text\"></div>";
+      bubble.prepend(details);
+    }
+    if (!details) { bubble.querySelector(".answer").innerHTML = ChatMarkdown.renderMarkdown(text); return; }
+    details.querySelector(".thinking-text").textContent = thinking;
+    if (thinking && !text && !details.dataset.opened) { details.open = true; details.dataset.opened = "1"; }
+    if (text && !details.dataset.folded) { details.open = false; details.dataset.folded = "1"; }
+    bubble.querySelector(".answer").innerHTML = ChatMarkdown.renderMarkdown(text);
   }
   function redraw() {
     $("messages").innerHTML = "";
-    for (const message of state.messages) addBubble(message.role, message.content);
+    for (const message of state.messages) addBubble(message.role, message.content, message.reasoning_content);
   }
 
   async function loadModels() {
@@ -78,6 +95,7 @@
     setBusy(true);
     $("status").textContent = "…";
     let answer = "";
+    let thinking = "";
     let tokens = 0;
     let firstAt = null;
     const started = performance.now();
@@ -106,10 +124,12 @@
           if (chunk.error) throw new Error(chunk.error.message);
           if (chunk.usage) tokens = chunk.usage.completion_tokens;
           const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
-          if (delta && delta.content) {
+          const thought = delta && (delta.reasoning_content || delta.reasoning);
+          if (delta && (delta.content || thought)) {
             if (firstAt === null) firstAt = performance.now();
-            answer += delta.content;
-            fill(bubble, "assistant", answer);
+            answer += delta.content || "";
+            thinking += thought || "";
+            fill(bubble, "assistant", answer, thinking);
             $("messages").scrollTop = $("messages").scrollHeight;
           }
         }
@@ -126,8 +146,10 @@
     } finally {
       controller = null;
       setBusy(false);
-      if (answer) {
-        state.messages.push({ role: "assistant", content: answer });
+      if (answer || thinking) {
+        const message = { role: "assistant", content: answer };
+        if (thinking) message.reasoning_content = thinking;  // the server gives it back to the template
+        state.messages.push(message);
       } else if (bubble.className !== "message error") {
         bubble.remove();
       }

@@ -36,8 +36,10 @@ def server(tmp_path_factory):
     chat_template: {TEMPLATE}
     defaults: {{chat_template_kwargs: {{enable_thinking: false}}}}
 """)
+    # Requests that name no budget (the web page, the terminal chat) get 8 thinking tokens, then a short answer.
     with running_server("--models-file", str(models), "--model-name", "thinker", "--parallel", "4",
-                        "--log-level", "info", log_dir=folder) as process:
+                        "--reasoning-budget", "8", "--default-max-tokens", "40", "--log-level", "info",
+                        log_dir=folder) as process:
         yield process
 
 
@@ -155,3 +157,49 @@ def test_prometheus_counts_reasoning_tokens(client, server):
     metrics = httpx.get(f"{server.base_url}/metrics").text
     [line] = [line for line in metrics.splitlines() if line.startswith('llm_reasoning_tokens_total{model="thinker"}')]
     assert float(line.split()[-1]) >= 4
+
+
+def test_the_web_page_shows_thinking_in_a_collapsible_block(server):
+    from playwright import sync_api
+
+    from tests.e2e.test_web_chat import CHROMIUM, CHROMIUM_ARGS
+
+    assert CHROMIUM, "Chromium is not installed (Debian package `chromium`)"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(f"{server.base_url}/chat")
+        page.wait_for_function("document.querySelectorAll('#model option').length > 1")
+        page.select_option("#model", "thinker")
+        page.fill("#input", "What is the weather like in Paris in spring?")
+        page.press("#input", "Enter")
+        page.wait_for_function("document.querySelector('#status').textContent.includes('tok/s')", timeout=60000)
+        thinking = page.text_content(".message.assistant .thinking-text")
+        answer = page.inner_text(".message.assistant .answer")
+        assert thinking.strip() and answer.strip() and "</think>" not in thinking + answer
+        assert page.evaluate("document.querySelector('.message.assistant details.thinking').open") is False
+        page.click(".message.assistant .thinking summary")  # unfold it
+        assert page.evaluate("document.querySelector('.message.assistant details.thinking').open") is True
+        stored = page.evaluate("JSON.parse(localStorage.getItem('llm-server-chat')).messages[1]")
+        assert stored["reasoning_content"] == thinking and stored["content"].strip()  # sent back next turn
+        browser.close()
+
+
+def test_the_terminal_chat_shows_thinking_and_can_hide_it(server, tmp_path):
+    from tests.e2e.test_terminal_chat import TerminalSession
+
+    session = TerminalSession("--base-url", f"{server.base_url}/v1", "--model", "thinker",
+                              "--data-dir", str(tmp_path))
+    try:
+        session.expect("/help for commands", 30)
+        session.send("What is the weather like in Paris in spring?")
+        session.expect(r"tok/s")
+        session.send("/save spring")
+        session.expect("saved to")
+        [question, answer] = json.loads((tmp_path / "spring.json").read_text())["messages"]
+        assert answer["reasoning_content"] and answer["content"] and "</think>" not in answer["content"]
+        assert answer["reasoning_content"].strip()[:30] in session.screen.replace("\n", " ")  # shown as it came
+        session.send("/thinking")
+        session.expect("reasoning hidden")
+    finally:
+        session.close()
