@@ -43,7 +43,7 @@ class ApiKeyMiddleware:
         tenant = ring.tenant_for(presented_key(Headers(scope=scope)))
         if tenant is None:
             error = Unauthorized("Missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key'.")
-            await error_response(error)(scope, receive, send)
+            await error_response(error, scope["path"])(scope, receive, send)
             return
         scope.setdefault("state", {})["tenant"] = tenant
         await self.app(scope, receive, send)

@@ -120,7 +120,7 @@ class PreparedChat:
         return self.reasoning.output_format if self.reasoning else "none"
 
 
-def _tool_plan(request: ChatCompletionRequest) -> ToolPlan:
+def tool_plan(request: ChatCompletionRequest) -> ToolPlan:
     dump = lambda items: [item.model_dump(by_alias=True, exclude_none=True) for item in items or []]  # noqa: E731
     choice = request.tool_choice.model_dump() if hasattr(request.tool_choice, "model_dump") else request.tool_choice
     legacy_choice = (
@@ -181,7 +181,7 @@ def render_for_cache(
     request: ChatCompletionRequest, renderer: ChatPromptRenderer, defaults: GenerationDefaults = NO_DEFAULTS
 ) -> tuple[str, str]:
     """(the prompt a chat request with these messages and tools evaluates, the same without generation prompt)."""
-    plan = _tool_plan(request)
+    plan = tool_plan(request)
     variables = template_variables(reasoning_request(request), defaults, renderer)
     return (_render_prompt(request, renderer, plan, variables=variables),
             _render_prompt(request, renderer, plan, add_generation_prompt=False, variables=variables))
@@ -196,7 +196,7 @@ def prepare_chat(
 ) -> PreparedChat:
     """One engine request per choice (`n`), all sharing the rendered prompt and output constraint."""
     _refuse_unsupported(request, capabilities)
-    plan = _tool_plan(request)
+    plan = tool_plan(request)
     call_format = renderer.tool_call_format
     grammar = _output_grammar(request, plan, call_format)
     wanted = reasoning_request(request)

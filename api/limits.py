@@ -25,7 +25,7 @@ class BodyLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(self._too_large())(scope, receive, send)
+            await error_response(self._too_large(), scope["path"])(scope, receive, send)
             return
         # Read the whole body first (API bodies are small), so a refusal is a clean response before any parsing.
         chunks: list[bytes] = []
@@ -35,14 +35,14 @@ class BodyLimitMiddleware:
                 message = await asyncio.wait_for(receive(), self.timeout)
             except asyncio.TimeoutError:
                 error = RequestTimeout(f"The request body did not arrive within {self.timeout:g} s.")
-                await error_response(error)(scope, receive, send)
+                await error_response(error, scope["path"])(scope, receive, send)
                 return
             if message["type"] == "http.disconnect":
                 return
             chunks.append(message.get("body", b""))
             received += len(chunks[-1])
             if received > self.max_bytes:
-                await error_response(self._too_large())(scope, receive, send)
+                await error_response(self._too_large(), scope["path"])(scope, receive, send)
                 return
             if not message.get("more_body", False):
                 break

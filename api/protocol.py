@@ -6,6 +6,7 @@ send `store`, `metadata`, ...): they are kept in `model_extra` and logged at deb
 
 from __future__ import annotations
 
+import datetime
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -322,15 +323,35 @@ class ChatCompletionChunk(WireModel):
 
 
 class ModelCard(WireModel):
+    """One card both SDKs read: OpenAI's fields, and Anthropic's (`type`, `display_name`, `created_at`)."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "local"
+    type: Literal["model"] = "model"
+    display_name: str = ""
+    created_at: str = ""  # RFC 3339
+
+    def model_post_init(self, _context) -> None:
+        self.display_name = self.display_name or self.id
+        if not self.created_at:
+            stamp = datetime.datetime.fromtimestamp(self.created, datetime.UTC)
+            self.created_at = stamp.isoformat().replace("+00:00", "Z")
 
 
 class ModelList(WireModel):
+    """OpenAI's list, with Anthropic's paging fields (one page: everything)."""
+
     object: Literal["list"] = "list"
     data: list[ModelCard]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
+
+    def model_post_init(self, _context) -> None:
+        if self.data:
+            self.first_id, self.last_id = self.data[0].id, self.data[-1].id
 
 
 # https://platform.openai.com/docs/guides/error-codes

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -25,7 +26,7 @@ from api.keys import Tenant
 from api.observability import note_model, note_upstream_error, observe
 from api.quotas import Ticket
 from api.sse import event_stream, sse_bytes, sse_event
-from backends.base import GenerationChunk, GenerationFinished, GenerationRequest, RelayedStream
+from backends.base import GenerationChunk, GenerationFinished, GenerationRequest, RelayedStream, RelayedWhole
 from backends.registry import LoadedModel, ModelRegistry
 from errors import EngineFailure, ServerError, UpstreamError
 from settings import Settings
@@ -95,17 +96,33 @@ def requested_tokens(body: dict, default_max_tokens: int) -> int:
     return max(1, n) * (max_tokens if isinstance(max_tokens, int) else default_max_tokens)
 
 
+class RelayReader(Protocol):
+    """Reads a relayed answer back as engine chunks for `writer` (an endpoint whose API the upstream lacks)."""
+
+    writer: AnswerWriter
+    stream: bool
+
+    def chunks(self, answer: RelayedWhole | RelayedStream) -> ChoiceChunks: ...
+
+
 async def serve(
     request: Request, registry: ModelRegistry, model_name: str | None, *, tenant: Tenant, request_tokens: int,
     start_local: LocalStart, relay_path: str, relay_body: Callable[[], dict],
+    relay_answer: Callable[[LoadedModel], RelayReader] | None = None,
 ) -> Response:
+    """`relay_answer`: the upstream's answer is read back and written by this endpoint's writer (Messages over
+    an upstream's chat completions) instead of being passed through as it came."""
     ticket = request.app.state.quotas.admit(tenant, request_tokens)  # 429 before any work
     resources = AsyncExitStack()  # holds the model lease and the quota ticket
     resources.callback(ticket.release)
     handed_to_stream = False
     try:
         model = await resources.enter_async_context(registry.lease(model_name, tenant.may_use))
-        if model.engine.relays_requests:
+        if model.engine.relays_requests and relay_answer is not None:
+            note_model(model.model_id, model.engine.engine_kind)
+            response = await _relay_through_writer(model, relay_path, relay_body(), relay_answer(model), request,
+                                                   resources, ticket)
+        elif model.engine.relays_requests:
             note_model(model.model_id, model.engine.engine_kind)
             response = await _relay(model, relay_path, relay_body(), request, ticket, resources)
         else:
@@ -179,14 +196,28 @@ async def _local_events(run: LocalRun, first: tuple[int, GenerationChunk], resou
         await resources.aclose()
 
 
-async def _relay(model: LoadedModel, path: str, body: dict, request: Request, ticket: Ticket,
-                 resources: AsyncExitStack) -> Response:
+async def _upstream_answer(model: LoadedModel, path: str, body: dict,
+                           request: Request) -> RelayedWhole | RelayedStream | None:
     try:
-        answer = await model.engine.relay(path, body, lambda: wait_for_disconnect(request.receive))
+        return await model.engine.relay(path, body, lambda: wait_for_disconnect(request.receive))
     except UpstreamError as exc:
         if exc.status_code >= 500:
             note_upstream_error(exc.upstream, exc.code)
         raise
+
+
+async def _relay_through_writer(model: LoadedModel, path: str, body: dict, reader: RelayReader, request: Request,
+                                resources: AsyncExitStack, ticket: Ticket) -> Response:
+    answer = await _upstream_answer(model, path, body, request)
+    if answer is None:
+        return Response(status_code=499)
+    return await _run_locally(LocalRun(reader.writer, reader.chunks(answer), reader.stream), request, resources,
+                              ticket)
+
+
+async def _relay(model: LoadedModel, path: str, body: dict, request: Request, ticket: Ticket,
+                 resources: AsyncExitStack) -> Response:
+    answer = await _upstream_answer(model, path, body, request)
     if answer is None:
         return Response(status_code=499)  # the client left; the upstream request was dropped
     if isinstance(answer, RelayedStream):

@@ -95,6 +95,7 @@ class Usage:
 class GenerationFinished:
     finish_reason: FinishReason
     usage: Usage
+    stop_sequence: str | None = None  # the stop string that ended the answer, if one did
 
 
 GenerationChunk = TokenDelta | GenerationFinished

@@ -31,6 +31,7 @@ class StopStringFilter:
         self._stops = tuple(s for s in stop_strings if s)
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def push(self, text: str) -> str:
         """Return the text that is safe to emit now. After a stop string is found, returns '' forever."""
@@ -43,6 +44,7 @@ class StopStringFilter:
         if cut is not None:
             self.stopped = True
             self._held = ""
+            self.matched = min(self._stops, key=lambda s: (i if (i := buffer.find(s)) >= 0 else len(buffer) + 1))
             return buffer[:cut]
         keep = self._longest_partial_suffix(buffer)
         self._held = buffer[len(buffer) - keep :]

@@ -199,7 +199,7 @@ class BatchScheduler:
             row.job.emit(TokenDelta(text=text, logprobs=tuple(row.pending_logprobs)))
         usage = Usage(prompt_tokens=len(row.job.prompt_ids), completion_tokens=row.completion_tokens,
                       reasoning_tokens=row.reasoning.tokens)
-        row.job.emit(GenerationFinished(finish_reason=reason, usage=usage))
+        row.job.emit(GenerationFinished(finish_reason=reason, usage=usage, stop_sequence=row.stop_filter.matched))
         row.done = True
 
     def _token_bytes(self, token: int) -> bytes:

@@ -327,7 +327,7 @@ class Scheduler:
             reasoning_tokens=steering.reasoning.tokens,
         )
         self._save_to_disk_cache(slot)
-        job.emit(GenerationFinished(finish_reason=reason, usage=usage))
+        job.emit(GenerationFinished(finish_reason=reason, usage=usage, stop_sequence=slot.stop_filter.matched))
         self._release(slot)
 
     def _save_to_disk_cache(self, slot: Slot) -> None:

@@ -1,0 +1,60 @@
+"""Anthropic's Messages API (`/v1/messages`, bare `/messages`; `?beta=true` as Claude Code calls it) and
+`count_tokens`, on every engine through the one serving path: a Messages request is translated to the equivalent
+chat request (api/messages_request.py) and its answer written as Messages events (api/messages_output.py)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from api.chat_handler import client_body
+from api.chat_request import prepare_chat, tool_plan
+from api.deps import RegistryDep, TenantDep
+from api.messages_output import MessagesWriter
+from api.messages_protocol import CountTokensRequest, CountTokensResponse, Message, MessagesRequest
+from api.messages_relay import relayed_messages
+from api.messages_request import count_request, messages_param_names, to_chat_request
+from api.reasoning_plan import server_reasoning
+from api.serving import LocalRun, generation_chunks, requested_tokens, serve
+from backends.registry import LoadedModel
+
+router = APIRouter(tags=["messages"])
+
+
+@router.post("/v1/messages")
+@router.post("/messages", include_in_schema=False)
+async def create_message(body: MessagesRequest, request: Request, registry: RegistryDep, tenant: TenantDep) -> Response:
+    settings = request.app.state.settings
+    with messages_param_names():
+        chat = to_chat_request(body)
+
+    async def start_local(model: LoadedModel) -> LocalRun:
+        with messages_param_names():
+            prepared = prepare_chat(chat, model.renderer, model.engine.capabilities,
+                                    registry.generation_defaults(model.model_id), server_reasoning(settings))
+        message = Message(model=model.model_id)
+        message.usage.input_tokens = model.engine.count_tokens(prepared.requests[0].prompt)  # for message_start
+        writer = MessagesWriter(message, prepared.output())
+        return LocalRun(writer, generation_chunks(model, prepared.requests, settings, tenant), bool(body.stream))
+
+    sent = client_body(chat)
+    return await serve(request, registry, body.model, tenant=tenant,
+                       request_tokens=requested_tokens(sent, settings.default_max_tokens), start_local=start_local,
+                       relay_path="chat/completions", relay_body=lambda: sent,
+                       relay_answer=lambda model: relayed_messages(Message(model=model.model_id), bool(body.stream),
+                                                                   tool_plan(chat)))
+
+
+@router.post("/v1/messages/count_tokens", response_model=CountTokensResponse)
+@router.post("/messages/count_tokens", response_model=CountTokensResponse, include_in_schema=False)
+async def count_tokens(body: CountTokensRequest, request: Request, registry: RegistryDep,
+                       tenant: TenantDep) -> CountTokensResponse:
+    """The prompt tokens a Messages request with these messages, system, tools and thinking settings uses."""
+    settings = request.app.state.settings
+    with messages_param_names():
+        chat = count_request(body)
+    async with registry.lease(body.model, tenant.may_use) as model:
+        with messages_param_names():
+            prepared = prepare_chat(chat, model.renderer, model.engine.capabilities,
+                                    registry.generation_defaults(model.model_id), server_reasoning(settings))
+        return CountTokensResponse(input_tokens=model.engine.count_tokens(prepared.requests[0].prompt))
