@@ -203,3 +203,25 @@ def test_the_terminal_chat_shows_thinking_and_can_hide_it(server, tmp_path):
         session.expect("reasoning hidden")
     finally:
         session.close()
+
+
+def test_anthropic_thinking_blocks_streamed_and_whole(server):
+    """Messages `thinking: enabled` with budget_tokens maps to the reasoning budget: a thinking block (with a
+    signature), then the answer; the stream's thinking_delta / signature_delta build the same message."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=server.base_url, api_key="unused", max_retries=0)
+    kwargs = dict(model="thinker", max_tokens=60, messages=ASK, thinking={"type": "enabled", "budget_tokens": 12},
+                  extra_body={"temperature": 0})
+    client.messages.create(**kwargs)  # warm the prefix
+    whole = client.messages.create(**kwargs)
+    thinking, text = whole.content[0], whole.content[1]
+    assert thinking.type == "thinking" and thinking.thinking and thinking.signature and text.type == "text"
+    with client.messages.stream(**kwargs) as stream:
+        deltas = [event.delta for event in stream if event.type == "content_block_delta"]
+        final = stream.get_final_message()
+    assert "".join(d.thinking for d in deltas if d.type == "thinking_delta") == thinking.thinking
+    assert [d.type for d in deltas].count("signature_delta") == 1
+    assert final.content[0].thinking == thinking.thinking and final.content[1].text == text.text
+    off = client.messages.create(**{**kwargs, "thinking": {"type": "disabled"}})
+    assert [block.type for block in off.content] == ["text"]

@@ -210,3 +210,26 @@ def test_completions_and_embeddings_pass_through(proxy):
     assert local.status_code == 200 and local.json()["model"] == "local-gemma"  # served here, not relayed
     local = post(proxy, {"model": "local-gemma", "input": "Hi"}, "/v1/embeddings")
     assert local.status_code == 501 and local.json()["error"]["code"] == "not_implemented"  # a GGUF chat model
+
+
+def test_anthropic_messages_reach_an_openai_upstream_through_the_chat_path(server, proxy):
+    """The upstream (our session server, here only OpenAI-compatible as far as the proxy knows) gets a chat
+    completion; the client gets Messages, text and tool_use alike, whole and streamed."""
+    import anthropic
+
+    direct = client_for(f"{server.base_url}/v1").chat.completions.create(
+        model="gemma-3-270m-q4_k_m.gguf", messages=ASK, max_tokens=12, temperature=0)
+    client = anthropic.Anthropic(base_url=proxy.base_url, api_key="client-key", max_retries=0)
+    kwargs = dict(model=OURS, max_tokens=12, messages=ASK, extra_body={"temperature": 0})
+    message = client.messages.create(**kwargs)
+    assert message.model == OURS and message.content[0].text == direct.choices[0].message.content
+    assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 12
+    with client.messages.stream(**kwargs) as stream:
+        assert "".join(stream.text_stream) == message.content[0].text
+        assert stream.get_final_message().usage.output_tokens == 12
+    tool = {"name": "get_weather", "input_schema": WEATHER}
+    called = client.messages.create(model=OURS, max_tokens=80, messages=ASK, tools=[tool], extra_body={"temperature": 0},
+                                    tool_choice={"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True})
+    [use] = called.content
+    assert use.type == "tool_use" and called.stop_reason == "tool_use"
+    jsonschema.validate(use.input, WEATHER)

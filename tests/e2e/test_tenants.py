@@ -196,3 +196,24 @@ def test_without_an_admin_key_operator_endpoints_are_off(tmp_path):
         assert answer.status_code == 403 and "no admin key is configured" in answer.json()["error"]["message"]
         assert as_key(only_users, "sk-only-user", "GET", "/v1/models").status_code == 200
         assert "No admin key: operator endpoints (/admin/*, /setModel) are off." in only_users.log_path.read_text()
+
+
+def test_anthropic_clients_authenticate_with_x_api_key_and_get_anthropic_errors(server):
+    """The anthropic SDK sends its key as `x-api-key`; refusals arrive as its own exception classes."""
+    import anthropic
+
+    alice = anthropic.Anthropic(base_url=server.base_url, api_key="sk-alice", max_retries=0)
+    assert alice.messages.create(model=SMOLLM2_FILE, max_tokens=2, messages=ASK).content
+    assert [model.id for model in alice.models.list()] == [SMOLLM2_FILE]
+    with pytest.raises(anthropic.NotFoundError):  # a model this key may not use does not exist for it
+        alice.messages.create(model=GEMMA_FILE, max_tokens=2, messages=ASK)
+    with pytest.raises(anthropic.AuthenticationError) as refused:
+        anthropic.Anthropic(base_url=server.base_url, api_key="sk-wrong", max_retries=0).messages.create(
+            model=SMOLLM2_FILE, max_tokens=2, messages=ASK)
+    assert refused.value.body["error"]["type"] == "authentication_error"
+    limited = anthropic.Anthropic(base_url=server.base_url, api_key="sk-limited", max_retries=0)
+    time.sleep(WINDOW)  # a fresh window for this key
+    with pytest.raises(anthropic.RateLimitError) as limited_out:
+        for _ in range(3):
+            limited.messages.create(model=SMOLLM2_FILE, max_tokens=2, messages=ASK)
+    assert limited_out.value.body["error"]["type"] == "rate_limit_error"
