@@ -95,10 +95,11 @@ def sampling_params(
     return SamplingParams(**chosen, seed=seed, logit_bias=_logit_bias(request))
 
 
-def stop_strings(request: ChatCompletionRequest) -> tuple[str, ...]:
-    if request.stop is None:
-        return ()
-    return (request.stop,) if isinstance(request.stop, str) else tuple(request.stop)
+def stop_strings(request: ChatCompletionRequest, defaults: GenerationDefaults = NO_DEFAULTS) -> tuple[str, ...]:
+    """The request's stop strings, and the model's own (`defaults.stop` in models.yaml, as Ollama's PARAMETER
+    stop): both apply."""
+    asked = () if request.stop is None else (request.stop,) if isinstance(request.stop, str) else tuple(request.stop)
+    return tuple(dict.fromkeys(asked + tuple(defaults.stop or ())))
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def _output_grammar(request: ChatCompletionRequest, plan: ToolPlan, call_format:
     schema = response_format.json_schema.schema_ if response_format.json_schema else None
     if not schema:
         raise InvalidRequest("response_format json_schema needs a 'schema'.", param="response_format.json_schema")
-    return json_schema_grammar(schema, "response_format.json_schema.schema")
+    strict = bool(response_format.json_schema and response_format.json_schema.strict)
+    return json_schema_grammar(schema, "response_format.json_schema.schema", strict)
 
 
 def reasoning_request(request: ChatCompletionRequest) -> ReasoningRequest:
@@ -211,7 +213,7 @@ def prepare_chat(
             prompt=prompt,
             sampling=sampling_params(request, index, defaults),
             max_tokens=max_tokens,
-            stop=stop_strings(request),
+            stop=stop_strings(request, defaults),
             top_logprobs=top_logprobs,
             grammar=reasoning.grammar(grammar) if reasoning else grammar,
             preserved_tokens=preserved + (reasoning.preserved_tokens if reasoning else ()),

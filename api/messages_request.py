@@ -1,11 +1,12 @@
 """An Anthropic Messages request -> the equivalent chat completion request, so it runs through the same
 templates, grammars, prompt cache and scheduler as chat (and reaches remote upstreams through the chat path).
 
-System entries inside `messages` (Claude Code sends hook output that way) are kept where they are: their text
-joins the nearest user turn (the one before it, else the one after). Templates only take a system message
-first, so this is the place that keeps every word, keeps the conversation's order, and leaves earlier turns
-unchanged, so the prompt cache still holds the conversation's prefix. System entries before any turn join the
-system prompt.
+System entries inside `messages` (Claude Code sends its environment and hook output that way) are kept where
+they are: their text joins the nearest user turn (the one just before it, else the next one), ahead of the
+user's own words, so the model reads the context and then what it is asked. Templates only take a system
+message first, so this keeps every word, keeps the conversation's order, leaves earlier turns unchanged (the
+prompt cache still holds the conversation's prefix) and never makes two user turns in a row. System entries
+before any turn join the system prompt.
 """
 
 from __future__ import annotations
@@ -115,8 +116,8 @@ def chat_messages(body: MessagesRequest | CountTokensRequest) -> list[dict]:
             text = _text_of(message.get("content") or "", f"{param}.content")
             if not messages:
                 top_system.append(text)
-            elif messages[-1]["role"] == "user":
-                messages[-1]["content"] = f"{messages[-1]['content']}\n\n{text}"
+            elif messages[-1]["role"] == "user":  # context for that turn: before the user's own words
+                messages[-1]["content"] = f"{text}\n\n{messages[-1]['content']}"
             else:
                 pending.append(text)
         elif role == "user":

@@ -4,11 +4,14 @@ chat request (api/messages_request.py) and its answer written as Messages events
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from api.chat_handler import client_body
-from api.chat_request import prepare_chat, tool_plan
+from api.chat_request import check_request_limits, prepare_chat, tool_plan
 from api.deps import RegistryDep, TenantDep
 from api.messages_output import MessagesWriter
 from api.messages_protocol import CountTokensRequest, CountTokensResponse, Message, MessagesRequest
@@ -18,6 +21,7 @@ from api.reasoning_plan import server_reasoning
 from api.serving import LocalRun, generation_chunks, requested_tokens, serve
 from backends.registry import LoadedModel
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["messages"])
 
 
@@ -25,17 +29,23 @@ router = APIRouter(tags=["messages"])
 @router.post("/messages", include_in_schema=False)
 async def create_message(body: MessagesRequest, request: Request, registry: RegistryDep, tenant: TenantDep) -> Response:
     settings = request.app.state.settings
+    limit = settings.max_tokens_limit
+    if limit and body.max_tokens > limit:  # Anthropic clients hardcode large max_tokens: cut, as to the context
+        logger.info("max_tokens %d cut to the server's --max-tokens-limit %d", body.max_tokens, limit)
+        body.max_tokens = limit
     with messages_param_names():
         chat = to_chat_request(body)
+        check_request_limits(chat, limit, settings.max_messages)
 
     async def start_local(model: LoadedModel) -> LocalRun:
         with messages_param_names():
             prepared = prepare_chat(chat, model.renderer, model.engine.capabilities,
                                     registry.generation_defaults(model.model_id), server_reasoning(settings))
+        requests = [replace(r, clamp_to_context=True) for r in prepared.requests]
         message = Message(model=model.model_id)
-        message.usage.input_tokens = model.engine.count_tokens(prepared.requests[0].prompt)  # for message_start
+        message.usage.input_tokens = model.engine.count_tokens(requests[0].prompt)  # for message_start
         writer = MessagesWriter(message, prepared.output())
-        return LocalRun(writer, generation_chunks(model, prepared.requests, settings, tenant), bool(body.stream))
+        return LocalRun(writer, generation_chunks(model, requests, settings, tenant), bool(body.stream))
 
     sent = client_body(chat)
     return await serve(request, registry, body.model, tenant=tenant,

@@ -58,6 +58,9 @@ class GenerationRequest:
     preserved_tokens: tuple[str, ...] = ()
     tenant: str = ""  # who asked (an API key's label): engines' queues take turns between tenants
     reasoning: ReasoningControl | None = None  # a thinking model's block, to count, budget and close
+    # max_tokens beyond the free context is cut to it instead of refused (Anthropic clients such as Claude Code
+    # always ask for 32000; a local model's context rarely leaves that much)
+    clamp_to_context: bool = False
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class GenerationDefaults(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     reasoning_budget: int | None = Field(None, ge=-1)  # thinking tokens before the block is closed; -1 unlimited
     chat_template_kwargs: dict[str, Any] | None = None  # template variables, e.g. {"enable_thinking": false}
+    stop: list[str] | None = Field(None, max_length=16)  # stop strings added to every request's own
 
 
 class EngineOverrides(BaseModel):

@@ -25,6 +25,8 @@ def completion_budget(request: GenerationRequest, n_prompt: int, context_length:
         )
     if request.max_tokens is None:
         return min(default_max_tokens, room)
+    if request.max_tokens > room and request.clamp_to_context:
+        return room
     if request.max_tokens > room:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {context_length} tokens. However, you requested "

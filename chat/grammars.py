@@ -1,7 +1,8 @@
 """GBNF grammars that make model output valid by construction: tool calls and JSON-schema answers.
 
 Schemas become GBNF through llama-cpp-python's `llama_grammar.SchemaConverter` (a port of llama.cpp's own
-converter). Schema features it cannot enforce are refused with a 400 naming them, never silently ignored.
+converter). Schema features it cannot enforce: see chat/schema_support.py (a 400 for strict schemas, left out
+with a logged warning otherwise).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chat.schema_refs import embeddable, self_contained
+from chat.schema_support import enforceable, map_values
 from chat.tool_formats import ToolCallFormat
 from chat.tools import ToolPlan
 from errors import InvalidRequest
@@ -32,6 +34,15 @@ class GrammarSpec:
     # models otherwise repeat the call they just made until the call limit.
     end_bonus: float = 0.0
 
+    def __post_init__(self) -> None:
+        # llama.cpp's grammar engine recurses over rules: a huge grammar can crash the whole process.
+        if len(self.gbnf) > MAX_GRAMMAR_BYTES:
+            raise InvalidRequest(f"The grammar is too large ({len(self.gbnf)} characters; at most "
+                                 f"{MAX_GRAMMAR_BYTES}): simplify the schema or grammar.", param="grammar")
+
+
+MAX_GRAMMAR_BYTES = 256 * 1024
+
 
 MAX_PARALLEL_CALLS = 4  # bounds a model that would otherwise emit calls until max_tokens
 # With parallel calls allowed by default, another call must beat ending the answer by this many logits: small
@@ -39,78 +50,11 @@ MAX_PARALLEL_CALLS = 4  # bounds a model that would otherwise emit calls until m
 # 4 calls, 1-2 distinct; with 3.0: 1 call, except gemma's Paris-and-London, 2 distinct).
 NEXT_CALL_THRESHOLD = 3.0
 
-# JSON-schema keywords the converter does not enforce (it would ignore them and produce unconstrained output).
-_UNSUPPORTED_KEYWORDS = {
-    "not", "if", "then", "else", "dependentSchemas", "dependentRequired", "patternProperties", "propertyNames",
-    "unevaluatedProperties", "unevaluatedItems", "contains", "minContains", "maxContains", "uniqueItems",
-    "multipleOf", "exclusiveMinimum", "exclusiveMaximum", "minProperties", "maxProperties",
-}
-
-
-# Keywords whose value maps names to subschemas: those names are data (a property may be called "not" or
-# "minimum"), so the walkers below descend into their values without reading the names as keywords.
-_SCHEMA_MAPS = ("properties", "$defs", "definitions")
-
-
-def _map_values(key: str, value: Any, transform) -> Any:
-    """`transform` applied to a keyword's value; for a map of named subschemas, to each subschema."""
-    if key in _SCHEMA_MAPS and isinstance(value, dict):
-        return {name: transform(sub) for name, sub in value.items()}
-    return transform(value)
-
-
-def _check_supported(schema: Any, param: str, path: str = "$") -> None:
-    if isinstance(schema, dict):
-        for key, value in schema.items():
-            if key in _SCHEMA_MAPS and isinstance(value, dict):
-                for name, sub in value.items():
-                    _check_supported(sub, param, f"{path}.{key}.{name}")
-                continue
-            if key in _UNSUPPORTED_KEYWORDS:
-                raise InvalidRequest(
-                    f"JSON schema feature '{key}' (at {path}) cannot be enforced by this server's grammar engine.",
-                    param=param,
-                )
-            if key in ("$ref",) and isinstance(value, str) and not value.startswith("#"):
-                raise InvalidRequest(f"Remote schema references are not supported ('{value}').", param=param)
-            if key not in ("enum", "const", "default", "examples"):
-                _check_supported(value, param, f"{path}.{key}")
-    elif isinstance(schema, list):
-        for index, item in enumerate(schema):
-            _check_supported(item, param, f"{path}[{index}]")
-
-
-MAX_ENUMERATED_RANGE = 1000
-
-
-def _bounded_numbers(schema: Any, param: str) -> Any:
-    """The converter ignores `minimum`/`maximum`. A bounded integer range becomes an `enum` of its values, which
-    it does enforce; any other bound is refused rather than silently dropped."""
-    if isinstance(schema, list):
-        return [_bounded_numbers(item, param) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    schema = {key: value if key in ("enum", "const") else _map_values(key, value, lambda v: _bounded_numbers(v, param))
-              for key, value in schema.items()}
-    if "minimum" not in schema and "maximum" not in schema:
-        return schema
-    low, high = schema.get("minimum"), schema.get("maximum")
-    is_integer = schema.get("type") == "integer"
-    if not (is_integer and isinstance(low, int) and isinstance(high, int) and 0 <= high - low < MAX_ENUMERATED_RANGE):
-        raise InvalidRequest(
-            "JSON schema feature 'minimum'/'maximum' can only be enforced on integers with both bounds at most "
-            f"{MAX_ENUMERATED_RANGE} apart.",
-            param=param,
-        )
-    rest = {key: value for key, value in schema.items() if key not in ("minimum", "maximum", "type")}
-    return {**rest, "enum": list(range(low, high + 1))}
-
-
 def _closed_objects(schema: Any) -> Any:
     """Objects that list their properties and say nothing of others get `additionalProperties: false`, so
     a small model spends its tokens on the declared fields (the output still validates against the original)."""
     if isinstance(schema, dict):
-        schema = {key: _map_values(key, value, _closed_objects) for key, value in schema.items()}
+        schema = {key: map_values(key, value, _closed_objects) for key, value in schema.items()}
         if "properties" in schema and "additionalProperties" not in schema:
             schema["additionalProperties"] = False
         return schema
@@ -134,11 +78,10 @@ def _compact_whitespace(gbnf: str) -> str:
 
 
 def _convert(schema: dict, rule_name: str, param: str) -> SchemaConverter:
-    _check_supported(schema, param)
+    """`schema` must already be `enforceable` (chat/schema_support.py)."""
     converter = _converter()
     try:
-        enforceable = _bounded_numbers(_closed_objects(copy.deepcopy(schema)), param)
-        resolved = converter.resolve_refs(enforceable, "request")
+        resolved = converter.resolve_refs(_closed_objects(copy.deepcopy(schema)), "request")
         converter.visit(resolved, rule_name)
     except InvalidRequest:
         raise
@@ -147,8 +90,9 @@ def _convert(schema: dict, rule_name: str, param: str) -> SchemaConverter:
     return converter
 
 
-def json_schema_grammar(schema: dict, param: str = "response_format") -> GrammarSpec:
-    return GrammarSpec(_compact_whitespace(_convert(self_contained(schema), "", param).format_grammar()))
+def json_schema_grammar(schema: dict, param: str = "response_format", strict: bool = False) -> GrammarSpec:
+    schema = self_contained(enforceable(schema, param, strict))
+    return GrammarSpec(_compact_whitespace(_convert(schema, "", param).format_grammar()))
 
 
 JSON_OBJECT_SCHEMA = {"type": "object"}
@@ -159,7 +103,7 @@ def tool_call_schema(plan: ToolPlan, arguments_key: str = "arguments") -> dict:
     definitions (`$defs`) move to the wrapper's root under the tool's name, so its references still resolve."""
     options, definitions = [], {}
     for tool in plan.tools:
-        parameters, tool_definitions = embeddable(tool.parameters, tool.name)
+        parameters, tool_definitions = embeddable(enforceable(tool.parameters, "tools", tool.strict), tool.name)
         definitions.update(tool_definitions)
         options.append({
             "type": "object",

@@ -22,6 +22,7 @@ class ToolSpec:
     name: str
     description: str
     parameters: dict[str, Any]
+    strict: bool = False  # the client asked that every keyword of `parameters` hold (else a 400)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ def _tool_spec(function: dict[str, Any], param: str) -> ToolSpec:
         raise InvalidRequest(f"Invalid JSON schema for tool '{function['name']}': {exc.message}", param=param) from None
     if parameters.get("type", "object") != "object":
         raise InvalidRequest(f"Tool '{function['name']}' parameters must be a JSON object schema.", param=param)
-    return ToolSpec(name=function["name"], description=function.get("description") or "", parameters=parameters)
+    return ToolSpec(name=function["name"], description=function.get("description") or "", parameters=parameters,
+                    strict=function.get("strict") is True)
 
 
 def _choice_mode(choice: Any, names: list[str], param: str) -> tuple[ToolMode, str | None]:

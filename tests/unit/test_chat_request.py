@@ -98,8 +98,8 @@ def test_logprobs_without_top_logprobs_asks_for_the_chosen_token_only():
     ({"grammar": "root ::= \"x\"", "response_format": {"type": "json_object"}}, GENERATIVE_CAPABILITIES, "response_format"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, GENERATIVE_CAPABILITIES,
      "response_format.json_schema"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "string", "not": {}}}}}, GENERATIVE_CAPABILITIES,
-     "response_format.json_schema.schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "string", "not": {}}, "strict": True}}},
+     GENERATIVE_CAPABILITIES, "response_format.json_schema.schema"),
 ])
 def test_unsupported_or_conflicting_fields_are_refused_naming_the_param(fields, capabilities, param):
     assert refusal(chat(**fields), capabilities).param == param

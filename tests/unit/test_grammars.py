@@ -47,17 +47,32 @@ def test_objects_with_properties_are_closed_unless_they_say_otherwise():
     ("multipleOf", {"type": "integer", "multipleOf": 2}),
     ("if", {"type": "string", "if": {"minLength": 1}, "then": {"maxLength": 2}}),
 ])
-def test_unsupported_keywords_are_refused_by_name(keyword, schema):
+def test_unsupported_keywords_of_a_strict_schema_are_refused_by_name(keyword, schema):
     with pytest.raises(InvalidRequest) as caught:
-        json_schema_grammar(schema, "response_format.json_schema.schema")
+        json_schema_grammar(schema, "response_format.json_schema.schema", strict=True)
     assert caught.value.message.startswith(f"JSON schema feature '{keyword}' (at $)")
     assert caught.value.param == "response_format.json_schema.schema"
 
 
-def test_a_nested_unsupported_keyword_is_reported_with_its_path():
+def test_a_nested_unsupported_keyword_of_a_strict_schema_is_reported_with_its_path():
     schema = {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}
     with pytest.raises(InvalidRequest, match=r"'uniqueItems' \(at \$\.properties\.tags\)"):
-        json_schema_grammar(schema)
+        json_schema_grammar(schema, strict=True)
+
+
+def test_a_non_strict_schema_keeps_what_can_be_enforced_and_logs_the_rest(caplog):
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"},
+                                                        "uniqueItems": True},
+                                               "limit": {"type": "number", "exclusiveMinimum": 0}},
+              "required": ["tags"]}
+    grammar = json_schema_grammar(schema)
+    assert "tags-kv" in rules(grammar.gbnf)["root"]
+    assert "uniqueItems at $.properties.tags" in caplog.text and "exclusiveMinimum at $.properties.limit" in caplog.text
+
+
+def test_exclusive_integer_bounds_become_inclusive_ones():
+    gbnf = json_schema_grammar({"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 4}, strict=True).gbnf
+    assert rules(gbnf)["root"] == '"1" | "2" | "3"'
 
 
 def test_keywords_inside_enum_and_const_values_are_data_not_schema():
@@ -97,9 +112,9 @@ def test_a_small_integer_range_becomes_an_enumeration():
     {"type": "integer", "minimum": 0},
     {"type": "integer", "minimum": 0, "maximum": 5000},
 ])
-def test_other_numeric_bounds_are_refused(schema):
-    with pytest.raises(InvalidRequest, match="'minimum'/'maximum'"):
-        json_schema_grammar(schema)
+def test_other_numeric_bounds_of_a_strict_schema_are_refused(schema):
+    with pytest.raises(InvalidRequest, match="only integers with both bounds"):
+        json_schema_grammar(schema, strict=True)
 
 
 def test_tool_call_schema_is_one_object_per_tool():
