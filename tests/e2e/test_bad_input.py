@@ -44,9 +44,9 @@ BAD_BODIES = {
         400,
         "tools[0].function.name",
     ),
-    "unsupported schema feature": (
+    "unsupported feature of a strict schema": (
         {"model": MODEL, "messages": USER, "response_format": {"type": "json_schema", "json_schema": {
-            "name": "x", "schema": {"type": "object", "properties": {"a": {"not": {"type": "string"}}}}}}},
+            "name": "x", "strict": True, "schema": {"type": "object", "properties": {"a": {"not": {"type": "string"}}}}}}},
         400,
         "response_format.json_schema.schema",
     ),
