@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from api.messages_protocol import CountTokensRequest, MessagesRequest
+from api.param_names import spelled_as_sent
 from api.protocol import ChatCompletionRequest
 from errors import InvalidRequest
 
@@ -225,14 +224,6 @@ _PARAM_NAMES = [
 ]
 
 
-@contextmanager
-def messages_param_names() -> Iterator[None]:
+def messages_param_names():
     """Errors from the shared chat path name the field as the Messages client spelled it."""
-    try:
-        yield
-    except InvalidRequest as exc:
-        for pattern, replacement in _PARAM_NAMES:
-            if exc.param and pattern.search(exc.param):
-                exc.param = pattern.sub(replacement, exc.param)
-                break
-        raise
+    return spelled_as_sent(_PARAM_NAMES)

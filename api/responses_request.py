@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
+from api.param_names import spelled_as_sent
 from api.protocol import ChatCompletionRequest
 from api.responses_protocol import ResponsesRequest
 from errors import InvalidRequest
@@ -204,14 +203,6 @@ _PARAM_NAMES = [
 ]
 
 
-@contextmanager
-def responses_param_names() -> Iterator[None]:
+def responses_param_names():
     """Errors from the shared chat path name the Responses field the client sent, not its chat twin."""
-    try:
-        yield
-    except InvalidRequest as exc:
-        for pattern, replacement in _PARAM_NAMES:
-            if exc.param and pattern.search(exc.param):
-                exc.param = pattern.sub(replacement, exc.param)
-                break
-        raise
+    return spelled_as_sent(_PARAM_NAMES)
