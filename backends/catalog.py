@@ -14,6 +14,7 @@ skipped); paths in the models file are the operator's own choice and may point a
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 from pathlib import Path
@@ -202,6 +203,11 @@ def _read_models_file(models_file: Path, models_dir: Path) -> list[ModelEntry]:
     return entries
 
 
+def is_pattern(name: str) -> bool:
+    """An alias with glob characters maps every matching name (tools that hard-code `gpt-4o` and the like)."""
+    return any(char in name for char in "*?[")
+
+
 class Catalog:
     """A snapshot of the catalog; `build` makes a fresh one (cheap: directory listings and one small file)."""
 
@@ -210,11 +216,15 @@ class Catalog:
         for entry in entries:  # later sources win on the same id
             self.entries[entry.id] = entry
         self._by_name: dict[str, str] = {}
+        self._patterns: list[tuple[str, str]] = []  # (glob alias, id), in catalog order
         for entry in self.entries.values():  # ids first, so an alias never shadows another model's id
             self._by_name.setdefault(entry.id, entry.id)
         for entry in self.entries.values():
             for name in entry.names:
-                self._by_name.setdefault(name, entry.id)
+                if is_pattern(name):
+                    self._patterns.append((name, entry.id))
+                else:
+                    self._by_name.setdefault(name, entry.id)
 
     @classmethod
     def build(
@@ -228,7 +238,10 @@ class Catalog:
         return cls(entries)
 
     def find(self, name: str) -> ModelEntry | None:
+        """Exact ids and aliases first; then glob aliases (`gpt-*`), the first in catalog order that matches."""
         model_id = self._by_name.get(name)
+        if model_id is None:
+            model_id = next((mid for pattern, mid in self._patterns if fnmatch.fnmatchcase(name, pattern)), None)
         return self.entries[model_id] if model_id else None
 
     def __iter__(self):

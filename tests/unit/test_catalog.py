@@ -144,3 +144,21 @@ def test_a_models_file_with_an_empty_models_key_is_an_empty_list(tmp_path):
     (models_dir / "a.gguf").write_bytes(b"GGUF")
     catalog = _build(models_dir, "models:\n")
     assert [entry.id for entry in catalog] == ["a.gguf"]
+
+
+def test_glob_aliases_map_hard_coded_names_and_exact_names_win(models_dir):
+    _gguf(models_dir, "small.gguf")
+    _gguf(models_dir, "big.gguf")
+    catalog = _build(models_dir, """models:
+  - id: chatty
+    path: small.gguf
+    aliases: ["gpt-*", "*/*-Instruct"]
+  - id: gpt-4o-exact
+    path: big.gguf
+    aliases: [gpt-4o]
+""")
+    assert catalog.find("gpt-3.5-turbo-instruct").id == "chatty"
+    assert catalog.find("Qwen/Qwen2.5-7B-Instruct").id == "chatty"
+    assert catalog.find("gpt-4o").id == "gpt-4o-exact"  # an exact alias wins over a pattern
+    assert catalog.find("claude-sonnet") is None
+    assert catalog.find("../x-Instruct").path == models_dir / "small.gguf"  # matched, never joined into a path
