@@ -70,13 +70,12 @@ def _refuse_unsupported(request: ChatCompletionRequest, capabilities: EngineCapa
 
 
 def _logit_bias(request: ChatCompletionRequest) -> dict[int, float]:
-    bias = {}
-    for key, value in (request.logit_bias or {}).items():
-        try:
-            bias[int(key)] = float(value)
-        except ValueError:
-            raise InvalidRequest(f"logit_bias keys must be token ids; got '{key}'.", param="logit_bias") from None
-    return bias
+    items = (request.logit_bias or {}).items()
+    bad = [key for key, _ in items if not key.strip().lstrip("-").isdigit()]
+    if bad:  # every offending key, not just the first
+        raise InvalidRequest(f"logit_bias keys must be token ids; got {', '.join(repr(k) for k in bad)}.",
+                             param="logit_bias")
+    return {int(key): float(value) for key, value in items}
 
 
 def _pick(*values):

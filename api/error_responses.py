@@ -94,8 +94,9 @@ async def _handle_validation_error(request: Request, exc: RequestValidationError
     code = "invalid_json" if first.get("type") == "json_invalid" else "invalid_value"
     if first.get("type") == "missing":
         code = "missing_required_parameter"
+    # Every offending value is named (a client fixing one field at a time would need as many round trips).
     detail = ErrorDetail(
-        message=_validation_message(first),
+        message=" ".join(dict.fromkeys(_validation_message(error) for error in errors)) or "Invalid request.",
         type="invalid_request_error",
         param=_param_from_location(tuple(first.get("loc", ()))),
         code=code,

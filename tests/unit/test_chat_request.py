@@ -131,3 +131,8 @@ def test_auto_tool_choice_gets_a_lazy_grammar_and_a_new_system_message():
     assert prepared.requests[0].prompt.startswith("<|im_start|>system\nYou can call the following tools.")
     assert "If no tool is needed, answer normally." in prepared.requests[0].prompt
     assert prepared.requests[0].grammar.lazy_triggers
+
+
+def test_every_bad_logit_bias_key_is_named():
+    message = refusal(chat(logit_bias={"12": 1, "hello": 2, "x1": -1})).message
+    assert "'hello'" in message and "'x1'" in message and "'12'" not in message

@@ -99,3 +99,29 @@ def test_upstream_error_uses_per_instance_status_and_type():
     assert _json(response)["error"] == {"message": "refused", "type": "rate_limit", "param": None, "code": "rate_limited"}
     # Class attributes are not changed by an instance.
     assert UpstreamError.status_code == 502
+
+
+def test_a_validation_error_names_every_offending_value():
+    import asyncio
+
+    from fastapi import Request
+    from pydantic import ValidationError
+
+    from api.error_responses import _handle_validation_error
+    from api.protocol import ChatCompletionRequest
+
+    try:
+        ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}], "temperature": 5,
+                                              "top_p": -1})
+    except ValidationError as exc:
+        error = exc
+    request = Request({"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []})
+    body = json.loads(asyncio.run(_handle_validation_error(request, error)).body)["error"]
+    assert "'temperature'" in body["message"] and "'top_p'" in body["message"] and body["param"] == "temperature"
+
+
+def test_anthropic_paths_get_anthropic_errors_with_529_for_overload():
+    response = error_response(EngineBusy("queue full"), "/v1/messages")
+    assert response.status_code == 529
+    assert _json(response) == {"type": "error", "error": {"type": "overloaded_error", "message": "queue full"}}
+    assert _json(error_response(Unauthorized("who?"), "/messages"))["error"]["type"] == "authentication_error"
