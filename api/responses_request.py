@@ -13,12 +13,15 @@ from typing import Any
 
 from api.param_names import spelled_as_sent
 from api.protocol import ChatCompletionRequest
-from api.responses_protocol import ResponsesRequest
+from api.responses_protocol import ResponsesRequest, ResponsesTool
 from errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
+# OpenAI's hosted tools: they run on OpenAI's side, so a local model can never call them.
+HOSTED_TOOLS = {"web_search", "web_search_preview", "file_search", "code_interpreter", "image_generation",
+                "computer_use_preview", "mcp", "local_shell"}
 _TEXT_PARTS = {"input_text", "output_text", "text"}
 
 
@@ -120,20 +123,36 @@ def _chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return messages
 
 
+def _flat_tools(tools: list[ResponsesTool]) -> list[tuple[str, ResponsesTool]]:
+    """(param, tool) for every tool, a `namespace`'s own tools (Codex groups some that way) in its place."""
+    flat = []
+    for index, tool in enumerate(tools):
+        if tool.type == "namespace":
+            members = (tool.model_extra or {}).get("tools") or []
+            flat += [(f"tools[{index}].tools[{i}]", ResponsesTool.model_validate(member))
+                     for i, member in enumerate(members)]
+        else:
+            flat.append((f"tools[{index}]", tool))
+    return flat
+
+
 def _chat_tools(body: ResponsesRequest) -> list[dict[str, Any]] | None:
     if body.tools is None:
         return None
     tools = []
-    for index, tool in enumerate(body.tools):
+    for param, tool in _flat_tools(body.tools):
+        if tool.type in HOSTED_TOOLS:  # clients (Codex) list them by default: refusing would stop them cold
+            logger.warning("Ignoring the hosted tool %r: it does not run on this server", tool.type)
+            continue
         if tool.type != "function":
             raise InvalidRequest(f"Tools of type '{tool.type}' are not supported; only 'function' tools are.",
-                                 param=f"tools[{index}].type")
+                                 param=f"{param}.type")
         if not tool.name:
-            raise InvalidRequest("A function tool needs a 'name'.", param=f"tools[{index}].name")
+            raise InvalidRequest("A function tool needs a 'name'.", param=f"{param}.name")
         function = {"name": tool.name, "description": tool.description, "parameters": tool.parameters,
                     "strict": tool.strict}
         tools.append({"type": "function", "function": {k: v for k, v in function.items() if v is not None}})
-    return tools
+    return tools or None  # only hosted tools: as if none were sent
 
 
 def _chat_tool_choice(body: ResponsesRequest) -> Any:
@@ -165,20 +184,21 @@ def wants_logprobs(body: ResponsesRequest) -> bool:
 def to_chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
     _refuse_stateful(body)
     unknown_includes = sorted(set(body.include or []) - {LOGPROBS_INCLUDE})
-    if unknown_includes:
-        raise InvalidRequest(f"include values {unknown_includes} are not supported; only '{LOGPROBS_INCLUDE}' is.",
-                             param="include")
+    if unknown_includes:  # extra data we never produce (Codex always asks reasoning.encrypted_content): say so
+        logger.warning("Nothing to include for %s: reasoning is returned as plain text and no built-in tools run "
+                       "here", unknown_includes)
     items = [{"role": "user", "content": body.input}] if isinstance(body.input, str) else body.input
     messages = _chat_messages(items)
     if body.instructions:
         messages.insert(0, {"role": "system", "content": body.instructions})
+    tools, choice = _chat_tools(body), _chat_tool_choice(body)
     chat = {
         "model": body.model,
         "messages": messages,
         "max_completion_tokens": body.max_output_tokens,
-        "tools": _chat_tools(body),
-        "tool_choice": _chat_tool_choice(body),
-        "parallel_tool_calls": body.parallel_tool_calls,
+        "tools": tools,
+        "tool_choice": choice if tools else None,
+        "parallel_tool_calls": body.parallel_tool_calls if tools else None,
         "response_format": _chat_response_format(body),
         "logprobs": wants_logprobs(body) or None,
         "top_logprobs": body.top_logprobs if wants_logprobs(body) else None,

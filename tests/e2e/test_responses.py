@@ -134,11 +134,10 @@ def test_logprobs_when_included(client):
      "input[0].content[0].type"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
     ({"input": []}, "input"),
-    ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+    ({"input": "hi", "tools": [{"type": "code_interpreter_v9"}]}, "tools[0].type"),
     ({"input": "hi", "tools": [{"type": "function", "name": "f", "parameters": {"type": "nope"}}]},
      "tools[0].parameters"),
     ({"input": "hi", "text": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}, "text.format.name"),
-    ({"input": "hi", "include": ["file_search_call.results"]}, "include"),
     ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
 ])
 def test_what_cannot_be_honoured_is_a_400_naming_the_field(http, body, param):
@@ -146,6 +145,16 @@ def test_what_cannot_be_honoured_is_a_400_naming_the_field(http, body, param):
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_hosted_tools_and_extra_includes_are_ignored_with_a_warning(client, server):
+    """What Codex sends by default: a web_search tool, include reasoning.encrypted_content. Refusing them would
+    stop it cold; nothing here can run them, so they are dropped and the server log says so."""
+    answer = client.responses.create(model=MODEL, input="hi", max_output_tokens=4, tools=[{"type": "web_search"}],
+                                     include=["reasoning.encrypted_content"])
+    assert answer.status == "incomplete" and answer.output_text
+    log = server.log_path.read_text()
+    assert "Ignoring the hosted tool 'web_search'" in log and "reasoning.encrypted_content" in log
 
 
 def test_unknown_model_is_404_through_the_sdk(client):
