@@ -138,6 +138,10 @@ class Settings(BaseSettings):
         "and again), favour closing that array or object where the model would start another element, so it ends "
         "with valid JSON instead of looping until max_tokens. llama.cpp engine."
     )
+    model_ttl: str | None = Field(
+        None, description="How long an idle model stays loaded (\"10m\", \"1h\", seconds; unset: until evicted). "
+        "Per model: `ttl` in models.yaml; per request: `keep_alive` (Ollama's extension, 0 = unload after it)."
+    )
     reasoning_format: Literal["reasoning_content", "reasoning", "both", "none"] = Field(
         "reasoning_content", description="Where a thinking model's reasoning goes: message/delta "
         "`reasoning_content` (llama-server, LiteLLM, the AI SDK), `reasoning` (vLLM, Ollama, OpenRouter), both, or "

@@ -206,6 +206,7 @@ def to_chat_request(body: MessagesRequest) -> ChatCompletionRequest:
         "stream": body.stream,
         # A remote upstream sends usage at the end of its stream only when asked (message_delta needs it).
         "stream_options": {"include_usage": True} if body.stream else None,
+        "keep_alive": (body.model_extra or {}).get("keep_alive"),
     }
     return ChatCompletionRequest.model_validate({k: v for k, v in chat.items() if v is not None})
 

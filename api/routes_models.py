@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import time
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -40,6 +43,9 @@ def _model_card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
         extra["context_length"] = engine.context_length
         extra["memory_bytes"] = model.memory_bytes
         extra["load_seconds"] = round(model.load_seconds, 3)
+        extra["keep_alive_seconds"] = model.keep_alive  # None: stays until evicted or unloaded
+        expires = model.expires_in()  # None while in use or kept forever
+        extra["expires_at"] = None if expires is None else _rfc3339(time.time() + expires)
         extra["chat_template"] = engine.chat_template.origin
         extra["capabilities"] = {
             **vars(engine.capabilities),
@@ -50,6 +56,10 @@ def _model_card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
     elif entry.settings.n_ctx is not None:
         extra["context_length"] = entry.settings.n_ctx // (entry.settings.parallel or registry.settings.parallel)
     return ModelCard(id=entry.id, created=created, **extra)
+
+
+def _rfc3339(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def reasoning_capabilities(renderer) -> dict | None:

@@ -27,7 +27,8 @@ from api.observability import note_model, note_upstream_error, observe
 from api.quotas import Ticket
 from api.sse import event_stream, sse_bytes, sse_event
 from backends.base import GenerationChunk, GenerationFinished, GenerationRequest, RelayedStream, RelayedWhole
-from backends.registry import LoadedModel, ModelRegistry
+from backends.keep_alive import parse_duration
+from backends.registry import KEEP, LoadedModel, ModelRegistry
 from errors import EngineFailure, ServerError, UpstreamError
 from settings import Settings
 
@@ -89,6 +90,11 @@ def generation_chunks(
     return with_deadline(chunks, settings.request_timeout) if settings.request_timeout else chunks
 
 
+def requested_keep_alive(body: dict) -> float | None | object:
+    """The request's `keep_alive` (Ollama's extension: how long the model stays loaded after it), in seconds."""
+    return parse_duration(body["keep_alive"]) if isinstance(body, dict) and "keep_alive" in body else KEEP
+
+
 def requested_tokens(body: dict, default_max_tokens: int) -> int:
     """What a request may generate at most, n x max_tokens, for the per-key cap (any API's field names)."""
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
@@ -117,7 +123,8 @@ async def serve(
     resources.callback(ticket.release)
     handed_to_stream = False
     try:
-        model = await resources.enter_async_context(registry.lease(model_name, tenant.may_use))
+        keep_alive = requested_keep_alive(relay_body())
+        model = await resources.enter_async_context(registry.lease(model_name, tenant.may_use, keep_alive))
         if model.engine.relays_requests and relay_answer is not None:
             note_model(model.model_id, model.engine.engine_kind)
             response = await _relay_through_writer(model, relay_path, relay_body(), relay_answer(model), request,

@@ -99,6 +99,7 @@ class ModelEntry(BaseModel):
     hf: HFLoadOptions = HFLoadOptions()
     upstream: dict[str, Any] | None = None  # remote engine settings (base_url...)
     source: Literal["file", "folder", "hf-cache", "models-file", "upstream"] = "models-file"
+    ttl: str | float | None = None  # keep-alive once idle ("10m", seconds; negative = forever); see keep_alive.py
 
     @model_validator(mode="after")
     def _engine_from_path(self) -> ModelEntry:

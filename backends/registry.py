@@ -22,6 +22,7 @@ from backends.base import Engine
 from backends.catalog import Catalog, GenerationDefaults, ModelEntry, default_hf_cache
 from backends.embedded_model import ensure_embedded_models
 from backends.factory import EngineBuilder
+from backends.keep_alive import LoadedModel, parse_duration, reap_expired
 from backends.memory import estimate_memory_bytes, physical_memory_bytes
 from backends.remote.pool import RemoteDirectory, load_upstream_configs
 from chat.templates import ChatPromptRenderer
@@ -42,27 +43,7 @@ RegistryState = Literal["empty", "loading", "ready", "failed", "missing"]
 # When every resident model is busy, how long a load waits for one to go idle before it drains the least
 # recently used (stops giving it new requests): bounded, so a constantly busy model cannot starve a load.
 EVICTION_PATIENCE_SECONDS = 5.0
-
-
-@dataclass(eq=False)
-class LoadedModel:
-    entry: ModelEntry
-    engine: Engine
-    renderer: ChatPromptRenderer
-    memory_bytes: int  # estimated weights + KV, what the memory budget counts
-    load_seconds: float = 0.0
-    leases: int = 0
-    retired: bool = False  # being unloaded: takes no new requests
-    last_used: float = field(default_factory=time.monotonic)
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    gone: asyncio.Event = field(default_factory=asyncio.Event)  # set once its memory is freed
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-
-    @property
-    def model_id(self) -> str:
-        return self.entry.id
+KEEP = object()  # lease(): leave the model's keep-alive as it is
 
 
 def engine_settings(entry: ModelEntry, settings: Settings) -> Settings:
@@ -97,6 +78,7 @@ class ModelRegistry:
         self._errors: dict[str, str] = {}
         self._runtime_defaults: dict[str, GenerationDefaults] = {}
         self._residency = asyncio.Lock()  # one load at a time decides what to evict and reserves memory
+        self._reaper: asyncio.Task | None = None  # unloads models whose keep-alive ran out
 
     # ---------------------------------------------------------------- catalog
 
@@ -273,7 +255,8 @@ class ModelRegistry:
         finally:
             self._loading.pop(entry.id, None)
             memory = self._reserved.pop(entry.id, 0)  # a failed load gives its reservation back too
-        model = LoadedModel(entry, engine, renderer, memory, time.perf_counter() - started)
+        model = LoadedModel(entry, engine, renderer, memory, time.perf_counter() - started,
+                            keep_alive=parse_duration(entry.ttl if entry.ttl is not None else self.settings.model_ttl))
         self._loaded[entry.id] = model
         self._errors.pop(entry.id, None)
         logger.info("Model %s ready in %.2f s (context %d tokens/sequence)", entry.id, model.load_seconds,
@@ -347,8 +330,10 @@ class ModelRegistry:
     # ---------------------------------------------------------------- use
 
     @asynccontextmanager
-    async def lease(self, name: str | None, may_use: ModelAccess = everyone) -> AsyncIterator[LoadedModel]:
-        """Hold a model for the duration of one request so it is not unloaded underneath it."""
+    async def lease(self, name: str | None, may_use: ModelAccess = everyone,
+                    keep_alive: float | None | object = KEEP) -> AsyncIterator[LoadedModel]:
+        """Hold a model for the duration of one request so it is not unloaded underneath it. `keep_alive`
+        (seconds, None = forever) becomes the model's idle time once the request ends (see keep_alive.py)."""
         model = await self.ensure_loaded(name, may_use)
         while model.retired:  # chosen for eviction between its load and now: get it back
             model = await self.ensure_loaded(model.model_id)
@@ -360,11 +345,13 @@ class ModelRegistry:
         finally:
             model.leases -= 1
             model.last_used = time.monotonic()
+            model.keep_alive = model.keep_alive if keep_alive is KEEP else keep_alive
             if model.leases == 0:
                 model.idle.set()
 
     def start(self) -> None:
-        """Start background work (upstream model discovery and health probes); needs the running event loop."""
+        """Start background work (keep-alive expiry, upstream discovery and health probes); needs the event loop."""
+        self._reaper = asyncio.create_task(reap_expired(lambda: self._loaded.values(), self._unload))
         if self.remote is not None:
             self.remote.start()
 
@@ -381,6 +368,8 @@ class ModelRegistry:
             logger.error("Default model '%s' failed to load: %s", self.default_model, getattr(exc, "message", exc))
 
     async def aclose(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
         await asyncio.gather(*self._loading.values(), return_exceptions=True)
         for model in list(self._loaded.values()):
             await self._unload(model)
