@@ -38,15 +38,15 @@ class ModelNotFound(ServerError):
 
 
 class ResponseNotFound(ServerError):
-    """A stored Responses API object was asked for; this server stores none."""
+    """A stored Responses API object that is not there (never stored, deleted, or another key's)."""
 
     status_code = 404
     error_type = "invalid_request_error"
     code = "response_not_found"
 
     def __init__(self, response_id: str):
-        super().__init__(f"No response with id '{response_id}': this server does not store responses (they are "
-                         "answered with store: false).", param="response_id")
+        super().__init__(f"No response with id '{response_id}' is stored for this API key (it was sent with "
+                         "store: false, deleted, or never existed).", param="response_id")
 
 
 class ModelLoading(ServerError):

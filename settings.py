@@ -138,6 +138,10 @@ class Settings(BaseSettings):
         "and again), favour closing that array or object where the model would start another element, so it ends "
         "with valid JSON instead of looping until max_tokens. llama.cpp engine."
     )
+    state_db: Path | None = Field(
+        None, description="SQLite database of stored Responses (previous_response_id, GET /v1/responses/{id}); "
+        "default: responses.sqlite3 in --cache-dir."
+    )
     model_ttl: str | None = Field(
         None, description="How long an idle model stays loaded (\"10m\", \"1h\", seconds; unset: until evicted). "
         "Per model: `ttl` in models.yaml; per request: `keep_alive` (Ollama's extension, 0 = unload after it)."

@@ -19,6 +19,7 @@ from api.keys import KeyLimits, KeyStore
 from api.limits import BodyLimitMiddleware
 from api.observability import KeyUsageCollector, Metrics, RegistryCollector, RequestLogMiddleware
 from api.quotas import QuotaBook
+from api.response_store import ResponseStore
 from api.routes_admin import router as admin_router
 from api.routes_cache import router as cache_router
 from api.routes_chat import router as chat_router
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.start()
         metrics.registry.register(RegistryCollector(registry))
         app.state.registry = registry
+        app.state.responses = ResponseStore(settings.state_db or settings.cache_dir / "responses.sqlite3")
         app.state.startup = asyncio.create_task(registry.load_default_model())
         logger.info("%s", keys.describe())
         _reload_keys_on_sighup(keys)
@@ -80,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.startup.cancel()
             await asyncio.gather(app.state.startup, return_exceptions=True)
             await registry.aclose()  # models, then the upstream clients
+            app.state.responses.close()
 
     app = FastAPI(title="OpenAI-compatible LLM server", version="0.1.0", lifespan=lifespan)
     # sse-starlette would end every stream the moment SIGTERM arrives; we let them finish within uvicorn's

@@ -9,6 +9,7 @@ Whitespace before a tool call opens no message (models often write a newline bef
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from api.chat_response import ChoiceOutput
@@ -59,7 +60,10 @@ class ResponseWriter(AnswerWriter):
 
     named_events = True  # `event: response.output_text.delta`
 
-    def __init__(self, response: ResponseObject, output: ChoiceOutput, want_logprobs: bool) -> None:
+    def __init__(self, response: ResponseObject, output: ChoiceOutput, want_logprobs: bool,
+                 on_done: Callable[[dict], None] | None = None) -> None:
+        """`on_done`: given the final response object (to store it) once generation ends."""
+        self.on_done = on_done
         self.response = response
         self.output = output
         self.want_logprobs = want_logprobs
@@ -213,7 +217,9 @@ class ResponseWriter(AnswerWriter):
         if truncated:
             self.response.status = "incomplete"
             self.response.incomplete_details = IncompleteDetails(reason="max_output_tokens")
-            return events + [self._lifecycle("response.incomplete")]
-        self.response.status = "completed"
-        self.response.completed_at = float(int(time.time()))
-        return events + [self._lifecycle("response.completed")]
+        else:
+            self.response.status = "completed"
+            self.response.completed_at = float(int(time.time()))
+        if self.on_done is not None:
+            self.on_done(self.response.model_dump(mode="json"))
+        return events + [self._lifecycle(f"response.{self.response.status}")]

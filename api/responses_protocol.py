@@ -167,7 +167,7 @@ class ResponseObject(WireModel):
     tools: list[dict[str, Any]] = Field(default_factory=list)
     top_logprobs: int | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
-    store: bool = False  # this server keeps no responses: `previous_response_id` is refused
+    store: bool = True  # kept for previous_response_id and GET /v1/responses/{id} (false when asked)
     background: bool = False
     usage: ResponseUsage | None = None
     user: str | None = None

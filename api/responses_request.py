@@ -13,7 +13,7 @@ from typing import Any
 
 from api.param_names import spelled_as_sent
 from api.protocol import ChatCompletionRequest
-from api.responses_protocol import ResponsesRequest, ResponsesTool
+from api.responses_protocol import ResponsesRequest, ResponsesTool, new_item_id
 from errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -35,19 +35,15 @@ def check_response_limits(body: ResponsesRequest, max_tokens_limit: int, max_mes
 
 
 def _refuse_stateful(body: ResponsesRequest) -> None:
-    stateless = "this server does not store responses or conversations; send the whole conversation in 'input'."
-    if body.previous_response_id:
-        raise InvalidRequest(f"'previous_response_id' is not supported: {stateless}", param="previous_response_id")
     if body.conversation:
-        raise InvalidRequest(f"'conversation' is not supported: {stateless}", param="conversation")
+        raise InvalidRequest("'conversation' is not supported: continue with 'previous_response_id', or send the "
+                             "whole conversation in 'input'.", param="conversation")
     if body.background:
         raise InvalidRequest("'background' responses are not supported: this server keeps no responses.",
                              param="background")
     if body.truncation == "auto":
         raise InvalidRequest("truncation 'auto' is not supported: a conversation longer than the context is a 400.",
                              param="truncation")
-    if body.store:
-        logger.info("Request asked for store=true; this server keeps no responses (the answer says store: false)")
     unknown = sorted(set(body.reasoning or {}) - {"effort", "summary", "generate_summary"})
     if unknown:
         raise InvalidRequest(f"reasoning.{unknown[0]} is not supported.", param=f"reasoning.{unknown[0]}")
@@ -181,14 +177,25 @@ def wants_logprobs(body: ResponsesRequest) -> bool:
     return LOGPROBS_INCLUDE in (body.include or [])
 
 
-def to_chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
+def input_items(body: ResponsesRequest) -> list[dict[str, Any]]:
+    """This turn's input as items (a string input is one user message), each with an id, as stored."""
+    items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": body.input}]}] \
+        if isinstance(body.input, str) else [dict(item) for item in body.input]
+    for item in items:
+        if isinstance(item, dict) and "id" not in item:
+            item["id"] = new_item_id("msg" if item.get("type", "message") == "message" else "item")
+    return items
+
+
+def to_chat_request(body: ResponsesRequest, history: list[dict[str, Any]] = ()) -> ChatCompletionRequest:
+    """`history`: the stored conversation `previous_response_id` continues (its inputs and outputs, oldest first)."""
     _refuse_stateful(body)
     unknown_includes = sorted(set(body.include or []) - {LOGPROBS_INCLUDE})
     if unknown_includes:  # extra data we never produce (Codex always asks reasoning.encrypted_content): say so
         logger.warning("Nothing to include for %s: reasoning is returned as plain text and no built-in tools run "
                        "here", unknown_includes)
     items = [{"role": "user", "content": body.input}] if isinstance(body.input, str) else body.input
-    messages = _chat_messages(items)
+    messages = _chat_messages([*history, *items])
     if body.instructions:
         messages.insert(0, {"role": "system", "content": body.instructions})
     tools, choice = _chat_tools(body), _chat_tool_choice(body)

@@ -1,4 +1,5 @@
-"""`POST /v1/responses` (and bare): the Responses API, stateless, on local engines; relayed for remote models.
+"""`POST /v1/responses` (and bare): the Responses API on local engines, stored (SQLite, api/response_store.py)
+unless `store: false`, continued with `previous_response_id`; relayed as they are for remote models.
 
 A local request becomes a chat request (`api/responses_request.py`) and runs through the same engines; the
 answer is written by `api/responses_output.py`. The body is validated here, not by FastAPI, so a remote
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import Response
 
 from api.chat_request import prepare_chat
@@ -20,10 +21,17 @@ from api.keys import Tenant
 from api.protocol import ErrorResponse
 from api.responses_output import ResponseWriter
 from api.responses_protocol import ResponseObject, ResponsesRequest
-from api.responses_request import check_response_limits, responses_param_names, to_chat_request, wants_logprobs
+from api.response_store import ResponseStore
+from api.responses_request import (
+    check_response_limits,
+    input_items,
+    responses_param_names,
+    to_chat_request,
+    wants_logprobs,
+)
 from api.serving import ChoiceChunks, LocalRun, generation_chunks, requested_tokens, serve
 from backends.registry import LoadedModel, ModelRegistry
-from errors import InvalidRequest, ResponseNotFound
+from errors import InvalidRequest
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -44,8 +52,15 @@ async def create_response(request: Request, registry: RegistryDep, tenant: Tenan
     settings = request.app.state.settings
     check_response_limits(parsed, settings.max_tokens_limit, settings.max_messages)
 
+    store: ResponseStore = request.app.state.responses
+    history = await store.conversation(parsed.previous_response_id, tenant.label) if parsed.previous_response_id \
+        else []
+
     async def start_local(model: LoadedModel) -> LocalRun:
-        writer, chunks = _start_generation(parsed, model, registry, settings, tenant)
+        writer, chunks = _start_generation(parsed, model, registry, settings, tenant, history)
+        if parsed.store is not False:  # stored once generated, for previous_response_id and GET
+            items = input_items(parsed)
+            writer.on_done = lambda response: store.save_now(response, items, tenant.label)
         return LocalRun(writer, chunks, bool(parsed.stream))
 
     return await serve(request, registry, parsed.model, tenant=tenant,
@@ -54,19 +69,45 @@ async def create_response(request: Request, registry: RegistryDep, tenant: Tenan
 
 
 @router.get("/v1/responses/{response_id}", responses={404: {"model": ErrorResponse}})
+@router.get("/responses/{response_id}", include_in_schema=False)
+async def get_response(response_id: str, request: Request, tenant: TenantDep) -> dict:
+    response, _ = await request.app.state.responses.load(response_id, tenant.label)
+    return response
+
+
 @router.delete("/v1/responses/{response_id}", responses={404: {"model": ErrorResponse}})
+@router.delete("/responses/{response_id}", include_in_schema=False)
+async def delete_response(response_id: str, request: Request, tenant: TenantDep) -> dict:
+    await request.app.state.responses.delete(response_id, tenant.label)
+    return {"id": response_id, "object": "response.deleted", "deleted": True}
+
+
 @router.get("/v1/responses/{response_id}/input_items", responses={404: {"model": ErrorResponse}})
+@router.get("/responses/{response_id}/input_items", include_in_schema=False)
+async def list_input_items(response_id: str, request: Request, tenant: TenantDep, after: str | None = None,
+                           limit: int = Query(20, ge=1, le=100), order: str = Query("desc", pattern="^(asc|desc)$")):
+    """The input items a stored response answered (this turn's), paginated as OpenAI: `after` an item id."""
+    _, items = await request.app.state.responses.load(response_id, tenant.label)
+    items = items if order == "asc" else list(reversed(items))
+    ids = [item.get("id") for item in items]
+    start = ids.index(after) + 1 if after in ids else 0
+    page = items[start:start + limit]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(items)}
+
+
 @router.post("/v1/responses/{response_id}/cancel", responses={404: {"model": ErrorResponse}})
-async def stored_response(response_id: str) -> Response:
-    """Clients that retrieve, delete or cancel a response get a clear 404, not a bare 'Not Found'."""
-    raise ResponseNotFound(response_id)
+async def cancel_response(response_id: str, request: Request, tenant: TenantDep) -> Response:
+    await request.app.state.responses.load(response_id, tenant.label)  # 404 if unknown
+    raise InvalidRequest("Only background responses can be cancelled; this one has finished.", param="response_id")
 
 
 def _start_generation(
-    body: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings, tenant: Tenant
+    body: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings, tenant: Tenant,
+    history: list[dict],
 ) -> tuple[ResponseWriter, ChoiceChunks]:
     with responses_param_names():
-        chat = to_chat_request(body)
+        chat = to_chat_request(body, history)
         prepared = prepare_chat(chat, model.renderer, model.engine.capabilities,
                                 registry.generation_defaults(model.model_id), server_reasoning(settings))
     text_format = body.text.format.model_dump(by_alias=True, exclude_none=True) if body.text and body.text.format \
@@ -78,7 +119,8 @@ def _start_generation(
         tool_choice=body.tool_choice.model_dump(exclude_none=True) if hasattr(body.tool_choice, "model_dump")
         else body.tool_choice or "auto",
         tools=[tool.model_dump(exclude_none=True) for tool in body.tools or []],
-        top_logprobs=body.top_logprobs, user=body.user,
+        top_logprobs=body.top_logprobs, user=body.user, previous_response_id=body.previous_response_id,
+        store=body.store is not False,
     )
     writer = ResponseWriter(shell, prepared.output(), wants_logprobs(body))
     chunks = generation_chunks(model, prepared.requests, settings, tenant)

@@ -128,7 +128,6 @@ def test_logprobs_when_included(client):
 
 
 @pytest.mark.parametrize("body, param", [
-    ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
     ({"input": "hi", "background": True}, "background"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]},
      "input[0].content[0].type"),
@@ -169,11 +168,37 @@ def test_bare_path_serves_too(server):
     assert answer.status_code == 200 and answer.json()["object"] == "response"
 
 
-def test_stored_responses_do_not_exist_here(client, http):
+def test_unknown_stored_responses_are_404(client, http):
     with pytest.raises(openai.NotFoundError) as caught:
         client.responses.retrieve("resp_123")
-    assert caught.value.body["code"] == "response_not_found" and "does not store" in caught.value.body["message"]
+    assert caught.value.body["code"] == "response_not_found" and "resp_123" in caught.value.body["message"]
     assert http.delete("/v1/responses/resp_123").json()["error"]["code"] == "response_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model=MODEL, input="hi", previous_response_id="resp_123", max_output_tokens=2)
+
+
+def test_a_chain_of_stored_turns_is_continued_retrieved_listed_and_deleted(client):
+    """store (the default) keeps each response; previous_response_id continues it, so only the new turn is sent."""
+    first = client.responses.create(model=MODEL, input="My name is Ada.", max_output_tokens=8, temperature=0)
+    second = client.responses.create(model=MODEL, input="What is my name?", previous_response_id=first.id,
+                                     max_output_tokens=8, temperature=0)
+    third = client.responses.create(model=MODEL, input="And again?", previous_response_id=second.id,
+                                    max_output_tokens=8, temperature=0)
+    assert first.store and third.previous_response_id == second.id
+    # Each turn's prompt holds the turns before it, most of it already in the prompt cache.
+    assert first.usage.input_tokens < second.usage.input_tokens < third.usage.input_tokens
+    assert third.usage.input_tokens_details.cached_tokens >= second.usage.input_tokens
+    again = client.responses.retrieve(second.id)
+    assert again.id == second.id and again.output_text == second.output_text
+    items = client.responses.input_items.list(second.id)
+    assert [item.content[0].text for item in items.data] == ["What is my name?"]
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+    unstored = client.responses.create(model=MODEL, input="hi", max_output_tokens=2, store=False)
+    assert unstored.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
 
 
 # A schema that forces a long answer (the grammar will not let the model stop early), so disconnects land mid-way.

@@ -217,3 +217,14 @@ def test_anthropic_clients_authenticate_with_x_api_key_and_get_anthropic_errors(
         for _ in range(3):
             limited.messages.create(model=SMOLLM2_FILE, max_tokens=2, messages=ASK)
     assert limited_out.value.body["error"]["type"] == "rate_limit_error"
+
+
+def test_a_stored_response_belongs_to_the_key_that_made_it(server):
+    alice = server.openai_client("sk-alice")
+    answer = alice.responses.create(model=SMOLLM2_FILE, input="Hello!", max_output_tokens=2)
+    assert alice.responses.retrieve(answer.id).id == answer.id
+    with pytest.raises(openai.NotFoundError):
+        server.openai_client("sk-quiet").responses.retrieve(answer.id)
+    with pytest.raises(openai.NotFoundError):
+        server.openai_client("sk-quiet").responses.create(model=SMOLLM2_FILE, input="hi", max_output_tokens=2,
+                                                          previous_response_id=answer.id)

@@ -51,7 +51,6 @@ def test_logprobs_come_from_include():
 
 
 @pytest.mark.parametrize("fields, param", [
-    ({"input": "x", "previous_response_id": "r"}, "previous_response_id"),
     ({"input": "x", "conversation": "c"}, "conversation"),
     ({"input": "x", "truncation": "auto"}, "truncation"),
     ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
