@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from sse_starlette.sse import AppStatus
 
 from api.audit import audit
+from api.background_responses import BackgroundRuns
 from api.auth import ApiKeyMiddleware
 from api.error_responses import install_error_handlers
 from api.keys import KeyLimits, KeyStore
@@ -72,6 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.registry.register(RegistryCollector(registry))
         app.state.registry = registry
         app.state.responses = ResponseStore(settings.state_db or settings.cache_dir / "responses.sqlite3")
+        if unfinished := app.state.responses.fail_unfinished():
+            logger.warning("%d stored responses were unfinished when the server stopped: marked failed", unfinished)
+        app.state.background = BackgroundRuns(app.state.responses)
         app.state.startup = asyncio.create_task(registry.load_default_model())
         logger.info("%s", keys.describe())
         _reload_keys_on_sighup(keys)
@@ -81,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             AppStatus.should_exit = True  # streams still open after uvicorn's grace period end now
             app.state.startup.cancel()
             await asyncio.gather(app.state.startup, return_exceptions=True)
+            await app.state.background.aclose()
             await registry.aclose()  # models, then the upstream clients
             app.state.responses.close()
 

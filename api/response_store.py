@@ -94,6 +94,14 @@ class ResponseStore:
             current = response.get("previous_response_id")
         return [item for turn in reversed(turns) for item in turn]
 
+    def fail_unfinished(self) -> int:
+        """At start: responses a previous run left queued or in progress (it stopped mid-generation) are failed."""
+        error = '{"code": "server_error", "message": "The server stopped before this response finished."}'
+        with self._lock:
+            return self._db.execute(
+                "UPDATE responses SET response = json_set(response, '$.status', 'failed', '$.error', json(?)) "
+                "WHERE json_extract(response, '$.status') IN ('queued', 'in_progress')", (error,)).rowcount
+
     # ------------------------------------------------------------ async
 
     def save_now(self, response: dict, input_items: list, tenant: str) -> None:

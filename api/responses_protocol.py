@@ -149,7 +149,7 @@ class ResponseObject(WireModel):
     id: str = Field(default_factory=lambda: f"resp_{uuid.uuid4().hex}")
     object: Literal["response"] = "response"
     created_at: float = Field(default_factory=lambda: float(int(time.time())))
-    status: Literal["in_progress", "completed", "incomplete", "failed"] = "in_progress"
+    status: Literal["queued", "in_progress", "completed", "incomplete", "failed", "cancelled"] = "in_progress"
     completed_at: float | None = None
     error: ResponseError | None = None
     incomplete_details: IncompleteDetails | None = None

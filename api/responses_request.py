@@ -38,8 +38,8 @@ def _refuse_stateful(body: ResponsesRequest) -> None:
     if body.conversation:
         raise InvalidRequest("'conversation' is not supported: continue with 'previous_response_id', or send the "
                              "whole conversation in 'input'.", param="conversation")
-    if body.background:
-        raise InvalidRequest("'background' responses are not supported: this server keeps no responses.",
+    if body.background and (body.store is False or body.stream):
+        raise InvalidRequest("'background' responses are stored and polled: not with store: false or stream.",
                              param="background")
     if body.truncation == "auto":
         raise InvalidRequest("truncation 'auto' is not supported: a conversation longer than the context is a 400.",

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Body, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from api.chat_request import prepare_chat
 from api.reasoning_plan import server_reasoning
@@ -30,6 +30,7 @@ from api.responses_request import (
     wants_logprobs,
 )
 from api.serving import ChoiceChunks, LocalRun, generation_chunks, requested_tokens, serve
+from backends.base import GenerationFinished
 from backends.registry import LoadedModel, ModelRegistry
 from errors import InvalidRequest
 from settings import Settings
@@ -63,6 +64,8 @@ async def create_response(request: Request, registry: RegistryDep, tenant: Tenan
             writer.on_done = lambda response: store.save_now(response, items, tenant.label)
         return LocalRun(writer, chunks, bool(parsed.stream))
 
+    if parsed.background:
+        return _start_background(request, registry, parsed, body, tenant, history)
     return await serve(request, registry, parsed.model, tenant=tenant,
                        request_tokens=requested_tokens(body, settings.default_max_tokens), start_local=start_local,
                        relay_path="responses", relay_body=lambda: body)
@@ -97,14 +100,48 @@ async def list_input_items(response_id: str, request: Request, tenant: TenantDep
 
 
 @router.post("/v1/responses/{response_id}/cancel", responses={404: {"model": ErrorResponse}})
-async def cancel_response(response_id: str, request: Request, tenant: TenantDep) -> Response:
-    await request.app.state.responses.load(response_id, tenant.label)  # 404 if unknown
-    raise InvalidRequest("Only background responses can be cancelled; this one has finished.", param="response_id")
+@router.post("/responses/{response_id}/cancel", include_in_schema=False)
+async def cancel_response(response_id: str, request: Request, tenant: TenantDep) -> dict:
+    """Stop a background response (a finished one is returned as it is)."""
+    response, _ = await request.app.state.responses.load(response_id, tenant.label)  # 404 if unknown or not yours
+    if not response.get("background"):
+        raise InvalidRequest("Only background responses can be cancelled.", param="response_id")
+    if request.app.state.background.cancel(response_id):
+        await request.app.state.background.wait(response_id)
+    return (await request.app.state.responses.load(response_id, tenant.label))[0]
+
+
+def _start_background(request: Request, registry: ModelRegistry, parsed: ResponsesRequest, body: dict,
+                      tenant: Tenant, history: list[dict]) -> JSONResponse:
+    """Queue the generation as a task and answer at once with the queued response."""
+    settings = request.app.state.settings
+    with responses_param_names():
+        to_chat_request(parsed, history)  # every field checked before anything is queued
+    entry = registry.resolve(parsed.model, tenant.may_use)
+    if entry.engine == "remote":
+        raise InvalidRequest("Background responses run on local models only.", param="background")
+    ticket = request.app.state.quotas.admit(tenant, requested_tokens(body, settings.default_max_tokens))
+    queued = ResponseObject(model=entry.id, status="queued", background=True, instructions=parsed.instructions,
+                            previous_response_id=parsed.previous_response_id, metadata=parsed.metadata or {})
+
+    async def generate(save) -> None:
+        async with registry.lease(entry.id, tenant.may_use) as model:
+            writer, chunks = _start_generation(parsed, model, registry, settings, tenant, history, queued.id)
+            writer.response.background = True
+            writer.on_done = save
+            async for index, chunk in chunks:
+                if isinstance(chunk, GenerationFinished):
+                    ticket.charge(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                writer.add(index, chunk)
+
+    request.app.state.background.start(queued.model_dump(mode="json"), input_items(parsed), tenant.label, ticket,
+                                       generate)
+    return JSONResponse(queued.model_dump(mode="json"))
 
 
 def _start_generation(
     body: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings, tenant: Tenant,
-    history: list[dict],
+    history: list[dict], response_id: str | None = None,
 ) -> tuple[ResponseWriter, ChoiceChunks]:
     with responses_param_names():
         chat = to_chat_request(body, history)
@@ -120,7 +157,7 @@ def _start_generation(
         else body.tool_choice or "auto",
         tools=[tool.model_dump(exclude_none=True) for tool in body.tools or []],
         top_logprobs=body.top_logprobs, user=body.user, previous_response_id=body.previous_response_id,
-        store=body.store is not False,
+        store=body.store is not False, **({"id": response_id} if response_id else {}),
     )
     writer = ResponseWriter(shell, prepared.output(), wants_logprobs(body))
     chunks = generation_chunks(model, prepared.requests, settings, tenant)

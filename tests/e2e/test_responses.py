@@ -128,7 +128,7 @@ def test_logprobs_when_included(client):
 
 
 @pytest.mark.parametrize("body, param", [
-    ({"input": "hi", "background": True}, "background"),
+    ({"input": "hi", "background": True, "stream": True}, "background"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]},
      "input[0].content[0].type"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
@@ -224,3 +224,27 @@ def test_disconnects_stop_the_generation(server, http):
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.base_url}/v1/responses", json=body, timeout=1.0)
     _wait_idle(http)
+
+
+def _poll(client, response_id: str, done=("completed", "incomplete", "failed", "cancelled"), timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while (response := client.responses.retrieve(response_id)).status not in done:
+        assert time.monotonic() < deadline, response.status
+        time.sleep(0.1)
+    return response
+
+
+def test_a_background_response_is_polled_to_its_end(client):
+    queued = client.responses.create(model=MODEL, input="Tell me about owls.", max_output_tokens=12, background=True)
+    assert queued.status == "queued" and queued.background
+    finished = _poll(client, queued.id)
+    assert finished.status == "incomplete" and finished.output_text and finished.usage.output_tokens == 12
+
+
+def test_a_background_response_can_be_cancelled(client, http):
+    queued = client.responses.create(model=MODEL, input="Tell a story.", max_output_tokens=600, background=True,
+                                     text=LONG)
+    _poll(client, queued.id, done=("in_progress",))
+    cancelled = client.responses.cancel(queued.id)
+    assert cancelled.status == "cancelled" and client.responses.retrieve(queued.id).status == "cancelled"
+    _wait_idle(http)  # the generation stopped on the server too
