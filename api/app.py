@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.start()
         metrics.registry.register(RegistryCollector(registry))
         app.state.registry = registry
-        app.state.responses = ResponseStore(settings.state_db or settings.cache_dir / "responses.sqlite3")
+        app.state.responses = ResponseStore.open(settings.state_db, settings.cache_dir / "responses.sqlite3")
         if unfinished := app.state.responses.fail_unfinished():
             logger.warning("%d stored responses were unfinished when the server stopped: marked failed", unfinished)
         app.state.background = BackgroundRuns(app.state.responses)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -28,6 +29,7 @@ MIGRATIONS = [
     )""",
     "CREATE INDEX responses_previous ON responses (previous_response_id)",
 ]
+logger = logging.getLogger(__name__)
 MAX_CHAIN = 1000  # previous_response_id links followed at most (a loop in stored data must not hang a request)
 
 
@@ -36,16 +38,30 @@ class StoreUnavailable(RuntimeError):
 
 
 class ResponseStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None) -> None:
+        """`path` None: in memory (kept for this process only)."""
         self.path = path
         self._lock = threading.Lock()  # one connection, used from worker threads one at a time
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path or ":memory:", check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise StoreUnavailable(f"The response store {path} cannot be used: {exc}") from exc
+
+    @classmethod
+    def open(cls, configured: Path | None, default: Path) -> ResponseStore:
+        """The operator's database (a clear error at start if unusable), else the default file in the cache
+        directory; if that cannot be used (the cache dir is unusable, as the prompt cache tolerates), in memory."""
+        if configured is not None:
+            return cls(configured)
+        try:
+            return cls(default)
+        except StoreUnavailable as exc:
+            logger.warning("%s; responses are kept in memory until the server stops", exc)
+            return cls(None)
 
     def _migrate(self) -> None:
         self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")

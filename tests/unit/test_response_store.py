@@ -39,3 +39,13 @@ def test_the_schema_is_versioned_and_a_newer_or_broken_file_is_refused(tmp_path)
     broken.write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreUnavailable, match="cannot be used"):
         ResponseStore(broken)
+
+
+def test_an_unusable_default_location_falls_back_to_memory_but_a_configured_one_is_an_error(tmp_path):
+    (tmp_path / "cache-is-a-file").write_text("x")
+    store = ResponseStore.open(None, tmp_path / "cache-is-a-file" / "responses.sqlite3")
+    assert store.path is None  # in memory: the server still answers and continues conversations until it stops
+    store.save_now(response("r1"), [], "alice")
+    assert asyncio.run(store.load("r1", "alice"))[0]["id"] == "r1"
+    with pytest.raises(StoreUnavailable):
+        ResponseStore.open(tmp_path / "cache-is-a-file" / "responses.sqlite3", tmp_path / "unused.sqlite3")
