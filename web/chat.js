@@ -96,6 +96,7 @@
     $("status").textContent = "…";
     let answer = "";
     let thinking = "";
+    let pending = false;  // a render is scheduled for the next frame
     let tokens = 0;
     let firstAt = null;
     const started = performance.now();
@@ -129,8 +130,16 @@
             if (firstAt === null) firstAt = performance.now();
             answer += delta.content || "";
             thinking += thought || "";
-            fill(bubble, "assistant", answer, thinking);
-            $("messages").scrollTop = $("messages").scrollHeight;
+            // Re-rendering the Markdown on every token keeps the page busy on long answers (Stop then reacts
+            // late): render at most once per frame.
+            if (!pending) {
+              pending = true;
+              requestAnimationFrame(() => {
+                pending = false;
+                fill(bubble, "assistant", answer, thinking);
+                $("messages").scrollTop = $("messages").scrollHeight;
+              });
+            }
           }
         }
       }
@@ -146,6 +155,7 @@
     } finally {
       controller = null;
       setBusy(false);
+      if (bubble.className !== "message error") fill(bubble, "assistant", answer, thinking);  // the last tokens
       if (answer || thinking) {
         const message = { role: "assistant", content: answer };
         if (thinking) message.reasoning_content = thinking;  // the server gives it back to the template
