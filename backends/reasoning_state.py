@@ -31,7 +31,6 @@ class ReasoningTracker:
         self.inside = bool(control and control.starts_inside)
         self.decided = not control or control.starts_inside  # the start of the answer was read
         self.tokens = 0  # generated inside the block, markers included
-        self.closed_by_budget = False
         self._since_open = ""
         self._start = ""
 
@@ -66,7 +65,6 @@ class ReasoningTracker:
         return self.inside and self.budget is not None and self.tokens >= self.budget
 
     def closing_text(self) -> str:
-        self.closed_by_budget = True
         return self.control.close + CLOSING_SUFFIX
 
     @property

@@ -40,11 +40,11 @@ class StopStringFilter:
         if not self._stops:
             return text
         buffer = self._held + text
-        cut = self._first_stop_index(buffer)
-        if cut is not None:
+        found = self._first_stop(buffer)
+        if found is not None:
+            cut, self.matched = found
             self.stopped = True
             self._held = ""
-            self.matched = min(self._stops, key=lambda s: (i if (i := buffer.find(s)) >= 0 else len(buffer) + 1))
             return buffer[:cut]
         keep = self._longest_partial_suffix(buffer)
         self._held = buffer[len(buffer) - keep :]
@@ -55,9 +55,10 @@ class StopStringFilter:
         held, self._held = self._held, ""
         return "" if self.stopped else held
 
-    def _first_stop_index(self, buffer: str) -> int | None:
-        hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
-        return min(hits) if hits else None
+    def _first_stop(self, buffer: str) -> tuple[int, str] | None:
+        """(where, which) of the stop string that occurs first (the first listed, on a tie), if any."""
+        hits = [(i, stop) for stop in self._stops if (i := buffer.find(stop)) >= 0]
+        return min(hits, key=lambda hit: hit[0]) if hits else None
 
     def _longest_partial_suffix(self, buffer: str) -> int:
         """Length of the longest buffer suffix that is a proper prefix of some stop string."""
