@@ -9,6 +9,7 @@ import sys
 import uvicorn
 
 from api.app import create_app
+from api.response_store import ResponseStore, StoreUnavailable
 from settings_cli import settings_from_cli
 from settings import Settings
 
@@ -32,6 +33,10 @@ def configure_logging(level: str, log_format: str = "text") -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = settings_from_cli(argv)
     configure_logging(settings.log_level, settings.log_format)
+    try:  # an unusable response store is a one-line error here, not a traceback from the app's startup
+        ResponseStore.open(settings.state_db, settings.cache_dir / "responses.sqlite3").close()
+    except StoreUnavailable as exc:
+        sys.exit(f"error: {exc}")
     # SIGTERM/Ctrl-C: uvicorn stops accepting, lets requests in flight (streams included) finish for up to
     # --shutdown-grace seconds, then the app's lifespan unloads models (queued cache writes are finished) and
     # closes upstream clients. Our own request log replaces uvicorn's access log.

@@ -138,9 +138,10 @@ class Settings(BaseSettings):
         "and again), favour closing that array or object where the model would start another element, so it ends "
         "with valid JSON instead of looping until max_tokens. llama.cpp engine."
     )
-    state_db: Path | None = Field(
-        None, description="SQLite database of stored Responses (previous_response_id, GET /v1/responses/{id}); "
-        "default: responses.sqlite3 in --cache-dir."
+    state_db: str | None = Field(
+        None, description="Database of stored Responses (previous_response_id, GET /v1/responses/{id}): a SQLite "
+        "file, or postgresql://user:password@host/db to share conversations between instances; default: "
+        "responses.sqlite3 in --cache-dir."
     )
     model_ttl: str | None = Field(
         None, description="How long an idle model stays loaded (\"10m\", \"1h\", seconds; unset: until evicted). "

@@ -20,6 +20,7 @@ from api.keys import KeyLimits, KeyStore
 from api.limits import BodyLimitMiddleware
 from api.observability import KeyUsageCollector, Metrics, RegistryCollector, RequestLogMiddleware
 from api.quotas import QuotaBook
+from api.instance_liveness import HEARTBEAT_SECONDS
 from api.response_store import ResponseStore
 from api.routes_admin import router as admin_router
 from api.routes_cache import router as cache_router
@@ -63,6 +64,19 @@ def _reload_keys_on_sighup(keys: KeyStore) -> None:
         logger.debug("SIGHUP key reload is not available here")
 
 
+async def _tend_response_store(store: ResponseStore) -> None:
+    """At start and every few seconds: this instance's heartbeat, and failing the background responses that an
+    instance which stopped mid-generation left unfinished (this one's previous run, or another sharing the db)."""
+    while True:
+        try:
+            if failed := await store.tend():
+                logger.warning("%d stored responses were left unfinished by a server that stopped: marked failed",
+                               failed)
+        except Exception:  # the database is briefly unreachable: try again next time
+            logger.exception("The response store could not be tended")
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -73,8 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.registry.register(RegistryCollector(registry))
         app.state.registry = registry
         app.state.responses = ResponseStore.open(settings.state_db, settings.cache_dir / "responses.sqlite3")
-        if unfinished := app.state.responses.fail_unfinished():
-            logger.warning("%d stored responses were unfinished when the server stopped: marked failed", unfinished)
+        app.state.tending = asyncio.create_task(_tend_response_store(app.state.responses))
         app.state.background = BackgroundRuns(app.state.responses)
         app.state.startup = asyncio.create_task(registry.load_default_model())
         logger.info("%s", keys.describe())
@@ -84,7 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             AppStatus.should_exit = True  # streams still open after uvicorn's grace period end now
             app.state.startup.cancel()
-            await asyncio.gather(app.state.startup, return_exceptions=True)
+            app.state.tending.cancel()
+            await asyncio.gather(app.state.startup, app.state.tending, return_exceptions=True)
             await app.state.background.aclose()
             await registry.aclose()  # models, then the upstream clients
             app.state.responses.close()

@@ -1,8 +1,9 @@
-"""Stored Responses: each stored response with the input items it answered, in SQLite (`cache/responses.sqlite3`,
-WAL, so a crash never leaves a half-written row), keyed by the tenant that made it (another key never sees it).
+"""Stored Responses: each stored response with the input items it answered, keyed by the tenant that made it
+(another key never sees it), in SQLite (`cache/responses.sqlite3`, WAL, so a crash never leaves a half-written
+row) or PostgreSQL (api/state_db.py).
 
-Schema migrations are versioned (`schema_version`); a database newer than this code, or not a database at all, is
-a clear error at start. Writes are single small transactions, done off the event loop.
+Schema migrations are versioned (`schema_version`) and applied in one transaction; a database newer than this code,
+or not a database at all, is a clear error at start. Reads are done off the event loop.
 """
 
 from __future__ import annotations
@@ -10,52 +11,66 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from api.instance_liveness import Liveness
+from api.state_db import StoreUnavailable, open_database
 from errors import ResponseNotFound
 
-MIGRATIONS = [
+__all__ = ["MIGRATIONS", "ResponseStore", "StoreUnavailable"]
+
+MIGRATIONS: list[str | dict[str, str]] = [  # a step is portable SQL, or one statement per dialect
     """CREATE TABLE responses (
         id TEXT PRIMARY KEY,
         tenant TEXT NOT NULL,
-        created_at REAL NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
         previous_response_id TEXT,
         response TEXT NOT NULL,      -- the response object, as answered
         input_items TEXT NOT NULL    -- the input items it answered (this turn's only)
     )""",
     "CREATE INDEX responses_previous ON responses (previous_response_id)",
+    # 3-7: background responses belong to the instance running them, so a server that stops mid-generation has its
+    # rows failed by whichever instance notices first, and a live instance's are never touched
+    "ALTER TABLE responses ADD COLUMN status TEXT",
+    "ALTER TABLE responses ADD COLUMN owner TEXT",
+    {"sqlite": "UPDATE responses SET status = json_extract(response, '$.status')",
+     "postgresql": "UPDATE responses SET status = response::json->>'status'"},
+    "CREATE INDEX responses_status ON responses (status)",
+    """CREATE TABLE instances (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        heartbeat DOUBLE PRECISION NOT NULL
+    )""",
 ]
+UNFINISHED = ("queued", "in_progress")
 logger = logging.getLogger(__name__)
 MAX_CHAIN = 1000  # previous_response_id links followed at most (a loop in stored data must not hang a request)
 
 
-class StoreUnavailable(RuntimeError):
-    """The database cannot be opened or is from a newer version of this server."""
-
-
 class ResponseStore:
-    def __init__(self, path: Path | None) -> None:
-        """`path` None: in memory (kept for this process only)."""
-        self.path = path
-        self._lock = threading.Lock()  # one connection, used from worker threads one at a time
+    def __init__(self, target: str | Path | None) -> None:
+        """`target`: a SQLite file, a PostgreSQL URL, or None (in memory, kept for this process only)."""
+        self.db = open_database(target)
+        self.in_memory = target is None
+        self.liveness = Liveness(self.db)
         try:
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path or ":memory:", check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
             self._migrate()
-        except (sqlite3.DatabaseError, OSError) as exc:
-            raise StoreUnavailable(f"The response store {path} cannot be used: {exc}") from exc
+        except StoreUnavailable:
+            self.db.close()
+            raise
+        except Exception as exc:  # sqlite3 / psycopg errors: a database we cannot use is said at start
+            self.db.close()
+            raise StoreUnavailable(f"The response store {self.db.label} cannot be used: {exc}") from exc
+        self.liveness.beat()
 
     @classmethod
-    def open(cls, configured: Path | None, default: Path) -> ResponseStore:
+    def open(cls, configured: str | None, default: Path) -> ResponseStore:
         """The operator's database (a clear error at start if unusable), else the default file in the cache
         directory; if that cannot be used (the cache dir is unusable, as the prompt cache tolerates), in memory."""
-        if configured is not None:
+        if configured:
             return cls(configured)
         try:
             return cls(default)
@@ -64,40 +79,39 @@ class ResponseStore:
             return cls(None)
 
     def _migrate(self) -> None:
-        self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = self._db.execute("SELECT version FROM schema_version").fetchone()
-        version = row[0] if row else 0
-        if version > len(MIGRATIONS):
-            raise StoreUnavailable(f"The response store {self.path} has schema version {version}, newer than this "
-                                   f"server's {len(MIGRATIONS)}.")
-        for index in range(version, len(MIGRATIONS)):
-            with self._db:  # each step and its version bump in one transaction
-                self._db.execute("BEGIN")
-                self._db.execute(MIGRATIONS[index])
-                self._db.execute("DELETE FROM schema_version")
-                self._db.execute("INSERT INTO schema_version VALUES (?)", (index + 1,))
+        with self.db.transaction() as execute:  # instances starting together: one migrates, the others wait
+            execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            rows = execute("SELECT version FROM schema_version")
+            version = rows[0][0] if rows else 0
+            if version > len(MIGRATIONS):
+                raise StoreUnavailable(f"The response store {self.db.label} has schema version {version}, newer "
+                                       f"than this server's {len(MIGRATIONS)}.")
+            for step in MIGRATIONS[version:]:
+                execute(step[self.db.dialect] if isinstance(step, dict) else step)
+            execute("DELETE FROM schema_version")
+            execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
 
     # ------------------------------------------------------------ sync (worker threads)
 
     def _save(self, response: dict, input_items: list, tenant: str) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
-                             (response["id"], tenant, time.time(), response.get("previous_response_id"),
-                              json.dumps(response), json.dumps(input_items)))
+        status = response.get("status")
+        self.db.change(
+            "INSERT INTO responses (id, tenant, created_at, previous_response_id, response, input_items, status, "
+            "owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET response = excluded.response, "
+            "status = excluded.status, owner = excluded.owner WHERE responses.status IN (?, ?)",
+            (response["id"], tenant, time.time(), response.get("previous_response_id"), json.dumps(response),
+             json.dumps(input_items), status, self.liveness.instance if status in UNFINISHED else None, *UNFINISHED))
+        # a final state (completed, failed, cancelled by any instance) is never overwritten
 
     def _load(self, response_id: str, tenant: str) -> tuple[dict, list]:
-        with self._lock:
-            row = self._db.execute("SELECT response, input_items FROM responses WHERE id = ? AND tenant = ?",
-                                   (response_id, tenant)).fetchone()
-        if row is None:
+        rows = self.db.query("SELECT response, input_items FROM responses WHERE id = ? AND tenant = ?",
+                             (response_id, tenant))
+        if not rows:
             raise ResponseNotFound(response_id)
-        return json.loads(row[0]), json.loads(row[1])
+        return json.loads(rows[0][0]), json.loads(rows[0][1])
 
     def _delete(self, response_id: str, tenant: str) -> None:
-        with self._lock:
-            deleted = self._db.execute("DELETE FROM responses WHERE id = ? AND tenant = ?",
-                                       (response_id, tenant)).rowcount
-        if not deleted:
+        if not self.db.change("DELETE FROM responses WHERE id = ? AND tenant = ?", (response_id, tenant)):
             raise ResponseNotFound(response_id)
 
     def _conversation(self, response_id: str, tenant: str) -> list[dict]:
@@ -110,13 +124,35 @@ class ResponseStore:
             current = response.get("previous_response_id")
         return [item for turn in reversed(turns) for item in turn]
 
-    def fail_unfinished(self) -> int:
-        """At start: responses a previous run left queued or in progress (it stopped mid-generation) are failed."""
-        error = '{"code": "server_error", "message": "The server stopped before this response finished."}'
-        with self._lock:
-            return self._db.execute(
-                "UPDATE responses SET response = json_set(response, '$.status', 'failed', '$.error', json(?)) "
-                "WHERE json_extract(response, '$.status') IN ('queued', 'in_progress')", (error,)).rowcount
+    def fail_orphans(self) -> int:
+        """Responses left queued or in progress by an instance that stopped mid-generation are marked failed; those
+        of live instances (this one, others sharing the database) are left alone. Returns how many."""
+        self.liveness.beat()
+        alive = self.liveness.alive()
+        error = {"code": "server_error", "message": "The server stopped before this response finished."}
+        failed = 0
+        for response_id, owner, text in self.db.query(
+                "SELECT id, owner, response FROM responses WHERE status IN (?, ?)", UNFINISHED):
+            if owner not in alive:
+                failed += self._settle(response_id, text, "failed", error=error)
+        return failed
+
+    def _settle(self, response_id: str, text: str, status: str, **fields: Any) -> int:
+        """Give an unfinished response its final `status` (1), unless it reached one meanwhile (0)."""
+        response = {**json.loads(text), "status": status, **fields}
+        return self.db.change("UPDATE responses SET response = ?, status = ? WHERE id = ? AND status IN (?, ?)",
+                              (json.dumps(response), status, response_id, *UNFINISHED))
+
+    def _cancel(self, response_id: str, tenant: str) -> None:
+        rows = self.db.query("SELECT response FROM responses WHERE id = ? AND tenant = ? AND status IN (?, ?)",
+                             (response_id, tenant, *UNFINISHED))
+        if rows:
+            self._settle(response_id, rows[0][0], "cancelled")
+
+    def _cancelled_among(self, response_ids: list[str]) -> set[str]:
+        marks = ", ".join("?" * len(response_ids))
+        return {row[0] for row in self.db.query(
+            f"SELECT id FROM responses WHERE status = 'cancelled' AND id IN ({marks})", response_ids)}
 
     # ------------------------------------------------------------ async
 
@@ -133,9 +169,20 @@ class ResponseStore:
     async def conversation(self, response_id: str, tenant: str) -> list[dict]:
         return await asyncio.to_thread(self._conversation, response_id, tenant)
 
+    async def cancel(self, response_id: str, tenant: str) -> None:
+        """Mark an unfinished response cancelled, whichever instance runs it (that one stops it: BackgroundRuns)."""
+        await asyncio.to_thread(self._cancel, response_id, tenant)
+
+    async def cancelled_among(self, response_ids: list[str]) -> set[str]:
+        return await asyncio.to_thread(self._cancelled_among, response_ids) if response_ids else set()
+
+    async def tend(self) -> int:
+        """Periodically: say this instance is alive, fail the responses of instances that are not."""
+        return await asyncio.to_thread(self.fail_orphans)
+
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.liveness.leave()
+        self.db.close()
 
 
 def _as_input(item: dict[str, Any]) -> dict[str, Any]:

@@ -106,8 +106,7 @@ async def cancel_response(response_id: str, request: Request, tenant: TenantDep)
     response, _ = await request.app.state.responses.load(response_id, tenant.label)  # 404 if unknown or not yours
     if not response.get("background"):
         raise InvalidRequest("Only background responses can be cancelled.", param="response_id")
-    if request.app.state.background.cancel(response_id):
-        await request.app.state.background.wait(response_id)
+    await request.app.state.background.cancel(response_id, tenant.label)
     return (await request.app.state.responses.load(response_id, tenant.label))[0]
 
 

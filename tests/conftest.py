@@ -1,5 +1,7 @@
 import os
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.embedded_model import EMBEDDED_MODEL_FILES, ensure_embedded_model  # noqa: E402
 from settings import PROJECT_ROOT  # noqa: E402
+from tests.postgres_server import running_postgres  # noqa: E402
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -21,6 +24,25 @@ def embedded_models() -> dict[str, Path]:
     for file_name in EMBEDDED_MODEL_FILES:
         ensure_embedded_model(models_dir, file_name)
     return {file_name: models_dir / file_name for file_name in EMBEDDED_MODEL_FILES}
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the whole session (tests/postgres_server.py); each user takes its own
+    database from `fresh_database`."""
+    with running_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_postgres(postgres_url: str) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres_url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,0 +1,97 @@
+"""Stored responses in a real PostgreSQL shared by two server instances (as behind a load balancer) with one cache
+directory: a chain continued turn by turn on either instance, retrieved, listed and deleted on the other; a
+background response polled and cancelled through the instance that does not run it and not failed by it; and a
+fresh instance continuing the conversation with the prefix from the shared disk prompt cache."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from backends.embedded_model import SMOLLM2_FILE
+from tests.server_process import running_server
+
+MODEL = SMOLLM2_FILE
+NO_END = {"logit_bias": {"0": -100, "2": -100}}  # SmolLM2's end tokens banned: the story runs until cancelled
+
+
+@pytest.fixture(scope="module")
+def database(postgres_url):
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE shared_state")
+    return postgres_url.rsplit("/", 1)[0] + "/shared_state"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("shared-cache")
+
+
+@pytest.fixture(scope="module")
+def two_instances(database, cache_dir, tmp_path_factory):
+    flags = ("--model-name", MODEL, "--state-db", database, "--cache-dir", str(cache_dir), "--parallel", "2")
+    with running_server(*flags, log_dir=tmp_path_factory.mktemp("a")) as a, \
+            running_server(*flags, log_dir=tmp_path_factory.mktemp("b")) as b:
+        yield a, b
+
+
+def test_a_chain_alternates_between_instances(two_instances):
+    a, b = (server.openai_client() for server in two_instances)
+    first = a.responses.create(model=MODEL, input="My name is Ada.", max_output_tokens=6, temperature=0)
+    assert b.responses.retrieve(first.id).output_text == first.output_text
+    second = b.responses.create(model=MODEL, input="What is my name?", previous_response_id=first.id,
+                                max_output_tokens=6, temperature=0)
+    third = a.responses.create(model=MODEL, input="Say it again.", previous_response_id=second.id,
+                               max_output_tokens=6, temperature=0)
+    # each turn saw the whole conversation: the prompt grew by more than the new words
+    assert first.usage.input_tokens < second.usage.input_tokens < third.usage.input_tokens
+    listed = b.responses.input_items.list(third.id, order="asc")
+    assert [item.content[0].text for item in listed.data] == ["Say it again."]
+    a.responses.delete(second.id)
+    with pytest.raises(openai.NotFoundError):
+        b.responses.retrieve(second.id)
+    with pytest.raises(openai.NotFoundError):  # the chain through it is broken, on either instance
+        b.responses.create(model=MODEL, input="More.", previous_response_id=third.id, max_output_tokens=2)
+
+
+def _poll(client, response_id, done, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while (response := client.responses.retrieve(response_id)).status not in done:
+        assert time.monotonic() < deadline, response.status
+        time.sleep(0.1)
+    return response
+
+
+def test_a_background_response_runs_on_one_instance_and_is_cancelled_through_the_other(two_instances):
+    a_server, b_server = two_instances
+    a, b = a_server.openai_client(), b_server.openai_client()
+    queued = a.responses.create(model=MODEL, input="Write a long story.", max_output_tokens=900, background=True,
+                                extra_body=NO_END)
+    _poll(b, queued.id, done=("in_progress",))
+    time.sleep(1.5)  # b tends the store meanwhile: a is alive, so its response is not failed
+    assert b.responses.retrieve(queued.id).status == "in_progress"
+    assert b.responses.cancel(queued.id).status == "cancelled"
+    deadline = time.monotonic() + 5  # a sees the cancel in the database and stops generating
+    while httpx.get(f"{a_server.base_url}/").json()["active_sequences"] != 0:
+        assert time.monotonic() < deadline, "the cancelled response kept generating on the instance running it"
+        time.sleep(0.05)
+    assert a.responses.retrieve(queued.id).status == "cancelled"
+
+
+def test_a_fresh_instance_continues_from_the_shared_database_and_cache(database, cache_dir, tmp_path):
+    flags = ("--model-name", MODEL, "--state-db", database, "--cache-dir", str(cache_dir), "--parallel", "1")
+    (tmp_path / "first").mkdir()
+    (tmp_path / "fresh").mkdir()
+    with running_server(*flags, log_dir=tmp_path / "first") as server:
+        first = server.openai_client().responses.create(
+            model=MODEL, input="Tell me about lighthouses and the sea at night. " * 20, max_output_tokens=8,
+            temperature=0)
+    with running_server(*flags, log_dir=tmp_path / "fresh") as server:
+        second = server.openai_client().responses.create(model=MODEL, input="Go on.", previous_response_id=first.id,
+                                                         max_output_tokens=4, temperature=0)
+    assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 1
