@@ -203,6 +203,7 @@ class SetModelRequest(WireModel):
 class ModelActionRequest(WireModel):
     model: str
     wait: bool = True
+    stream: bool = False  # load only: progress as Server-Sent Events
 
 
 # ---------------------------------------------------------------- responses

@@ -6,13 +6,15 @@ import datetime
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from api.audit import audit
 from api.deps import AdminDep, RegistryDep, TenantDep
 from api.error_responses import error_response
+from api.load_stream import load_events
 from api.protocol import ModelActionRequest, ModelCard, ModelList, SetModelRequest
 from api.routes_web import chat_page, wants_html
+from api.sse import event_stream
 from backends.catalog import GenerationDefaults, ModelEntry
 from backends.memory import cuda_allocated_bytes, process_rss_bytes
 from backends.registry import ModelRegistry
@@ -34,6 +36,8 @@ def _model_card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
         "size_bytes": entry.size_bytes,
         "default": registry.default_model in entry.names,  # what a request naming no model gets
     }
+    if (progress := registry.load_progress(entry.id)) is not None:
+        extra["loading"] = progress.as_dict()  # {progress 0..1, stage, elapsed_seconds}
     if entry.engine == "remote" and registry.remote is not None:
         pool = registry.remote.pool((entry.upstream or {}).get("name", ""))
         extra["upstream"] = pool.describe() if pool else None  # URLs and health; never the key
@@ -99,9 +103,13 @@ async def set_model(body: SetModelRequest, registry: RegistryDep, admin: AdminDe
 
 
 @router.post("/admin/models/load", tags=["admin"])
-async def load_model(body: ModelActionRequest, registry: RegistryDep, admin: AdminDep) -> JSONResponse:
-    """Load a model (it stays resident until evicted or unloaded); `"wait": false` answers 202 at once."""
+async def load_model(body: ModelActionRequest, registry: RegistryDep, admin: AdminDep) -> Response:
+    """Load a model (it stays resident until evicted or unloaded); `"wait": false` answers 202 at once,
+    `"stream": true` sends its progress as Server-Sent Events (api/load_stream.py)."""
     audit(admin, "load", model=body.model)
+    if body.stream:
+        entry = registry.resolve(body.model)  # an unknown model is a 404, before the stream starts
+        return event_stream(load_events(registry, entry, lambda: _action_body(registry, entry, True)))
     if body.wait:
         entry = (await registry.ensure_loaded(body.model)).entry
     else:
@@ -135,13 +143,17 @@ async def put_defaults(model_id: str, body: GenerationDefaults, registry: Regist
 
 
 def _action_response(registry: ModelRegistry, entry: ModelEntry, waited: bool) -> JSONResponse:
+    return JSONResponse(_action_body(registry, entry, waited), status_code=200 if waited else 202)
+
+
+def _action_body(registry: ModelRegistry, entry: ModelEntry, waited: bool) -> dict:
     status, error = registry.status(entry.id)
     body = {"status": "ok" if waited else "accepted", "model": entry.id, "model_status": status, "error": error,
             "default_model": registry.default_model}
     model = registry.loaded_model(entry.id)
     if model is not None:
         body["context_length"] = model.engine.context_length
-    return JSONResponse(body, status_code=200 if waited else 202)
+    return body
 
 
 # ---------------------------------------------------------------- status

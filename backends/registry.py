@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Literal
 
 from backends.base import Engine
@@ -23,6 +22,7 @@ from backends.catalog import Catalog, GenerationDefaults, ModelEntry, default_hf
 from backends.embedded_model import ensure_embedded_models
 from backends.factory import EngineBuilder
 from backends.keep_alive import LoadedModel, parse_duration, reap_expired
+from backends.load_progress import LoadProgress, tracking
 from backends.memory import estimate_memory_bytes, physical_memory_bytes
 from backends.remote.pool import RemoteDirectory, load_upstream_configs
 from chat.templates import ChatPromptRenderer
@@ -75,6 +75,7 @@ class ModelRegistry:
         self._loaded: dict[str, LoadedModel] = {}
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
         self._reserved: dict[str, int] = {}  # memory promised to loads in progress
+        self._progress: dict[str, LoadProgress] = {}  # how far each load in progress has come
         self._errors: dict[str, str] = {}
         self._runtime_defaults: dict[str, GenerationDefaults] = {}
         self._residency = asyncio.Lock()  # one load at a time decides what to evict and reserves memory
@@ -120,6 +121,12 @@ class ModelRegistry:
     @property
     def loading_ids(self) -> list[str]:
         return list(self._loading)
+
+    def load_progress(self, model_id: str) -> LoadProgress | None:
+        """How far the load of `model_id` has come, while it is loading."""
+        if model_id in self._loading:
+            return self._progress.setdefault(model_id, LoadProgress())
+        return None
 
     def status(self, model_id: str) -> tuple[ModelStatus, str | None]:
         if model_id in self._loading:
@@ -237,7 +244,8 @@ class ModelRegistry:
                     await self._make_room(entry, estimate)
                     self._reserved[entry.id] = estimate
                 logger.info("Loading model %s (about %.0f MiB)", entry.id, estimate / 2**20)
-            engine = await asyncio.to_thread(self._engine_factory, entry, settings)
+            with tracking(self._progress.setdefault(entry.id, LoadProgress())):  # reported from the thread
+                engine = await asyncio.to_thread(self._engine_factory, entry, settings)
             try:
                 renderer = ChatPromptRenderer(engine.chat_template)
             except Exception:
@@ -254,6 +262,7 @@ class ModelRegistry:
             raise ModelLoadFailed(f"Model '{entry.id}' failed to load: {exc}") from exc
         finally:
             self._loading.pop(entry.id, None)
+            self._progress.pop(entry.id, None)
             memory = self._reserved.pop(entry.id, 0)  # a failed load gives its reservation back too
         model = LoadedModel(entry, engine, renderer, memory, time.perf_counter() - started,
                             keep_alive=parse_duration(entry.ttl if entry.ttl is not None else self.settings.model_ttl))

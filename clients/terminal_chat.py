@@ -8,7 +8,9 @@ generating); Ctrl-C twice at the prompt exits. Server errors are one readable li
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markdown import Markdown
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -134,20 +137,33 @@ class TerminalChat:
     def _switch(self, name: str) -> None:
         if not name:
             raise ValueError("usage: /switch NAME")
-        with self.console.status(f"loading {name}..."):
-            model = self.client.models.retrieve(name)  # 404 for unknown names, before anything changes
-            if (model.model_extra or {}).get("status") not in (None, "loaded"):
-                self._load_on_server(model.id)
+        model = self.client.models.retrieve(name)  # 404 for unknown names, before anything changes
+        if (model.model_extra or {}).get("status") not in (None, "loaded"):
+            self._load_on_server(model.id)
         self.conversation.model = model.id
         self.console.print(f"now talking to [bold]{model.id}[/bold]")
 
     def _load_on_server(self, model_id: str) -> None:
-        """Our server loads models on demand anyway; asking now shows the wait here instead of in the answer."""
+        """Our server loads models on demand anyway; asking now shows the wait here, as a progress bar fed by the
+        load's Server-Sent Events, instead of as a long time to the first token."""
         root = str(self.client.base_url).rstrip("/").removesuffix("/v1")
-        response = httpx.post(f"{root}/admin/models/load", json={"model": model_id}, timeout=600,
-                              headers={"Authorization": f"Bearer {self.client.api_key}"})
-        if response.status_code >= 400 and response.status_code != 404:  # 404: not our server, no admin API
-            raise ValueError(response.json().get("error", {}).get("message", response.text))
+        started = time.monotonic()
+        with httpx.stream("POST", f"{root}/admin/models/load", json={"model": model_id, "stream": True},
+                          timeout=600, headers={"Authorization": f"Bearer {self.client.api_key}"}) as response:
+            if response.status_code == 404:  # not our server (no admin API): the first answer will load it
+                return
+            if response.status_code >= 400:
+                response.read()
+                raise ValueError(response.json().get("error", {}).get("message", response.text))
+            with Progress(TextColumn("loading {task.description}"), BarColumn(), TaskProgressColumn(),
+                          TimeElapsedColumn(), console=self.console) as bar:
+                task = bar.add_task(model_id, total=1.0)
+                for event, data in sse_events(response):
+                    if event == "error":
+                        raise ValueError(data["error"]["message"])
+                    done = 1.0 if event == "loaded" else data.get("progress", 0.0)
+                    bar.update(task, completed=done, description=f"{model_id} ({data.get('stage', 'ready')})")
+        self.console.print(f"loaded {model_id} in {time.monotonic() - started:.1f} s")
 
     def _save(self, name: str) -> None:
         if not name:
@@ -277,3 +293,14 @@ def _newline_bindings() -> KeyBindings:
         event.current_buffer.insert_text("\n")
 
     return bindings
+
+
+def sse_events(response: httpx.Response) -> Iterator[tuple[str | None, dict]]:
+    """(event name, data) for each Server-Sent Event of a streamed response."""
+    event = None
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            event = line[len("event:"):].strip()
+        elif line.startswith("data:"):
+            yield event, json.loads(line[len("data:"):])
+            event = None

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from backends.catalog import HFLoadOptions, ModelEntry
+from backends.hf.load_tracking import FIRST, LAST
+from backends.hf.load_tracking import install as install_load_tracking
+from backends.load_progress import report
 from errors import InvalidRequest, ModelNotFound
 
 logger = logging.getLogger(__name__)
@@ -88,6 +91,7 @@ def load_checkpoint(entry: ModelEntry, trust_remote_code: bool) -> LoadedCheckpo
     common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
     if gguf_file:
         common["gguf_file"] = gguf_file
+    report(0.02, "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(folder, **common)
     model_args: dict[str, Any] = {**common, "dtype": dtype}
     if quantization is not None:
@@ -96,7 +100,10 @@ def load_checkpoint(entry: ModelEntry, trust_remote_code: bool) -> LoadedCheckpo
         model_args["device_map"] = options.device_map or {"": device.index or 0}
     logger.info("Loading %s from %s on %s as %s%s", entry.id, folder, device, dtype,
                 f" ({options.quantization})" if quantization is not None else "")
+    report(FIRST, "weights")
+    install_load_tracking()
     model = AutoModelForCausalLM.from_pretrained(folder, **model_args)
+    report(LAST, "device")
     if "device_map" not in model_args:
         model.to(device)
     model.eval()

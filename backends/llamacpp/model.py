@@ -16,6 +16,7 @@ import llama_cpp
 import numpy as np
 
 from backends.llamacpp.log_routing import route_llama_logs_to_python
+from backends.load_progress import current_load, report
 
 _backend_ready = False
 
@@ -48,6 +49,9 @@ class ContextConfig:
     pooling_type: int = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED  # unspecified = the GGUF's own pooling
 
 
+WEIGHTS_SHARE = 0.9  # of a load's progress: reading tensors; the rest is the context and the template
+
+
 def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
@@ -60,7 +64,16 @@ class LlamaModel:
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         self.path = path
+        progress = current_load()
+        if progress is not None:  # the registry is tracking this load: llama.cpp reports the share of data read
+            def on_progress(fraction: float, _user_data: object) -> bool:
+                progress.report(WEIGHTS_SHARE * fraction, "weights")
+                return True  # go on loading
+
+            callback = llama_cpp.llama_progress_callback(on_progress)  # referenced until the load returns
+            params.progress_callback = callback
         self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        report(WEIGHTS_SHARE, "context")
         if not self.ptr:
             raise ValueError(f"llama.cpp could not load '{path.name}' (not a valid GGUF model?)")
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)

@@ -4,6 +4,7 @@ concurrent requests, eviction waiting for streams, memory freed on unload, failu
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import threading
 import time
 
@@ -150,6 +151,54 @@ def test_set_model_without_waiting_answers_202_and_shows_progress(catalog_server
         time.sleep(0.1)
     assert httpx.get(f"{catalog_server.base_url}/").json()["default_model"] == "gemma-c"
     httpx.post(f"{catalog_server.base_url}/setModel", json={"modelName": "gemma-a"})
+
+
+def _load_events(server, model: str) -> list[tuple[str, dict]]:
+    """`POST /admin/models/load` streamed: (event name, data) pairs, as a client reads them."""
+    events, name = [], None
+    with httpx.stream("POST", f"{server.base_url}/admin/models/load", json={"model": model, "stream": True},
+                      timeout=120) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line[len("event: "):]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[len("data: "):])))
+    return events
+
+
+def test_a_load_streams_its_progress_and_the_catalog_shows_it(catalog_server):
+    httpx.post(f"{catalog_server.base_url}/admin/models/unload", json={"model": "gemma-b"}, timeout=60)
+    seen_in_catalog: list[dict] = []
+    stop = threading.Event()
+
+    def watch_catalog() -> None:
+        while not stop.is_set():
+            if loading := cards(catalog_server)["gemma-b"].get("loading"):
+                seen_in_catalog.append(loading)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch_catalog)
+    watcher.start()
+    try:
+        events = _load_events(catalog_server, "gemma-b")
+    finally:
+        stop.set()
+        watcher.join()
+    progress = [data["progress"] for name, data in events if name == "progress"]
+    assert progress == sorted(progress) and len(progress) >= 3  # llama.cpp reports as it reads the tensors
+    assert any(0 < value < 1 for value in progress)
+    assert {data["stage"] for name, data in events if name == "progress"} >= {"weights"}
+    assert events[-1][0] == "loaded" and events[-1][1]["model_status"] == "loaded"
+    assert seen_in_catalog and all(0 <= entry["progress"] <= 1 for entry in seen_in_catalog)
+    assert "loading" not in cards(catalog_server)["gemma-b"]  # only while it loads
+
+
+def test_a_streamed_load_that_fails_ends_with_an_error_event(catalog_server):
+    events = _load_events(catalog_server, "broken.gguf")
+    assert events[-1][0] == "error" and events[-1][1]["error"]["code"] == "model_load_failed"
+    missing = httpx.post(f"{catalog_server.base_url}/admin/models/load", json={"model": "nope", "stream": True})
+    assert missing.status_code == 404  # before any stream starts
 
 
 def test_eviction_waits_for_the_stream_in_flight(tmp_path):

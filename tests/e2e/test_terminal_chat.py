@@ -107,8 +107,8 @@ def terminal(chat_server, tmp_path):
 def test_a_turn_switch_and_save_load_round_trip(terminal, tmp_path):
     terminal.send("Say hello.")
     terminal.expect(r"tok/s")
-    terminal.send("/switch two")
-    terminal.expect("now talking to two")
+    terminal.send("/switch two")  # not loaded yet: the load's progress is a bar, fed by the server's events
+    terminal.expect(r"loading two[\s\S]*100%[\s\S]*loaded two in \d+\.\d s\s+now talking to two")
     terminal.send("And goodbye?")
     terminal.expect(r"tok/s")
     terminal.send("/save trip")
