@@ -80,6 +80,32 @@
     }
   }
 
+  // While a request waits for its model to load, the card says how far the load has come (/v1/models/{id}:
+  // status "loading", loading.progress 0..1): shown as a bar until the load ends or the request does.
+  function watchLoad(model, until) {
+    const box = $("loading");
+    let finished = false;
+    until.finally(() => { finished = true; box.hidden = true; });
+    (async () => {
+      while (!finished) {
+        try {
+          const response = await fetch("/v1/models/" + encodeURIComponent(model), { headers: headers() });
+          const card = response.ok ? await response.json() : {};
+          if (card.status === "loading" && card.loading && !finished) {
+            $("load-progress").value = card.loading.progress;
+            $("load-label").textContent = "Loading " + model + ": " + Math.round(card.loading.progress * 100) +
+              " % (" + card.loading.stage + ")";
+            box.hidden = false;
+          } else if (card.status && card.status !== "loading") {
+            box.hidden = true;
+            if (card.status !== "available") return;  // loaded or failed: nothing more to show
+          }
+        } catch (error) { return; }
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+    })();
+  }
+
   function setBusy(busy) {
     $("send").disabled = busy;
     $("stop").disabled = !busy;
@@ -101,11 +127,13 @@
     let firstAt = null;
     const started = performance.now();
     try {
-      const response = await fetch("/v1/chat/completions", {
+      const request = fetch("/v1/chat/completions", {
         method: "POST", headers: headers(), signal: controller.signal,
         body: JSON.stringify({ model: state.model, messages: system.concat(state.messages), stream: true,
                                temperature: Number(state.temperature), stream_options: { include_usage: true } }),
       });
+      watchLoad(state.model, request.catch(() => {}));  // the headers come once the model is loaded
+      const response = await request;
       if (!response.ok) {
         const body = await response.json().catch(() => ({}));
         throw new Error(body.error ? body.error.message : response.status + " " + response.statusText);

@@ -150,3 +150,33 @@ def test_chat_in_a_real_browser(server):
         browser.close()
     assert sent_models == [default_model, other_model, default_model]
     assert console_errors == []
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`)")
+def test_the_page_shows_a_bar_while_the_chosen_model_loads(tmp_path):
+    """A transformers model's first load (torch is imported then, seconds here) is long enough to watch."""
+    import yaml
+    from playwright import sync_api
+
+    from tests.server_process import running_server
+    from tests.tiny_hf_model import build_tiny_llama
+
+    models = tmp_path / "models"
+    build_tiny_llama(models / "tiny-llama")
+    (models / "models.yaml").write_text(yaml.safe_dump({"models": [
+        {"id": "tiny", "path": str(models / "tiny-llama"), "engine": "transformers"}]}))
+    flags = ("--models-dir", str(models), "--model-name", SMOLLM2_FILE)
+    with running_server(*flags, log_dir=tmp_path) as server, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(f"{server.base_url}/chat")
+        page.wait_for_function("document.querySelectorAll('#model option').length > 1")
+        page.select_option("#model", "tiny")
+        page.fill("#input", "hi")
+        page.press("#input", "Enter")
+        page.wait_for_selector("#loading", state="visible", timeout=30000)
+        label = page.inner_text("#load-label")
+        assert label.startswith("Loading tiny: ") and "%" in label
+        page.wait_for_function("document.querySelector('#status').textContent.includes('tok/s')", timeout=60000)
+        assert page.is_hidden("#loading")  # gone once the model answers
+        browser.close()
