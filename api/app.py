@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sse_starlette.sse import AppStatus
+from starlette.concurrency import run_in_threadpool
 
 from api.audit import audit
 from api.background_responses import BackgroundRuns
@@ -88,6 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry = registry
         app.state.responses = ResponseStore.open(settings.state_db, settings.cache_dir / "responses.sqlite3")
         app.state.tending = asyncio.create_task(_tend_response_store(app.state.responses))
+        # Sync dependencies run in anyio's thread pool, whose backend anyio imports on first use (~110 ms here):
+        # done now, not in the first request's time to first token.
+        await run_in_threadpool(lambda: None)
         app.state.background = BackgroundRuns(app.state.responses)
         app.state.startup = asyncio.create_task(registry.load_default_model())
         logger.info("%s", keys.describe())

@@ -73,7 +73,8 @@ class LlamaCppEngine(WorkerThreadEngine):
         # Budget-aware closing needs the vocabulary's closing tokens: found now, in the background, so the first
         # constrained answer near its budget does not stall every stream of the scheduler for it.
         steers = settings.budget_closing or settings.loop_breaking
-        self._closing_tokens_ready = self.model.prepare_closing_tokens() if steers else None
+        keep_in = self.prompt_cache.store.directory if self.prompt_cache else None  # this model file's cache dir
+        self._closing_tokens_ready = self.model.prepare_closing_tokens(keep_in) if steers else None
 
     def _open_prompt_cache(self, settings: Settings) -> PromptCache | None:
         if not settings.prompt_cache:
