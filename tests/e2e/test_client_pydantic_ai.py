@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 
 import pydantic
-import pytest
 from pydantic_ai import Agent, RunContext, Tool
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
