@@ -36,7 +36,7 @@ async def handle_chat_completion(
                                 registry.generation_defaults(model.model_id), server_reasoning(settings))
         outputs = [prepared.output() for _ in prepared.requests]
         writer = ChatWriter(body, CompletionIdentity(model=model.model_id), outputs, prepared.reasoning_format)
-        return LocalRun(writer, generation_chunks(model, prepared.requests, settings, tenant), bool(body.stream))
+        return LocalRun(writer, generation_chunks(model, prepared.requests, settings, tenant, body), bool(body.stream))
 
     sent = client_body(body)
     return await serve(request, registry, body.model, tenant=tenant,

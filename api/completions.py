@@ -103,7 +103,7 @@ def start_completion(
     ]
     echoes = [echoed[index // n] for index in range(len(requests))]
     writer = CompletionWriter(body, model.model_id, echoes, n)
-    return LocalRun(writer, generation_chunks(model, requests, settings, tenant), bool(body.stream))
+    return LocalRun(writer, generation_chunks(model, requests, settings, tenant, body), bool(body.stream))
 
 
 class CompletionWriter(AnswerWriter):

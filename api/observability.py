@@ -39,6 +39,8 @@ class RequestRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
+    drafted_tokens: int = 0  # speculative decoding
+    accepted_tokens: int = 0
     first_token_at: float | None = None
     status: int = 0
     upstream_error: tuple[str, str] | None = None  # (upstream, code) when a remote upstream failed
@@ -55,6 +57,10 @@ class Metrics:
         self.completion_tokens = Counter("llm_completion_tokens", "Completion tokens", ["model"], registry=self.registry)
         self.reasoning_tokens = Counter("llm_reasoning_tokens", "Completion tokens spent thinking", ["model"],
                                         registry=self.registry)
+        self.drafted_tokens = Counter("llm_speculative_drafted_tokens", "Tokens drafted by speculative decoding",
+                                      ["model"], registry=self.registry)
+        self.accepted_tokens = Counter("llm_speculative_accepted_tokens", "Drafted tokens the model confirmed (each "
+                                       "a decode step saved)", ["model"], registry=self.registry)
         self.ttft = Histogram("llm_time_to_first_token_seconds", "Time to first token", ["model"], registry=self.registry,
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.token_latency = Histogram("llm_time_per_output_token_seconds", "Time per output token after the first",
@@ -76,6 +82,8 @@ class Metrics:
         self.prompt_tokens.labels(model).inc(record.prompt_tokens)
         self.completion_tokens.labels(model).inc(record.completion_tokens)
         self.reasoning_tokens.labels(model).inc(record.reasoning_tokens)
+        self.drafted_tokens.labels(model).inc(record.drafted_tokens)
+        self.accepted_tokens.labels(model).inc(record.accepted_tokens)
         if record.first_token_at is not None:
             self.ttft.labels(model).observe(record.first_token_at - record.started)
             if record.completion_tokens > 1:
@@ -144,6 +152,8 @@ async def observe(chunks: AsyncIterator, model_id: str, engine: str) -> AsyncIte
                     record.prompt_tokens = chunk.usage.prompt_tokens
                     record.completion_tokens += chunk.usage.completion_tokens
                     record.reasoning_tokens += chunk.usage.reasoning_tokens
+                    record.drafted_tokens += chunk.usage.drafted_tokens
+                    record.accepted_tokens += chunk.usage.accepted_tokens
             yield item
     finally:
         await chunks.aclose()
@@ -204,6 +214,7 @@ class RequestLogMiddleware:
                   "status": record.status, "model": record.model, "engine": record.engine,
                   "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
                   "reasoning_tokens": record.reasoning_tokens or None,
+                  "drafted_tokens": record.drafted_tokens or None, "accepted_tokens": record.accepted_tokens or None,
                   "ttft_s": ttft, "total_s": round(total, 4)}
         if self.json_logs:
             logger.info(json.dumps(fields))

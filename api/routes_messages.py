@@ -45,7 +45,7 @@ async def create_message(body: MessagesRequest, request: Request, registry: Regi
         message = Message(model=model.model_id)
         message.usage.input_tokens = model.engine.count_tokens(requests[0].prompt)  # for message_start
         writer = MessagesWriter(message, prepared.output())
-        return LocalRun(writer, generation_chunks(model, requests, settings, tenant), bool(body.stream))
+        return LocalRun(writer, generation_chunks(model, requests, settings, tenant, body), bool(body.stream))
 
     sent = client_body(chat)
     return await serve(request, registry, body.model, tenant=tenant,

@@ -159,5 +159,5 @@ def _start_generation(
         store=body.store is not False, **({"id": response_id} if response_id else {}),
     )
     writer = ResponseWriter(shell, prepared.output(), wants_logprobs(body))
-    chunks = generation_chunks(model, prepared.requests, settings, tenant)
+    chunks = generation_chunks(model, prepared.requests, settings, tenant, body)
     return writer, chunks

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from api.choice_streams import consume_unless_disconnected, merge_choices, wait_for_disconnect, with_deadline
@@ -29,7 +30,7 @@ from api.sse import event_stream, sse_bytes, sse_event
 from backends.base import GenerationChunk, GenerationFinished, GenerationRequest, RelayedStream, RelayedWhole
 from backends.keep_alive import parse_duration
 from backends.registry import KEEP, LoadedModel, ModelRegistry
-from errors import EngineFailure, ServerError, UpstreamError
+from errors import EngineFailure, InvalidRequest, ServerError, UpstreamError
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -81,13 +82,24 @@ LocalStart = Callable[[LoadedModel], Awaitable[LocalRun | LocalWhole]]
 
 
 def generation_chunks(
-    model: LoadedModel, requests: list[GenerationRequest], settings: Settings, tenant: Tenant
+    model: LoadedModel, requests: list[GenerationRequest], settings: Settings, tenant: Tenant, body: BaseModel
 ) -> ChoiceChunks:
     """The choices' chunks, merged, observed for metrics and bounded by `--request-timeout`. Each generation is
-    labelled with its tenant, so the engines' queues can take turns between tenants."""
-    streams = [model.engine.generate(replace(r, tenant=tenant.label)) for r in requests]
+    labelled with its tenant, so the engines' queues can take turns between tenants, and carries the request's
+    engine-level extensions found in `body` (any API's)."""
+    speculative = wants_speculation(body)
+    streams = [model.engine.generate(replace(r, tenant=tenant.label, speculative=speculative)) for r in requests]
     chunks = observe(merge_choices(streams), model.model_id, model.engine.engine_kind)
     return with_deadline(chunks, settings.request_timeout) if settings.request_timeout else chunks
+
+
+def wants_speculation(body: BaseModel) -> bool:
+    """Our extension `"speculative": false`: this request decodes one token per step (the server's speculative
+    decoding, `--spec`, is exact, so this only trades speed for a steadier pace)."""
+    value = (body.model_extra or {}).get("speculative", True)
+    if not isinstance(value, bool):
+        raise InvalidRequest("'speculative' must be true or false.", param="speculative")
+    return value
 
 
 def requested_keep_alive(body: dict) -> float | None | object:

@@ -61,6 +61,7 @@ class GenerationRequest:
     # max_tokens beyond the free context is cut to it instead of refused (Anthropic clients such as Claude Code
     # always ask for 32000; a local model's context rarely leaves that much)
     clamp_to_context: bool = False
+    speculative: bool = True  # may use the server's speculative decoding (a request can opt out)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class Usage:
     completion_tokens: int
     cached_tokens: int = 0
     reasoning_tokens: int = 0  # completion tokens spent inside the reasoning block (markers included)
+    drafted_tokens: int = 0  # speculative decoding: tokens guessed and checked
+    accepted_tokens: int = 0  # of those, the ones the model confirmed (each one a decode step saved)
 
 
 @dataclass(frozen=True)

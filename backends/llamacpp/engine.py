@@ -24,7 +24,9 @@ from backends.engine_support import WorkerThreadEngine, check_logit_bias, check_
 from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, default_threads
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache, model_namespace, state_format_tag
 from backends.llamacpp.sampling import grammar_parses
-from backends.llamacpp.scheduler import Scheduler, SequenceJob, common_prefix_length
+from backends.llamacpp.scheduler import Scheduler
+from backends.llamacpp.sequences import SequenceJob, common_prefix_length
+from backends.llamacpp.speculation import SpeculationOptions
 from backends.llamacpp.steering import SteeringOptions
 from chat.reasoning import KNOWN_MARKERS
 from chat.templates import resolve_template_source, resolve_tool_prompt_source
@@ -69,6 +71,9 @@ class LlamaCppEngine(WorkerThreadEngine):
         self.scheduler = Scheduler(
             self.model, self.context, settings.parallel, self._context_length, settings.max_queue, self.prompt_cache,
             SteeringOptions(budget_closing=settings.budget_closing, loop_breaking=settings.loop_breaking),
+            SpeculationOptions(mode=settings.spec, draft_max=settings.spec_draft_max,
+                               draft_min=min(settings.spec_draft_min, settings.spec_draft_max),
+                               step_tokens=settings.spec_step_tokens),
         )
         # Budget-aware closing needs the vocabulary's closing tokens: found now, in the background, so the first
         # constrained answer near its budget does not stall every stream of the scheduler for it.
@@ -172,6 +177,7 @@ class LlamaCppEngine(WorkerThreadEngine):
             emit=lambda item: None,
             shown_special_tokens=self.model.special_tokens_among(request.preserved_tokens),
             reasoning=request.reasoning,
+            speculative=request.speculative,
             # The last prompt token is always evaluated (its logits pick the first completion token).
             cached_prefix=await self._stored_prefix(prompt_tokens, len(prompt_tokens) - 1),
         )

@@ -12,82 +12,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import llama_cpp
 
-from backends.base import (
-    GenerationFinished,
-    GrammarSpec,
-    ReasoningControl,
-    SamplingParams,
-    TokenDelta,
-    TokenLogprob,
-    Usage,
-)
-from backends.engine_support import Emit
+from backends.base import GenerationFinished, TokenDelta, Usage
 from backends.job_queue import JobQueue
 from backends.llamacpp.model import LlamaContext, LlamaModel
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache
 from backends.llamacpp.sampling import SamplerChain, token_logprobs
+from backends.llamacpp.sequences import SequenceJob, Slot, common_prefix_length
+from backends.llamacpp.speculation import NO_SPECULATION, PromptLookupDrafter, SpeculationOptions
 from backends.llamacpp.steering import DEFAULT_STEERING, Steering, SteeringOptions
 from backends.text_output import IncrementalDetokenizer, StopStringFilter
 from errors import EngineFailure
 
 logger = logging.getLogger(__name__)
-
-@dataclass(eq=False)
-class SequenceJob:
-    """One sequence to generate, handed from the event loop to the scheduler thread."""
-
-    prompt_tokens: list[int]
-    sampling: SamplingParams
-    max_tokens: int
-    stop: tuple[str, ...]
-    top_logprobs: int | None
-    grammar: GrammarSpec | None
-    emit: Emit  # thread-safe: delivers chunks (or an exception) to the waiting request
-    shown_special_tokens: frozenset[int] = frozenset()  # control tokens rendered as their text
-    cached_prefix: CachedPrefix | None = None  # a stored state of a prompt prefix, found on disk beforehand
-    prefill_only: bool = False  # evaluate the prompt into the cache, generate nothing (/restore_cache)
-    on_saved: Callable[[bool], None] | None = None  # prefill_only: told once the state reached the disk cache
-    tenant: str = ""  # who asked: the queue takes turns between tenants
-    reasoning: ReasoningControl | None = None  # a thinking model's block: counted, budgeted, closed
-    cancelled: bool = False  # set by the request side when the client goes away
-
-
-@dataclass(eq=False)
-class Slot:
-    """A sequence id in the shared context, and the job using it (if any)."""
-
-    seq_id: int
-    cached_tokens: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds, in order
-    job: SequenceJob | None = None
-    prompt_cursor: int = 0  # next prompt token to feed
-    next_token: int | None = None  # sampled token waiting to be decoded
-    batch_index: int = -1  # row of this step's batch that holds our logits, -1 if none
-    sampler: SamplerChain | None = None
-    detokenizer: IncrementalDetokenizer | None = None
-    stop_filter: StopStringFilter | None = None
-    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
-    completion_tokens: int = 0
-    reused_tokens: int = 0
-    steering: Steering | None = None  # reasoning budget, budget closing and loop breaking
-    forced: list[int] = field(default_factory=list)  # tokens to write next without sampling
-
-    @property
-    def prefilling(self) -> bool:
-        return self.job is not None and self.prompt_cursor < len(self.job.prompt_tokens)
-
-
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    limit = min(len(a), len(b))
-    index = 0
-    while index < limit and a[index] == b[index]:
-        index += 1
-    return index
-
 
 class Scheduler:
     def __init__(
@@ -99,9 +38,11 @@ class Scheduler:
         max_queue: int,
         prompt_cache: PromptCache | None = None,
         steering: SteeringOptions = DEFAULT_STEERING,
+        speculation: SpeculationOptions = NO_SPECULATION,
     ) -> None:
         self.model = model
         self.steering = steering
+        self.speculation = speculation
         self.prompt_cache = prompt_cache
         self.context = context
         self.seq_ctx = seq_ctx
@@ -216,6 +157,8 @@ class Scheduler:
         slot.sampler = SamplerChain(self.model, job.sampling, prompt, job.grammar)
         slot.steering = Steering(self.model, job.grammar, job.max_tokens, self.steering, job.reasoning)
         slot.forced = []
+        speculates = self.speculation.enabled and job.speculative and not job.prefill_only
+        slot.drafter = PromptLookupDrafter(prompt, self.speculation) if speculates else None
         slot.detokenizer = IncrementalDetokenizer()
         slot.stop_filter = StopStringFilter(job.stop)
 
@@ -237,6 +180,7 @@ class Scheduler:
             if slot.next_token is not None:
                 slot.batch_index = self._add_to_batch(slot, slot.next_token, want_logits=True)
                 slot.next_token = None
+        self._add_drafts(active)
         for slot in active:
             if slot.prefilling:
                 self._add_prompt_chunk(slot)
@@ -248,11 +192,55 @@ class Scheduler:
             if slot.batch_index >= 0:
                 try:
                     self._sample(slot)
+                    if slot.draft:
+                        self._verify_draft(slot)
                 except Exception as exc:  # one sequence's sampling failure ends that sequence only
                     logger.exception("Sampling failed")
                     self._abort(slot, EngineFailure(f"The engine failed while generating: {exc}"))
             elif slot.job.prefill_only and not slot.prefilling:
                 self._finish(slot, "stop")
+
+    # ---------------------------------------------------------------- speculation (speculation.py)
+
+    def _add_drafts(self, active: list[Slot]) -> None:
+        """Guessed next tokens of decoding sequences, after their sampled token, each with its own logits row;
+        the step holds at most `step_tokens` decoding and drafted tokens in all."""
+        room = self.speculation.step_tokens - self._batch.n_tokens
+        for slot in active:
+            if room <= 0:
+                return
+            if slot.drafter is None or slot.batch_index < 0 or slot.forced or slot.prefilling:
+                continue
+            job = slot.job
+            left = min(job.max_tokens - slot.completion_tokens, self.seq_ctx - len(slot.cached_tokens)) - 1
+            slot.draft = slot.drafter.propose(min(room, left))
+            slot.draft_rows = [self._add_to_batch(slot, token, want_logits=True) for token in slot.draft]
+            slot.unverified = len(slot.draft)
+            room -= len(slot.draft)
+
+    def _verify_draft(self, slot: Slot) -> None:
+        """After the sampled token's row gave the next token: while that token is the drafted one (already in the
+        KV, its row holding the logits that follow it), sample again from the drafted row. Then drop what is left."""
+        accepted = 0
+        for token, row in zip(slot.draft, slot.draft_rows, strict=True):
+            if slot.job is None or slot.forced or slot.next_token != token:
+                break
+            accepted += 1
+            slot.unverified -= 1
+            slot.next_token = None
+            slot.batch_index = row
+            self._sample(slot)
+        if slot.drafter is not None:
+            slot.drafter.verified(len(slot.draft), accepted)
+        self._drop_unverified(slot)
+
+    def _drop_unverified(self, slot: Slot) -> None:
+        """Remove the rejected rest of a draft from the sequence's tokens and KV."""
+        if slot.unverified:
+            del slot.cached_tokens[-slot.unverified:]
+            self.context.remove_tokens(slot.seq_id, len(slot.cached_tokens))
+            slot.unverified = 0
+        slot.draft, slot.draft_rows = [], []
 
     def _add_to_batch(self, slot: Slot, token: int, *, want_logits: bool) -> int:
         batch = self._batch
@@ -289,6 +277,8 @@ class Scheduler:
         steering.observe(token, steered)
         slot.forced = slot.forced or steering.forced_tokens()
         slot.completion_tokens += 1
+        if slot.drafter is not None:
+            slot.drafter.push(token)
         if job.top_logprobs is not None and not self.model.is_end_of_generation(token):
             logits = self.context.logits(slot.batch_index)
             slot.pending_logprobs.append(token_logprobs(self.model, logits, token, job.top_logprobs))
@@ -303,12 +293,13 @@ class Scheduler:
         if text:
             job.emit(TokenDelta(text=text, logprobs=tuple(slot.pending_logprobs)))
             slot.pending_logprobs = []
-        if slot.completion_tokens >= job.max_tokens or len(slot.cached_tokens) >= self.seq_ctx:
+        if slot.completion_tokens >= job.max_tokens or slot.committed_length >= self.seq_ctx:
             self._finish(slot, "length")
             return
         slot.next_token = token
 
     def _finish(self, slot: Slot, reason: str, text: str = "") -> None:
+        self._drop_unverified(slot)  # before the state is saved: the KV holds only the real sequence
         job, steering = slot.job, slot.steering
         if reason == "stop" and steering.closed_by_budget:
             reason = "length"  # it ended where the budget made it end (still valid JSON): say so
@@ -325,6 +316,8 @@ class Scheduler:
             completion_tokens=slot.completion_tokens,
             cached_tokens=slot.reused_tokens,
             reasoning_tokens=steering.reasoning.tokens,
+            drafted_tokens=slot.drafter.drafted if slot.drafter else 0,
+            accepted_tokens=slot.drafter.accepted if slot.drafter else 0,
         )
         self._save_to_disk_cache(slot)
         job.emit(GenerationFinished(finish_reason=reason, usage=usage, stop_sequence=slot.stop_filter.matched))
@@ -340,6 +333,8 @@ class Scheduler:
         cache.offer(tuple(slot.cached_tokens), self.context.sequence_state(slot.seq_id), job.on_saved)
 
     def _release(self, slot: Slot) -> None:
+        self._drop_unverified(slot)
+        slot.drafter = None
         if slot.sampler is not None:
             slot.sampler.free()
         slot.job = None

@@ -1,0 +1,77 @@
+"""What the scheduler works on: a job (one sequence to generate, handed over from the event loop) and a slot (a
+sequence id of the shared context, the job using it and that job's per-sequence state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from backends.base import GrammarSpec, ReasoningControl, SamplingParams, TokenLogprob
+from backends.engine_support import Emit
+from backends.llamacpp.prompt_cache import CachedPrefix
+from backends.llamacpp.sampling import SamplerChain
+from backends.llamacpp.speculation import PromptLookupDrafter
+from backends.llamacpp.steering import Steering
+from backends.text_output import IncrementalDetokenizer, StopStringFilter
+
+
+@dataclass(eq=False)
+class SequenceJob:
+    """One sequence to generate, handed from the event loop to the scheduler thread."""
+
+    prompt_tokens: list[int]
+    sampling: SamplingParams
+    max_tokens: int
+    stop: tuple[str, ...]
+    top_logprobs: int | None
+    grammar: GrammarSpec | None
+    emit: Emit  # thread-safe: delivers chunks (or an exception) to the waiting request
+    shown_special_tokens: frozenset[int] = frozenset()  # control tokens rendered as their text
+    cached_prefix: CachedPrefix | None = None  # a stored state of a prompt prefix, found on disk beforehand
+    prefill_only: bool = False  # evaluate the prompt into the cache, generate nothing (/restore_cache)
+    on_saved: Callable[[bool], None] | None = None  # prefill_only: told once the state reached the disk cache
+    tenant: str = ""  # who asked: the queue takes turns between tenants
+    reasoning: ReasoningControl | None = None  # a thinking model's block: counted, budgeted, closed
+    speculative: bool = True  # may draft and verify several tokens per step (the server's mode permitting)
+    cancelled: bool = False  # set by the request side when the client goes away
+
+
+@dataclass(eq=False)
+class Slot:
+    """A sequence id in the shared context, and the job using it (if any)."""
+
+    seq_id: int
+    cached_tokens: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds, in order
+    job: SequenceJob | None = None
+    prompt_cursor: int = 0  # next prompt token to feed
+    next_token: int | None = None  # sampled token waiting to be decoded
+    batch_index: int = -1  # row of this step's batch that holds our logits, -1 if none
+    sampler: SamplerChain | None = None
+    detokenizer: IncrementalDetokenizer | None = None
+    stop_filter: StopStringFilter | None = None
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    completion_tokens: int = 0
+    reused_tokens: int = 0
+    steering: Steering | None = None  # reasoning budget, budget closing and loop breaking
+    forced: list[int] = field(default_factory=list)  # tokens to write next without sampling
+    drafter: PromptLookupDrafter | None = None  # speculation: guesses the next tokens
+    draft: list[int] = field(default_factory=list)  # tokens guessed this step, in the batch after next_token
+    draft_rows: list[int] = field(default_factory=list)  # their batch rows
+    unverified: int = 0  # tokens at the end of cached_tokens (and the KV) not yet confirmed by sampling
+
+    @property
+    def committed_length(self) -> int:
+        """Tokens of the sequence that are real: cached_tokens without a draft still being verified."""
+        return len(self.cached_tokens) - self.unverified
+
+    @property
+    def prefilling(self) -> bool:
+        return self.job is not None and self.prompt_cursor < len(self.job.prompt_tokens)
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    limit = min(len(a), len(b))
+    index = 0
+    while index < limit and a[index] == b[index]:
+        index += 1
+    return index

@@ -1,0 +1,107 @@
+"""Speculative decoding by prompt lookup: drafts from the sequence's own tokens, verified in the scheduler's batch.
+
+On CPU a decode step costs about the same for one token as for a few more of the same sequence (the weights are
+read once for all of them), so guessing the next tokens and checking them in the same step as the token we have
+gives several tokens for little more than the price of one, when the guesses are right. Output that repeats its
+input (rewriting code, quoting, filling a template, JSON keys) is guessed well by looking up where the latest
+tokens appeared before and proposing what followed them then (n-gram prompt lookup, as llama.cpp's `ngram`
+speculation and transformers' prompt lookup decoding do).
+
+Verification keeps the output exactly what decoding without speculation gives: each drafted position is *sampled*
+with the sequence's own sampler chain (bias, penalties, grammar, temperature, seed), in order, and a draft token
+counts only while it equals that sample; the first sample that differs is kept as the next token, and the rest of
+the draft is removed from the KV cache. The chain sees exactly the tokens, and draws exactly the random numbers,
+it would have without speculation, so greedy and seeded sampling give identical text and any temperature keeps
+the model's own distribution. (Speculative sampling proper, accepting by probability ratio, accepts more often
+at temperature > 0 but changes which random numbers are drawn; with a deterministic drafter it gains nothing.)
+
+Speculation backs off by itself: the draft length grows after fully accepted drafts and shrinks after rejections,
+a sequence whose drafts keep failing stops drafting for a while (twice as long each time), and the scheduler caps
+the tokens a step may hold so that drafts never crowd out other sequences' decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SpecMode = Literal["off", "ngram"]
+
+
+@dataclass(frozen=True)
+class SpeculationOptions:
+    mode: SpecMode = "ngram"
+    draft_max: int = 8  # most tokens drafted for a sequence in one step
+    draft_min: int = 1  # a draft shorter than this is not worth a step's extra rows
+    ngram_max: int = 4  # longest run of latest tokens looked up
+    ngram_min: int = 2  # shortest (single tokens match too often by chance)
+    step_tokens: int = 16  # most tokens (decoding + drafted) a step may hold before drafts are left out
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off" and self.draft_max > 0
+
+
+NO_SPECULATION = SpeculationOptions(mode="off")
+MAX_COOLDOWN = 64  # steps a sequence whose drafts keep failing waits before drafting again, at most
+
+
+class PromptLookupDrafter:
+    """One sequence's drafter: every token of the sequence so far (prompt, then each sampled token), indexed by the
+    n-grams ending just before each position, so a lookup is one dict access per n-gram length."""
+
+    def __init__(self, prompt_tokens: list[int], options: SpeculationOptions) -> None:
+        self.options = options
+        self.tokens: list[int] = []
+        self._follower: dict[int, dict[tuple[int, ...], int]] = {
+            n: {} for n in range(options.ngram_min, options.ngram_max + 1)}
+        self.length = options.draft_max  # current draft length, adapted to how drafts fare
+        self._misses = 0  # drafts in a row with nothing accepted
+        self._cooldown = 0  # steps left without drafting
+        self.drafted = 0
+        self.accepted = 0
+        for token in prompt_tokens:
+            self.push(token)
+
+    def push(self, token: int) -> None:
+        """A token became part of the sequence (a prompt token, or one sampled, drafted or not)."""
+        tokens = self.tokens
+        tokens.append(token)
+        position = len(tokens) - 1
+        for n, followers in self._follower.items():
+            if position >= n:
+                followers[tuple(tokens[position - n:position])] = position  # the latest occurrence wins
+
+    def propose(self, limit: int) -> list[int]:
+        """Up to `limit` tokens guessed to follow the sequence, or none."""
+        if self._cooldown > 0:
+            self._cooldown -= 1
+            return []
+        limit = min(limit, self.length)
+        if limit < self.options.draft_min:
+            return []
+        tokens = self.tokens
+        for n in range(self.options.ngram_max, self.options.ngram_min - 1, -1):
+            if len(tokens) <= n:
+                continue
+            follower = self._follower[n].get(tuple(tokens[-n:]))
+            if follower is not None:
+                draft = tokens[follower:follower + limit]
+                if len(draft) >= self.options.draft_min:
+                    return draft
+        return []
+
+    def verified(self, drafted: int, accepted: int) -> None:
+        """How a draft fared: adapt the length (grow after a full hit, shrink to what was accepted plus one) and
+        pause drafting after repeated misses."""
+        self.drafted += drafted
+        self.accepted += accepted
+        if accepted == drafted:
+            self.length = min(self.options.draft_max, self.length + 2)
+        else:
+            self.length = max(self.options.draft_min, accepted + 1)
+        if accepted == 0:
+            self._misses += 1
+            self._cooldown = min(MAX_COOLDOWN, 2 ** (self._misses - 2)) if self._misses > 1 else 0  # 1, 2, 4..
+        else:
+            self._misses = 0
