@@ -196,7 +196,8 @@ class Scheduler:
                         self._verify_draft(slot)
                 except Exception as exc:  # one sequence's sampling failure ends that sequence only
                     logger.exception("Sampling failed")
-                    self._abort(slot, EngineFailure(f"The engine failed while generating: {exc}"))
+                    if slot.job is not None:  # (it may have finished before the failure)
+                        self._abort(slot, EngineFailure(f"The engine failed while generating: {exc}"))
             elif slot.job.prefill_only and not slot.prefilling:
                 self._finish(slot, "stop")
 
@@ -226,11 +227,12 @@ class Scheduler:
             if slot.job is None or slot.forced or slot.next_token != token:
                 break
             accepted += 1
+            slot.drafter.accepted += 1  # counted now: sampling may finish the sequence (usage is written then)
             slot.unverified -= 1
             slot.next_token = None
             slot.batch_index = row
             self._sample(slot)
-        if slot.drafter is not None:
+        if slot.drafter is not None:  # None once the sequence finished
             slot.drafter.verified(len(slot.draft), accepted)
         self._drop_unverified(slot)
 

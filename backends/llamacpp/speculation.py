@@ -80,22 +80,28 @@ class PromptLookupDrafter:
         limit = min(limit, self.length)
         if limit < self.options.draft_min:
             return []
-        tokens = self.tokens
-        for n in range(self.options.ngram_max, self.options.ngram_min - 1, -1):
-            if len(tokens) <= n:
-                continue
-            follower = self._follower[n].get(tuple(tokens[-n:]))
+        tokens, draft = self.tokens, []
+        while len(draft) < limit:  # a continuation that reaches the end is looked up again from there (cycles)
+            follower = self._follower_of((tokens[-self.options.ngram_max:] + draft)[-self.options.ngram_max:])
+            if follower is None:
+                break
+            draft += tokens[follower:follower + limit - len(draft)]
+        if len(draft) < self.options.draft_min:
+            return []
+        self.drafted += len(draft)
+        return draft
+
+    def _follower_of(self, tail: list[int]) -> int | None:
+        """Where the latest earlier occurrence of the longest known n-gram ending `tail` was followed."""
+        for n in range(min(self.options.ngram_max, len(tail)), self.options.ngram_min - 1, -1):
+            follower = self._follower[n].get(tuple(tail[-n:]))
             if follower is not None:
-                draft = tokens[follower:follower + limit]
-                if len(draft) >= self.options.draft_min:
-                    return draft
-        return []
+                return follower
+        return None
 
     def verified(self, drafted: int, accepted: int) -> None:
-        """How a draft fared: adapt the length (grow after a full hit, shrink to what was accepted plus one) and
-        pause drafting after repeated misses."""
-        self.drafted += drafted
-        self.accepted += accepted
+        """How a draft fared (its accepted tokens already counted, one by one, in `accepted`): adapt the length
+        (grow after a full hit, shrink to what was accepted plus one) and pause drafting after repeated misses."""
         if accepted == drafted:
             self.length = min(self.options.draft_max, self.length + 2)
         else:

@@ -26,6 +26,7 @@ def test_longer_matches_win_and_unknown_tails_propose_nothing():
 
 def test_the_draft_length_adapts_and_repeated_misses_pause_drafting():
     drafter = PromptLookupDrafter([1, 2, 3] * 10, SpeculationOptions(draft_max=8, ngram_min=2, ngram_max=2))
+    assert len(drafter.propose(8)) == 8
     drafter.verified(drafted=8, accepted=2)
     assert drafter.length == 3  # what was accepted, plus one
     drafter.verified(drafted=3, accepted=3)
@@ -35,4 +36,4 @@ def test_the_draft_length_adapts_and_repeated_misses_pause_drafting():
     drafter.verified(drafted=1, accepted=0)
     assert drafter.propose(8) == []  # two in a row: pauses (one step, then two, four, ...)
     assert drafter.propose(8)
-    assert (drafter.drafted, drafter.accepted) == (17, 5)
+    assert drafter.drafted == 8 + 1 + 1  # what was proposed (acceptance is counted by the scheduler)
