@@ -138,16 +138,22 @@ class Settings(BaseSettings):
         "and again), favour closing that array or object where the model would start another element, so it ends "
         "with valid JSON instead of looping until max_tokens. llama.cpp engine."
     )
-    spec: Literal["off", "ngram"] = Field(
+    spec: Literal["off", "ngram", "draft"] = Field(
         "ngram", description="Speculative decoding (llama.cpp engine): `ngram` drafts the next tokens from where the "
         "latest ones appeared before in the prompt or answer and checks them in the same decode step (exact: the "
-        "output is what decoding without it gives); `off`. Per request: \"speculative\": false."
+        "output is what decoding without it gives); `draft` has --draft-model guess them; `off`. Per request: "
+        "\"speculative\": false."
     )
-    spec_draft_max: int = Field(8, ge=1, le=64, description="Most tokens drafted for one sequence per step")
+    draft_model: str | None = Field(
+        None, description="A small GGUF with the same vocabulary that drafts for the default model (file in "
+        "--models-dir or a path; per model: `settings: {draft_model: ...}` in models.yaml); implies --spec draft "
+        "unless --spec off"
+    )
+    spec_draft_max: int = Field(16, ge=1, le=64, description="Most tokens drafted for one sequence per step")
     spec_draft_min: int = Field(1, ge=1, le=64, description="Shortest draft worth checking")
-    spec_step_tokens: int = Field(
-        16, ge=1, description="Drafts are left out of a decode step once it holds this many tokens (decoding and "
-        "drafted): with many sequences decoding, checking drafts costs more than it saves"
+    spec_max_sequences: int = Field(
+        2, ge=1, description="Drafts are checked only in steps where at most this many sequences decode: on CPU a "
+        "step's cost grows with every row, so with more streams checking guesses costs more than it saves"
     )
     state_db: str | None = Field(
         None, description="Database of stored Responses (previous_response_id, GET /v1/responses/{id}): a SQLite "

@@ -68,10 +68,11 @@ class EngineOverrides(BaseModel):
     pooling: Literal["model", "mean", "cls", "last"] | None = None
     budget_closing: bool | None = None
     loop_breaking: bool | None = None
-    spec: Literal["off", "ngram"] | None = None
+    spec: Literal["off", "ngram", "draft"] | None = None
+    draft_model: str | None = None
     spec_draft_max: int | None = Field(None, ge=1, le=64)
     spec_draft_min: int | None = Field(None, ge=1, le=64)
-    spec_step_tokens: int | None = Field(None, ge=1)
+    spec_max_sequences: int | None = Field(None, ge=1)
 
 
 class HFLoadOptions(BaseModel):

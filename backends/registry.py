@@ -49,10 +49,13 @@ KEEP = object()  # lease(): leave the model's keep-alive as it is
 def engine_settings(entry: ModelEntry, settings: Settings) -> Settings:
     """The server's settings with the catalog entry's per-model overrides applied."""
     overrides = entry.settings.model_dump(exclude_none=True)
+    is_default = settings.model_name in (entry.id, entry.id.removesuffix(".gguf"))
     if entry.chat_template:
         overrides["chat_template"] = entry.chat_template
-    elif entry.id != settings.model_name and entry.id.removesuffix(".gguf") != settings.model_name:
+    elif not is_default:
         overrides["chat_template"] = None  # --chat-template is the default model's override only
+    if not is_default and "draft_model" not in overrides:
+        overrides["draft_model"] = None  # so is --draft-model
     return settings.model_copy(update=overrides)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from backends.base import (
     GENERATIVE_CAPABILITIES,
@@ -21,6 +22,7 @@ from backends.base import (
 )
 from backends.catalog import ModelEntry
 from backends.engine_support import WorkerThreadEngine, check_logit_bias, check_token_ids, completion_budget
+from backends.llamacpp.draft_model import DraftModel
 from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, default_threads
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache, model_namespace, state_format_tag
 from backends.llamacpp.sampling import grammar_parses
@@ -64,6 +66,12 @@ class LlamaCppEngine(WorkerThreadEngine):
         except Exception:
             self.model.free()
             raise
+        try:
+            self.draft_model = _open_draft_model(settings, self.model, config)
+        except Exception:
+            self.context.free()
+            self.model.free()
+            raise
         self._context_length = min(self.context.n_ctx // settings.parallel, self.model.n_ctx_train)
         self._default_max_tokens = settings.default_max_tokens
         self._template = self._load_template(settings)
@@ -71,9 +79,11 @@ class LlamaCppEngine(WorkerThreadEngine):
         self.scheduler = Scheduler(
             self.model, self.context, settings.parallel, self._context_length, settings.max_queue, self.prompt_cache,
             SteeringOptions(budget_closing=settings.budget_closing, loop_breaking=settings.loop_breaking),
-            SpeculationOptions(mode=settings.spec, draft_max=settings.spec_draft_max,
+            SpeculationOptions(mode="draft" if self.draft_model else settings.spec,
+                               draft_max=settings.spec_draft_max,
                                draft_min=min(settings.spec_draft_min, settings.spec_draft_max),
-                               step_tokens=settings.spec_step_tokens),
+                               max_sequences=settings.spec_max_sequences),
+            self.draft_model,
         )
         # Budget-aware closing needs the vocabulary's closing tokens: found now, in the background, so the first
         # constrained answer near its budget does not stall every stream of the scheduler for it.
@@ -225,8 +235,24 @@ class LlamaCppEngine(WorkerThreadEngine):
         self.scheduler.shutdown()
         if self.prompt_cache is not None:
             self.prompt_cache.close()  # finishes the writes already queued
+        if self.draft_model is not None:
+            self.draft_model.close()
         self.context.free()
         self.model.free()
+
+
+def _open_draft_model(settings: Settings, target: LlamaModel, config: ContextConfig) -> DraftModel | None:
+    """The draft model speculation uses, if any: `--draft-model` (or models.yaml's) unless `--spec off`."""
+    if settings.spec == "off" or (settings.spec != "draft" and not settings.draft_model):
+        return None
+    if not settings.draft_model:
+        raise ValueError("--spec draft needs a draft model (--draft-model, a small GGUF with the same vocabulary)")
+    path = Path(settings.draft_model)
+    path = path if path.is_absolute() else settings.models_dir / path
+    if not path.is_file():
+        raise ValueError(f"The draft model {path} does not exist")
+    logger.info("Speculative decoding with the draft model %s", path.name)
+    return DraftModel(path, target, config)
 
 
 def _resolve(future: asyncio.Future, value) -> None:

@@ -17,11 +17,12 @@ import llama_cpp
 
 from backends.base import GenerationFinished, TokenDelta, Usage
 from backends.job_queue import JobQueue
+from backends.llamacpp.draft_model import DraftModel
 from backends.llamacpp.model import LlamaContext, LlamaModel
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache
 from backends.llamacpp.sampling import SamplerChain, token_logprobs
 from backends.llamacpp.sequences import SequenceJob, Slot, common_prefix_length
-from backends.llamacpp.speculation import NO_SPECULATION, PromptLookupDrafter, SpeculationOptions
+from backends.llamacpp.speculation import NO_SPECULATION, SequenceDrafter, SpeculationOptions
 from backends.llamacpp.steering import DEFAULT_STEERING, Steering, SteeringOptions
 from backends.text_output import IncrementalDetokenizer, StopStringFilter
 from errors import EngineFailure
@@ -39,10 +40,12 @@ class Scheduler:
         prompt_cache: PromptCache | None = None,
         steering: SteeringOptions = DEFAULT_STEERING,
         speculation: SpeculationOptions = NO_SPECULATION,
+        draft_model: DraftModel | None = None,
     ) -> None:
         self.model = model
         self.steering = steering
         self.speculation = speculation
+        self.draft_model = draft_model  # guesses for speculation instead of prompt lookup
         self.prompt_cache = prompt_cache
         self.context = context
         self.seq_ctx = seq_ctx
@@ -158,7 +161,7 @@ class Scheduler:
         slot.steering = Steering(self.model, job.grammar, job.max_tokens, self.steering, job.reasoning)
         slot.forced = []
         speculates = self.speculation.enabled and job.speculative and not job.prefill_only
-        slot.drafter = PromptLookupDrafter(prompt, self.speculation) if speculates else None
+        slot.drafter = SequenceDrafter(prompt, self.speculation) if speculates else None
         slot.detokenizer = IncrementalDetokenizer()
         slot.stop_filter = StopStringFilter(job.stop)
 
@@ -205,19 +208,29 @@ class Scheduler:
 
     def _add_drafts(self, active: list[Slot]) -> None:
         """Guessed next tokens of decoding sequences, after their sampled token, each with its own logits row;
-        the step holds at most `step_tokens` decoding and drafted tokens in all."""
-        room = self.speculation.step_tokens - self._batch.n_tokens
-        for slot in active:
-            if room <= 0:
-                return
-            if slot.drafter is None or slot.batch_index < 0 or slot.forced or slot.prefilling:
+        only in steps where few sequences decode (`max_sequences`)."""
+        decoding = [slot for slot in active if slot.batch_index >= 0]
+        if len(decoding) > self.speculation.max_sequences:
+            return
+        wanted: dict[int, tuple[Slot, int]] = {}
+        for slot in decoding:
+            if slot.drafter is None or slot.forced:
                 continue
             job = slot.job
             left = min(job.max_tokens - slot.completion_tokens, self.seq_ctx - len(slot.cached_tokens)) - 1
-            slot.draft = slot.drafter.propose(min(room, left))
-            slot.draft_rows = [self._add_to_batch(slot, token, want_logits=True) for token in slot.draft]
-            slot.unverified = len(slot.draft)
-            room -= len(slot.draft)
+            if count := slot.drafter.budget(left):
+                wanted[slot.seq_id] = (slot, count)
+        if self.draft_model is not None and wanted:
+            drafts = self.draft_model.propose({seq: (slot.drafter.tokens, n) for seq, (slot, n) in wanted.items()})
+            for seq_id, draft in drafts.items():
+                wanted[seq_id][0].drafter.drafted += len(draft)
+        else:
+            drafts = {seq: slot.drafter.lookup(n) for seq, (slot, n) in wanted.items()}
+        for seq_id, draft in drafts.items():
+            slot = wanted[seq_id][0]
+            slot.draft = draft
+            slot.draft_rows = [self._add_to_batch(slot, token, want_logits=True) for token in draft]
+            slot.unverified = len(draft)
 
     def _verify_draft(self, slot: Slot) -> None:
         """After the sampled token's row gave the next token: while that token is the drafted one (already in the

@@ -10,7 +10,7 @@ from backends.base import GrammarSpec, ReasoningControl, SamplingParams, TokenLo
 from backends.engine_support import Emit
 from backends.llamacpp.prompt_cache import CachedPrefix
 from backends.llamacpp.sampling import SamplerChain
-from backends.llamacpp.speculation import PromptLookupDrafter
+from backends.llamacpp.speculation import SequenceDrafter
 from backends.llamacpp.steering import Steering
 from backends.text_output import IncrementalDetokenizer, StopStringFilter
 
@@ -54,7 +54,7 @@ class Slot:
     reused_tokens: int = 0
     steering: Steering | None = None  # reasoning budget, budget closing and loop breaking
     forced: list[int] = field(default_factory=list)  # tokens to write next without sampling
-    drafter: PromptLookupDrafter | None = None  # speculation: guesses the next tokens
+    drafter: SequenceDrafter | None = None  # speculation: guesses the next tokens
     draft: list[int] = field(default_factory=list)  # tokens guessed this step, in the batch after next_token
     draft_rows: list[int] = field(default_factory=list)  # their batch rows
     unverified: int = 0  # tokens at the end of cached_tokens (and the KV) not yet confirmed by sampling

@@ -25,17 +25,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-SpecMode = Literal["off", "ngram"]
+SpecMode = Literal["off", "ngram", "draft"]  # draft: a draft model guesses (draft_model.py)
 
 
 @dataclass(frozen=True)
 class SpeculationOptions:
     mode: SpecMode = "ngram"
-    draft_max: int = 8  # most tokens drafted for a sequence in one step
+    draft_max: int = 16  # most tokens drafted for a sequence in one step
     draft_min: int = 1  # a draft shorter than this is not worth a step's extra rows
-    ngram_max: int = 4  # longest run of latest tokens looked up
+    ngram_max: int = 8  # longest run of latest tokens looked up
     ngram_min: int = 2  # shortest (single tokens match too often by chance)
-    step_tokens: int = 16  # most tokens (decoding + drafted) a step may hold before drafts are left out
+    max_sequences: int = 2  # steps with more sequences decoding check no drafts (CPU: rows cost what tokens do)
 
     @property
     def enabled(self) -> bool:
@@ -46,9 +46,10 @@ NO_SPECULATION = SpeculationOptions(mode="off")
 MAX_COOLDOWN = 64  # steps a sequence whose drafts keep failing waits before drafting again, at most
 
 
-class PromptLookupDrafter:
-    """One sequence's drafter: every token of the sequence so far (prompt, then each sampled token), indexed by the
-    n-grams ending just before each position, so a lookup is one dict access per n-gram length."""
+class SequenceDrafter:
+    """One sequence's speculation state: every token of the sequence so far (prompt, then each sampled token),
+    indexed by the n-grams ending just before each position (a prompt lookup is one dict access per n-gram
+    length), the adapted draft length and the counts. With a draft model the guesses come from there instead."""
 
     def __init__(self, prompt_tokens: list[int], options: SpeculationOptions) -> None:
         self.options = options
@@ -73,30 +74,38 @@ class PromptLookupDrafter:
                 followers[tuple(tokens[position - n:position])] = position  # the latest occurrence wins
 
     def propose(self, limit: int) -> list[int]:
-        """Up to `limit` tokens guessed to follow the sequence, or none."""
+        """Up to `limit` tokens guessed to follow the sequence by prompt lookup, or none."""
+        return self.lookup(self.budget(limit))
+
+    def budget(self, limit: int) -> int:
+        """How many tokens to draft now (0: none): the adapted length within `limit`, none while pausing."""
         if self._cooldown > 0:
             self._cooldown -= 1
-            return []
+            return 0
         limit = min(limit, self.length)
-        if limit < self.options.draft_min:
-            return []
+        return limit if limit >= self.options.draft_min else 0
+
+    def lookup(self, limit: int) -> list[int]:
         tokens, draft = self.tokens, []
         while len(draft) < limit:  # a continuation that reaches the end is looked up again from there (cycles)
-            follower = self._follower_of((tokens[-self.options.ngram_max:] + draft)[-self.options.ngram_max:])
-            if follower is None:
+            found = self._follower_of((tokens[-self.options.ngram_max:] + draft)[-self.options.ngram_max:])
+            if found is None:
                 break
-            draft += tokens[follower:follower + limit - len(draft)]
-        if len(draft) < self.options.draft_min:
+            follower, matched = found
+            # a short match is weak evidence: trust it for a few tokens only (2 tokens matched: 2, 3: 4, 4: 8...)
+            trusted = min(limit - len(draft), 2 ** (matched - 1))
+            draft += tokens[follower:follower + trusted]
+        if not draft or len(draft) < self.options.draft_min:
             return []
         self.drafted += len(draft)
         return draft
 
-    def _follower_of(self, tail: list[int]) -> int | None:
-        """Where the latest earlier occurrence of the longest known n-gram ending `tail` was followed."""
+    def _follower_of(self, tail: list[int]) -> tuple[int, int] | None:
+        """Where the latest earlier occurrence of the longest known n-gram ending `tail` was followed, and n."""
         for n in range(min(self.options.ngram_max, len(tail)), self.options.ngram_min - 1, -1):
             follower = self._follower[n].get(tuple(tail[-n:]))
             if follower is not None:
-                return follower
+                return follower, n
         return None
 
     def verified(self, drafted: int, accepted: int) -> None:

@@ -1,12 +1,12 @@
 """The prompt-lookup drafter: what it proposes from a sequence's own tokens, and how it backs off."""
 
-from backends.llamacpp.speculation import PromptLookupDrafter, SpeculationOptions
+from backends.llamacpp.speculation import SequenceDrafter, SpeculationOptions
 
 OPTIONS = SpeculationOptions(draft_max=4, draft_min=1, ngram_max=3, ngram_min=2)
 
 
 def test_the_latest_earlier_occurrence_of_the_last_tokens_gives_what_followed_it():
-    drafter = PromptLookupDrafter([1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8], OPTIONS)
+    drafter = SequenceDrafter([1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8], OPTIONS)
     for token in (1, 2, 3):
         drafter.push(token)
     assert drafter.propose(4) == [7, 8, 1, 2]  # "1 2 3" last seen before 7 8, not before 4 5
@@ -14,7 +14,7 @@ def test_the_latest_earlier_occurrence_of_the_last_tokens_gives_what_followed_it
 
 
 def test_longer_matches_win_and_unknown_tails_propose_nothing():
-    drafter = PromptLookupDrafter([5, 6, 7, 1, 6, 7, 2], OPTIONS)
+    drafter = SequenceDrafter([5, 6, 7, 1, 6, 7, 2], OPTIONS)
     drafter.push(5)
     drafter.push(6)
     drafter.push(7)
@@ -25,7 +25,7 @@ def test_longer_matches_win_and_unknown_tails_propose_nothing():
 
 
 def test_the_draft_length_adapts_and_repeated_misses_pause_drafting():
-    drafter = PromptLookupDrafter([1, 2, 3] * 10, SpeculationOptions(draft_max=8, ngram_min=2, ngram_max=2))
+    drafter = SequenceDrafter([1, 2, 3] * 10, SpeculationOptions(draft_max=8, ngram_min=2, ngram_max=2))
     assert len(drafter.propose(8)) == 8
     drafter.verified(drafted=8, accepted=2)
     assert drafter.length == 3  # what was accepted, plus one
