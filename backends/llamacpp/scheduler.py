@@ -157,6 +157,7 @@ class Scheduler:
         slot.next_token = None
         slot.completion_tokens = 0
         slot.pending_logprobs = []
+        slot.pending_text = ""
         slot.sampler = SamplerChain(self.model, job.sampling, prompt, job.grammar)
         slot.steering = Steering(self.model, job.grammar, job.max_tokens, self.steering, job.reasoning)
         slot.forced = []
@@ -248,6 +249,13 @@ class Scheduler:
         if slot.drafter is not None:  # None once the sequence finished
             slot.drafter.verified(len(slot.draft), accepted)
         self._drop_unverified(slot)
+        if slot.job is not None:
+            self._emit_pending(slot)
+
+    def _emit_pending(self, slot: Slot) -> None:
+        if slot.pending_text or slot.pending_logprobs:
+            slot.job.emit(TokenDelta(text=slot.pending_text, logprobs=tuple(slot.pending_logprobs)))
+            slot.pending_text, slot.pending_logprobs = "", []
 
     def _drop_unverified(self, slot: Slot) -> None:
         """Remove the rejected rest of a draft from the sequence's tokens and KV."""
@@ -306,8 +314,9 @@ class Scheduler:
             self._finish(slot, "stop", text)
             return
         if text:
-            job.emit(TokenDelta(text=text, logprobs=tuple(slot.pending_logprobs)))
-            slot.pending_logprobs = []
+            slot.pending_text += text
+            if not slot.draft:  # while a draft is verified, its tokens go out together (one event, not one each)
+                self._emit_pending(slot)
         if slot.completion_tokens >= job.max_tokens or slot.committed_length >= self.seq_ctx:
             self._finish(slot, "length")
             return
@@ -324,8 +333,8 @@ class Scheduler:
         if not slot.stop_filter.stopped:
             text += slot.stop_filter.push(slot.detokenizer.flush())
             text += slot.stop_filter.flush()
-        if text or slot.pending_logprobs:
-            job.emit(TokenDelta(text=text, logprobs=tuple(slot.pending_logprobs)))
+        slot.pending_text += text
+        self._emit_pending(slot)
         usage = Usage(
             prompt_tokens=len(job.prompt_tokens),
             completion_tokens=slot.completion_tokens,

@@ -50,6 +50,7 @@ class Slot:
     detokenizer: IncrementalDetokenizer | None = None
     stop_filter: StopStringFilter | None = None
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    pending_text: str = ""  # text not yet emitted (a draft's tokens go out together once verified)
     completion_tokens: int = 0
     reused_tokens: int = 0
     steering: Steering | None = None  # reasoning budget, budget closing and loop breaking
