@@ -28,6 +28,7 @@ from api.routes_cache import router as cache_router
 from api.routes_chat import router as chat_router
 from api.routes_completions import router as completions_router
 from api.routes_embeddings import router as embeddings_router
+from api.routes_rerank import router as rerank_router
 from api.routes_messages import router as messages_router
 from api.routes_models import router as models_router
 from api.routes_responses import router as responses_router
@@ -131,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(cache_router)
     app.include_router(completions_router)
     app.include_router(embeddings_router)
+    app.include_router(rerank_router)
     app.include_router(responses_router)
     app.include_router(messages_router)
     app.include_router(admin_router)

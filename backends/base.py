@@ -122,6 +122,7 @@ class EngineCapabilities:
     grammar: bool = False
     generation: bool = True  # chat / completions / responses
     embeddings: bool = False  # /v1/embeddings
+    rerank: bool = False  # /v1/rerank natively (a cross-encoder or a GGUF with rank pooling)
 
 
 # What the local generative engines (llama.cpp, transformers) both honour.
@@ -145,6 +146,15 @@ class RelayedStream:
     if the upstream breaks off; closing it cancels the upstream request."""
 
     chunks: AsyncIterator[bytes]
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Relevance of each document to a query, in the documents' order, and the tokens read."""
+
+    scores: list[float]
+    prompt_tokens: int
+    raw_scores: list[float] | None = None  # the model's logits, where scores are their probabilities
 
 
 @dataclass(frozen=True)
@@ -191,6 +201,10 @@ class Engine(ABC):
             f"This {self.engine_kind} model generates text and does not serve embeddings; use an embedding model "
             "(or mark this one `embedding: true` in models.yaml to serve it as one)."
         )
+
+    async def rerank(self, query: str, documents: list[str]) -> Ranking:
+        """One relevance score per document for `query`, in order (engines with `capabilities.rerank`)."""
+        raise NotSupported(f"This {self.engine_kind} model does not rerank.")
 
     async def relay(
         self, path: str, body: dict, client_gone: Callable[[], Awaitable]

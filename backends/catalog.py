@@ -104,6 +104,7 @@ class ModelEntry(BaseModel):
     hf: HFLoadOptions = HFLoadOptions()
     upstream: dict[str, Any] | None = None  # remote engine settings (base_url...)
     source: Literal["file", "folder", "hf-cache", "models-file", "upstream"] = "models-file"
+    rerank: Literal["cosine"] | None = None  # an embedding model also serves /v1/rerank, by cosine similarity
     ttl: str | float | None = None  # keep-alive once idle ("10m", seconds; negative = forever); see keep_alive.py
 
     @model_validator(mode="after")

@@ -19,6 +19,7 @@ ENGINE_CLASSES: dict[str, tuple[str, str]] = {
     "llama.cpp-embedding": ("backends.llamacpp.embeddings", "LlamaCppEmbeddingEngine"),
     "transformers": ("backends.hf.engine", "TransformersEngine"),
     "transformers-embedding": ("backends.hf.embeddings", "TransformersEmbeddingEngine"),
+    "transformers-rerank": ("backends.hf.rerank", "TransformersRerankEngine"),
 }
 
 
@@ -26,9 +27,12 @@ def local_engine_kind(entry: ModelEntry, settings: Settings) -> str:
     """Which local engine serves `entry`: generative or embedding, on llama.cpp or transformers."""
     if entry.engine == "transformers":
         from backends.hf.embeddings import is_embedding_model
+        from backends.hf.rerank import is_cross_encoder
 
-        embedder = entry.path is not None and entry.path.is_dir() and is_embedding_model(entry.path)
-        return "transformers-embedding" if embedder else "transformers"
+        folder = entry.path if entry.path is not None and entry.path.is_dir() else None
+        if folder is not None and is_cross_encoder(folder):
+            return "transformers-rerank"
+        return "transformers-embedding" if folder is not None and is_embedding_model(folder) else "transformers"
     from backends.llamacpp.embeddings import is_gguf_embedding_model
 
     return "llama.cpp-embedding" if is_gguf_embedding_model(entry, settings) else "llama.cpp"

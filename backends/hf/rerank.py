@@ -1,0 +1,108 @@
+"""Cross-encoder rerankers on the transformers engine (`AutoModelForSequenceClassification`, e.g. BGE / MiniLM
+rerankers): query and document are read together as a pair and the classifier's logit says how relevant the
+document is. One logit: its sigmoid is the relevance score (sentence-transformers' CrossEncoder default); several
+labels: the softmax probability of the last ("relevant") one. Pairs are scored in batches on a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+
+from backends.base import ChatTemplateInfo, Engine, EngineCapabilities, GenerationRequest, Ranking
+from backends.catalog import ModelEntry
+from backends.hf.loading import pick_device, pick_dtype, release_torch_memory
+from errors import InvalidRequest, ModelNotFound
+from settings import Settings
+
+BATCH = 16
+RERANK_CAPABILITIES = EngineCapabilities(
+    streaming=False, logprobs=False, logit_bias=False, seed=False, generation=False, rerank=True
+)
+
+
+def is_cross_encoder(folder: Path) -> bool:
+    try:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return False
+    return any(name.endswith("ForSequenceClassification") for name in architectures)
+
+
+class TransformersRerankEngine(Engine):
+    engine_kind = "transformers"
+    capabilities = RERANK_CAPABILITIES
+
+    def __init__(self, entry: ModelEntry, settings: Settings) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if entry.path is None or not (entry.path / "config.json").is_file():
+            raise ModelNotFound(entry.id)
+        self.model_id = entry.id
+        device = pick_device(entry.hf)
+        common = {"local_files_only": True, "trust_remote_code": settings.trust_remote_code}
+        self.tokenizer = AutoTokenizer.from_pretrained(entry.path, **common)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            entry.path, dtype=pick_dtype(entry.hf, device), **common).to(device).eval()
+        self.device = device
+        limit = getattr(self.tokenizer, "model_max_length", 512) or 512
+        self._context_length = min(limit, getattr(self.model.config, "max_position_embeddings", limit))
+        self._lock = threading.Lock()
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    @property
+    def chat_template(self) -> ChatTemplateInfo:
+        return ChatTemplateInfo(source="", origin="reranker")
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text)["input_ids"]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    async def generate(self, request: GenerationRequest):
+        raise InvalidRequest(f"'{self.model_id}' is a reranker: use /v1/rerank.", param="model")
+        yield  # pragma: no cover - an async generator like the other engines
+
+    async def rerank(self, query: str, documents: list[str]) -> Ranking:
+        return await asyncio.to_thread(self._rerank_blocking, query, documents)
+
+    def _rerank_blocking(self, query: str, documents: list[str]) -> Ranking:
+        import torch
+
+        raw: list[float] = []
+        scores: list[float] = []
+        tokens = 0
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(documents), BATCH):
+                batch = documents[start:start + BATCH]
+                encoded = self.tokenizer([query] * len(batch), batch, padding=True, truncation=False,
+                                         return_tensors="pt")
+                lengths = encoded["attention_mask"].sum(dim=1)
+                if int(lengths.max()) > self._context_length:
+                    raise InvalidRequest(f"A query and document together have {int(lengths.max())} tokens; this "
+                                         f"model reads at most {self._context_length}.", param="documents")
+                tokens += int(lengths.sum())
+                logits = self.model(**{k: v.to(self.device) for k, v in encoded.items()}).logits.float()
+                if logits.shape[1] == 1:
+                    raw.extend(logits[:, 0].cpu().tolist())
+                    scores.extend(torch.sigmoid(logits[:, 0]).cpu().tolist())
+                else:
+                    raw.extend(logits[:, -1].cpu().tolist())
+                    scores.extend(torch.softmax(logits, dim=1)[:, -1].cpu().tolist())
+        return Ranking(scores=scores, prompt_tokens=tokens, raw_scores=raw)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._free)
+
+    def _free(self) -> None:
+        with self._lock:
+            self.model = self.tokenizer = None
+            release_torch_memory()
