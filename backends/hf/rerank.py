@@ -10,16 +10,14 @@ import json
 import threading
 from pathlib import Path
 
-from backends.base import ChatTemplateInfo, Engine, EngineCapabilities, GenerationRequest, Ranking
+from backends.base import ChatTemplateInfo, Engine, GenerationRequest, Ranking
 from backends.catalog import ModelEntry
+from backends.embedding_base import RERANK_CAPABILITIES
 from backends.hf.loading import pick_device, pick_dtype, release_torch_memory
 from errors import InvalidRequest, ModelNotFound
 from settings import Settings
 
 BATCH = 16
-RERANK_CAPABILITIES = EngineCapabilities(
-    streaming=False, logprobs=False, logit_bias=False, seed=False, generation=False, rerank=True
-)
 
 
 def is_cross_encoder(folder: Path) -> bool:

@@ -9,12 +9,14 @@ attend both ways, so an input must fit one micro-batch: the context is sized to 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 
 import llama_cpp
 
+from backends.base import Ranking
 from backends.catalog import ModelEntry
-from backends.embedding_base import EmbeddingEngine, Embeddings, l2_normalized
+from backends.embedding_base import RERANK_CAPABILITIES, EmbeddingEngine, Embeddings, l2_normalized
 from backends.engine_support import check_token_ids
 from backends.llamacpp.gguf_header import read_gguf_metadata
 from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, default_threads
@@ -72,13 +74,18 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
         )
         try:
             self.context = LlamaContext(self.model, config)
-            if self.context.pooling_type() in (llama_cpp.LLAMA_POOLING_TYPE_NONE, llama_cpp.LLAMA_POOLING_TYPE_RANK):
+            if self.context.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
                 raise ValueError(f"'{entry.id}' does not pool its token vectors into one embedding; "
                                  "set pooling (mean, cls or last) for it in models.yaml or with --pooling.")
         except Exception:
             self.free_blocking()
             raise
         self.dimensions = llama_cpp.llama_model_n_embd(self.model.ptr)
+        # Rank pooling (a reranker: BERT / XLM-R sequence classifiers as llama.cpp's converter writes them): the
+        # pooled output of a query + document pair is its relevance logit; such a model reranks, never embeds.
+        self.ranks = self.context.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_RANK
+        if self.ranks:
+            self.capabilities = RERANK_CAPABILITIES
         # One decode holds at most n_batch tokens, and for an encoder at most n_ubatch: llama.cpp aborts the
         # process (GGML_ASSERT) on an encoder batch larger than n_ubatch, so inputs and groups stay within it.
         self._context_length = min(self.context.n_ctx, llama_cpp.llama_n_batch(self.context.ptr),
@@ -97,7 +104,32 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
         return b"".join(self.model.piece(token) for token in tokens).decode("utf-8", errors="replace")
 
     async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
+        if self.ranks:
+            raise InvalidRequest(f"'{self.model_id}' is a reranker: use /v1/rerank.", param="model")
         return await asyncio.to_thread(self._embed_blocking, inputs)
+
+    async def rerank(self, query: str, documents: list[str]) -> Ranking:
+        if not self.ranks:
+            return await super().rerank(query, documents)
+        return await asyncio.to_thread(self._rerank_blocking, query, documents)
+
+    def _rerank_blocking(self, query: str, documents: list[str]) -> Ranking:
+        pairs = [self._pair(query, document) for document in documents]
+        for index, tokens in enumerate(pairs):
+            if len(tokens) > self._context_length:
+                raise InvalidRequest(f"The query and document {index} together have {len(tokens)} tokens; this "
+                                     f"model reads at most {self._context_length}.", param="documents")
+        raw: list[float] = []
+        with self._lock:
+            for group in self._decode_groups(pairs):
+                raw.extend(vector[0] for vector in self._decode(group, dimensions=1, normalize=False))
+        scores = [1 / (1 + math.exp(-value)) for value in raw]
+        return Ranking(scores=scores, prompt_tokens=sum(len(tokens) for tokens in pairs), raw_scores=raw)
+
+    def _pair(self, query: str, document: str) -> list[int]:
+        """`[CLS] query [SEP] document [SEP]`, the cross-encoder's input (BOS / SEP as the vocabulary names them);
+        tokenize_plain frames one text as BOS ... SEP already."""
+        return self.model.tokenize_plain(query) + self.model.tokenize_plain(document)[1:]
 
     def _embed_blocking(self, inputs: list[str] | list[list[int]]) -> Embeddings:
         token_lists = [self.tokenize(item) if isinstance(item, str) else list(item) for item in inputs]
@@ -126,7 +158,8 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
         if group:
             yield group
 
-    def _decode(self, group: list[list[int]]) -> list[list[float]]:
+    def _decode(self, group: list[list[int]], dimensions: int | None = None,
+                normalize: bool = True) -> list[list[float]]:
         batch = self._batch
         batch.n_tokens = 0
         for seq_id, tokens in enumerate(group):
@@ -139,7 +172,8 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
         self.context.clear_memory()
         if self.context.decode(batch) != 0:
             raise EngineFailure("llama.cpp failed to embed this batch.")
-        return [l2_normalized(self.context.pooled_embedding(seq_id, self.dimensions)) for seq_id in range(len(group))]
+        vectors = [self.context.pooled_embedding(seq_id, dimensions or self.dimensions) for seq_id in range(len(group))]
+        return [l2_normalized(vector) for vector in vectors] if normalize else vectors
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.free_blocking)

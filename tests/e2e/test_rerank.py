@@ -14,6 +14,7 @@ import yaml
 
 from backends.embedded_model import SMOLLM2_FILE
 from settings import PROJECT_ROOT
+from tests.minilm_gguf import build_bert_gguf
 from tests.server_process import running_server
 from tests.tiny_cross_encoder import build_tiny_cross_encoder
 
@@ -32,6 +33,7 @@ def server(tmp_path_factory, cross_encoder):
     models = tmp_path_factory.mktemp("rerank-models")
     (models / "models.yaml").write_text(yaml.safe_dump({"models": [
         {"id": "tiny-ce", "path": str(cross_encoder), "engine": "transformers"},
+        {"id": "tiny-ce-gguf", "path": str(build_bert_gguf(cross_encoder, models / "tiny-ce.gguf"))},
         {"id": "minilm", "path": str(minilm.get_model_path()), "engine": "transformers", "rerank": "cosine"},
         {"id": "minilm-plain", "path": str(minilm.get_model_path()), "engine": "transformers"},
         {"id": "smol", "path": str(PROJECT_ROOT / "models" / SMOLLM2_FILE)},
@@ -68,6 +70,16 @@ def test_a_cross_encoder_scores_pairs_as_transformers_does_best_first(server, cr
         assert result["relevance_score"] == pytest.approx(expected[result["index"]], abs=1e-5)
         assert result["document"]["text"] == DOCUMENTS[result["index"]]
     assert body["model"] == "tiny-ce" and body["usage"]["prompt_tokens"] > 4 * 8
+
+
+def test_the_same_cross_encoder_as_a_gguf_with_rank_pooling_scores_alike_on_llama_cpp(server, cross_encoder):
+    body = _post(server, "/v1/rerank", {"model": "tiny-ce-gguf", "query": QUERY, "documents": DOCUMENTS}).json()
+    expected = _transformers_scores(cross_encoder, QUERY, DOCUMENTS)
+    assert [r["index"] for r in body["results"]] == sorted(range(4), key=lambda i: -expected[i])
+    for result in body["results"]:  # f16 matmuls in the GGUF: close, not equal
+        assert result["relevance_score"] == pytest.approx(expected[result["index"]], abs=2e-3)
+    embed = _post(server, "/v1/embeddings", {"model": "tiny-ce-gguf", "input": "hi"})
+    assert embed.status_code == 400 and "/v1/rerank" in embed.json()["error"]["message"]
 
 
 def test_top_n_documents_as_objects_and_no_documents_back(server):
