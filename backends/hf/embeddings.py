@@ -16,8 +16,9 @@ from pathlib import Path
 from backends.catalog import ModelEntry
 from backends.embedding_base import EmbeddingEngine, Embeddings
 from backends.engine_support import check_token_ids
-from backends.hf.loading import pick_device, pick_dtype, release_torch_memory
-from errors import InvalidRequest, ModelNotFound
+from backends.hf.encoders import EncoderTokenizing, load_encoder
+from backends.hf.loading import release_torch_memory
+from errors import InvalidRequest
 from settings import Settings
 
 BATCH = 32
@@ -33,36 +34,23 @@ def is_embedding_model(folder: Path) -> bool:
     return bool(architectures) and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
 
 
-class TransformersEmbeddingEngine(EmbeddingEngine):
+class TransformersEmbeddingEngine(EncoderTokenizing, EmbeddingEngine):
     engine_kind = "transformers"
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
-        if entry.path is None or not (entry.path / "config.json").is_file():
-            raise ModelNotFound(entry.id)
         self.model_id = entry.id
-        folder = entry.path
-        device = pick_device(entry.hf)
-        common = {"local_files_only": True, "trust_remote_code": settings.trust_remote_code}
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, **common)
-        self.model = AutoModel.from_pretrained(folder, dtype=pick_dtype(entry.hf, device), **common).to(device).eval()
-        self.device = device
-        self.pooling, self.normalize = _pooling_config(folder)
+        loaded = load_encoder(entry, settings, AutoModel)
+        self.tokenizer, self.model, self.device = loaded.tokenizer, loaded.model, loaded.device
+        self._context_length = loaded.context_length
+        self.pooling, self.normalize = _pooling_config(entry.path)
         self.dimensions = self.model.config.hidden_size
-        limit = getattr(self.tokenizer, "model_max_length", 512) or 512
-        self._context_length = min(limit, getattr(self.model.config, "max_position_embeddings", limit))
         self._lock = threading.Lock()
 
     @property
     def context_length(self) -> int:
         return self._context_length
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text)["input_ids"]
-
-    def detokenize(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
         return await asyncio.to_thread(self._embed_blocking, inputs)

@@ -13,8 +13,9 @@ from pathlib import Path
 from backends.base import ChatTemplateInfo, Engine, GenerationRequest, Ranking
 from backends.catalog import ModelEntry
 from backends.embedding_base import RERANK_CAPABILITIES
-from backends.hf.loading import pick_device, pick_dtype, release_torch_memory
-from errors import InvalidRequest, ModelNotFound
+from backends.hf.encoders import EncoderTokenizing, load_encoder
+from backends.hf.loading import release_torch_memory
+from errors import InvalidRequest
 from settings import Settings
 
 BATCH = 16
@@ -28,24 +29,17 @@ def is_cross_encoder(folder: Path) -> bool:
     return any(name.endswith("ForSequenceClassification") for name in architectures)
 
 
-class TransformersRerankEngine(Engine):
+class TransformersRerankEngine(EncoderTokenizing, Engine):
     engine_kind = "transformers"
     capabilities = RERANK_CAPABILITIES
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        if entry.path is None or not (entry.path / "config.json").is_file():
-            raise ModelNotFound(entry.id)
         self.model_id = entry.id
-        device = pick_device(entry.hf)
-        common = {"local_files_only": True, "trust_remote_code": settings.trust_remote_code}
-        self.tokenizer = AutoTokenizer.from_pretrained(entry.path, **common)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            entry.path, dtype=pick_dtype(entry.hf, device), **common).to(device).eval()
-        self.device = device
-        limit = getattr(self.tokenizer, "model_max_length", 512) or 512
-        self._context_length = min(limit, getattr(self.model.config, "max_position_embeddings", limit))
+        loaded = load_encoder(entry, settings, AutoModelForSequenceClassification)
+        self.tokenizer, self.model, self.device = loaded.tokenizer, loaded.model, loaded.device
+        self._context_length = loaded.context_length
         self._lock = threading.Lock()
 
     @property
@@ -58,12 +52,6 @@ class TransformersRerankEngine(Engine):
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text)["input_ids"]
-
-    def detokenize(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     async def generate(self, request: GenerationRequest):
         raise InvalidRequest(f"'{self.model_id}' is a reranker: use /v1/rerank.", param="model")
