@@ -17,7 +17,6 @@ from backends.catalog import ModelEntry
 from backends.embedding_base import EmbeddingEngine, Embeddings
 from backends.engine_support import check_token_ids
 from backends.hf.encoders import EncoderTokenizing, load_encoder
-from backends.hf.loading import release_torch_memory
 from errors import InvalidRequest
 from settings import Settings
 
@@ -88,14 +87,6 @@ class TransformersEmbeddingEngine(EncoderTokenizing, EmbeddingEngine):
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 vectors.extend(pooled.cpu().tolist())
         return Embeddings(vectors, tokens)
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self._free)
-
-    def _free(self) -> None:
-        with self._lock:
-            self.model = self.tokenizer = None
-            release_torch_memory()
 
 
 def _pooling_config(folder: Path) -> tuple[str, bool]:

@@ -3,11 +3,13 @@ tokenizer and model offline onto the chosen device, the input limit, and tokeniz
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 from backends.catalog import ModelEntry
-from backends.hf.loading import pick_device, pick_dtype
+from backends.hf.loading import pick_device, pick_dtype, release_torch_memory
 from errors import ModelNotFound
 from settings import Settings
 
@@ -36,12 +38,23 @@ def load_encoder(entry: ModelEntry, settings: Settings, auto_class: Any) -> Load
 
 
 class EncoderTokenizing:
-    """tokenize / detokenize through the engine's Hugging Face tokenizer."""
+    """tokenize / detokenize through the engine's Hugging Face tokenizer, and unloading (under the engine's lock,
+    so no batch is running)."""
 
     tokenizer: Any
+    model: Any
+    _lock: threading.Lock
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text)["input_ids"]
 
     def detokenize(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._free)
+
+    def _free(self) -> None:
+        with self._lock:
+            self.model = self.tokenizer = None
+            release_torch_memory()

@@ -14,7 +14,6 @@ from backends.base import ChatTemplateInfo, Engine, GenerationRequest, Ranking
 from backends.catalog import ModelEntry
 from backends.embedding_base import RERANK_CAPABILITIES
 from backends.hf.encoders import EncoderTokenizing, load_encoder
-from backends.hf.loading import release_torch_memory
 from errors import InvalidRequest
 from settings import Settings
 
@@ -84,11 +83,3 @@ class TransformersRerankEngine(EncoderTokenizing, Engine):
                     raw.extend(logits[:, -1].cpu().tolist())
                     scores.extend(torch.softmax(logits, dim=1)[:, -1].cpu().tolist())
         return Ranking(scores=scores, prompt_tokens=tokens, raw_scores=raw)
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self._free)
-
-    def _free(self) -> None:
-        with self._lock:
-            self.model = self.tokenizer = None
-            release_torch_memory()
