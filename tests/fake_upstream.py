@@ -84,6 +84,10 @@ def build_app(record: Record, tokens: int = 5, interval: float = 0.0) -> Starlet
         if request.url.path.endswith("embeddings"):
             return JSONResponse({"object": "list", "model": body.get("model"),
                                  "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]})
+        if request.url.path.endswith("rerank"):
+            return JSONResponse({"id": "rr-1", "model": body.get("model"),
+                                 "results": [{"index": 1, "relevance_score": 0.9}, {"index": 0, "relevance_score": 0.1}],
+                                 "usage": {"prompt_tokens": 7, "total_tokens": 7}})
         return JSONResponse({"id": "cmpl-1", "object": "text_completion", "created": 1, "model": body.get("model"),
                              "choices": [{"index": 0, "text": "done", "finish_reason": "stop"}]})
 
@@ -92,6 +96,7 @@ def build_app(record: Record, tokens: int = 5, interval: float = 0.0) -> Starlet
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", other, methods=["POST"]),
         Route("/v1/embeddings", other, methods=["POST"]),
+        Route("/v1/rerank", other, methods=["POST"]),
     ])
 
 

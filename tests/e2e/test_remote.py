@@ -210,6 +210,10 @@ def test_completions_and_embeddings_pass_through(proxy):
     assert local.status_code == 200 and local.json()["model"] == "local-gemma"  # served here, not relayed
     local = post(proxy, {"model": "local-gemma", "input": "Hi"}, "/v1/embeddings")
     assert local.status_code == 501 and local.json()["error"]["code"] == "not_implemented"  # a GGUF chat model
+    ranked = post(proxy, {"model": "fake/echo", "query": "q", "documents": ["a", "b"]}, "/v1/rerank")
+    assert ranked.status_code == 200 and [r["index"] for r in ranked.json()["results"]] == [1, 0]
+    local = post(proxy, {"model": "local-gemma", "query": "q", "documents": ["a", "b"]}, "/v1/rerank")
+    assert local.status_code == 400 and local.json()["error"]["param"] == "model"
 
 
 def test_anthropic_messages_reach_an_openai_upstream_through_the_chat_path(server, proxy):
