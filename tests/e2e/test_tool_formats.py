@@ -80,8 +80,10 @@ def test_auto_mode_detects_calls_in_each_format(format_client, name):
         {"role": "assistant", "content": None, "tool_calls": [example]},
         {"role": "user", "content": "Weather in Rome?"},
     ]
+    # Room for a second call: after `"}}` the model's choice between ending and calling again is a near tie (0.7
+    # logit measured), which rounding flips between regimes (prefix reuse, speculation's multi-token steps).
     response = format_client.chat.completions.create(
-        model=f"gemma-{name}", messages=history, tools=TOOLS, max_tokens=60, temperature=0
+        model=f"gemma-{name}", messages=history, tools=TOOLS, max_tokens=160, temperature=0
     )
     message = response.choices[0].message
     assert message.tool_calls, message.content
