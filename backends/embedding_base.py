@@ -16,6 +16,8 @@ EMBEDDING_CAPABILITIES = EngineCapabilities(
 RERANK_CAPABILITIES = EngineCapabilities(  # rerankers (cross-encoders), on either engine
     streaming=False, logprobs=False, logit_bias=False, seed=False, generation=False, rerank=True
 )
+# what makes an encoder engine a reranker (the llama.cpp engine knows only once the GGUF is open)
+RERANKER = {"capabilities": RERANK_CAPABILITIES, "kind": "a reranker", "endpoint": "/v1/rerank"}
 
 
 @dataclass
@@ -29,21 +31,32 @@ def l2_normalized(vector: list[float]) -> list[float]:
     return [value / norm for value in vector] if norm > 0 else vector
 
 
-class EmbeddingEngine(Engine):
+class EncoderEngine(Engine):
+    """A model that reads text without generating any (an embedding model, a reranker): no chat template, and
+    every generating endpoint is a 400 that names the endpoint this model serves."""
+
     capabilities = EMBEDDING_CAPABILITIES
     model_id: str
-    dimensions: int  # the length of every vector this model returns
+    kind = "an embedding model"  # what the model is, for messages
+    endpoint = "/v1/embeddings"  # where to use it instead
 
     @property
     def chat_template(self) -> ChatTemplateInfo:
-        return ChatTemplateInfo(source="", origin="embedding model")
+        return ChatTemplateInfo(source="", origin=self.kind.split(" ", 1)[1])
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
+    def refusal(self) -> InvalidRequest:
+        return InvalidRequest(f"'{self.model_id}' is {self.kind}: use {self.endpoint}.", param="model")
+
     async def generate(self, request: GenerationRequest):
-        raise InvalidRequest(f"'{self.model_id}' is an embedding model: use /v1/embeddings.", param="model")
+        raise self.refusal()
         yield  # pragma: no cover - an async generator like the other engines
+
+
+class EmbeddingEngine(EncoderEngine):
+    dimensions: int  # the length of every vector this model returns
 
     @abstractmethod
     async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:

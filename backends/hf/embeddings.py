@@ -16,7 +16,7 @@ from pathlib import Path
 from backends.catalog import ModelEntry
 from backends.embedding_base import EmbeddingEngine, Embeddings
 from backends.engine_support import check_token_ids
-from backends.hf.encoders import EncoderTokenizing, load_encoder
+from backends.hf.encoders import EncoderTokenizing, architectures, load_encoder
 from errors import InvalidRequest
 from settings import Settings
 
@@ -26,11 +26,8 @@ BATCH = 32
 def is_embedding_model(folder: Path) -> bool:
     if (folder / "modules.json").is_file():
         return True
-    try:
-        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError):
-        return False
-    return bool(architectures) and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    names = architectures(folder)
+    return bool(names) and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in names)
 
 
 class TransformersEmbeddingEngine(EncoderTokenizing, EmbeddingEngine):

@@ -4,14 +4,24 @@ tokenizer and model offline onto the chosen device, the input limit, and tokeniz
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from backends.catalog import ModelEntry
 from backends.hf.loading import pick_device, pick_dtype, release_torch_memory
 from errors import ModelNotFound
 from settings import Settings
+
+
+def architectures(folder: Path) -> list[str]:
+    """The model classes a checkpoint folder's config.json names (none if it has no readable config)."""
+    try:
+        return json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return []
 
 
 @dataclass

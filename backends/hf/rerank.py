@@ -6,14 +6,13 @@ labels: the softmax probability of the last ("relevant") one. Pairs are scored i
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from pathlib import Path
 
-from backends.base import ChatTemplateInfo, Engine, GenerationRequest, Ranking
+from backends.base import Ranking
 from backends.catalog import ModelEntry
-from backends.embedding_base import RERANK_CAPABILITIES
-from backends.hf.encoders import EncoderTokenizing, load_encoder
+from backends.embedding_base import RERANKER, EncoderEngine
+from backends.hf.encoders import EncoderTokenizing, architectures, load_encoder
 from errors import InvalidRequest
 from settings import Settings
 
@@ -21,16 +20,14 @@ BATCH = 16
 
 
 def is_cross_encoder(folder: Path) -> bool:
-    try:
-        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError):
-        return False
-    return any(name.endswith("ForSequenceClassification") for name in architectures)
+    return any(name.endswith("ForSequenceClassification") for name in architectures(folder))
 
 
-class TransformersRerankEngine(EncoderTokenizing, Engine):
+class TransformersRerankEngine(EncoderTokenizing, EncoderEngine):
     engine_kind = "transformers"
-    capabilities = RERANK_CAPABILITIES
+    capabilities = RERANKER["capabilities"]
+    kind = RERANKER["kind"]
+    endpoint = RERANKER["endpoint"]
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         from transformers import AutoModelForSequenceClassification
@@ -44,17 +41,6 @@ class TransformersRerankEngine(EncoderTokenizing, Engine):
     @property
     def context_length(self) -> int:
         return self._context_length
-
-    @property
-    def chat_template(self) -> ChatTemplateInfo:
-        return ChatTemplateInfo(source="", origin="reranker")
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenize(text))
-
-    async def generate(self, request: GenerationRequest):
-        raise InvalidRequest(f"'{self.model_id}' is a reranker: use /v1/rerank.", param="model")
-        yield  # pragma: no cover - an async generator like the other engines
 
     async def rerank(self, query: str, documents: list[str]) -> Ranking:
         return await asyncio.to_thread(self._rerank_blocking, query, documents)

@@ -16,7 +16,7 @@ import llama_cpp
 
 from backends.base import Ranking
 from backends.catalog import ModelEntry
-from backends.embedding_base import RERANK_CAPABILITIES, EmbeddingEngine, Embeddings, l2_normalized
+from backends.embedding_base import RERANKER, EmbeddingEngine, Embeddings, l2_normalized
 from backends.engine_support import check_token_ids
 from backends.llamacpp.gguf_header import read_gguf_metadata
 from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, default_threads
@@ -85,7 +85,7 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
         # pooled output of a query + document pair is its relevance logit; such a model reranks, never embeds.
         self.ranks = self.context.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_RANK
         if self.ranks:
-            self.capabilities = RERANK_CAPABILITIES
+            vars(self).update(RERANKER)
         # One decode holds at most n_batch tokens, and for an encoder at most n_ubatch: llama.cpp aborts the
         # process (GGML_ASSERT) on an encoder batch larger than n_ubatch, so inputs and groups stay within it.
         self._context_length = min(self.context.n_ctx, llama_cpp.llama_n_batch(self.context.ptr),
@@ -105,7 +105,7 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
 
     async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
         if self.ranks:
-            raise InvalidRequest(f"'{self.model_id}' is a reranker: use /v1/rerank.", param="model")
+            raise self.refusal()
         return await asyncio.to_thread(self._embed_blocking, inputs)
 
     async def rerank(self, query: str, documents: list[str]) -> Ranking:

@@ -128,6 +128,7 @@ def test_bad_input_is_a_400_naming_the_field(server, body, param):
     assert response.json()["error"]["param"].startswith(param)
 
 
-def test_a_reranker_refuses_chat_with_a_400_that_says_where_to_go(server):
-    response = _post(server, "/v1/chat/completions", {"model": "tiny-ce", "messages": [{"role": "user", "content": "hi"}]})
+@pytest.mark.parametrize("model", ["tiny-ce", "tiny-ce-gguf"])
+def test_a_reranker_refuses_chat_with_a_400_that_says_where_to_go(server, model):
+    response = _post(server, "/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 400 and "/v1/rerank" in response.json()["error"]["message"]
