@@ -10,16 +10,14 @@ streams; the sequence drafts once it has caught up).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import llama_cpp
 import numpy as np
 
-from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel
+from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, add_to_batch
 from backends.llamacpp.sequences import common_prefix_length
 
-logger = logging.getLogger(__name__)
 FEED_PER_STEP = 256  # prompt tokens the draft model reads per scheduler step, all sequences together
 
 
@@ -34,7 +32,6 @@ class DraftModel:
             raise
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
         self._held: dict[int, list[int]] = {}  # tokens whose KV each draft sequence holds, in order
-        self.path = path
 
     def propose(self, wanted: dict[int, tuple[list[int], int]]) -> dict[int, list[int]]:
         """Drafts for sequences `seq_id -> (their tokens so far, most tokens wanted)`; a sequence still reading its
@@ -99,14 +96,8 @@ class DraftModel:
         del self._held[seq_id][keep:]
 
     def _add(self, seq_id: int, token: int, *, logits: bool) -> None:
-        batch, held = self._batch, self._held[seq_id]
-        index = batch.n_tokens
-        batch.token[index] = token
-        batch.pos[index] = len(held)
-        batch.n_seq_id[index] = 1
-        batch.seq_id[index][0] = seq_id
-        batch.logits[index] = logits
-        batch.n_tokens = index + 1
+        held = self._held[seq_id]
+        add_to_batch(self._batch, token, len(held), seq_id, logits=logits)
         held.append(token)
 
     def _batch_sequences(self) -> list[int]:

@@ -19,7 +19,7 @@ from backends.catalog import ModelEntry
 from backends.embedding_base import RERANKER, EmbeddingEngine, Embeddings, l2_normalized
 from backends.engine_support import check_token_ids
 from backends.llamacpp.gguf_header import read_gguf_metadata
-from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, default_threads
+from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, add_to_batch, default_threads
 from errors import EngineFailure, InvalidRequest, ModelNotFound
 from settings import Settings
 
@@ -164,11 +164,7 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
         batch.n_tokens = 0
         for seq_id, tokens in enumerate(group):
             for position, token in enumerate(tokens):
-                slot = batch.n_tokens
-                batch.token[slot], batch.pos[slot] = token, position
-                batch.seq_id[slot][0], batch.n_seq_id[slot] = seq_id, 1
-                batch.logits[slot] = True  # embedding contexts want every token as an output
-                batch.n_tokens += 1
+                add_to_batch(batch, token, position, seq_id, logits=True)  # embedding contexts: every token out
         self.context.clear_memory()
         if self.context.decode(batch) != 0:
             raise EngineFailure("llama.cpp failed to embed this batch.")

@@ -63,6 +63,18 @@ class ContextConfig:
 WEIGHTS_SHARE = 0.9  # of a load's progress: reading tensors; the rest is the context and the template
 
 
+def add_to_batch(batch: llama_cpp.llama_batch, token: int, position: int, seq_id: int, *, logits: bool) -> int:
+    """Append one token of one sequence to a llama_batch; returns its row."""
+    index = batch.n_tokens
+    batch.token[index] = token
+    batch.pos[index] = position
+    batch.n_seq_id[index] = 1
+    batch.seq_id[index][0] = seq_id
+    batch.logits[index] = logits
+    batch.n_tokens = index + 1
+    return index
+
+
 def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 

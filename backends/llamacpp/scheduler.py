@@ -18,7 +18,7 @@ import llama_cpp
 from backends.base import GenerationFinished, TokenDelta, Usage
 from backends.job_queue import JobQueue
 from backends.llamacpp.draft_model import DraftModel
-from backends.llamacpp.model import LlamaContext, LlamaModel
+from backends.llamacpp.model import LlamaContext, LlamaModel, add_to_batch
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache
 from backends.llamacpp.sampling import SamplerChain, token_logprobs
 from backends.llamacpp.sequences import SequenceJob, Slot, common_prefix_length
@@ -266,14 +266,7 @@ class Scheduler:
         slot.draft, slot.draft_rows = [], []
 
     def _add_to_batch(self, slot: Slot, token: int, *, want_logits: bool) -> int:
-        batch = self._batch
-        index = batch.n_tokens
-        batch.token[index] = token
-        batch.pos[index] = len(slot.cached_tokens)
-        batch.n_seq_id[index] = 1
-        batch.seq_id[index][0] = slot.seq_id
-        batch.logits[index] = want_logits
-        batch.n_tokens = index + 1
+        index = add_to_batch(self._batch, token, len(slot.cached_tokens), slot.seq_id, logits=want_logits)
         slot.cached_tokens.append(token)
         return index
 
