@@ -34,13 +34,13 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from_cli(argv)
     configure_logging(settings.log_level, settings.log_format)
     try:  # an unusable response store is a one-line error here, not a traceback from the app's startup
-        ResponseStore.open(settings.state_db, settings.cache_dir / "responses.sqlite3").close()
+        responses = ResponseStore.from_settings(settings)
     except StoreUnavailable as exc:
         sys.exit(f"error: {exc}")
     # SIGTERM/Ctrl-C: uvicorn stops accepting, lets requests in flight (streams included) finish for up to
     # --shutdown-grace seconds, then the app's lifespan unloads models (queued cache writes are finished) and
     # closes upstream clients. Our own request log replaces uvicorn's access log.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+    uvicorn.run(create_app(settings, responses), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 access_log=False, timeout_graceful_shutdown=settings.shutdown_grace)
 
 

@@ -17,20 +17,20 @@ from api.audit import audit
 from api.background_responses import BackgroundRuns
 from api.auth import ApiKeyMiddleware
 from api.error_responses import install_error_handlers
+from api.instance_liveness import HEARTBEAT_SECONDS
 from api.keys import KeyLimits, KeyStore
 from api.limits import BodyLimitMiddleware
 from api.observability import KeyUsageCollector, Metrics, RegistryCollector, RequestLogMiddleware
 from api.quotas import QuotaBook
-from api.instance_liveness import HEARTBEAT_SECONDS
 from api.response_store import ResponseStore
 from api.routes_admin import router as admin_router
 from api.routes_cache import router as cache_router
 from api.routes_chat import router as chat_router
 from api.routes_completions import router as completions_router
 from api.routes_embeddings import router as embeddings_router
-from api.routes_rerank import router as rerank_router
 from api.routes_messages import router as messages_router
 from api.routes_models import router as models_router
+from api.routes_rerank import router as rerank_router
 from api.routes_responses import router as responses_router
 from api.routes_web import assets as web_assets
 from api.routes_web import router as web_router
@@ -79,7 +79,9 @@ async def _tend_response_store(store: ResponseStore) -> None:
         await asyncio.sleep(HEARTBEAT_SECONDS)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, responses: ResponseStore | None = None) -> FastAPI:
+    """`responses`: the stored-Responses database, already opened (server.py opens it before uvicorn starts, so an
+    unusable one is a one-line error); None: opened at startup."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -88,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.start()
         metrics.registry.register(RegistryCollector(registry))
         app.state.registry = registry
-        app.state.responses = ResponseStore.open(settings.state_db, settings.cache_dir / "responses.sqlite3")
+        app.state.responses = responses or ResponseStore.from_settings(settings)
         app.state.tending = asyncio.create_task(_tend_response_store(app.state.responses))
         # Sync dependencies run in anyio's thread pool, whose backend anyio imports on first use (~110 ms here):
         # done now, not in the first request's time to first token.

@@ -18,6 +18,7 @@ from typing import Any
 from api.instance_liveness import Liveness
 from api.state_db import StoreUnavailable, open_database
 from errors import ResponseNotFound
+from settings import Settings
 
 __all__ = ["MIGRATIONS", "ResponseStore", "StoreUnavailable"]
 
@@ -65,6 +66,10 @@ class ResponseStore:
             self.db.close()
             raise StoreUnavailable(f"The response store {self.db.label} cannot be used: {exc}") from exc
         self.liveness.beat()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ResponseStore:
+        return cls.open(settings.state_db, settings.cache_dir / "responses.sqlite3")
 
     @classmethod
     def open(cls, configured: str | None, default: Path) -> ResponseStore:

@@ -95,7 +95,6 @@ class PostgresDatabase:
         from psycopg_pool import ConnectionPool
 
         self.label = redacted(url)
-        self._errors = (psycopg.Error,)
         try:
             psycopg.connect(url, connect_timeout=10).close()  # fails at once, with the server's reason
             # a small pool: reads from several requests at once; connections that broke (the database restarted)

@@ -9,13 +9,11 @@ renames the hook, loads still work and report by stage only.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from backends.load_progress import LoadProgress, current_load
 
-logger = logging.getLogger(__name__)
 FIRST, LAST = 0.1, 0.85  # the share of a load spent reading weights (tokenizer before, device placement after)
 
 

@@ -4,7 +4,6 @@ concurrent requests, eviction waiting for streams, memory freed on unload, failu
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import threading
 import time
 
@@ -13,6 +12,7 @@ import openai
 import pytest
 import yaml
 
+from clients.terminal_chat import sse_events
 from settings import PROJECT_ROOT
 from tests.e2e.conftest import GEMMA_END_TOKENS
 from tests.server_process import running_server
@@ -155,16 +155,10 @@ def test_set_model_without_waiting_answers_202_and_shows_progress(catalog_server
 
 def _load_events(server, model: str) -> list[tuple[str, dict]]:
     """`POST /admin/models/load` streamed: (event name, data) pairs, as a client reads them."""
-    events, name = [], None
     with httpx.stream("POST", f"{server.base_url}/admin/models/load", json={"model": model, "stream": True},
                       timeout=120) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line[len("event: "):]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[len("data: "):])))
-    return events
+        return list(sse_events(response))
 
 
 def test_a_load_streams_its_progress_and_the_catalog_shows_it(catalog_server):
