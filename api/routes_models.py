@@ -36,6 +36,9 @@ def _model_card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
         "size_bytes": entry.size_bytes,
         "default": registry.default_model in entry.names,  # what a request naming no model gets
     }
+    if entry.base is not None:  # an adapter entry: the model it runs on and what it applies there
+        extra["base"] = entry.base
+        extra["lora"] = [{"file": adapter.path.name, "scale": adapter.scale} for adapter in entry.lora]
     if (progress := registry.load_progress(entry.id)) is not None:
         extra["loading"] = progress.as_dict()  # {progress 0..1, stage, elapsed_seconds}
     if entry.engine == "remote" and registry.remote is not None:

@@ -45,6 +45,15 @@ class ReasoningControl:
     budget: int | None = None  # None: no limit; 0: close at once
 
 
+@dataclass(frozen=True, eq=False)
+class AdapterSet:
+    """LoRA adapters a request applies over its base model's weights, as the engine attached them (engines
+    subclass it with their handles). Sequences' KV and cached states are shared only within one `key`."""
+
+    model_id: str  # the adapter entry they serve
+    key: str  # the adapter files (and their versions) with their scales
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt: str | list[int]  # text (special-token text parsed, BOS added as the model wants) or exact token ids
@@ -62,6 +71,7 @@ class GenerationRequest:
     # always ask for 32000; a local model's context rarely leaves that much)
     clamp_to_context: bool = False
     speculative: bool = True  # may use the server's speculative decoding (a request can opt out)
+    adapters: AdapterSet | None = None  # LoRA adapters to apply (set by an adapter entry's engine view)
 
 
 @dataclass(frozen=True)
@@ -233,16 +243,24 @@ class Engine(ABC):
         """Requests waiting for a free sequence slot."""
         return 0
 
-    async def warm_prompt(self, prompt: str, conversation: str) -> WarmedPrompt:
+    async def warm_prompt(self, prompt: str, conversation: str, adapters: AdapterSet | None = None) -> WarmedPrompt:
         """Evaluate a chat prompt into the prompt cache (memory and disk) without generating.
 
         `prompt` is what a chat request would evaluate; `conversation` is the same messages rendered without
         the generation prompt. What both share is what later requests continuing the conversation reuse."""
         raise NotSupported(f"The {self.engine_kind} engine has no prompt cache to warm.")
 
-    def cache_summary(self) -> dict | None:
-        """The prompt cache's contents and counters, or None without one."""
+    def cache_summary(self, adapters: AdapterSet | None = None) -> dict | None:
+        """The prompt cache's contents and counters (of the states computed with `adapters`), or None."""
         return None
+
+    def attach_adapters(self, model_id: str, adapters: tuple) -> AdapterSet:
+        """Load LoRA adapters (catalog `LoraAdapter`s) for the adapter entry `model_id` (blocking: a worker thread
+        calls it). Requests carrying the returned set run with them; the base's own requests run without."""
+        raise NotSupported(f"The {self.engine_kind} engine does not apply LoRA adapters.")
+
+    def detach_adapters(self, adapters: AdapterSet) -> None:
+        """Free what `attach_adapters` loaded, once no request uses it (blocking)."""
 
     @abstractmethod
     async def aclose(self) -> None:

@@ -23,6 +23,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from backends.llamacpp.gguf_header import is_lora_adapter
+
 logger = logging.getLogger(__name__)
 
 EngineKind = Literal["llama.cpp", "transformers", "remote"]
@@ -87,6 +89,21 @@ class HFLoadOptions(BaseModel):
     gguf_file: str | None = None  # load this GGUF from the folder through transformers (dequantised)
 
 
+class LoraAdapter(BaseModel):
+    """One LoRA adapter of an adapter entry: a llama.cpp LoRA GGUF (llama.cpp bases) or a PEFT adapter folder
+    (transformers bases), and how strongly it applies (0 = not at all)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path
+    scale: float = Field(1.0, ge=-100.0, le=100.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_path(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str | Path) else value  # `lora: [a.gguf]` means scale 1
+
+
 class ModelEntry(BaseModel):
     """One servable model."""
 
@@ -106,9 +123,15 @@ class ModelEntry(BaseModel):
     source: Literal["file", "folder", "hf-cache", "models-file", "upstream"] = "models-file"
     rerank: Literal["cosine"] | None = None  # an embedding model also serves /v1/rerank, by cosine similarity
     ttl: str | float | None = None  # keep-alive once idle ("10m", seconds; negative = forever); see keep_alive.py
+    # An adapter entry: the catalog model it runs on (id or alias) and the LoRA adapters it applies there. It
+    # shares that model's loaded weights and context; see backends/adapters.py.
+    base: str | None = None
+    lora: tuple[LoraAdapter, ...] = ()
 
     @model_validator(mode="after")
     def _engine_from_path(self) -> ModelEntry:
+        if self.base is not None or self.lora:
+            return self._adapter_entry()
         if self.engine is None:
             if self.path is not None and self.path.suffix.lower() == ".gguf":
                 object.__setattr__(self, "engine", "llama.cpp")
@@ -120,6 +143,23 @@ class ModelEntry(BaseModel):
                 raise ValueError("give a path, a repo or an upstream (or an engine)")
         return self
 
+    def _adapter_entry(self) -> ModelEntry:
+        if self.base is None or not self.lora:
+            raise ValueError("an adapter entry names both its `base` model and its `lora` adapters")
+        own = [name for name in ("path", "repo", "upstream", "chat_template", "tool_prompt", "settings", "hf")
+               if name in self.model_fields_set]
+        if own:
+            raise ValueError(f"an adapter entry runs on its base model's engine; {', '.join(own)} belong to the base")
+        if self.engine is None:  # a LoRA GGUF runs on llama.cpp, a PEFT folder on transformers
+            kind = "llama.cpp" if self.lora[0].path.suffix.lower() == ".gguf" else "transformers"
+            object.__setattr__(self, "engine", kind)
+        return self
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files this entry serves from (its model, or its adapters)."""
+        return tuple(adapter.path for adapter in self.lora) or ((self.path,) if self.path is not None else ())
+
     @property
     def names(self) -> tuple[str, ...]:
         """Every name a request may use for this model."""
@@ -128,11 +168,17 @@ class ModelEntry(BaseModel):
 
     @property
     def size_bytes(self) -> int | None:
-        if self.path is None or not self.path.exists():
-            return None
-        if self.path.is_file():
-            return self.path.stat().st_size
-        return sum(f.stat().st_size for pattern in _WEIGHT_PATTERNS for f in self.path.glob(pattern))
+        if self.lora:
+            return sum(_size(adapter.path) or 0 for adapter in self.lora)
+        return _size(self.path)
+
+
+def _size(path: Path | None) -> int | None:
+    if path is None or not path.exists():
+        return None
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for pattern in _WEIGHT_PATTERNS for f in path.glob(pattern))
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -153,6 +199,8 @@ def _discover_models_dir(models_dir: Path) -> list[ModelEntry]:
             logger.warning("Skipping %s: it points outside the models directory", path.name)
             continue
         if path.is_file() and path.suffix.lower() == ".gguf":
+            if is_lora_adapter(path):  # an adapter: served through a models.yaml entry naming its base
+                continue
             entries.append(ModelEntry(id=path.name, path=path, source="file"))
         elif path.is_dir() and (path / "config.json").is_file() and _has_weights(path):
             entries.append(ModelEntry(id=path.name, path=path, engine="transformers", source="folder"))
@@ -206,6 +254,10 @@ def _read_models_file(models_file: Path, models_dir: Path) -> list[ModelEntry]:
             updates["path"] = models_dir / entry.path
         if entry.tool_prompt is not None and not entry.tool_prompt.is_absolute():
             updates["tool_prompt"] = models_dir / entry.tool_prompt
+        if any(not adapter.path.is_absolute() for adapter in entry.lora):
+            updates["lora"] = tuple(adapter if adapter.path.is_absolute() else
+                                    adapter.model_copy(update={"path": models_dir / adapter.path})
+                                    for adapter in entry.lora)
         entries.append(entry.model_copy(update=updates))
     return entries
 

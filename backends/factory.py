@@ -38,6 +38,19 @@ def local_engine_kind(entry: ModelEntry, settings: Settings) -> str:
     return "llama.cpp-embedding" if is_gguf_embedding_model(entry, settings) else "llama.cpp"
 
 
+def engine_settings(entry: ModelEntry, settings: Settings) -> Settings:
+    """The server's settings with the catalog entry's per-model overrides applied."""
+    overrides = entry.settings.model_dump(exclude_none=True)
+    is_default = settings.model_name in (entry.id, entry.id.removesuffix(".gguf"))
+    if entry.chat_template:
+        overrides["chat_template"] = entry.chat_template
+    elif not is_default:
+        overrides["chat_template"] = None  # --chat-template is the default model's override only
+    if not is_default and "draft_model" not in overrides:
+        overrides["draft_model"] = None  # so is --draft-model
+    return settings.model_copy(update=overrides)
+
+
 class EngineBuilder:
     """Called by the registry (in a worker thread) with an entry and its effective settings."""
 

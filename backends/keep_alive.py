@@ -62,6 +62,7 @@ class LoadedModel:
     keep_alive: float | None = None  # seconds it stays loaded once idle; None: until evicted or unloaded
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     gone: asyncio.Event = field(default_factory=asyncio.Event)  # set once its memory is freed
+    base_id: str | None = None  # an adapter model: the loaded model it runs on
 
     def __post_init__(self) -> None:
         self.idle.set()

@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
+from backends.adapters import AdapterView
 from backends.base import Engine
 from backends.catalog import Catalog, GenerationDefaults, ModelEntry, default_hf_cache
 from backends.embedded_model import ensure_embedded_models
-from backends.factory import EngineBuilder
+from backends.factory import EngineBuilder, engine_settings
 from backends.keep_alive import LoadedModel, parse_duration, reap_expired
 from backends.load_progress import LoadProgress, tracking
 from backends.memory import estimate_memory_bytes, physical_memory_bytes
@@ -44,19 +45,6 @@ RegistryState = Literal["empty", "loading", "ready", "failed", "missing"]
 # recently used (stops giving it new requests): bounded, so a constantly busy model cannot starve a load.
 EVICTION_PATIENCE_SECONDS = 5.0
 KEEP = object()  # lease(): leave the model's keep-alive as it is
-
-
-def engine_settings(entry: ModelEntry, settings: Settings) -> Settings:
-    """The server's settings with the catalog entry's per-model overrides applied."""
-    overrides = entry.settings.model_dump(exclude_none=True)
-    is_default = settings.model_name in (entry.id, entry.id.removesuffix(".gguf"))
-    if entry.chat_template:
-        overrides["chat_template"] = entry.chat_template
-    elif not is_default:
-        overrides["chat_template"] = None  # --chat-template is the default model's override only
-    if not is_default and "draft_model" not in overrides:
-        overrides["draft_model"] = None  # so is --draft-model
-    return settings.model_copy(update=overrides)
 
 
 class ModelRegistry:
@@ -108,8 +96,8 @@ class ModelRegistry:
         return entry
 
     def _missing_from_disk(self, entry: ModelEntry) -> bool:
-        """Its file is gone (and it is not loaded: a loaded model keeps serving from memory)."""
-        return entry.path is not None and entry.id not in self._loaded and not entry.path.exists()
+        """A file of it is gone (and it is not loaded: a loaded model keeps serving from memory)."""
+        return entry.id not in self._loaded and not all(path.exists() for path in entry.files)
 
     # ---------------------------------------------------------------- state
 
@@ -241,14 +229,14 @@ class ModelRegistry:
         started = time.perf_counter()
         settings = engine_settings(entry, self.settings)
         try:
-            if entry.engine != "remote":  # a remote model holds no weights here: no room to make
+            if entry.engine != "remote" and entry.base is None:  # remote and adapter models: no room to make
                 estimate = await asyncio.to_thread(estimate_memory_bytes, entry, settings.n_ctx)
                 async with self._residency:
                     await self._make_room(entry, estimate)
                     self._reserved[entry.id] = estimate
                 logger.info("Loading model %s (about %.0f MiB)", entry.id, estimate / 2**20)
             with tracking(self._progress.setdefault(entry.id, LoadProgress())):  # reported from the thread
-                engine = await asyncio.to_thread(self._engine_factory, entry, settings)
+                engine = await self._build_engine(entry, settings)
             try:
                 renderer = ChatPromptRenderer(engine.chat_template)
             except Exception:
@@ -267,13 +255,27 @@ class ModelRegistry:
             self._loading.pop(entry.id, None)
             self._progress.pop(entry.id, None)
             memory = self._reserved.pop(entry.id, 0)  # a failed load gives its reservation back too
-        model = LoadedModel(entry, engine, renderer, memory, time.perf_counter() - started,
-                            keep_alive=parse_duration(entry.ttl if entry.ttl is not None else self.settings.model_ttl))
+        model = LoadedModel(entry, engine, renderer, memory or (entry.size_bytes or 0), time.perf_counter() - started,
+                            keep_alive=parse_duration(entry.ttl if entry.ttl is not None else self.settings.model_ttl),
+                            base_id=engine.base_id if isinstance(engine, AdapterView) else None)
         self._loaded[entry.id] = model
         self._errors.pop(entry.id, None)
         logger.info("Model %s ready in %.2f s (context %d tokens/sequence)", entry.id, model.load_seconds,
                     engine.context_length)
         return model
+
+    async def _build_engine(self, entry: ModelEntry, settings: Settings) -> Engine:
+        """A new engine for `entry` (on a worker thread); an adapter entry's is a view of its loaded base."""
+        if entry.base is None:
+            return await asyncio.to_thread(self._engine_factory, entry, settings)
+        base = await self.ensure_loaded(entry.base)
+        if base.base_id is not None:
+            raise ValueError(f"its base '{entry.base}' is an adapter entry itself; name the model under it")
+        return await asyncio.to_thread(AdapterView.attach, base.engine, base.model_id, entry.id, entry.lora)
+
+    def _dependents(self, model: LoadedModel) -> list[LoadedModel]:
+        """Adapter models running on `model`."""
+        return [m for m in self._loaded.values() if m.base_id == model.model_id]
 
     async def _make_room(self, entry: ModelEntry, needed: int) -> None:
         """Unload least recently used models until `entry` fits the model count and memory budget."""
@@ -284,12 +286,12 @@ class ModelRegistry:
                 f"memory budget of {budget / 2**20:.0f} MiB (--memory-budget). Lower its n_ctx or raise the budget."
             )
         while True:
-            local = [m for m in self._loaded.values() if m.entry.engine != "remote"]
+            local = [m for m in self._loaded.values() if m.entry.engine != "remote" and m.base_id is None]
             count = len(local) + len(self._reserved)
             if count < self.settings.max_loaded_models and self.memory_in_use() + needed <= budget:
                 return
             candidates = [m for m in local if not m.retired]
-            idle = [m for m in candidates if m.leases == 0]
+            idle = [m for m in candidates if not any(d.leases for d in [m, *self._dependents(m)])]
             if idle or candidates:
                 if not idle and await self._first_idle(candidates):
                     continue  # one finished its requests: evict that one (next round)
@@ -332,6 +334,8 @@ class ModelRegistry:
             return
         model.retired = True  # from here no new lease; requests already holding it finish first
         try:
+            for dependent in self._dependents(model):  # adapters on it go first (their requests run on it)
+                await self._unload(dependent)
             await model.idle.wait()
             await model.engine.aclose()
         finally:

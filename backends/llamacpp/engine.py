@@ -13,6 +13,7 @@ from pathlib import Path
 
 from backends.base import (
     GENERATIVE_CAPABILITIES,
+    AdapterSet,
     ChatTemplateInfo,
     GenerationChunk,
     GenerationFinished,
@@ -23,6 +24,7 @@ from backends.base import (
 from backends.catalog import ModelEntry
 from backends.engine_support import WorkerThreadEngine, check_logit_bias, check_token_ids, completion_budget
 from backends.llamacpp.draft_model import DraftModel
+from backends.llamacpp.lora import BASE, LlamaLoraSet, LoraLibrary, adapter_key
 from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, default_threads
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache, model_namespace, state_format_tag
 from backends.llamacpp.sampling import grammar_parses
@@ -43,7 +45,7 @@ class LlamaCppEngine(WorkerThreadEngine):
     capabilities = GENERATIVE_CAPABILITIES
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
-        """`settings` are the server's with the catalog entry's overrides applied (registry.engine_settings)."""
+        """`settings` are the server's with the catalog entry's overrides applied (factory.engine_settings)."""
         self.entry = entry
         self.path = path = entry.path
         self.model = LlamaModel(path, n_gpu_layers=settings.n_gpu_layers)
@@ -75,7 +77,9 @@ class LlamaCppEngine(WorkerThreadEngine):
         self._context_length = min(self.context.n_ctx // settings.parallel, self.model.n_ctx_train)
         self._default_max_tokens = settings.default_max_tokens
         self._template = self._load_template(settings)
-        self.prompt_cache = self._open_prompt_cache(settings)
+        self.settings = settings
+        self.prompt_cache = self._open_prompt_cache()
+        self.loras = LoraLibrary(self.model)
         self.scheduler = Scheduler(
             self.model, self.context, settings.parallel, self._context_length, settings.max_queue, self.prompt_cache,
             SteeringOptions(budget_closing=settings.budget_closing, loop_breaking=settings.loop_breaking),
@@ -91,12 +95,15 @@ class LlamaCppEngine(WorkerThreadEngine):
         keep_in = self.prompt_cache.store.directory if self.prompt_cache else None  # this model file's cache dir
         self._closing_tokens_ready = self.model.prepare_closing_tokens(keep_in) if steers else None
 
-    def _open_prompt_cache(self, settings: Settings) -> PromptCache | None:
+    def _open_prompt_cache(self, adapter_key: str = BASE) -> PromptCache | None:
+        """The disk cache of this model's states (computed with the adapters `adapter_key` names, if any)."""
+        settings = self.settings
         if not settings.prompt_cache:
             return None
+        namespace = model_namespace(self.entry.id, self.path) + (f"-lora-{adapter_key}" if adapter_key else "")
         try:
             return PromptCache(
-                settings.cache_dir / model_namespace(self.entry.id, self.path),
+                settings.cache_dir / namespace,
                 settings.cache_capacity_bytes,
                 settings.cache_min_tokens,
                 state_format_tag(flash_attn=settings.flash_attn, swa_full=settings.swa_full),
@@ -157,14 +164,16 @@ class LlamaCppEngine(WorkerThreadEngine):
         return bos + [begin, *self.model.tokenize_literal(prefix), before_suffix,
                       *self.model.tokenize_literal(suffix), middle]
 
-    async def _stored_prefix(self, prompt_tokens: list[int], max_length: int) -> CachedPrefix | None:
+    async def _stored_prefix(self, prompt_tokens: list[int], max_length: int,
+                             adapters: LlamaLoraSet | None) -> CachedPrefix | None:
         """A longer prefix than any slot holds, from the disk cache (read off the event loop)."""
-        if self.prompt_cache is None:
+        cache = adapters.prompt_cache if adapters is not None else self.prompt_cache
+        if cache is None:
             return None
-        in_memory = self.scheduler.longest_cached_prefix(prompt_tokens)
-        if max_length <= max(in_memory, self.prompt_cache.min_tokens - 1):
+        in_memory = self.scheduler.longest_cached_prefix(prompt_tokens, adapters)
+        if max_length <= max(in_memory, cache.min_tokens - 1):
             return None
-        return await asyncio.to_thread(self.prompt_cache.lookup, prompt_tokens, max_length, in_memory)
+        return await asyncio.to_thread(cache.lookup, prompt_tokens, max_length, in_memory)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         if isinstance(request.prompt, str):
@@ -188,13 +197,14 @@ class LlamaCppEngine(WorkerThreadEngine):
             shown_special_tokens=self.model.special_tokens_among(request.preserved_tokens),
             reasoning=request.reasoning,
             speculative=request.speculative,
+            adapters=self._own_adapters(request.adapters),
             # The last prompt token is always evaluated (its logits pick the first completion token).
-            cached_prefix=await self._stored_prefix(prompt_tokens, len(prompt_tokens) - 1),
+            cached_prefix=await self._stored_prefix(prompt_tokens, len(prompt_tokens) - 1, request.adapters),
         )
         async for chunk in self.run_job(job):
             yield chunk
 
-    async def warm_prompt(self, prompt: str, conversation: str) -> WarmedPrompt:
+    async def warm_prompt(self, prompt: str, conversation: str, adapters: AdapterSet | None = None) -> WarmedPrompt:
         if self.prompt_cache is None:
             raise NotSupported("The prompt cache is turned off on this server (--no-prompt-cache).")
         prompt_tokens = self.model.tokenize(prompt)
@@ -216,7 +226,8 @@ class LlamaCppEngine(WorkerThreadEngine):
             emit=lambda item: None,
             prefill_only=True,
             on_saved=lambda ok: loop.call_soon_threadsafe(_resolve, saved, ok),
-            cached_prefix=await self._stored_prefix(to_cache, len(to_cache)),
+            adapters=self._own_adapters(adapters),
+            cached_prefix=await self._stored_prefix(to_cache, len(to_cache), adapters),
         )
         usage = None
         async for chunk in self.run_job(job):
@@ -226,8 +237,40 @@ class LlamaCppEngine(WorkerThreadEngine):
             logger.warning("The warmed prompt of %d tokens could not be written to the disk cache", len(to_cache))
         return WarmedPrompt(prompt_tokens=len(prompt_tokens), cached_tokens=len(to_cache), reused_tokens=usage.cached_tokens)
 
-    def cache_summary(self) -> dict | None:
-        return self.prompt_cache.summary() if self.prompt_cache else None
+    def cache_summary(self, adapters: AdapterSet | None = None) -> dict | None:
+        cache = self._own_adapters(adapters).prompt_cache if adapters is not None else self.prompt_cache
+        return cache.summary() if cache else None
+
+    # ---------------------------------------------------------------- LoRA adapters (lora.py)
+
+    def _own_adapters(self, adapters: AdapterSet | None) -> LlamaLoraSet | None:
+        if adapters is not None and not isinstance(adapters, LlamaLoraSet):
+            raise InvalidRequest(f"The adapters of '{adapters.model_id}' were not loaded into this model.")
+        return adapters
+
+    def attach_adapters(self, model_id: str, adapters: tuple) -> LlamaLoraSet:
+        handles = []
+        try:
+            for adapter in adapters:
+                handles.append(self.loras.acquire(adapter.path))
+        except Exception:
+            for adapter in adapters[: len(handles)]:
+                self.loras.release(adapter.path)
+            raise
+        key = adapter_key(adapters)
+        logger.info("LoRA adapters of %s loaded into %s: %s", model_id, self.entry.id,
+                    ", ".join(f"{a.path.name} x{a.scale:g}" for a in adapters))
+        return LlamaLoraSet(model_id=model_id, key=key, files=tuple(a.path for a in adapters),
+                            scales=tuple(a.scale for a in adapters), handles=tuple(handles),
+                            prompt_cache=self._open_prompt_cache(key))
+
+    def detach_adapters(self, adapters: AdapterSet) -> None:
+        adapters = self._own_adapters(adapters)
+        self.scheduler.forget_adapters(adapters)
+        for path in adapters.files:
+            self.loras.release(path)
+        if adapters.prompt_cache is not None:
+            adapters.prompt_cache.close()
 
     def close_blocking(self) -> None:
         if self._closing_tokens_ready is not None:
@@ -238,6 +281,7 @@ class LlamaCppEngine(WorkerThreadEngine):
         if self.draft_model is not None:
             self.draft_model.close()
         self.context.free()
+        self.loras.free_all()
         self.model.free()
 
 

@@ -58,8 +58,9 @@ def _skip_array(stream: BinaryIO, element_type: int, count: int) -> None:
             _value(stream, element_type)
 
 
-def read_gguf_metadata(path: Path, wanted: set[str] | None = None) -> dict[str, object]:
-    """Scalar and string metadata (arrays are skipped); stops early once every `wanted` key was seen."""
+def read_gguf_metadata(path: Path, wanted: set[str] | None = None, first_keys: int = MAX_KEYS) -> dict[str, object]:
+    """Scalar and string metadata (arrays are skipped); stops early once every `wanted` key was seen, or after
+    `first_keys` keys."""
     metadata: dict[str, object] = {}
     with open(path, "rb") as stream:
         if stream.read(4) != b"GGUF":
@@ -71,7 +72,7 @@ def read_gguf_metadata(path: Path, wanted: set[str] | None = None) -> dict[str, 
         key_count = _unpack(stream, "<Q")
         if key_count > MAX_KEYS:
             raise GGUFError("corrupt header (implausible metadata count)")
-        for _ in range(key_count):
+        for _ in range(min(key_count, first_keys)):
             key = _string(stream)
             value = _value(stream, _unpack(stream, "<I"))
             if value is not None:
@@ -91,3 +92,11 @@ def kv_bytes_per_token(metadata: dict[str, object]) -> int:
     key_length = int(metadata.get(f"{arch}.attention.key_length", embedding // heads))
     value_length = int(metadata.get(f"{arch}.attention.value_length", key_length))
     return layers * kv_heads * (key_length + value_length) * 2
+
+
+def is_lora_adapter(path: Path) -> bool:
+    """A LoRA adapter GGUF (llama.cpp's converters write `general.type: adapter` among the first keys), not a model."""
+    try:
+        return read_gguf_metadata(path, {"general.type"}, first_keys=8).get("general.type") == "adapter"
+    except (OSError, GGUFError, UnicodeDecodeError, struct.error):
+        return False

@@ -15,21 +15,23 @@ import threading
 
 import llama_cpp
 
-from backends.base import GenerationFinished, TokenDelta, Usage
+from backends.base import GenerationFinished, Usage
 from backends.job_queue import JobQueue
 from backends.llamacpp.draft_model import DraftModel
+from backends.llamacpp.lora import BASE, AdapterTurns, LlamaLoraSet
 from backends.llamacpp.model import LlamaContext, LlamaModel, add_to_batch
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache
 from backends.llamacpp.sampling import SamplerChain, token_logprobs
 from backends.llamacpp.sequences import SequenceJob, Slot, common_prefix_length
 from backends.llamacpp.speculation import NO_SPECULATION, SequenceDrafter, SpeculationOptions
+from backends.llamacpp.speculative_steps import SpeculativeSteps
 from backends.llamacpp.steering import DEFAULT_STEERING, Steering, SteeringOptions
 from backends.text_output import IncrementalDetokenizer, StopStringFilter
 from errors import EngineFailure
 
 logger = logging.getLogger(__name__)
 
-class Scheduler:
+class Scheduler(SpeculativeSteps):
     def __init__(
         self,
         model: LlamaModel,
@@ -52,6 +54,8 @@ class Scheduler:
         self.slots = [Slot(seq_id=i) for i in range(n_slots)]
         self._queue: JobQueue[SequenceJob] = JobQueue(max_queue)
         self._batch = llama_cpp.llama_batch_init(context.n_batch, 0, 1)
+        self._adapter_turns = AdapterTurns(context)
+        self._stepping = threading.Lock()  # held by the thread while it admits and steps (see forget_adapters)
         self._thread = threading.Thread(target=self._run, name="llamacpp-scheduler", daemon=True)
         self._thread.start()
 
@@ -64,9 +68,17 @@ class Scheduler:
         job.cancelled = True
         self._queue.cancel(job)
 
-    def longest_cached_prefix(self, tokens: list[int]) -> int:
-        """Tokens of `tokens` some slot already holds (read from the event loop: a hint, not a promise)."""
-        return max((common_prefix_length(list(slot.cached_tokens), tokens) for slot in self.slots), default=0)
+    def longest_cached_prefix(self, tokens: list[int], adapters: LlamaLoraSet | None = None) -> int:
+        """Tokens of `tokens` some slot already holds, computed with `adapters` (read from the event loop: a hint,
+        not a promise)."""
+        key = adapters.key if adapters is not None else BASE
+        return max((common_prefix_length(list(slot.cached_tokens), tokens) for slot in self.slots
+                    if slot.adapter_key == key), default=0)
+
+    def forget_adapters(self, adapters: LlamaLoraSet) -> None:
+        """Take `adapters` off the context before they are freed (blocking: waits for the step running now)."""
+        with self._stepping:
+            self._adapter_turns.forget(adapters)
 
     @property
     def active_sequences(self) -> int:
@@ -95,18 +107,20 @@ class Scheduler:
             admitted = self._queue.take(self._free_slots, busy=lambda: self.active_sequences > 0)
             if admitted is None:
                 return
-            self._admit(admitted)
-            try:
-                self._step()
-            except Exception as exc:  # a bug or decode failure must not kill the thread and hang clients
-                logger.exception("Scheduler step failed")
-                self._fail_active(EngineFailure(f"The engine failed while generating: {exc}"))
+            with self._stepping:
+                self._admit(admitted)
+                try:
+                    self._step()
+                except Exception as exc:  # a bug or decode failure must not kill the thread and hang clients
+                    logger.exception("Scheduler step failed")
+                    self._fail_active(EngineFailure(f"The engine failed while generating: {exc}"))
 
     def _admit(self, jobs: list[SequenceJob]) -> None:
         """Move taken jobs into free slots, preferring the slot whose cached KV shares the longest prefix."""
         for job in jobs:
             free = [slot for slot in self.slots if slot.job is None]
-            slot = max(free, key=lambda s: common_prefix_length(s.cached_tokens, job.prompt_tokens))
+            slot = max(free, key=lambda s: common_prefix_length(s.cached_tokens, job.prompt_tokens)
+                       if s.adapter_key == job.adapter_key else -1)
             try:
                 self._start(slot, job)
             except Exception as exc:  # one bad request must not take the scheduler thread down
@@ -124,7 +138,7 @@ class Scheduler:
         prompt = job.prompt_tokens
         limit = len(prompt) if job.prefill_only else len(prompt) - 1
         length = min(common_prefix_length(slot.cached_tokens, prompt), limit)
-        if length <= 0:
+        if length <= 0 or slot.adapter_key != job.adapter_key:  # KV computed with other adapters is not this
             return 0
         needed_from = max(0, length - self.model.n_swa) if self.model.n_swa else 0
         return length if self.context.first_position(slot.seq_id) <= needed_from else 0
@@ -141,7 +155,7 @@ class Scheduler:
             shared = self._reusable_prefix(donor, job) if donor is not slot else 0
         stored = job.cached_prefix
         if stored is not None and len(stored.tokens) > max(reuse, shared):
-            reuse = self._restore(slot, stored)
+            reuse = self._restore(slot, job, stored)
         elif shared > reuse:
             self.context.clear_sequence(slot.seq_id)
             self.context.copy_prefix(donor.seq_id, slot.seq_id, shared)
@@ -150,6 +164,7 @@ class Scheduler:
             self.context.clear_sequence(slot.seq_id)
             reuse = 0
         slot.cached_tokens = prompt[:reuse]
+        slot.adapter_key = job.adapter_key
         job.cached_prefix = None  # the state bytes are in the KV now (or rejected): free them
         slot.job = job
         slot.prompt_cursor = reuse
@@ -166,10 +181,10 @@ class Scheduler:
         slot.detokenizer = IncrementalDetokenizer()
         slot.stop_filter = StopStringFilter(job.stop)
 
-    def _restore(self, slot: Slot, stored: CachedPrefix) -> int:
+    def _restore(self, slot: Slot, job: SequenceJob, stored: CachedPrefix) -> int:
         """Load a state from the disk cache into the slot's sequence; returns the prompt tokens it covers."""
         restored = self.context.load_sequence_state(slot.seq_id, stored.state)
-        self.prompt_cache.record_restore(stored, restored)
+        self._cache_for(job).record_restore(stored, restored)
         return len(stored.tokens) if restored else 0
 
     def _step(self) -> None:
@@ -179,6 +194,9 @@ class Scheduler:
         active = [slot for slot in self.slots if slot.job is not None]
         for slot in active:
             slot.batch_index = -1
+        if active:  # one adapter set per decode (llama.cpp applies adapters per context): the others wait
+            turn = self._adapter_turns.choose({slot.job.adapter_key: slot.job.adapters for slot in active})
+            active = [slot for slot in active if slot.job.adapter_key == turn]
         # Decoding sequences first (one token each) so running streams never wait behind a long prompt.
         for slot in active:
             if slot.next_token is not None:
@@ -204,66 +222,6 @@ class Scheduler:
                         self._abort(slot, EngineFailure(f"The engine failed while generating: {exc}"))
             elif slot.job.prefill_only and not slot.prefilling:
                 self._finish(slot, "stop")
-
-    # ---------------------------------------------------------------- speculation (speculation.py)
-
-    def _add_drafts(self, active: list[Slot]) -> None:
-        """Guessed next tokens of decoding sequences, after their sampled token, each with its own logits row;
-        only in steps where few sequences decode (`max_sequences`)."""
-        decoding = [slot for slot in active if slot.batch_index >= 0]
-        if len(decoding) > self.speculation.max_sequences:
-            return
-        wanted: dict[int, tuple[Slot, int]] = {}
-        for slot in decoding:
-            if slot.drafter is None or slot.forced:
-                continue
-            job = slot.job
-            left = min(job.max_tokens - slot.completion_tokens, self.seq_ctx - len(slot.cached_tokens)) - 1
-            if count := slot.drafter.budget(left):
-                wanted[slot.seq_id] = (slot, count)
-        if self.draft_model is not None and wanted:
-            drafts = self.draft_model.propose({seq: (slot.drafter.tokens, n) for seq, (slot, n) in wanted.items()})
-            for seq_id, draft in drafts.items():
-                wanted[seq_id][0].drafter.drafted += len(draft)
-        else:
-            drafts = {seq: slot.drafter.lookup(n) for seq, (slot, n) in wanted.items()}
-        for seq_id, draft in drafts.items():
-            slot = wanted[seq_id][0]
-            slot.draft = draft
-            slot.draft_rows = [self._add_to_batch(slot, token, want_logits=True) for token in draft]
-            slot.unverified = len(draft)
-
-    def _verify_draft(self, slot: Slot) -> None:
-        """After the sampled token's row gave the next token: while that token is the drafted one (already in the
-        KV, its row holding the logits that follow it), sample again from the drafted row. Then drop what is left."""
-        accepted = 0
-        for token, row in zip(slot.draft, slot.draft_rows, strict=True):
-            if slot.job is None or slot.forced or slot.next_token != token:
-                break
-            accepted += 1
-            slot.drafter.accepted += 1  # counted now: sampling may finish the sequence (usage is written then)
-            slot.unverified -= 1
-            slot.next_token = None
-            slot.batch_index = row
-            self._sample(slot)
-        if slot.drafter is not None:  # None once the sequence finished
-            slot.drafter.verified(len(slot.draft), accepted)
-        self._drop_unverified(slot)
-        if slot.job is not None:
-            self._emit_pending(slot)
-
-    def _emit_pending(self, slot: Slot) -> None:
-        if slot.pending_text or slot.pending_logprobs:
-            slot.job.emit(TokenDelta(text=slot.pending_text, logprobs=tuple(slot.pending_logprobs)))
-            slot.pending_text, slot.pending_logprobs = "", []
-
-    def _drop_unverified(self, slot: Slot) -> None:
-        """Remove the rejected rest of a draft from the sequence's tokens and KV."""
-        if slot.unverified:
-            del slot.cached_tokens[-slot.unverified:]
-            self.context.remove_tokens(slot.seq_id, len(slot.cached_tokens))
-            slot.unverified = 0
-        slot.draft, slot.draft_rows = [], []
 
     def _add_to_batch(self, slot: Slot, token: int, *, want_logits: bool) -> int:
         index = add_to_batch(self._batch, token, len(slot.cached_tokens), slot.seq_id, logits=want_logits)
@@ -342,12 +300,17 @@ class Scheduler:
 
     def _save_to_disk_cache(self, slot: Slot) -> None:
         """Hand a snapshot of the finished sequence to the cache's writer thread (the write itself is off-thread)."""
-        job, cache = slot.job, self.prompt_cache
+        job = slot.job
+        cache = self._cache_for(job)
         if cache is None or not cache.wants(slot.cached_tokens, force=job.prefill_only):
             if job.on_saved:
                 job.on_saved(cache is not None)
             return
         cache.offer(tuple(slot.cached_tokens), self.context.sequence_state(slot.seq_id), job.on_saved)
+
+    def _cache_for(self, job: SequenceJob) -> PromptCache | None:
+        """The disk cache of the job's adapter set (states computed with other adapters are kept apart)."""
+        return job.adapters.prompt_cache if job.adapters is not None else self.prompt_cache
 
     def _release(self, slot: Slot) -> None:
         self._drop_unverified(slot)

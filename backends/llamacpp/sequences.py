@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from backends.base import GrammarSpec, ReasoningControl, SamplingParams, TokenLogprob
 from backends.engine_support import Emit
+from backends.llamacpp.lora import BASE, LlamaLoraSet
 from backends.llamacpp.prompt_cache import CachedPrefix
 from backends.llamacpp.sampling import SamplerChain
 from backends.llamacpp.speculation import SequenceDrafter
@@ -33,7 +34,12 @@ class SequenceJob:
     tenant: str = ""  # who asked: the queue takes turns between tenants
     reasoning: ReasoningControl | None = None  # a thinking model's block: counted, budgeted, closed
     speculative: bool = True  # may draft and verify several tokens per step (the server's mode permitting)
+    adapters: LlamaLoraSet | None = None  # LoRA adapters its sequence decodes with (None: the base weights)
     cancelled: bool = False  # set by the request side when the client goes away
+
+    @property
+    def adapter_key(self) -> str:
+        return self.adapters.key if self.adapters is not None else BASE
 
 
 @dataclass(eq=False)
@@ -42,6 +48,7 @@ class Slot:
 
     seq_id: int
     cached_tokens: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds, in order
+    adapter_key: str = BASE  # the adapter set those tokens' KV was computed with
     job: SequenceJob | None = None
     prompt_cursor: int = 0  # next prompt token to feed
     next_token: int | None = None  # sampled token waiting to be decoded

@@ -1,0 +1,141 @@
+"""LoRA adapters on the llama.cpp engine.
+
+llama.cpp applies adapters per context (`llama_set_adapters_lora`), not per sequence, so one `llama_decode`
+runs with one adapter set. The scheduler therefore takes turns: each step decodes the sequences of one adapter
+set (the base's own sequences are the set ""), round robin over the sets with work, and switches the context's
+adapters only when the set changes. A sequence's KV is computed with its set's adapters, so prefixes are
+reused, and prompt states cached on disk, only within the same set (`AdapterSet.key`).
+
+Adapter files are loaded once per model however many sets use them (`LoraLibrary`, counted references).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llama_cpp
+
+from backends.base import AdapterSet
+from backends.llamacpp.model import LlamaContext, LlamaModel
+from backends.llamacpp.prompt_cache import PromptCache
+
+BASE = ""  # the adapter key of sequences decoded without adapters
+
+
+@dataclass(frozen=True, eq=False)
+class LlamaLoraSet(AdapterSet):
+    """Adapters as loaded into one llama.cpp model: their handles, scales, and the set's own prompt cache."""
+
+    files: tuple[Path, ...] = ()
+    scales: tuple[float, ...] = ()
+    handles: tuple[int, ...] = ()  # llama_adapter_lora pointers (addresses)
+    prompt_cache: PromptCache | None = field(default=None, repr=False)
+
+
+def adapter_key(adapters: tuple) -> str:
+    """Names the adapter files (path, size, modification time) with their scales: a replaced file or another
+    scale is another key, so it never reuses KV computed with the old one."""
+    parts = []
+    for adapter in adapters:
+        stat = adapter.path.stat()
+        parts.append(f"{adapter.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{adapter.scale!r}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+class LoraLibrary:
+    """The adapter files loaded into one model, each once, freed when the last set using it is detached."""
+
+    def __init__(self, model: LlamaModel) -> None:
+        self.model = model
+        self._loaded: dict[Path, list] = {}  # resolved path -> [handle, references]
+        self._lock = threading.Lock()
+
+    def acquire(self, path: Path) -> int:
+        with self._lock:
+            key = path.resolve()
+            if key not in self._loaded:
+                self._loaded[key] = [self._load(path), 0]
+            self._loaded[key][1] += 1
+            return self._loaded[key][0]
+
+    def _load(self, path: Path) -> int:
+        if not path.is_file():
+            raise ValueError(f"the LoRA adapter {path} does not exist (llama.cpp adapters are GGUF files)")
+        handle = llama_cpp.llama_adapter_lora_init(self.model.ptr, str(path).encode())
+        if not handle:  # llama.cpp logged why (another architecture, tensor shapes not this model's...)
+            raise ValueError(f"llama.cpp could not load {path.name} as a LoRA adapter of this model "
+                             "(a LoRA GGUF converted for this base model is needed; see the log for llama.cpp's reason)")
+        address = ctypes.cast(handle, ctypes.c_void_p).value
+        if llama_cpp.llama_adapter_get_alora_n_invocation_tokens(handle):
+            llama_cpp.llama_adapter_lora_free(handle)
+            raise ValueError(f"{path.name} is an activated LoRA (it applies from invocation tokens on), which "
+                             "this server does not support; it would be applied to the whole sequence")
+        return address
+
+    def release(self, path: Path) -> None:
+        with self._lock:
+            key = path.resolve()
+            entry = self._loaded.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._loaded[key]
+                llama_cpp.llama_adapter_lora_free(_pointer(entry[0]))
+
+    def free_all(self) -> None:
+        with self._lock:
+            for handle, _ in self._loaded.values():
+                llama_cpp.llama_adapter_lora_free(_pointer(handle))
+            self._loaded.clear()
+
+
+def _pointer(address: int):
+    return ctypes.cast(ctypes.c_void_p(address), llama_cpp.llama_adapter_lora_p_ctypes)
+
+
+def apply_adapters(context: LlamaContext, adapters: LlamaLoraSet | None) -> None:
+    """Make the context decode with exactly `adapters` (none: the base weights alone)."""
+    if adapters is None or not adapters.handles:
+        status = llama_cpp.llama_set_adapters_lora(context.ptr, None, 0, None)
+    else:
+        count = len(adapters.handles)
+        handles = (llama_cpp.llama_adapter_lora_p_ctypes * count)(*(_pointer(h) for h in adapters.handles))
+        scales = (ctypes.c_float * count)(*adapters.scales)
+        status = llama_cpp.llama_set_adapters_lora(context.ptr, handles, count, scales)
+    if status != 0:
+        raise RuntimeError(f"llama_set_adapters_lora returned {status}")
+
+
+class AdapterTurns:
+    """Which adapter set the next step decodes: round robin over the sets with active sequences, so the base's
+    streams and each adapter's keep moving; the context's adapters are switched only when the set changes."""
+
+    def __init__(self, context: LlamaContext) -> None:
+        self.context = context
+        self.applied: LlamaLoraSet | None = None
+        self._last = BASE
+
+    def choose(self, sets: dict[str, LlamaLoraSet | None]) -> str:
+        """The key to decode now among `sets` (key -> set, the keys of the active sequences)."""
+        if len(sets) == 1:
+            key = next(iter(sets))
+        else:
+            later = sorted(key for key in sets if key > self._last)
+            key = later[0] if later else min(sets)
+        self._last = key
+        applied_key = self.applied.key if self.applied is not None else BASE
+        if key != applied_key:
+            apply_adapters(self.context, sets[key])
+            self.applied = sets[key]
+        return key
+
+    def forget(self, adapters: LlamaLoraSet) -> None:
+        """Before `adapters` are freed: take them off the context if they are on it."""
+        if self.applied is not None and self.applied.key == adapters.key:
+            apply_adapters(self.context, None)
+            self.applied = None
