@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 from collections.abc import AsyncIterator
 
 from backends.base import (
@@ -22,6 +23,17 @@ from backends.base import (
     GenerationRequest,
     WarmedPrompt,
 )
+
+
+def adapter_key(adapters: tuple) -> str:
+    """Names adapter files (path, size, modification time; every file of a PEFT folder) with their scales: a
+    replaced file or another scale is another key, so it never reuses KV computed with the old one."""
+    parts = []
+    for adapter in adapters:
+        files = sorted(adapter.path.rglob("*")) if adapter.path.is_dir() else [adapter.path]
+        stats = [(f.resolve(), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+        parts.append(f"{stats}|{adapter.scale!r}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 class AdapterView(Engine):

@@ -51,3 +51,18 @@ def build_tiny_llama(folder: Path, *, vocab_size: int = 512, seed: int = 0) -> P
     model.save_pretrained(folder)
     GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).save_pretrained(folder)
     return folder
+
+
+def build_peft_adapter(model_folder: Path, out: Path, *, seed: int = 0, rank: int = 4) -> Path:
+    """A random LoRA adapter for the tiny checkpoint, written with PEFT's `save_pretrained` (adapter_config.json +
+    adapter_model.safetensors). Non-zero B matrices (`init_lora_weights=False`), so it changes the logits."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_folder)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj", "up_proj"],
+                        init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out)
+    return out

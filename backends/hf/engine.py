@@ -11,11 +11,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from backends.base import GENERATIVE_CAPABILITIES, ChatTemplateInfo, GenerationChunk, GenerationRequest
+from backends.base import GENERATIVE_CAPABILITIES, AdapterSet, ChatTemplateInfo, GenerationChunk, GenerationRequest
 from backends.catalog import ModelEntry
 from backends.engine_support import WorkerThreadEngine, check_logit_bias, check_token_ids, completion_budget
 from backends.hf.grammar import GrammarCompiler, GrammarConstraint
 from backends.hf.loading import free_checkpoint, load_checkpoint
+from backends.hf.peft_adapters import PeftAdapters
 from backends.hf.scheduler import BatchScheduler, HFJob
 from chat.templates import resolve_template_source
 from settings import Settings
@@ -41,6 +42,7 @@ class TransformersEngine(WorkerThreadEngine):
             self.checkpoint, max_batch=settings.parallel, max_queue=settings.max_queue, seq_ctx=self._context_length,
             eos_ids=self._end_of_generation_ids(),
         )
+        self.adapters = PeftAdapters(self.checkpoint, self.scheduler.model_lock)
 
     def _end_of_generation_ids(self) -> set[int]:
         tokenizer, model = self.checkpoint.tokenizer, self.checkpoint.model
@@ -128,9 +130,16 @@ class TransformersEngine(WorkerThreadEngine):
             constraint=constraint,
             shown_special_ids=self._special_ids_among(request.preserved_tokens),
             reasoning=request.reasoning,
+            adapter=self.adapters.name_of(request.adapters),
         )
         async for chunk in self.run_job(job):
             yield chunk
+
+    def attach_adapters(self, model_id: str, adapters: tuple) -> AdapterSet:
+        return self.adapters.attach(model_id, adapters)
+
+    def detach_adapters(self, adapters: AdapterSet) -> None:
+        self.adapters.detach(adapters)
 
     def close_blocking(self) -> None:
         self.scheduler.shutdown()

@@ -18,6 +18,7 @@ import torch
 from backends.base import GenerationFinished, ReasoningControl, SamplingParams, TokenDelta, TokenLogprob, Usage
 from backends.engine_support import Emit
 from backends.hf.grammar import GrammarConstraint
+from backends.hf.peft_adapters import BASE_ROW
 from backends.hf.sampling import RowSampler, row_logprobs
 from backends.job_queue import JobQueue
 from backends.reasoning_state import ReasoningTracker
@@ -40,6 +41,7 @@ class HFJob:
     cancelled: bool = False
     tenant: str = ""  # who asked: the queue takes turns between tenants
     reasoning: ReasoningControl | None = None  # a thinking model's block: counted, budgeted, closed
+    adapter: str | None = None  # the PEFT adapter its rows run with (None: the base weights)
 
 
 @dataclass(eq=False)
@@ -58,13 +60,14 @@ class _Row:
 
 class BatchScheduler:
     def __init__(self, checkpoint, *, max_batch: int, max_queue: int, seq_ctx: int, eos_ids: set[int]) -> None:
-        self.model = checkpoint.model
+        self.checkpoint = checkpoint  # its model may be wrapped and unwrapped by PEFT adapters (peft_adapters.py)
+        self.model_lock = threading.Lock()  # held for each forward pass; adapters change the model between them
         self.tokenizer = checkpoint.tokenizer
         self.device = checkpoint.device
         self.max_batch = max_batch
         self.seq_ctx = seq_ctx
         self.eos_ids = eos_ids
-        self.vocab_size = self.model.config.vocab_size
+        self.vocab_size = checkpoint.model.config.vocab_size
         self.special_ids = set(self.tokenizer.all_special_ids)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(eos_ids, default=0)
         self._queue: JobQueue[HFJob] = JobQueue(max_queue)
@@ -121,7 +124,7 @@ class BatchScheduler:
             input_ids[index, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
             mask[index, width - len(job.prompt_ids) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = _new_cache(self.model)
+        cache = _new_cache(self.checkpoint.model)
         logits = self._forward(input_ids, mask, positions, cache)
         while True:
             next_tokens = []
@@ -136,10 +139,16 @@ class BatchScheduler:
             logits = self._forward(torch.tensor(next_tokens).view(-1, 1), mask, positions, cache)
 
     def _forward(self, input_ids, mask, positions, cache) -> torch.Tensor:
-        output = self.model(
-            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device), past_key_values=cache, use_cache=True, logits_to_keep=1,
-        )
+        with self.model_lock:
+            extra = {}
+            if hasattr(self.checkpoint.model, "peft_config"):  # adapters loaded: name each row's (done rows: none)
+                extra["adapter_names"] = [BASE_ROW if row.done else row.job.adapter or BASE_ROW
+                                          for row in self._running]
+            output = self.checkpoint.model(
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device), past_key_values=cache, use_cache=True, logits_to_keep=1,
+                **extra,
+            )
         return output.logits[:, -1, :].float().cpu()
 
     def _new_row(self, job: HFJob) -> _Row:

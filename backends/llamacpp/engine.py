@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from backends.adapters import adapter_key
 from backends.base import (
     GENERATIVE_CAPABILITIES,
     AdapterSet,
@@ -24,7 +25,7 @@ from backends.base import (
 from backends.catalog import ModelEntry
 from backends.engine_support import WorkerThreadEngine, check_logit_bias, check_token_ids, completion_budget
 from backends.llamacpp.draft_model import DraftModel
-from backends.llamacpp.lora import BASE, LlamaLoraSet, LoraLibrary, adapter_key
+from backends.llamacpp.lora import BASE, LlamaLoraSet, LoraLibrary
 from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, default_threads
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache, model_namespace, state_format_tag
 from backends.llamacpp.sampling import grammar_parses

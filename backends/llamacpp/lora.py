@@ -12,7 +12,6 @@ Adapter files are loaded once per model however many sets use them (`LoraLibrary
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,16 +33,6 @@ class LlamaLoraSet(AdapterSet):
     scales: tuple[float, ...] = ()
     handles: tuple[int, ...] = ()  # llama_adapter_lora pointers (addresses)
     prompt_cache: PromptCache | None = field(default=None, repr=False)
-
-
-def adapter_key(adapters: tuple) -> str:
-    """Names the adapter files (path, size, modification time) with their scales: a replaced file or another
-    scale is another key, so it never reuses KV computed with the old one."""
-    parts = []
-    for adapter in adapters:
-        stat = adapter.path.stat()
-        parts.append(f"{adapter.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{adapter.scale!r}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 class LoraLibrary:

@@ -15,7 +15,7 @@ import yaml
 
 from settings import PROJECT_ROOT
 from tests.server_process import running_server
-from tests.tiny_hf_model import build_tiny_llama
+from tests.tiny_hf_model import build_peft_adapter, build_tiny_llama
 
 MODEL = "tiny-llama"
 ASK = [{"role": "user", "content": "Tell me about owls."}]
@@ -30,7 +30,10 @@ WEATHER = {
 def hf_server(tmp_path_factory):
     models = tmp_path_factory.mktemp("hf-models")
     build_tiny_llama(models / MODEL)
+    build_peft_adapter(models / MODEL, models / "adapter")
     (models / "models.yaml").write_text(yaml.safe_dump({"models": [
+        {"id": "tiny-lora", "base": MODEL, "lora": ["adapter"]},
+        {"id": "tiny-lora-zero", "base": MODEL, "lora": [{"path": "adapter", "scale": 0}]},
         {"id": "tiny-4bit", "path": str(models / MODEL), "engine": "transformers", "hf": {"quantization": "4bit"}},
         {"id": "tiny-thinker", "path": str(models / MODEL), "engine": "transformers",
          "chat_template": str(PROJECT_ROOT / "tests" / "fixtures" / "thinking_chatml.jinja")},
@@ -203,3 +206,39 @@ def test_a_thinking_template_on_the_transformers_engine(client):
     jsonschema.validate(json.loads(message.content), WEATHER)
     assert (message.model_extra or {}).get("reasoning_content") and "</think>" not in message.content
     assert answer.usage.completion_tokens_details.reasoning_tokens >= 6
+
+
+# ---------------------------------------------------------------- PEFT adapters (test-written, random)
+
+def _greedy(client, model: str, content: str = "Tell me about owls.") -> list[tuple[str, float]]:
+    answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
+                                            temperature=0, max_tokens=12, logprobs=True, top_logprobs=2)
+    return [(entry.token, entry.logprob) for entry in answer.choices[0].logprobs.content]
+
+
+def _same(first, second) -> bool:
+    """Same tokens, logprobs equal but for float rounding (PEFT computes a row's LoRA apart from the others)."""
+    return [t for t, _ in first] == [t for t, _ in second] and all(
+        abs(a - b) < 1e-4 for (_, a), (_, b) in zip(first, second, strict=True))
+
+
+def test_a_peft_adapter_changes_the_logits_and_scale_zero_is_the_base(client):
+    base = _greedy(client, MODEL)
+    assert _same(_greedy(client, "tiny-lora-zero"), base)
+    adapted = _greedy(client, "tiny-lora")
+    assert abs(adapted[0][1] - base[0][1]) > 1e-3 or adapted[0][0] != base[0][0]
+
+
+def test_a_peft_adapters_answer_is_the_same_alone_and_in_a_batch_with_base_requests(hf_server, client):
+    alone = _greedy(client, "tiny-lora", "Owls and glaciers.")
+    base_alone = _greedy(client, MODEL, "Numbers: 1 2 3")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(_greedy, client, "tiny-lora", "Owls and glaciers."),
+                   pool.submit(_greedy, client, MODEL, "Numbers: 1 2 3"),
+                   pool.submit(_greedy, client, MODEL, "The quick brown fox")]
+        adapted, base, _ = (future.result() for future in futures)
+    assert _same(adapted, alone) and _same(base, base_alone)
+    unloaded = httpx.post(f"{hf_server.base_url}/admin/models/unload", json={"model": "tiny-lora"}, timeout=60)
+    assert unloaded.json()["unloaded"]
+    assert _same(_greedy(client, MODEL, "Numbers: 1 2 3"), base_alone)  # the base unwrapped, still loaded
+    assert client.models.retrieve(MODEL).model_extra["status"] == "loaded"
