@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,8 +105,8 @@ class AdapterTurns:
     """Which adapter set the next step decodes: round robin over the sets with active sequences, so the base's
     streams and each adapter's keep moving; the context's adapters are switched only when the set changes."""
 
-    def __init__(self, context: LlamaContext) -> None:
-        self.context = context
+    def __init__(self, apply: Callable[[LlamaLoraSet | None], None]) -> None:
+        self.apply = apply  # puts a set on the context (apply_adapters), None = no adapters
         self.applied: LlamaLoraSet | None = None
         self._last = BASE
 
@@ -119,12 +120,12 @@ class AdapterTurns:
         self._last = key
         applied_key = self.applied.key if self.applied is not None else BASE
         if key != applied_key:
-            apply_adapters(self.context, sets[key])
+            self.apply(sets[key])
             self.applied = sets[key]
         return key
 
     def forget(self, adapters: LlamaLoraSet) -> None:
         """Before `adapters` are freed: take them off the context if they are on it."""
         if self.applied is not None and self.applied.key == adapters.key:
-            apply_adapters(self.context, None)
+            self.apply(None)
             self.applied = None

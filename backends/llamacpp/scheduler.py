@@ -18,7 +18,7 @@ import llama_cpp
 from backends.base import GenerationFinished, Usage
 from backends.job_queue import JobQueue
 from backends.llamacpp.draft_model import DraftModel
-from backends.llamacpp.lora import BASE, AdapterTurns, LlamaLoraSet
+from backends.llamacpp.lora import BASE, AdapterTurns, LlamaLoraSet, apply_adapters
 from backends.llamacpp.model import LlamaContext, LlamaModel, add_to_batch
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache
 from backends.llamacpp.sampling import SamplerChain, token_logprobs
@@ -54,7 +54,7 @@ class Scheduler(SpeculativeSteps):
         self.slots = [Slot(seq_id=i) for i in range(n_slots)]
         self._queue: JobQueue[SequenceJob] = JobQueue(max_queue)
         self._batch = llama_cpp.llama_batch_init(context.n_batch, 0, 1)
-        self._adapter_turns = AdapterTurns(context)
+        self._adapter_turns = AdapterTurns(lambda adapters: apply_adapters(context, adapters))
         self._stepping = threading.Lock()  # held by the thread while it admits and steps (see forget_adapters)
         self._thread = threading.Thread(target=self._run, name="llamacpp-scheduler", daemon=True)
         self._thread.start()
