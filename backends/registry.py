@@ -291,7 +291,7 @@ class ModelRegistry:
             if count < self.settings.max_loaded_models and self.memory_in_use() + needed <= budget:
                 return
             candidates = [m for m in local if not m.retired]
-            idle = [m for m in candidates if not any(d.leases for d in [m, *self._dependents(m)])]
+            idle = [m for m in candidates if m.leases == 0]
             if idle or candidates:
                 if not idle and await self._first_idle(candidates):
                     continue  # one finished its requests: evict that one (next round)
@@ -353,17 +353,21 @@ class ModelRegistry:
         model = await self.ensure_loaded(name, may_use)
         while model.retired:  # chosen for eviction between its load and now: get it back
             model = await self.ensure_loaded(model.model_id)
-        model.leases += 1  # no await between the retired check and this, so eviction sees the lease
-        model.idle.clear()
-        model.last_used = time.monotonic()
+        # An adapter model's requests run on its base: they hold the base too (no eviction, no idle clock).
+        held = [m for m in (model, self._loaded.get(model.base_id or "")) if m is not None]
+        for each in held:  # no await between the retired check and this, so eviction sees the lease
+            each.leases += 1
+            each.idle.clear()
+            each.last_used = time.monotonic()
         try:
             yield model
         finally:
-            model.leases -= 1
-            model.last_used = time.monotonic()
             model.keep_alive = model.keep_alive if keep_alive is KEEP else keep_alive
-            if model.leases == 0:
-                model.idle.set()
+            for each in held:
+                each.leases -= 1
+                each.last_used = time.monotonic()
+                if each.leases == 0:
+                    each.idle.set()
 
     def start(self) -> None:
         """Start background work (keep-alive expiry, upstream discovery and health probes); needs the event loop."""
