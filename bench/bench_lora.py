@@ -5,7 +5,8 @@ A random LoRA GGUF for the model (rank 8 on attn_q, attn_v, ffn_up of every laye
 adapter of that rank costs the same) is served as adapter entries `<model>+a` (and `+b`, another file) of the
 same loaded base. Streams answer the load generator's free-form prompts, end tokens banned so every stream
 writes --max-tokens tokens; figures are aggregate completion tok/s over all streams (wall time, first request
-to last answer), median of --runs runs.
+to last answer), median of --runs runs. Ours runs with `"speculative": false` (llama-server speculates only when
+told), so both decode one token per sequence per step and the figures show what adapters cost.
 
   base xN        N streams without adapters
   lora xN        N streams of one adapter set
@@ -84,7 +85,8 @@ def bench_ours(folder: Path, args) -> dict[str, float]:
         assert server.wait_ready(), f"our server did not start (log: {server.log.name})"
         for name in ("base", "base+a", "base+b"):
             ask(server.base_url, name, 0, argparse.Namespace(**{**vars(args), "max_tokens": 4}), {})  # load, warm
-        rows = workloads(("base", {}), ("base+a", {}), ("base+b", {}), args.streams)
+        off = {"speculative": False}  # one token per step, as llama-server decodes: the adapters' cost alone
+        rows = workloads(("base", off), ("base+a", off), ("base+b", off), args.streams)
         return {label: aggregate_rate(server.base_url, requests, args) for label, requests in rows.items()}
     finally:
         server.stop()

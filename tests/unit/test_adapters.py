@@ -61,16 +61,24 @@ def _set(key: str) -> LlamaLoraSet:
 
 
 def test_turns_go_round_the_sets_with_work_and_switch_the_context_only_on_change():
-    applied = []
-    turns = AdapterTurns(applied.append)
+    applied, now = [], [0.0]
+    turns = AdapterTurns(applied.append, turn_seconds=0.08, clock=lambda: now[0])
     a, b = _set("a"), _set("b")
     assert turns.choose({BASE: None}) == BASE and applied == []  # the context starts without adapters
-    picks = [turns.choose({BASE: None, "a": a, "b": b}) for _ in range(6)]
-    assert picks == ["a", "b", BASE, "a", "b", BASE]
-    assert applied == [a, b, None, a, b, None]
+    picks = []
+    for _ in range(12):  # 30 ms steps: a turn of 80 ms is three steps (the base's began at 0)
+        now[0] += 0.03
+        picks.append(turns.choose({BASE: None, "a": a, "b": b}))
+    assert picks == [BASE, BASE, "a", "a", "a", "b", "b", "b", BASE, BASE, BASE, "a"]
+    assert applied == [a, b, None, a]
     applied.clear()
-    assert [turns.choose({"a": a}) for _ in range(3)] == ["a", "a", "a"] and applied == [a]  # one set: no switching
+    now[0] += 1.0
+    assert [turns.choose({"a": a}) for _ in range(3)] == ["a", "a", "a"] and applied == []  # one set: no switching
+    now[0] += 0.5  # a step as long as a whole turn (a prefill) ends the turn
+    assert turns.choose({BASE: None, "a": a}) == BASE and turns.choose({BASE: None, "a": a}) == BASE
+    now[0] += 0.5
+    assert turns.choose({BASE: None, "a": a}) == "a"
     turns.forget(b)
-    assert applied == [a]  # b is not on the context
+    assert applied == [None, a]  # b is not on the context
     turns.forget(a)
-    assert applied == [a, None] and turns.applied is None
+    assert applied == [None, a, None] and turns.applied is None
