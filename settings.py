@@ -155,6 +155,21 @@ class Settings(BaseSettings):
         2, ge=1, description="Drafts are checked only in steps where at most this many sequences decode: on CPU a "
         "step's cost grows with every row, so with more streams checking guesses costs more than it saves"
     )
+    mmproj: str | None = Field(
+        None, description="The multimodal projector (mmproj GGUF) of the default model, for image/audio input (file in "
+        "--models-dir or a path; per model: `mmproj:` in models.yaml; found by itself as mmproj-<model stem>*.gguf "
+        "beside the model file)"
+    )
+    media_fetch: bool = Field(
+        False, description="Fetch images given as http(s) URLs (off: only data: URLs; the server would otherwise "
+        "reach any address a client names)"
+    )
+    media_fetch_timeout: float = Field(10.0, gt=0, description="Seconds one media URL may take to download")
+    max_media_per_request: int = Field(8, ge=0, description="Most images and audio clips in one request")
+    max_media_bytes: int = Field(20 << 20, ge=1, description="Largest image or audio file (bytes; larger: 413)")
+    max_image_pixels: int = Field(
+        16 << 20, ge=1, description="Largest image, width x height (larger: 400; the projector downsizes anyway)"
+    )
     state_db: str | None = Field(
         None, description="Database of stored Responses (previous_response_id, GET /v1/responses/{id}): a SQLite "
         "file, or postgresql://user:password@host/db to share conversations between instances; default: "

@@ -21,7 +21,8 @@ from api.reasoning_plan import (
 from backends.base import EngineCapabilities, GenerationRequest, GrammarSpec, SamplingParams
 from backends.catalog import GenerationDefaults
 from chat.grammars import JSON_OBJECT_SCHEMA, json_schema_grammar, tool_call_grammar
-from chat.messages import to_template_messages
+from chat.media import MediaPart
+from chat.messages import MediaSink, to_template_messages
 from chat.templates import ChatPromptRenderer
 from chat.tool_formats import HERMES, ToolCallFormat
 from chat.tools import ToolPlan, build_tool_plan
@@ -67,6 +68,20 @@ def _refuse_unsupported(request: ChatCompletionRequest, capabilities: EngineCapa
         raise InvalidRequest(
             f"top_logprobs may be at most {capabilities.max_top_logprobs} for this model.", param="top_logprobs"
         )
+
+
+def _media_sink(capabilities: EngineCapabilities, collected: list[MediaPart]) -> MediaSink | None:
+    """Where a model that takes images or audio collects a request's media parts (None: it takes neither)."""
+    if not (capabilities.vision or capabilities.audio):
+        return None
+
+    def take(part: MediaPart) -> None:
+        if not (capabilities.vision if part.kind == "image" else capabilities.audio):
+            takes = "images" if capabilities.vision else "audio"
+            raise InvalidRequest(f"This model takes {takes}, not {part.kind}.", param=part.param)
+        collected.append(part)
+
+    return take
 
 
 def _logit_bias(request: ChatCompletionRequest) -> dict[int, float]:
@@ -159,11 +174,12 @@ def reasoning_request(request: ChatCompletionRequest) -> ReasoningRequest:
 
 def _render_prompt(
     request: ChatCompletionRequest, renderer: ChatPromptRenderer, plan: ToolPlan, add_generation_prompt: bool = True,
-    variables: dict[str, Any] | None = None,
+    variables: dict[str, Any] | None = None, media: MediaSink | None = None,
 ) -> str:
     native = plan.active and renderer.supports_tools
     messages = to_template_messages(
-        [m.model_dump() for m in request.messages], native_tools=native, call_format=renderer.tool_call_format
+        [m.model_dump() for m in request.messages], native_tools=native, call_format=renderer.tool_call_format,
+        media=media,
     )
     tools = [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in plan.tools]
     if native:
@@ -202,7 +218,8 @@ def prepare_chat(
     grammar = _output_grammar(request, plan, call_format)
     wanted = reasoning_request(request)
     variables = template_variables(wanted, defaults, renderer)
-    prompt = _render_prompt(request, renderer, plan, variables=variables)
+    media: list[MediaPart] = []
+    prompt = _render_prompt(request, renderer, plan, variables=variables, media=_media_sink(capabilities, media))
     reasoning = plan_reasoning(wanted, renderer, prompt, variables, defaults, server_reasoning)
     max_tokens = _pick(request.max_completion_tokens, request.max_tokens, defaults.max_tokens)
     top_logprobs = (request.top_logprobs or 0) if request.logprobs else None
@@ -217,6 +234,7 @@ def prepare_chat(
             grammar=reasoning.grammar(grammar) if reasoning else grammar,
             preserved_tokens=preserved + (reasoning.preserved_tokens if reasoning else ()),
             reasoning=reasoning.control() if reasoning else None,
+            media=tuple(media),
         )
         for index in range(request.n or 1)
     ]

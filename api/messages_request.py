@@ -19,6 +19,7 @@ from typing import Any
 from api.messages_protocol import CountTokensRequest, MessagesRequest
 from api.param_names import spelled_as_sent
 from api.protocol import ChatCompletionRequest
+from chat.media import chat_image_part
 from errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,29 @@ def _block_text(block: Any, where: str) -> str:
         raise InvalidRequest(f"Content blocks of type '{kind}' are not supported by this model; only text is.",
                              param=f"{where}.type")
     raise InvalidRequest(f"Content blocks of type '{kind}' are not allowed here.", param=f"{where}.type")
+
+
+def _image_part(block: dict, where: str) -> dict:
+    """An image block as the chat content part the engine reads (base64 -> a data: URL)."""
+    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    if source.get("type") == "base64" and isinstance(source.get("data"), str):
+        return chat_image_part(f"data:{source.get('media_type') or 'image/png'};base64,{source['data']}")
+    if source.get("type") == "url" and isinstance(source.get("url"), str):
+        return chat_image_part(source["url"])
+    raise InvalidRequest("An image block's source must be base64 data or a url.", param=f"{where}.source")
+
+
+def _joined(parts: list[str | dict]) -> str | list[dict]:
+    """Text stays a string; with images, chat content parts in order."""
+    if all(isinstance(part, str) for part in parts):
+        return "".join(parts)
+    return [{"type": "text", "text": part} if isinstance(part, str) else part for part in parts]
+
+
+def _prepend(text: str, content: str | list[dict]) -> str | list[dict]:
+    if isinstance(content, str):
+        return f"{text}\n\n{content}"
+    return [{"type": "text", "text": f"{text}\n\n"}, *content]
 
 
 def _text_of(content: Any, param: str) -> str:
@@ -59,7 +83,7 @@ def _blocks(message: dict, param: str) -> list[dict]:
 
 def _user_turn(blocks: list[dict], param: str) -> list[dict]:
     """Tool results become tool messages (in order, first), the rest one user message."""
-    turn, texts = [], []
+    turn, parts = [], []
     for index, block in enumerate(blocks):
         where = f"{param}.content[{index}]"
         kind = block.get("type") if isinstance(block, dict) else None
@@ -68,10 +92,12 @@ def _user_turn(blocks: list[dict], param: str) -> list[dict]:
             if block.get("is_error"):
                 text = f"Error: {text}"
             turn.append({"role": "tool", "tool_call_id": str(block.get("tool_use_id") or ""), "content": text})
+        elif kind == "image":
+            parts.append(_image_part(block, where))
         else:
-            texts.append(_block_text(block, where))
-    if texts or not turn:
-        turn.append({"role": "user", "content": "".join(texts)})
+            parts.append(_block_text(block, where))
+    if parts or not turn:
+        turn.append({"role": "user", "content": _joined(parts)})
     return turn
 
 
@@ -116,13 +142,13 @@ def chat_messages(body: MessagesRequest | CountTokensRequest) -> list[dict]:
             if not messages:
                 top_system.append(text)
             elif messages[-1]["role"] == "user":  # context for that turn: before the user's own words
-                messages[-1]["content"] = f"{text}\n\n{messages[-1]['content']}"
+                messages[-1]["content"] = _prepend(text, messages[-1]["content"])
             else:
                 pending.append(text)
         elif role == "user":
             turn = _user_turn(_blocks(message, param), param)
             if pending and turn[-1]["role"] == "user":
-                turn[-1]["content"] = "\n\n".join([*pending, turn[-1]["content"]])
+                turn[-1]["content"] = _prepend("\n\n".join(pending), turn[-1]["content"])
                 pending = []
             messages += turn
         elif role == "assistant":

@@ -14,6 +14,7 @@ from typing import Any
 from api.param_names import spelled_as_sent
 from api.protocol import ChatCompletionRequest
 from api.responses_protocol import ResponsesRequest, ResponsesTool, new_item_id
+from chat.media import chat_image_part
 from errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,24 @@ def _content_text(content: Any, param: str) -> str:
     return "".join(_part_text(part, f"{param}[{index}]") for index, part in enumerate(content))
 
 
+def _message_content(content: Any, param: str) -> str | list[dict]:
+    """A message's text; with `input_image` parts, chat content parts in order (the engine reads the images)."""
+    if not isinstance(content, list) or not any(isinstance(p, dict) and p.get("type") == "input_image"
+                                                for p in content):
+        return _content_text(content, param)
+    parts: list[dict] = []
+    for index, part in enumerate(content):
+        where = f"{param}[{index}]"
+        if isinstance(part, dict) and part.get("type") == "input_image":
+            if not isinstance(part.get("image_url"), str):
+                raise InvalidRequest("An input_image needs an 'image_url' (file_id is not supported here).",
+                                     param=f"{where}.image_url")
+            parts.append(chat_image_part(part["image_url"]))
+        else:
+            parts.append({"type": "text", "text": _part_text(part, where)})
+    return parts
+
+
 def _required_string(item: dict, key: str, param: str) -> str:
     value = item.get(key)
     if not isinstance(value, str):
@@ -90,7 +109,7 @@ def _chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             role = item.get("role")
             if role not in ("user", "assistant", "system", "developer"):
                 raise InvalidRequest(f"Input messages with role '{role}' are not supported.", param=f"{param}.role")
-            messages.append({"role": role, "content": _content_text(item.get("content"), f"{param}.content")})
+            messages.append({"role": role, "content": _message_content(item.get("content"), f"{param}.content")})
             if role == "assistant" and thinking:
                 messages[-1]["reasoning_content"], thinking = thinking, ""
         elif kind == "function_call":

@@ -72,6 +72,7 @@ class GenerationRequest:
     clamp_to_context: bool = False
     speculative: bool = True  # may use the server's speculative decoding (a request can opt out)
     adapters: AdapterSet | None = None  # LoRA adapters to apply (set by an adapter entry's engine view)
+    media: tuple = ()  # chat.media.MediaPart each, in the order of the prompt's media markers
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ class EngineCapabilities:
     generation: bool = True  # chat / completions / responses
     embeddings: bool = False  # /v1/embeddings
     rerank: bool = False  # /v1/rerank natively (a cross-encoder or a GGUF with rank pooling)
+    vision: bool = False  # image content parts (a GGUF model with its projector, mmproj)
+    audio: bool = False  # input_audio content parts
 
 
 # What the local generative engines (llama.cpp, transformers) both honour.

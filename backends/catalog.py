@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from backends.llamacpp.gguf_header import is_lora_adapter
+from backends.llamacpp.gguf_header import auxiliary_gguf
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ class ModelEntry(BaseModel):
     # shares that model's loaded weights and context; see backends/adapters.py.
     base: str | None = None
     lora: tuple[LoraAdapter, ...] = ()
+    mmproj: Path | None = None  # a GGUF model's multimodal projector (images, audio); see backends/llamacpp/media.py
 
     @model_validator(mode="after")
     def _engine_from_path(self) -> ModelEntry:
@@ -146,7 +147,7 @@ class ModelEntry(BaseModel):
     def _adapter_entry(self) -> ModelEntry:
         if self.base is None or not self.lora:
             raise ValueError("an adapter entry names both its `base` model and its `lora` adapters")
-        own = [name for name in ("path", "repo", "upstream", "chat_template", "tool_prompt", "settings", "hf")
+        own = [name for name in ("path", "repo", "upstream", "chat_template", "tool_prompt", "settings", "hf", "mmproj")
                if name in self.model_fields_set]
         if own:
             raise ValueError(f"an adapter entry runs on its base model's engine; {', '.join(own)} belong to the base")
@@ -199,7 +200,7 @@ def _discover_models_dir(models_dir: Path) -> list[ModelEntry]:
             logger.warning("Skipping %s: it points outside the models directory", path.name)
             continue
         if path.is_file() and path.suffix.lower() == ".gguf":
-            if is_lora_adapter(path):  # an adapter: served through a models.yaml entry naming its base
+            if auxiliary_gguf(path):  # an adapter or a projector: part of a model, not one
                 continue
             entries.append(ModelEntry(id=path.name, path=path, source="file"))
         elif path.is_dir() and (path / "config.json").is_file() and _has_weights(path):
@@ -254,6 +255,8 @@ def _read_models_file(models_file: Path, models_dir: Path) -> list[ModelEntry]:
             updates["path"] = models_dir / entry.path
         if entry.tool_prompt is not None and not entry.tool_prompt.is_absolute():
             updates["tool_prompt"] = models_dir / entry.tool_prompt
+        if entry.mmproj is not None and not entry.mmproj.is_absolute():
+            updates["mmproj"] = models_dir / entry.mmproj
         if any(not adapter.path.is_absolute() for adapter in entry.lora):
             updates["lora"] = tuple(adapter if adapter.path.is_absolute() else
                                     adapter.model_copy(update={"path": models_dir / adapter.path})

@@ -48,6 +48,10 @@ def engine_settings(entry: ModelEntry, settings: Settings) -> Settings:
         overrides["chat_template"] = None  # --chat-template is the default model's override only
     if not is_default and "draft_model" not in overrides:
         overrides["draft_model"] = None  # so is --draft-model
+    if entry.mmproj is not None:
+        overrides["mmproj"] = str(entry.mmproj)
+    elif not is_default:
+        overrides["mmproj"] = None  # and --mmproj
     return settings.model_copy(update=overrides)
 
 

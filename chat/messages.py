@@ -9,18 +9,21 @@ others it is written out in the call format the tool prompt teaches, results in 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from chat.media import MEDIA_MARKER, MediaPart, media_part
 from chat.tool_formats import HERMES, ToolCallFormat
 from errors import InvalidRequest
 
 _ROLE_ALIASES = {"developer": "system", "function": "tool"}
 _SUPPORTED_ROLES = {"system", "user", "assistant", "tool"}
+MediaSink = Callable[[MediaPart], None]
 
 
-def content_text(content: Any, param: str) -> str:
-    """String content as is; a list of parts must be text parts, which are concatenated."""
+def content_text(content: Any, param: str, media: MediaSink | None = None) -> str:
+    """String content as is; a list of parts is concatenated: text parts as they are, and (for a model that takes
+    media: `media` given) image and audio parts as the media marker, the part handed to `media`."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -28,12 +31,16 @@ def content_text(content: Any, param: str) -> str:
     texts = []
     for index, part in enumerate(content):
         part_type = part.get("type")
-        if part_type != "text":
+        if part_type == "text":
+            texts.append(part.get("text") or "")
+            continue
+        if media is None or part_type not in ("image_url", "input_audio"):
             raise InvalidRequest(
                 f"Content parts of type '{part_type}' are not supported by this model; only 'text' parts are.",
                 param=f"{param}[{index}].type",
             )
-        texts.append(part.get("text") or "")
+        media(media_part(part, f"{param}[{index}]"))
+        texts.append(MEDIA_MARKER)
     return "".join(texts)
 
 
@@ -81,8 +88,10 @@ def _textual_message(
 
 
 def to_template_messages(
-    messages: Sequence[dict[str, Any]], *, native_tools: bool = False, call_format: ToolCallFormat = HERMES
+    messages: Sequence[dict[str, Any]], *, native_tools: bool = False, call_format: ToolCallFormat = HERMES,
+    media: MediaSink | None = None,
 ) -> list[dict[str, Any]]:
+    """`media`: receives the image and audio parts, in prompt order (None: such parts are a 400)."""
     if not messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
     rendered = []
@@ -92,7 +101,7 @@ def to_template_messages(
             raise InvalidRequest(
                 f"Messages with role '{message['role']}' are not supported.", param=f"messages[{index}].role"
             )
-        text = content_text(message.get("content"), f"messages[{index}].content")
+        text = content_text(message.get("content"), f"messages[{index}].content", media)
         param = f"messages[{index}].tool_calls"
         if native_tools:
             rendered.append(_structured_message(role, text, message, param))

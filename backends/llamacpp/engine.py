@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 from backends.adapters import adapter_key
@@ -23,9 +24,11 @@ from backends.base import (
     WarmedPrompt,
 )
 from backends.catalog import ModelEntry
+from backends.media_inputs import MediaLimits, load_media
 from backends.engine_support import WorkerThreadEngine, check_logit_bias, check_token_ids, completion_budget
 from backends.llamacpp.draft_model import DraftModel
 from backends.llamacpp.lora import BASE, LlamaLoraSet, LoraLibrary
+from backends.llamacpp.media import MediaSpan, Projector, find_projector
 from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, default_threads
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache, model_namespace, state_format_tag
 from backends.llamacpp.sampling import grammar_parses
@@ -71,10 +74,17 @@ class LlamaCppEngine(WorkerThreadEngine):
             raise
         try:
             self.draft_model = _open_draft_model(settings, self.model, config)
+            self.projector = _open_projector(settings, entry, self.model, threads)
         except Exception:
+            if getattr(self, "draft_model", None) is not None:
+                self.draft_model.close()
             self.context.free()
             self.model.free()
             raise
+        if self.projector is not None:  # this model reads images and/or audio too
+            self.capabilities = replace(GENERATIVE_CAPABILITIES, vision=self.projector.vision,
+                                        audio=self.projector.audio)
+        self.media_limits = MediaLimits.from_settings(settings)
         self._context_length = min(self.context.n_ctx // settings.parallel, self.model.n_ctx_train)
         self._default_max_tokens = settings.default_max_tokens
         self._template = self._load_template(settings)
@@ -89,6 +99,7 @@ class LlamaCppEngine(WorkerThreadEngine):
                                draft_min=min(settings.spec_draft_min, settings.spec_draft_max),
                                max_sequences=settings.spec_max_sequences),
             self.draft_model,
+            self.projector,
         )
         # Budget-aware closing needs the vocabulary's closing tokens: found now, in the background, so the first
         # constrained answer near its budget does not stall every stream of the scheduler for it.
@@ -177,7 +188,10 @@ class LlamaCppEngine(WorkerThreadEngine):
         return await asyncio.to_thread(cache.lookup, prompt_tokens, max_length, in_memory)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        if isinstance(request.prompt, str):
+        media: list[MediaSpan] = []
+        if request.media:
+            prompt_tokens, media = await self._media_prompt(request)
+        elif isinstance(request.prompt, str):
             prompt_tokens = self.model.tokenize(request.prompt)
         else:
             check_token_ids(request.prompt, self.model.n_vocab, param="prompt")
@@ -186,6 +200,10 @@ class LlamaCppEngine(WorkerThreadEngine):
         check_logit_bias(request, self.model.n_vocab)
         if request.grammar is not None and not grammar_parses(self.model, request.grammar):
             raise InvalidRequest("The grammar does not parse as GBNF (llama.cpp's grammar format).", param="grammar")
+        # The last prompt token is always evaluated (its logits pick the first completion token).
+        cached_prefix = await self._stored_prefix(prompt_tokens, len(prompt_tokens) - 1, request.adapters)
+        if media:
+            await self._encode_uncached(media, prompt_tokens, cached_prefix, request.adapters)
         job = SequenceJob(
             tenant=request.tenant,
             prompt_tokens=prompt_tokens,
@@ -199,11 +217,30 @@ class LlamaCppEngine(WorkerThreadEngine):
             reasoning=request.reasoning,
             speculative=request.speculative,
             adapters=self._own_adapters(request.adapters),
-            # The last prompt token is always evaluated (its logits pick the first completion token).
-            cached_prefix=await self._stored_prefix(prompt_tokens, len(prompt_tokens) - 1, request.adapters),
+            media=media,
+            cached_prefix=cached_prefix,
         )
         async for chunk in self.run_job(job):
             yield chunk
+
+    async def _media_prompt(self, request: GenerationRequest) -> tuple[list[int], list[MediaSpan]]:
+        """The prompt's tokens (media as placeholder runs) and its media spans: files fetched and decoded, then
+        the prompt split at its markers by the projector, all off the event loop."""
+        if self.projector is None or not isinstance(request.prompt, str):
+            raise InvalidRequest("This model takes no images or audio.", param=request.media[0].param)
+        loaded = await load_media(request.media, self.media_limits)
+        prompt = await asyncio.to_thread(self.projector.tokenize, request.prompt, loaded)
+        return prompt.tokens, prompt.spans
+
+    async def _encode_uncached(self, media: list[MediaSpan], prompt_tokens: list[int], stored: CachedPrefix | None,
+                               adapters: AdapterSet | None) -> None:
+        """Run the media no cached prefix covers through the projector, on a worker thread (if a slot's prefix
+        is gone by the time the sequence starts, the scheduler encodes what is missing itself)."""
+        covered = max(self.scheduler.longest_cached_prefix(prompt_tokens, adapters),
+                      len(stored.tokens) if stored is not None else 0)
+        missing = [span for span in media if span.end > covered]
+        if missing:
+            await asyncio.to_thread(lambda: [self.projector.encode(span) for span in missing])
 
     async def warm_prompt(self, prompt: str, conversation: str, adapters: AdapterSet | None = None) -> WarmedPrompt:
         if self.prompt_cache is None:
@@ -283,6 +320,8 @@ class LlamaCppEngine(WorkerThreadEngine):
             self.draft_model.close()
         self.context.free()
         self.loras.free_all()
+        if self.projector is not None:
+            self.projector.free()
         self.model.free()
 
 
@@ -298,6 +337,23 @@ def _open_draft_model(settings: Settings, target: LlamaModel, config: ContextCon
         raise ValueError(f"The draft model {path} does not exist")
     logger.info("Speculative decoding with the draft model %s", path.name)
     return DraftModel(path, target, config)
+
+
+def _open_projector(settings: Settings, entry: ModelEntry, model: LlamaModel, threads: int) -> Projector | None:
+    """The model's multimodal projector: `--mmproj` / models.yaml `mmproj`, else one found beside the model file."""
+    if settings.mmproj:
+        path = Path(settings.mmproj)
+        path = path if path.is_absolute() else settings.models_dir / path
+        if not path.is_file():
+            raise ValueError(f"The projector {path} does not exist")
+    else:
+        path = find_projector(entry.path)
+        if path is None:
+            return None
+    projector = Projector(path, model, threads)
+    logger.info("Projector %s loaded: %s", path.name,
+                " and ".join(kind for kind, on in (("images", projector.vision), ("audio", projector.audio)) if on))
+    return projector
 
 
 def _resolve(future: asyncio.Future, value) -> None:

@@ -94,9 +94,11 @@ def kv_bytes_per_token(metadata: dict[str, object]) -> int:
     return layers * kv_heads * (key_length + value_length) * 2
 
 
-def is_lora_adapter(path: Path) -> bool:
-    """A LoRA adapter GGUF (llama.cpp's converters write `general.type: adapter` among the first keys), not a model."""
+def auxiliary_gguf(path: Path) -> str | None:
+    """"adapter" (a LoRA) or "mmproj" (a multimodal projector) for GGUFs that are part of a model, not models:
+    llama.cpp's converters write `general.type` among the first keys. None for models (and unreadable files)."""
     try:
-        return read_gguf_metadata(path, {"general.type"}, first_keys=8).get("general.type") == "adapter"
+        kind = read_gguf_metadata(path, {"general.type"}, first_keys=8).get("general.type")
     except (OSError, GGUFError, UnicodeDecodeError, struct.error):
-        return False
+        return None
+    return kind if kind in ("adapter", "mmproj") else None

@@ -57,3 +57,10 @@ def _forward_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> 
 def route_llama_logs_to_python() -> None:
     """Install the callback; call after importing llama_cpp's high-level modules, which install their own."""
     llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
+
+
+def route_mtmd_logs_to_python() -> None:
+    """The same for llama.cpp's multimodal library (imported only once a model has a projector)."""
+    import llama_cpp.mtmd_cpp as mtmd
+
+    mtmd.mtmd_helper_log_set(_forward_llama_log, ctypes.c_void_p(0))

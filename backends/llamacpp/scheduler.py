@@ -19,6 +19,7 @@ from backends.base import GenerationFinished, Usage
 from backends.job_queue import JobQueue
 from backends.llamacpp.draft_model import DraftModel
 from backends.llamacpp.lora import BASE, AdapterTurns, LlamaLoraSet, apply_adapters
+from backends.llamacpp.media import Projector
 from backends.llamacpp.model import LlamaContext, LlamaModel, add_to_batch
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache
 from backends.llamacpp.sampling import SamplerChain, token_logprobs
@@ -43,11 +44,13 @@ class Scheduler(SpeculativeSteps):
         steering: SteeringOptions = DEFAULT_STEERING,
         speculation: SpeculationOptions = NO_SPECULATION,
         draft_model: DraftModel | None = None,
+        projector: Projector | None = None,
     ) -> None:
         self.model = model
         self.steering = steering
         self.speculation = speculation
         self.draft_model = draft_model  # guesses for speculation instead of prompt lookup
+        self.projector = projector  # decodes media embeddings (models with an mmproj)
         self.prompt_cache = prompt_cache
         self.context = context
         self.seq_ctx = seq_ctx
@@ -140,6 +143,9 @@ class Scheduler(SpeculativeSteps):
         length = min(common_prefix_length(slot.cached_tokens, prompt), limit)
         if length <= 0 or slot.adapter_key != job.adapter_key:  # KV computed with other adapters is not this
             return 0
+        for span in job.media:  # never into the middle of an image: its positions attend to each other
+            if span.start < length < span.end:
+                length = span.start
         needed_from = max(0, length - self.model.n_swa) if self.model.n_swa else 0
         return length if self.context.first_position(slot.seq_id) <= needed_from else 0
 
@@ -173,13 +179,30 @@ class Scheduler(SpeculativeSteps):
         slot.completion_tokens = 0
         slot.pending_logprobs = []
         slot.pending_text = ""
-        slot.sampler = SamplerChain(self.model, job.sampling, prompt, job.grammar)
+        slot.media_due = None
+        # (penalties look back over the prompt's tokens: media placeholders are none)
+        slot.sampler = SamplerChain(self.model, job.sampling, [t for t in prompt if t >= 0], job.grammar)
         slot.steering = Steering(self.model, job.grammar, job.max_tokens, self.steering, job.reasoning)
         slot.forced = []
-        speculates = self.speculation.enabled and job.speculative and not job.prefill_only
+        speculates = (self.speculation.enabled and job.speculative and not job.prefill_only
+                      and not (job.media and self.draft_model is not None))  # a draft model reads no media
         slot.drafter = SequenceDrafter(prompt, self.speculation) if speculates else None
         slot.detokenizer = IncrementalDetokenizer()
         slot.stop_filter = StopStringFilter(job.stop)
+
+    def _decode_media(self, slot: Slot) -> None:
+        """Decode the image (or audio) the slot's prompt continues with, in its own llama_decode (embeddings, not
+        tokens), like a prompt chunk of its size; its placeholders join the sequence's tokens."""
+        span, slot.media_due = slot.media_due, None
+        try:
+            self.projector.decode(self.context, span, slot.seq_id, self.context.n_batch)
+        except Exception as exc:  # this sequence's media failed: end it alone
+            logger.exception("Decoding media failed")
+            self._abort(slot, EngineFailure(f"The engine could not read this request's {span.kind}: {exc}"))
+            return
+        slot.cached_tokens.extend(slot.job.prompt_tokens[span.start:span.end])
+        slot.prompt_cursor = span.end
+        span.embeddings = None  # in the KV now
 
     def _restore(self, slot: Slot, job: SequenceJob, stored: CachedPrefix) -> int:
         """Load a state from the disk cache into the slot's sequence; returns the prompt tokens it covers."""
@@ -211,6 +234,9 @@ class Scheduler(SpeculativeSteps):
             if status != 0:
                 raise RuntimeError(f"llama_decode returned {status}")
         for slot in active:
+            if slot.media_due is not None:
+                self._decode_media(slot)
+        for slot in active:
             if slot.batch_index >= 0:
                 try:
                     self._sample(slot)
@@ -230,8 +256,12 @@ class Scheduler(SpeculativeSteps):
 
     def _add_prompt_chunk(self, slot: Slot) -> None:
         prompt = slot.job.prompt_tokens
+        media = next((span for span in slot.job.media if span.end > slot.prompt_cursor), None)
+        if media is not None and media.start <= slot.prompt_cursor:  # decoded after this step's batch
+            slot.media_due = media
+            return
         room = self.context.n_batch - self._batch.n_tokens
-        end = min(len(prompt), slot.prompt_cursor + room)
+        end = min(len(prompt), slot.prompt_cursor + room, media.start if media is not None else len(prompt))
         for position in range(slot.prompt_cursor, end):
             is_last = position == len(prompt) - 1 and not slot.job.prefill_only
             index = self._add_to_batch(slot, prompt[position], want_logits=is_last)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from backends.base import GrammarSpec, ReasoningControl, SamplingParams, TokenLogprob
 from backends.engine_support import Emit
 from backends.llamacpp.lora import BASE, LlamaLoraSet
+from backends.llamacpp.media import MediaSpan
 from backends.llamacpp.prompt_cache import CachedPrefix
 from backends.llamacpp.sampling import SamplerChain
 from backends.llamacpp.speculation import SequenceDrafter
@@ -35,6 +36,7 @@ class SequenceJob:
     reasoning: ReasoningControl | None = None  # a thinking model's block: counted, budgeted, closed
     speculative: bool = True  # may draft and verify several tokens per step (the server's mode permitting)
     adapters: LlamaLoraSet | None = None  # LoRA adapters its sequence decodes with (None: the base weights)
+    media: list[MediaSpan] = field(default_factory=list)  # images / audio in the prompt (placeholder runs)
     cancelled: bool = False  # set by the request side when the client goes away
 
     @property
@@ -51,6 +53,7 @@ class Slot:
     adapter_key: str = BASE  # the adapter set those tokens' KV was computed with
     job: SequenceJob | None = None
     prompt_cursor: int = 0  # next prompt token to feed
+    media_due: MediaSpan | None = None  # media the prompt continues with, decoded after this step's batch
     next_token: int | None = None  # sampled token waiting to be decoded
     batch_index: int = -1  # row of this step's batch that holds our logits, -1 if none
     sampler: SamplerChain | None = None

@@ -95,6 +95,8 @@ class SequenceDrafter:
             # a short match is weak evidence: trust it for a few tokens only (2 tokens matched: 2, 3: 4, 4: 8...)
             trusted = min(limit - len(draft), 2 ** (matched - 1))
             draft += tokens[follower:follower + trusted]
+        if any(token < 0 for token in draft):  # a media placeholder is no token: guess only up to it
+            draft = draft[: next(i for i, token in enumerate(draft) if token < 0)]
         if not draft or len(draft) < self.options.draft_min:
             return []
         self.drafted += len(draft)

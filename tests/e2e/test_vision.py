@@ -1,0 +1,215 @@
+"""Images in, through llama.cpp's mtmd and a projector, against the real server: the embedded gemma-3-270m with an
+mmproj the test builds (tests/tiny_vision.py: a tiny random Gemma 3 vision tower converted by llama.cpp's own
+converter). Random weights: the tests assert mechanics, not descriptions. An image changes the logits (vs none,
+vs another image); the same image gives the same answer; a repeated image is served from the cached KV (memory,
+then disk after a restart) and a different one never is; bad images are a 400 (or 413) and the server goes on;
+Responses `input_image` and Anthropic `image` blocks reach the same engine; http(s) images are fetched when the
+operator allows it.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import threading
+
+import anthropic
+import httpx
+import pytest
+import yaml
+from PIL import Image
+
+from backends.embedded_model import GEMMA_FILE
+from settings import PROJECT_ROOT
+from tests.server_process import running_server
+from tests.tiny_vision import IMAGE_TOKENS, build_gemma3_mmproj
+
+GEMMA = PROJECT_ROOT / "models" / GEMMA_FILE
+QUESTION = "What is in this picture? Answer in one sentence."
+NEAR_TIE = 1.0  # cold vs warm prefixes round differently (see test_batching); a flip needs a near tie
+
+
+def png(color, size=(64, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+RED, BLUE = png((220, 30, 30)), png((30, 30, 220))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vision-models")
+    mmproj = build_gemma3_mmproj(folder / "projector" / "mmproj-tiny-gemma3.gguf")
+    (folder / "models.yaml").write_text(yaml.safe_dump({"models": [
+        {"id": "gemma-vision", "path": str(GEMMA), "mmproj": str(mmproj)},
+        {"id": "gemma-text", "path": str(GEMMA)},
+    ]}))
+    return folder
+
+
+def _start(models, log_dir, cache_dir):
+    return running_server("--models-dir", str(models), "--model-name", "gemma-vision", "--no-install-embedded-models",
+                          "--parallel", "2", "--n-ctx", "4096", "--cache-min-tokens", "16", "--media-fetch",
+                          "--max-media-bytes", "300000", "--cache-dir", str(cache_dir), log_dir=log_dir)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("vision-cache")
+
+
+@pytest.fixture(scope="module")
+def server(models, cache_dir, tmp_path_factory):
+    with _start(models, tmp_path_factory.mktemp("vision-server"), cache_dir) as process:
+        yield process
+
+
+def _ask(server, image: bytes | None, question: str = QUESTION, model: str = "gemma-vision", **extra) -> httpx.Response:
+    content: list[dict] = [{"type": "text", "text": question}]
+    if image is not None:
+        content.insert(0, {"type": "image_url", "image_url": {"url": data_url(image)}})
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "temperature": 0, "max_tokens": 8,
+            "logprobs": True, "top_logprobs": 2, **extra}
+    return httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=300)
+
+
+def _answer(server, image: bytes | None, question: str = QUESTION) -> dict:
+    response = _ask(server, image, question)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _tokens(answer: dict) -> list[dict]:
+    return answer["choices"][0]["logprobs"]["content"]
+
+
+def _cached(answer: dict) -> int:
+    return answer["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+
+def test_the_card_says_vision_and_a_text_model_refuses_images(server):
+    card = httpx.get(f"{server.base_url}/v1/models/gemma-vision").json()
+    assert card["capabilities"]["vision"] is True and card["capabilities"]["audio"] is False
+    refused = _ask(server, RED, model="gemma-text")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "messages[0].content[0].type"
+    audio = {"type": "input_audio", "input_audio": {"data": base64.b64encode(b"RIFF0000WAVE").decode(), "format": "wav"}}
+    body = {"model": "gemma-vision", "messages": [{"role": "user", "content": [audio, {"type": "text", "text": "hi"}]}]}
+    refused = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages[0].content[0]"
+
+
+def test_an_image_changes_the_logits_and_counts_its_tokens(server):
+    plain, red, blue = _answer(server, None), _answer(server, RED), _answer(server, BLUE)
+    assert red["usage"]["prompt_tokens"] >= plain["usage"]["prompt_tokens"] + IMAGE_TOKENS
+    first = [_tokens(answer)[0] for answer in (plain, red, blue)]
+    assert len({(entry["token"], round(entry["logprob"], 4)) for entry in first}) == 3
+
+
+def test_the_same_image_again_is_read_from_the_cache_and_answers_the_same(server):
+    cold = _answer(server, RED, "Describe the colours you see.")
+    warm = _answer(server, RED, "Describe the colours you see.")
+    again = _answer(server, RED, "Describe the colours you see.")
+    assert _cached(warm) >= IMAGE_TOKENS and _cached(again) == _cached(warm)
+    assert _tokens(warm) == _tokens(again)  # same regime: identical, logprobs included
+    cold_tokens, warm_tokens = [e["token"] for e in _tokens(cold)], [e["token"] for e in _tokens(warm)]
+    if cold_tokens != warm_tokens:  # cold and warm prefixes may round apart, only where two picks nearly tie
+        split = next(i for i, (a, b) in enumerate(zip(cold_tokens, warm_tokens)) if a != b)
+        top = _tokens(cold)[split]["top_logprobs"]
+        assert top[0]["logprob"] - top[1]["logprob"] < NEAR_TIE
+    # Another image in the same place shares only the text before it.
+    other = _answer(server, BLUE, "Describe the colours you see.")
+    assert _cached(other) < _cached(warm) - IMAGE_TOKENS + 1
+
+
+def test_bad_images_are_refused_and_the_server_goes_on(server):
+    truncated = RED[: len(RED) // 2]
+    huge = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(huge, format="PNG")  # small file, 100 megapixels
+    cases = {"truncated": (truncated, 400), "huge": (huge.getvalue(), 400), "not an image": (b"hello world", 400),
+             "too many bytes": (png((1, 2, 3)) + b"\0" * 400_000, 413)}
+    for name, (data, status) in cases.items():
+        response = _ask(server, data)
+        assert response.status_code == status, (name, response.text)
+        assert response.json()["error"]["param"].startswith("messages[0].content[0]"), name
+    assert _answer(server, BLUE)["choices"][0]["message"]["content"] is not None
+
+
+def test_images_through_responses_and_anthropic_messages(server):
+    text_only = httpx.post(f"{server.base_url}/v1/responses", timeout=300, json={
+        "model": "gemma-vision", "input": QUESTION, "max_output_tokens": 4}).json()
+    responses = httpx.post(f"{server.base_url}/v1/responses", timeout=300, json={
+        "model": "gemma-vision", "max_output_tokens": 4, "input": [{"role": "user", "content": [
+            {"type": "input_image", "image_url": data_url(RED)}, {"type": "input_text", "text": QUESTION}]}]}).json()
+    assert responses["status"] in ("completed", "incomplete"), responses  # incomplete: max_output_tokens
+    assert responses["usage"]["input_tokens"] >= text_only["usage"]["input_tokens"] + IMAGE_TOKENS
+    client = anthropic.Anthropic(base_url=server.base_url, api_key="x")
+    message = client.messages.create(model="gemma-vision", max_tokens=4, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": base64.b64encode(BLUE).decode()}},
+        {"type": "text", "text": QUESTION}]}])
+    read = message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0)  # Anthropic splits off cached
+    assert read >= text_only["usage"]["input_tokens"] + IMAGE_TOKENS
+
+
+def test_an_http_image_is_fetched_when_the_operator_allows_it(server):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200 if self.path == "/red.png" else 404)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            if self.path == "/red.png":
+                self.wfile.write(RED)
+
+        def log_message(self, *args):
+            pass
+
+    host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{host.server_address[1]}"
+        body = {"model": "gemma-vision", "max_tokens": 4, "temperature": 0, "logprobs": True, "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"{base}/red.png"}},
+                                         {"type": "text", "text": QUESTION}]}]}
+        fetched = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=300)
+        assert fetched.status_code == 200, fetched.text
+        assert fetched.json()["usage"]["prompt_tokens"] == _answer(server, RED)["usage"]["prompt_tokens"]
+        body["messages"][0]["content"][0]["image_url"]["url"] = f"{base}/missing.png"
+        missing = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=300)
+        assert missing.status_code == 400 and "404" in missing.json()["error"]["message"]
+    finally:
+        host.shutdown()
+
+
+def _conversation(server, image: bytes, turns: list, max_tokens: int = 8) -> dict:
+    """Ask `turns[-1]` after earlier question/answer turns (answers given), the image in the first question."""
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
+                                             {"type": "text", "text": turns[0]}]}]
+    for turn in turns[1:]:
+        messages += [{"role": "assistant", "content": turn[0]}, {"role": "user", "content": turn[1]}]
+    body = {"model": "gemma-vision", "messages": messages, "temperature": 0, "max_tokens": max_tokens}
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=300)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_restarted_server_restores_the_image_prefix_from_disk(models, cache_dir, tmp_path):
+    question = "Is this picture warm or cold?"
+    with _start(models, tmp_path, cache_dir) as first:
+        # One token: the state kept on disk is then exactly this prompt, a prefix of the next turn's
+        # (a longer answer may not render back into the same tokens, which is about templates, not images).
+        asked = _conversation(first, BLUE, [question], max_tokens=1)
+    follow_up = [question, ("Cold.", "Why do you think so?")]
+    with _start(models, tmp_path, cache_dir) as second:  # the conversation goes on after a restart
+        restored = _conversation(second, BLUE, follow_up)
+        assert _cached(restored) == asked["usage"]["prompt_tokens"]  # image included, read back from disk
+        cache = httpx.get(f"{second.base_url}/cache").json()
+        assert cache["disk_hits"] == 1
+        assert _cached(_conversation(second, RED, follow_up)) < _cached(restored) - IMAGE_TOKENS

@@ -1,0 +1,92 @@
+"""A multimodal projector for the embedded gemma-3-270m, built by the tests (no small vision GGUF is on PyPI).
+
+A tiny random Gemma 3 vision-language checkpoint (SigLIP tower of 2 layers on 64x64 images, 16 image tokens, its
+text width that of gemma-3-270m) is written with `transformers`, then converted by llama.cpp's own
+`convert_hf_to_gguf.py --mmproj` into an mmproj GGUF. The converter comes from llama-cpp-python's sdist on PyPI
+(the version the server runs), fetched once with pip and kept in ~/.cache/llm-server-tests. The language model is
+the real gemma-3-270m GGUF: Gemma 3's projector feeds any Gemma 3 text model of its width.
+
+Random weights mean the model sees noise, so tests assert mechanics (an image changes the logits, the same image
+gives the same output, caching), not what the model says about a picture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import llama_cpp
+
+CACHE = Path(os.environ.get("LLM_SERVER_TEST_CACHE", Path.home() / ".cache" / "llm-server-tests"))
+IMAGE_SIZE, PATCH, IMAGE_TOKENS = 64, 8, 16
+TEXT_WIDTH = 640  # gemma-3-270m's embedding width
+
+
+def converter() -> Path:
+    """llama.cpp's convert_hf_to_gguf.py (with its gguf-py and conversion package) from the sdist of the installed
+    llama-cpp-python."""
+    version = llama_cpp.__version__
+    root = CACHE / f"llama-cpp-python-{version}-converter"
+    script = root / "convert_hf_to_gguf.py"
+    if script.is_file():
+        return script
+    download = CACHE / "sdists"
+    download.mkdir(parents=True, exist_ok=True)
+    archive = download / f"llama_cpp_python-{version}.tar.gz"
+    if not archive.is_file():
+        subprocess.run([sys.executable, "-m", "pip", "download", f"llama-cpp-python=={version}", "--no-deps",
+                        "--no-binary", ":all:", "-d", str(download), "-q"], check=True)
+    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+    wanted = ("convert_hf_to_gguf.py", "gguf-py/", "conversion/")
+    staging = root.with_name(root.name + ".partial")
+    with tarfile.open(archive) as sdist:
+        members = [m for m in sdist.getmembers() if m.name.startswith(prefix)
+                   and m.name[len(prefix):].startswith(wanted) and (m.isfile() or m.isdir())]
+        for member in members:
+            member.name = member.name[len(prefix):]
+        sdist.extractall(staging, members=members, filter="data")
+    staging.rename(root)
+    return script
+
+
+def _checkpoint(folder: Path, seed: int) -> Path:
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    torch.manual_seed(seed)
+    text = Gemma3TextConfig(vocab_size=512, hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=1, num_key_value_heads=1, head_dim=64)
+    vision = SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                image_size=IMAGE_SIZE, patch_size=PATCH)
+    model = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                                        mm_tokens_per_image=IMAGE_TOKENS))
+    with torch.no_grad():  # transformers starts the projection at zero: every image would look the same
+        for name, parameter in model.named_parameters():
+            if "mm_input_projection" in name:
+                parameter.normal_(0.0, 0.5)
+    model.save_pretrained(folder)
+    # transformers 5 writes the tower as `vision_tower.*`; the converter reads the hub's `vision_tower.vision_model.*`
+    weights = load_file(folder / "model.safetensors")
+    save_file({("vision_tower.vision_model." + k.removeprefix("vision_tower.") if k.startswith("vision_tower.")
+                and not k.startswith("vision_tower.vision_model.") else k): v for k, v in weights.items()},
+              folder / "model.safetensors", metadata={"format": "pt"})
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Gemma3ImageProcessor", "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+        "image_seq_length": IMAGE_TOKENS, "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        "do_normalize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_resize": True, "resample": 2}))
+    return folder
+
+
+def build_gemma3_mmproj(out: Path, *, seed: int = 0) -> Path:
+    """An mmproj GGUF for gemma-3-270m at `out` (its checkpoint is written next to it, in `<out stem>-hf/`)."""
+    folder = _checkpoint(out.with_name(out.stem + "-hf"), seed)
+    script = converter()
+    env = {**os.environ, "PYTHONPATH": str(script.parent / "gguf-py")}
+    subprocess.run([sys.executable, str(script), str(folder), "--mmproj", "--outfile", str(out), "--outtype", "f32"],
+                   check=True, env=env, capture_output=True)
+    return out
