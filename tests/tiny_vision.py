@@ -53,7 +53,7 @@ def converter() -> Path:
     return script
 
 
-def _checkpoint(folder: Path, seed: int) -> Path:
+def _checkpoint(folder: Path, seed: int, image_size: int, patch: int, image_tokens: int) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
@@ -62,9 +62,9 @@ def _checkpoint(folder: Path, seed: int) -> Path:
     text = Gemma3TextConfig(vocab_size=512, hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=1,
                             num_attention_heads=1, num_key_value_heads=1, head_dim=64)
     vision = SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                image_size=IMAGE_SIZE, patch_size=PATCH)
+                                image_size=image_size, patch_size=patch)
     model = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
-                                                        mm_tokens_per_image=IMAGE_TOKENS))
+                                                        mm_tokens_per_image=image_tokens))
     with torch.no_grad():  # transformers starts the projection at zero: every image would look the same
         for name, parameter in model.named_parameters():
             if "mm_input_projection" in name:
@@ -77,14 +77,16 @@ def _checkpoint(folder: Path, seed: int) -> Path:
               folder / "model.safetensors", metadata={"format": "pt"})
     (folder / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "Gemma3ImageProcessor", "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
-        "image_seq_length": IMAGE_TOKENS, "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        "image_seq_length": image_tokens, "size": {"height": image_size, "width": image_size},
         "do_normalize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_resize": True, "resample": 2}))
     return folder
 
 
-def build_gemma3_mmproj(out: Path, *, seed: int = 0) -> Path:
-    """An mmproj GGUF for gemma-3-270m at `out` (its checkpoint is written next to it, in `<out stem>-hf/`)."""
-    folder = _checkpoint(out.with_name(out.stem + "-hf"), seed)
+def build_gemma3_mmproj(out: Path, *, seed: int = 0, image_size: int = IMAGE_SIZE, patch: int = PATCH,
+                        image_tokens: int = IMAGE_TOKENS) -> Path:
+    """An mmproj GGUF for gemma-3-270m at `out` (its checkpoint is written next to it, in `<out stem>-hf/`).
+    Images are resized to `image_size` squared, cut in `patch`-pixel patches, pooled into `image_tokens` tokens."""
+    folder = _checkpoint(out.with_name(out.stem + "-hf"), seed, image_size, patch, image_tokens)
     script = converter()
     env = {**os.environ, "PYTHONPATH": str(script.parent / "gguf-py")}
     subprocess.run([sys.executable, str(script), str(folder), "--mmproj", "--outfile", str(out), "--outtype", "f32"],
