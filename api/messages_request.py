@@ -44,9 +44,9 @@ def _image_part(block: dict, where: str) -> dict:
     """An image block as the chat content part the engine reads (base64 -> a data: URL)."""
     source = block.get("source") if isinstance(block.get("source"), dict) else {}
     if source.get("type") == "base64" and isinstance(source.get("data"), str):
-        return chat_image_part(f"data:{source.get('media_type') or 'image/png'};base64,{source['data']}")
+        return chat_image_part(f"data:{source.get('media_type') or 'image/png'};base64,{source['data']}", where)
     if source.get("type") == "url" and isinstance(source.get("url"), str):
-        return chat_image_part(source["url"])
+        return chat_image_part(source["url"], where)
     raise InvalidRequest("An image block's source must be base64 data or a url.", param=f"{where}.source")
 
 

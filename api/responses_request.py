@@ -83,7 +83,7 @@ def _message_content(content: Any, param: str) -> str | list[dict]:
             if not isinstance(part.get("image_url"), str):
                 raise InvalidRequest("An input_image needs an 'image_url' (file_id is not supported here).",
                                      param=f"{where}.image_url")
-            parts.append(chat_image_part(part["image_url"]))
+            parts.append(chat_image_part(part["image_url"], where))
         else:
             parts.append({"type": "text", "text": _part_text(part, where)})
     return parts

@@ -73,6 +73,7 @@ def media_part(part: dict[str, Any], param: str) -> MediaPart | None:
     return None
 
 
-def chat_image_part(url: str) -> dict[str, Any]:
-    """The chat content part other APIs' images become (Responses `input_image`, Anthropic `image`)."""
-    return {"type": "image_url", "image_url": {"url": url}}
+def chat_image_part(url: str, source_param: str) -> dict[str, Any]:
+    """The chat content part other APIs' images become (Responses `input_image`, Anthropic `image`);
+    `source_param` is where the client put it, so errors name the field it sent."""
+    return {"type": "image_url", "image_url": {"url": url}, "source_param": source_param}

@@ -34,12 +34,13 @@ def content_text(content: Any, param: str, media: MediaSink | None = None) -> st
         if part_type == "text":
             texts.append(part.get("text") or "")
             continue
+        where = part.get("source_param") or f"{param}[{index}]"  # another API's part names its own field
         if media is None or part_type not in ("image_url", "input_audio"):
             raise InvalidRequest(
                 f"Content parts of type '{part_type}' are not supported by this model; only 'text' parts are.",
-                param=f"{param}[{index}].type",
+                param=f"{where}.type",
             )
-        media(media_part(part, f"{param}[{index}]"))
+        media(media_part(part, where))
         texts.append(MEDIA_MARKER)
     return "".join(texts)
 

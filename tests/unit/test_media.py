@@ -59,7 +59,8 @@ def test_anthropic_image_blocks_become_chat_image_parts():
         {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "QUJD"}},
         {"type": "text", "text": "What is it?"}]}], system="Be brief.")
     messages = chat_messages(body)
-    assert messages[1]["content"] == [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,QUJD"}},
+    assert messages[1]["content"] == [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,QUJD"},
+                                       "source_param": "messages[0].content[0]"},
                                       {"type": "text", "text": "What is it?"}]
 
 
