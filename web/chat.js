@@ -5,6 +5,7 @@
   const STORE = "llm-server-chat";
   let state = load();
   let controller = null;
+  let attachments = [];  // images (data: URLs) pasted or dropped for the next message
 
   function load() {
     try {
@@ -15,7 +16,18 @@
       return { model: "", system: "", temperature: 0.7, apiKey: "", messages: [] };
     }
   }
-  function persist() { localStorage.setItem(STORE, JSON.stringify(state)); }
+  function persist() {
+    try { localStorage.setItem(STORE, JSON.stringify(state)); }
+    catch (error) { $("status").textContent = "This conversation is too large to keep after a reload (images)."; }
+  }
+  // A message's text and images: content is a string, or OpenAI content parts (text and image_url).
+  function textOf(content) {
+    return typeof content === "string" ? content
+      : content.filter((part) => part.type === "text").map((part) => part.text).join("");
+  }
+  function imagesOf(content) {
+    return typeof content === "string" ? [] : content.filter((part) => part.type === "image_url").map((part) => part.image_url.url);
+  }
   function headers() {
     const result = { "Content-Type": "application/json" };
     if (state.apiKey) result.Authorization = "Bearer " + state.apiKey;
@@ -35,8 +47,19 @@
     $("messages").scrollTop = $("messages").scrollHeight;
     return bubble;
   }
-  function fill(bubble, role, text, thinking) {
-    if (role !== "assistant") { bubble.textContent = text; return; }
+  function fill(bubble, role, content, thinking) {
+    if (role !== "assistant") {
+      bubble.textContent = textOf(content);
+      const images = imagesOf(content);
+      if (images.length) {
+        const row = document.createElement("div");
+        row.className = "images";
+        for (const url of images) { const img = document.createElement("img"); img.src = url; row.append(img); }
+        bubble.prepend(row);
+      }
+      return;
+    }
+    const text = content;
     // A thinking model's reasoning: a collapsible block, open while it streams, folded once the answer starts.
     let details = bubble.querySelector(".thinking");
     if (thinking && !details) {
@@ -112,9 +135,13 @@
   }
 
   async function send(text) {
-    state.messages.push({ role: "user", content: text });
+    const images = attachments.map((url) => ({ type: "image_url", image_url: { url } }));
+    const content = images.length ? images.concat([{ type: "text", text }]) : text;
+    attachments = [];
+    showAttachments();
+    state.messages.push({ role: "user", content });
     persist();
-    addBubble("user", text);
+    addBubble("user", content);
     const bubble = addBubble("assistant", "");
     const system = state.system.trim() ? [{ role: "system", content: state.system }] : [];
     controller = new AbortController();
@@ -202,6 +229,45 @@
     $("status").textContent = "TTFT " + ((firstAt - started) / 1000).toFixed(2) + " s · " + tokens + " tokens · "
       + rate + " tok/s" + (stopped ? " · stopped" : "");
   }
+
+  // Images pasted into the message box or dropped on the composer go with the next message (as data: URLs).
+  function attach(files) {
+    for (const file of files) {
+      if (!file.type.startsWith("image/")) continue;
+      const reader = new FileReader();
+      reader.onload = () => { attachments.push(reader.result); showAttachments(); };
+      reader.readAsDataURL(file);
+    }
+  }
+  function showAttachments() {
+    const box = $("attachments");
+    box.innerHTML = "";
+    attachments.forEach((url, index) => {
+      const item = document.createElement("div");
+      item.className = "attachment";
+      const img = document.createElement("img");
+      img.src = url;
+      img.alt = "attached image " + (index + 1);
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.textContent = "×";
+      remove.title = "Remove";
+      remove.addEventListener("click", () => { attachments.splice(index, 1); showAttachments(); });
+      item.append(img, remove);
+      box.append(item);
+    });
+  }
+  $("input").addEventListener("paste", (event) => {
+    const files = Array.from(event.clipboardData ? event.clipboardData.files : []);
+    if (files.some((file) => file.type.startsWith("image/"))) { event.preventDefault(); attach(files); }
+  });
+  $("composer").addEventListener("dragover", (event) => { event.preventDefault(); $("composer").classList.add("dropping"); });
+  $("composer").addEventListener("dragleave", () => $("composer").classList.remove("dropping"));
+  $("composer").addEventListener("drop", (event) => {
+    event.preventDefault();
+    $("composer").classList.remove("dropping");
+    attach(Array.from(event.dataTransfer ? event.dataTransfer.files : []));
+  });
 
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import http.server
 import io
+import json
 import threading
 
 import anthropic
@@ -213,3 +214,37 @@ def test_a_restarted_server_restores_the_image_prefix_from_disk(models, cache_di
         cache = httpx.get(f"{second.base_url}/cache").json()
         assert cache["disk_hits"] == 1
         assert _cached(_conversation(second, RED, follow_up)) < _cached(restored) - IMAGE_TOKENS
+
+
+def test_the_web_page_sends_a_pasted_image(server):
+    from playwright import sync_api  # a test dependency (requirements-dev.txt): never skipped
+
+    from tests.e2e.test_web_chat import CHROMIUM, CHROMIUM_ARGS
+
+    sent, errors = [], []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda request: request.url.endswith("/v1/chat/completions")
+                and sent.append(json.loads(request.post_data)))
+        page.goto(f"{server.base_url}/chat")
+        page.wait_for_function("document.querySelectorAll('#model option').length > 1")
+        page.select_option("#model", "gemma-vision")
+        page.fill("#temperature", "0")
+        page.dispatch_event("#temperature", "change")
+        page.evaluate("""(encoded) => {  // what pasting a copied picture delivers: a ClipboardEvent with a PNG file
+            const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+            const data = new DataTransfer();
+            data.items.add(new File([bytes], "red.png", { type: "image/png" }));
+            document.querySelector("#input").dispatchEvent(new ClipboardEvent("paste", { clipboardData: data, bubbles: true }));
+        }""", base64.b64encode(RED).decode())
+        page.wait_for_selector("#attachments img")
+        page.fill("#input", "What is in this picture?")
+        page.press("#input", "Enter")
+        page.wait_for_function("document.querySelector('#status').textContent.includes('tok/s')", timeout=120000)
+        assert page.locator(".message.user img").count() == 1 and page.locator("#attachments img").count() == 0
+        browser.close()
+    assert errors == []
+    image, text = sent[0]["messages"][-1]["content"]
+    assert image == {"type": "image_url", "image_url": {"url": data_url(RED)}} and text["type"] == "text"
