@@ -8,7 +8,9 @@ generating); Ctrl-C twice at the prompt exits. Server errors are one readable li
 
 from __future__ import annotations
 
+import base64
 import json
+import mimetypes
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ HELP = """\
 /save NAME           save the conversation      /load [NAME]   load one (alone: list saved ones)
 /new                 start over                 /system TEXT   set the system prompt
 /set KEY VALUE       temperature, top_p or max_tokens
+/image PATH          send a picture with your next message (models that take images)
 /retry               ask the last question again
 /thinking            show or hide a thinking model's reasoning (shown dimmed, on by default)
 /help                this help                  /quit          leave (or Ctrl-D; Ctrl-C twice)"""
@@ -69,6 +72,7 @@ class TerminalChat:
         self.session = session or PromptSession(history=_history(data_dir), key_bindings=_newline_bindings())
         self._interrupts = 0
         self.show_thinking = True
+        self.images: list[str] = []  # data: URLs of pictures attached to the next message
 
     # ---------------------------------------------------------------- loop
 
@@ -110,6 +114,7 @@ class TerminalChat:
             "system": lambda: self._system(argument),
             "set": lambda: self._set(argument),
             "retry": self._retry,
+            "image": lambda: self._attach_image(argument),
             "thinking": self._toggle_thinking,
         }
         if name in ("quit", "exit"):
@@ -198,6 +203,15 @@ class TerminalChat:
         self.show_thinking = not self.show_thinking
         self.console.print("reasoning " + ("shown" if self.show_thinking else "hidden"))
 
+    def _attach_image(self, argument: str) -> None:
+        path = Path(argument).expanduser()
+        mime = mimetypes.guess_type(path.name)[0] or ""
+        if not argument or not path.is_file() or not mime.startswith("image/"):
+            raise ValueError("usage: /image PATH (a PNG, JPEG, WebP, GIF or BMP file)")
+        self.images.append(f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}")
+        self.console.print(f"[dim]attached {path.name} ({path.stat().st_size // 1024} KiB); it goes with your next "
+                           "message[/dim]")
+
     def _retry(self) -> None:
         question = self.conversation.drop_last_answer()
         if question is None:
@@ -207,7 +221,11 @@ class TerminalChat:
 
     # ---------------------------------------------------------------- answering
 
-    def ask(self, text: str) -> AnswerStats | None:
+    def ask(self, text: str | list[dict]) -> AnswerStats | None:
+        if self.images and isinstance(text, str):  # attached pictures first, then the words about them
+            text = [*({"type": "image_url", "image_url": {"url": url}} for url in self.images),
+                    {"type": "text", "text": text}]
+            self.images = []
         self.conversation.messages.append({"role": "user", "content": text})
         try:
             answer, thinking, stats = self._stream_answer()

@@ -248,3 +248,29 @@ def test_the_web_page_sends_a_pasted_image(server):
     assert errors == []
     image, text = sent[0]["messages"][-1]["content"]
     assert image == {"type": "image_url", "image_url": {"url": data_url(RED)}} and text["type"] == "text"
+
+
+def test_the_terminal_chat_sends_an_image(server, tmp_path):
+    from tests.e2e.test_terminal_chat import TerminalSession
+
+    picture = tmp_path / "red.png"
+    picture.write_bytes(RED)
+    terminal = TerminalSession("--base-url", f"{server.base_url}/v1", "--model", "gemma-vision",
+                               "--data-dir", str(tmp_path / "saved"))
+    try:
+        terminal.expect("/help for commands", 30)
+        terminal.send(f"/image {tmp_path / 'missing.png'}")
+        terminal.expect("usage: /image PATH")
+        terminal.send(f"/image {picture}")
+        terminal.expect("attached red.png")
+        terminal.send("What is in this picture?")
+        terminal.expect("tok/s", 120)
+        terminal.send("/save picture")
+        terminal.expect("saved to")
+    finally:
+        terminal.close()
+    saved = json.loads((tmp_path / "saved" / "picture.json").read_text())
+    image, text = saved["messages"][0]["content"]
+    assert image == {"type": "image_url", "image_url": {"url": data_url(RED)}}
+    assert text == {"type": "text", "text": "What is in this picture?"}
+    assert saved["messages"][1]["role"] == "assistant"
