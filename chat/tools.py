@@ -43,6 +43,8 @@ NO_TOOLS = ToolPlan(mode="none")
 
 def _tool_spec(function: dict[str, Any], param: str) -> ToolSpec:
     parameters = function.get("parameters") or EMPTY_PARAMETERS
+    if not isinstance(parameters.get("$schema", ""), str):  # jsonschema looks it up in a dict: a list would crash it
+        raise InvalidRequest(f"Tool '{function['name']}' parameters: '$schema' must be a URI string.", param=param)
     try:
         jsonschema.validators.validator_for(parameters).check_schema(parameters)
     except jsonschema.SchemaError as exc:

@@ -198,3 +198,11 @@ def test_pydantic_defs_schemas_become_complete_grammars_as_response_format_and_t
                                 {"type": "function", "function": {"name": "other", "parameters": schema}}],
                                choice, None)
         assert _undefined_rules(tool_call_grammar(plan, HERMES, lazy=False).gbnf) == set()
+
+
+@pytest.mark.parametrize("meta", [[], {}, 3])
+def test_a_tool_whose_schema_names_a_non_string_meta_schema_is_a_400(meta):
+    # found by the API fuzzer: jsonschema looks `$schema` up in a dict, and a list crashed the request (500)
+    with pytest.raises(InvalidRequest) as refused:
+        build_tool_plan([{"type": "function", "function": {"name": "f", "parameters": {"$schema": meta}}}], "auto", None)
+    assert "$schema" in refused.value.message
