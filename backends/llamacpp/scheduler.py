@@ -268,6 +268,8 @@ class Scheduler(SpeculativeSteps):
             if is_last:
                 slot.batch_index = index
         slot.prompt_cursor = end
+        if media is not None and end == media.start:  # the text before it is in this batch: the media follows it
+            slot.media_due = media
 
     def _sample(self, slot: Slot) -> None:
         job, steering = slot.job, slot.steering
