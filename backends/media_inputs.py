@@ -74,15 +74,15 @@ async def _fetch(part: MediaPart, limits: MediaLimits) -> bytes:
     """The URL's body, read no further than the byte limit allows."""
     received = bytearray()
     try:
-        async with httpx.AsyncClient(timeout=limits.fetch_timeout, follow_redirects=True) as client:
-            async with asyncio.timeout(limits.fetch_timeout), client.stream("GET", part.url) as response:
-                if response.status_code != 200:
-                    raise InvalidRequest(f"Fetching the {part.kind} URL answered HTTP {response.status_code}.",
-                                         param=part.param)
-                async for piece in response.aiter_bytes():
-                    received += piece
-                    if len(received) > limits.max_bytes:
-                        break
+        async with (httpx.AsyncClient(timeout=limits.fetch_timeout, follow_redirects=True) as client,
+                    asyncio.timeout(limits.fetch_timeout), client.stream("GET", part.url) as response):
+            if response.status_code != 200:
+                raise InvalidRequest(f"Fetching the {part.kind} URL answered HTTP {response.status_code}.",
+                                     param=part.param)
+            async for piece in response.aiter_bytes():
+                received += piece
+                if len(received) > limits.max_bytes:
+                    break
     except (httpx.HTTPError, TimeoutError) as exc:
         raise InvalidRequest(f"Could not fetch the {part.kind} URL: {type(exc).__name__}.", param=part.param) from None
     return bytes(received)

@@ -162,7 +162,7 @@ def test_images_through_responses_and_anthropic_messages(server):
 
 def test_an_http_image_is_fetched_when_the_operator_allows_it(server):
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.send_response(200 if self.path == "/red.png" else 404)
             self.send_header("Content-Type", "image/png")
             self.end_headers()
