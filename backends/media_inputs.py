@@ -42,6 +42,7 @@ class LoadedMedia:
 
     kind: str
     digest: bytes
+    param: str = "messages"  # where the request put it, for errors found later (llama.cpp refusing the file)
     width: int = 0
     height: int = 0
     pixels: bytes = b""  # RGB, rows top to bottom
@@ -90,7 +91,7 @@ async def _fetch(part: MediaPart, limits: MediaLimits) -> bytes:
 
 def _decode(part: MediaPart, data: bytes, limits: MediaLimits) -> LoadedMedia:
     if part.kind == "audio":  # llama.cpp's projector helper decodes WAV, MP3 and FLAC itself
-        return LoadedMedia("audio", hashlib.sha256(data).digest(), data=data)
+        return LoadedMedia("audio", hashlib.sha256(data).digest(), part.param, data=data)
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -109,4 +110,4 @@ def _decode(part: MediaPart, data: bytes, limits: MediaLimits) -> LoadedMedia:
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise InvalidRequest(f"The image could not be decoded: {exc}.", param=part.param) from None
     digest = hashlib.sha256(b"%dx%d:" % (width, height) + pixels).digest()
-    return LoadedMedia("image", digest, width, height, pixels)
+    return LoadedMedia("image", digest, part.param, width, height, pixels)

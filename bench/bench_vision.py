@@ -1,7 +1,7 @@
 """Images in: how long an image's prefill takes through our server against llama.cpp's own `llama-mtmd-cli` on the
 same files, and what a repeated image costs once its KV is cached.
 
-Files: the embedded gemma-3-270m GGUF and a random Gemma 3 projector built like the tests' (tests/tiny_vision.py)
+Files: the embedded gemma-3-270m GGUF and a random Gemma 3 projector built like the tests' (tests/tiny_projectors.py)
 but image-sized like the real one's output: 224x224 images, 14-pixel patches, 256 image tokens (the count
 gemma-3 models feed the language model; random weights encode as fast as real ones of the same size).
 
@@ -38,7 +38,7 @@ from backends.embedded_model import GEMMA_FILE
 from bench.bench_servers import Process, llama_server_binary
 from settings import PROJECT_ROOT
 from tests.server_process import free_port
-from tests.tiny_vision import build_gemma3_mmproj
+from tests.tiny_projectors import build_gemma3_mmproj
 
 GEMMA = PROJECT_ROOT / "models" / GEMMA_FILE
 SIZE = 224

@@ -100,9 +100,11 @@ class Projector:
         if prompt.count(MEDIA_MARKER) != len(media):
             raise InvalidRequest("The prompt's media markers do not match its media (is '<__media__>' in a text part?).",
                                  param="messages")
-        bitmaps = [self._bitmap(item) for item in media]
+        bitmaps: list[int] = []
         chunks = mtmd.mtmd_input_chunks_init()
         try:
+            for item in media:  # (one by one: those made before a refused file are freed below)
+                bitmaps.append(self._bitmap(item))
             text = prompt.encode()
             part = mtmd.mtmd_input_text(text=text, text_len=len(text), add_special=False, parse_special=True)
             array = (mtmd.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
@@ -120,12 +122,13 @@ class Projector:
     def _bitmap(self, item: LoadedMedia) -> int:
         if item.kind == "audio":
             buffer = (ctypes.c_ubyte * len(item.data)).from_buffer_copy(item.data)
-            bitmap = mtmd.mtmd_helper_bitmap_init_from_buf(self.ptr, buffer, len(item.data))
+            bitmap = mtmd.mtmd_helper_bitmap_init_from_buf(self.ptr, buffer, len(item.data), False)  # decoded now
         else:
             pixels = (ctypes.c_uint8 * len(item.pixels)).from_buffer_copy(item.pixels)
             bitmap = mtmd.mtmd_bitmap_init(item.width, item.height, pixels)
         if not bitmap:
-            raise InvalidRequest(f"llama.cpp could not read this {item.kind}.", param="messages")
+            raise InvalidRequest(f"llama.cpp could not read this {item.kind} (WAV, MP3 or FLAC for audio).",
+                                 param=item.param)
         mtmd.mtmd_bitmap_set_id(bitmap, item.digest.hex().encode())
         return bitmap
 

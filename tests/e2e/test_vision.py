@@ -1,5 +1,5 @@
 """Images in, through llama.cpp's mtmd and a projector, against the real server: the embedded gemma-3-270m with an
-mmproj the test builds (tests/tiny_vision.py: a tiny random Gemma 3 vision tower converted by llama.cpp's own
+mmproj the test builds (tests/tiny_projectors.py: a tiny random Gemma 3 vision tower converted by llama.cpp's own
 converter). Random weights: the tests assert mechanics, not descriptions. An image changes the logits (vs none,
 vs another image); the same image gives the same answer; a repeated image is served from the cached KV (memory,
 then disk after a restart) and a different one never is; bad images are a 400 (or 413) and the server goes on;
@@ -13,7 +13,10 @@ import base64
 import http.server
 import io
 import json
+import math
+import struct
 import threading
+import wave
 
 import anthropic
 import httpx
@@ -24,7 +27,7 @@ from PIL import Image
 from backends.embedded_model import GEMMA_FILE
 from settings import PROJECT_ROOT
 from tests.server_process import running_server
-from tests.tiny_vision import IMAGE_TOKENS, build_gemma3_mmproj
+from tests.tiny_projectors import IMAGE_TOKENS, build_gemma3_mmproj, build_qwen2_audio_mmproj
 
 GEMMA = PROJECT_ROOT / "models" / GEMMA_FILE
 QUESTION = "What is in this picture? Answer in one sentence."
@@ -48,8 +51,10 @@ RED, BLUE = png((220, 30, 30)), png((30, 30, 220))
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("vision-models")
     mmproj = build_gemma3_mmproj(folder / "projector" / "mmproj-tiny-gemma3.gguf")
+    audio = build_qwen2_audio_mmproj(folder / "projector" / "mmproj-tiny-audio.gguf")
     (folder / "models.yaml").write_text(yaml.safe_dump({"models": [
         {"id": "gemma-vision", "path": str(GEMMA), "mmproj": str(mmproj)},
+        {"id": "gemma-audio", "path": str(GEMMA), "mmproj": str(audio), "settings": {"n_ctx": 4096, "parallel": 1}},
         {"id": "gemma-text", "path": str(GEMMA)},
     ]}))
     return folder
@@ -274,3 +279,38 @@ def test_the_terminal_chat_sends_an_image(server, tmp_path):
     assert image == {"type": "image_url", "image_url": {"url": data_url(RED)}}
     assert text == {"type": "text", "text": "What is in this picture?"}
     assert saved["messages"][1]["role"] == "assistant"
+
+
+def wav(frequency: float, seconds: float = 1.0) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * frequency * i / 16000)))
+                                 for i in range(int(16000 * seconds))))
+    return buffer.getvalue()
+
+
+def _hear(server, sound: bytes, audio_format: str = "wav") -> httpx.Response:
+    content = [{"type": "input_audio", "input_audio": {"data": base64.b64encode(sound).decode(), "format": audio_format}},
+               {"type": "text", "text": "What do you hear?"}]
+    body = {"model": "gemma-audio", "messages": [{"role": "user", "content": content}], "temperature": 0,
+            "max_tokens": 2, "logprobs": True, "top_logprobs": 2}
+    return httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=300)
+
+
+def test_audio_in_through_an_audio_projector(server):
+    low = _hear(server, wav(440))  # loads the model
+    card = httpx.get(f"{server.base_url}/v1/models/gemma-audio").json()
+    assert card["capabilities"]["audio"] is True and card["capabilities"]["vision"] is False
+    assert low.status_code == 200, low.text
+    again, high = _hear(server, wav(440)).json(), _hear(server, wav(880)).json()  # (one slot: again first)
+    low = low.json()
+    assert low["usage"]["prompt_tokens"] > 700  # Whisper-style: a 30 s window, 750 positions
+    assert _tokens(low)[0]["logprob"] != _tokens(high)[0]["logprob"]  # another sound, other logits
+    assert _cached(again) >= 750  # the same sound in the same place: its KV reused
+    refused = _ask(server, RED, model="gemma-audio")
+    assert refused.status_code == 400 and "not image" in refused.json()["error"]["message"]
+    garbage = _hear(server, b"RIFF" + b"\0" * 64)
+    assert garbage.status_code == 400 and garbage.json()["error"]["param"] == "messages[0].content[0]"

