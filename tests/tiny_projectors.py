@@ -50,7 +50,8 @@ def converter() -> Path:
                    and m.name[len(prefix):].startswith(wanted) and (m.isfile() or m.isdir())]
         for member in members:
             member.name = member.name[len(prefix):]
-        sdist.extractall(staging, members=members, filter="data")
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python 3.11.4+: refuse odd paths
+        sdist.extractall(staging, members=members, **safe)
     staging.rename(root)
     return script
 
