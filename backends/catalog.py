@@ -249,18 +249,11 @@ def _read_models_file(models_file: Path, models_dir: Path) -> list[ModelEntry]:
         except (ValidationError, TypeError) as exc:
             logger.error("Ignoring entry %d of %s: %s", index, models_file, exc)
             continue
-        # Relative paths in the models file are relative to the models directory.
-        updates = {}
-        if entry.path is not None and not entry.path.is_absolute():
-            updates["path"] = models_dir / entry.path
-        if entry.tool_prompt is not None and not entry.tool_prompt.is_absolute():
-            updates["tool_prompt"] = models_dir / entry.tool_prompt
-        if entry.mmproj is not None and not entry.mmproj.is_absolute():
-            updates["mmproj"] = models_dir / entry.mmproj
-        if any(not adapter.path.is_absolute() for adapter in entry.lora):
-            updates["lora"] = tuple(adapter if adapter.path.is_absolute() else
-                                    adapter.model_copy(update={"path": models_dir / adapter.path})
-                                    for adapter in entry.lora)
+        # Relative paths in the models file are relative to the models directory (pathlib's `/` keeps an absolute
+        # right-hand side as it is).
+        updates: dict[str, Any] = {name: models_dir / value for name in ("path", "tool_prompt", "mmproj")
+                                   if (value := getattr(entry, name)) is not None}
+        updates["lora"] = tuple(adapter.model_copy(update={"path": models_dir / adapter.path}) for adapter in entry.lora)
         entries.append(entry.model_copy(update=updates))
     return entries
 

@@ -35,12 +35,13 @@ def content_text(content: Any, param: str, media: MediaSink | None = None) -> st
             texts.append(part.get("text") or "")
             continue
         where = part.get("source_param") or f"{param}[{index}]"  # another API's part names its own field
-        if media is None or part_type not in ("image_url", "input_audio"):
+        found = media_part(part, where) if media is not None else None  # (a text-only model reads no media field)
+        if found is None:
             raise InvalidRequest(
                 f"Content parts of type '{part_type}' are not supported by this model; only 'text' parts are.",
                 param=f"{where}.type",
             )
-        media(media_part(part, where))
+        media(found)
         texts.append(MEDIA_MARKER)
     return "".join(texts)
 

@@ -80,8 +80,3 @@ class PeftAdapters:
         if not isinstance(adapters, PeftAdapterSet) or adapters.name not in self._users:
             raise InvalidRequest(f"The adapters of '{adapters.model_id}' were not loaded into this model.")
         return adapters.name
-
-    @property
-    def active(self) -> bool:
-        """Whether the model is wrapped (every forward pass then names each row's adapter)."""
-        return bool(self._users)

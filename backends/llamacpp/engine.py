@@ -10,7 +10,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
 from backends.adapters import adapter_key
 from backends.base import (
@@ -27,7 +26,7 @@ from backends.catalog import ModelEntry
 from backends.media_inputs import MediaLimits, load_media
 from backends.engine_support import WorkerThreadEngine, check_logit_bias, check_token_ids, completion_budget
 from backends.llamacpp.draft_model import DraftModel
-from backends.llamacpp.lora import BASE, LlamaLoraSet, LoraLibrary
+from backends.llamacpp.lora import BASE, LlamaLoraSet, LoraLibrary, prompt_cache_of
 from backends.llamacpp.media import MediaSpan, Projector, find_projector
 from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, default_threads
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache, model_namespace, state_format_tag
@@ -179,7 +178,7 @@ class LlamaCppEngine(WorkerThreadEngine):
     async def _stored_prefix(self, prompt_tokens: list[int], max_length: int,
                              adapters: LlamaLoraSet | None) -> CachedPrefix | None:
         """A longer prefix than any slot holds, from the disk cache (read off the event loop)."""
-        cache = adapters.prompt_cache if adapters is not None else self.prompt_cache
+        cache = prompt_cache_of(adapters, self.prompt_cache)
         if cache is None:
             return None
         in_memory = self.scheduler.longest_cached_prefix(prompt_tokens, adapters)
@@ -188,6 +187,7 @@ class LlamaCppEngine(WorkerThreadEngine):
         return await asyncio.to_thread(cache.lookup, prompt_tokens, max_length, in_memory)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        adapters = self._own_adapters(request.adapters)
         media: list[MediaSpan] = []
         if request.media:
             prompt_tokens, media = await self._media_prompt(request)
@@ -201,9 +201,9 @@ class LlamaCppEngine(WorkerThreadEngine):
         if request.grammar is not None and not grammar_parses(self.model, request.grammar):
             raise InvalidRequest("The grammar does not parse as GBNF (llama.cpp's grammar format).", param="grammar")
         # The last prompt token is always evaluated (its logits pick the first completion token).
-        cached_prefix = await self._stored_prefix(prompt_tokens, len(prompt_tokens) - 1, request.adapters)
+        cached_prefix = await self._stored_prefix(prompt_tokens, len(prompt_tokens) - 1, adapters)
         if media:
-            await self._encode_uncached(media, prompt_tokens, cached_prefix, request.adapters)
+            await self._encode_uncached(media, prompt_tokens, cached_prefix, adapters)
         job = SequenceJob(
             tenant=request.tenant,
             prompt_tokens=prompt_tokens,
@@ -216,7 +216,7 @@ class LlamaCppEngine(WorkerThreadEngine):
             shown_special_tokens=self.model.special_tokens_among(request.preserved_tokens),
             reasoning=request.reasoning,
             speculative=request.speculative,
-            adapters=self._own_adapters(request.adapters),
+            adapters=adapters,
             media=media,
             cached_prefix=cached_prefix,
         )
@@ -233,7 +233,7 @@ class LlamaCppEngine(WorkerThreadEngine):
         return prompt.tokens, prompt.spans
 
     async def _encode_uncached(self, media: list[MediaSpan], prompt_tokens: list[int], stored: CachedPrefix | None,
-                               adapters: AdapterSet | None) -> None:
+                               adapters: LlamaLoraSet | None) -> None:
         """Run the media no cached prefix covers through the projector, on a worker thread (if a slot's prefix
         is gone by the time the sequence starts, the scheduler encodes what is missing itself)."""
         covered = max(self.scheduler.longest_cached_prefix(prompt_tokens, adapters),
@@ -245,6 +245,7 @@ class LlamaCppEngine(WorkerThreadEngine):
     async def warm_prompt(self, prompt: str, conversation: str, adapters: AdapterSet | None = None) -> WarmedPrompt:
         if self.prompt_cache is None:
             raise NotSupported("The prompt cache is turned off on this server (--no-prompt-cache).")
+        adapters = self._own_adapters(adapters)
         prompt_tokens = self.model.tokenize(prompt)
         completion_budget(GenerationRequest(prompt, SamplingParams(), 1), len(prompt_tokens), self._context_length, 1)
         # Cache what continuations share: the conversation without the generation prompt, which a follow-up
@@ -264,7 +265,7 @@ class LlamaCppEngine(WorkerThreadEngine):
             emit=lambda item: None,
             prefill_only=True,
             on_saved=lambda ok: loop.call_soon_threadsafe(_resolve, saved, ok),
-            adapters=self._own_adapters(adapters),
+            adapters=adapters,
             cached_prefix=await self._stored_prefix(to_cache, len(to_cache), adapters),
         )
         usage = None
@@ -276,7 +277,7 @@ class LlamaCppEngine(WorkerThreadEngine):
         return WarmedPrompt(prompt_tokens=len(prompt_tokens), cached_tokens=len(to_cache), reused_tokens=usage.cached_tokens)
 
     def cache_summary(self, adapters: AdapterSet | None = None) -> dict | None:
-        cache = self._own_adapters(adapters).prompt_cache if adapters is not None else self.prompt_cache
+        cache = prompt_cache_of(self._own_adapters(adapters), self.prompt_cache)
         return cache.summary() if cache else None
 
     # ---------------------------------------------------------------- LoRA adapters (lora.py)
@@ -331,8 +332,7 @@ def _open_draft_model(settings: Settings, target: LlamaModel, config: ContextCon
         return None
     if not settings.draft_model:
         raise ValueError("--spec draft needs a draft model (--draft-model, a small GGUF with the same vocabulary)")
-    path = Path(settings.draft_model)
-    path = path if path.is_absolute() else settings.models_dir / path
+    path = settings.models_dir / settings.draft_model  # (an absolute path stays as it is)
     if not path.is_file():
         raise ValueError(f"The draft model {path} does not exist")
     logger.info("Speculative decoding with the draft model %s", path.name)
@@ -342,8 +342,7 @@ def _open_draft_model(settings: Settings, target: LlamaModel, config: ContextCon
 def _open_projector(settings: Settings, entry: ModelEntry, model: LlamaModel, threads: int) -> Projector | None:
     """The model's multimodal projector: `--mmproj` / models.yaml `mmproj`, else one found beside the model file."""
     if settings.mmproj:
-        path = Path(settings.mmproj)
-        path = path if path.is_absolute() else settings.models_dir / path
+        path = settings.models_dir / settings.mmproj  # (an absolute path stays as it is)
         if not path.is_file():
             raise ValueError(f"The projector {path} does not exist")
     else:

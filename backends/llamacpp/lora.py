@@ -38,6 +38,16 @@ class LlamaLoraSet(AdapterSet):
     prompt_cache: PromptCache | None = field(default=None, repr=False)
 
 
+def key_of(adapters: LlamaLoraSet | None) -> str:
+    """The adapter key sequences computed with `adapters` carry (BASE: none)."""
+    return adapters.key if adapters is not None else BASE
+
+
+def prompt_cache_of(adapters: LlamaLoraSet | None, base_cache: PromptCache | None) -> PromptCache | None:
+    """Where states computed with `adapters` are kept on disk (the base's own cache for none)."""
+    return adapters.prompt_cache if adapters is not None else base_cache
+
+
 class LoraLibrary:
     """The adapter files loaded into one model, each once, freed when the last set using it is detached."""
 
@@ -128,8 +138,7 @@ class AdapterTurns:
             later = sorted(key for key in sets if key > self._current)
             key = later[0] if later else min(sets)
             self._current, self._turn_began = key, now
-        applied_key = self.applied.key if self.applied is not None else BASE
-        if key != applied_key:
+        if key != key_of(self.applied):
             self.apply(sets[key])
             self.applied = sets[key]
         return key

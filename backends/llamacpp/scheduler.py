@@ -18,7 +18,7 @@ import llama_cpp
 from backends.base import GenerationFinished, Usage
 from backends.job_queue import JobQueue
 from backends.llamacpp.draft_model import DraftModel
-from backends.llamacpp.lora import BASE, AdapterTurns, LlamaLoraSet, apply_adapters
+from backends.llamacpp.lora import AdapterTurns, LlamaLoraSet, apply_adapters, key_of, prompt_cache_of
 from backends.llamacpp.media import Projector
 from backends.llamacpp.model import LlamaContext, LlamaModel, add_to_batch
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache
@@ -74,7 +74,7 @@ class Scheduler(SpeculativeSteps):
     def longest_cached_prefix(self, tokens: list[int], adapters: LlamaLoraSet | None = None) -> int:
         """Tokens of `tokens` some slot already holds, computed with `adapters` (read from the event loop: a hint,
         not a promise)."""
-        key = adapters.key if adapters is not None else BASE
+        key = key_of(adapters)
         return max((common_prefix_length(list(slot.cached_tokens), tokens) for slot in self.slots
                     if slot.adapter_key == key), default=0)
 
@@ -342,7 +342,7 @@ class Scheduler(SpeculativeSteps):
 
     def _cache_for(self, job: SequenceJob) -> PromptCache | None:
         """The disk cache of the job's adapter set (states computed with other adapters are kept apart)."""
-        return job.adapters.prompt_cache if job.adapters is not None else self.prompt_cache
+        return prompt_cache_of(job.adapters, self.prompt_cache)
 
     def _release(self, slot: Slot) -> None:
         self._drop_unverified(slot)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from backends.base import GrammarSpec, ReasoningControl, SamplingParams, TokenLogprob
 from backends.engine_support import Emit
-from backends.llamacpp.lora import BASE, LlamaLoraSet
+from backends.llamacpp.lora import BASE, LlamaLoraSet, key_of
 from backends.llamacpp.media import MediaSpan
 from backends.llamacpp.prompt_cache import CachedPrefix
 from backends.llamacpp.sampling import SamplerChain
@@ -41,7 +41,7 @@ class SequenceJob:
 
     @property
     def adapter_key(self) -> str:
-        return self.adapters.key if self.adapters is not None else BASE
+        return key_of(self.adapters)
 
 
 @dataclass(eq=False)
