@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     n_batch: int = Field(512, ge=1, description="Most tokens handed to one llama_decode call (prompt chunk size).")
     n_ubatch: int = Field(512, ge=1, description="Physical micro-batch size inside llama_decode.")
     n_gpu_layers: int = Field(0, description="Layers offloaded to a GPU when llama.cpp was built with one; -1 = all.")
+    repack: Literal["auto", "on", "off"] = Field(
+        "auto", description="Repacked weight layouts for llama.cpp's faster CPU kernels (its extra buffer types): "
+        "`auto` uses every one this machine runs safely (not AMX, whose kernels crash this llama.cpp on Xeons "
+        "with AMX), `on` all of them, AMX included, `off` none (llama-server's --no-repack). Per model in "
+        "models.yaml."
+    )
     flash_attn: bool = Field(
         True, description="Flash attention where the llama.cpp build supports it (llama.cpp's 'auto'); faster on CPU."
     )

@@ -53,6 +53,7 @@ def _model_card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
         extra["keep_alive_seconds"] = model.keep_alive  # None: stays until evicted or unloaded
         expires = model.expires_in()  # None while in use or kept forever
         extra["expires_at"] = None if expires is None else _rfc3339(time.time() + expires)
+        extra["weights"] = engine.weight_placement()
         extra["chat_template"] = engine.chat_template.origin
         extra["capabilities"] = {
             **vars(engine.capabilities),

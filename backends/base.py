@@ -238,6 +238,10 @@ class Engine(ABC):
         None when the model has no fill-in-the-middle tokens."""
         return None
 
+    def weight_placement(self) -> dict | None:
+        """Where the weights went (llama.cpp: the `--repack` choice and bytes per buffer type), for the model card."""
+        return None
+
     def active_sequences(self) -> int:
         """Sequences generating right now (for status pages)."""
         return 0

@@ -61,6 +61,7 @@ class EngineOverrides(BaseModel):
     n_threads: int | None = Field(None, ge=0)
     n_threads_batch: int | None = Field(None, ge=0)
     n_gpu_layers: int | None = None
+    repack: Literal["auto", "on", "off"] | None = None
     flash_attn: bool | None = None
     kv_unified: bool | None = None
     swa_full: bool | None = None

@@ -23,7 +23,7 @@ FEED_PER_STEP = 256  # prompt tokens the draft model reads per scheduler step, a
 
 class DraftModel:
     def __init__(self, path: Path, target: LlamaModel, config: ContextConfig) -> None:
-        self.model = LlamaModel(path)
+        self.model = LlamaModel(path, repack=target.placement.repack)  # the target's choice is the model's
         try:
             _check_same_vocabulary(self.model, target)
             self.context = LlamaContext(self.model, config)

@@ -60,7 +60,7 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
         if entry.path is None or not entry.path.is_file():
             raise ModelNotFound(entry.id)
         self.model_id = entry.id
-        self.model = LlamaModel(entry.path, n_gpu_layers=settings.n_gpu_layers)
+        self.model = LlamaModel(entry.path, n_gpu_layers=settings.n_gpu_layers, repack=settings.repack)
         threads = settings.n_threads or default_threads()
         n_ctx = min(settings.n_ctx, self.model.n_ctx_train)
         # A bidirectional encoder must see a whole input in one micro-batch; a causal model need not, and a big
@@ -92,6 +92,9 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
                                    llama_cpp.llama_n_ubatch(self.context.ptr) if bidirectional else self.context.n_ctx)
         self._batch = llama_cpp.llama_batch_init(self._context_length, 0, SEQUENCES_PER_DECODE)
         self._lock = threading.Lock()
+
+    def weight_placement(self) -> dict:
+        return self.model.placement.describe()
 
     @property
     def context_length(self) -> int:

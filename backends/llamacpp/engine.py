@@ -51,7 +51,7 @@ class LlamaCppEngine(WorkerThreadEngine):
         """`settings` are the server's with the catalog entry's overrides applied (factory.engine_settings)."""
         self.entry = entry
         self.path = path = entry.path
-        self.model = LlamaModel(path, n_gpu_layers=settings.n_gpu_layers)
+        self.model = LlamaModel(path, n_gpu_layers=settings.n_gpu_layers, repack=settings.repack)
         threads = settings.n_threads or default_threads()
         # Never allocate more context than the model was trained for: positions beyond it are garbage.
         n_ctx = min(settings.n_ctx, self.model.n_ctx_train * settings.parallel)
@@ -146,6 +146,9 @@ class LlamaCppEngine(WorkerThreadEngine):
         )
 
     # ---------------------------------------------------------------- Engine interface
+
+    def weight_placement(self) -> dict:
+        return self.model.placement.describe()
 
     @property
     def context_length(self) -> int:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from collections.abc import Iterator
+import contextlib
+from contextlib import contextmanager
 
 import llama_cpp
 
@@ -28,6 +31,7 @@ class _LineJoiner:
         self._lock = threading.Lock()  # the scheduler thread and a loading thread may both log
         self._pending = ""
         self._level = logging.DEBUG
+        self._listeners: dict[int, list[str]] = {}  # thread id -> the lines it logged while listening
 
     def feed(self, ggml_level: int, text: str) -> None:
         with self._lock:
@@ -44,6 +48,20 @@ class _LineJoiner:
     def _emit(self, line: str) -> None:
         if line.strip():
             logger.log(self._level, "%s", line.rstrip())
+            lines = self._listeners.get(threading.get_ident())
+            if lines is not None:
+                lines.append(line.rstrip())
+
+    @contextmanager
+    def listen(self) -> Iterator[list[str]]:
+        lines: list[str] = []
+        with self._lock:
+            self._listeners[threading.get_ident()] = lines
+        try:
+            yield lines
+        finally:
+            with self._lock:
+                self._listeners.pop(threading.get_ident(), None)
 
 
 _joiner = _LineJoiner()
@@ -57,6 +75,11 @@ def _forward_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> 
 def route_llama_logs_to_python() -> None:
     """Install the callback; call after importing llama_cpp's high-level modules, which install their own."""
     llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
+
+
+def lines_logged_by_this_thread() -> contextlib.AbstractContextManager[list[str]]:
+    """The llama.cpp log lines the calling thread causes inside the block (a model load's own report), in order."""
+    return _joiner.listen()
 
 
 def route_mtmd_logs_to_python() -> None:

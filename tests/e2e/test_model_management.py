@@ -43,14 +43,14 @@ def catalog_server(tmp_path_factory):
     models = tmp_path_factory.mktemp("catalog-models")
     write_catalog(models, [
         {"id": "gemma-a", "path": GEMMA, "aliases": ["a"], "settings": {"n_ctx": 1024, "parallel": 1}},
-        {"id": "gemma-b", "path": GEMMA, "settings": {"n_ctx": 2048, "parallel": 2}},
+        {"id": "gemma-b", "path": GEMMA, "settings": {"n_ctx": 2048, "parallel": 2, "repack": "auto"}},
         {"id": "gemma-c", "path": GEMMA, "settings": {"n_ctx": 1024, "parallel": 1}},
         {"id": "remote-orphan", "upstream": {"name": "nowhere", "model": "x"}},
         {"id": "hf-missing", "engine": "transformers", "repo": "org/not-here"},
     ])
     (models / "broken.gguf").write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)  # header of garbage
     flags = ("--models-dir", str(models), "--model-name", "gemma-a", "--no-install-embedded-models",
-             "--max-loaded-models", "2")
+             "--max-loaded-models", "2", "--repack", "off")  # gemma-b's own setting says auto
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("catalog-server")) as server:
         yield server
 
@@ -62,6 +62,20 @@ def test_catalog_lists_entries_with_status_engine_and_aliases(catalog_server):
     assert listed["remote-orphan"]["engine"] == "remote" and listed["remote-orphan"]["status"] == "available"
     assert listed["hf-missing"]["engine"] == "transformers"
     assert listed["broken.gguf"]["engine"] == "llama.cpp"
+
+
+def test_weight_placement_follows_the_flag_and_the_per_model_setting_and_is_shown(catalog_server):
+    client_for(catalog_server).chat.completions.create(model="gemma-b", messages=ASK, max_tokens=2)
+    listed = cards(catalog_server)
+    off, auto = listed["gemma-a"]["weights"], listed["gemma-b"]["weights"]
+    assert off["repack"] == "off" and off["extra_buffer_types"] == [] and "CPU_REPACK" not in off["buffers"]
+    # auto keeps llama.cpp's CPU repacking (gemma's Q4_K layers on AVX2 / AVX-512 hosts), never AMX
+    assert auto["repack"] == "auto" and "CPU_REPACK" in auto["extra_buffer_types"] and auto["buffers"]["CPU_REPACK"] > 0
+    assert "AMX" not in auto["extra_buffer_types"] and "AMX" not in auto["buffers"]
+    log = catalog_server.log_path.read_text(errors="replace")
+    assert "gemma-3-270m-q4_k_m.gguf: repack=off (extra buffer types offered: none); weights in CPU_Mapped" in log
+    assert "repack=auto (extra buffer types offered: CPU_REPACK" in log
+    assert "llama.cpp CPU backend: " in log and "extra buffer types: " in log
 
 
 def test_requests_interleave_across_resident_models_with_their_own_settings(catalog_server):

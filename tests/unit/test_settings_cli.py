@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from settings import Settings
-from settings_cli import settings_from_cli
+from settings_cli import FLAG_GROUPS, build_parser, settings_from_cli
 
 
 def test_every_setting_has_both_flag_spellings():
@@ -22,3 +22,25 @@ def test_environment_applies_when_no_flag_is_given(monkeypatch):
     assert settings_from_cli([]).port == 9123
     assert settings_from_cli(["--port", "9000"]).port == 9000
     assert settings_from_cli([]).n_ctx == Settings().n_ctx == 1024
+
+
+def test_every_setting_is_in_exactly_one_help_group():
+    grouped = [name for names in FLAG_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(Settings.model_fields)
+
+
+def test_help_is_grouped_and_shows_one_spelling_of_each_flag():
+    help_text = build_parser().format_help()
+    assert help_text.index("\nmodel:") < help_text.index("\nserving:") < help_text.index("\nlogging:")
+    assert "--model-name" in help_text and "--model_name" not in help_text and "--no-flash_attn" not in help_text
+    assert len(help_text.split("\n\n")[0].splitlines()) == 1  # the usage: one line, not every flag twice
+
+
+def test_choices_are_checked_by_the_parser(capsys):
+    import pytest
+
+    assert settings_from_cli(["--repack", "off"]).repack == "off"
+    assert settings_from_cli(["--no-flash_attn"]).flash_attn is False
+    with pytest.raises(SystemExit):
+        settings_from_cli(["--repack", "sometimes"])
+    assert "invalid choice: 'sometimes'" in capsys.readouterr().err
