@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backends.base import GenerationFinished, TokenDelta
+from backends.base import GenerationFinished, TokenDelta, Usage, unfinished_usage
 
 logger = logging.getLogger("llm_server.requests")
 
@@ -44,6 +44,11 @@ class RequestRecord:
     first_token_at: float | None = None
     status: int = 0
     upstream_error: tuple[str, str] | None = None  # (upstream, code) when a remote upstream failed
+
+    def count_unfinished(self, usage: Usage) -> None:
+        """A generation the client left early: its prompt and the tokens it was sent still happened."""
+        self.prompt_tokens = max(self.prompt_tokens, usage.prompt_tokens)
+        self.completion_tokens += usage.completion_tokens
 
 
 current_request: ContextVar[RequestRecord | None] = ContextVar("current_request", default=None)
@@ -188,6 +193,7 @@ class RequestLogMiddleware:
         request_id = given if _REQUEST_ID.match(given) else f"req_{uuid.uuid4().hex[:16]}"
         record = RequestRecord(request_id, scope["method"], scope["path"])
         token = current_request.set(record)
+        unfinished_token = unfinished_usage.set(record.count_unfinished)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -202,6 +208,7 @@ class RequestLogMiddleware:
             raise
         finally:
             current_request.reset(token)
+            unfinished_usage.reset(unfinished_token)
             route = scope.get("route").path if scope.get("route") is not None else "unmatched"
             if route != "/metrics":
                 self.metrics.record(record, route)

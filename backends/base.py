@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -96,6 +97,7 @@ class TokenDelta:
 
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    completion_tokens: int = 0  # local engines: tokens generated so far, this delta's included
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,10 @@ class GenerationFinished:
 
 
 GenerationChunk = TokenDelta | GenerationFinished
+
+# Where a generation that ends before its GenerationFinished (the client left) reports what it used: the prompt it
+# took and the tokens it sent, so the request log and the metrics count them. The HTTP layer sets one per request.
+unfinished_usage: ContextVar[Callable[[Usage], None] | None] = ContextVar("unfinished_usage", default=None)
 
 
 @dataclass(frozen=True)

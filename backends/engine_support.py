@@ -8,7 +8,7 @@ import asyncio
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable
 
-from backends.base import Engine, GenerationChunk, GenerationFinished, GenerationRequest
+from backends.base import Engine, GenerationChunk, GenerationFinished, GenerationRequest, TokenDelta, Usage, unfinished_usage
 from errors import ContextLengthExceeded, InvalidRequest
 
 Emit = Callable[[GenerationChunk | Exception], None]
@@ -52,11 +52,12 @@ def check_logit_bias(request: GenerationRequest, n_vocab: int) -> None:
 
 
 async def relay_from_thread(
-    job, submit: Callable[[object], None], cancel: Callable[[object], None]
+    job, prompt_tokens: int, submit: Callable[[object], None], cancel: Callable[[object], None]
 ) -> AsyncIterator[GenerationChunk]:
     """Give `job` an `emit` for its worker thread, `submit` it, and yield its chunks until `GenerationFinished`.
 
-    Leaving early (client gone, error) cancels the job, so the worker stops at its next token."""
+    Leaving early (client gone, error) cancels the job, so the worker stops at its next token, and reports the
+    usage so far (`unfinished_usage`)."""
     loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[GenerationChunk | Exception] = asyncio.Queue()
 
@@ -68,16 +69,22 @@ async def relay_from_thread(
 
     job.emit = emit
     submit(job)
+    sent, finished = 0, False
     try:
         while True:
             item = await chunks.get()
             if isinstance(item, Exception):
                 raise item
+            if isinstance(item, TokenDelta):
+                sent = item.completion_tokens
+            finished = isinstance(item, GenerationFinished)
             yield item
-            if isinstance(item, GenerationFinished):
+            if finished:
                 return
     finally:
         cancel(job)
+        if not finished and (report := unfinished_usage.get()) is not None:
+            report(Usage(prompt_tokens=prompt_tokens, completion_tokens=sent))
 
 
 class WorkerThreadEngine(Engine):
@@ -86,9 +93,10 @@ class WorkerThreadEngine(Engine):
 
     scheduler = None
 
-    def run_job(self, job) -> AsyncIterator[GenerationChunk]:
-        """Hand `job` to the worker thread; its chunks as they come (leaving early cancels it)."""
-        return relay_from_thread(job, self.scheduler.submit, self.scheduler.cancel)
+    def run_job(self, job, prompt_tokens: int) -> AsyncIterator[GenerationChunk]:
+        """Hand `job` (of a prompt of `prompt_tokens` tokens) to the worker thread; its chunks as they come
+        (leaving early cancels it)."""
+        return relay_from_thread(job, prompt_tokens, self.scheduler.submit, self.scheduler.cancel)
 
     def active_sequences(self) -> int:
         return self.scheduler.active_sequences

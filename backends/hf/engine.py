@@ -132,7 +132,7 @@ class TransformersEngine(WorkerThreadEngine):
             reasoning=request.reasoning,
             adapter=self.adapters.name_of(request.adapters),
         )
-        async for chunk in self.run_job(job):
+        async for chunk in self.run_job(job, len(prompt_ids)):
             yield chunk
 
     def attach_adapters(self, model_id: str, adapters: tuple) -> AdapterSet:

@@ -188,7 +188,7 @@ class BatchScheduler:
             self._finish(row, "stop", text)
             return token
         if text:
-            job.emit(TokenDelta(text=text, logprobs=tuple(row.pending_logprobs)))
+            job.emit(TokenDelta(text, tuple(row.pending_logprobs), row.completion_tokens))
             row.pending_logprobs = []
         if row.completion_tokens >= job.max_tokens or row.position >= self.seq_ctx:
             self._finish(row, "length")
@@ -205,7 +205,7 @@ class BatchScheduler:
             text += row.stop_filter.push(row.decoder.flush())
             text += row.stop_filter.flush()
         if text or row.pending_logprobs:
-            row.job.emit(TokenDelta(text=text, logprobs=tuple(row.pending_logprobs)))
+            row.job.emit(TokenDelta(text, tuple(row.pending_logprobs), row.completion_tokens))
         usage = Usage(prompt_tokens=len(row.job.prompt_ids), completion_tokens=row.completion_tokens,
                       reasoning_tokens=row.reasoning.tokens)
         row.job.emit(GenerationFinished(finish_reason=reason, usage=usage, stop_sequence=row.stop_filter.matched))

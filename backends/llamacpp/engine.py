@@ -223,7 +223,7 @@ class LlamaCppEngine(WorkerThreadEngine):
             media=media,
             cached_prefix=cached_prefix,
         )
-        async for chunk in self.run_job(job):
+        async for chunk in self.run_job(job, len(prompt_tokens)):
             yield chunk
 
     async def _media_prompt(self, request: GenerationRequest) -> tuple[list[int], list[MediaSpan]]:
@@ -272,7 +272,7 @@ class LlamaCppEngine(WorkerThreadEngine):
             cached_prefix=await self._stored_prefix(to_cache, len(to_cache), adapters),
         )
         usage = None
-        async for chunk in self.run_job(job):
+        async for chunk in self.run_job(job, len(to_cache)):
             if isinstance(chunk, GenerationFinished):
                 usage = chunk.usage
         if not await saved:

@@ -58,7 +58,7 @@ class SpeculativeSteps:
 
     def _emit_pending(self, slot: Slot) -> None:
         if slot.pending_text or slot.pending_logprobs:
-            slot.job.emit(TokenDelta(text=slot.pending_text, logprobs=tuple(slot.pending_logprobs)))
+            slot.job.emit(TokenDelta(slot.pending_text, tuple(slot.pending_logprobs), slot.completion_tokens))
             slot.pending_text, slot.pending_logprobs = "", []
 
     def _drop_unverified(self, slot: Slot) -> None:

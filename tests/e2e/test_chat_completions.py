@@ -5,6 +5,7 @@ default instruct model, SmolLM2-135M-Instruct."""
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import time
 
 import httpx
@@ -189,7 +190,8 @@ def _status(http) -> dict:
 
 def test_disconnect_mid_stream_frees_the_engine(server, client, http):
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 900, "stream": True, "logit_bias": GEMMA_END_TOKENS}
-    with httpx.Client(base_url=server.base_url, timeout=60) as session:
+    request_id = f"req-left-early-{time.monotonic_ns()}"
+    with httpx.Client(base_url=server.base_url, timeout=60, headers={"X-Request-ID": request_id}) as session:
         with session.stream("POST", "/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
             lines = response.iter_lines()
@@ -200,6 +202,12 @@ def test_disconnect_mid_stream_frees_the_engine(server, client, http):
     while _status(http)["active_sequences"] != 0:
         assert time.monotonic() < deadline, "generation kept running after the client left"
         time.sleep(0.05)
+    # The request log counts what happened: the prompt was evaluated and tokens were sent before the client left.
+    pattern = re.compile(rf"request_id={request_id} .*prompt_tokens=(\d+) completion_tokens=(\d+)")
+    while not (logged := pattern.search(server.log_path.read_text(errors="replace"))):
+        assert time.monotonic() < deadline + 5, "the request was never logged"
+        time.sleep(0.05)
+    assert logged and int(logged[1]) > 0 and int(logged[2]) >= 3, logged
     after = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3)
     assert after.choices[0].finish_reason in ("stop", "length")
 
