@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import llama_cpp
 import numpy as np
 
 from backends.llamacpp.log_routing import lines_logged_by_this_thread, route_llama_logs_to_python
-from backends.llamacpp.weight_placement import RepackMode, WeightPlacement, placed
+from backends.llamacpp.weight_placement import RepackMode, WeightPlacement, placed, weight_buffers
 from backends.load_progress import current_load, report
 
 logger = logging.getLogger(__name__)
@@ -40,17 +39,6 @@ def _lower_this_threads_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (AttributeError, OSError):  # not Linux, or not allowed: it only runs a little slower for others
         pass
-
-
-# llama.cpp's load report: one line per weight buffer ("load_tensors:   CPU_REPACK model buffer size =  60.19 MiB").
-_WEIGHT_BUFFER_LINE = re.compile(r"(\S+) model buffer size = +([0-9.]+) MiB")
-
-
-def _weight_buffers(load_report: list[str]) -> dict[str, int]:
-    buffers: dict[str, int] = {}
-    for match in filter(None, map(_WEIGHT_BUFFER_LINE.search, load_report)):
-        buffers[match[1]] = buffers.get(match[1], 0) + round(float(match[2]) * 2**20)
-    return buffers
 
 
 def _only_closes(piece: bytes) -> bool:
@@ -113,7 +101,7 @@ class LlamaModel:
         report(WEIGHTS_SHARE, "context")
         if not self.ptr:
             raise ValueError(f"llama.cpp could not load '{path.name}' (not a valid GGUF model?)")
-        self.placement: WeightPlacement = placement.with_buffers(_weight_buffers(load_report))
+        self.placement: WeightPlacement = placement.with_buffers(weight_buffers(load_report))
         logger.info("%s: %s", path.name, self.placement.summary())
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)

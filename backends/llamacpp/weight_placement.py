@@ -3,9 +3,9 @@
 llama.cpp's CPU backend registers "extra buffer types", and a model load offers each weight to them in order
 before plain memory: `AMX` (Intel's Advanced Matrix Extensions: compiled in when the compiler targets an AMX Xeon,
 registered when the kernel grants tile data) and `CPU_REPACK` (weights interleaved for the AVX2 / AVX-512 / NEON
-kernels; about twice the decode speed of plain memory on 2 cores). The AMX kernels of the llama.cpp we pin kill
-the process on the first decode (a general protection fault at `ldtilecfg`: the tile configuration is optimised
-away, llama.cpp PR #26954; Ollama #17249), on the Sapphire / Emerald / Granite Rapids VMs clouds rent.
+kernels; 1.2-1.3x the decode speed of plain memory, measured on a Xeon with AMX). The AMX kernels of the llama.cpp
+we pin kill the process on the first prompt it decodes (a general protection fault at `ldtilecfg`, or an invalid
+opcode: llama.cpp PR #26954; Ollama #17249), on the Sapphire / Emerald / Granite Rapids VMs clouds rent.
 
 `--repack` chooses, per model:
 - `auto` (default): every extra buffer type this machine runs safely: all llama.cpp registered, AMX excepted;
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,10 +39,13 @@ RepackMode = Literal["auto", "on", "off"]
 
 # Extra buffer types whose kernels crash this llama.cpp, and why (shown in the log and on the model card).
 UNSAFE_BUFFER_TYPES = {
-    "AMX": "llama.cpp's AMX kernels crash on the first decode (general protection fault at ldtilecfg; "
-           "llama.cpp PR #26954): use --repack on only with a build where that is fixed",
+    "AMX": "llama.cpp's AMX kernels kill the process on the first prompt decoded (general protection fault at "
+           "ldtilecfg, or invalid opcode; llama.cpp PR #26954): --repack on only with a build where that is fixed",
 }
 _CPU_DEVICE = 0  # enum ggml_backend_dev_type: GGML_BACKEND_DEVICE_TYPE_CPU
+# llama.cpp's load report, one line per weight buffer ("load_tensors:   CPU_REPACK model buffer size =  60.19 MiB"):
+# its C API has no call that says where a model's weights went (the memory breakdown is C++ only).
+_WEIGHT_BUFFER_LINE = re.compile(r"(\S+) model buffer size = +([0-9.]+) MiB")
 _GET_EXTRA_BUFTS = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)
 
 
@@ -126,6 +130,14 @@ def _buffer_type_name(pointer: int) -> str:
     lib.ggml_backend_buft_name.restype = ctypes.c_char_p
     lib.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
     return lib.ggml_backend_buft_name(pointer).decode()
+
+
+def weight_buffers(load_report: list[str]) -> dict[str, int]:
+    """Bytes of weights per buffer type, from the lines a model load logged."""
+    buffers: dict[str, int] = {}
+    for match in filter(None, map(_WEIGHT_BUFFER_LINE.search, load_report)):
+        buffers[match[1]] = buffers.get(match[1], 0) + round(float(match[2]) * 2**20)
+    return buffers
 
 
 def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:

@@ -9,8 +9,8 @@ import pytest
 from backends.embedded_model import ensure_embedded_model
 from backends.llamacpp import weight_placement
 from backends.llamacpp.log_routing import lines_logged_by_this_thread, route_llama_logs_to_python
-from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, _weight_buffers, add_to_batch
-from backends.llamacpp.weight_placement import cpu_has_amx, extra_buffer_types, plan, placed
+from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, add_to_batch
+from backends.llamacpp.weight_placement import cpu_has_amx, extra_buffer_types, placed, plan, weight_buffers
 from settings import PROJECT_ROOT
 
 GEMMA = "gemma-3-270m-q4_k_m.gguf"
@@ -57,7 +57,7 @@ def test_weight_buffers_are_read_from_the_load_report():
     report = ["load_tensors: loading model tensors, this can take a while... (mmap = true)",
               "load_tensors:   CPU_REPACK model buffer size =    12.66 MiB",
               "load_tensors:   CPU_Mapped model buffer size =   235.16 MiB"]
-    assert _weight_buffers(report) == {"CPU_REPACK": round(12.66 * 2**20), "CPU_Mapped": round(235.16 * 2**20)}
+    assert weight_buffers(report) == {"CPU_REPACK": round(12.66 * 2**20), "CPU_Mapped": round(235.16 * 2**20)}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def _raw_load_buffers(path, params) -> dict[str, int]:
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
     assert model
     llama_cpp.llama_model_free(model)
-    return _weight_buffers(report)
+    return weight_buffers(report)
 
 
 def test_the_list_llama_cpp_reads_is_what_a_load_is_offered(gemma_path):
