@@ -77,17 +77,18 @@ def _raw_load_buffers(path, params) -> dict[str, int]:
 
 
 def test_the_list_llama_cpp_reads_is_what_a_load_is_offered(gemma_path):
-    """The mechanism behind `auto` on an AMX host, shown on any host: with CPU_REPACK edited out of the list (as
-    AMX is there), a load that asks for extra buffer types gets none; the list is whole again afterwards."""
+    """The mechanism behind `auto` on an AMX host, shown on any host: with the list edited down (here to nothing), a
+    load that asks for extra buffer types gets only what is left; the list is whole again afterwards. (Loading
+    into AMX is harmless; its kernels crash when they decode, which no test here does.)"""
     extra = extra_buffer_types()
     assert extra.reachable and "CPU_REPACK" in extra.names  # every x86 host here has AVX2 kernels to repack for
     params = llama_cpp.llama_model_default_params()
     params.use_extra_bufts = True
-    with extra.offering(tuple(name for name in extra.names if name != "CPU_REPACK")):
+    with extra.offering(()):
         edited = _raw_load_buffers(gemma_path, params)
     whole = _raw_load_buffers(gemma_path, params)
-    assert "CPU_REPACK" not in edited and edited["CPU_Mapped"] > 0
-    assert whole["CPU_REPACK"] > 0
+    assert edited.keys() == {"CPU_Mapped"}
+    assert sum(size for name, size in whole.items() if name in extra.names) > 0  # gemma's Q4_K layers, repacked
 
 
 def test_an_edited_list_keeps_weights_out_of_the_skipped_type(gemma_path, monkeypatch):
@@ -97,7 +98,7 @@ def test_an_edited_list_keeps_weights_out_of_the_skipped_type(gemma_path, monkey
     model = LlamaModel(gemma_path, repack="auto")
     try:
         assert "CPU_REPACK" not in model.placement.offered and "CPU_REPACK" not in model.placement.buffers
-        assert model.placement.skipped == {"CPU_REPACK": "stands in for AMX in this test"}
+        assert model.placement.skipped["CPU_REPACK"] == "stands in for AMX in this test"
         context = LlamaContext(model, ContextConfig(256, 1, 64, 64, 2, 2, flash_attn=True))
         batch = llama_cpp.llama_batch_init(64, 0, 1)
         for position, token in enumerate(model.tokenize("The lighthouse")):
