@@ -73,6 +73,25 @@ async def consume_unless_disconnected(chunks: AsyncIterator, consume, receive) -
     return True
 
 
+async def first_unless_disconnected(chunks: AsyncIterator, receive):
+    """The first chunk of a stream, or None when the client hangs up before it arrives: a request still waiting
+    for a free slot then leaves the queue at once and its prompt is never evaluated. An engine error is raised."""
+    async def next_chunk():
+        return await anext(chunks)
+
+    first = asyncio.create_task(next_chunk())
+    disconnected = asyncio.create_task(wait_for_disconnect(receive))
+    try:
+        await asyncio.wait({first, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnected.cancel()
+        if not first.done():
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+            await chunks.aclose()
+    return None if first.cancelled() else first.result()
+
+
 async def wait_for_disconnect(receive) -> None:
     """Return when the ASGI client disconnects (the request body has already been read)."""
     while True:

@@ -21,7 +21,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
-from api.choice_streams import consume_unless_disconnected, merge_choices, wait_for_disconnect, with_deadline
+from api.choice_streams import (
+    consume_unless_disconnected,
+    first_unless_disconnected,
+    merge_choices,
+    wait_for_disconnect,
+    with_deadline,
+)
 from api.error_responses import error_body
 from api.keys import Tenant
 from api.observability import note_model, note_upstream_error, observe
@@ -165,7 +171,12 @@ async def _run_locally(run: LocalRun | LocalWhole, request: Request, resources: 
         return JSONResponse(run.body)
     run.chunks = _charged(run.chunks, ticket)
     if run.stream:
-        first = await anext(run.chunks)  # a request that cannot start is a real HTTP error, not a broken stream
+        # A request that cannot start is a real HTTP error, not a broken stream; one whose client leaves while it
+        # waits for a slot is dropped from the queue.
+        first = await first_unless_disconnected(run.chunks, request.receive)
+        if first is None:
+            logger.info("Client disconnected while its request waited; it was cancelled")
+            return Response(status_code=499)
         return event_stream(_local_events(run, first, resources, ticket))
     if not await consume_unless_disconnected(run.chunks, lambda item: run.writer.add(*item), request.receive):
         logger.info("Client disconnected; its generation was cancelled")

@@ -52,12 +52,12 @@ def check_logit_bias(request: GenerationRequest, n_vocab: int) -> None:
 
 
 async def relay_from_thread(
-    job, prompt_tokens: int, submit: Callable[[object], None], cancel: Callable[[object], None]
+    job, prompt_tokens: int, submit: Callable[[object], None], cancel: Callable[[object], bool]
 ) -> AsyncIterator[GenerationChunk]:
     """Give `job` an `emit` for its worker thread, `submit` it, and yield its chunks until `GenerationFinished`.
 
-    Leaving early (client gone, error) cancels the job, so the worker stops at its next token, and reports the
-    usage so far (`unfinished_usage`)."""
+    Leaving early (client gone, error) cancels the job, so the worker stops at its next token (or never takes it
+    from the queue), and reports the usage so far (`unfinished_usage`)."""
     loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[GenerationChunk | Exception] = asyncio.Queue()
 
@@ -82,9 +82,9 @@ async def relay_from_thread(
             if finished:
                 return
     finally:
-        cancel(job)
+        never_started = cancel(job)
         if not finished and (report := unfinished_usage.get()) is not None:
-            report(Usage(prompt_tokens=prompt_tokens, completion_tokens=sent))
+            report(Usage(prompt_tokens=0 if never_started else prompt_tokens, completion_tokens=sent))
 
 
 class WorkerThreadEngine(Engine):

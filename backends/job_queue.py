@@ -51,16 +51,19 @@ class JobQueue(Generic[Job]):
             self._size += 1
             self._wakeup.notify()
 
-    def cancel(self, job: Job) -> None:
-        """Drop `job` if it still waits, and wake the worker (which stops a running job that is cancelled)."""
+    def cancel(self, job: Job) -> bool:
+        """Drop `job` if it still waits, and wake the worker (which stops a running job that is cancelled).
+        True: it was still waiting, so the engine never saw it."""
         with self._wakeup:
             line = self._lines.get(_tenant(job))
-            if line is not None and job in line:
+            waiting = line is not None and job in line
+            if waiting:
                 line.remove(job)
                 self._size -= 1
                 if not line:
                     del self._lines[_tenant(job)]
             self._wakeup.notify()
+            return waiting
 
     def close(self) -> None:
         with self._wakeup:

@@ -80,9 +80,10 @@ class BatchScheduler:
     def submit(self, job: HFJob) -> None:
         self._queue.submit(job)
 
-    def cancel(self, job: HFJob) -> None:
+    def cancel(self, job: HFJob) -> bool:
+        """Stop `job`; True if it was still queued (nothing of it was evaluated)."""
         job.cancelled = True
-        self._queue.cancel(job)
+        return self._queue.cancel(job)
 
     @property
     def active_sequences(self) -> int:

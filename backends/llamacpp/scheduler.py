@@ -67,9 +67,10 @@ class Scheduler(SpeculativeSteps):
     def submit(self, job: SequenceJob) -> None:
         self._queue.submit(job, starts_at_once=self._has_free_slot())
 
-    def cancel(self, job: SequenceJob) -> None:
+    def cancel(self, job: SequenceJob) -> bool:
+        """Stop `job`; True if it was still queued (nothing of it was evaluated)."""
         job.cancelled = True
-        self._queue.cancel(job)
+        return self._queue.cancel(job)
 
     def longest_cached_prefix(self, tokens: list[int], adapters: LlamaLoraSet | None = None) -> int:
         """Tokens of `tokens` some slot already holds, computed with `adapters` (read from the event loop: a hint,

@@ -170,6 +170,53 @@ def test_cancellation_storm_leaks_no_sequences(secured):
     assert client(secured).chat.completions.create(model="main", messages=ASK, max_tokens=3).usage.completion_tokens
 
 
+def _logged(server, request_id: str) -> dict | None:
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{") and request_id in line:
+            return json.loads(json.loads(line)["message"])
+    return None
+
+
+def test_requests_whose_clients_leave_while_queued_leave_at_once_unevaluated(secured):
+    """`other` has one slot: a long stream holds it while six streams wait; their clients give up. They must leave
+    the queue at once (not be admitted and generated later), and none of their prompts reaches the engine."""
+    metric = lambda name: _metric(get(secured, "/metrics").text, name, model="other")  # noqa: E731
+    headers = {"Authorization": f"Bearer {KEY}"}
+    holder_body = {"model": "other", "messages": ASK, "max_tokens": 300, "stream": True,
+                   "logit_bias": GEMMA_END_TOKENS}
+    with httpx.stream("POST", f"{secured.base_url}/v1/chat/completions", json=holder_body, headers=headers,
+                      timeout=60) as holder:
+        lines = holder.iter_lines()  # kept: a dropped line iterator closes the connection
+        next(lines)  # it holds the only slot now
+
+        def give_up(index: int) -> None:
+            body = {"model": "other", "messages": [{"role": "user", "content": f"Queued {index}"}], "max_tokens": 50,
+                    "stream": True}
+            with pytest.raises(httpx.ReadTimeout):  # nothing comes while it waits; the client closes after 2 s
+                with httpx.stream("POST", f"{secured.base_url}/v1/chat/completions", json=body, timeout=2,
+                                  headers={**headers, "x-request-id": f"gave-up-{index}"}) as response:
+                    response.read()
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            waiting = [pool.submit(give_up, index) for index in range(6)]
+            deadline = time.monotonic() + 1.8
+            while metric("llm_queue_depth") < 6:
+                assert time.monotonic() < deadline, "the six requests never queued"
+                time.sleep(0.05)
+            for future in waiting:
+                future.result()
+        gone = time.monotonic()
+        while metric("llm_queue_depth"):
+            assert time.monotonic() - gone < 1.0, "abandoned requests stayed in the queue"
+            time.sleep(0.05)
+        assert metric("llm_active_sequences") == 1  # only the holder: none of them was admitted
+    deadline = time.monotonic() + 5
+    while (entries := [_logged(secured, f"gave-up-{index}") for index in range(6)]).count(None):
+        assert time.monotonic() < deadline, "the abandoned requests were not logged"
+        time.sleep(0.05)
+    assert all(entry["prompt_tokens"] == 0 and entry["completion_tokens"] == 0 for entry in entries), entries
+
+
 def test_sigterm_lets_the_stream_in_flight_finish(tmp_path):
     server = ServerProcess("--parallel", "2", "--n-ctx", "2048", log_path=tmp_path / "server.log")
     try:
