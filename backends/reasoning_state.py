@@ -11,23 +11,31 @@ from backends.base import ReasoningControl
 CLOSING_SUFFIX = "\n\n"  # written after a close marker the engine forces, as the models write it
 
 
-ANSWER_RESERVE = 128  # at most this many tokens (half of max_tokens at most) kept for a constrained answer
+ANSWER_RESERVE = 128  # tokens kept for a constrained answer (at most half of max_tokens), unless it needs more
 
 
-def reasoning_budget(control: ReasoningControl | None, max_tokens: int, constrained: bool) -> int | None:
-    """The request's reasoning budget; with a grammar constraining the answer, also small enough that the answer
-    after the thinking still fits in max_tokens (a JSON answer or tool call cut off would be useless)."""
+def answer_room(max_tokens: int, answer_needs: int) -> int:
+    """Tokens a constrained answer gets once the thinking before it is closed: at least what a valid answer
+    needs (`answer_needs`, AnswerFloor.needed: markers included), so budget closing can still complete it."""
+    return min(max_tokens, max(min(max_tokens // 2, ANSWER_RESERVE), answer_needs))
+
+
+def reasoning_budget(control: ReasoningControl | None, max_tokens: int, answer_needs: int | None) -> int | None:
+    """The request's reasoning budget; with a grammar constraining the answer (`answer_needs`: the tokens a valid
+    answer needs), also small enough that the answer after the thinking still fits in max_tokens (a JSON
+    answer or tool call cut off would be useless)."""
     budget = control.budget if control else None
-    if control is None or not constrained:
+    if control is None or answer_needs is None:
         return budget
-    room = max(0, max_tokens - min(max_tokens // 2, ANSWER_RESERVE))
+    room = max(0, max_tokens - answer_room(max_tokens, answer_needs))
     return room if budget is None else min(budget, room)
 
 
 class ReasoningTracker:
-    def __init__(self, control: ReasoningControl | None, max_tokens: int = 0, constrained: bool = False) -> None:
+    def __init__(self, control: ReasoningControl | None, max_tokens: int = 0, answer_needs: int | None = None) -> None:
+        """`answer_needs`: None when no grammar constrains the answer, else the tokens it must keep (AnswerFloor)."""
         self.control = control
-        self.budget = reasoning_budget(control, max_tokens, constrained)
+        self.budget = reasoning_budget(control, max_tokens, answer_needs)
         self.inside = bool(control and control.starts_inside)
         self.decided = not control or control.starts_inside  # the start of the answer was read
         self.tokens = 0  # generated inside the block, markers included

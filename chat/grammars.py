@@ -10,9 +10,11 @@ from __future__ import annotations
 import copy
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from chat.grammar_shortest import shortest_text
 from chat.schema_refs import embeddable, self_contained
 from chat.schema_support import enforceable, map_values
 from chat.tool_formats import ToolCallFormat
@@ -40,8 +42,21 @@ class GrammarSpec:
             raise InvalidRequest(f"The grammar is too large ({len(self.gbnf)} characters; at most "
                                  f"{MAX_GRAMMAR_BYTES}): simplify the schema or grammar.", param="grammar")
 
+    def without_optional_space(self) -> GrammarSpec:
+        """The same language without the optional whitespace between JSON tokens (the schema converter's `space`
+        rule): for a budget with little room beyond the shortest answer, where a small model's ` : ` would cost
+        the tokens that close the JSON."""
+        compact = _OPTIONAL_SPACE_RULE.sub('space ::= ""', self.gbnf)
+        return self if compact == self.gbnf else replace(self, gbnf=compact)
+
+    @cached_property
+    def shortest(self) -> str | None:
+        """The shortest text the grammar accepts (the smallest valid answer), None if it cannot be told."""
+        return shortest_text(self.gbnf)
+
 
 MAX_GRAMMAR_BYTES = 256 * 1024
+_OPTIONAL_SPACE_RULE = re.compile(r'^space ::= " "\?$', re.MULTILINE)
 
 
 MAX_PARALLEL_CALLS = 4  # bounds a model that would otherwise emit calls until max_tokens

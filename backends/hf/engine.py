@@ -13,7 +13,13 @@ from collections.abc import AsyncIterator
 
 from backends.base import GENERATIVE_CAPABILITIES, AdapterSet, ChatTemplateInfo, GenerationChunk, GenerationRequest
 from backends.catalog import ModelEntry
-from backends.engine_support import WorkerThreadEngine, check_logit_bias, check_token_ids, completion_budget
+from backends.engine_support import (
+    WorkerThreadEngine,
+    check_logit_bias,
+    check_token_ids,
+    completion_budget,
+    fitted_grammar,
+)
 from backends.hf.grammar import GrammarCompiler, GrammarConstraint
 from backends.hf.loading import free_checkpoint, load_checkpoint
 from backends.hf.peft_adapters import PeftAdapters
@@ -116,10 +122,13 @@ class TransformersEngine(WorkerThreadEngine):
             prompt_ids = list(request.prompt)
         max_tokens = completion_budget(request, len(prompt_ids), self._context_length, self._default_max_tokens)
         check_logit_bias(request, self.vocab_size)
+        tokenizer = self.checkpoint.tokenizer
+        grammar, floor = fitted_grammar(request, max_tokens,
+                                          lambda text: len(tokenizer.encode(text, add_special_tokens=False)))
         constraint = None
-        if request.grammar is not None:
-            compiled = await asyncio.to_thread(self.grammars.compile, request.grammar.gbnf)
-            constraint = GrammarConstraint(compiled, request.grammar, self.vocab_size)
+        if grammar is not None:
+            compiled = await asyncio.to_thread(self.grammars.compile, grammar.gbnf)
+            constraint = GrammarConstraint(compiled, grammar, self.vocab_size)
         job = HFJob(
             tenant=request.tenant,
             prompt_ids=prompt_ids,
@@ -131,6 +140,7 @@ class TransformersEngine(WorkerThreadEngine):
             shown_special_ids=self._special_ids_among(request.preserved_tokens),
             reasoning=request.reasoning,
             adapter=self.adapters.name_of(request.adapters),
+            answer_floor=floor,
         )
         async for chunk in self.run_job(job, len(prompt_ids)):
             yield chunk

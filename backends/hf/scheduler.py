@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from backends.base import GenerationFinished, ReasoningControl, SamplingParams, TokenDelta, TokenLogprob, Usage
-from backends.engine_support import Emit
+from backends.engine_support import AnswerFloor, Emit
 from backends.hf.grammar import GrammarConstraint
 from backends.hf.peft_adapters import BASE_ROW
 from backends.hf.sampling import RowSampler, row_logprobs
@@ -42,6 +42,15 @@ class HFJob:
     tenant: str = ""  # who asked: the queue takes turns between tenants
     reasoning: ReasoningControl | None = None  # a thinking model's block: counted, budgeted, closed
     adapter: str | None = None  # the PEFT adapter its rows run with (None: the base weights)
+    answer_floor: AnswerFloor | None = None  # what its grammar-constrained answer takes at least
+
+
+
+def answer_needs(job: HFJob) -> int | None:
+    """Tokens its constrained answer must keep after any thinking (None: unconstrained)."""
+    if job.constraint is None:
+        return None
+    return job.answer_floor.needed if job.answer_floor else 0
 
 
 @dataclass(eq=False)
@@ -157,7 +166,8 @@ class BatchScheduler:
         return _Row(job=job, sampler=RowSampler(job.sampling, job.prompt_ids, self.vocab_size),
                     decoder=TokenTextDecoder(decode), stop_filter=StopStringFilter(job.stop),
                     position=len(job.prompt_ids),
-                    reasoning=ReasoningTracker(job.reasoning, job.max_tokens, constrained=job.constraint is not None))
+                    reasoning=ReasoningTracker(job.reasoning, job.max_tokens,
+                                               answer_needs(job)))
 
     def _drop_if_cancelled(self, row: _Row) -> bool:
         if row.job.cancelled:

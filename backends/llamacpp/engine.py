@@ -24,7 +24,13 @@ from backends.base import (
 )
 from backends.catalog import ModelEntry
 from backends.media_inputs import MediaLimits, load_media
-from backends.engine_support import WorkerThreadEngine, check_logit_bias, check_token_ids, completion_budget
+from backends.engine_support import (
+    WorkerThreadEngine,
+    check_logit_bias,
+    check_token_ids,
+    completion_budget,
+    fitted_grammar,
+)
 from backends.llamacpp.draft_model import DraftModel
 from backends.llamacpp.lora import BASE, LlamaLoraSet, LoraLibrary, prompt_cache_of
 from backends.llamacpp.media import MediaSpan, Projector, find_projector
@@ -203,6 +209,9 @@ class LlamaCppEngine(WorkerThreadEngine):
         check_logit_bias(request, self.model.n_vocab)
         if request.grammar is not None and not grammar_parses(self.model, request.grammar):
             raise InvalidRequest("The grammar does not parse as GBNF (llama.cpp's grammar format).", param="grammar")
+        grammar, floor = fitted_grammar(request, max_tokens, lambda text: len(self.model.tokenize_markup(text)))
+        if grammar is not request.grammar and not grammar_parses(self.model, grammar):
+            grammar = request.grammar  # the compact variant of an unusual grammar: keep the one that parses
         # The last prompt token is always evaluated (its logits pick the first completion token).
         cached_prefix = await self._stored_prefix(prompt_tokens, len(prompt_tokens) - 1, adapters)
         if media:
@@ -214,7 +223,7 @@ class LlamaCppEngine(WorkerThreadEngine):
             max_tokens=max_tokens,
             stop=request.stop,
             top_logprobs=request.top_logprobs,
-            grammar=request.grammar,
+            grammar=grammar,
             emit=lambda item: None,
             shown_special_tokens=self.model.special_tokens_among(request.preserved_tokens),
             reasoning=request.reasoning,
@@ -222,6 +231,7 @@ class LlamaCppEngine(WorkerThreadEngine):
             adapters=adapters,
             media=media,
             cached_prefix=cached_prefix,
+            answer_floor=floor,
         )
         async for chunk in self.run_job(job, len(prompt_tokens)):
             yield chunk

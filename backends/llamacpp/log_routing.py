@@ -31,7 +31,7 @@ class _LineJoiner:
         self._lock = threading.Lock()  # the scheduler thread and a loading thread may both log
         self._pending = ""
         self._level = logging.DEBUG
-        self._listeners: dict[int, list[str]] = {}  # thread id -> the lines it logged while listening
+        self._listeners: dict[int, tuple[int, list[str]]] = {}  # thread id -> (lowest level, lines it logged)
 
     def feed(self, ggml_level: int, text: str) -> None:
         with self._lock:
@@ -48,15 +48,15 @@ class _LineJoiner:
     def _emit(self, line: str) -> None:
         if line.strip():
             logger.log(self._level, "%s", line.rstrip())
-            lines = self._listeners.get(threading.get_ident())
-            if lines is not None:
+            level, lines = self._listeners.get(threading.get_ident(), (0, None))
+            if lines is not None and self._level >= level:
                 lines.append(line.rstrip())
 
     @contextmanager
-    def listen(self) -> Iterator[list[str]]:
+    def listen(self, level: int) -> Iterator[list[str]]:
         lines: list[str] = []
         with self._lock:
-            self._listeners[threading.get_ident()] = lines
+            self._listeners[threading.get_ident()] = (level, lines)
         try:
             yield lines
         finally:
@@ -77,9 +77,15 @@ def route_llama_logs_to_python() -> None:
     llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
 
 
-def lines_logged_by_this_thread() -> contextlib.AbstractContextManager[list[str]]:
-    """The llama.cpp log lines the calling thread causes inside the block (a model load's own report), in order."""
-    return _joiner.listen()
+def lines_logged_by_this_thread(level: int = logging.NOTSET) -> contextlib.AbstractContextManager[list[str]]:
+    """The llama.cpp log lines (at `level` or above) the calling thread causes inside the block, in order: a model
+    load's own report, or why llama.cpp refused a file."""
+    return _joiner.listen(level)
+
+
+def reason_from(errors: list[str]) -> str:
+    """llama.cpp's last error line, without its function-name prefix ("llama_adapter_lora_init: ...")."""
+    return errors[-1].split(": ", 1)[-1] if errors else "llama.cpp logged no reason"
 
 
 def route_mtmd_logs_to_python() -> None:

@@ -12,6 +12,7 @@ Adapter files are loaded once per model however many sets use them (`LoraLibrary
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 import llama_cpp
 
 from backends.base import AdapterSet
+from backends.llamacpp.log_routing import lines_logged_by_this_thread, reason_from
 from backends.llamacpp.model import LlamaContext, LlamaModel
 from backends.llamacpp.prompt_cache import PromptCache
 
@@ -67,10 +69,11 @@ class LoraLibrary:
     def _load(self, path: Path) -> int:
         if not path.is_file():
             raise ValueError(f"the LoRA adapter {path} does not exist (llama.cpp adapters are GGUF files)")
-        handle = llama_cpp.llama_adapter_lora_init(self.model.ptr, str(path).encode())
+        with lines_logged_by_this_thread(logging.ERROR) as errors:
+            handle = llama_cpp.llama_adapter_lora_init(self.model.ptr, str(path).encode())
         if not handle:  # llama.cpp logged why (another architecture, tensor shapes not this model's...)
-            raise ValueError(f"llama.cpp could not load {path.name} as a LoRA adapter of this model "
-                             "(a LoRA GGUF converted for this base model is needed; see the log for llama.cpp's reason)")
+            raise ValueError(f"llama.cpp could not load {path.name} as a LoRA adapter of this model: "
+                             f"{reason_from(errors)} (a LoRA GGUF converted for this base model is needed)")
         address = ctypes.cast(handle, ctypes.c_void_p).value
         if llama_cpp.llama_adapter_get_alora_n_invocation_tokens(handle):
             llama_cpp.llama_adapter_lora_free(handle)

@@ -24,7 +24,7 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
-from backends.llamacpp.log_routing import route_mtmd_logs_to_python
+from backends.llamacpp.log_routing import lines_logged_by_this_thread, reason_from, route_mtmd_logs_to_python
 from backends.llamacpp.model import LlamaContext, LlamaModel
 from backends.media_inputs import LoadedMedia
 from chat.media import MEDIA_MARKER
@@ -81,9 +81,10 @@ class Projector:
         params.n_threads = n_threads
         params.print_timings = False
         params.warmup = False
-        self.ptr = mtmd.mtmd_init_from_file(str(path).encode(), model.ptr, params)
+        with lines_logged_by_this_thread(logging.ERROR) as errors:
+            self.ptr = mtmd.mtmd_init_from_file(str(path).encode(), model.ptr, params)
         if not self.ptr:
-            raise ValueError(f"llama.cpp could not load the projector {path.name} for this model (see the log)")
+            raise ValueError(f"llama.cpp could not load the projector {path.name} for this model: {reason_from(errors)}")
         self.path = path
         self.model = model
         self.vision = bool(mtmd.mtmd_support_vision(self.ptr))

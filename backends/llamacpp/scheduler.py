@@ -183,7 +183,8 @@ class Scheduler(SpeculativeSteps):
         slot.media_due = None
         # (penalties look back over the prompt's tokens: media placeholders are none)
         slot.sampler = SamplerChain(self.model, job.sampling, [t for t in prompt if t >= 0], job.grammar)
-        slot.steering = Steering(self.model, job.grammar, job.max_tokens, self.steering, job.reasoning)
+        slot.steering = Steering(self.model, job.grammar, job.max_tokens, self.steering, job.reasoning,
+                                 job.answer_floor)
         slot.forced = []
         speculates = (self.speculation.enabled and job.speculative and not job.prefill_only
                       and not (job.media and self.draft_model is not None))  # a draft model reads no media

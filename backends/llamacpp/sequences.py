@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from backends.base import GrammarSpec, ReasoningControl, SamplingParams, TokenLogprob
-from backends.engine_support import Emit
+from backends.engine_support import AnswerFloor, Emit
 from backends.llamacpp.lora import BASE, LlamaLoraSet, key_of
 from backends.llamacpp.media import MediaSpan
 from backends.llamacpp.prompt_cache import CachedPrefix
@@ -37,6 +37,7 @@ class SequenceJob:
     speculative: bool = True  # may draft and verify several tokens per step (the server's mode permitting)
     adapters: LlamaLoraSet | None = None  # LoRA adapters its sequence decodes with (None: the base weights)
     media: list[MediaSpan] = field(default_factory=list)  # images / audio in the prompt (placeholder runs)
+    answer_floor: AnswerFloor | None = None  # what its grammar-constrained answer takes at least
     cancelled: bool = False  # set by the request side when the client goes away
 
     @property

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from backends.base import GrammarSpec, ReasoningControl
+from backends.engine_support import AnswerFloor
 from backends.json_loops import LoopWatch
 from backends.reasoning_state import ReasoningTracker
 from backends.llamacpp.model import LlamaModel
@@ -28,10 +29,12 @@ CLOSING_BONUS = 4.0  # logits added per token of the closing window already used
 LOOP_BONUS = 100.0  # a loop is closed wherever the grammar lets it: the model's preference to go on is strong
 
 
-def closing_window(max_tokens: int) -> int:
+def closing_window(max_tokens: int, shortest_answer: int = 0) -> int:
     """How many of a constrained answer's last budget tokens may be spent closing it: enough for closing quotes
-    and brackets, missing required keys and a tool call's end marker; never more than half the budget."""
-    return min(max_tokens // 2, max(32, min(64, max_tokens // 8)))
+    and brackets, missing required keys and a tool call's end marker; never more than half the budget, unless the
+    shortest valid answer needs that much (then closing starts as early as its room allows)."""
+    usual = min(max_tokens // 2, max(32, min(64, max_tokens // 8)))
+    return min(max_tokens, max(usual, shortest_answer))
 
 
 @dataclass(frozen=True)
@@ -48,13 +51,16 @@ class Steering:
     `forced_tokens` to write instead of sampling (the close of a reasoning block)."""
 
     def __init__(self, model: LlamaModel, grammar: GrammarSpec | None, max_tokens: int, options: SteeringOptions,
-                 reasoning: ReasoningControl | None = None):
+                 reasoning: ReasoningControl | None = None, floor: AnswerFloor | None = None):
+        """`floor`: what the grammar-constrained answer takes at least (None: not known, or not constrained from
+        its start, e.g. a lazy grammar)."""
         active = grammar is not None and not grammar.lazy_triggers
         self.model = model
         self.max_tokens = max_tokens
+        self.window = closing_window(max_tokens, floor.shortest if floor else 0)
         self.budget_closing = active and options.budget_closing
         self.loops = LoopWatch() if active and options.loop_breaking else None
-        self.reasoning = ReasoningTracker(reasoning, max_tokens, constrained=active)
+        self.reasoning = ReasoningTracker(reasoning, max_tokens, (floor.needed if floor else 0) if active else None)
         self.reason: str | None = None  # why the last boost was given: "budget" or "loop"
         self.closed_by_budget = False  # budget closing changed a pick: the answer ends with finish_reason length
         self.loop_breaks = 0  # picks loop breaking changed
@@ -66,10 +72,9 @@ class Steering:
             return None
         amount = 0.0
         if self.budget_closing:
-            window = closing_window(self.max_tokens)
             remaining = self.max_tokens - completion_tokens
-            if remaining <= window:
-                amount, self.reason = CLOSING_BONUS * (1 + (window - remaining)), "budget"
+            if remaining <= self.window:
+                amount, self.reason = CLOSING_BONUS * (1 + (self.window - remaining)), "budget"
         if self.loops is not None and self.loops.should_close(self.model.piece(pick)):
             amount, self.reason = max(amount, LOOP_BONUS), "loop"
         return (self.model.closing_tokens(), amount) if self.reason else None

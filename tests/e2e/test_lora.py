@@ -158,5 +158,8 @@ def test_an_adapter_for_another_model_fails_clearly_and_the_base_keeps_serving(s
                           json={"model": "smol-wrong", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 500 and response.json()["error"]["code"] == "model_load_failed"
     assert "gemma-adapter.gguf" in response.json()["error"]["message"]
+    # llama.cpp's own reason reaches the client and the card (it is only in llama.cpp's log otherwise)
+    assert "model arch and LoRA arch mismatch" in response.json()["error"]["message"]
     assert _cards(server)["smol-wrong"]["status"] == "failed"
+    assert "model arch and LoRA arch mismatch" in _cards(server)["smol-wrong"]["error"]
     assert _chat(server, "smol")["choices"][0]["message"]["content"]

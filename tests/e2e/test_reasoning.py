@@ -7,8 +7,10 @@ SmolLM2 never closes the block itself, so the reasoning budget is what lets an a
 from __future__ import annotations
 
 import json
+import re
 
 import jsonschema
+import openai
 import pytest
 
 from backends.embedded_model import SMOLLM2_FILE
@@ -225,3 +227,24 @@ def test_anthropic_thinking_blocks_streamed_and_whole(server):
     assert final.content[0].thinking == thinking.thinking and final.content[1].text == text.text
     off = client.messages.create(**{**kwargs, "thinking": {"type": "disabled"}})
     assert [block.type for block in off.content] == ["text"]
+
+
+FRUIT_SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}, "fruit": {"type": "string"}},
+                "required": ["answer", "fruit"]}
+
+
+def test_json_after_thinking_is_valid_at_every_budget_the_server_accepts(client):
+    """At max_tokens 48 the thinking left the answer too little room (`{"answer" : 3, "fruit" : "apples`). The
+    room kept now holds the close marker and what a valid answer needs; a budget below that is a 400."""
+    kwargs = dict(model="thinker", temperature=0, response_format={
+        "type": "json_schema", "json_schema": {"name": "fruit", "schema": FRUIT_SCHEMA}},
+        messages=[{"role": "user", "content": "I have 3 apples. How many, and which fruit? Answer in JSON."}])
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(**kwargs, max_tokens=16)
+    floor = int(re.search(r"needs at least (\d+) tokens", refused.value.body["message"])[1])
+    for max_tokens in sorted({floor, 40, 48, 56}):
+        if max_tokens < floor:
+            continue
+        answer = client.chat.completions.create(**kwargs, max_tokens=max_tokens)
+        assert answer.usage.completion_tokens <= max_tokens
+        jsonschema.validate(json.loads(answer.choices[0].message.content), FRUIT_SCHEMA)

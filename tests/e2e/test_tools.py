@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import jsonschema
+import openai
 import pydantic
 import pytest
+
+from backends.embedded_model import SMOLLM2_FILE
 
 MODEL = "gemma-3-270m-q4_k_m.gguf"
 ASK = [{"role": "user", "content": "Please use a tool to help me."}]
@@ -187,3 +191,40 @@ def test_model_card_states_tool_capabilities(client):
     card = client.models.retrieve(MODEL).model_dump()
     assert card["capabilities"]["tools"] and card["capabilities"]["json_schema"]
     assert card["capabilities"]["parallel_tool_calls"]
+
+
+CITY_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+FLIGHT_SCHEMA = {"type": "object", "properties": {"to": {"type": "string"}, "day": {"type": "string"}},
+                 "required": ["to", "day"]}
+CHAT_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": CITY_SCHEMA}},
+              {"type": "function", "function": {"name": "book_flight", "parameters": FLIGHT_SCHEMA}}]
+
+
+def _streamed_calls(client, **kwargs) -> list[tuple[str, str]]:
+    calls: dict[int, list[str]] = {}
+    for chunk in client.chat.completions.create(**kwargs, stream=True):
+        for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            call = calls.setdefault(delta.index, ["", ""])
+            call[0] += delta.function.name or ""
+            call[1] += delta.function.arguments or ""
+    return [tuple(call) for call in calls.values()]
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "book_flight"}}])
+def test_a_call_the_budget_cannot_hold_is_refused_and_one_it_can_is_valid_whole_and_streamed(client, tool_choice):
+    """SmolLM2 (a chat model that writes its calls in its own format): at max_tokens 24 a call was streamed as
+    `{ "c` while the whole answer had none. Now a budget below what a valid call needs is a 400 naming it, and from
+    there on the call is valid JSON, the same whole and streamed."""
+    kwargs = dict(model=SMOLLM2_FILE, messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+                  tools=CHAT_TOOLS, tool_choice=tool_choice, temperature=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(**kwargs, max_tokens=24)
+    assert refused.value.body["param"] == "max_tokens"
+    floor = int(re.search(r"needs at least (\d+) tokens", refused.value.body["message"])[1])
+    assert 24 < floor <= 96
+    for max_tokens in (floor, floor + 8):
+        whole = client.chat.completions.create(**kwargs, max_tokens=max_tokens).choices[0].message.tool_calls
+        calls = [(call.function.name, call.function.arguments) for call in whole]
+        assert calls and calls == _streamed_calls(client, **kwargs, max_tokens=max_tokens)
+        for name, arguments in calls:
+            jsonschema.validate(json.loads(arguments), {"get_weather": CITY_SCHEMA, "book_flight": FLIGHT_SCHEMA}[name])
