@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import aclosing
 
 from backends.base import GenerationChunk
@@ -57,16 +57,7 @@ async def consume_unless_disconnected(chunks: AsyncIterator, consume, receive) -
         async for chunk in chunks:
             consume(chunk)
 
-    collecting = asyncio.create_task(collect())
-    disconnected = asyncio.create_task(wait_for_disconnect(receive))
-    try:
-        await asyncio.wait({collecting, disconnected}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        disconnected.cancel()
-        if not collecting.done():
-            collecting.cancel()
-            await asyncio.gather(collecting, return_exceptions=True)
-            await chunks.aclose()
+    collecting = await _unless_disconnected(collect(), chunks, receive)
     if collecting.cancelled():
         return False
     collecting.result()
@@ -76,20 +67,28 @@ async def consume_unless_disconnected(chunks: AsyncIterator, consume, receive) -
 async def first_unless_disconnected(chunks: AsyncIterator, receive):
     """The first chunk of a stream, or None when the client hangs up before it arrives: a request still waiting
     for a free slot then leaves the queue at once and its prompt is never evaluated. An engine error is raised."""
+
     async def next_chunk():
         return await anext(chunks)
 
-    first = asyncio.create_task(next_chunk())
+    first = await _unless_disconnected(next_chunk(), chunks, receive)
+    return None if first.cancelled() else first.result()
+
+
+async def _unless_disconnected(work: Coroutine, chunks: AsyncIterator, receive) -> asyncio.Task:
+    """Run `work` (which reads `chunks`) until it ends or the client hangs up; then it is cancelled and `chunks`
+    closed, which cancels the generation. The task, done or cancelled."""
+    task = asyncio.create_task(work)
     disconnected = asyncio.create_task(wait_for_disconnect(receive))
     try:
-        await asyncio.wait({first, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, disconnected}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         disconnected.cancel()
-        if not first.done():
-            first.cancel()
-            await asyncio.gather(first, return_exceptions=True)
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
             await chunks.aclose()
-    return None if first.cancelled() else first.result()
+    return task
 
 
 async def wait_for_disconnect(receive) -> None:
