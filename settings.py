@@ -129,8 +129,9 @@ class Settings(BaseSettings):
         description="Serve GGUF models as embedding models (/v1/embeddings only) even when the file does not say "
         "so; set per model in models.yaml. GGUFs with a pooling type (BERT-style embedders) are detected anyway.",
     )
-    pooling: Literal["model", "mean", "cls", "last"] = Field(
-        "model", description="How a GGUF embedding model pools token vectors: as its file says, or mean/cls/last."
+    pooling: Literal["model", "mean", "cls", "last", "rank"] = Field(
+        "model", description="How a GGUF embedding model pools token vectors: as its file says, or mean/cls/last; "
+        "`rank` serves a sequence classifier as a reranker (found by itself where the file has classifier labels)."
     )
     parallel: int = Field(4, ge=1, le=64, description="Sequences decoded together in one batch (slots) per model.")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a free slot; more get 503 + Retry-After.")

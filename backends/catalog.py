@@ -68,7 +68,7 @@ class EngineOverrides(BaseModel):
     prompt_cache: bool | None = None
     cache_min_tokens: int | None = Field(None, ge=1)
     embedding: bool | None = None
-    pooling: Literal["model", "mean", "cls", "last"] | None = None
+    pooling: Literal["model", "mean", "cls", "last", "rank"] | None = None
     budget_closing: bool | None = None
     loop_breaking: bool | None = None
     spec: Literal["off", "ngram", "draft"] | None = None

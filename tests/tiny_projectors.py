@@ -120,8 +120,14 @@ def build_qwen2_audio_mmproj(out: Path, *, seed: int = 0) -> Path:
     return out
 
 
-def _convert(folder: Path, out: Path) -> None:
+def convert(folder: Path, out: Path, *flags: str) -> Path:
+    """A Hugging Face folder converted to GGUF by llama.cpp's own converter (f32 weights)."""
     script = converter()
     env = {**os.environ, "PYTHONPATH": str(script.parent / "gguf-py")}
-    subprocess.run([sys.executable, str(script), str(folder), "--mmproj", "--outfile", str(out), "--outtype", "f32"],
+    subprocess.run([sys.executable, str(script), str(folder), *flags, "--outfile", str(out), "--outtype", "f32"],
                    check=True, env=env, capture_output=True)
+    return out
+
+
+def _convert(folder: Path, out: Path) -> None:
+    convert(folder, out, "--mmproj")

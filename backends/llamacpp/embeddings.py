@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+from pathlib import Path
 
 import llama_cpp
 
@@ -18,7 +19,7 @@ from backends.base import Ranking
 from backends.catalog import ModelEntry
 from backends.embedding_base import RERANKER, EmbeddingEngine, Embeddings, l2_normalized
 from backends.engine_support import check_token_ids
-from backends.llamacpp.gguf_header import read_gguf_metadata
+from backends.llamacpp.gguf_header import read_gguf_metadata, read_gguf_tensor_names
 from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, add_to_batch, default_threads
 from errors import EngineFailure, InvalidRequest, ModelNotFound
 from settings import Settings
@@ -29,6 +30,7 @@ _POOLING = {
     "mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
     "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
     "last": llama_cpp.LLAMA_POOLING_TYPE_LAST,
+    "rank": llama_cpp.LLAMA_POOLING_TYPE_RANK,  # a sequence classifier's head on the pooled vector: a reranker
 }
 
 
@@ -38,13 +40,32 @@ _ENCODER_ARCHITECTURES = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2"
 
 
 def is_gguf_embedding_model(entry: ModelEntry, settings: Settings) -> bool:
-    """Configured as one, or the file carries a pooling type (converters write it for embedding models only)."""
-    if settings.embedding:
+    """Configured as one, or the file carries a pooling type (converters write it for embedding models only), or
+    it is a sequence classifier (a cross-encoder reranker: llama.cpp's converter writes its labels, no pooling)."""
+    if settings.embedding or settings.pooling == "rank":
         return True
     if entry.path is None or not entry.path.is_file():
         return False
     metadata = read_gguf_metadata(entry.path)
-    return f"{metadata.get('general.architecture', '')}.pooling_type" in metadata
+    pooled = f"{metadata.get('general.architecture', '')}.pooling_type" in metadata
+    return pooled or _classifies(entry.path, metadata)
+
+
+def _classifies(path: Path, metadata: dict) -> bool:
+    """An encoder with a sequence classification head (`cls.output`: BERT / XLM-R ...ForSequenceClassification as
+    llama.cpp's converter writes them, without a pooling type). Decoders are not read: their vocabularies are big."""
+    if not _attends_both_ways(metadata):
+        return False
+    return bool({"cls.output.weight", "cls.weight"} & set(read_gguf_tensor_names(path)))
+
+
+def _pooling(setting: str, path: Path, metadata: dict) -> int:
+    """The pooling a context is made with: the setting's, or for `model` the file's own; a classifier whose file
+    names no pooling ranks (its head reads the pooled vector)."""
+    architecture = metadata.get("general.architecture", "")
+    if setting == "model" and f"{architecture}.pooling_type" not in metadata and _classifies(path, metadata):
+        return llama_cpp.LLAMA_POOLING_TYPE_RANK
+    return _POOLING[setting]
 
 
 def _attends_both_ways(metadata: dict) -> bool:
@@ -65,12 +86,13 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
         n_ctx = min(settings.n_ctx, self.model.n_ctx_train)
         # A bidirectional encoder must see a whole input in one micro-batch; a causal model need not, and a big
         # micro-batch would cost (vocabulary x micro-batch) floats of output buffer (2 GiB for gemma at 2048).
-        bidirectional = _attends_both_ways(read_gguf_metadata(entry.path))
+        metadata = read_gguf_metadata(entry.path)
+        bidirectional = _attends_both_ways(metadata)
         n_ubatch = n_ctx if bidirectional else min(n_ctx, settings.n_ubatch)
         config = ContextConfig(
             n_ctx=n_ctx, n_seq_max=SEQUENCES_PER_DECODE, n_batch=n_ctx, n_ubatch=n_ubatch, n_threads=threads,
             n_threads_batch=settings.n_threads_batch or threads, flash_attn=settings.flash_attn, kv_unified=True,
-            embeddings=True, pooling_type=_POOLING[settings.pooling],
+            embeddings=True, pooling_type=_pooling(settings.pooling, entry.path, metadata),
         )
         try:
             self.context = LlamaContext(self.model, config)

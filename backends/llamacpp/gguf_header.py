@@ -82,6 +82,24 @@ def read_gguf_metadata(path: Path, wanted: set[str] | None = None, first_keys: i
     return metadata
 
 
+def read_gguf_tensor_names(path: Path) -> list[str]:
+    """The names of the tensors a GGUF holds (metadata values are read past)."""
+    with open(path, "rb") as stream:
+        if stream.read(4) != b"GGUF" or _unpack(stream, "<I") not in (2, 3):
+            raise GGUFError("not a GGUF file this server reads")
+        tensor_count, key_count = _unpack(stream, "<Q"), _unpack(stream, "<Q")
+        if key_count > MAX_KEYS:
+            raise GGUFError("corrupt header (implausible metadata count)")
+        for _ in range(key_count):
+            _string(stream)
+            _value(stream, _unpack(stream, "<I"))
+        names = []
+        for _ in range(tensor_count):  # name, dimensions, type, offset
+            names.append(_string(stream))
+            stream.seek(8 * _unpack(stream, "<I") + 4 + 8, 1)
+        return names
+
+
 def kv_bytes_per_token(metadata: dict[str, object]) -> int:
     """f16 K and V for every layer (an upper bound: sliding-window layers keep less)."""
     arch = metadata.get("general.architecture", "")

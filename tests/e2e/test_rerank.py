@@ -13,10 +13,12 @@ import pytest
 import yaml
 
 from backends.embedded_model import SMOLLM2_FILE
+from backends.llamacpp.gguf_header import read_gguf_metadata, read_gguf_tensor_names
 from settings import PROJECT_ROOT
 from tests.minilm_gguf import build_bert_gguf
 from tests.server_process import running_server
 from tests.tiny_cross_encoder import build_tiny_cross_encoder
+from tests.tiny_projectors import convert
 
 QUERY = "How do I reset a forgotten password?"
 DOCUMENTS = ["The weather is sunny and warm today.", "Steps to recover a lost login password.",
@@ -29,11 +31,18 @@ def cross_encoder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, cross_encoder):
+def converted(tmp_path_factory, cross_encoder):
+    """The cross-encoder as llama.cpp's own converter writes it: classifier labels, no pooling type."""
+    return convert(cross_encoder, tmp_path_factory.mktemp("tiny-ce-converted") / "tiny-ce-converted.gguf")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, cross_encoder, converted):
     models = tmp_path_factory.mktemp("rerank-models")
     (models / "models.yaml").write_text(yaml.safe_dump({"models": [
         {"id": "tiny-ce", "path": str(cross_encoder), "engine": "transformers"},
         {"id": "tiny-ce-gguf", "path": str(build_bert_gguf(cross_encoder, models / "tiny-ce.gguf"))},
+        {"id": "tiny-ce-converted", "path": str(converted)},
         {"id": "minilm", "path": str(minilm.get_model_path()), "engine": "transformers", "rerank": "cosine"},
         {"id": "minilm-plain", "path": str(minilm.get_model_path()), "engine": "transformers"},
         {"id": "smol", "path": str(PROJECT_ROOT / "models" / SMOLLM2_FILE)},
@@ -47,7 +56,7 @@ def _post(server, path: str, body: dict) -> httpx.Response:
     return httpx.post(f"{server.base_url}{path}", json=body, timeout=120)
 
 
-def _transformers_scores(folder, query: str, documents: list[str]) -> list[float]:
+def _transformers_scores(folder, query: str, documents: list[str], pooler: bool = True) -> list[float]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -55,6 +64,9 @@ def _transformers_scores(folder, query: str, documents: list[str]) -> list[float
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     with torch.inference_mode():
         encoded = tokenizer([query] * len(documents), documents, padding=True, return_tensors="pt")
+        if not pooler:  # the classifier on the [CLS] token's hidden state, without BERT's dense + tanh pooler
+            hidden = model.bert(**encoded).last_hidden_state[:, 0]
+            return torch.sigmoid(model.classifier(hidden)[:, 0]).tolist()
         return torch.sigmoid(model(**encoded).logits[:, 0]).tolist()
 
 
@@ -80,6 +92,19 @@ def test_the_same_cross_encoder_as_a_gguf_with_rank_pooling_scores_alike_on_llam
         assert result["relevance_score"] == pytest.approx(expected[result["index"]], abs=2e-3)
     embed = _post(server, "/v1/embeddings", {"model": "tiny-ce-gguf", "input": "hi"})
     assert embed.status_code == 400 and "/v1/rerank" in embed.json()["error"]["message"]
+
+
+def test_the_cross_encoder_as_llama_cpps_converter_writes_it_reranks_without_settings(server, cross_encoder,
+                                                                                      converted):
+    assert "bert.pooling_type" not in read_gguf_metadata(converted)
+    assert "cls.output.weight" in read_gguf_tensor_names(converted)
+    body = _post(server, "/v1/rerank", {"model": "tiny-ce-converted", "query": QUERY, "documents": DOCUMENTS}).json()
+    # llama.cpp's converter drops BERT's pooler ("only using BERT for embeddings"): the file's head reads the [CLS]
+    # vector itself, so that is what it is compared with (XLM-R rerankers keep their dense layer as `cls`).
+    expected = _transformers_scores(cross_encoder, QUERY, DOCUMENTS, pooler=False)
+    assert [r["index"] for r in body["results"]] == sorted(range(4), key=lambda i: -expected[i])
+    for result in body["results"]:  # f32 weights: only the order of float operations differs
+        assert result["relevance_score"] == pytest.approx(expected[result["index"]], abs=2e-3)
 
 
 def test_top_n_documents_as_objects_and_no_documents_back(server):

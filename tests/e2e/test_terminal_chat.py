@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import signal
 import sys
 import time
 
@@ -31,6 +32,9 @@ class TerminalSession:
     def __init__(self, *args: str) -> None:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # child: becomes the session leader with the pty as its terminal
+            # Ctrl-C is SIGINT, as in a user's terminal, even when pytest was started with SIGINT ignored (a
+            # background job of a non-interactive shell is): an ignored signal stays ignored across exec.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.chdir(REPO_ROOT)
             env = {**os.environ, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1", "COLUMNS": "120"}
             os.execve(sys.executable, [sys.executable, "chat_cli.py", *args], env)
