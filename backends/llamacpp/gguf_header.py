@@ -58,20 +58,25 @@ def _skip_array(stream: BinaryIO, element_type: int, count: int) -> None:
             _value(stream, element_type)
 
 
+def _header_counts(stream: BinaryIO) -> tuple[int, int]:
+    """Check the magic and version; the tensor and metadata key counts, the stream left at the first key."""
+    if stream.read(4) != b"GGUF":
+        raise GGUFError("not a GGUF file (bad magic)")
+    version = _unpack(stream, "<I")
+    if version not in (2, 3):
+        raise GGUFError(f"unsupported GGUF version {version}")
+    tensor_count, key_count = _unpack(stream, "<Q"), _unpack(stream, "<Q")
+    if key_count > MAX_KEYS:
+        raise GGUFError("corrupt header (implausible metadata count)")
+    return tensor_count, key_count
+
+
 def read_gguf_metadata(path: Path, wanted: set[str] | None = None, first_keys: int = MAX_KEYS) -> dict[str, object]:
     """Scalar and string metadata (arrays are skipped); stops early once every `wanted` key was seen, or after
     `first_keys` keys."""
     metadata: dict[str, object] = {}
     with open(path, "rb") as stream:
-        if stream.read(4) != b"GGUF":
-            raise GGUFError("not a GGUF file (bad magic)")
-        version = _unpack(stream, "<I")
-        if version not in (2, 3):
-            raise GGUFError(f"unsupported GGUF version {version}")
-        _unpack(stream, "<Q")  # tensor count
-        key_count = _unpack(stream, "<Q")
-        if key_count > MAX_KEYS:
-            raise GGUFError("corrupt header (implausible metadata count)")
+        _, key_count = _header_counts(stream)
         for _ in range(min(key_count, first_keys)):
             key = _string(stream)
             value = _value(stream, _unpack(stream, "<I"))
@@ -85,11 +90,7 @@ def read_gguf_metadata(path: Path, wanted: set[str] | None = None, first_keys: i
 def read_gguf_tensor_names(path: Path) -> list[str]:
     """The names of the tensors a GGUF holds (metadata values are read past)."""
     with open(path, "rb") as stream:
-        if stream.read(4) != b"GGUF" or _unpack(stream, "<I") not in (2, 3):
-            raise GGUFError("not a GGUF file this server reads")
-        tensor_count, key_count = _unpack(stream, "<Q"), _unpack(stream, "<Q")
-        if key_count > MAX_KEYS:
-            raise GGUFError("corrupt header (implausible metadata count)")
+        tensor_count, key_count = _header_counts(stream)
         for _ in range(key_count):
             _string(stream)
             _value(stream, _unpack(stream, "<I"))
