@@ -40,7 +40,7 @@ from backends.llamacpp.sampling import grammar_parses
 from backends.llamacpp.scheduler import Scheduler
 from backends.llamacpp.sequences import SequenceJob, common_prefix_length
 from backends.llamacpp.speculation import SpeculationOptions
-from backends.llamacpp.steering import SteeringOptions
+from backends.answer_steering import SteeringOptions
 from chat.reasoning import KNOWN_MARKERS
 from chat.templates import resolve_template_source, resolve_tool_prompt_source
 from errors import InvalidRequest, NotSupported

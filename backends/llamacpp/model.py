@@ -16,6 +16,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from backends.answer_steering import only_closes
 from backends.llamacpp.log_routing import lines_logged_by_this_thread, route_llama_logs_to_python
 from backends.llamacpp.weight_placement import RepackMode, WeightPlacement, placed, weight_buffers
 from backends.load_progress import current_load, report
@@ -39,11 +40,6 @@ def _lower_this_threads_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (AttributeError, OSError):  # not Linux, or not allowed: it only runs a little slower for others
         pass
-
-
-def _only_closes(piece: bytes) -> bool:
-    text = piece.strip()
-    return bool(text) and all(byte in b'"]}' for byte in text)
 
 
 @dataclass(frozen=True)
@@ -202,7 +198,7 @@ class LlamaModel:
             if self._closing_tokens is None:
                 # _render_piece, not piece: filling the piece cache with the whole vocabulary would cost ~20 MB.
                 closers = [token for token in range(self.n_vocab) if self.is_end_of_generation(token)
-                           or _only_closes(self._render_piece(token, special=False))]
+                           or only_closes(self._render_piece(token, special=False))]
                 self._closing_tokens = np.array(closers, dtype=np.int64)
             return self._closing_tokens
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import llama_cpp
 import numpy as np
 
+from backends.answer_steering import Boost
 from backends.base import GrammarSpec, SamplingParams, TokenLogprob, TopLogprob
 from backends.llamacpp.model import LlamaModel
 
@@ -50,7 +51,6 @@ def grammar_parses(model: LlamaModel, grammar: GrammarSpec) -> bool:
     return True
 
 
-Boost = tuple[np.ndarray, float]  # token ids, logit added to each
 
 
 class SamplerChain:

@@ -26,7 +26,7 @@ from backends.llamacpp.sampling import SamplerChain, token_logprobs
 from backends.llamacpp.sequences import SequenceJob, Slot, common_prefix_length
 from backends.llamacpp.speculation import NO_SPECULATION, SequenceDrafter, SpeculationOptions
 from backends.llamacpp.speculative_steps import SpeculativeSteps
-from backends.llamacpp.steering import DEFAULT_STEERING, Steering, SteeringOptions
+from backends.answer_steering import DEFAULT_STEERING, Steering, SteeringOptions
 from backends.text_output import IncrementalDetokenizer, StopStringFilter
 from errors import EngineFailure
 
@@ -181,6 +181,7 @@ class Scheduler(SpeculativeSteps):
         slot.pending_logprobs = []
         slot.pending_text = ""
         slot.media_due = None
+        slot.snapshot_at = self._prompt_snapshot_point(job, reuse)
         # (penalties look back over the prompt's tokens: media placeholders are none)
         slot.sampler = SamplerChain(self.model, job.sampling, [t for t in prompt if t >= 0], job.grammar)
         slot.steering = Steering(self.model, job.grammar, job.max_tokens, self.steering, job.reasoning,
@@ -191,6 +192,24 @@ class Scheduler(SpeculativeSteps):
         slot.drafter = SequenceDrafter(prompt, self.speculation) if speculates else None
         slot.detokenizer = IncrementalDetokenizer()
         slot.stop_filter = StopStringFilter(job.stop)
+
+    def _prompt_snapshot_point(self, job: SequenceJob, reuse: int) -> int | None:
+        """Where to save the prompt's state on its way in: all but its last token, the state an identical prompt
+        restores later (a restart, a retry, a regenerate) before evaluating that token for its logits. The end
+        of the sequence is saved too (for follow-ups), but a state cannot be cut back in general (sliding-window
+        and recurrent caches forget), so a repeat needs a state of its own."""
+        cache = self._cache_for(job)
+        point = len(job.prompt_tokens) - 1
+        if job.prefill_only or cache is None or point < reuse or not cache.wants(job.prompt_tokens[:point]):
+            return None
+        if any(span.start < point < span.end for span in job.media):  # never inside an image
+            return None
+        return point
+
+    def _save_prompt_snapshot(self, slot: Slot) -> None:
+        """The sequence holds exactly its prompt up to `snapshot_at`: hand that state to the cache's writer."""
+        slot.snapshot_at = None
+        self._cache_for(slot.job).offer(tuple(slot.cached_tokens), self.context.sequence_state(slot.seq_id))
 
     def _decode_media(self, slot: Slot) -> None:
         """Decode the image (or audio) the slot's prompt continues with, in its own llama_decode (embeddings, not
@@ -258,12 +277,16 @@ class Scheduler(SpeculativeSteps):
 
     def _add_prompt_chunk(self, slot: Slot) -> None:
         prompt = slot.job.prompt_tokens
+        if slot.snapshot_at == slot.prompt_cursor:  # the last step ended there: the KV holds just that prefix
+            self._save_prompt_snapshot(slot)
         media = next((span for span in slot.job.media if span.end > slot.prompt_cursor), None)
         if media is not None and media.start <= slot.prompt_cursor:  # decoded after this step's batch
             slot.media_due = media
             return
         room = self.context.n_batch - self._batch.n_tokens
         end = min(len(prompt), slot.prompt_cursor + room, media.start if media is not None else len(prompt))
+        if slot.snapshot_at is not None:  # stop there this step; the snapshot is taken before the next chunk
+            end = min(end, slot.snapshot_at)
         for position in range(slot.prompt_cursor, end):
             is_last = position == len(prompt) - 1 and not slot.job.prefill_only
             index = self._add_to_batch(slot, prompt[position], want_logits=is_last)

@@ -13,7 +13,7 @@ from backends.llamacpp.media import MediaSpan
 from backends.llamacpp.prompt_cache import CachedPrefix
 from backends.llamacpp.sampling import SamplerChain
 from backends.llamacpp.speculation import SequenceDrafter
-from backends.llamacpp.steering import Steering
+from backends.answer_steering import Steering
 from backends.text_output import IncrementalDetokenizer, StopStringFilter
 
 
@@ -55,6 +55,7 @@ class Slot:
     job: SequenceJob | None = None
     prompt_cursor: int = 0  # next prompt token to feed
     media_due: MediaSpan | None = None  # media the prompt continues with, decoded after this step's batch
+    snapshot_at: int | None = None  # prompt length whose state goes to the disk cache once evaluated
     next_token: int | None = None  # sampled token waiting to be decoded
     batch_index: int = -1  # row of this step's batch that holds our logits, -1 if none
     sampler: SamplerChain | None = None

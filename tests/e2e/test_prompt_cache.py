@@ -64,15 +64,22 @@ def test_restore_then_follow_up_reuses_the_conversation_and_answers_the_same(tmp
 def test_a_restart_restores_from_disk(tmp_path, cache_dir, model):
     flags = (*FLAGS, "--model-name", model, "--cache-dir", str(cache_dir))
     with running_server(*flags, log_dir=tmp_path) as server:
-        warmed = restore(server, CONVERSATION).json()
         first = chat(server, FOLLOW_UP, model)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    next_turn = FOLLOW_UP + [{"role": "assistant", "content": first.choices[0].message.content},
+                             {"role": "user", "content": "And in entry 11?"}]
     with running_server(*flags, log_dir=tmp_path) as server:
+        # The identical prompt: all but its last token comes from disk (that one is evaluated for its logits).
         again = chat(server, FOLLOW_UP, model)
-        status = cache_status(server)
-    # The longest stored prefix is the first answer's whole sequence (prompt + completion, saved after it).
-    assert again.usage.prompt_tokens_details.cached_tokens >= warmed["cached_tokens"]
-    assert status["disk_hits"] == 1 and status["restored_tokens"] >= warmed["cached_tokens"]
+        assert again.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens - 1
+        assert cache_status(server)["disk_hits"] == 1
     assert again.choices[0].message.content == first.choices[0].message.content
+    with running_server(*flags, log_dir=tmp_path) as server:
+        # The next turn continues the first answer's whole sequence (prompt + completion, saved after it).
+        follow_up = chat(server, next_turn, model)
+        status = cache_status(server)
+    assert follow_up.usage.prompt_tokens_details.cached_tokens > first.usage.prompt_tokens
+    assert status["disk_hits"] == 1 and status["disk_misses"] == 0
 
 
 def test_corrupt_entries_are_served_cold_without_a_crash(tmp_path, cache_dir, model):

@@ -1,5 +1,6 @@
 """Steering a generated answer: closing a reasoning block whose budget is spent, and, for a grammar-constrained
-answer, budget-aware closing and loop breaking.
+answer, budget-aware closing and loop breaking. Engine-neutral: both engines steer the same way, each through
+its own `SteeringVocabulary` (llama.cpp's model; a Hugging Face tokenizer's byte table).
 
 The engine closes a thinking model's reasoning block itself (writes the close marker) once the request's
 reasoning budget is spent, or, when a grammar constrains the answer that follows, early enough to leave that
@@ -17,16 +18,42 @@ Lazy grammars (tool_choice auto) are left alone: whether their grammar is active
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
 
 from backends.base import GrammarSpec, ReasoningControl
 from backends.engine_support import AnswerFloor
 from backends.json_loops import LoopWatch
 from backends.reasoning_state import ReasoningTracker
-from backends.llamacpp.model import LlamaModel
-from backends.llamacpp.sampling import Boost
 
 CLOSING_BONUS = 4.0  # logits added per token of the closing window already used
 LOOP_BONUS = 100.0  # a loop is closed wherever the grammar lets it: the model's preference to go on is strong
+
+
+Boost = tuple[np.ndarray, float]  # token ids, logit added to each
+
+
+class SteeringVocabulary(Protocol):
+    """What steering needs to know of a model's tokens."""
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token adds to the answer (control tokens: none)."""
+
+    def token_text(self, token: int) -> bytes:
+        """A token's text, control tokens spelled out (how a reasoning marker is seen)."""
+
+    def closing_tokens(self) -> np.ndarray:
+        """Token ids that only close JSON (`only_closes`) and the end-of-generation tokens."""
+
+    def tokenize_markup(self, text: str) -> list[int]:
+        """Tokens of text that may spell control tokens (a reasoning block's close marker)."""
+
+
+def only_closes(piece: bytes) -> bool:
+    """Whether a token's bytes only close JSON: `"`, `]`, `}` and merges of them, whitespace aside."""
+    text = piece.strip()
+    return bool(text) and all(byte in b'"]}' for byte in text)
 
 
 def closing_window(max_tokens: int, shortest_answer: int = 0) -> int:
@@ -50,12 +77,12 @@ class Steering:
     """One sequence's steering: `boost_for` the model's pick before it is taken, `observe` each token taken,
     `forced_tokens` to write instead of sampling (the close of a reasoning block)."""
 
-    def __init__(self, model: LlamaModel, grammar: GrammarSpec | None, max_tokens: int, options: SteeringOptions,
-                 reasoning: ReasoningControl | None = None, floor: AnswerFloor | None = None):
+    def __init__(self, vocabulary: SteeringVocabulary, grammar: GrammarSpec | None, max_tokens: int,
+                 options: SteeringOptions, reasoning: ReasoningControl | None = None, floor: AnswerFloor | None = None):
         """`floor`: what the grammar-constrained answer takes at least (None: not known, or not constrained from
         its start, e.g. a lazy grammar)."""
         active = grammar is not None and not grammar.lazy_triggers
-        self.model = model
+        self.vocabulary = vocabulary
         self.max_tokens = max_tokens
         self.window = closing_window(max_tokens, floor.shortest if floor else 0)
         self.budget_closing = active and options.budget_closing
@@ -75,9 +102,9 @@ class Steering:
             remaining = self.max_tokens - completion_tokens
             if remaining <= self.window:
                 amount, self.reason = CLOSING_BONUS * (1 + (self.window - remaining)), "budget"
-        if self.loops is not None and self.loops.should_close(self.model.piece(pick)):
+        if self.loops is not None and self.loops.should_close(self.vocabulary.piece(pick)):
             amount, self.reason = max(amount, LOOP_BONUS), "loop"
-        return (self.model.closing_tokens(), amount) if self.reason else None
+        return (self.vocabulary.closing_tokens(), amount) if self.reason else None
 
     def observe(self, token: int, steered: bool) -> None:
         """Record the token taken, and whether steering changed it from the model's own pick."""
@@ -85,12 +112,12 @@ class Steering:
         self.loop_breaks += steered and self.reason == "loop"
         answering = self.reasoning.shaping_answer
         if self.reasoning.control is not None:
-            self.reasoning.observe(self.model.token_text(token).decode("utf-8", errors="replace"))
+            self.reasoning.observe(self.vocabulary.token_text(token).decode("utf-8", errors="replace"))
         if self.loops is not None and answering:
-            self.loops.observe(token, self.model.piece(token))
+            self.loops.observe(token, self.vocabulary.piece(token))
 
     def forced_tokens(self) -> list[int]:
         """Tokens the engine writes next without sampling: the close of a reasoning block whose budget is spent."""
         if not self.reasoning.must_close:
             return []
-        return self.model.tokenize_markup(self.reasoning.closing_text())
+        return self.vocabulary.tokenize_markup(self.reasoning.closing_text())
