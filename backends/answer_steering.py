@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
 from backends.base import GrammarSpec, ReasoningControl
 from backends.engine_support import AnswerFloor
-from backends.json_loops import LoopWatch
+from backends.json_loops import JsonDepth, LoopWatch
 from backends.reasoning_state import ReasoningTracker
 
 CLOSING_BONUS = 4.0  # logits added per token of the closing window already used
@@ -54,6 +55,33 @@ def only_closes(piece: bytes) -> bool:
     """Whether a token's bytes only close JSON: `"`, `]`, `}` and merges of them, whitespace aside."""
     text = piece.strip()
     return bool(text) and all(byte in b'"]}' for byte in text)
+
+
+@dataclass(frozen=True)
+class Closers:
+    """A vocabulary's closing tokens by where they close: inside a string only a quote does (a `]` there is
+    one more character of it), outside one only brackets do. Both hold the end-of-generation tokens."""
+
+    in_string: np.ndarray
+    outside: np.ndarray
+
+
+_closers: WeakKeyDictionary = WeakKeyDictionary()  # per vocabulary (a model), worked out once
+
+
+def closers_of(vocabulary: SteeringVocabulary) -> Closers:
+    closers = _closers.get(vocabulary)
+    if closers is None:
+        in_string, outside = [], []
+        for token in vocabulary.closing_tokens().tolist():
+            text = vocabulary.piece(token).strip()
+            if not text or text.startswith(b'"'):
+                in_string.append(token)
+            if not text or b'"' not in text:
+                outside.append(token)
+        closers = _closers[vocabulary] = Closers(np.array(in_string, dtype=np.int64),
+                                                 np.array(outside, dtype=np.int64))
+    return closers
 
 
 def closing_window(max_tokens: int, shortest_answer: int = 0) -> int:
@@ -87,6 +115,7 @@ class Steering:
         self.window = closing_window(max_tokens, floor.shortest if floor else 0)
         self.budget_closing = active and options.budget_closing
         self.loops = LoopWatch() if active and options.loop_breaking else None
+        self.json = JsonDepth()  # of the answer: whether a quote or a bracket closes next
         self.reasoning = ReasoningTracker(reasoning, max_tokens, (floor.needed if floor else 0) if active else None)
         self.reason: str | None = None  # why the last boost was given: "budget" or "loop"
         self.closed_by_budget = False  # budget closing changed a pick: the answer ends with finish_reason length
@@ -104,7 +133,10 @@ class Steering:
                 amount, self.reason = CLOSING_BONUS * (1 + (self.window - remaining)), "budget"
         if self.loops is not None and self.loops.should_close(self.vocabulary.piece(pick)):
             amount, self.reason = max(amount, LOOP_BONUS), "loop"
-        return (self.vocabulary.closing_tokens(), amount) if self.reason else None
+        if self.reason is None:
+            return None
+        closers = closers_of(self.vocabulary)
+        return (closers.in_string if self.json.in_string else closers.outside), amount
 
     def observe(self, token: int, steered: bool) -> None:
         """Record the token taken, and whether steering changed it from the model's own pick."""
@@ -113,8 +145,11 @@ class Steering:
         answering = self.reasoning.shaping_answer
         if self.reasoning.control is not None:
             self.reasoning.observe(self.vocabulary.token_text(token).decode("utf-8", errors="replace"))
-        if self.loops is not None and answering:
-            self.loops.observe(token, self.vocabulary.piece(token))
+        if answering and (self.budget_closing or self.loops is not None):
+            piece = self.vocabulary.piece(token)
+            self.json.feed(piece)
+            if self.loops is not None:
+                self.loops.observe(token, piece)
 
     def forced_tokens(self) -> list[int]:
         """Tokens the engine writes next without sampling: the close of a reasoning block whose budget is spent."""

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+from backends.answer_steering import SteeringOptions
 from backends.base import GENERATIVE_CAPABILITIES, AdapterSet, ChatTemplateInfo, GenerationChunk, GenerationRequest
 from backends.catalog import ModelEntry
 from backends.engine_support import (
@@ -24,6 +25,7 @@ from backends.hf.grammar import GrammarCompiler, GrammarConstraint
 from backends.hf.loading import free_checkpoint, load_checkpoint
 from backends.hf.peft_adapters import PeftAdapters
 from backends.hf.scheduler import BatchScheduler, HFJob
+from backends.hf.vocabulary import TokenizerVocabulary
 from chat.templates import resolve_template_source
 from settings import Settings
 
@@ -43,10 +45,13 @@ class TransformersEngine(WorkerThreadEngine):
         self._context_length = min(settings.n_ctx, trained)
         self._default_max_tokens = settings.default_max_tokens
         self._template = self._load_template(settings)
-        self.grammars = GrammarCompiler(tokenizer, self.vocab_size)
+        eos_ids = self._end_of_generation_ids()
+        self.vocabulary = TokenizerVocabulary(tokenizer, self.vocab_size, eos_ids)
+        self.grammars = GrammarCompiler(self.vocabulary)
         self.scheduler = BatchScheduler(
-            self.checkpoint, max_batch=settings.parallel, max_queue=settings.max_queue, seq_ctx=self._context_length,
-            eos_ids=self._end_of_generation_ids(),
+            self.checkpoint, self.vocabulary, max_batch=settings.parallel, max_queue=settings.max_queue,
+            seq_ctx=self._context_length, eos_ids=eos_ids,
+            steering=SteeringOptions(budget_closing=settings.budget_closing, loop_breaking=settings.loop_breaking),
         )
         self.adapters = PeftAdapters(self.checkpoint, self.scheduler.model_lock)
 
@@ -128,7 +133,7 @@ class TransformersEngine(WorkerThreadEngine):
         constraint = None
         if grammar is not None:
             compiled = await asyncio.to_thread(self.grammars.compile, grammar.gbnf)
-            constraint = GrammarConstraint(compiled, grammar, self.vocab_size)
+            constraint = GrammarConstraint(compiled, grammar, self.vocabulary)
         job = HFJob(
             tenant=request.tenant,
             prompt_ids=prompt_ids,

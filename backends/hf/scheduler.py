@@ -2,9 +2,10 @@
 
 Requests that arrive while a batch runs join the next one. A batch prefills every prompt in one forward pass
 (left padding, attention mask, explicit positions), then decodes one token per live sequence per step over a
-shared KV cache. Each sequence has its own sampler, grammar, stop strings and budget; one that finishes (or
-whose client went away) stops emitting at once and is masked out of later steps, and the batch ends when all
-are done. torch runs in inference mode on this thread only; the event loop never waits on it.
+shared KV cache. Each sequence has its own sampler, grammar, stop strings, budget and steering (a reasoning
+budget, budget closing and loop breaking, as on the llama.cpp engine: backends/answer_steering.py); one that
+finishes (or whose client went away) stops emitting at once and is masked out of later steps, and the batch
+ends when all are done. torch runs in inference mode on this thread only; the event loop never waits on it.
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ from dataclasses import dataclass, field
 
 import torch
 
+from backends.answer_steering import DEFAULT_STEERING, Steering, SteeringOptions
 from backends.base import GenerationFinished, ReasoningControl, SamplingParams, TokenDelta, TokenLogprob, Usage
 from backends.engine_support import AnswerFloor, Emit
 from backends.hf.grammar import GrammarConstraint
 from backends.hf.peft_adapters import BASE_ROW
 from backends.hf.sampling import RowSampler, row_logprobs
+from backends.hf.vocabulary import TokenizerVocabulary
 from backends.job_queue import JobQueue
-from backends.reasoning_state import ReasoningTracker
 from backends.text_output import StopStringFilter, TokenTextDecoder
 from errors import EngineFailure
 
 logger = logging.getLogger(__name__)
+
 
 
 @dataclass(eq=False)
@@ -45,14 +48,6 @@ class HFJob:
     answer_floor: AnswerFloor | None = None  # what its grammar-constrained answer takes at least
 
 
-
-def answer_needs(job: HFJob) -> int | None:
-    """Tokens its constrained answer must keep after any thinking (None: unconstrained)."""
-    if job.constraint is None:
-        return None
-    return job.answer_floor.needed if job.answer_floor else 0
-
-
 @dataclass(eq=False)
 class _Row:
     job: HFJob
@@ -60,7 +55,7 @@ class _Row:
     decoder: TokenTextDecoder
     stop_filter: StopStringFilter
     position: int  # position of the next token
-    reasoning: ReasoningTracker
+    steering: Steering
     forced: list[int] = field(default_factory=list)  # tokens to write next without sampling (a reasoning close)
     completion_tokens: int = 0
     done: bool = False
@@ -68,7 +63,10 @@ class _Row:
 
 
 class BatchScheduler:
-    def __init__(self, checkpoint, *, max_batch: int, max_queue: int, seq_ctx: int, eos_ids: set[int]) -> None:
+    def __init__(self, checkpoint, vocabulary: TokenizerVocabulary, *, max_batch: int, max_queue: int, seq_ctx: int,
+                 eos_ids: set[int], steering: SteeringOptions = DEFAULT_STEERING) -> None:
+        self.vocabulary = vocabulary
+        self.steering = steering
         self.checkpoint = checkpoint  # its model may be wrapped and unwrapped by PEFT adapters (peft_adapters.py)
         self.model_lock = threading.Lock()  # held for each forward pass; adapters change the model between them
         self.tokenizer = checkpoint.tokenizer
@@ -166,8 +164,8 @@ class BatchScheduler:
         return _Row(job=job, sampler=RowSampler(job.sampling, job.prompt_ids, self.vocab_size),
                     decoder=TokenTextDecoder(decode), stop_filter=StopStringFilter(job.stop),
                     position=len(job.prompt_ids),
-                    reasoning=ReasoningTracker(job.reasoning, job.max_tokens,
-                                               answer_needs(job)))
+                    steering=Steering(self.vocabulary, job.constraint.spec if job.constraint else None,
+                                      job.max_tokens, self.steering, job.reasoning, job.answer_floor))
 
     def _drop_if_cancelled(self, row: _Row) -> bool:
         if row.job.cancelled:
@@ -177,16 +175,15 @@ class BatchScheduler:
     def _step(self, row: _Row, raw_logits: torch.Tensor) -> int:
         """Sample one token for a live row, emit its text; returns the token to feed next."""
         job = row.job
-        token = row.forced.pop(0) if row.forced else self._sample(row, raw_logits)
+        token, steered = (row.forced.pop(0), False) if row.forced else self._sample(row, raw_logits)
         row.sampler.accept(token)
-        if row.reasoning.control is not None:
-            row.reasoning.observe(self.tokenizer.decode([token], skip_special_tokens=False))
-            if row.reasoning.must_close and not row.forced:  # budget spent: write the close marker ourselves
-                row.forced = self.tokenizer.encode(row.reasoning.closing_text(), add_special_tokens=False)
+        row.steering.observe(token, steered)
+        row.forced = row.forced or row.steering.forced_tokens()  # a spent reasoning budget: the close marker
         row.completion_tokens += 1
         row.position += 1
         if job.top_logprobs is not None and token not in self.eos_ids:
-            row.pending_logprobs.append(row_logprobs(raw_logits, token, job.top_logprobs, self._token_bytes))
+            row.pending_logprobs.append(row_logprobs(raw_logits, token, job.top_logprobs,
+                                                      self.vocabulary.token_text))
         if token in self.eos_ids:
             self._finish(row, "stop")
             return token
@@ -205,25 +202,46 @@ class BatchScheduler:
             self._finish(row, "length")
         return token
 
-    def _sample(self, row: _Row, raw_logits: torch.Tensor) -> int:
+    def _sample(self, row: _Row, raw_logits: torch.Tensor) -> tuple[int, bool]:
+        """The next token, and whether steering changed it from the model's own pick."""
         logits = row.sampler.adjust(raw_logits.clone())
         if row.job.constraint is not None:
             row.job.constraint.mask(logits)
-        return row.sampler.pick(logits)
+        natural = self._pick(row, logits)
+        boost = row.steering.boost_for(natural, row.completion_tokens)
+        if boost is None:
+            return natural, False
+        tokens, amount = boost
+        logits[torch.from_numpy(tokens)] += amount  # (tokens the grammar forbids stay at -inf)
+        token = self._pick(row, logits)
+        return token, token != natural
+
+    @staticmethod
+    def _pick(row: _Row, logits: torch.Tensor) -> int:
+        """The sampler's pick, never one that breaks the UTF-8 of a constrained answer (then it picks again)."""
+        token = row.sampler.pick(logits)
+        constraint = row.job.constraint
+        if constraint is not None and not constraint.keeps_utf8(token):
+            constraint.mask_ill_formed(logits)
+            token = row.sampler.pick(logits)
+        return token
 
     def _finish(self, row: _Row, reason: str, text: str = "") -> None:
+        steering = row.steering
+        if reason == "stop" and steering.closed_by_budget:
+            reason = "length"  # it ended where the budget made it end (still valid JSON): say so
+        if steering.loop_breaks:
+            logger.info("A constrained answer repeated itself: closed where it began another element (%d picks)",
+                        steering.loop_breaks)
         if not row.stop_filter.stopped:
             text += row.stop_filter.push(row.decoder.flush())
             text += row.stop_filter.flush()
         if text or row.pending_logprobs:
             row.job.emit(TokenDelta(text, tuple(row.pending_logprobs), row.completion_tokens))
         usage = Usage(prompt_tokens=len(row.job.prompt_ids), completion_tokens=row.completion_tokens,
-                      reasoning_tokens=row.reasoning.tokens)
+                      reasoning_tokens=steering.reasoning.tokens)
         row.job.emit(GenerationFinished(finish_reason=reason, usage=usage, stop_sequence=row.stop_filter.matched))
         row.done = True
-
-    def _token_bytes(self, token: int) -> bytes:
-        return self.tokenizer.decode([token], skip_special_tokens=False).encode("utf-8")
 
 
 def _new_cache(model):

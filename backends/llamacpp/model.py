@@ -7,6 +7,7 @@ loading, so tokenising from the event loop while the scheduler thread decodes is
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import threading
@@ -20,6 +21,7 @@ from backends.answer_steering import only_closes
 from backends.llamacpp.log_routing import lines_logged_by_this_thread, route_llama_logs_to_python
 from backends.llamacpp.weight_placement import RepackMode, WeightPlacement, placed, weight_buffers
 from backends.load_progress import current_load, report
+from backends.utf8_validity import Utf8Table
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +203,12 @@ class LlamaModel:
                            or only_closes(self._render_piece(token, special=False))]
                 self._closing_tokens = np.array(closers, dtype=np.int64)
             return self._closing_tokens
+
+    @functools.cached_property
+    def utf8_table(self) -> Utf8Table:
+        """Which tokens would break a constrained answer's UTF-8, at every point (see utf8_validity.py). Built the
+        first time a pick does (rare: most runs never), in a pass over the vocabulary like `closing_tokens`."""
+        return Utf8Table(self._render_piece(token, special=False) for token in range(self.n_vocab))
 
     def prepare_closing_tokens(self, cache_dir: Path | None = None) -> threading.Thread:
         """Find the closing tokens on a background thread; join it before freeing the model.

@@ -16,6 +16,7 @@ import numpy as np
 from backends.answer_steering import Boost
 from backends.base import GrammarSpec, SamplingParams, TokenLogprob, TopLogprob
 from backends.llamacpp.model import LlamaModel
+from backends.utf8_validity import Utf8Validity
 
 
 def _logit_bias_sampler(n_vocab: int, logit_bias: dict[int, float]):
@@ -68,6 +69,8 @@ class SamplerChain:
             if self.grammar is None:
                 raise ValueError("grammar does not parse")
             self._candidates = _CandidateBuffer(model.n_vocab)
+            self._utf8 = Utf8Validity()  # of the answer's bytes: a grammar allows surrogates (see utf8_validity.py)
+        self.model = model
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
@@ -103,7 +106,8 @@ class SamplerChain:
 
     def sample(self, context_ptr, batch_index: int, steer: Callable[[int], Boost | None] | None = None) -> tuple[int, bool]:
         """The next token, and whether steering changed it. `steer` (grammar-constrained only) sees the model's own
-        pick and may return extra logits for some tokens (see steering.py); the pick is then made again."""
+        pick and may return extra logits for some tokens (backends/answer_steering.py); the pick is then made
+        again."""
         if self.grammar is None:
             return llama_cpp.llama_sampler_sample(self.ptr, context_ptr, batch_index), False
         logits = llama_cpp.llama_get_logits_ith(context_ptr, batch_index)
@@ -112,6 +116,7 @@ class SamplerChain:
         token = natural if boost is None else self._constrained_pick(logits, boost)
         llama_cpp.llama_sampler_accept(self.grammar, token)
         llama_cpp.llama_sampler_accept(self.ptr, token)
+        self._utf8.feed(self.model.piece(token))
         return token, token != natural
 
     def accept(self, token: int) -> None:
@@ -121,13 +126,21 @@ class SamplerChain:
             if not self._grammar_allows(token):
                 raise ValueError(f"the grammar does not allow the written token {token}")
             llama_cpp.llama_sampler_accept(self.grammar, token)
+            if not self._utf8.feed(self.model.piece(token)):
+                self._utf8.reset()
         llama_cpp.llama_sampler_accept(self.ptr, token)
 
     def _constrained_pick(self, logits, boost: Boost | None) -> int:
         token = self._candidates.select(logits, self.ptr, boost=boost)
-        if not self._grammar_allows(token):
+        if not self._grammar_allows(token) or not self._keeps_utf8(token):
             token = self._candidates.select(logits, self.ptr, constraint=self.grammar, boost=boost)
+            if not self._keeps_utf8(token):  # forbid every token that would break it, then pick again
+                token = self._candidates.select(logits, self.ptr, constraint=self.grammar, boost=boost,
+                                                forbidden=self.model.utf8_table.ill_formed_after(self._utf8))
         return token
+
+    def _keeps_utf8(self, token: int) -> bool:
+        return self._utf8.accepts(self.model.piece(token))
 
     def _grammar_allows(self, token: int) -> bool:
         single = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 1.0, 0.0))
@@ -155,13 +168,17 @@ class _CandidateBuffer:
         self.data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
         self.ids = np.arange(n_vocab, dtype=np.int32)
 
-    def select(self, logits_ptr, chain, constraint=None, boost: Boost | None = None) -> int:
-        """Run `constraint` (if any) then `chain` over all tokens, without recording the pick anywhere."""
+    def select(self, logits_ptr, chain, constraint=None, boost: Boost | None = None,
+               forbidden: np.ndarray | None = None) -> int:
+        """Run `constraint` (if any) then `chain` over all tokens, without recording the pick anywhere
+        (`forbidden`: a mask of tokens never to pick)."""
         self.data["id"] = self.ids
         self.data["logit"] = logits_view(logits_ptr, self.n_vocab)
         if boost is not None:
             tokens, amount = boost
             self.data["logit"][tokens] += amount
+        if forbidden is not None:
+            self.data["logit"][forbidden] = -np.inf
         self.data["p"] = 0.0
         pointer = self.data.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
         array = llama_cpp.llama_token_data_array(pointer, self.n_vocab, -1, False)

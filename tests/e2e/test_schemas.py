@@ -175,3 +175,33 @@ def test_a_list_that_repeats_itself_is_closed_and_parses(client, model):
     assert answer.choices[0].finish_reason == "stop" and answer.usage.completion_tokens < 300
     trip = answer.choices[0].message.parsed
     assert trip.city and trip.sights
+
+
+# ---------------------------------------------------------------- well-formed UTF-8
+
+
+def test_a_constrained_string_is_well_formed_utf8_within_its_max_length(client):
+    """llama.cpp's grammar reads UTF-8 without ruling out surrogates (ED A0..BF), which SmolLM2's byte tokens can
+    spell and which decode to one U+FFFD per byte. The bias makes the model want exactly those (before the fix:
+    `"���������"` for maxLength 3); the string must stay well-formed and within its length."""
+    import llama_cpp
+
+    from settings import PROJECT_ROOT
+
+    vocab = llama_cpp.Llama(str(PROJECT_ROOT / "models" / SMOLLM2_FILE), vocab_only=True, verbose=False)
+    byte_token = {}
+    for token in range(vocab.n_vocab()):
+        raw = vocab.detokenize([token])
+        if len(raw) == 1:
+            byte_token.setdefault(raw[0], token)
+    surrogate_bias = {str(byte_token[0xED]): 30, **{str(byte_token[byte]): 40 for byte in range(0xA0, 0xC0)}}
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 3}}, "required": ["name"]}
+    answer = client.chat.completions.create(
+        model=SMOLLM2_FILE, messages=[{"role": "user", "content": "Say a name."}], max_tokens=60, temperature=0,
+        logit_bias=surrogate_bias, logprobs=True,
+        response_format={"type": "json_schema", "json_schema": {"name": "named", "schema": schema}})
+    name = json.loads(answer.choices[0].message.content)["name"]
+    assert "\ufffd" not in name and len(name) <= 3
+    written = b"".join(bytes(entry.bytes) for entry in answer.choices[0].logprobs.content)
+    assert b"\xed" in written, "the bias no longer reaches the byte tokens: this test proves nothing"
+    written.decode("utf-8")  # strictly well-formed

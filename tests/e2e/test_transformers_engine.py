@@ -11,6 +11,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+import xgrammar
 import yaml
 
 from settings import PROJECT_ROOT
@@ -27,8 +28,12 @@ WEATHER = {
 
 
 @pytest.fixture(scope="module")
-def hf_server(tmp_path_factory):
-    models = tmp_path_factory.mktemp("hf-models")
+def models(tmp_path_factory):
+    return tmp_path_factory.mktemp("hf-models")
+
+
+@pytest.fixture(scope="module")
+def hf_server(tmp_path_factory, models):
     build_tiny_llama(models / MODEL)
     build_peft_adapter(models / MODEL, models / "adapter")
     (models / "models.yaml").write_text(yaml.safe_dump({"models": [
@@ -154,6 +159,51 @@ def test_json_schema_output_validates(client):
     )
     assert response.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(response.choices[0].message.content), schema)
+
+
+def json_answer(client, schema, max_tokens, **kwargs):
+    return client.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=max_tokens, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}, **kwargs)
+
+
+def test_a_looping_json_answer_is_closed_where_it_repeats(client):
+    """Loop breaking, as on the llama.cpp engine: the random model repeats itself inside a string of a list until
+    the budget ends it (invalid JSON); the engine closes the string and list where the loop goes on instead."""
+    schema = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}},
+              "required": ["items"]}
+    answer = json_answer(client, schema, 300)
+    assert answer.choices[0].finish_reason == "stop" and answer.usage.completion_tokens < 300
+    jsonschema.validate(json.loads(answer.choices[0].message.content), schema)
+
+
+@pytest.mark.parametrize("max_tokens", [16, 20, 32])
+def test_a_json_answer_cut_by_its_budget_is_still_valid_whole_and_streamed(client, max_tokens):
+    """Budget closing, as on the llama.cpp engine: the last tokens of max_tokens close the answer (inside a
+    string that takes a quote: a `]` there is one more character), and finish_reason says the budget ended it."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    answer = json_answer(client, schema, max_tokens)
+    assert answer.choices[0].finish_reason == "length"
+    jsonschema.validate(json.loads(answer.choices[0].message.content), schema)
+    streamed = list(json_answer(client, schema, max_tokens, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answer.choices[0].message.content
+
+
+def test_a_constrained_string_is_well_formed_utf8_within_its_max_length(client, models):
+    """Byte tokens can spell UTF-8 surrogates (ED A0..BF), which xgrammar lets through and which decode to one
+    U+FFFD per byte: the bias below makes the model want exactly those; the string stays within maxLength."""
+    from transformers import AutoTokenizer
+
+    table = xgrammar.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(models / MODEL)).decoded_vocab
+    byte_token = {raw[0]: token for token, raw in enumerate(map(bytes, table)) if len(raw) == 1}
+    surrogate_bias = {str(byte_token[0xED]): 30, **{str(byte_token[byte]): 40 for byte in range(0xA0, 0xC0)}}
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 3}}, "required": ["name"]}
+    answer = json_answer(client, schema, 60, logit_bias=surrogate_bias, logprobs=True)
+    name = json.loads(answer.choices[0].message.content)["name"]
+    assert "\ufffd" not in name and len(name) <= 3
+    written = b"".join(bytes(entry.bytes) for entry in answer.choices[0].logprobs.content)
+    assert b"\xed" in written, "the bias no longer reaches the byte tokens: this test proves nothing"
+    written.decode("utf-8")  # strictly well-formed
 
 
 def test_bitsandbytes_quantization_on_cpu_is_a_clear_400(client):
