@@ -9,9 +9,9 @@ import sys
 import uvicorn
 
 from api.app import create_app
-from api.response_store import ResponseStore, StoreUnavailable
-from settings_cli import settings_from_cli
 from settings import Settings
+from settings_cli import settings_from_cli
+from state.response_store import ResponseStore, StoreUnavailable
 
 
 class JsonFormatter(logging.Formatter):

@@ -13,29 +13,29 @@ from fastapi.middleware.cors import CORSMiddleware
 from sse_starlette.sse import AppStatus
 from starlette.concurrency import run_in_threadpool
 
-from api.audit import audit
-from api.background_responses import BackgroundRuns
+from api.admin.cache_routes import router as cache_router
+from api.admin.models_routes import router as models_router
+from api.admin.routes import router as admin_router
+from api.anthropic.routes import router as messages_router
 from api.auth import ApiKeyMiddleware
 from api.error_responses import install_error_handlers
-from api.instance_liveness import HEARTBEAT_SECONDS
-from api.keys import KeyLimits, KeyStore
 from api.limits import BodyLimitMiddleware
 from api.observability import KeyUsageCollector, Metrics, RegistryCollector, RequestLogMiddleware
-from api.quotas import QuotaBook
-from api.response_store import ResponseStore
-from api.routes_admin import router as admin_router
-from api.routes_cache import router as cache_router
-from api.routes_chat import router as chat_router
-from api.routes_completions import router as completions_router
-from api.routes_embeddings import router as embeddings_router
-from api.routes_messages import router as messages_router
-from api.routes_models import router as models_router
-from api.routes_rerank import router as rerank_router
-from api.routes_responses import router as responses_router
+from api.openai.chat_routes import router as chat_router
+from api.openai.completions_routes import router as completions_router
+from api.openai.embeddings_routes import router as embeddings_router
+from api.rerank.routes import router as rerank_router
+from api.responses.background import BackgroundRuns
+from api.responses.routes import router as responses_router
 from api.routes_web import assets as web_assets
 from api.routes_web import router as web_router
 from backends.registry import ModelRegistry
 from settings import Settings
+from state.instance_liveness import HEARTBEAT_SECONDS
+from state.response_store import ResponseStore
+from tenants.audit import audit
+from tenants.keys import KeyLimits, KeyStore
+from tenants.quotas import QuotaBook
 
 logger = logging.getLogger(__name__)
 

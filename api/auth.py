@@ -9,10 +9,10 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.deps import wants_html
 from api.error_responses import error_response
-from api.keys import KeyStore
-from api.routes_web import wants_html
 from errors import Unauthorized
+from tenants.keys import KeyStore
 
 OPEN_PATHS = {"/health", "/chat", "/favicon.ico", "/openapi.json", "/docs"}
 OPEN_PREFIXES = ("/chat/assets/",)

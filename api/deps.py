@@ -7,11 +7,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.keys import Tenant
-from api.quotas import QuotaBook
 from backends.registry import ModelRegistry
 from errors import PermissionDenied, Unauthorized
 from settings import Settings
+from state.response_store import ResponseStore
+from tenants.keys import KeyStore, Tenant
+from tenants.quotas import QuotaBook
 
 
 async def get_registry(request: Request) -> ModelRegistry:
@@ -31,6 +32,13 @@ def get_settings(request: Request) -> Settings:
 
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_response_store(request: Request) -> ResponseStore:
+    return request.app.state.responses
+
+
+StoreDep = Annotated[ResponseStore, Depends(get_response_store)]
 
 
 def current_tenant(request: Request) -> Tenant:
@@ -61,6 +69,17 @@ def get_quotas(request: Request) -> QuotaBook:
     return request.app.state.quotas
 
 
+def get_keys(request: Request) -> KeyStore:
+    return request.app.state.keys
+
+
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
 AdminDep = Annotated[Tenant, Depends(require_admin)]
 QuotasDep = Annotated[QuotaBook, Depends(get_quotas)]
+KeysDep = Annotated[KeyStore, Depends(get_keys)]
+
+
+def wants_html(accept: str) -> bool:
+    """A browser navigating here (its Accept lists text/html before or without JSON)."""
+    accept = accept.lower()
+    return "text/html" in accept and ("application/json" not in accept or accept.index("text/html") < accept.index("application/json"))

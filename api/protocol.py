@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from errors import InvalidRequest
+
 
 class WireModel(BaseModel):
     """Base of every wire type. Responses drop nothing; requests tolerate extra fields."""
@@ -367,3 +369,13 @@ class ErrorDetail(WireModel):
 
 class ErrorResponse(WireModel):
     error: ErrorDetail
+
+
+def model_name_of(body: Any) -> str | None:
+    """The `model` of a body that is validated later (or relayed as is)."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    name = body.get("model")
+    if name is not None and not isinstance(name, str):
+        raise InvalidRequest("'model' must be a string.", param="model")
+    return name

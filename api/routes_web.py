@@ -17,12 +17,6 @@ def chat_page() -> FileResponse:
     return FileResponse(WEB_DIR / "chat.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
 
 
-def wants_html(accept: str) -> bool:
-    """A browser navigating here (its Accept lists text/html before or without JSON)."""
-    accept = accept.lower()
-    return "text/html" in accept and ("application/json" not in accept or accept.index("text/html") < accept.index("application/json"))
-
-
 @router.get("/chat", include_in_schema=False)
 async def chat() -> FileResponse:
     return chat_page()

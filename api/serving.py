@@ -29,15 +29,15 @@ from api.choice_streams import (
     with_deadline,
 )
 from api.error_responses import error_body
-from api.keys import Tenant
 from api.observability import note_model, note_upstream_error, observe
-from api.quotas import Ticket
 from api.sse import event_stream, sse_bytes, sse_event
 from backends.base import GenerationChunk, GenerationFinished, GenerationRequest, RelayedStream, RelayedWhole
 from backends.keep_alive import parse_duration
 from backends.registry import KEEP, LoadedModel, ModelRegistry
 from errors import EngineFailure, InvalidRequest, ServerError, UpstreamError
 from settings import Settings
+from tenants.keys import Tenant
+from tenants.quotas import Ticket
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,18 @@ class LocalWhole:
     prompt_tokens: int
 
 
-LocalStart = Callable[[LoadedModel], Awaitable[LocalRun | LocalWhole]]
+@dataclass
+class LocalBackground:
+    """A run answered at once with `body` while it goes on generating in the background (Responses'
+    `background: true`): `launch` is handed the generation, which holds the lease and the ticket until it ends."""
+
+    body: object
+    writer: AnswerWriter
+    chunks: ChoiceChunks
+    launch: Callable[[Callable[[], Awaitable[None]]], None]
+
+
+LocalStart = Callable[[LoadedModel], Awaitable[LocalRun | LocalWhole | LocalBackground]]
 
 
 def generation_chunks(
@@ -164,10 +175,13 @@ async def serve(
             await resources.aclose()
 
 
-async def _run_locally(run: LocalRun | LocalWhole, request: Request, resources: AsyncExitStack,
+async def _run_locally(run: LocalRun | LocalWhole | LocalBackground, request: Request, resources: AsyncExitStack,
                        ticket: Ticket) -> Response:
     if isinstance(run, LocalWhole):
         ticket.charge(run.prompt_tokens, 0)
+        return JSONResponse(run.body)
+    if isinstance(run, LocalBackground):
+        run.launch(_in_background(run, resources.pop_all(), ticket))  # the lease and the ticket go with it
         return JSONResponse(run.body)
     run.chunks = _charged(run.chunks, ticket)
     if run.stream:
@@ -182,6 +196,22 @@ async def _run_locally(run: LocalRun | LocalWhole, request: Request, resources: 
         logger.info("Client disconnected; its generation was cancelled")
         return Response(status_code=499)
     return JSONResponse(run.writer.whole())
+
+
+def _in_background(run: LocalBackground, resources: AsyncExitStack,
+                   ticket: Ticket) -> Callable[[], Awaitable[None]]:
+    """The generation of a background run: its chunks charged and written, then the lease and ticket given back."""
+
+    async def generate() -> None:
+        async with resources:
+            try:
+                async for index, chunk in _charged(run.chunks, ticket):
+                    run.writer.add(index, chunk)
+            except BaseException:  # cancelled or failed: the key is not charged for an answer it did not get
+                ticket.failed()
+                raise
+
+    return generate
 
 
 async def _charged(chunks: ChoiceChunks, ticket: Ticket) -> ChoiceChunks:
@@ -273,3 +303,8 @@ async def _relayed_bytes(answer: RelayedStream, ticket: Ticket, resources: Async
     finally:
         await answer.chunks.aclose()
         await resources.aclose()
+
+
+def client_body(body) -> dict:
+    """What the client sent, as it sent it: set fields only (defaults are the upstream's to pick), extras kept."""
+    return body.model_dump(mode="json", exclude_unset=True, by_alias=True)

@@ -1,6 +1,6 @@
 """A tiny OpenAI-shaped ASGI upstream for the faults a real server cannot be made to produce on demand: a slow
-first byte, a stream that dies midway, 500s, paced chunks, and a record of what it received (headers, bodies,
-streams whose client went away). Runs in a thread of the test process on a free loopback port.
+first byte, a stream that dies midway, 500s, paced chunks, a Responses API with its own stored conversations, and
+a record of what it received (headers, bodies, streams whose client went away). Runs in a thread of the test process on a free loopback port.
 
 Behaviour is chosen per request by the `model` name: `slow-first-byte`, `dies-midway`, `fails-500`,
 `rejects-400`, `paced` (chunks 0.5 s apart), `endless` (a chunk every 50 ms until the client leaves); anything
@@ -91,8 +91,21 @@ def build_app(record: Record, tokens: int = 5, interval: float = 0.0) -> Starlet
         return JSONResponse({"id": "cmpl-1", "object": "text_completion", "created": 1, "model": body.get("model"),
                              "choices": [{"index": 0, "text": "done", "finish_reason": "stop"}]})
 
+    async def responses(request: Request):
+        """A Responses API upstream keeps its own conversations: any `previous_response_id` is its own to know."""
+        body = await request.json()
+        record.requests.append({"path": request.url.path, "headers": dict(request.headers), "body": body})
+        text = f"continues {body['previous_response_id']}" if body.get("previous_response_id") else "w0"
+        return JSONResponse({
+            "id": "resp_upstream_2", "object": "response", "created_at": 1, "model": body.get("model"),
+            "status": "completed", "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+            "previous_response_id": body.get("previous_response_id"),
+            "output": [{"type": "message", "id": "msg_upstream_2", "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}]}]})
+
     return Starlette(routes=[
         Route("/v1/models", models),
+        Route("/v1/responses", responses, methods=["POST"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", other, methods=["POST"]),
         Route("/v1/embeddings", other, methods=["POST"]),

@@ -107,6 +107,16 @@ def test_responses_are_relayed_whole_and_streamed(server, proxy):
     assert events[-1].response.model == OURS
 
 
+def test_a_remote_models_conversation_belongs_to_its_upstream(proxy, fakes):
+    """`previous_response_id` on a remote model names a response its upstream stored: relayed untouched (we used to
+    look it up in our own store first and answer 404 response_not_found)."""
+    answer = client_for(f"{proxy.base_url}/v1").responses.create(
+        model="fake/echo", input="And then?", previous_response_id="resp_upstream_1")
+    assert answer.output_text == "continues resp_upstream_1"
+    sent = [r["body"] for fake in fakes for r in fake.record.requests if r["path"] == "/v1/responses"]
+    assert [body["previous_response_id"] for body in sent] == ["resp_upstream_1"]
+
+
 def test_tools_pass_through(proxy):
     response = client_for(f"{proxy.base_url}/v1").chat.completions.create(
         model=OURS, messages=ASK, max_tokens=80, temperature=0, parallel_tool_calls=False,

@@ -95,3 +95,24 @@ def test_a_fresh_instance_continues_from_the_shared_database_and_cache(database,
         second = server.openai_client().responses.create(model=MODEL, input="Go on.", previous_response_id=first.id,
                                                          max_output_tokens=4, temperature=0)
     assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 1
+
+
+def test_a_save_waiting_on_the_database_holds_up_no_other_stream(two_instances, database):
+    """Answers were stored on the event loop: a save waiting on PostgreSQL (here: a table lock held by this test)
+    froze every stream of the instance until the database answered. The save now waits on its own thread."""
+    import concurrent.futures
+
+    import psycopg
+
+    a_server, _ = two_instances
+    client = a_server.openai_client(timeout=20, max_retries=0)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, psycopg.connect(database) as locker:
+        locker.execute("LOCK TABLE responses IN ACCESS EXCLUSIVE MODE")  # held until this transaction ends
+        stored = pool.submit(client.responses.create, model=MODEL, input="Hello.", max_output_tokens=4,
+                             temperature=0)
+        response = stored.result(timeout=20)  # answered; its save waits on the lock
+        chunks = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                                     max_tokens=8, temperature=0, stream=True))
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")  # streamed in full meanwhile
+        locker.rollback()
+    assert client.responses.retrieve(response.id).output_text == response.output_text  # stored once the lock went

@@ -25,6 +25,7 @@ KEYS = {"keys": [
     {"key": "sk-small", "label": "small", "limits": {"max_request_tokens": 1000, "max_streams": 1}},
     {"key": "sk-flood", "label": "flood"},
     {"key": "sk-quiet", "label": "quiet"},
+    {"key": "sk-later", "label": "later", "limits": {"requests_per_minute": 5, "max_streams": 1}},
 ]}
 WINDOW = 3  # --rate-window-seconds: the per-minute limits count in a 3 s window here
 ASK = [{"role": "user", "content": "Say hello."}]
@@ -187,7 +188,7 @@ def test_sighup_reloads_the_key_file_without_cutting_a_stream(server, key_file):
             assert time.monotonic() < deadline, "the new key was not loaded"
             time.sleep(0.1)
         assert any('"finish_reason":"length"' in line for line in lines)  # the stream ran to its end
-    assert "audit key=- action=reload_keys keys=7" in server.log_path.read_text()
+    assert f"audit key=- action=reload_keys keys={len(KEYS['keys']) + 1}" in server.log_path.read_text()
 
 
 def test_without_an_admin_key_operator_endpoints_are_off(tmp_path):
@@ -228,3 +229,23 @@ def test_a_stored_response_belongs_to_the_key_that_made_it(server):
     with pytest.raises(openai.NotFoundError):
         server.openai_client("sk-quiet").responses.create(model=SMOLLM2_FILE, input="hi", max_output_tokens=2,
                                                           previous_response_id=answer.id)
+
+
+def test_a_background_response_is_admitted_and_charged_like_any_request(server):
+    """Background responses had an admission and charge loop of their own beside `serve` (their answer carried no
+    quota headers); they go through `serve` now: the headers, the in-flight bound while they run, the tokens charged."""
+    client = server.openai_client("sk-later", max_retries=0)
+    raw = client.responses.with_raw_response.create(
+        model=SMOLLM2_FILE, input="Tell a story.", max_output_tokens=120, background=True,
+        extra_body={"logit_bias": SMOLLM2_END_TOKENS})
+    assert raw.headers["x-ratelimit-limit-requests"] == "5" and raw.headers["x-ratelimit-remaining-requests"] == "4"
+    queued = raw.parse()
+    with pytest.raises(openai.RateLimitError, match="in flight"):  # max_streams 1: the running response holds it
+        client.chat.completions.create(model=SMOLLM2_FILE, messages=ASK, max_tokens=2)
+    deadline = time.monotonic() + 60
+    while (done := client.responses.retrieve(queued.id)).status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline, done.status
+        time.sleep(0.2)
+    assert done.status == "incomplete" and done.usage.output_tokens == 120  # its budget ran out
+    later = as_key(server, "sk-ops", "GET", "/admin/usage").json()["keys"]["later"]
+    assert later["completion_tokens"] == 120 and later["in_flight"] == 0

@@ -7,8 +7,8 @@ import yaml
 from pydantic import ValidationError
 
 from backends.adapters import adapter_key
-from backends.embedded_model import SMOLLM2_FILE
 from backends.catalog import Catalog, LoraAdapter, ModelEntry
+from backends.embedded_model import SMOLLM2_FILE
 from backends.llamacpp.lora import BASE, AdapterTurns, LlamaLoraSet
 from settings import PROJECT_ROOT
 from tests.lora_gguf import build_lora_gguf

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from api.chat_request import check_request_limits, prepare_chat, sampling_params, stop_strings
+from api.pipeline.prepare import check_request_limits, prepare_chat, sampling_params, stop_strings
 from api.protocol import ChatCompletionRequest
 from backends.base import GENERATIVE_CAPABILITIES, EngineCapabilities, SamplingParams
 from backends.catalog import GenerationDefaults

@@ -1,4 +1,5 @@
-from api.chat_response import ChoiceAccumulator, ChoiceOutput, ChunkBuilder, CompletionIdentity, whole_completion
+from api.openai.chat_output import ChoiceAccumulator, ChunkBuilder, CompletionIdentity, whole_completion
+from api.pipeline.choice_output import ChoiceOutput
 from backends.base import GenerationFinished, TokenDelta, TokenLogprob, TopLogprob, Usage
 from chat.tool_call_parser import ContentText
 from chat.tools import NO_TOOLS, build_tool_plan

@@ -2,7 +2,7 @@
 
 import pytest
 
-from api.keys import KeyFileError, KeyLimits, KeyStore, build_key_ring, read_key_file
+from tenants.keys import KeyFileError, KeyLimits, KeyStore, build_key_ring, read_key_file
 
 
 def test_line_format_with_models_role_label_and_limits(tmp_path):

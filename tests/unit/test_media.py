@@ -9,8 +9,8 @@ import io
 import pytest
 from PIL import Image
 
-from api.messages_protocol import MessagesRequest
-from api.messages_request import chat_messages
+from api.anthropic.protocol import MessagesRequest
+from api.anthropic.request import chat_messages
 from backends.llamacpp.media import placeholder_token
 from backends.llamacpp.speculation import SequenceDrafter, SpeculationOptions
 from backends.media_inputs import MediaLimits, load_media

@@ -2,8 +2,8 @@
 
 import pytest
 
-from api.keys import KeyLimits, Tenant
-from api.quotas import QuotaBook, RateLimited
+from tenants.keys import KeyLimits, Tenant
+from tenants.quotas import QuotaBook, RateLimited
 
 
 class Clock:

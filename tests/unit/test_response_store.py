@@ -4,17 +4,24 @@ clear errors for bad databases, and unfinished background responses failed only 
 import asyncio
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
-from api import instance_liveness
-from api.response_store import MIGRATIONS, ResponseStore, StoreUnavailable
 from errors import ResponseNotFound
+from state import instance_liveness
+from state.response_store import MIGRATIONS, ResponseStore, StoreUnavailable
 
 
 def response(rid, previous=None, text="hi", status="completed"):
     return {"id": rid, "previous_response_id": previous, "status": status,
             "output": [{"type": "message", "content": [{"type": "output_text", "text": text}]}]}
+
+
+def saved(store: ResponseStore, response: dict, items: list, tenant: str) -> None:
+    store.save(response, items, tenant)
+    store.flush()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -27,8 +34,8 @@ def target(request, tmp_path):
 
 def test_a_chain_comes_back_oldest_first_with_outputs_as_assistant_turns(target):
     store = ResponseStore(target)
-    store.save_now(response("r1", text="one"), [{"id": "m1", "role": "user", "content": "a"}], "alice")
-    store.save_now(response("r2", "r1", text="two"), [{"id": "m2", "role": "user", "content": "b"}], "alice")
+    saved(store, response("r1", text="one"), [{"id": "m1", "role": "user", "content": "a"}], "alice")
+    saved(store, response("r2", "r1", text="two"), [{"id": "m2", "role": "user", "content": "b"}], "alice")
     items = asyncio.run(store.conversation("r2", "alice"))
     assert [i.get("content") if i.get("role") == "user" else i["content"][0]["text"] for i in items] == \
         ["a", "one", "b", "two"]
@@ -81,7 +88,7 @@ def test_an_unusable_default_location_falls_back_to_memory_but_a_configured_one_
     (tmp_path / "cache-is-a-file").write_text("x")
     store = ResponseStore.open(None, tmp_path / "cache-is-a-file" / "responses.sqlite3")
     assert store.in_memory  # the server still answers and continues conversations until it stops
-    store.save_now(response("r1"), [], "alice")
+    saved(store, response("r1"), [], "alice")
     assert asyncio.run(store.load("r1", "alice"))[0]["id"] == "r1"
     with pytest.raises(StoreUnavailable):
         ResponseStore.open(str(tmp_path / "cache-is-a-file" / "responses.sqlite3"), tmp_path / "unused.sqlite3")
@@ -89,21 +96,41 @@ def test_an_unusable_default_location_falls_back_to_memory_but_a_configured_one_
 
 def test_unfinished_responses_fail_only_when_their_instance_is_gone(target, monkeypatch):
     live = ResponseStore(target)  # an instance on another host, still generating
-    live.save_now(response("running", status="in_progress"), [], "alice")
+    saved(live, response("running", status="in_progress"), [], "alice")
     live.db.change("UPDATE instances SET host = 'elsewhere' WHERE id = ?", (live.liveness.instance,))
     crashed = ResponseStore(target)  # an instance killed mid-generation (its process is gone)
-    crashed.save_now(response("cut", status="in_progress"), [], "alice")
+    saved(crashed, response("cut", status="in_progress"), [], "alice")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     crashed.db.change("UPDATE instances SET pid = ? WHERE id = ?", (int(dead.stdout), crashed.liveness.instance))
     stale = ResponseStore(target)  # an instance on another host that stopped sending heartbeats
-    stale.save_now(response("silent", status="queued"), [], "alice")
+    saved(stale, response("silent", status="queued"), [], "alice")
     stale.db.change("UPDATE instances SET host = 'elsewhere', heartbeat = heartbeat - ? WHERE id = ?",
                     (instance_liveness.STALE_SECONDS + 1, stale.liveness.instance))
     starting = ResponseStore(target)
     assert starting.fail_orphans() == 2
     statuses = {rid: asyncio.run(starting.load(rid, "alice"))[0]["status"] for rid in ("running", "cut", "silent")}
     assert statuses == {"running": "in_progress", "cut": "failed", "silent": "failed"}
-    live.save_now(response("running"), [], "alice")  # it finishes normally afterwards
+    saved(live, response("running"), [], "alice")  # it finishes normally afterwards
     assert asyncio.run(starting.load("running", "alice"))[0]["status"] == "completed"
     for store in (live, crashed, stale, starting):
         store.close()
+
+
+def test_a_save_returns_at_once_and_a_read_waits_for_it(tmp_path, monkeypatch):
+    """Saves ran on the event loop: with PostgreSQL each was a network round trip holding up every stream."""
+    store = ResponseStore(str(tmp_path / "r.sqlite3"))
+    gate = threading.Event()
+    write = store._save
+    monkeypatch.setattr(store, "_save", lambda *args: (gate.wait(10), write(*args)))
+
+    async def scenario() -> float:
+        started = time.monotonic()
+        store.save(response("r1"), [], "alice")
+        returned = time.monotonic() - started
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, gate.set)  # the database answers later
+        assert (await store.load("r1", "alice"))[0]["id"] == "r1"  # waited for the pending write
+        return returned
+
+    assert asyncio.run(scenario()) < 0.1
+    store.close()

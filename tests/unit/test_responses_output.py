@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.responses import Response, ResponseStreamEvent
 
-from api.chat_response import ChoiceOutput
-from api.responses_output import ResponseWriter
-from api.responses_protocol import ResponseObject
+from api.pipeline.choice_output import ChoiceOutput
+from api.responses.output import ResponseWriter
+from api.responses.protocol import ResponseObject
 from backends.base import GenerationFinished, TokenDelta, TokenLogprob, Usage
 from chat.tools import NO_TOOLS, build_tool_plan
 

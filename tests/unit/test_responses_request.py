@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from api.responses_protocol import ResponsesRequest
-from api.responses_request import responses_param_names, to_chat_request
+from api.responses.protocol import ResponsesRequest
+from api.responses.request import responses_param_names, to_chat_request
 from errors import InvalidRequest
 
 

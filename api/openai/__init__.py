@@ -1,0 +1,1 @@
+"""The OpenAI API surface: chat and text completions, embeddings, tokenize / detokenize."""

@@ -1,0 +1,54 @@
+"""`/v1/completions` (legacy text completions: local engines, remote relayed) and llama-server's `/tokenize` and
+`/detokenize`. The body is validated here, not by FastAPI, so a remote upstream gets exactly what was sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import Response
+
+from api.deps import RegistryDep, SettingsDep, TenantDep
+from api.openai.completions import start_completion
+from api.openai.protocol import DetokenizeResponse, TokenizeResponse
+from api.protocol import CompletionRequest, DetokenizeRequest, TokenizeRequest, model_name_of
+from api.serving import LocalRun, requested_tokens, serve
+from backends.base import Engine
+from backends.registry import LoadedModel, ModelRegistry
+from errors import NotSupported
+from tenants.keys import Tenant
+
+router = APIRouter(tags=["completions"])
+
+
+@router.post("/v1/completions")
+@router.post("/completions", include_in_schema=False)
+async def completions(request: Request, registry: RegistryDep, tenant: TenantDep, settings: SettingsDep,
+                      body: Any = Body(...)) -> Response:
+
+    async def start_local(model: LoadedModel) -> LocalRun:
+        # A pydantic ValidationError here becomes the same 400 as FastAPI's own (api/error_responses.py).
+        parsed = CompletionRequest.model_validate(body)
+        return start_completion(parsed, model, registry, settings, tenant)
+
+    name = model_name_of(body)
+    return await serve(request, registry, name, tenant=tenant,
+                       request_tokens=requested_tokens(body, settings.default_max_tokens), start_local=start_local,
+                       relay_path="completions", relay_body=lambda: body)
+
+
+async def _local_engine(registry: ModelRegistry, name: str | None, tenant: Tenant) -> Engine:
+    model = await registry.ensure_loaded(name, tenant.may_use)
+    if model.engine.relays_requests:
+        raise NotSupported("Tokenizing is only available for local models.")
+    return model.engine
+
+
+@router.post("/tokenize", response_model=TokenizeResponse)
+async def tokenize(body: TokenizeRequest, registry: RegistryDep, tenant: TenantDep) -> TokenizeResponse:
+    return TokenizeResponse(tokens=(await _local_engine(registry, body.model, tenant)).tokenize(body.content))
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse)
+async def detokenize(body: DetokenizeRequest, registry: RegistryDep, tenant: TenantDep) -> DetokenizeResponse:
+    return DetokenizeResponse(content=(await _local_engine(registry, body.model, tenant)).detokenize(body.tokens))

@@ -1,0 +1,1 @@
+"""The rerank API surface (`/v1/rerank`, Cohere / Jina / llama-server shaped)."""
