@@ -19,7 +19,7 @@ from backends.base import Ranking
 from backends.catalog import ModelEntry
 from backends.embedding_base import RERANKER, EmbeddingEngine, Embeddings, l2_normalized
 from backends.engine_support import check_token_ids
-from backends.llamacpp.gguf_header import read_gguf_metadata, read_gguf_tensor_names
+from backends.gguf_header import read_gguf_metadata, read_gguf_tensor_names
 from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, add_to_batch, default_threads
 from errors import EngineFailure, InvalidRequest, ModelNotFound
 from settings import Settings
