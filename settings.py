@@ -11,9 +11,13 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from backends.embedded_model import SMOLLM2_FILE
-
 PROJECT_ROOT = Path(__file__).resolve().parent
+
+# The models the server ships (backends/embedded_model.py places them into the models directory). Named here, not
+# there, because the default model name is a setting and settings.py imports nothing from backends/.
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+EMBEDDED_MODEL_FILES = (SMOLLM2_FILE, GEMMA_FILE)
 
 
 class Settings(BaseSettings):

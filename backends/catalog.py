@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from backends.llamacpp.gguf_header import auxiliary_gguf
+from backends.gguf_header import auxiliary_gguf
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,14 @@ import os
 import shutil
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+# The file names live in settings.py (the default model is one); they are importable from here too, where the
+# tests and benchmarks have always taken them.
+from settings import EMBEDDED_MODEL_FILES, GEMMA_FILE, SMOLLM2_FILE
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
-EMBEDDED_MODEL_FILES = (SMOLLM2_FILE, GEMMA_FILE)
+__all__ = ["EMBEDDED_MODEL_FILES", "GEMMA_FILE", "SMOLLM2_FILE", "ensure_embedded_model", "ensure_embedded_models",
+           "packaged_smollm2"]
+
+logger = logging.getLogger(__name__)
 
 
 def packaged_smollm2() -> Path | None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from abc import abstractmethod
 from dataclasses import dataclass
 
@@ -36,9 +37,18 @@ class EncoderEngine(Engine):
     every generating endpoint is a 400 that names the endpoint this model serves."""
 
     capabilities = EMBEDDING_CAPABILITIES
-    model_id: str
     kind = "an embedding model"  # what the model is, for messages
     endpoint = "/v1/embeddings"  # where to use it instead
+
+    def __init__(self, model_id: str, context_length: int) -> None:
+        """Called by each engine's constructor once its model is open (the input limit comes from the model)."""
+        self.model_id = model_id
+        self._context_length = context_length  # the most tokens one input (a query and document pair) may have
+        self._lock = threading.Lock()  # one batch at a time: requests run on worker threads, the model is shared
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
 
     @property
     def chat_template(self) -> ChatTemplateInfo:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from backends.base import (
+    ChatTemplateInfo,
     Engine,
     GenerationChunk,
     GenerationFinished,
@@ -22,6 +23,7 @@ from backends.base import (
 )
 from backends.reasoning_state import CLOSING_SUFFIX
 from errors import ContextLengthExceeded, InvalidRequest
+from settings import Settings
 
 Emit = Callable[[GenerationChunk | Exception], None]
 
@@ -147,10 +149,29 @@ async def relay_from_thread(
 
 
 class WorkerThreadEngine(Engine):
-    """An engine whose `scheduler` (submit / cancel / active_sequences / queued / shutdown) runs requests on a
-    worker thread."""
+    """A generative engine whose `scheduler` (submit / cancel / active_sequences / queued / shutdown) runs requests
+    on a worker thread."""
 
     scheduler = None
+
+    def __init__(self, settings: Settings, context_length: int) -> None:
+        """Called by each engine's constructor once its model is open (the template is read from the model):
+        the limits every request is checked against and the template every chat is rendered with."""
+        self._context_length = context_length  # tokens one sequence may hold, prompt and completion
+        self._default_max_tokens = settings.default_max_tokens
+        self._template = self._load_template(settings)
+
+    @abstractmethod
+    def _load_template(self, settings: Settings) -> ChatTemplateInfo:
+        """The chat template: --chat-template, a file beside the model, the model's own, or one picked by name."""
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    @property
+    def chat_template(self) -> ChatTemplateInfo:
+        return self._template
 
     def run_job(self, job, prompt_tokens: int) -> AsyncIterator[GenerationChunk]:
         """Hand `job` (of a prompt of `prompt_tokens` tokens) to the worker thread; its chunks as they come

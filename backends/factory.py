@@ -10,7 +10,7 @@ import importlib
 
 from backends.base import Engine
 from backends.catalog import ModelEntry
-from backends.remote.pool import RemoteDirectory
+from backends.remote.pool import RemoteDirectory, load_upstream_configs
 from settings import Settings
 
 # kind -> (module, class)
@@ -53,6 +53,12 @@ def engine_settings(entry: ModelEntry, settings: Settings) -> Settings:
     elif not is_default:
         overrides["mmproj"] = None  # and --mmproj
     return settings.model_copy(update=overrides)
+
+
+def remote_directory(settings: Settings) -> RemoteDirectory:
+    """The upstream servers remote models are served from: the models file's and the --upstream flags'."""
+    models_file = settings.models_file or settings.models_dir / "models.yaml"
+    return RemoteDirectory(load_upstream_configs(models_file, settings.upstream))
 
 
 class EngineBuilder:

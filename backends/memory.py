@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from backends.catalog import ModelEntry
-from backends.llamacpp.gguf_header import kv_bytes_per_token, read_gguf_metadata
+from backends.gguf_header import kv_bytes_per_token, read_gguf_metadata
 
 
 def physical_memory_bytes() -> int:

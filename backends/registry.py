@@ -2,10 +2,8 @@
 
 Names are looked up in the catalog (ids and aliases), never joined into paths. A model that is not loaded is
 loaded in the background of the request that wants it; concurrent requests for it wait for that one load.
-Residency is bounded by `--max-loaded-models` and `--memory-budget` (estimated weights + KV): to make room the
-least recently used idle model goes first; when all are busy the first to go idle goes, and after
-EVICTION_PATIENCE_SECONDS the least recently used is drained (no new requests; unloaded when its last finishes). A failed load is recorded (status
-`failed` with the error) and retried by the next request that asks for the model.
+Which models stay loaded, and which go to make room for a load, is residency.py's. A failed load is recorded
+(status `failed` with the error) and retried by the next request that asks for the model.
 """
 
 from __future__ import annotations
@@ -21,13 +19,14 @@ from backends.adapters import AdapterView
 from backends.base import Engine
 from backends.catalog import Catalog, GenerationDefaults, ModelEntry, default_hf_cache
 from backends.embedded_model import ensure_embedded_models
-from backends.factory import EngineBuilder, engine_settings
-from backends.keep_alive import LoadedModel, parse_duration, reap_expired
+# (RemoteDirectory through factory.py: the one core module that reaches into the engine packages)
+from backends.factory import EngineBuilder, RemoteDirectory, engine_settings, remote_directory
+from backends.keep_alive import LoadedModel, parse_duration
 from backends.load_progress import LoadProgress, tracking
-from backends.memory import estimate_memory_bytes, physical_memory_bytes
-from backends.remote.pool import RemoteDirectory, load_upstream_configs
+from backends.memory import estimate_memory_bytes
+from backends.residency import Residency
 from chat.templates import ChatPromptRenderer
-from errors import ModelLoadFailed, ModelNotFound, ModelTooLarge, NotSupported, ServerError
+from errors import ModelLoadFailed, ModelNotFound, NotSupported, ServerError
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -39,11 +38,10 @@ ModelAccess = Callable[[str, tuple[str, ...]], bool]
 
 def everyone(model_id: str, aliases: tuple[str, ...] = ()) -> bool:
     return True
+
+
 ModelStatus = Literal["available", "loading", "loaded", "failed"]
 RegistryState = Literal["empty", "loading", "ready", "failed", "missing"]
-# When every resident model is busy, how long a load waits for one to go idle before it drains the least
-# recently used (stops giving it new requests): bounded, so a constantly busy model cannot starve a load.
-EVICTION_PATIENCE_SECONDS = 5.0
 KEEP = object()  # lease(): leave the model's keep-alive as it is
 
 
@@ -51,8 +49,7 @@ class ModelRegistry:
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelRegistry:
         """The server's registry: engines built by `backends/factory.py`, upstreams from the models file and flags."""
-        models_file = settings.models_file or settings.models_dir / "models.yaml"
-        remote = RemoteDirectory(load_upstream_configs(models_file, settings.upstream))
+        remote = remote_directory(settings)
         return cls(settings, EngineBuilder(remote), remote)
 
     def __init__(
@@ -63,14 +60,11 @@ class ModelRegistry:
         self.default_model = settings.model_name
         self._engine_factory = engine_factory
         self._catalog: Catalog | None = None
-        self._loaded: dict[str, LoadedModel] = {}
+        self.residency = Residency(lambda: self.settings)  # the loaded models, and what goes to make room
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
-        self._reserved: dict[str, int] = {}  # memory promised to loads in progress
         self._progress: dict[str, LoadProgress] = {}  # how far each load in progress has come
         self._errors: dict[str, str] = {}
         self._runtime_defaults: dict[str, GenerationDefaults] = {}
-        self._residency = asyncio.Lock()  # one load at a time decides what to evict and reserves memory
-        self._reaper: asyncio.Task | None = None  # unloads models whose keep-alive ran out
 
     # ---------------------------------------------------------------- catalog
 
@@ -97,17 +91,17 @@ class ModelRegistry:
 
     def _missing_from_disk(self, entry: ModelEntry) -> bool:
         """A file of it is gone (and it is not loaded: a loaded model keeps serving from memory)."""
-        return entry.id not in self._loaded and not all(path.exists() for path in entry.files)
+        return self.residency.resident(entry.id) is None and not all(path.exists() for path in entry.files)
 
     # ---------------------------------------------------------------- state
 
     def loaded_model(self, model_id: str) -> LoadedModel | None:
-        model = self._loaded.get(model_id)
+        model = self.residency.resident(model_id)
         return model if model is not None and not model.retired else None
 
     @property
     def loaded_models(self) -> list[LoadedModel]:
-        return [m for m in self._loaded.values() if not m.retired]
+        return [m for m in self.residency.models if not m.retired]
 
     @property
     def loading_ids(self) -> list[str]:
@@ -160,10 +154,10 @@ class ModelRegistry:
                 "with an available model.")
 
     def memory_budget(self) -> int:
-        return self.settings.memory_budget or int(physical_memory_bytes() * 0.8)
+        return self.residency.memory_budget()
 
     def memory_in_use(self) -> int:
-        return sum(m.memory_bytes for m in self._loaded.values()) + sum(self._reserved.values())
+        return self.residency.memory_in_use()
 
     # ---------------------------------------------------------------- generation defaults
 
@@ -186,7 +180,7 @@ class ModelRegistry:
         """Return the loaded model for `name`, loading it (once, however many callers wait) if needed."""
         entry = self.resolve(name, may_use)
         while True:
-            model = self._loaded.get(entry.id)
+            model = self.residency.resident(entry.id)
             if model is not None and model.retired:
                 await model.gone.wait()  # being unloaded: wait, then load it again
                 continue
@@ -207,7 +201,7 @@ class ModelRegistry:
     def start_loading(self, name: str | None) -> ModelEntry:
         """Begin loading in the background (the status shows `loading` at once); failures are recorded."""
         entry = self.resolve(name)
-        model = self._loaded.get(entry.id)
+        model = self.residency.resident(entry.id)
         if model is None:
             self._load_task(entry)
         elif model.retired:
@@ -231,9 +225,7 @@ class ModelRegistry:
         try:
             if entry.engine != "remote" and entry.base is None:  # remote and adapter models: no room to make
                 estimate = await asyncio.to_thread(estimate_memory_bytes, entry, settings.n_ctx)
-                async with self._residency:
-                    await self._make_room(entry, estimate)
-                    self._reserved[entry.id] = estimate
+                await self.residency.reserve(entry, estimate)
                 logger.info("Loading model %s (about %.0f MiB)", entry.id, estimate / 2**20)
             with tracking(self._progress.setdefault(entry.id, LoadProgress())):  # reported from the thread
                 engine = await self._build_engine(entry, settings)
@@ -254,11 +246,11 @@ class ModelRegistry:
         finally:
             self._loading.pop(entry.id, None)
             self._progress.pop(entry.id, None)
-            memory = self._reserved.pop(entry.id, 0)  # a failed load gives its reservation back too
+            memory = self.residency.release(entry.id)  # a failed load gives its reservation back too
         model = LoadedModel(entry, engine, renderer, memory or (entry.size_bytes or 0), time.perf_counter() - started,
                             keep_alive=parse_duration(entry.ttl if entry.ttl is not None else self.settings.model_ttl),
                             base_id=engine.base_id if isinstance(engine, AdapterView) else None)
-        self._loaded[entry.id] = model
+        self.residency.admit(model)
         self._errors.pop(entry.id, None)
         logger.info("Model %s ready in %.2f s (context %d tokens/sequence)", entry.id, model.load_seconds,
                     engine.context_length)
@@ -273,75 +265,16 @@ class ModelRegistry:
             raise ValueError(f"its base '{entry.base}' is an adapter entry itself; name the model under it")
         return await asyncio.to_thread(AdapterView.attach, base.engine, base.model_id, entry.id, entry.lora)
 
-    def _dependents(self, model: LoadedModel) -> list[LoadedModel]:
-        """Adapter models running on `model`."""
-        return [m for m in self._loaded.values() if m.base_id == model.model_id]
-
-    async def _make_room(self, entry: ModelEntry, needed: int) -> None:
-        """Unload least recently used models until `entry` fits the model count and memory budget."""
-        budget = self.memory_budget()
-        if needed > budget:
-            raise ModelTooLarge(
-                f"Model '{entry.id}' needs about {needed / 2**20:.0f} MiB (weights + KV cache), more than the "
-                f"memory budget of {budget / 2**20:.0f} MiB (--memory-budget). Lower its n_ctx or raise the budget."
-            )
-        while True:
-            local = [m for m in self._loaded.values() if m.entry.engine != "remote" and m.base_id is None]
-            count = len(local) + len(self._reserved)
-            if count < self.settings.max_loaded_models and self.memory_in_use() + needed <= budget:
-                return
-            candidates = [m for m in local if not m.retired]
-            idle = [m for m in candidates if m.leases == 0]
-            if idle or candidates:
-                if not idle and await self._first_idle(candidates):
-                    continue  # one finished its requests: evict that one (next round)
-                victim = min(idle or candidates, key=lambda m: m.last_used)
-                logger.info("Unloading %s to make room for %s", victim.model_id, entry.id)
-                await self._unload(victim)  # a busy victim takes no new requests and goes when they finish
-                continue
-            # Only models being unloaded, or loads that already reserved their room, hold it: wait for one.
-            gone = [asyncio.ensure_future(m.gone.wait()) for m in self._loaded.values()]
-            loads = [self._loading[i] for i in self._reserved if i in self._loading]
-            if not gone and not loads:
-                return
-            await asyncio.wait(gone + loads, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in gone:
-                waiter.cancel()
-
-    @staticmethod
-    async def _first_idle(models: list[LoadedModel]) -> bool:
-        """Wait (a bounded time) for any of the busy models to finish its requests."""
-        waiters = [asyncio.ensure_future(m.idle.wait()) for m in models]
-        done, pending = await asyncio.wait(waiters, timeout=EVICTION_PATIENCE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in pending:
-            waiter.cancel()
-        return bool(done)
-
     # ---------------------------------------------------------------- unloading
 
     async def unload(self, name: str) -> bool:
         """Unload a model once its in-flight requests finish; False if it was not loaded."""
         entry = self.resolve(name)
-        model = self._loaded.get(entry.id)
+        model = self.residency.resident(entry.id)
         if model is None:
             return False
-        await self._unload(model)
+        await self.residency.unload(model)
         return True
-
-    async def _unload(self, model: LoadedModel) -> None:
-        if model.retired:
-            await model.gone.wait()
-            return
-        model.retired = True  # from here no new lease; requests already holding it finish first
-        try:
-            for dependent in self._dependents(model):  # adapters on it go first (their requests run on it)
-                await self._unload(dependent)
-            await model.idle.wait()
-            await model.engine.aclose()
-        finally:
-            self._loaded.pop(model.model_id, None)
-            model.gone.set()
-        logger.info("Unloaded model %s", model.model_id)
 
     # ---------------------------------------------------------------- use
 
@@ -354,7 +287,7 @@ class ModelRegistry:
         while model.retired:  # chosen for eviction between its load and now: get it back
             model = await self.ensure_loaded(model.model_id)
         # An adapter model's requests run on its base: they hold the base too (no eviction, no idle clock).
-        held = [m for m in (model, self._loaded.get(model.base_id or "")) if m is not None]
+        held = [m for m in (model, self.residency.resident(model.base_id or "")) if m is not None]
         for each in held:  # no await between the retired check and this, so eviction sees the lease
             each.leases += 1
             each.idle.clear()
@@ -371,7 +304,7 @@ class ModelRegistry:
 
     def start(self) -> None:
         """Start background work (keep-alive expiry, upstream discovery and health probes); needs the event loop."""
-        self._reaper = asyncio.create_task(reap_expired(lambda: self._loaded.values(), self._unload))
+        self.residency.start_reaping()
         if self.remote is not None:
             self.remote.start()
 
@@ -388,10 +321,8 @@ class ModelRegistry:
             logger.error("Default model '%s' failed to load: %s", self.default_model, getattr(exc, "message", exc))
 
     async def aclose(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
+        self.residency.stop_reaping()
         await asyncio.gather(*self._loading.values(), return_exceptions=True)
-        for model in list(self._loaded.values()):
-            await self._unload(model)
+        await self.residency.unload_all()
         if self.remote is not None:
             await self.remote.aclose()

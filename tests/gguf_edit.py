@@ -7,7 +7,7 @@ import shutil
 import struct
 from pathlib import Path
 
-from backends.llamacpp.gguf_header import _string, _unpack, _value
+from backends.gguf_header import _string, _unpack, _value
 
 _UINT32 = 4
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from pathlib import Path
 
 from backends.catalog import ModelEntry
@@ -36,17 +35,11 @@ class TransformersEmbeddingEngine(EncoderTokenizing, EmbeddingEngine):
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         from transformers import AutoModel
 
-        self.model_id = entry.id
         loaded = load_encoder(entry, settings, AutoModel)
+        super().__init__(entry.id, loaded.context_length)
         self.tokenizer, self.model, self.device = loaded.tokenizer, loaded.model, loaded.device
-        self._context_length = loaded.context_length
         self.pooling, self.normalize = _pooling_config(entry.path)
         self.dimensions = self.model.config.hidden_size
-        self._lock = threading.Lock()
-
-    @property
-    def context_length(self) -> int:
-        return self._context_length
 
     async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
         return await asyncio.to_thread(self._embed_blocking, inputs)

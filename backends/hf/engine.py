@@ -42,9 +42,7 @@ class TransformersEngine(WorkerThreadEngine):
         tokenizer, config = self.checkpoint.tokenizer, self.checkpoint.model.config
         self.vocab_size = config.vocab_size
         trained = getattr(config, "max_position_embeddings", None) or settings.n_ctx
-        self._context_length = min(settings.n_ctx, trained)
-        self._default_max_tokens = settings.default_max_tokens
-        self._template = self._load_template(settings)
+        super().__init__(settings, context_length=min(settings.n_ctx, trained))
         eos_ids = self._end_of_generation_ids()
         self.vocabulary = TokenizerVocabulary(tokenizer, self.vocab_size, eos_ids)
         self.grammars = GrammarCompiler(self.vocabulary)
@@ -80,14 +78,6 @@ class TransformersEngine(WorkerThreadEngine):
         )
 
     # ---------------------------------------------------------------- Engine interface
-
-    @property
-    def context_length(self) -> int:
-        return self._context_length
-
-    @property
-    def chat_template(self) -> ChatTemplateInfo:
-        return self._template
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenize(text))

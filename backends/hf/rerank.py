@@ -6,7 +6,6 @@ labels: the softmax probability of the last ("relevant") one. Pairs are scored i
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 
 from backends.base import Ranking
@@ -32,15 +31,9 @@ class TransformersRerankEngine(EncoderTokenizing, EncoderEngine):
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        self.model_id = entry.id
         loaded = load_encoder(entry, settings, AutoModelForSequenceClassification)
+        super().__init__(entry.id, loaded.context_length)
         self.tokenizer, self.model, self.device = loaded.tokenizer, loaded.model, loaded.device
-        self._context_length = loaded.context_length
-        self._lock = threading.Lock()
-
-    @property
-    def context_length(self) -> int:
-        return self._context_length
 
     async def rerank(self, query: str, documents: list[str]) -> Ranking:
         return await asyncio.to_thread(self._rerank_blocking, query, documents)

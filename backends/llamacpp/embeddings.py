@@ -19,7 +19,7 @@ from backends.base import Ranking
 from backends.catalog import ModelEntry
 from backends.embedding_base import RERANKER, EmbeddingEngine, Embeddings, l2_normalized
 from backends.engine_support import check_token_ids
-from backends.llamacpp.gguf_header import read_gguf_metadata, read_gguf_tensor_names
+from backends.gguf_header import read_gguf_metadata, read_gguf_tensor_names
 from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, add_to_batch, default_threads
 from errors import EngineFailure, InvalidRequest, ModelNotFound
 from settings import Settings
@@ -80,7 +80,6 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         if entry.path is None or not entry.path.is_file():
             raise ModelNotFound(entry.id)
-        self.model_id = entry.id
         self.model = LlamaModel(entry.path, n_gpu_layers=settings.n_gpu_layers, repack=settings.repack)
         threads = settings.n_threads or default_threads()
         n_ctx = min(settings.n_ctx, self.model.n_ctx_train)
@@ -110,17 +109,12 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
             vars(self).update(RERANKER)
         # One decode holds at most n_batch tokens, and for an encoder at most n_ubatch: llama.cpp aborts the
         # process (GGML_ASSERT) on an encoder batch larger than n_ubatch, so inputs and groups stay within it.
-        self._context_length = min(self.context.n_ctx, llama_cpp.llama_n_batch(self.context.ptr),
-                                   llama_cpp.llama_n_ubatch(self.context.ptr) if bidirectional else self.context.n_ctx)
+        ubatch_limit = llama_cpp.llama_n_ubatch(self.context.ptr) if bidirectional else self.context.n_ctx
+        super().__init__(entry.id, min(self.context.n_ctx, llama_cpp.llama_n_batch(self.context.ptr), ubatch_limit))
         self._batch = llama_cpp.llama_batch_init(self._context_length, 0, SEQUENCES_PER_DECODE)
-        self._lock = threading.Lock()
 
     def weight_placement(self) -> dict:
         return self.model.placement.describe()
-
-    @property
-    def context_length(self) -> int:
-        return self._context_length
 
     def tokenize(self, text: str) -> list[int]:
         return self.model.tokenize_plain(text)

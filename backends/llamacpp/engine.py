@@ -90,9 +90,7 @@ class LlamaCppEngine(WorkerThreadEngine):
             self.capabilities = replace(GENERATIVE_CAPABILITIES, vision=self.projector.vision,
                                         audio=self.projector.audio)
         self.media_limits = MediaLimits.from_settings(settings)
-        self._context_length = min(self.context.n_ctx // settings.parallel, self.model.n_ctx_train)
-        self._default_max_tokens = settings.default_max_tokens
-        self._template = self._load_template(settings)
+        super().__init__(settings, context_length=min(self.context.n_ctx // settings.parallel, self.model.n_ctx_train))
         self.settings = settings
         self.prompt_cache = self._open_prompt_cache()
         self.loras = LoraLibrary(self.model)
@@ -155,14 +153,6 @@ class LlamaCppEngine(WorkerThreadEngine):
 
     def weight_placement(self) -> dict:
         return self.model.placement.describe()
-
-    @property
-    def context_length(self) -> int:
-        return self._context_length
-
-    @property
-    def chat_template(self) -> ChatTemplateInfo:
-        return self._template
 
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenize(text))

@@ -20,11 +20,11 @@ from backends.job_queue import JobQueue
 from backends.llamacpp.draft_model import DraftModel
 from backends.llamacpp.lora import AdapterTurns, LlamaLoraSet, apply_adapters, key_of, prompt_cache_of
 from backends.llamacpp.media import Projector
-from backends.llamacpp.model import LlamaContext, LlamaModel, add_to_batch
+from backends.llamacpp.model import LlamaContext, LlamaModel
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache
 from backends.llamacpp.sampling import SamplerChain, token_logprobs
 from backends.llamacpp.sequences import SequenceJob, Slot, common_prefix_length
-from backends.llamacpp.speculation import NO_SPECULATION, SequenceDrafter, SpeculationOptions
+from backends.llamacpp.speculation import NO_SPECULATION, SpeculationOptions
 from backends.llamacpp.speculative_steps import SpeculativeSteps
 from backends.answer_steering import DEFAULT_STEERING, Steering, SteeringOptions
 from backends.text_output import IncrementalDetokenizer, StopStringFilter
@@ -32,7 +32,7 @@ from errors import EngineFailure
 
 logger = logging.getLogger(__name__)
 
-class Scheduler(SpeculativeSteps):
+class Scheduler:
     def __init__(
         self,
         model: LlamaModel,
@@ -48,8 +48,6 @@ class Scheduler(SpeculativeSteps):
     ) -> None:
         self.model = model
         self.steering = steering
-        self.speculation = speculation
-        self.draft_model = draft_model  # guesses for speculation instead of prompt lookup
         self.projector = projector  # decodes media embeddings (models with an mmproj)
         self.prompt_cache = prompt_cache
         self.context = context
@@ -57,6 +55,7 @@ class Scheduler(SpeculativeSteps):
         self.slots = [Slot(seq_id=i) for i in range(n_slots)]
         self._queue: JobQueue[SequenceJob] = JobQueue(max_queue)
         self._batch = llama_cpp.llama_batch_init(context.n_batch, 0, 1)
+        self.speculative_steps = SpeculativeSteps(context, self._batch, speculation, seq_ctx, draft_model, self._sample)
         self._adapter_turns = AdapterTurns(lambda adapters: apply_adapters(context, adapters))
         self._stepping = threading.Lock()  # held by the thread while it admits and steps (see forget_adapters)
         self._thread = threading.Thread(target=self._run, name="llamacpp-scheduler", daemon=True)
@@ -187,9 +186,7 @@ class Scheduler(SpeculativeSteps):
         slot.steering = Steering(self.model, job.grammar, job.max_tokens, self.steering, job.reasoning,
                                  job.answer_floor)
         slot.forced = []
-        speculates = (self.speculation.enabled and job.speculative and not job.prefill_only
-                      and not (job.media and self.draft_model is not None))  # a draft model reads no media
-        slot.drafter = SequenceDrafter(prompt, self.speculation) if speculates else None
+        slot.drafter = self.speculative_steps.drafter_for(job)
         slot.detokenizer = IncrementalDetokenizer()
         slot.stop_filter = StopStringFilter(job.stop)
 
@@ -244,9 +241,9 @@ class Scheduler(SpeculativeSteps):
         # Decoding sequences first (one token each) so running streams never wait behind a long prompt.
         for slot in active:
             if slot.next_token is not None:
-                slot.batch_index = self._add_to_batch(slot, slot.next_token, want_logits=True)
+                slot.batch_index = slot.add_to_batch(batch, slot.next_token, want_logits=True)
                 slot.next_token = None
-        self._add_drafts(active)
+        self.speculative_steps.add_drafts(active)
         for slot in active:
             if slot.prefilling:
                 self._add_prompt_chunk(slot)
@@ -262,18 +259,13 @@ class Scheduler(SpeculativeSteps):
                 try:
                     self._sample(slot)
                     if slot.draft:
-                        self._verify_draft(slot)
+                        self.speculative_steps.verify(slot)
                 except Exception as exc:  # one sequence's sampling failure ends that sequence only
                     logger.exception("Sampling failed")
                     if slot.job is not None:  # (it may have finished before the failure)
                         self._abort(slot, EngineFailure(f"The engine failed while generating: {exc}"))
             elif slot.job.prefill_only and not slot.prefilling:
                 self._finish(slot, "stop")
-
-    def _add_to_batch(self, slot: Slot, token: int, *, want_logits: bool) -> int:
-        index = add_to_batch(self._batch, token, len(slot.cached_tokens), slot.seq_id, logits=want_logits)
-        slot.cached_tokens.append(token)
-        return index
 
     def _add_prompt_chunk(self, slot: Slot) -> None:
         prompt = slot.job.prompt_tokens
@@ -289,7 +281,7 @@ class Scheduler(SpeculativeSteps):
             end = min(end, slot.snapshot_at)
         for position in range(slot.prompt_cursor, end):
             is_last = position == len(prompt) - 1 and not slot.job.prefill_only
-            index = self._add_to_batch(slot, prompt[position], want_logits=is_last)
+            index = slot.add_to_batch(self._batch, prompt[position], want_logits=is_last)
             if is_last:
                 slot.batch_index = index
         slot.prompt_cursor = end
@@ -324,14 +316,14 @@ class Scheduler(SpeculativeSteps):
         if text:
             slot.pending_text += text
             if not slot.draft:  # while a draft is verified, its tokens go out together (one event, not one each)
-                self._emit_pending(slot)
+                slot.emit_pending()
         if slot.completion_tokens >= job.max_tokens or slot.committed_length >= self.seq_ctx:
             self._finish(slot, "length")
             return
         slot.next_token = token
 
     def _finish(self, slot: Slot, reason: str, text: str = "") -> None:
-        self._drop_unverified(slot)  # before the state is saved: the KV holds only the real sequence
+        self.speculative_steps.drop_unverified(slot)  # before the state is saved: the KV holds only the real sequence
         job, steering = slot.job, slot.steering
         if reason == "stop" and steering.closed_by_budget:
             reason = "length"  # it ended where the budget made it end (still valid JSON): say so
@@ -342,7 +334,7 @@ class Scheduler(SpeculativeSteps):
             text += slot.stop_filter.push(slot.detokenizer.flush())
             text += slot.stop_filter.flush()
         slot.pending_text += text
-        self._emit_pending(slot)
+        slot.emit_pending()
         usage = Usage(
             prompt_tokens=len(job.prompt_tokens),
             completion_tokens=slot.completion_tokens,
@@ -370,7 +362,7 @@ class Scheduler(SpeculativeSteps):
         return prompt_cache_of(job.adapters, self.prompt_cache)
 
     def _release(self, slot: Slot) -> None:
-        self._drop_unverified(slot)
+        self.speculative_steps.drop_unverified(slot)
         slot.drafter = None
         if slot.sampler is not None:
             slot.sampler.free()

@@ -6,10 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from backends.base import GrammarSpec, ReasoningControl, SamplingParams, TokenLogprob
+import llama_cpp
+
+from backends.base import GrammarSpec, ReasoningControl, SamplingParams, TokenDelta, TokenLogprob
 from backends.engine_support import AnswerFloor, Emit
 from backends.llamacpp.lora import BASE, LlamaLoraSet, key_of
 from backends.llamacpp.media import MediaSpan
+from backends.llamacpp.model import add_to_batch
 from backends.llamacpp.prompt_cache import CachedPrefix
 from backends.llamacpp.sampling import SamplerChain
 from backends.llamacpp.speculation import SequenceDrafter
@@ -80,6 +83,18 @@ class Slot:
     @property
     def prefilling(self) -> bool:
         return self.job is not None and self.prompt_cursor < len(self.job.prompt_tokens)
+
+    def add_to_batch(self, batch: llama_cpp.llama_batch, token: int, *, want_logits: bool) -> int:
+        """Put `token` into `batch` at this sequence's next position (it joins cached_tokens); its batch row."""
+        index = add_to_batch(batch, token, len(self.cached_tokens), self.seq_id, logits=want_logits)
+        self.cached_tokens.append(token)
+        return index
+
+    def emit_pending(self) -> None:
+        """Send the text and logprobs held back so far as one delta (a verified draft's tokens go out together)."""
+        if self.pending_text or self.pending_logprobs:
+            self.job.emit(TokenDelta(self.pending_text, tuple(self.pending_logprobs), self.completion_tokens))
+            self.pending_text, self.pending_logprobs = "", []
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:

@@ -4,18 +4,50 @@ confirmed run goes out as one delta, and the rest is taken back out of the seque
 
 from __future__ import annotations
 
-from backends.base import TokenDelta
-from backends.llamacpp.sequences import Slot
+from collections.abc import Callable
+
+import llama_cpp
+
+from backends.llamacpp.draft_model import DraftModel
+from backends.llamacpp.model import LlamaContext
+from backends.llamacpp.sequences import SequenceJob, Slot
+from backends.llamacpp.speculation import SequenceDrafter, SpeculationOptions
 
 
 class SpeculativeSteps:
-    """Mixed into the Scheduler: uses its context, batch, speculation options, draft model and `_sample`."""
+    """Owned by the scheduler and called from its thread at three points of a step: drafts go into the batch
+    after the sampled tokens, each draft is verified after its sequence's token is sampled, and whatever is left
+    unverified is dropped before a sequence's state is saved or its slot freed."""
 
-    def _add_drafts(self, active: list[Slot]) -> None:
+    def __init__(
+        self,
+        context: LlamaContext,
+        batch: llama_cpp.llama_batch,
+        options: SpeculationOptions,
+        seq_ctx: int,
+        draft_model: DraftModel | None,
+        sample: Callable[[Slot], None],
+    ) -> None:
+        self.context = context
+        self.batch = batch  # the scheduler's batch: drafts share the step's one decode
+        self.options = options
+        self.seq_ctx = seq_ctx
+        self.draft_model = draft_model  # guesses instead of prompt lookup
+        # The scheduler's sampling step: verifying a drafted token is sampling from its row, with everything
+        # sampling does for a sequence (steering, logprobs, stop strings, finishing it).
+        self.sample = sample
+
+    def drafter_for(self, job: SequenceJob) -> SequenceDrafter | None:
+        """What guesses the next tokens of a new sequence, if it speculates."""
+        speculates = (self.options.enabled and job.speculative and not job.prefill_only
+                      and not (job.media and self.draft_model is not None))  # a draft model reads no media
+        return SequenceDrafter(job.prompt_tokens, self.options) if speculates else None
+
+    def add_drafts(self, active: list[Slot]) -> None:
         """Guessed next tokens of decoding sequences, after their sampled token, each with its own logits row;
         only in steps where few sequences decode (`max_sequences`)."""
         decoding = [slot for slot in active if slot.batch_index >= 0]
-        if len(decoding) > self.speculation.max_sequences:
+        if len(decoding) > self.options.max_sequences:
             return
         wanted: dict[int, tuple[Slot, int]] = {}
         for slot in decoding:
@@ -34,10 +66,10 @@ class SpeculativeSteps:
         for seq_id, draft in drafts.items():
             slot = wanted[seq_id][0]
             slot.draft = draft
-            slot.draft_rows = [self._add_to_batch(slot, token, want_logits=True) for token in draft]
+            slot.draft_rows = [slot.add_to_batch(self.batch, token, want_logits=True) for token in draft]
             slot.unverified = len(draft)
 
-    def _verify_draft(self, slot: Slot) -> None:
+    def verify(self, slot: Slot) -> None:
         """After the sampled token's row gave the next token: while that token is the drafted one (already in the
         KV, its row holding the logits that follow it), sample again from the drafted row. Then drop what is left."""
         accepted = 0
@@ -49,19 +81,14 @@ class SpeculativeSteps:
             slot.unverified -= 1
             slot.next_token = None
             slot.batch_index = row
-            self._sample(slot)
+            self.sample(slot)
         if slot.drafter is not None:  # None once the sequence finished
             slot.drafter.verified(len(slot.draft), accepted)
-        self._drop_unverified(slot)
+        self.drop_unverified(slot)
         if slot.job is not None:
-            self._emit_pending(slot)
+            slot.emit_pending()
 
-    def _emit_pending(self, slot: Slot) -> None:
-        if slot.pending_text or slot.pending_logprobs:
-            slot.job.emit(TokenDelta(slot.pending_text, tuple(slot.pending_logprobs), slot.completion_tokens))
-            slot.pending_text, slot.pending_logprobs = "", []
-
-    def _drop_unverified(self, slot: Slot) -> None:
+    def drop_unverified(self, slot: Slot) -> None:
         """Remove the rejected rest of a draft from the sequence's tokens and KV."""
         if slot.unverified:
             del slot.cached_tokens[-slot.unverified:]

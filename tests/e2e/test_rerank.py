@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from backends.embedded_model import SMOLLM2_FILE
-from backends.llamacpp.gguf_header import read_gguf_metadata, read_gguf_tensor_names
+from backends.gguf_header import read_gguf_metadata, read_gguf_tensor_names
 from settings import PROJECT_ROOT
 from tests.minilm_gguf import build_bert_gguf
 from tests.server_process import running_server
