@@ -1,22 +1,21 @@
 """Chat templates: choosing one for a model and rendering messages into a prompt.
 
-Templates shipped inside model files are untrusted code (CVE-2024-34359 was exactly this), so every
-template is compiled in Jinja's immutable sandbox, whatever its origin.
+Templates shipped inside model files are untrusted code: every template is compiled in the sandboxed environment of
+chat/template_environment.py (transformers' own), whatever its origin.
 """
 
 from __future__ import annotations
 
-import datetime
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from chat.reasoning import ReasoningMarkers, detect_markers
+from chat.template_adaptation import adapt, probe
+from chat.template_environment import new_environment
 from chat.tool_formats import ToolCallFormat, detect_tool_call_format
 from errors import InvalidRequest
 
@@ -91,28 +90,6 @@ def resolve_tool_prompt_source(sidecar: Path | None, templates_dir: Path) -> str
     return (templates_dir / "tool_prompt.jinja").read_text(encoding="utf-8")
 
 
-def _to_json(value, indent=None) -> str:
-    # Hugging Face's tojson: plain JSON (Jinja's own escapes <, > and & for HTML, which prompts do not want).
-    return json.dumps(value, ensure_ascii=False, indent=indent)
-
-
-def _raise_exception(message: str) -> None:
-    raise InvalidRequest(f"The chat template rejected the conversation: {message}", param="messages")
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.datetime.now().strftime(fmt)
-
-
-def _new_environment() -> ImmutableSandboxedEnvironment:
-    # Same whitespace rules and helpers as Hugging Face's renderer, so templates written for it behave alike.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.ChainableUndefined)
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    env.filters["tojson"] = _to_json
-    return env
-
-
 class ChatPromptRenderer:
     """Renders OpenAI-style message dicts with one model's template (compiled once)."""
 
@@ -120,11 +97,14 @@ class ChatPromptRenderer:
         self.info = info
         self._template = self._compile(info.source, info.origin)
         self._tool_prompt = self._compile(info.tool_prompt_source, "tool prompt") if info.tool_prompt_source else None
+        self.needs = probe(lambda messages: self._render_as_is(messages, True, None, {}), info.origin or "model")
 
     @staticmethod
     def _compile(source: str, origin: str) -> jinja2.Template:
         try:
-            return _new_environment().from_string(source)
+            return new_environment().from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise ValueError(f"chat template ({origin}) does not compile, line {exc.lineno}: {exc.message}") from exc
         except jinja2.TemplateError as exc:
             raise ValueError(f"chat template ({origin}) does not compile: {exc}") from exc
 
@@ -151,13 +131,18 @@ class ChatPromptRenderer:
     def render(self, messages: list[dict], *, add_generation_prompt: bool = True, tools: list[dict] | None = None,
                extra: dict[str, Any] | None = None) -> str:
         """`extra`: more template variables (chat_template_kwargs); they may not replace the ones set here."""
-        variables = {"tools": tools} if tools else {}
-        fixed = dict(messages=messages, add_generation_prompt=add_generation_prompt, bos_token=self.info.bos_token,
-                     eos_token=self.info.eos_token, **variables)
-        clash = sorted(set(extra or {}) & (set(fixed) | {"tools"}))
+        return self._render_as_is(adapt(messages, self.needs), add_generation_prompt, tools, extra or {})
+
+    def _render_as_is(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None,
+                      extra: dict[str, Any]) -> str:
+        # As transformers does: `tools` and `documents` always set (None when absent), reasoning under every name
+        # templates read it by.
+        fixed = dict(messages=aliased_reasoning(messages), add_generation_prompt=add_generation_prompt,
+                     bos_token=self.info.bos_token, eos_token=self.info.eos_token, tools=tools or None, documents=None)
+        clash = sorted(set(extra) & set(fixed))
         if clash:
             raise InvalidRequest(f"chat_template_kwargs may not set {clash[0]!r}.", param="chat_template_kwargs")
-        return self._render(self._template, **(extra or {}), **fixed)
+        return self._render(self._template, **extra, **fixed)
 
     def render_tool_prompt(self, tools: list[dict], mode: str, parallel: bool) -> str:
         if self._tool_prompt is None:
@@ -171,6 +156,33 @@ class ChatPromptRenderer:
         except InvalidRequest:
             raise
         except jinja2.exceptions.SecurityError as exc:
-            raise InvalidRequest(f"The model's chat template attempted an unsafe operation: {exc}") from exc
-        except jinja2.TemplateError as exc:
-            raise InvalidRequest(f"The chat template could not render this conversation: {exc}") from exc
+            raise InvalidRequest(f"The model's chat template attempted an unsafe operation{_line(exc)}: {exc}") from exc
+        except Exception as exc:  # TypeError, RecursionError, ...: a template that cannot render this conversation
+            raise InvalidRequest(f"The chat template could not render this conversation{_line(exc)}: "
+                                 f"{type(exc).__name__}: {exc}", param="messages") from exc
+
+
+REASONING_NAMES = ("reasoning_content", "thinking", "reasoning")
+
+
+def aliased_reasoning(messages: list[dict]) -> list[dict]:
+    """A message's reasoning under `reasoning_content` (what most templates read) and `thinking` (gpt-oss), as
+    transformers hands it to templates."""
+    aliased = []
+    for message in messages:
+        reasoning = next((message[name] for name in REASONING_NAMES if message.get(name) is not None), None)
+        aliased.append(message if reasoning is None else {"thinking": reasoning, **message,
+                                                          "reasoning_content": reasoning})
+    return aliased
+
+
+def _line(exc: BaseException) -> str:
+    """Where in the template it failed (Jinja maps its frames to the template's lines), if known."""
+    lines = [tb.tb_lineno for tb in _frames(exc.__traceback__) if tb.tb_frame.f_code.co_filename == "<template>"]
+    return f" (template line {lines[-1]})" if lines else ""
+
+
+def _frames(tb):
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import llama_cpp
 
-CACHE = Path(os.environ.get("LLM_SERVER_TEST_CACHE", Path.home() / ".cache" / "llm-server-tests"))
+from tests.llama_cpp_sdist import CACHE, VENDORED, sdist_archive
+
 IMAGE_SIZE, PATCH, IMAGE_TOKENS = 64, 8, 16
 TEXT_WIDTH = 640  # gemma-3-270m's embedding width
 
@@ -36,20 +37,13 @@ def converter() -> Path:
     script = root / "convert_hf_to_gguf.py"
     if script.is_file():
         return script
-    download = CACHE / "sdists"
-    download.mkdir(parents=True, exist_ok=True)
-    archive = download / f"llama_cpp_python-{version}.tar.gz"
-    if not archive.is_file():
-        subprocess.run([sys.executable, "-m", "pip", "download", f"llama-cpp-python=={version}", "--no-deps",
-                        "--no-binary", ":all:", "-d", str(download), "-q"], check=True)
-    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
     wanted = ("convert_hf_to_gguf.py", "gguf-py/", "conversion/")
     staging = root.with_name(root.name + ".partial")
-    with tarfile.open(archive) as sdist:
-        members = [m for m in sdist.getmembers() if m.name.startswith(prefix)
-                   and m.name[len(prefix):].startswith(wanted) and (m.isfile() or m.isdir())]
+    with tarfile.open(sdist_archive()) as sdist:
+        members = [m for m in sdist.getmembers() if m.name.startswith(VENDORED)
+                   and m.name[len(VENDORED):].startswith(wanted) and (m.isfile() or m.isdir())]
         for member in members:
-            member.name = member.name[len(prefix):]
+            member.name = member.name[len(VENDORED):]
         safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python 3.11.4+: refuse odd paths
         sdist.extractall(staging, members=members, **safe)
     staging.rename(root)

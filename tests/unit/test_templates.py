@@ -96,3 +96,57 @@ def test_messages_are_normalised_for_templates():
         {"role": "user", "content": "ab"},
         {"role": "assistant", "content": ""},
     ]
+
+
+def _renderer(source: str) -> ChatPromptRenderer:
+    return ChatPromptRenderer(ChatTemplateInfo(source=source, origin="test"))
+
+
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+def test_a_template_that_does_not_compile_fails_its_load_naming_the_line():
+    with pytest.raises(ValueError, match="line 2"):
+        _renderer("{% for m in messages %}\n{{ m.content }\n{% endfor %}")
+
+
+@pytest.mark.parametrize(("source", "says"), [
+    ("{% for m in messages %}{{ m.content + 1 }}{% endfor %}", "template line 1"),  # TypeError
+    ("\n{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "RecursionError"),
+    ("{{ 'x' * 1000000000 }}", "unsafe"),  # would take the server's memory
+    ("{{ 2 ** 100000000 }}", "unsafe"),
+    ("{{ range(10**12) | list }}", "range"),
+    ("{% set _ = messages.append(1) %}", "unsafe"),
+    ("{% set ns = namespace() %}{% set ns._x = 1 %}", "unsafe"),
+    ("{{ messages[5].content }}", "could not render"),
+])
+def test_a_broken_or_hostile_template_is_a_400_never_a_crash(source, says):
+    renderer = _renderer(source)
+    with pytest.raises(InvalidRequest, match=says):
+        renderer.render(HELLO)
+
+
+def test_transformers_template_features_work():
+    """Loop controls, the generation tag and tojson's keyword arguments, as transformers allows them."""
+    source = ("{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{% generation %}{{ m.content }}"
+              "{% endgeneration %}{% endfor %}|{{ {'b': 'é', 'a': 1} | tojson(ensure_ascii=True, sort_keys=True, "
+              "separators=(',', ':')) }}")
+    assert _renderer(source).render(HELLO + HELLO) == 'hi|{"a":1,"b":"\\u00e9"}'
+
+
+def test_a_template_without_a_system_role_gets_it_in_the_first_user_turn():
+    source = ("{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+              "{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}")
+    renderer = _renderer(source)
+    assert renderer.needs.fold_system
+    assert renderer.render([{"role": "system", "content": "Be brief."}] + HELLO) == "[user] Be brief.\n\nhi"
+
+
+def test_tool_call_arguments_come_as_text_to_a_template_that_concatenates_them():
+    source = ("{% for m in messages %}{% for c in m.tool_calls or [] %}{{ c.function.name + ':' + "
+              "c.function.arguments }}{% endfor %}{% endfor %}")
+    renderer = _renderer(source)
+    call = {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]}
+    assert renderer.needs.string_arguments and renderer.render(HELLO + [call]) == 'f:{"x": 1}'
+    assert not _renderer("{% for m in messages %}{{ m.tool_calls }}{% endfor %}").needs.string_arguments
