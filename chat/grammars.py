@@ -129,13 +129,40 @@ def tool_call_schema(plan: ToolPlan, arguments_key: str = "arguments") -> dict:
     return {**wrapper, "$defs": definitions} if definitions else wrapper
 
 
+def _named_calls(plan: ToolPlan, call_format: ToolCallFormat, literal) -> SchemaConverter:
+    """`call` for formats that write the name outside the JSON: the opening, one tool's name and, after the name's
+    closing marker, that tool's arguments (a rule per tool)."""
+    options, definitions = [], {}
+    for tool in plan.tools:
+        parameters, tool_definitions = embeddable(enforceable(tool.parameters, "tools", tool.strict), tool.name)
+        definitions.update(tool_definitions)
+        options.append(parameters)
+    converter = _converter()
+    try:
+        resolved = converter.resolve_refs(_closed_objects({"anyOf": options, "$defs": definitions}), "request")
+        for index, parameters in enumerate(resolved["anyOf"]):
+            converter.visit(parameters, f"arguments-{index}")
+    except InvalidRequest:
+        raise
+    except Exception as exc:  # the converter raises plain errors for schemas it cannot handle
+        raise InvalidRequest(f"This JSON schema cannot be turned into a grammar: {exc}", param="tools") from None
+    names = " | ".join(f"{literal(tool.name)} {literal(call_format.name_close)} arguments-{index}"
+                       for index, tool in enumerate(plan.tools))
+    converter._add_rule("call", f"{literal(call_format.call_open + call_format.name_open)} ( {names} ) "
+                                f"{literal(call_format.call_close)}")
+    return converter
+
+
 def tool_call_grammar(plan: ToolPlan, call_format: ToolCallFormat, *, lazy: bool) -> GrammarSpec:
     """Calls in the model's own format, once or (parallel) up to MAX_PARALLEL_CALLS times.
 
     Lazy (tool_choice auto): free text until the model opens a call, then the call must be valid."""
-    converter = _convert(tool_call_schema(plan, call_format.arguments_key), "call-json", "tools")
     literal = lambda text: json.dumps(text) if text else ""  # noqa: E731 - GBNF string literals use JSON escaping
-    converter._add_rule("call", f"{literal(call_format.call_open)} call-json {literal(call_format.call_close)}")
+    if call_format.names_outside:
+        converter = _named_calls(plan, call_format, literal)
+    else:
+        converter = _convert(tool_call_schema(plan, call_format.arguments_key), "call-json", "tools")
+        converter._add_rule("call", f"{literal(call_format.call_open)} call-json {literal(call_format.call_close)}")
     repeat = f" ({literal(call_format.separator)} call){{0,{MAX_PARALLEL_CALLS - 1}}}" if plan.parallel else ""
     prefix = f"{literal(call_format.optional_prefix)}? " if lazy and call_format.optional_prefix else ""
     opening = literal(call_format.section_open + call_format.list_open)

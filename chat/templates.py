@@ -16,7 +16,7 @@ import jinja2
 from chat.reasoning import ReasoningMarkers, detect_markers
 from chat.template_adaptation import adapt, probe
 from chat.template_environment import new_environment
-from chat.tool_formats import ToolCallFormat, detect_tool_call_format
+from chat.tool_formats import GENERIC, ToolCallFormat, detect_tool_call_format
 from errors import InvalidRequest
 
 
@@ -115,9 +115,12 @@ class ChatPromptRenderer:
 
     @functools.cached_property
     def tool_call_format(self) -> ToolCallFormat:
-        """How this model writes calls: what its own template teaches, else what the tool prompt teaches."""
-        source = self.info.source if self.supports_tools else self.info.tool_prompt_source
-        return detect_tool_call_format(source)
+        """How this model writes calls: what its own template teaches (in its tool list, or in the calls of its
+        history, which some templates write without rendering a tool list), else what the tool prompt teaches."""
+        native = detect_tool_call_format(self.info.source)
+        if self.supports_tools or native is not GENERIC:
+            return native
+        return detect_tool_call_format(self.info.tool_prompt_source)
 
     @functools.cached_property
     def reasoning_markers(self) -> ReasoningMarkers | None:
@@ -147,7 +150,10 @@ class ChatPromptRenderer:
     def render_tool_prompt(self, tools: list[dict], mode: str, parallel: bool) -> str:
         if self._tool_prompt is None:
             raise InvalidRequest("This model has no tool-use prompt configured.", param="tools")
-        return self._render(self._tool_prompt, tools=tools, mode=mode, parallel=parallel).strip()
+        # A model with a call format of its own is shown that format (its history's calls are written in it too).
+        example = self.tool_call_format.render_calls([("TOOL_NAME", {"ARGUMENT": "VALUE"})]) \
+            if detect_tool_call_format(self.info.source) is not GENERIC else ""
+        return self._render(self._tool_prompt, tools=tools, mode=mode, parallel=parallel, call_example=example).strip()
 
     @staticmethod
     def _render(template: jinja2.Template, **variables) -> str:

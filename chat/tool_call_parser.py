@@ -1,5 +1,6 @@
 """Finds tool calls in generated text as it streams, in any `ToolCallFormat` (hermes `<tool_call>`, mistral
-`[TOOL_CALLS]`, llama3 / generic bare JSON).
+`[TOOL_CALLS]`, llama3 / generic bare JSON, and the formats that write the name outside the JSON: mistral-v7,
+deepseek, functionary).
 
 Text outside calls is content; call markup never leaks into it. A call is announced as soon as its name is
 complete and its arguments are streamed fragment by fragment, so clients see OpenAI's delta format. The
@@ -121,7 +122,8 @@ class ToolCallStreamParser:
     def feed(self, text: str) -> list[ParseEvent]:
         events: list[ParseEvent] = []
         self._buffer += text
-        step = {"text": self._in_text, "between": self._between_calls, "call": self._in_call}
+        step = {"text": self._in_text, "between": self._between_calls, "call": self._in_call, "name": self._in_name,
+                "arguments": self._in_arguments}
         while self._buffer and step[self._state](events):
             pass
         return events
@@ -159,7 +161,7 @@ class ToolCallStreamParser:
             position, marker = min(found)
             self._emit_content(buffer[:position], events)
             self._buffer = buffer[position + len(marker) :]
-            self._state = "between"
+            self._state = "name" if self.format.names_outside and marker == self.format.call_open else "between"
             return True
         held = max((_partial_marker_suffix(buffer, m) for m in self._markers), default=0)
         self._emit_content(buffer[: len(buffer) - held], events)
@@ -173,7 +175,11 @@ class ToolCallStreamParser:
         buffer = self._buffer
         if not buffer:
             return False
-        if buffer.startswith("{"):
+        if self.format.names_outside and buffer.startswith(self.format.call_open):
+            self._buffer = buffer[len(self.format.call_open):]
+            self._state = "name"
+            return True
+        if buffer.startswith("{") and not self.format.names_outside:
             self._open_call()
             return True
         for markup in self._between_markup:
@@ -213,6 +219,43 @@ class ToolCallStreamParser:
             self.calls[call.index].complete = True
         self._call = None
         self._state = "between"
+        return True
+
+    # ---------------------------------------------------------------- name outside the JSON (mistral-v7, ...)
+
+    def _in_name(self, events: list[ParseEvent]) -> bool:
+        """After call_open: the name, up to name_close; then the arguments' JSON value."""
+        fmt = self.format
+        head, found, rest = self._buffer.partition(fmt.name_close)
+        if not found:
+            return False  # the name goes on (a call cut off here is dropped at the end: never content)
+        name = head.removeprefix(fmt.name_open).split("[CALL_ID]")[0].strip()  # (Mistral 3.2 may add a call id)
+        index = len(self.calls)
+        self.calls.append(ParsedCall(id=new_call_id(), name=name, arguments=""))
+        events.append(CallStarted(index, self.calls[index].id, name))
+        self._call = _OpenCall(index=index)
+        self._buffer, self._state = rest, "arguments"
+        return True
+
+    def _in_arguments(self, events: list[ParseEvent]) -> bool:
+        call = self._call
+        scanner = call.arguments_scanner
+        consumed = 0
+        while consumed < len(self._buffer) and not scanner.done:
+            scanner.push(self._buffer[consumed])
+            consumed += 1
+        fragment = self._buffer[:consumed]
+        self._buffer = self._buffer[consumed:]
+        if not call.arguments:
+            fragment = fragment.lstrip()
+        if fragment:
+            call.arguments += fragment
+            self.calls[call.index].arguments += fragment
+            events.append(CallArguments(call.index, fragment))
+        if not scanner.done:
+            return False
+        self.calls[call.index].complete = True
+        self._call, self._state = None, "between"
         return True
 
     def _announce_if_named(self, call: _OpenCall, events: list[ParseEvent]) -> None:

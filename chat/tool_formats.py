@@ -1,13 +1,23 @@
 """The textual shapes in which models write tool calls, and which one a given chat template teaches.
 
-Every format is a sequence of JSON objects `{"name": ..., "<arguments key>": {...}}` wrapped in literal markers,
-so one parser, one grammar builder and one history writer serve them all:
+Every format is a sequence of calls wrapped in literal markers, each call either one JSON object
+`{"name": ..., "<arguments key>": {...}}` or (`name_close` set) the name as plain text between two markers, then
+the arguments' JSON object. So one parser, one grammar builder and one history writer serve them all:
 
-- hermes  `<tool_call>{"name": ..., "arguments": ...}</tool_call>` per call (Qwen 2.5/3, Hermes, our default
-  tool prompt);
+- hermes  `<tool_call>{"name": ..., "arguments": ...}</tool_call>` per call (Qwen 2.5/3, Hermes, Granite 4,
+  our default tool prompt);
 - mistral `[TOOL_CALLS][{"name": ..., "arguments": ...}, ...]` (Mistral 7B v0.3, Nemo, Mixtral templates);
+- mistral-v7 `[TOOL_CALLS]name[ARGS]{...}` per call (Mistral Small 3.2, Devstral, Ministral 3, Magistral);
+- deepseek-v3 `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>name<｜tool▁sep｜>{...}<｜tool▁call▁end｜>...` (V3.1);
+- deepseek-r1 the same with `function<｜tool▁sep｜>name` and the arguments in a ```json fence (R1 distills);
+- functionary-v3.1 `<function=name>{...}</function>`; functionary-v3.2 `>>>name\n{...}`;
+- apriel `<tool_calls>[{...}, ...]</tool_calls>`; nemotron `<TOOLCALL>[{...}, ...]</TOOLCALL>` (Nemotron Nano 2);
+  minimax-m1 `<tool_calls>` then one object per line, `</tool_calls>`;
 - llama3  `{"name": ..., "parameters": ...}` as the whole answer, optionally after `<|python_tag|>` (Llama 3.1+);
 - generic `{"name": ..., "arguments": ...}` as the whole answer (templates that take `tools` but name no format).
+Formats whose arguments are XML-like parameters (Qwen3-Coder / Qwen 3.5 `<function=..><parameter=..>`, GLM's
+`<arg_key>`, MiniMax M2's `<invoke>`, DeepSeek V3.2's DSML), gpt-oss's channels and Kimi K2's indexed calls are not
+among them yet: those templates get the hermes or generic format (README lists them).
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+_CONTROL_LOOKING = re.compile(r"<[|｜][^<>]*?[|｜]>|\[[A-Z_]+\]")
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,12 @@ class ToolCallFormat:
     arguments_key: str = "arguments"
     json_at_start: bool = False  # a bare `{"name"` at the very start of the output also opens the calls
     optional_prefix: str = ""  # a marker the model may put before bare calls (llama3's <|python_tag|>)
+    name_open: str = ""  # (name outside the JSON) before the name, after call_open
+    name_close: str = ""  # set: the call is call_open, name_open, the name, name_close, the arguments, call_close
+
+    @property
+    def names_outside(self) -> bool:
+        return bool(self.name_close)
 
     @property
     def entry_markers(self) -> tuple[str, ...]:
@@ -39,13 +57,18 @@ class ToolCallFormat:
     @property
     def markup(self) -> tuple[str, ...]:
         """Literals between and around calls that are never content."""
-        pieces = (self.list_open, self.call_open, self.call_close, self.separator.strip(), self.section_close)
+        pieces = (self.list_open, self.call_open, self.call_close.strip(), self.separator.strip(),
+                  self.section_close)
         return tuple(m for m in pieces if m)
 
     @property
     def preserved_tokens(self) -> tuple[str, ...]:
         """Markers some vocabularies hold as special tokens, which engines must still show as text."""
-        return tuple(m for m in (self.section_open, self.call_open, self.call_close, self.optional_prefix) if m)
+        markers = [m.strip() for m in (self.section_open, self.call_open, self.name_open, self.name_close,
+                                        self.call_close, self.section_close, self.optional_prefix) if m.strip()]
+        # and the control-token-looking pieces inside longer markers (DeepSeek's `\n```<｜tool▁call▁end｜>`)
+        pieces = [piece for marker in markers for piece in _CONTROL_LOOKING.findall(marker)]
+        return tuple(dict.fromkeys(markers + pieces))
 
     def lazy_triggers(self) -> tuple[str, ...]:
         """Regexes over the generated text (full match) whose first group starts the calls (tool_choice auto)."""
@@ -56,26 +79,57 @@ class ToolCallFormat:
 
     def render_calls(self, calls: list[tuple[str, Any]]) -> str:
         """Calls from the conversation history, written the way the model itself writes them."""
-        objects = [
-            self.call_open + json.dumps({"name": name, self.arguments_key: arguments}, ensure_ascii=False) + self.call_close
-            for name, arguments in calls
-        ]
+        objects = [self.call_open + self._call_body(name, arguments) + self.call_close for name, arguments in calls]
         return self.section_open + self.list_open + self.separator.join(objects) + self.section_close
+
+    def _call_body(self, name: str, arguments: Any) -> str:
+        if self.names_outside:
+            return self.name_open + name + self.name_close + json.dumps(arguments, ensure_ascii=False)
+        return json.dumps({"name": name, self.arguments_key: arguments}, ensure_ascii=False)
 
 
 HERMES = ToolCallFormat("hermes", call_open="<tool_call>", call_close="</tool_call>")
 MISTRAL = ToolCallFormat("mistral", section_open="[TOOL_CALLS]", list_open="[", separator=", ", section_close="]")
 LLAMA3 = ToolCallFormat("llama3", arguments_key="parameters", json_at_start=True, optional_prefix="<|python_tag|>")
 GENERIC = ToolCallFormat("generic", json_at_start=True)
-FORMATS = (HERMES, MISTRAL, LLAMA3, GENERIC)
+MISTRAL_V7 = ToolCallFormat("mistral-v7", call_open="[TOOL_CALLS]", name_close="[ARGS]", separator="")
+DEEPSEEK_V3 = ToolCallFormat("deepseek-v3", section_open="<｜tool▁calls▁begin｜>", call_open="<｜tool▁call▁begin｜>",
+                             name_close="<｜tool▁sep｜>", call_close="<｜tool▁call▁end｜>", separator="",
+                             section_close="<｜tool▁calls▁end｜>")
+DEEPSEEK_R1 = ToolCallFormat("deepseek-r1", section_open="<｜tool▁calls▁begin｜>", call_open="<｜tool▁call▁begin｜>",
+                             name_open="function<｜tool▁sep｜>", name_close="\n```json\n",
+                             call_close="\n```<｜tool▁call▁end｜>", separator="\n", section_close="<｜tool▁calls▁end｜>")
+FUNCTIONARY_V31 = ToolCallFormat("functionary-v3.1", call_open="<function=", name_close=">", call_close="</function>",
+                                 separator="")
+APRIEL = ToolCallFormat("apriel", section_open="<tool_calls>", list_open="[", separator=", ",
+                        section_close="]</tool_calls>")
+NEMOTRON = ToolCallFormat("nemotron", section_open="<TOOLCALL>", list_open="[", separator=", ",
+                          section_close="]</TOOLCALL>")
+MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
+FORMATS = (HERMES, MISTRAL, MISTRAL_V7, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON,
+           MINIMAX_M1, LLAMA3, GENERIC)
+XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")  # not supported yet
 
 
 def detect_tool_call_format(template_source: str) -> ToolCallFormat:
     """The format a chat template (or tool prompt) teaches, recognised by the markers it writes."""
+    if "[ARGS]" in template_source:
+        return MISTRAL_V7
+    if "<｜tool▁sep｜>" in template_source and not any(m in template_source for m in XML_ARGUMENTS):
+        return DEEPSEEK_R1 if "```json" in template_source else DEEPSEEK_V3
+    if "<tool_calls>[" in template_source:
+        return APRIEL
+    if "<tool_calls>" in template_source and not any(m in template_source for m in XML_ARGUMENTS):
+        return MINIMAX_M1
+    if "<TOOLCALL>" in template_source:
+        return NEMOTRON
     if "<tool_call>" in template_source:
         return HERMES
     if "[TOOL_CALLS]" in template_source:
         return MISTRAL
+    if "<function=" in template_source and "</function>" in template_source \
+            and not any(m in template_source for m in XML_ARGUMENTS):
+        return FUNCTIONARY_V31
     if "<|python_tag|>" in template_source or '"parameters": ' in template_source or "<|start_header_id|>" in template_source:
         return LLAMA3
     return GENERIC

@@ -1,7 +1,10 @@
+import json
+
 import pytest
 
 from chat.grammars import MAX_PARALLEL_CALLS, json_schema_grammar, tool_call_grammar, tool_call_schema
-from chat.tool_formats import HERMES, LLAMA3, MISTRAL
+from chat.tool_call_parser import parse_tool_calls
+from chat.tool_formats import FORMATS, HERMES, LLAMA3, MISTRAL
 from chat.tools import build_tool_plan
 from errors import InvalidRequest
 
@@ -206,3 +209,14 @@ def test_a_tool_whose_schema_names_a_non_string_meta_schema_is_a_400(meta):
     with pytest.raises(InvalidRequest) as refused:
         build_tool_plan([{"type": "function", "function": {"name": "f", "parameters": {"$schema": meta}}}], "auto", None)
     assert "$schema" in refused.value.message
+
+
+@pytest.mark.parametrize("call_format", FORMATS, ids=lambda f: f.name)
+def test_the_smallest_call_a_formats_grammar_allows_is_read_back_as_that_call(call_format):
+    """Grammar and parser agree on every format, names outside the JSON included (mistral-v7, deepseek...)."""
+    plan = build_tool_plan([WEATHER, TIME], "required", False)
+    spec = tool_call_grammar(plan, call_format, lazy=False)
+    assert _undefined_rules(spec.gbnf) == set()
+    content, calls = parse_tool_calls(spec.shortest, call_format)
+    assert content.strip() == "" and len(calls) == 1 and calls[0].complete
+    assert calls[0].name in ("get_weather", "get_time") and isinstance(json.loads(calls[0].arguments), dict)

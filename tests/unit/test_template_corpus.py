@@ -6,11 +6,13 @@ refuse it too, with a 400 (InvalidRequest), and the refusal is one README lists 
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
 from chat.template_adaptation import adapt
 from chat.templates import ChatPromptRenderer, ChatTemplateInfo
+from chat.tool_call_parser import parse_tool_calls
 from errors import InvalidRequest
 from tests.llama_cpp_sdist import chat_templates
 
@@ -75,3 +77,54 @@ def test_renders_as_transformers_does(name):
             continue
         assert renderer.render(copy.deepcopy(messages), tools=tools, extra=extra or None) == expected, case
     assert refused == set(REFUSED.get(name, {}))
+
+
+# ---------------------------------------------------------------- the calls a template writes are read back
+
+XML_PARAMETERS = "arguments as XML-like parameters (`<parameter=...>`, `<arg_key>`, `<invoke>`, DSML)"
+NO_CALLS_IN_HISTORY = "the template drops tool calls from the history: nothing to read"
+# template -> why the calls its history shows are not read as calls yet (README lists them)
+NOT_READ = {
+    **dict.fromkeys(["ByteDance-Seed-OSS", "GLM-4.6", "GLM-4.7-Flash", "MiniMax-M2", "MiniMax-M3",
+                     "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "Qwen3-Coder", "Qwen3.5-4B", "Spark2.5", "StepFun3.5-Flash",
+                     "deepseek-ai-DeepSeek-V3.2", "deepseek-ai-DeepSeek-V4", "deepseek-ai-DeepSeek-V4-Flash-0731",
+                     "inclusionai-ling-3.0-flash", "openbmb-MiniCPM5-1B", "poolside-Laguna-S-2.1",
+                     "poolside-Laguna-XS-2.1", "poolside-Laguna-XS.2", "tencent-Hy3", "muse-glimmer", "Kimi-K3"],
+                    XML_PARAMETERS),
+    **dict.fromkeys(["HuggingFaceTB-SmolLM3-3B", "LFM2-8B-A1B", "LFM2.5-Instruct", "ibm-granite-granite-3.3-2B-Instruct",
+                     "llama-cpp-rwkv-world", "microsoft-Phi-3.5-mini-instruct",
+                     "deepseek-ai-DeepSeek-R1-Distill-Llama-8B"], NO_CALLS_IN_HISTORY),
+    **dict.fromkeys(["Cohere2MoE", "CohereForAI-c4ai-command-r-plus-tool_use",
+                     "CohereForAI-c4ai-command-r7b-12-2024-tool_use"], "Cohere's `tool_name` / `parameters` action list"),
+    "openai-gpt-oss-120b": "gpt-oss's harmony channels (`to=functions.NAME<|channel|>commentary`)",
+    "moonshotai-Kimi-K2": "Kimi K2's indexed calls (`functions.NAME:0`)",
+    "upstage-Solar-Open-100B": "Solar's call id before the name",
+    "LFM2.5-8B-A1B": "pythonic calls (`[get_weather(city='Paris')]`)",
+    "google-gemma-4-31B-it": "Gemma 4's `call:NAME{key:<|\"|>value<|\"|>}`",
+    "google-gemma-4-31B-it-interleaved": "Gemma 4's `call:NAME{key:<|\"|>value<|\"|>}`",
+    "Apertus-8B-Instruct": "Apertus' `[{\"NAME\": {...}}]`",
+    "GigaChat3-10B-A1.8B": "GigaChat's call as a message of its own", "GigaChat3.1-10B-A1.8B": "GigaChat's `<|function_call|>`",
+    "meetkai-functionary-medium-v3.2": "Functionary 3.2's `>>>NAME` recipients (the prompt opens them)",
+}
+
+
+def test_the_calls_a_template_writes_are_read_back():
+    """A model writes calls the way its template writes them in the history: rendered, its turn must parse back
+    into the same call, in the format the template was detected to teach."""
+    read, not_read = [], {}
+    for name, source in sorted(TEMPLATES.items()):
+        renderer = ChatPromptRenderer(ChatTemplateInfo(source=source, bos_token=BOS, eos_token=EOS, origin=name,
+                                                       tool_prompt_source="{{ tools }}"))
+        try:
+            prompt = renderer.render([USER], tools=TOOLS)
+            history = renderer.render([USER, CALL, RESULT], tools=TOOLS, add_generation_prompt=False)
+        except InvalidRequest:
+            continue  # transformers refuses these too (REFUSED)
+        turn = history[len(prompt):] if history.startswith(prompt) else history.split(USER["content"], 1)[1]
+        _, calls = parse_tool_calls(turn.split("18C")[0], renderer.tool_call_format)
+        if any(c.complete and c.name == "get_weather" and json.loads(c.arguments) == {"city": "Paris"} for c in calls):
+            read.append(name)
+        else:
+            not_read[name] = renderer.tool_call_format.name
+    assert set(not_read) == set(NOT_READ), not_read
+    assert len(read) >= 24
