@@ -16,7 +16,7 @@ import jinja2
 from chat.reasoning import ReasoningMarkers, detect_markers
 from chat.template_adaptation import adapt, probe
 from chat.template_environment import new_environment
-from chat.tool_formats import GENERIC, ToolCallFormat, detect_tool_call_format
+from chat.tool_formats import GENERIC, HERMES, ToolCallFormat, detect_tool_call_format
 from errors import InvalidRequest
 
 
@@ -150,9 +150,10 @@ class ChatPromptRenderer:
     def render_tool_prompt(self, tools: list[dict], mode: str, parallel: bool) -> str:
         if self._tool_prompt is None:
             raise InvalidRequest("This model has no tool-use prompt configured.", param="tools")
-        # A model with a call format of its own is shown that format (its history's calls are written in it too).
-        example = self.tool_call_format.render_calls([("TOOL_NAME", {"ARGUMENT": "VALUE"})]) \
-            if detect_tool_call_format(self.info.source) is not GENERIC else ""
+        # A model with a call format of its own (other than the prompt's usual hermes) is shown that format: its
+        # history's calls are written in it too.
+        native = detect_tool_call_format(self.info.source)
+        example = native.render_calls([("TOOL_NAME", {"ARGUMENT": "VALUE"})]) if native not in (GENERIC, HERMES) else ""
         return self._render(self._tool_prompt, tools=tools, mode=mode, parallel=parallel, call_example=example).strip()
 
     @staticmethod

@@ -150,3 +150,15 @@ def test_tool_call_arguments_come_as_text_to_a_template_that_concatenates_them()
         {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]}
     assert renderer.needs.string_arguments and renderer.render(HELLO + [call]) == 'f:{"x": 1}'
     assert not _renderer("{% for m in messages %}{{ m.tool_calls }}{% endfor %}").needs.string_arguments
+
+
+def test_the_tool_prompt_teaches_the_call_format_the_models_template_writes():
+    """A template that renders no tool list but writes its calls in history (DeepSeek V3.1, Devstral...) keeps its
+    own format, and the tool prompt shows that format instead of the default `<tool_call>`."""
+    source = ("{% for m in messages %}{% for c in m.tool_calls or [] %}[TOOL_CALLS]{{ c.function.name }}[ARGS]"
+              "{{ c.function.arguments | tojson }}{% endfor %}{{ m.content }}{% endfor %}")
+    prompt = (Path(__file__).parents[2] / "templates" / "tool_prompt.jinja").read_text()
+    renderer = ChatPromptRenderer(ChatTemplateInfo(source=source, tool_prompt_source=prompt))
+    assert not renderer.supports_tools and renderer.tool_call_format.name == "mistral-v7"
+    taught = renderer.render_tool_prompt([{"name": "f", "description": "", "parameters": {}}], "required", False)
+    assert '[TOOL_CALLS]TOOL_NAME[ARGS]{"ARGUMENT": "VALUE"}' in taught and "<tool_call>" not in taught
