@@ -44,7 +44,11 @@ class ChoiceOutput:
         return self.parser.calls if self.parser else []
 
     def finish_reason(self, engine_reason: str) -> str:
-        # Only a finished call makes it a tool call: a call cut off (stop string, length) is never returned.
-        if any(call.complete for call in self.calls) and engine_reason == "stop":
+        # Only a finished call makes it a tool call: a call cut off (stop string, length) is never returned. Calls
+        # that are all whole are the answer even where the budget ended it (budget closing closed the last one):
+        # clients look for `tool_calls` to run them.
+        calls = self.calls
+        whole = bool(calls) and all(call.complete for call in calls)
+        if (engine_reason == "stop" and any(call.complete for call in calls)) or (engine_reason == "length" and whole):
             return "function_call" if self.plan.legacy else "tool_calls"
         return engine_reason

@@ -155,3 +155,15 @@ def test_a_call_after_reasoning_is_a_call():
     choice.add(GenerationFinished("stop", USAGE))
     message = choice.message()
     assert message.reasoning_content == "Paris it is." and message.tool_calls[0].function.name == "get_weather"
+
+
+def test_whole_calls_are_tool_calls_even_where_the_budget_ended_the_answer():
+    """Budget closing closes the last call at max_tokens: the engine says length, the calls are whole, and clients
+    look for `tool_calls` to run them. A call cut off stays `length` (and is not returned)."""
+    whole = ChoiceOutput(TOOLS)
+    whole.read('<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>')
+    assert whole.finish_reason("length") == "tool_calls" and whole.finish_reason("stop") == "tool_calls"
+    cut = ChoiceOutput(TOOLS)
+    cut.read('<tool_call>{"name": "get_weather", "arguments": {"city": "Pa')
+    assert cut.finish_reason("length") == "length"
+    assert ChoiceOutput(TOOLS).finish_reason("length") == "length"
