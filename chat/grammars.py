@@ -165,6 +165,8 @@ def tool_call_grammar(plan: ToolPlan, call_format: ToolCallFormat, *, lazy: bool
         converter._add_rule("call", f"{literal(call_format.call_open)} call-json {literal(call_format.call_close)}")
     repeat = f" ({literal(call_format.separator)} call){{0,{MAX_PARALLEL_CALLS - 1}}}" if plan.parallel else ""
     prefix = f"{literal(call_format.optional_prefix)}? " if lazy and call_format.optional_prefix else ""
+    if call_format.header:  # after a reasoning block the model opens a new message before its calls
+        prefix += f"{literal(call_format.header)}? "
     opening = literal(call_format.section_open + call_format.list_open)
     converter._add_rule("root", f"{prefix}{opening} call{repeat} {literal(call_format.section_close)}")
     gbnf = _compact_whitespace(converter.format_grammar())

@@ -3,9 +3,11 @@ grammar constrain only what follows it.
 
 Detected families (from the chat template, else from single tokens in the vocabulary):
 - `<think>` ... `</think>`: Qwen3, QwQ, DeepSeek-R1 and its distills, SmolLM3, Phi-4-reasoning, GLM, most others;
-- `[THINK]` ... `[/THINK]`: Mistral's Magistral.
+- `[THINK]` ... `[/THINK]`: Mistral's Magistral;
+- `<|channel|>analysis<|message|>` ... `<|end|>`: gpt-oss's analysis channel (harmony; its final channel's header
+  and its calls are read by the tool-call parser: chat/tool_formats.py HARMONY).
 Templates whose generation prompt already opens the block (DeepSeek-R1 style `<think>\\n`) start the answer in
-reasoning. gpt-oss's channel format (`<|channel|>analysis`) is not handled: its reasoning stays in the content.
+reasoning.
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ class ReasoningText:
 
 THINK = ReasoningMarkers("<think>", "</think>")
 MAGISTRAL = ReasoningMarkers("[THINK]", "[/THINK]")
+HARMONY = ReasoningMarkers("<|channel|>analysis<|message|>", "<|end|>")  # gpt-oss: the analysis channel
 KNOWN_MARKERS = (THINK, MAGISTRAL)
 
 
 def detect_markers(template_source: str, vocabulary_markers: tuple[str, ...] = ()) -> ReasoningMarkers | None:
     """The markers a model's template writes (or reads back from history), else ones its vocabulary holds as
     single tokens (`vocabulary_markers`: those of the known markers the engine found there)."""
+    if HARMONY.open in template_source:  # (its close, `<|end|>`, also ends every Phi-3 turn: the open decides)
+        return HARMONY
     for markers in KNOWN_MARKERS:
         if markers.close in template_source:
             return markers

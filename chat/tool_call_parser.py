@@ -112,6 +112,7 @@ class ToolCallStreamParser:
     def __init__(self, call_format: ToolCallFormat = HERMES) -> None:
         self.format = call_format
         self._markers = call_format.entry_markers
+        self._content_markup = call_format.content_markup
         self._between_markup = tuple(dict.fromkeys(call_format.markup + self._markers))
         self._buffer = ""  # text received but not yet consumed by the current state
         self._state = "text"
@@ -156,14 +157,16 @@ class ToolCallStreamParser:
             if _JSON_START_PREFIX_RE.fullmatch(buffer):
                 return False  # still only whitespace or the beginning of `{"name"`
             self._at_start = False
-        found = [(buffer.find(m), m) for m in self._markers if m in buffer]
+        found = [(buffer.find(m), m) for m in self._markers + self._content_markup if m in buffer]
         if found:
             position, marker = min(found)
             self._emit_content(buffer[:position], events)
             self._buffer = buffer[position + len(marker) :]
+            if marker in self._content_markup and marker not in self._markers:
+                return True  # a header that is never content: dropped, still in text
             self._state = "name" if self.format.names_outside and marker == self.format.call_open else "between"
             return True
-        held = max((_partial_marker_suffix(buffer, m) for m in self._markers), default=0)
+        held = max((_partial_marker_suffix(buffer, m) for m in self._markers + self._content_markup), default=0)
         self._emit_content(buffer[: len(buffer) - held], events)
         self._buffer = buffer[len(buffer) - held :]
         return False
@@ -175,8 +178,9 @@ class ToolCallStreamParser:
         buffer = self._buffer
         if not buffer:
             return False
-        if self.format.names_outside and buffer.startswith(self.format.call_open):
-            self._buffer = buffer[len(self.format.call_open):]
+        opener = self.format.call_open.lstrip()  # (whitespace before it was just skipped: harmony's " to=")
+        if self.format.names_outside and buffer.startswith(opener):
+            self._buffer = buffer[len(opener):]
             self._state = "name"
             return True
         if buffer.startswith("{") and not self.format.names_outside:
@@ -186,7 +190,7 @@ class ToolCallStreamParser:
             if buffer.startswith(markup):
                 self._buffer = buffer[len(markup) :]
                 return True
-        if any(markup.startswith(buffer) for markup in self._between_markup):
+        if any(markup.startswith(buffer) for markup in (*self._between_markup, opener)):
             return False  # may be the start of a marker
         self._state = "text"  # the calls are over; what follows is content again
         self._at_start = False

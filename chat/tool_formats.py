@@ -16,8 +16,11 @@ the arguments' JSON object. So one parser, one grammar builder and one history w
 - llama3  `{"name": ..., "parameters": ...}` as the whole answer, optionally after `<|python_tag|>` (Llama 3.1+);
 - generic `{"name": ..., "arguments": ...}` as the whole answer (templates that take `tools` but name no format).
 Formats whose arguments are XML-like parameters (Qwen3-Coder / Qwen 3.5 `<function=..><parameter=..>`, GLM's
-`<arg_key>`, MiniMax M2's `<invoke>`, DeepSeek V3.2's DSML), gpt-oss's channels and Kimi K2's indexed calls are not
+`<arg_key>`, MiniMax M2's `<invoke>`, DeepSeek V3.2's DSML) and Kimi K2's indexed calls are not
 among them yet: those templates get the hermes or generic format (README lists them).
+- harmony (gpt-oss): after the `<|start|>assistant` header the prompt ends with, ` to=functions.name<|channel|>
+  commentary json<|message|>{...}<|call|>`; its final channel's header is never content (the analysis channel is
+  its reasoning: chat/reasoning.py).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class ToolCallFormat:
     optional_prefix: str = ""  # a marker the model may put before bare calls (llama3's <|python_tag|>)
     name_open: str = ""  # (name outside the JSON) before the name, after call_open
     name_close: str = ""  # set: the call is call_open, name_open, the name, name_close, the arguments, call_close
+    header: str = ""  # a message header the model may write before its calls (harmony's `<|start|>assistant`)
+    content_markup: tuple[str, ...] = ()  # headers that are never content wherever they appear (harmony's final)
 
     @property
     def names_outside(self) -> bool:
@@ -58,14 +63,15 @@ class ToolCallFormat:
     def markup(self) -> tuple[str, ...]:
         """Literals between and around calls that are never content."""
         pieces = (self.list_open, self.call_open, self.call_close.strip(), self.separator.strip(),
-                  self.section_close)
+                  self.section_close, self.header)
         return tuple(m for m in pieces if m)
 
     @property
     def preserved_tokens(self) -> tuple[str, ...]:
         """Markers some vocabularies hold as special tokens, which engines must still show as text."""
         markers = [m.strip() for m in (self.section_open, self.call_open, self.name_open, self.name_close,
-                                        self.call_close, self.section_close, self.optional_prefix) if m.strip()]
+                                        self.call_close, self.section_close, self.optional_prefix, self.header,
+                                        *self.content_markup) if m.strip()]
         # and the control-token-looking pieces inside longer markers (DeepSeek's `\n```<｜tool▁call▁end｜>`)
         pieces = [piece for marker in markers for piece in _CONTROL_LOOKING.findall(marker)]
         return tuple(dict.fromkeys(markers + pieces))
@@ -105,8 +111,12 @@ APRIEL = ToolCallFormat("apriel", section_open="<tool_calls>", list_open="[", se
                         section_close="]</tool_calls>")
 NEMOTRON = ToolCallFormat("nemotron", section_open="<TOOLCALL>", list_open="[", separator=", ",
                           section_close="]</TOOLCALL>")
+HARMONY = ToolCallFormat("harmony", call_open=" to=functions.", name_close="<|channel|>commentary json<|message|>",
+                         call_close="<|call|>", separator="<|start|>assistant", header="<|start|>assistant",
+                         content_markup=("<|start|>assistant", "<|channel|>final<|message|>",
+                                         "<|channel|>commentary<|message|>", "<|message|>", "<|end|>", "<|return|>"))
 MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
-FORMATS = (HERMES, MISTRAL, MISTRAL_V7, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON,
+FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON,
            MINIMAX_M1, LLAMA3, GENERIC)
 XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")  # not supported yet
 
@@ -115,6 +125,8 @@ def detect_tool_call_format(template_source: str) -> ToolCallFormat:
     """The format a chat template (or tool prompt) teaches, recognised by the markers it writes."""
     if "[ARGS]" in template_source:
         return MISTRAL_V7
+    if "<|call|>" in template_source and "<|channel|>" in template_source:
+        return HARMONY
     if "<｜tool▁sep｜>" in template_source and not any(m in template_source for m in XML_ARGUMENTS):
         return DEEPSEEK_R1 if "```json" in template_source else DEEPSEEK_V3
     if "<tool_calls>[" in template_source:

@@ -167,3 +167,25 @@ def test_whole_calls_are_tool_calls_even_where_the_budget_ended_the_answer():
     cut.read('<tool_call>{"name": "get_weather", "arguments": {"city": "Pa')
     assert cut.finish_reason("length") == "length"
     assert ChoiceOutput(TOOLS).finish_reason("length") == "length"
+
+
+def test_gpt_oss_channels_become_reasoning_content_and_calls():
+    """Harmony (gpt-oss): the analysis channel is reasoning, the final channel's header is not content, a call
+    addressed to=functions.NAME is a tool call; read the same in any chunking."""
+    from chat.reasoning import HARMONY as HARMONY_CHANNELS
+    from chat.reasoning import ReasoningSplitter, ReasoningText
+    from chat.tool_formats import HARMONY
+
+    answer = ("<|channel|>analysis<|message|>The user greets.<|end|><|start|>assistant<|channel|>final<|message|>"
+              "Hello!<|return|>")
+    call = ('<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant to=functions.get_weather'
+            '<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>')
+    for text, content, reasoning in ((answer, "Hello!", "The user greets."), (call, "", "Need weather.")):
+        for size in (1, 3, len(text)):
+            output = ChoiceOutput(TOOLS, HARMONY, ReasoningSplitter(HARMONY_CHANNELS))
+            events = [e for start in range(0, len(text), size) for e in output.read(text[start:start + size])]
+            events += output.finish()
+            assert "".join(e.text for e in events if isinstance(e, ContentText)) == content
+            assert "".join(e.text for e in events if isinstance(e, ReasoningText)) == reasoning
+    assert [(c.name, c.arguments, c.complete) for c in output.calls] == [("get_weather", '{"city": "Paris"}', True)]
+    assert output.finish_reason("stop") == "tool_calls"
