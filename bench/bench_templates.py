@@ -12,25 +12,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import yaml
-
-from settings import PROJECT_ROOT, SMOLLM2_FILE
 from tests.llama_cpp_sdist import chat_templates
-from tests.server_process import running_server
-from tests.template_cases import run_cases
-
-
-def serve_templates(templates: dict[str, str], folder: Path, n_ctx: int):
-    (folder / "templates").mkdir()
-    entries = []
-    for name, source in templates.items():
-        path = folder / "templates" / f"{name}.jinja"
-        path.write_text(source, encoding="utf-8")
-        entries.append({"id": name, "path": str(PROJECT_ROOT / "models" / SMOLLM2_FILE), "chat_template": str(path),
-                        "settings": {"n_ctx": n_ctx, "parallel": 1}})
-    (folder / "models.yaml").write_text(yaml.safe_dump({"models": entries}))
-    return running_server("--models-dir", str(folder), "--model-name", entries[0]["id"],
-                          "--no-install-embedded-models", "--max-loaded-models", "2", log_dir=folder)
+from tests.template_cases import run_cases, serve_templates
 
 
 def main() -> None:

@@ -1,15 +1,20 @@
 """The cases a served chat template must pass over HTTP, as a user meets them (issue 35): plain chat with a
 system prompt, a conversation with tool history, `tool_choice: required` (valid arguments, `tool_calls`, the same
 whole and streamed), `auto` without call markup or reasoning markers in the content, and thinking off where the
-template has the switch. Run by tests/e2e/test_template_corpus.py on a family sample and by
+template has the switch. Run by tests/e2e/test_template_corpus.py on a sample, one template per family, and by
 bench/bench_templates.py on the whole collection."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import openai
+import yaml
+
+from settings import PROJECT_ROOT, SMOLLM2_FILE
+from tests.server_process import running_server
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -37,7 +42,7 @@ def tool_history(client: openai.OpenAI, model: str) -> None:
 
 
 def required(client: openai.OpenAI, model: str) -> None:
-    kwargs = dict(model=model, messages=[ASK], tools=[WEATHER], tool_choice="required", max_tokens=96, temperature=0,
+    kwargs = dict(model=model, messages=[ASK], tools=[WEATHER], tool_choice="required", max_tokens=200, temperature=0,
                   parallel_tool_calls=False)
     whole = client.chat.completions.create(**kwargs)
     choice = whole.choices[0]
@@ -89,3 +94,17 @@ def run_cases(client: openai.OpenAI, model: str, template: str) -> dict[str, str
         except Exception as exc:  # noqa: BLE001 - a case's failure, whatever it is, is its result
             results[case] = f"{type(exc).__name__}: {exc}"[:200]
     return results
+
+
+def serve_templates(templates: dict[str, str], folder: Path, n_ctx: int = 4096):
+    """One server, one catalog entry per template (id = its name), each the embedded SmolLM2 with that template."""
+    (folder / "templates").mkdir()
+    entries = []
+    for name, source in templates.items():
+        path = folder / "templates" / f"{name}.jinja"
+        path.write_text(source, encoding="utf-8")
+        entries.append({"id": name, "path": str(PROJECT_ROOT / "models" / SMOLLM2_FILE), "chat_template": str(path),
+                        "settings": {"n_ctx": n_ctx, "parallel": 1}})
+    (folder / "models.yaml").write_text(yaml.safe_dump({"models": entries}))
+    return running_server("--models-dir", str(folder), "--model-name", entries[0]["id"],
+                          "--no-install-embedded-models", "--max-loaded-models", "2", log_dir=folder)

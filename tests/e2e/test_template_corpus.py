@@ -1,0 +1,72 @@
+"""Real chat templates served over HTTP (issue 35): a sample of llama.cpp's collection, one template per family of
+format and feature (Qwen 3.5, gpt-oss harmony, Mistral v7, DeepSeek V3.1, Gemma 2 without a system role, Functionary
+with text arguments, Nemotron Nano 2, Granite 3.3 thinking, Kimi K3's loop controls, LFM 2.5's generation tag, GLM
+4.6's tojson options), each served over the embedded SmolLM2 through the cases of tests/template_cases.py. The whole
+collection runs in `python -m bench.bench_templates`. Broken and hostile templates are a 400 or a failed load that
+names the template line: never a 500, never a dropped connection."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import yaml
+
+from settings import PROJECT_ROOT, SMOLLM2_FILE
+from tests.llama_cpp_sdist import chat_templates
+from tests.template_cases import CASES, applicable, serve_templates
+
+SAMPLE = ["Qwen3.5-4B", "openai-gpt-oss-120b", "mistralai-Ministral-3-14B-Reasoning-2512", "deepseek-ai-DeepSeek-V3.1",
+          "google-gemma-2-2b-it", "meetkai-functionary-medium-v3.2", "NVIDIA-Nemotron-Nano-v2",
+          "ibm-granite-granite-3.3-2B-Instruct", "Kimi-K3", "LFM2.5-8B-A1B", "GLM-4.6"]
+BROKEN = {
+    "type-error": "{% for m in messages %}{{ m.content + 1 }}{% endfor %}",
+    "hostile": "{{ 'x' * 1000000000 }}",
+    "recursive": "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
+}
+TEMPLATES = chat_templates()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("template-corpus")
+    with serve_templates({name: TEMPLATES[name] for name in SAMPLE} | BROKEN, folder) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return server.openai_client(max_retries=0, timeout=120)
+
+
+@pytest.mark.parametrize(("name", "case"), [(name, case) for name in SAMPLE for case in CASES
+                                             if applicable(case, TEMPLATES[name])])  # (thinking off: where it exists)
+def test_a_real_template_serves_the_case(client, name, case):
+    CASES[case](client, name)
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_broken_template_is_a_400_naming_its_line(server, name, stream):
+    body = {"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": stream}
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and "template" in error["message"]
+    assert httpx.get(f"{server.base_url}/health").status_code == 200  # and the server goes on
+
+
+def test_a_template_that_does_not_compile_fails_its_load_naming_the_line(tmp_path):
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for m in messages %}\n{{ m.content }\n{% endfor %}")
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump({"models": [
+        {"id": "fine", "path": str(PROJECT_ROOT / "models" / SMOLLM2_FILE)},
+        {"id": "broken", "path": str(PROJECT_ROOT / "models" / SMOLLM2_FILE), "chat_template": str(broken)}]}))
+    from tests.server_process import running_server
+
+    with running_server("--models-dir", str(tmp_path), "--model-name", "fine", "--no-install-embedded-models",
+                        log_dir=tmp_path) as server:
+        response = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=60, json={
+            "model": "broken", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        assert response.status_code < 500 or response.json()["error"]["code"] != "internal_error", response.text
+        assert "line 2" in response.json()["error"]["message"], response.text
+        assert httpx.get(f"{server.base_url}/health").status_code == 200
