@@ -4,6 +4,7 @@ grammar constrain only what follows it.
 Detected families (from the chat template, else from single tokens in the vocabulary):
 - `<think>` ... `</think>`: Qwen3, QwQ, DeepSeek-R1 and its distills, SmolLM3, Phi-4-reasoning, GLM, most others;
 - `[THINK]` ... `[/THINK]`: Mistral's Magistral;
+- `<|channel>thought` ... `<channel|>`: Gemma 4 (thinking off, its prompt writes the empty block itself);
 - `<|channel|>analysis<|message|>` ... `<|end|>`: gpt-oss's analysis channel (harmony; its final channel's header
   and its calls are read by the tool-call parser: chat/tool_formats.py HARMONY).
 Templates whose generation prompt already opens the block (DeepSeek-R1 style `<think>\\n`) start the answer in
@@ -34,7 +35,8 @@ class ReasoningText:
 THINK = ReasoningMarkers("<think>", "</think>")
 MAGISTRAL = ReasoningMarkers("[THINK]", "[/THINK]")
 HARMONY = ReasoningMarkers("<|channel|>analysis<|message|>", "<|end|>")  # gpt-oss: the analysis channel
-KNOWN_MARKERS = (THINK, MAGISTRAL)
+GEMMA4 = ReasoningMarkers("<|channel>thought", "<channel|>")  # Gemma 4's thought channel
+KNOWN_MARKERS = (THINK, MAGISTRAL, GEMMA4)
 
 
 def detect_markers(template_source: str, vocabulary_markers: tuple[str, ...] = ()) -> ReasoningMarkers | None:

@@ -97,3 +97,16 @@ def test_lazy_triggers_fire_only_after_the_block():
     [inside] = grammar_after_reasoning(lazy, THINK, starts_inside=True).lazy_triggers
     assert not re.fullmatch(inside, 'maybe <tool_call>{"name"')
     assert re.fullmatch(inside, 'plan</think><tool_call>{"name"').group(1) == "<tool_call>"
+
+
+def test_gemma_4_and_gpt_oss_thinking_is_found_and_split():
+    from chat.reasoning import GEMMA4, HARMONY
+    from tests.llama_cpp_sdist import chat_templates
+
+    templates = chat_templates()
+    assert detect_markers(templates["google-gemma-4-31B-it"]) == GEMMA4
+    assert detect_markers(templates["openai-gpt-oss-120b"]) == HARMONY
+    assert detect_markers(templates["microsoft-Phi-3.5-mini-instruct"]) is None  # its <|end|> is not gpt-oss's
+    splitter = ReasoningSplitter(GEMMA4)
+    parts = splitter.feed("<|channel>thought\nThe user greets.<channel|>Hello!") + splitter.finish()
+    assert [(reasoning, text) for reasoning, text in parts if text] == [(True, "The user greets."), (False, "Hello!")]
