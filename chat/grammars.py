@@ -19,6 +19,7 @@ from chat.schema_refs import embeddable, self_contained
 from chat.schema_support import enforceable, map_values
 from chat.tool_formats import ToolCallFormat
 from chat.tools import ToolPlan
+from chat.xml_arguments import parameters_rule
 from errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -140,8 +141,15 @@ def _named_calls(plan: ToolPlan, call_format: ToolCallFormat, literal) -> Schema
     converter = _converter()
     try:
         resolved = converter.resolve_refs(_closed_objects({"anyOf": options, "$defs": definitions}), "request")
-        for index, parameters in enumerate(resolved["anyOf"]):
-            converter.visit(parameters, f"arguments-{index}")
+        for index, (tool, parameters) in enumerate(zip(plan.tools, resolved["anyOf"], strict=True)):
+            if call_format.xml_parameters is None:
+                reference = converter.visit(parameters, f"arguments-{index}")
+                if reference != f"arguments-{index}":  # (a schema the converter names by its own rule)
+                    converter._add_rule(f"arguments-{index}", reference)
+            else:  # the parameters as XML-like tags, then the function's closing tag
+                rule = parameters_rule(converter, parameters, call_format.xml_parameters, f"arguments-{index}",
+                                       tool.strict)
+                converter._add_rule(f"arguments-{index}", f"{rule} {literal(call_format.xml_parameters.end)}")
     except InvalidRequest:
         raise
     except Exception as exc:  # the converter raises plain errors for schemas it cannot handle

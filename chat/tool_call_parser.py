@@ -13,8 +13,10 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from chat.tool_formats import HERMES, ToolCallFormat
+from chat.xml_arguments import XmlArguments
 
 _NAME_RE = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _ARGUMENTS_RE = re.compile(r'\s*,\s*"(?:arguments|parameters)"\s*:\s*')
@@ -109,8 +111,12 @@ class ToolCallStreamParser:
     that could still become a marker is held back, so any chunking of the same text gives the same result.
     """
 
-    def __init__(self, call_format: ToolCallFormat = HERMES) -> None:
+    def __init__(self, call_format: ToolCallFormat = HERMES,
+                 parameter_types: dict[str, dict[str, Any]] | None = None) -> None:
+        """`parameter_types`: tool -> parameter -> schema type, to read XML-like parameter values (qwen-xml)."""
         self.format = call_format
+        self._parameter_types = parameter_types or {}
+        self._xml: XmlArguments | None = None
         self._markers = call_format.entry_markers
         self._content_markup = call_format.content_markup
         self._between_markup = tuple(dict.fromkeys(call_format.markup + self._markers))
@@ -124,7 +130,7 @@ class ToolCallStreamParser:
         events: list[ParseEvent] = []
         self._buffer += text
         step = {"text": self._in_text, "between": self._between_calls, "call": self._in_call, "name": self._in_name,
-                "arguments": self._in_arguments}
+                "arguments": self._in_arguments, "xml": self._in_xml}
         while self._buffer and step[self._state](events):
             pass
         return events
@@ -233,12 +239,30 @@ class ToolCallStreamParser:
         head, found, rest = self._buffer.partition(fmt.name_close)
         if not found:
             return False  # the name goes on (a call cut off here is dropped at the end: never content)
-        name = head.removeprefix(fmt.name_open).split("[CALL_ID]")[0].strip()  # (Mistral 3.2 may add a call id)
+        name = head.strip().removeprefix(fmt.name_open.strip()).split("[CALL_ID]")[0].strip()  # (Mistral 3.2's id)
         index = len(self.calls)
         self.calls.append(ParsedCall(id=new_call_id(), name=name, arguments=""))
         events.append(CallStarted(index, self.calls[index].id, name))
         self._call = _OpenCall(index=index)
         self._buffer, self._state = rest, "arguments"
+        if fmt.xml_parameters is not None:
+            self._xml = XmlArguments(fmt.xml_parameters, self._parameter_types.get(name, {}))
+            self._state = "xml"
+        return True
+
+    def _in_xml(self, events: list[ParseEvent]) -> bool:
+        """XML-like parameters (qwen-xml): each becomes a fragment of the arguments' JSON object as it completes."""
+        call = self._call
+        fragments, consumed = self._xml.feed(self._buffer)
+        self._buffer = self._buffer[consumed:]
+        for fragment in fragments:
+            self.calls[call.index].arguments += fragment
+            events.append(CallArguments(call.index, fragment))
+        if self._xml.done:
+            self.calls[call.index].complete = True
+        elif self._xml.waiting(self._buffer):
+            return False
+        self._call, self._xml, self._state = None, None, "between"  # whole, or malformed (then it stays incomplete)
         return True
 
     def _in_arguments(self, events: list[ParseEvent]) -> bool:
@@ -317,9 +341,10 @@ def _partial_marker_suffix(text: str, marker: str) -> int:
     return 0
 
 
-def parse_tool_calls(text: str, call_format: ToolCallFormat = HERMES) -> tuple[str, list[ParsedCall]]:
+def parse_tool_calls(text: str, call_format: ToolCallFormat = HERMES,
+                     parameter_types: dict[str, dict[str, Any]] | None = None) -> tuple[str, list[ParsedCall]]:
     """Whole-text form: (content outside calls, calls)."""
-    parser = ToolCallStreamParser(call_format)
+    parser = ToolCallStreamParser(call_format, parameter_types)
     events = parser.feed(text) + parser.finish()
     content = "".join(e.text for e in events if isinstance(e, ContentText))
     return content, parser.calls

@@ -15,8 +15,11 @@ the arguments' JSON object. So one parser, one grammar builder and one history w
   minimax-m1 `<tool_calls>` then one object per line, `</tool_calls>`;
 - llama3  `{"name": ..., "parameters": ...}` as the whole answer, optionally after `<|python_tag|>` (Llama 3.1+);
 - generic `{"name": ..., "arguments": ...}` as the whole answer (templates that take `tools` but name no format).
-Formats whose arguments are XML-like parameters (Qwen3-Coder / Qwen 3.5 `<function=..><parameter=..>`, GLM's
-`<arg_key>`, MiniMax M2's `<invoke>`, DeepSeek V3.2's DSML) and Kimi K2's indexed calls are not
+- qwen-xml `<tool_call>\n<function=name>\n<parameter=key>\nvalue\n</parameter>\n</function>\n</tool_call>`
+  (Qwen3-Coder, Qwen 3.5, Nemotron 3, StepFun 3.5) and seed-xml (Seed-OSS): arguments as XML-like parameters
+  (chat/xml_arguments.py).
+Formats with other XML-like parameters (GLM's `<arg_key>`, MiniMax M2's `<invoke>`, DeepSeek V3.2's DSML) and Kimi
+K2's indexed calls are not
 among them yet: those templates get the hermes or generic format (README lists them).
 - harmony (gpt-oss): after the `<|start|>assistant` header the prompt ends with, ` to=functions.name<|channel|>
   commentary json<|message|>{...}<|call|>`; its final channel's header is never content (the analysis channel is
@@ -29,6 +32,8 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from chat.xml_arguments import XmlParameters
 
 _CONTROL_LOOKING = re.compile(r"<[|｜][^<>]*?[|｜]>|\[[A-Z_]+\]")
 
@@ -49,6 +54,7 @@ class ToolCallFormat:
     name_close: str = ""  # set: the call is call_open, name_open, the name, name_close, the arguments, call_close
     header: str = ""  # a message header the model may write before its calls (harmony's `<|start|>assistant`)
     content_markup: tuple[str, ...] = ()  # headers that are never content wherever they appear (harmony's final)
+    xml_parameters: XmlParameters | None = None  # arguments as XML-like parameters (chat/xml_arguments.py)
 
     @property
     def names_outside(self) -> bool:
@@ -62,8 +68,8 @@ class ToolCallFormat:
     @property
     def markup(self) -> tuple[str, ...]:
         """Literals between and around calls that are never content."""
-        pieces = (self.list_open, self.call_open, self.call_close.strip(), self.separator.strip(),
-                  self.section_close, self.header)
+        pieces = (self.list_open, self.call_open, *self.call_close.split(), self.separator.strip(),
+                  *self.section_close.split(), self.header)
         return tuple(m for m in pieces if m)
 
     @property
@@ -89,6 +95,12 @@ class ToolCallFormat:
         return self.section_open + self.list_open + self.separator.join(objects) + self.section_close
 
     def _call_body(self, name: str, arguments: Any) -> str:
+        if self.xml_parameters is not None:
+            syntax = self.xml_parameters
+            parameters = "".join(syntax.open + key + syntax.name_close
+                                 + (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+                                 + syntax.close for key, value in (arguments or {}).items())
+            return self.name_open + name + self.name_close + parameters + syntax.end
         if self.names_outside:
             return self.name_open + name + self.name_close + json.dumps(arguments, ensure_ascii=False)
         return json.dumps({"name": name, self.arguments_key: arguments}, ensure_ascii=False)
@@ -115,8 +127,16 @@ HARMONY = ToolCallFormat("harmony", call_open=" to=functions.", name_close="<|ch
                          call_close="<|call|>", separator="<|start|>assistant", header="<|start|>assistant",
                          content_markup=("<|start|>assistant", "<|channel|>final<|message|>",
                                          "<|channel|>commentary<|message|>", "<|message|>", "<|end|>", "<|return|>"))
+QWEN_XML = ToolCallFormat("qwen-xml", call_open="<tool_call>", name_open="\n<function=", name_close=">",
+                          call_close="\n</tool_call>", separator="\n",
+                          xml_parameters=XmlParameters(open="\n<parameter=", name_close=">\n", close="\n</parameter>",
+                                                       end="\n</function>"))
+SEED_XML = ToolCallFormat("seed-xml", call_open="<seed:tool_call>", name_open="\n<function=", name_close=">",
+                          call_close="\n</seed:tool_call>", separator="\n",
+                          xml_parameters=XmlParameters(open="\n<parameter=", name_close=">", close="</parameter>",
+                                                       end="\n</function>"))
 MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
-FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON,
+FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON,
            MINIMAX_M1, LLAMA3, GENERIC)
 XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")  # not supported yet
 
@@ -127,6 +147,8 @@ def detect_tool_call_format(template_source: str) -> ToolCallFormat:
         return MISTRAL_V7
     if "<|call|>" in template_source and "<|channel|>" in template_source:
         return HARMONY
+    if "<function=" in template_source and "<parameter=" in template_source:
+        return SEED_XML if "<seed:tool_call>" in template_source else QWEN_XML
     if "<｜tool▁sep｜>" in template_source and not any(m in template_source for m in XML_ARGUMENTS):
         return DEEPSEEK_R1 if "```json" in template_source else DEEPSEEK_V3
     if "<tool_calls>[" in template_source:

@@ -7,6 +7,7 @@ from chat.reasoning import ReasoningSplitter, ReasoningText
 from chat.tool_call_parser import ContentText, ParsedCall, ParseEvent, ToolCallStreamParser
 from chat.tool_formats import HERMES, ToolCallFormat
 from chat.tools import ToolPlan
+from chat.xml_arguments import parameter_types
 
 
 class ChoiceOutput:
@@ -16,7 +17,7 @@ class ChoiceOutput:
     def __init__(self, plan: ToolPlan, call_format: ToolCallFormat = HERMES,
                  splitter: ReasoningSplitter | None = None) -> None:
         self.plan = plan
-        self.parser = ToolCallStreamParser(call_format) if plan.active else None
+        self.parser = ToolCallStreamParser(call_format, parameter_types(plan.tools)) if plan.active else None
         self.splitter = splitter
 
     def read(self, text: str) -> list[ParseEvent | ReasoningText]:

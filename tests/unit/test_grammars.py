@@ -220,3 +220,23 @@ def test_the_smallest_call_a_formats_grammar_allows_is_read_back_as_that_call(ca
     content, calls = parse_tool_calls(spec.shortest, call_format)
     assert content.strip() == "" and len(calls) == 1 and calls[0].complete
     assert calls[0].name in ("get_weather", "get_time") and isinstance(json.loads(calls[0].arguments), dict)
+
+
+def test_xml_parameters_grammar_takes_any_text_values_and_typed_others():
+    """Qwen3-Coder style: a string value is any text but its closing tag; an integer is an integer; required
+    parameters are there, optional ones may be."""
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from chat.tool_formats import QWEN_XML
+
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "days": {"type": "integer"}, "unit": {"enum": ["c", "f"]}}, "required": ["city"]}}}
+    gbnf = tool_call_grammar(build_tool_plan([tool], "required", False), QWEN_XML, lazy=False).gbnf
+
+    def call(*parameters: str) -> str:
+        return "<tool_call>\n<function=get_weather>" + "".join(parameters) + "\n</function>\n</tool_call>"
+
+    assert accepts(gbnf, call("\n<parameter=city>\nParis <b>x</b>\n</parameter>", "\n<parameter=days>\n3\n</parameter>"))
+    assert not accepts(gbnf, call("\n<parameter=city>\nPa\n</parameter>ris\n</parameter>"))  # the tag inside a value
+    assert not accepts(gbnf, call("\n<parameter=days>\n3\n</parameter>"))  # city is required
+    assert not accepts(gbnf, call("\n<parameter=city>\nParis\n</parameter>", "\n<parameter=days>\nthree\n</parameter>"))

@@ -81,13 +81,11 @@ def test_renders_as_transformers_does(name):
 
 # ---------------------------------------------------------------- the calls a template writes are read back
 
-XML_PARAMETERS = "arguments as XML-like parameters (`<parameter=...>`, `<arg_key>`, `<invoke>`, DSML)"
+XML_PARAMETERS = "arguments as XML-like parameters other than Qwen's (`<arg_key>`, `<invoke>`, DSML, ...)"
 NO_CALLS_IN_HISTORY = "the template drops tool calls from the history: nothing to read"
 # template -> why the calls its history shows are not read as calls yet (README lists them)
 NOT_READ = {
-    **dict.fromkeys(["ByteDance-Seed-OSS", "GLM-4.6", "GLM-4.7-Flash", "MiniMax-M2", "MiniMax-M3",
-                     "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "Qwen3-Coder", "Qwen3.5-4B", "Spark2.5", "StepFun3.5-Flash",
-                     "deepseek-ai-DeepSeek-V3.2", "deepseek-ai-DeepSeek-V4", "deepseek-ai-DeepSeek-V4-Flash-0731",
+    **dict.fromkeys(["GLM-4.6", "GLM-4.7-Flash", "MiniMax-M2", "MiniMax-M3", "Spark2.5", "deepseek-ai-DeepSeek-V3.2", "deepseek-ai-DeepSeek-V4", "deepseek-ai-DeepSeek-V4-Flash-0731",
                      "inclusionai-ling-3.0-flash", "openbmb-MiniCPM5-1B", "poolside-Laguna-S-2.1",
                      "poolside-Laguna-XS-2.1", "poolside-Laguna-XS.2", "tencent-Hy3", "muse-glimmer", "Kimi-K3"],
                     XML_PARAMETERS),
@@ -126,4 +124,4 @@ def test_the_calls_a_template_writes_are_read_back():
         else:
             not_read[name] = renderer.tool_call_format.name
     assert set(not_read) == set(NOT_READ), not_read
-    assert len(read) >= 25
+    assert len(read) >= 30

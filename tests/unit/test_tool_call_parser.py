@@ -59,7 +59,7 @@ def test_text_without_calls_is_all_content(call_format, data):
     assert parse_tool_calls(text, call_format) == (text, [])
 
 
-@formats
+@pytest.mark.parametrize("call_format", [f for f in FORMATS if f.xml_parameters is None], ids=lambda f: f.name)
 @settings(max_examples=40)
 @given(calls=st.lists(st.tuples(names, arguments), min_size=1, max_size=3), cuts=st.lists(st.integers(0), max_size=20),
        data=st.data())
@@ -76,6 +76,32 @@ def test_calls_are_recovered_in_order_with_exact_arguments(call_format, calls, c
         fragments = [e.fragment for e in events if isinstance(e, CallArguments) and e.index == index]
         assert len(started) == 1 and started[0].id == call.id
         assert "".join(fragments) == call.arguments
+
+
+xml_text = st.text(alphabet=st.characters(blacklist_characters="<\n\r", blacklist_categories=("Cs",)), max_size=10)
+xml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | xml_text,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(xml_text, children, max_size=3), max_leaves=8)
+SCHEMA_TYPE = {type(None): "null", bool: "boolean", int: "integer", str: "string", list: "array", dict: "object"}
+
+
+@pytest.mark.parametrize("call_format", [f for f in FORMATS if f.xml_parameters is not None], ids=lambda f: f.name)
+@settings(max_examples=40)
+@given(calls=st.lists(st.tuples(names, st.dictionaries(names, xml_values, max_size=4)), min_size=1, max_size=3,
+                      unique_by=lambda call: call[0]), cuts=st.lists(st.integers(0), max_size=20), data=st.data())
+def test_xml_parameters_are_recovered_with_their_schema_types(call_format, calls, cuts, data):
+    """Qwen3-Coder style calls: each value is read back as the type its parameter's schema gives."""
+    prefix = data.draw(plain_text_for(call_format))
+    text = (prefix + " " if prefix else "") + call_format.render_calls(calls)
+    types = {name: {key: SCHEMA_TYPE[type(value)] for key, value in arguments.items()} for name, arguments in calls}
+    parser = ToolCallStreamParser(call_format, types)
+    events, previous = [], 0
+    for cut in sorted(set(c % (len(text) + 1) for c in cuts)) + [len(text)]:
+        events += parser.feed(text[previous:cut])
+        previous = cut
+    events += parser.finish()
+    assert [(c.name, json.loads(c.arguments), c.complete) for c in parser.calls] == [(n, a, True) for n, a in calls]
+    assert content_of(events).strip() == prefix
 
 
 def test_llama3_python_tag_opens_calls_and_never_reaches_content():

@@ -1,0 +1,149 @@
+"""Tool-call arguments written as XML-like parameters instead of a JSON object, as the Qwen3-Coder family writes
+them (Qwen3-Coder, Qwen 3.5, Nemotron 3, StepFun 3.5):
+
+    <tool_call>
+    <function=get_weather>
+    <parameter=city>
+    Paris
+    </parameter>
+    </function>
+    </tool_call>
+
+A string value is the raw text between the tags; any other value is its JSON (the templates write mappings and
+lists with `tojson`, numbers and booleans as text). `XmlArguments` reads them back into the JSON object clients
+get, converting each value by its parameter's schema type; `xml_call_rules` writes the grammar that makes a call
+valid by construction (a string value is any text without the closing tag, other values follow their schema).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+STRING_CONSTRAINTS = ("minLength", "maxLength", "pattern", "format")
+
+
+@dataclass(frozen=True)
+class XmlParameters:
+    open: str  # before a parameter's name
+    name_close: str  # between its name and its value
+    close: str  # after its value
+    end: str  # after the last parameter: the function's closing tag
+
+
+def parameter_types(tools) -> dict[str, dict[str, Any]]:
+    """tool name -> parameter name -> its JSON-schema type (what a value's text is read as)."""
+    return {tool.name: {name: (schema or {}).get("type") for name, schema in
+                        ((tool.parameters or {}).get("properties") or {}).items()} for tool in tools}
+
+
+def value_of(text: str, schema_type: Any) -> Any:
+    """A parameter's text as the JSON value its schema type says (text that does not parse stays a string)."""
+    types = schema_type if isinstance(schema_type, list) else [schema_type]
+    if types == ["string"] or schema_type is None and not text.strip().startswith(("{", "[")):
+        return text
+    if "boolean" in types and text.strip().lower() in ("true", "false"):
+        return text.strip().lower() == "true"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@dataclass
+class XmlArguments:
+    """Reads one call's parameters as they stream; `feed` returns the JSON fragments of the arguments object they
+    make and how much of the text it consumed."""
+
+    syntax: XmlParameters
+    types: dict[str, Any]
+    written: int = 0  # parameters emitted so far
+    done: bool = False
+    fragments: list[str] = field(default_factory=list)
+
+    def feed(self, buffer: str) -> tuple[list[str], int]:
+        """Fragments of the arguments JSON and the characters of `buffer` consumed (the rest waits for more)."""
+        out, consumed = [], 0
+        while not self.done:
+            rest = buffer[consumed:]
+            stripped = rest.lstrip()
+            skipped = len(rest) - len(stripped)
+            opener, end = self.syntax.open.strip(), self.syntax.end.strip()
+            if stripped.startswith(end):
+                out.append("}" if self.written else "{}")
+                consumed += skipped + len(end)
+                self.done = True
+            elif stripped.startswith(opener):
+                parameter = self._parameter(stripped[len(opener):])
+                if parameter is None:
+                    break  # its value is still coming
+                name, value, length = parameter
+                out.append(("{" if not self.written else ", ") + json.dumps(name) + ": " + json.dumps(value))
+                self.written += 1
+                consumed += skipped + len(opener) + length
+            else:
+                break  # not enough text yet, or something else: the caller decides
+        return out, consumed
+
+    def _parameter(self, text: str) -> tuple[str, Any, int] | None:
+        name_end = text.find(self.syntax.name_close.strip())
+        value_end = text.find(self.syntax.close.strip(), max(name_end, 0))
+        if name_end < 0 or value_end < 0:
+            return None
+        name = text[:name_end].strip()
+        raw = text[name_end + len(self.syntax.name_close.strip()):value_end]
+        raw = raw.removeprefix("\n").removesuffix("\n")  # the line breaks around a value are the format's
+        return name, value_of(raw, self.types.get(name)), value_end + len(self.syntax.close.strip())
+
+    def waiting(self, buffer: str) -> bool:
+        """Whether `buffer` can still become a parameter or the end (else the call is malformed)."""
+        stripped = buffer.lstrip()
+        opener, end = self.syntax.open.strip(), self.syntax.end.strip()
+        return not stripped or stripped.startswith(opener) or opener.startswith(stripped) or end.startswith(stripped)
+
+
+def text_without(terminator: str) -> str:
+    """GBNF for any text that does not contain `terminator` (whose first character does not recur in it)."""
+    literal = json.dumps
+    alternatives = [f"[^{_char_class(terminator[0])}]"]
+    alternatives += [f"{literal(terminator[:i])} [^{_char_class(terminator[i])}]" for i in range(1, len(terminator))]
+    return "( " + " | ".join(alternatives) + " )*"
+
+
+def _char_class(char: str) -> str:
+    return {"\n": "\\n", "\\": "\\\\", "]": "\\]", "^": "\\^", "-": "\\-"}.get(char, char)
+
+
+def parameters_rule(converter, schema: dict, syntax: XmlParameters, rule: str, strict: bool) -> str:
+    """The GBNF of one tool's parameters (declared order, required ones always, the others optional); adds the
+    rules of non-string values to `converter` (llama-cpp-python's SchemaConverter)."""
+    from errors import InvalidRequest
+
+    literal = json.dumps
+    properties = schema.get("properties") or {}
+    required = set(schema.get("required") or [])
+    parts = []
+    for index, (name, subschema) in enumerate(properties.items()):
+        subschema = subschema or {}
+        value = f"{rule}-{index}"
+        if subschema.get("type") == "string" and "enum" not in subschema:
+            unenforced = [key for key in STRING_CONSTRAINTS if key in subschema]
+            if unenforced and strict:
+                raise InvalidRequest(f"'{unenforced[0]}' on a string parameter cannot be enforced in this model's "
+                                     f"XML call format (parameter '{name}').", param="tools")
+            if unenforced:
+                logger.warning("%s of parameter %r is not enforced in the XML call format", unenforced, name)
+            converter._add_rule(value, text_without(syntax.close))
+        elif "enum" in subschema and all(isinstance(option, str) for option in subschema["enum"]):
+            converter._add_rule(value, " | ".join(literal(option) for option in subschema["enum"]))
+        else:
+            reference = converter.visit(subschema, value)
+            if reference != value:  # (a primitive: the converter's shared rule)
+                converter._add_rule(value, reference)
+        part = f"{literal(syntax.open + name + syntax.name_close)} {value} {literal(syntax.close)}"
+        parts.append(part if name in required else f"( {part} )?")
+    return " ".join(parts) if parts else '""'
