@@ -124,6 +124,10 @@ def parameters_rule(converter, schema: dict, syntax: XmlParameters, rule: str, s
     from errors import InvalidRequest
 
     literal = json.dumps
+    # A value ends at the first closing tag, newline or not, as the parser reads it (the line break before the tag
+    # is the value's last character then, and the parser drops it): the grammar must agree, or a value could hold
+    # a `</parameter>` the parser takes for its end.
+    terminator = syntax.close.lstrip()
     properties = schema.get("properties") or {}
     required = set(schema.get("required") or [])
     parts = []
@@ -137,13 +141,14 @@ def parameters_rule(converter, schema: dict, syntax: XmlParameters, rule: str, s
                                      f"XML call format (parameter '{name}').", param="tools")
             if unenforced:
                 logger.warning("%s of parameter %r is not enforced in the XML call format", unenforced, name)
-            converter._add_rule(value, text_without(syntax.close))
+            converter._add_rule(value, text_without(terminator))
         elif "enum" in subschema and all(isinstance(option, str) for option in subschema["enum"]):
             converter._add_rule(value, " | ".join(literal(option) for option in subschema["enum"]))
         else:
             reference = converter.visit(subschema, value)
             if reference != value:  # (a primitive: the converter's shared rule)
                 converter._add_rule(value, reference)
-        part = f"{literal(syntax.open + name + syntax.name_close)} {value} {literal(syntax.close)}"
+        line_break = f"{literal(syntax.close[:-len(terminator)])}? " if len(syntax.close) > len(terminator) else ""
+        part = f"{literal(syntax.open + name + syntax.name_close)} {value} {line_break}{literal(terminator)}"
         parts.append(part if name in required else f"( {part} )?")
     return " ".join(parts) if parts else '""'

@@ -238,5 +238,7 @@ def test_xml_parameters_grammar_takes_any_text_values_and_typed_others():
 
     assert accepts(gbnf, call("\n<parameter=city>\nParis <b>x</b>\n</parameter>", "\n<parameter=days>\n3\n</parameter>"))
     assert not accepts(gbnf, call("\n<parameter=city>\nPa\n</parameter>ris\n</parameter>"))  # the tag inside a value
+    assert not accepts(gbnf, call("\n<parameter=city>\nPa</parameter>ris\n</parameter>"))  # (no line break before it)
+    assert accepts(gbnf, call("\n<parameter=city>\nParis</parameter>"))  # the parser reads this value as "Paris"
     assert not accepts(gbnf, call("\n<parameter=days>\n3\n</parameter>"))  # city is required
     assert not accepts(gbnf, call("\n<parameter=city>\nParis\n</parameter>", "\n<parameter=days>\nthree\n</parameter>"))
