@@ -8,12 +8,14 @@ with a logged warning otherwise).
 from __future__ import annotations
 
 import copy
-import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from chat.gbnf_text import literal
 from chat.grammar_shortest import shortest_text
 from chat.schema_refs import embeddable, self_contained
 from chat.schema_support import enforceable, map_values
@@ -93,16 +95,23 @@ def _compact_whitespace(gbnf: str) -> str:
     return gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
 
 
+@contextmanager
+def _schema_errors(param: str) -> Iterator[None]:
+    """The converter raises plain errors for schemas it cannot handle: they are the request's 400."""
+    try:
+        yield
+    except InvalidRequest:
+        raise
+    except Exception as exc:
+        raise InvalidRequest(f"This JSON schema cannot be turned into a grammar: {exc}", param=param) from None
+
+
 def _convert(schema: dict, rule_name: str, param: str) -> SchemaConverter:
     """`schema` must already be `enforceable` (chat/schema_support.py)."""
     converter = _converter()
-    try:
+    with _schema_errors(param):
         resolved = converter.resolve_refs(_closed_objects(copy.deepcopy(schema)), "request")
         converter.visit(resolved, rule_name)
-    except InvalidRequest:
-        raise
-    except Exception as exc:  # the converter raises plain errors for schemas it cannot handle
-        raise InvalidRequest(f"This JSON schema cannot be turned into a grammar: {exc}", param=param) from None
     return converter
 
 
@@ -117,29 +126,30 @@ JSON_OBJECT_SCHEMA = {"type": "object"}
 def tool_call_schema(plan: ToolPlan, arguments_key: str = "arguments") -> dict:
     """One call: {"name": <one of the tools>, "<arguments key>": <that tool's parameters>}. Each tool's own
     definitions (`$defs`) move to the wrapper's root under the tool's name, so its references still resolve."""
-    options, definitions = [], {}
-    for tool in plan.tools:
-        parameters, tool_definitions = embeddable(enforceable(tool.parameters, "tools", tool.strict), tool.name)
-        definitions.update(tool_definitions)
-        options.append({
-            "type": "object",
-            "properties": {"name": {"const": tool.name}, arguments_key: parameters},
-            "required": ["name", arguments_key],
-        })
+    parameters, definitions = _tool_parameters(plan)
+    options = [{"type": "object", "properties": {"name": {"const": tool.name}, arguments_key: schema},
+                "required": ["name", arguments_key]} for tool, schema in zip(plan.tools, parameters, strict=True)]
     wrapper = options[0] if len(options) == 1 else {"anyOf": options}
     return {**wrapper, "$defs": definitions} if definitions else wrapper
 
 
-def _named_calls(plan: ToolPlan, call_format: ToolCallFormat, literal) -> SchemaConverter:
+def _tool_parameters(plan: ToolPlan) -> tuple[list[dict], dict]:
+    """Each tool's enforceable parameters schema, and all their own definitions (`$defs`), moved under the tool's
+    name so one root holds them all and every reference still resolves."""
+    parameters, definitions = [], {}
+    for tool in plan.tools:
+        schema, tool_definitions = embeddable(enforceable(tool.parameters, "tools", tool.strict), tool.name)
+        definitions.update(tool_definitions)
+        parameters.append(schema)
+    return parameters, definitions
+
+
+def _named_calls(plan: ToolPlan, call_format: ToolCallFormat) -> SchemaConverter:
     """`call` for formats that write the name outside the JSON: the opening, one tool's name and, after the name's
     closing marker, that tool's arguments (a rule per tool)."""
-    options, definitions = [], {}
-    for tool in plan.tools:
-        parameters, tool_definitions = embeddable(enforceable(tool.parameters, "tools", tool.strict), tool.name)
-        definitions.update(tool_definitions)
-        options.append(parameters)
+    options, definitions = _tool_parameters(plan)
     converter = _converter()
-    try:
+    with _schema_errors("tools"):
         resolved = converter.resolve_refs(_closed_objects({"anyOf": options, "$defs": definitions}), "request")
         for index, (tool, parameters) in enumerate(zip(plan.tools, resolved["anyOf"], strict=True)):
             if call_format.xml_parameters is None:
@@ -150,10 +160,6 @@ def _named_calls(plan: ToolPlan, call_format: ToolCallFormat, literal) -> Schema
                 rule = parameters_rule(converter, parameters, call_format.xml_parameters, f"arguments-{index}",
                                        tool.strict)
                 converter._add_rule(f"arguments-{index}", f"{rule} {literal(call_format.xml_parameters.end)}")
-    except InvalidRequest:
-        raise
-    except Exception as exc:  # the converter raises plain errors for schemas it cannot handle
-        raise InvalidRequest(f"This JSON schema cannot be turned into a grammar: {exc}", param="tools") from None
     names = " | ".join(f"{literal(tool.name)} {literal(call_format.name_close)} arguments-{index}"
                        for index, tool in enumerate(plan.tools))
     converter._add_rule("call", f"{literal(call_format.call_open + call_format.name_open)} ( {names} ) "
@@ -165,9 +171,8 @@ def tool_call_grammar(plan: ToolPlan, call_format: ToolCallFormat, *, lazy: bool
     """Calls in the model's own format, once or (parallel) up to MAX_PARALLEL_CALLS times.
 
     Lazy (tool_choice auto): free text until the model opens a call, then the call must be valid."""
-    literal = lambda text: json.dumps(text) if text else ""  # noqa: E731 - GBNF string literals use JSON escaping
     if call_format.names_outside:
-        converter = _named_calls(plan, call_format, literal)
+        converter = _named_calls(plan, call_format)
     else:
         converter = _convert(tool_call_schema(plan, call_format.arguments_key), "call-json", "tools")
         converter._add_rule("call", f"{literal(call_format.call_open)} call-json {literal(call_format.call_close)}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from chat.gbnf_text import literal, step_without
 from chat.grammars import GrammarSpec
 
 
@@ -149,22 +150,6 @@ def _rename_root(gbnf: str, name: str) -> str:
     return _BARE_ROOT.sub(lambda match: name if match.group(0) == "root" else match.group(0), gbnf)
 
 
-def _literal(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _class_char(char: str) -> str:
-    return "\\" + char if char in "\\]^-[" else char
-
-
-def _text_without(marker: str) -> str:
-    """GBNF alternatives for one step of text that does not run into `marker` (the usual prefix construction)."""
-    steps = [f"[^{_class_char(marker[0])}]"]
-    for length in range(1, len(marker)):
-        steps.append(f"{_literal(marker[:length])} [^{_class_char(marker[length])}]")
-    return " | ".join(steps)
-
-
 def grammar_after_reasoning(grammar: GrammarSpec, markers: ReasoningMarkers, starts_inside: bool) -> GrammarSpec:
     """The same constraint, applied only after a reasoning block: the block (already open, or optional at the
     start) admits any text up to its close marker, then the original grammar follows. A lazy grammar's triggers
@@ -176,10 +161,10 @@ def grammar_after_reasoning(grammar: GrammarSpec, markers: ReasoningMarkers, sta
         else:
             before = rf"(?:\s*{re.escape(markers.open)}[\s\S]*?{close}|(?!\s*{re.escape(markers.open)}))"
         return GrammarSpec(grammar.gbnf, tuple(before + trigger for trigger in grammar.lazy_triggers), grammar.end_bonus)
-    think = "reasoning-rest" if starts_inside else f"({_literal(markers.open)} reasoning-rest)?"
+    think = "reasoning-rest" if starts_inside else f"({literal(markers.open)} reasoning-rest)?"
     rules = [
         f"root ::= {think} answer-root",
-        f"reasoning-rest ::= reasoning-step* {_literal(markers.close)} [ \\t\\n]{{0,4}}",
-        f"reasoning-step ::= {_text_without(markers.close)}",
+        f"reasoning-rest ::= reasoning-step* {literal(markers.close)} [ \\t\\n]{{0,4}}",
+        f"reasoning-step ::= {step_without(markers.close)}",
     ]
     return GrammarSpec("\n".join(rules) + "\n" + _rename_root(grammar.gbnf, "answer-root"), (), grammar.end_bonus)

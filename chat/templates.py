@@ -117,10 +117,20 @@ class ChatPromptRenderer:
     def tool_call_format(self) -> ToolCallFormat:
         """How this model writes calls: what its own template teaches (in its tool list, or in the calls of its
         history, which some templates write without rendering a tool list), else what the tool prompt teaches."""
-        native = detect_tool_call_format(self.info.source)
-        if self.supports_tools or native is not GENERIC:
-            return native
+        if self.supports_tools or self._native_tool_call_format is not GENERIC:
+            return self._native_tool_call_format
         return detect_tool_call_format(self.info.tool_prompt_source)
+
+    @functools.cached_property
+    def _native_tool_call_format(self) -> ToolCallFormat:
+        return detect_tool_call_format(self.info.source)
+
+    @functools.cached_property
+    def _tool_call_example(self) -> str:
+        """A call in the model's own format, for the tool prompt, when that format is not the prompt's usual hermes
+        (the calls of its history are written in it too); empty otherwise."""
+        native = self._native_tool_call_format
+        return native.render_calls([("TOOL_NAME", {"ARGUMENT": "VALUE"})]) if native not in (GENERIC, HERMES) else ""
 
     @functools.cached_property
     def reasoning_markers(self) -> ReasoningMarkers | None:
@@ -150,11 +160,8 @@ class ChatPromptRenderer:
     def render_tool_prompt(self, tools: list[dict], mode: str, parallel: bool) -> str:
         if self._tool_prompt is None:
             raise InvalidRequest("This model has no tool-use prompt configured.", param="tools")
-        # A model with a call format of its own (other than the prompt's usual hermes) is shown that format: its
-        # history's calls are written in it too.
-        native = detect_tool_call_format(self.info.source)
-        example = native.render_calls([("TOOL_NAME", {"ARGUMENT": "VALUE"})]) if native not in (GENERIC, HERMES) else ""
-        return self._render(self._tool_prompt, tools=tools, mode=mode, parallel=parallel, call_example=example).strip()
+        return self._render(self._tool_prompt, tools=tools, mode=mode, parallel=parallel,
+                            call_example=self._tool_call_example).strip()
 
     @staticmethod
     def _render(template: jinja2.Template, **variables) -> str:

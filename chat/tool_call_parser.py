@@ -78,6 +78,14 @@ class _JsonValueScanner:
             self.depth -= 1
             self.done = self.depth == 0
 
+    def scan(self, text: str, start: int = 0) -> int:
+        """Read `text` from `start` until the value ends (or the text does); where reading stopped."""
+        position = start
+        while position < len(text) and not self.done:
+            self.push(text[position])
+            position += 1
+        return position
+
 
 @dataclass
 class _OpenCall:
@@ -211,10 +219,7 @@ class ToolCallStreamParser:
 
     def _in_call(self, events: list[ParseEvent]) -> bool:
         call = self._call
-        consumed = 0
-        while consumed < len(self._buffer) and not call.object_scanner.done:
-            call.object_scanner.push(self._buffer[consumed])
-            consumed += 1
+        consumed = call.object_scanner.scan(self._buffer)
         call.body += self._buffer[:consumed]
         self._buffer = self._buffer[consumed:]
         if call.index < 0:
@@ -256,8 +261,7 @@ class ToolCallStreamParser:
         fragments, consumed = self._xml.feed(self._buffer)
         self._buffer = self._buffer[consumed:]
         for fragment in fragments:
-            self.calls[call.index].arguments += fragment
-            events.append(CallArguments(call.index, fragment))
+            self._emit_arguments(call, fragment, events)
         if self._xml.done:
             self.calls[call.index].complete = True
         elif self._xml.waiting(self._buffer):
@@ -267,20 +271,10 @@ class ToolCallStreamParser:
 
     def _in_arguments(self, events: list[ParseEvent]) -> bool:
         call = self._call
-        scanner = call.arguments_scanner
-        consumed = 0
-        while consumed < len(self._buffer) and not scanner.done:
-            scanner.push(self._buffer[consumed])
-            consumed += 1
-        fragment = self._buffer[:consumed]
+        consumed = call.arguments_scanner.scan(self._buffer)
+        self._emit_arguments(call, self._buffer[:consumed], events)
         self._buffer = self._buffer[consumed:]
-        if not call.arguments:
-            fragment = fragment.lstrip()
-        if fragment:
-            call.arguments += fragment
-            self.calls[call.index].arguments += fragment
-            events.append(CallArguments(call.index, fragment))
-        if not scanner.done:
+        if not call.arguments_scanner.done:
             return False
         self.calls[call.index].complete = True
         self._call, self._state = None, "between"
@@ -302,16 +296,14 @@ class ToolCallStreamParser:
         events.append(CallStarted(call.index, parsed.id, parsed.name))
 
     def _stream_arguments(self, call: _OpenCall, events: list[ParseEvent]) -> None:
-        scanner = call.arguments_scanner
         start = call.scanned_to
-        position = start
-        while position < len(call.body) and not scanner.done:
-            scanner.push(call.body[position])
-            position += 1
-        fragment = call.body[start:position]
+        call.scanned_to = call.arguments_scanner.scan(call.body, start)
+        self._emit_arguments(call, call.body[start:call.scanned_to], events)
+
+    def _emit_arguments(self, call: _OpenCall, fragment: str, events: list[ParseEvent]) -> None:
+        """The next piece of a call's arguments, streamed (leading whitespace before the value is not its)."""
         if not call.arguments:
             fragment = fragment.lstrip()
-        call.scanned_to = position
         if fragment:
             call.arguments += fragment
             self.calls[call.index].arguments += fragment

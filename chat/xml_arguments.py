@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from chat.gbnf_text import literal, step_without
+from errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +66,6 @@ class XmlArguments:
     types: dict[str, Any]
     written: int = 0  # parameters emitted so far
     done: bool = False
-    fragments: list[str] = field(default_factory=list)
 
     def feed(self, buffer: str) -> tuple[list[str], int]:
         """Fragments of the arguments JSON and the characters of `buffer` consumed (the rest waits for more)."""
@@ -106,24 +108,9 @@ class XmlArguments:
         return not stripped or stripped.startswith(opener) or opener.startswith(stripped) or end.startswith(stripped)
 
 
-def text_without(terminator: str) -> str:
-    """GBNF for any text that does not contain `terminator` (whose first character does not recur in it)."""
-    literal = json.dumps
-    alternatives = [f"[^{_char_class(terminator[0])}]"]
-    alternatives += [f"{literal(terminator[:i])} [^{_char_class(terminator[i])}]" for i in range(1, len(terminator))]
-    return "( " + " | ".join(alternatives) + " )*"
-
-
-def _char_class(char: str) -> str:
-    return {"\n": "\\n", "\\": "\\\\", "]": "\\]", "^": "\\^", "-": "\\-"}.get(char, char)
-
-
 def parameters_rule(converter, schema: dict, syntax: XmlParameters, rule: str, strict: bool) -> str:
     """The GBNF of one tool's parameters (declared order, required ones always, the others optional); adds the
     rules of non-string values to `converter` (llama-cpp-python's SchemaConverter)."""
-    from errors import InvalidRequest
-
-    literal = json.dumps
     # A value ends at the first closing tag, newline or not, as the parser reads it (the line break before the tag
     # is the value's last character then, and the parser drops it): the grammar must agree, or a value could hold
     # a `</parameter>` the parser takes for its end.
@@ -141,9 +128,9 @@ def parameters_rule(converter, schema: dict, syntax: XmlParameters, rule: str, s
                                      f"XML call format (parameter '{name}').", param="tools")
             if unenforced:
                 logger.warning("%s of parameter %r is not enforced in the XML call format", unenforced, name)
-            converter._add_rule(value, text_without(terminator))
+            converter._add_rule(value, f"( {step_without(terminator)} )*")
         elif "enum" in subschema and all(isinstance(option, str) for option in subschema["enum"]):
-            converter._add_rule(value, " | ".join(literal(option) for option in subschema["enum"]))
+            converter._add_rule(value, " | ".join(json.dumps(option) for option in subschema["enum"]))
         else:
             reference = converter.visit(subschema, value)
             if reference != value:  # (a primitive: the converter's shared rule)

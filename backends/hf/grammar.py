@@ -51,7 +51,6 @@ class GrammarConstraint:
         self._compiled = compiled
         self.spec = spec
         self._vocabulary = vocabulary
-        self._token_bytes = vocabulary.token_bytes
         self._triggers = [re.compile(pattern) for pattern in spec.lazy_triggers]
         self._matcher = None if self._triggers else xgrammar.GrammarMatcher(compiled)
         self._text = ""  # generated text while waiting for a trigger
@@ -69,7 +68,7 @@ class GrammarConstraint:
         """Whether `token` leaves the constrained bytes valid UTF-8 (complete or still completable)."""
         if self._matcher is None or self._matcher.is_terminated():
             return True
-        return self._utf8.accepts(self._token_bytes[token])
+        return self._utf8.accepts(self._vocabulary.token_bytes[token])
 
     def mask_ill_formed(self, logits: torch.Tensor) -> None:
         """Forbid, in place, every token that would break the UTF-8 (where a pick did)."""
@@ -86,8 +85,8 @@ class GrammarConstraint:
                 self._matcher = None
                 self._triggers = []
                 return
-            if not self._utf8.feed(self._token_bytes[token]):  # only a token written without sampling gets here
-                self._utf8.reset()
+            if not self._utf8.feed(self._vocabulary.token_bytes[token]):
+                self._utf8.reset()  # (only a token written without sampling gets here)
             return
         if not self._triggers:
             return

@@ -28,8 +28,8 @@ def plain_text_for(call_format):
     )
 
 
-def stream(text: str, cuts: list[int], call_format):
-    parser = ToolCallStreamParser(call_format)
+def stream(text: str, cuts: list[int], call_format, parameter_types=None):
+    parser = ToolCallStreamParser(call_format, parameter_types)
     events, previous = [], 0
     for cut in sorted(set(c % (len(text) + 1) for c in cuts)) + [len(text)]:
         events += parser.feed(text[previous:cut])
@@ -94,13 +94,8 @@ def test_xml_parameters_are_recovered_with_their_schema_types(call_format, calls
     prefix = data.draw(plain_text_for(call_format))
     text = (prefix + " " if prefix else "") + call_format.render_calls(calls)
     types = {name: {key: SCHEMA_TYPE[type(value)] for key, value in arguments.items()} for name, arguments in calls}
-    parser = ToolCallStreamParser(call_format, types)
-    events, previous = [], 0
-    for cut in sorted(set(c % (len(text) + 1) for c in cuts)) + [len(text)]:
-        events += parser.feed(text[previous:cut])
-        previous = cut
-    events += parser.finish()
-    assert [(c.name, json.loads(c.arguments), c.complete) for c in parser.calls] == [(n, a, True) for n, a in calls]
+    events, parsed = stream(text, cuts, call_format, types)
+    assert [(c.name, json.loads(c.arguments), c.complete) for c in parsed] == [(n, a, True) for n, a in calls]
     assert content_of(events).strip() == prefix
 
 
