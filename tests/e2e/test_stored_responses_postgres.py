@@ -70,7 +70,8 @@ def _poll(client, response_id, done, timeout=60.0):
 def test_a_background_response_runs_on_one_instance_and_is_cancelled_through_the_other(two_instances):
     a_server, b_server = two_instances
     a, b = a_server.openai_client(), b_server.openai_client()
-    queued = a.responses.create(model=MODEL, input="Write a long story.", max_output_tokens=900, background=True,
+    # 3800 tokens: still generating after the poll and the pause below on any host (900 finished in time on a fast one)
+    queued = a.responses.create(model=MODEL, input="Write a long story.", max_output_tokens=3800, background=True,
                                 extra_body=NO_END)
     _poll(b, queued.id, done=("in_progress",))
     time.sleep(1.5)  # b tends the store meanwhile: a is alive, so its response is not failed
