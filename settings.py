@@ -207,6 +207,11 @@ class Settings(BaseSettings):
         None,
         description="Override the default model's chat template: a template name in templates/ or a file path.",
     )
+    chat_template_tool_use: str | None = Field(
+        None,
+        description="The default model's template for requests with tools (a name in templates/ or a file path), "
+        "as a model's named `tool_use` template is used; unset: the model's own, if it has one.",
+    )
     install_embedded_models: bool = Field(
         True, description="Place the embedded models (SmolLM2-135M-Instruct, gemma-3-270m) into the models "
         "directory on start when they are missing."

@@ -116,6 +116,7 @@ class ModelEntry(BaseModel):
     repo: str | None = None  # Hugging Face repo id, looked up in the local cache only
     aliases: tuple[str, ...] = ()
     chat_template: str | None = None  # a template name in templates/ or a file path
+    chat_template_tool_use: str | None = None  # the same, for requests with tools (a named `tool_use` template)
     tool_prompt: Path | None = None  # tool-use instructions for templates without tool support
     settings: EngineOverrides = EngineOverrides()
     defaults: GenerationDefaults = GenerationDefaults()
@@ -148,7 +149,7 @@ class ModelEntry(BaseModel):
     def _adapter_entry(self) -> ModelEntry:
         if self.base is None or not self.lora:
             raise ValueError("an adapter entry names both its `base` model and its `lora` adapters")
-        own = [name for name in ("path", "repo", "upstream", "chat_template", "tool_prompt", "settings", "hf", "mmproj")
+        own = [name for name in ("path", "repo", "upstream", "chat_template", "chat_template_tool_use", "tool_prompt", "settings", "hf", "mmproj")
                if name in self.model_fields_set]
         if own:
             raise ValueError(f"an adapter entry runs on its base model's engine; {', '.join(own)} belong to the base")

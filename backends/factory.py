@@ -42,10 +42,11 @@ def engine_settings(entry: ModelEntry, settings: Settings) -> Settings:
     """The server's settings with the catalog entry's per-model overrides applied."""
     overrides = entry.settings.model_dump(exclude_none=True)
     is_default = settings.model_name in (entry.id, entry.id.removesuffix(".gguf"))
-    if entry.chat_template:
-        overrides["chat_template"] = entry.chat_template
-    elif not is_default:
-        overrides["chat_template"] = None  # --chat-template is the default model's override only
+    for name in ("chat_template", "chat_template_tool_use"):
+        if getattr(entry, name):
+            overrides[name] = getattr(entry, name)
+        elif not is_default:
+            overrides[name] = None  # --chat-template(-tool-use) is the default model's override only
     if not is_default and "draft_model" not in overrides:
         overrides["draft_model"] = None  # so is --draft-model
     if entry.mmproj is not None:

@@ -6,8 +6,8 @@ chat/template_environment.py (transformers' own), whatever its origin.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from chat.tool_formats import GENERIC, HERMES, ToolCallFormat, detect_tool_call_
 from errors import InvalidRequest
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ChatTemplateInfo:
     """What chat rendering needs from a model: its template source and special token texts."""
 
@@ -30,6 +30,9 @@ class ChatTemplateInfo:
     origin: str = ""  # where the template came from, shown in model info
     tool_prompt_source: str = ""  # tool-use instructions for templates that cannot render tools themselves
     vocabulary_markers: tuple[str, ...] = ()  # known reasoning markers the vocabulary holds as single tokens
+    # The model's named `tool_use` template (Hermes 2 Pro / 3, Command R+): rendered instead of `source` when a request
+    # has tools, as transformers and llama.cpp do; empty when the model has one template for everything.
+    tool_use_source: str = ""
 
 
 # Architecture (GGUF `general.architecture`) -> template file in templates/. Llama 2 era models share the
@@ -70,16 +73,30 @@ def resolve_template_source(
     """Return (template source, origin), in order: operator override, `<model>.jinja` beside the model file,
     the template embedded in the model, then the shipped template for the architecture."""
     if override:
-        override_path = Path(override)
-        if not override_path.is_file():
-            override_path = templates_dir / f"{override.removesuffix('.jinja')}.jinja"
-        return override_path.read_text(encoding="utf-8"), f"override:{override_path.name}"
+        return _read_override(override, templates_dir)
     if sidecar is not None and sidecar.is_file():
         return sidecar.read_text(encoding="utf-8"), f"file:{sidecar.name}"
     if embedded:
         return embedded, "model"
     name = builtin_template_name(architecture, model_name)
     return (templates_dir / f"{name}.jinja").read_text(encoding="utf-8"), f"builtin:{name}"
+
+
+def resolve_tool_use_source(*, override: str | None, default_origin: str, embedded: str | None,
+                            templates_dir: Path) -> str:
+    """The template for requests with tools, where the model has a named `tool_use` one: the operator's, else the
+    model's own when its default template is the model's own too (an override of the default replaces both)."""
+    if override:
+        return _read_override(override, templates_dir)[0]
+    return embedded or "" if default_origin == "model" else ""
+
+
+def _read_override(override: str, templates_dir: Path) -> tuple[str, str]:
+    """An operator's template: a file path, else a template name in templates/."""
+    path = Path(override)
+    if not path.is_file():
+        path = templates_dir / f"{override.removesuffix('.jinja')}.jinja"
+    return path.read_text(encoding="utf-8"), f"override:{path.name}"
 
 
 def resolve_tool_prompt_source(sidecar: Path | None, templates_dir: Path) -> str:
@@ -98,6 +115,9 @@ class ChatPromptRenderer:
         self._template = self._compile(info.source, info.origin)
         self._tool_prompt = self._compile(info.tool_prompt_source, "tool prompt") if info.tool_prompt_source else None
         self.needs = probe(lambda messages: self._render_as_is(messages, True, None, {}), info.origin or "model")
+        # Requests with tools render with this one: the model's `tool_use` template when it has one, else itself.
+        self._with_tools = self if not info.tool_use_source else ChatPromptRenderer(dataclasses.replace(
+            info, source=info.tool_use_source, tool_use_source="", origin=f"{info.origin or 'model'} (tool_use)"))
 
     @staticmethod
     def _compile(source: str, origin: str) -> jinja2.Template:
@@ -111,12 +131,14 @@ class ChatPromptRenderer:
     @property
     def supports_tools(self) -> bool:
         """Whether the model's own template renders a `tools` list (most modern GGUF templates do)."""
-        return "tools" in self.info.source
+        return "tools" in self._with_tools.info.source
 
     @functools.cached_property
     def tool_call_format(self) -> ToolCallFormat:
         """How this model writes calls: what its own template teaches (in its tool list, or in the calls of its
         history, which some templates write without rendering a tool list), else what the tool prompt teaches."""
+        if self._with_tools is not self:
+            return self._with_tools.tool_call_format
         if self.supports_tools or self._native_tool_call_format is not GENERIC:
             return self._native_tool_call_format
         return detect_tool_call_format(self.info.tool_prompt_source)
@@ -144,6 +166,9 @@ class ChatPromptRenderer:
     def render(self, messages: list[dict], *, add_generation_prompt: bool = True, tools: list[dict] | None = None,
                extra: dict[str, Any] | None = None) -> str:
         """`extra`: more template variables (chat_template_kwargs); they may not replace the ones set here."""
+        if tools and self._with_tools is not self:
+            return self._with_tools.render(messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                                           extra=extra)
         return self._render_as_is(adapt(messages, self.needs), add_generation_prompt, tools, extra or {})
 
     def _render_as_is(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None,

@@ -16,9 +16,10 @@ import yaml
 from settings import PROJECT_ROOT, SMOLLM2_FILE
 from tests.server_process import running_server
 
+# (Command R+'s tool_use template needs every parameter described: it renders `param.description` as text)
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                                                           "required": ["city"]}}}
+                                            "parameters": {"type": "object", "required": ["city"], "properties": {
+                                                "city": {"type": "string", "description": "The city's name."}}}}}
 ASK = {"role": "user", "content": "What is the weather in Paris?"}
 HISTORY = [ASK, {"role": "assistant", "content": "", "tool_calls": [{"id": "abc123XYZ", "type": "function", "function": {
     "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
@@ -103,7 +104,10 @@ def serve_templates(templates: dict[str, str], folder: Path, n_ctx: int = 4096):
     for name, source in templates.items():
         path = folder / "templates" / f"{name}.jinja"
         path.write_text(source, encoding="utf-8")
-        entries.append({"id": name, "path": str(PROJECT_ROOT / "models" / SMOLLM2_FILE), "chat_template": str(path),
+        # A `tool_use` template is one of a model's named templates, rendered only for requests with tools
+        templates = {"chat_template": "chatml", "chat_template_tool_use": str(path)} if name.endswith("-tool_use") \
+            else {"chat_template": str(path)}
+        entries.append({"id": name, "path": str(PROJECT_ROOT / "models" / SMOLLM2_FILE), **templates,
                         "settings": {"n_ctx": n_ctx, "parallel": 1}})
     (folder / "models.yaml").write_text(yaml.safe_dump({"models": entries}))
     return running_server("--models-dir", str(folder), "--model-name", entries[0]["id"],

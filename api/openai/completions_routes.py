@@ -1,5 +1,5 @@
-"""`/v1/completions` (legacy text completions: local engines, remote relayed) and llama-server's `/tokenize` and
-`/detokenize`. The body is validated here, not by FastAPI, so a remote upstream gets exactly what was sent."""
+"""`/v1/completions` (legacy text completions: local engines, remote relayed) and llama-server's `/tokenize`,
+`/detokenize` and `/apply-template`. The body is validated here, not by FastAPI, so a remote upstream gets exactly what was sent."""
 
 from __future__ import annotations
 
@@ -10,8 +10,15 @@ from fastapi.responses import Response
 
 from api.deps import RegistryDep, SettingsDep, TenantDep
 from api.openai.completions import start_completion
-from api.openai.protocol import DetokenizeResponse, TokenizeResponse
-from api.protocol import CompletionRequest, DetokenizeRequest, TokenizeRequest, model_name_of
+from api.openai.protocol import ApplyTemplateResponse, DetokenizeResponse, TokenizeResponse
+from api.pipeline.prepare import render_for_cache
+from api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+    model_name_of,
+)
 from api.serving import LocalRun, requested_tokens, serve
 from backends.base import Engine
 from backends.registry import LoadedModel, ModelRegistry
@@ -37,11 +44,15 @@ async def completions(request: Request, registry: RegistryDep, tenant: TenantDep
                        relay_path="completions", relay_body=lambda: body)
 
 
-async def _local_engine(registry: ModelRegistry, name: str | None, tenant: Tenant) -> Engine:
+async def _local_model(registry: ModelRegistry, name: str | None, tenant: Tenant) -> LoadedModel:
     model = await registry.ensure_loaded(name, tenant.may_use)
     if model.engine.relays_requests:
-        raise NotSupported("Tokenizing is only available for local models.")
-    return model.engine
+        raise NotSupported("Tokenizing and templates are only available for local models.")
+    return model
+
+
+async def _local_engine(registry: ModelRegistry, name: str | None, tenant: Tenant) -> Engine:
+    return (await _local_model(registry, name, tenant)).engine
 
 
 @router.post("/tokenize", response_model=TokenizeResponse)
@@ -52,3 +63,12 @@ async def tokenize(body: TokenizeRequest, registry: RegistryDep, tenant: TenantD
 @router.post("/detokenize", response_model=DetokenizeResponse)
 async def detokenize(body: DetokenizeRequest, registry: RegistryDep, tenant: TenantDep) -> DetokenizeResponse:
     return DetokenizeResponse(content=(await _local_engine(registry, body.model, tenant)).detokenize(body.tokens))
+
+
+@router.post("/apply-template", response_model=ApplyTemplateResponse)
+async def apply_template(body: ChatCompletionRequest, registry: RegistryDep, tenant: TenantDep) -> ApplyTemplateResponse:
+    """The prompt a chat request renders to (its messages, tools, template variables), as llama-server answers it:
+    for seeing what the model's template makes of a conversation."""
+    model = await _local_model(registry, body.model, tenant)
+    prompt, _ = render_for_cache(body, model.renderer, registry.generation_defaults(model.model_id))
+    return ApplyTemplateResponse(prompt=prompt)

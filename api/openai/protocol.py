@@ -61,3 +61,7 @@ class TokenizeResponse(WireModel):
 
 class DetokenizeResponse(WireModel):
     content: str
+
+
+class ApplyTemplateResponse(WireModel):
+    prompt: str

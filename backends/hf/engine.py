@@ -26,7 +26,7 @@ from backends.hf.loading import free_checkpoint, load_checkpoint
 from backends.hf.peft_adapters import PeftAdapters
 from backends.hf.scheduler import BatchScheduler, HFJob
 from backends.hf.vocabulary import TokenizerVocabulary
-from chat.templates import resolve_template_source
+from chat.templates import resolve_template_source, resolve_tool_use_source
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ class TransformersEngine(WorkerThreadEngine):
 
     def _load_template(self, settings: Settings) -> ChatTemplateInfo:
         tokenizer = self.checkpoint.tokenizer
-        embedded = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+        # One template, or named ones (`default`, `tool_use`, `rag`...: tokenizer_config's list of templates)
+        named = tokenizer.chat_template if isinstance(tokenizer.chat_template, dict) else {}
+        embedded = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else named.get("default")
         source, origin = resolve_template_source(
             override=settings.chat_template,
             sidecar=None,
@@ -71,8 +73,11 @@ class TransformersEngine(WorkerThreadEngine):
             model_name=self.entry.id,
             templates_dir=settings.templates_dir,
         )
+        tool_use = resolve_tool_use_source(override=settings.chat_template_tool_use, default_origin=origin,
+                                           embedded=named.get("tool_use"), templates_dir=settings.templates_dir)
         return ChatTemplateInfo(
             source=source, bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "", origin=origin,
+            tool_use_source=tool_use,
             tool_prompt_source=(settings.templates_dir / "tool_prompt.jinja").read_text(encoding="utf-8")
             if self.entry.tool_prompt is None else self.entry.tool_prompt.read_text(encoding="utf-8"),
         )

@@ -42,7 +42,7 @@ from backends.llamacpp.sequences import SequenceJob, common_prefix_length
 from backends.llamacpp.speculation import SpeculationOptions
 from backends.answer_steering import SteeringOptions
 from chat.reasoning import KNOWN_MARKERS
-from chat.templates import resolve_template_source, resolve_tool_prompt_source
+from chat.templates import resolve_template_source, resolve_tool_prompt_source, resolve_tool_use_source
 from errors import InvalidRequest, NotSupported
 from settings import Settings
 
@@ -136,9 +136,13 @@ class LlamaCppEngine(WorkerThreadEngine):
             model_name=(self.model.metadata("general.name") or "") + " " + self.path.name,
             templates_dir=settings.templates_dir,
         )
+        tool_use = resolve_tool_use_source(
+            override=settings.chat_template_tool_use, default_origin=origin, templates_dir=settings.templates_dir,
+            embedded=self.model.metadata("tokenizer.chat_template.tool_use"))  # a named template, as converters write it
         decode = lambda token: self.model.token_text(token).decode("utf-8", errors="replace")  # noqa: E731
         return ChatTemplateInfo(
             source=source,
+            tool_use_source=tool_use,
             bos_token=decode(self.model.bos_token_id) if self.model.bos_token_id >= 0 else "",
             eos_token=decode(self.model.eos_token_id) if self.model.eos_token_id >= 0 else "",
             origin=origin,

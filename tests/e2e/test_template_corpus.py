@@ -70,3 +70,42 @@ def test_a_template_that_does_not_compile_fails_its_load_naming_the_line(tmp_pat
         assert response.status_code < 500 or response.json()["error"]["code"] != "internal_error", response.text
         assert "line 2" in response.json()["error"]["message"], response.text
         assert httpx.get(f"{server.base_url}/health").status_code == 200
+
+
+def test_a_model_with_a_tool_use_template_renders_requests_with_tools_with_it(tmp_path):
+    """Hermes 2 Pro, Hermes 3 and Command R+ ship two named templates; converters write the second as the GGUF's
+    `tokenizer.chat_template.tool_use` (here gguf's own `gguf_new_metadata`, from a tokenizer_config.json list). A
+    request with tools renders with it (as transformers and llama-server choose), one without with the default."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.server_process import running_server
+    from tests.template_cases import WEATHER, required
+
+    tool_use = TEMPLATES["NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use"]
+    default = (PROJECT_ROOT / "templates" / "chatml.jinja").read_text(encoding="utf-8")
+    config = tmp_path / "tokenizer_config.json"
+    config.write_text(json.dumps({"chat_template": [{"name": "default", "template": default},
+                                                    {"name": "tool_use", "template": tool_use}]}))
+    model = tmp_path / "hermes-shaped.gguf"
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(PROJECT_ROOT / "models" / SMOLLM2_FILE),
+                    str(model), "--chat-template-config", str(config), "--force"], check=True, capture_output=True)
+    with running_server("--models-dir", str(tmp_path), "--model-name", model.name, "--no-install-embedded-models",
+                        log_dir=tmp_path) as server:
+        ask = {"model": model.name, "messages": [{"role": "user", "content": "What is the weather in Paris?"}]}
+        with_tools = httpx.post(f"{server.base_url}/apply-template", json={**ask, "tools": [WEATHER]}, timeout=60)
+        without = httpx.post(f"{server.base_url}/apply-template", json=ask, timeout=60)
+        assert with_tools.status_code == 200 and without.status_code == 200, (with_tools.text, without.text)
+        assert "You are a function calling AI model" in with_tools.json()["prompt"]
+        assert '"name": "get_weather"' in with_tools.json()["prompt"]
+        assert without.json()["prompt"] == default_render(default, ask["messages"])
+        required(server.openai_client(max_retries=0, timeout=120), model.name)  # and it serves calls in its format
+
+
+def default_render(source: str, messages: list[dict]) -> str:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template(conversations=[messages], chat_template=source, add_generation_prompt=True,
+                                        bos_token="<|im_start|>", eos_token="<|im_end|>")
+    return rendered[0]

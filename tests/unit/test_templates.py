@@ -4,7 +4,12 @@ import pytest
 
 from backends.base import ChatTemplateInfo
 from chat.messages import to_template_messages
-from chat.templates import ChatPromptRenderer, builtin_template_name, resolve_template_source
+from chat.templates import (
+    ChatPromptRenderer,
+    builtin_template_name,
+    resolve_template_source,
+    resolve_tool_use_source,
+)
 from errors import InvalidRequest
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
@@ -61,6 +66,24 @@ def test_template_precedence(tmp_path):
     sidecar.write_text("S")
     assert resolve_template_source(override=None, sidecar=sidecar, embedded="E", **common) == ("S", "file:m.jinja")
     assert resolve_template_source(override="chatml", sidecar=sidecar, embedded="E", **common)[1] == "override:chatml.jinja"
+
+
+def test_a_tool_use_template_is_the_models_own_only_beside_its_own_default():
+    common = dict(templates_dir=TEMPLATES, embedded="T")
+    assert resolve_tool_use_source(override=None, default_origin="model", **common) == "T"
+    assert resolve_tool_use_source(override=None, default_origin="override:chatml.jinja", **common) == ""
+    assert resolve_tool_use_source(override=None, default_origin="model", templates_dir=TEMPLATES, embedded=None) == ""
+    assert "im_start" in resolve_tool_use_source(override="chatml", default_origin="model", **common)
+
+
+def test_requests_with_tools_render_with_the_tool_use_template():
+    renderer = ChatPromptRenderer(ChatTemplateInfo(
+        source="{% for m in messages %}{{ m.content }}{% endfor %}",
+        tool_use_source="{{ tools | map(attribute='function.name') | join(',') }}<tool_call>{{ messages[0].content }}"))
+    hello = [{"role": "user", "content": "hi"}]
+    assert renderer.render(hello) == "hi"
+    assert renderer.render(hello, tools=[{"type": "function", "function": {"name": "f"}}]) == "f<tool_call>hi"
+    assert renderer.supports_tools and renderer.tool_call_format.name == "hermes"  # the tool_use template's
 
 
 @pytest.mark.parametrize("attack", [
