@@ -19,6 +19,7 @@ from backends.adapters import AdapterView
 from backends.base import Engine
 from backends.catalog import Catalog, GenerationDefaults, ModelEntry, default_hf_cache
 from backends.embedded_model import ensure_embedded_models
+
 # (RemoteDirectory through factory.py: the one core module that reaches into the engine packages)
 from backends.factory import EngineBuilder, RemoteDirectory, engine_settings, remote_directory
 from backends.keep_alive import LoadedModel, parse_duration

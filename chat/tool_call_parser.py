@@ -241,7 +241,7 @@ class ToolCallStreamParser:
     def _in_name(self, events: list[ParseEvent]) -> bool:
         """After call_open: the name, up to name_close; then the arguments' JSON value."""
         fmt = self.format
-        head, found, rest = self._buffer.partition(fmt.name_close)
+        head, found, rest = self._name_and_rest(self._buffer)
         if not found:
             return False  # the name goes on (a call cut off here is dropped at the end: never content)
         name = head.strip().removeprefix(fmt.name_open.strip()).split("[CALL_ID]")[0].strip()  # (Mistral 3.2's id)
@@ -254,6 +254,17 @@ class ToolCallStreamParser:
             self._xml = XmlArguments(fmt.xml_parameters, self._parameter_types.get(name, {}))
             self._state = "xml"
         return True
+
+    def _name_and_rest(self, buffer: str) -> tuple[str, bool, str]:
+        """The call's name, whether it is whole, and the text after it: up to name_close, or where the parameters
+        (or the call's end) start in a format whose name has no closing marker of its own (GLM)."""
+        fmt = self.format
+        if fmt.name_close:
+            head, found, rest = buffer.partition(fmt.name_close)
+            return head, bool(found), rest
+        markers = (fmt.xml_parameters.open.strip(), fmt.xml_parameters.end.strip())
+        at = min((index for marker in markers if (index := buffer.find(marker)) >= 0), default=-1)
+        return (buffer[:at], True, buffer[at:]) if at >= 0 else (buffer, False, "")
 
     def _in_xml(self, events: list[ParseEvent]) -> bool:
         """XML-like parameters (qwen-xml): each becomes a fragment of the arguments' JSON object as it completes."""

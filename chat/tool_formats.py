@@ -18,9 +18,10 @@ the arguments' JSON object. So one parser, one grammar builder and one history w
 - qwen-xml `<tool_call>\n<function=name>\n<parameter=key>\nvalue\n</parameter>\n</function>\n</tool_call>`
   (Qwen3-Coder, Qwen 3.5, Nemotron 3, StepFun 3.5) and seed-xml (Seed-OSS): arguments as XML-like parameters
   (chat/xml_arguments.py).
-Formats with other XML-like parameters (GLM's `<arg_key>`, MiniMax M2's `<invoke>`, DeepSeek V3.2's DSML) and Kimi
-K2's indexed calls are not
-among them yet: those templates get the hermes or generic format (README lists them).
+- glm `<tool_call>name\n<arg_key>key</arg_key>\n<arg_value>value</arg_value>\n</tool_call>` (GLM 4.5/4.6, Laguna,
+  Ling 3) and glm-4.7 the same without line breaks (GLM 4.7, Spark 2.5): XML-like parameters too.
+Formats with other XML-like parameters (MiniMax M2's `<invoke>`, DeepSeek V3.2's DSML) and Kimi K2's indexed calls are
+not among them yet: those templates get the hermes or generic format (README lists them).
 - harmony (gpt-oss): after the `<|start|>assistant` header the prompt ends with, ` to=functions.name<|channel|>
   commentary json<|message|>{...}<|call|>`; its final channel's header is never content (the analysis channel is
   its reasoning: chat/reasoning.py).
@@ -58,7 +59,7 @@ class ToolCallFormat:
 
     @property
     def names_outside(self) -> bool:
-        return bool(self.name_close)
+        return bool(self.name_close or self.xml_parameters)
 
     @property
     def entry_markers(self) -> tuple[str, ...]:
@@ -135,10 +136,16 @@ SEED_XML = ToolCallFormat("seed-xml", call_open="<seed:tool_call>", name_open="\
                           call_close="\n</seed:tool_call>", separator="\n",
                           xml_parameters=XmlParameters(open="\n<parameter=", name_close=">", close="</parameter>",
                                                        end="\n</function>"))
+# GLM 4.6: `<tool_call>NAME\n<arg_key>K</arg_key>\n<arg_value>V</arg_value>\n</tool_call>`; GLM 4.7 the same without the
+# line breaks. The name ends where the first parameter (or the call) does: no marker of its own.
+GLM = ToolCallFormat("glm", call_open="<tool_call>", separator="\n", xml_parameters=XmlParameters(
+    open="\n<arg_key>", name_close="</arg_key>\n<arg_value>", close="</arg_value>", end="\n</tool_call>"))
+GLM_47 = ToolCallFormat("glm-4.7", call_open="<tool_call>", separator="", xml_parameters=XmlParameters(
+    open="<arg_key>", name_close="</arg_key><arg_value>", close="</arg_value>", end="</tool_call>"))
 MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
-FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON,
-           MINIMAX_M1, LLAMA3, GENERIC)
-XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")  # not supported yet
+FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47, DEEPSEEK_V3, DEEPSEEK_R1,
+           FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
+XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")  # (the first two are read)
 
 
 def detect_tool_call_format(template_source: str) -> ToolCallFormat:
@@ -149,6 +156,8 @@ def detect_tool_call_format(template_source: str) -> ToolCallFormat:
         return HARMONY
     if "<function=" in template_source and "<parameter=" in template_source:
         return SEED_XML if "<seed:tool_call>" in template_source else QWEN_XML
+    if "<arg_key>" in template_source and "<tool_call>" in template_source:
+        return GLM_47 if "</arg_key><arg_value>" in template_source else GLM
     if "<｜tool▁sep｜>" in template_source and not any(m in template_source for m in XML_ARGUMENTS):
         return DEEPSEEK_R1 if "```json" in template_source else DEEPSEEK_V3
     if "<tool_calls>[" in template_source:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,12 +93,15 @@ class XmlArguments:
         return out, consumed
 
     def _parameter(self, text: str) -> tuple[str, Any, int] | None:
-        name_end = text.find(self.syntax.name_close.strip())
-        value_end = text.find(self.syntax.close.strip(), max(name_end, 0))
-        if name_end < 0 or value_end < 0:
+        # (the tags between a name and its value with any whitespace between them: GLM's copies differ in it)
+        tags = re.split(r"\s+|(?<=>)(?=<)", self.syntax.name_close.strip())
+        between = re.compile(r"\s*".join(map(re.escape, tags)))
+        name_match = between.search(text)
+        value_end = text.find(self.syntax.close.strip(), name_match.end()) if name_match else -1
+        if name_match is None or value_end < 0:
             return None
-        name = text[:name_end].strip()
-        raw = text[name_end + len(self.syntax.name_close.strip()):value_end]
+        name = text[:name_match.start()].strip()
+        raw = text[name_match.end():value_end]
         raw = raw.removeprefix("\n").removesuffix("\n")  # the line breaks around a value are the format's
         return name, value_of(raw, self.types.get(name)), value_end + len(self.syntax.close.strip())
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from backends.adapters import adapter_key
+from backends.answer_steering import SteeringOptions
 from backends.base import (
     GENERATIVE_CAPABILITIES,
     AdapterSet,
@@ -23,7 +24,6 @@ from backends.base import (
     WarmedPrompt,
 )
 from backends.catalog import ModelEntry
-from backends.media_inputs import MediaLimits, load_media
 from backends.engine_support import (
     WorkerThreadEngine,
     check_logit_bias,
@@ -40,7 +40,7 @@ from backends.llamacpp.sampling import grammar_parses
 from backends.llamacpp.scheduler import Scheduler
 from backends.llamacpp.sequences import SequenceJob, common_prefix_length
 from backends.llamacpp.speculation import SpeculationOptions
-from backends.answer_steering import SteeringOptions
+from backends.media_inputs import MediaLimits, load_media
 from chat.reasoning import KNOWN_MARKERS
 from chat.templates import resolve_template_source, resolve_tool_prompt_source, resolve_tool_use_source
 from errors import InvalidRequest, NotSupported

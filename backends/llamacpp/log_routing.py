@@ -8,11 +8,11 @@ at `info`. Warnings and errors keep their level.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import threading
 from collections.abc import Iterator
-import contextlib
 from contextlib import contextmanager
 
 import llama_cpp

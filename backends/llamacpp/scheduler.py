@@ -15,6 +15,7 @@ import threading
 
 import llama_cpp
 
+from backends.answer_steering import DEFAULT_STEERING, Steering, SteeringOptions
 from backends.base import GenerationFinished, Usage
 from backends.job_queue import JobQueue
 from backends.llamacpp.draft_model import DraftModel
@@ -26,7 +27,6 @@ from backends.llamacpp.sampling import SamplerChain, token_logprobs
 from backends.llamacpp.sequences import SequenceJob, Slot, common_prefix_length
 from backends.llamacpp.speculation import NO_SPECULATION, SpeculationOptions
 from backends.llamacpp.speculative_steps import SpeculativeSteps
-from backends.answer_steering import DEFAULT_STEERING, Steering, SteeringOptions
 from backends.text_output import IncrementalDetokenizer, StopStringFilter
 from errors import EngineFailure
 

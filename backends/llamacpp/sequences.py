@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import llama_cpp
 
+from backends.answer_steering import Steering
 from backends.base import GrammarSpec, ReasoningControl, SamplingParams, TokenDelta, TokenLogprob
 from backends.engine_support import AnswerFloor, Emit
 from backends.llamacpp.lora import BASE, LlamaLoraSet, key_of
@@ -16,7 +17,6 @@ from backends.llamacpp.model import add_to_batch
 from backends.llamacpp.prompt_cache import CachedPrefix
 from backends.llamacpp.sampling import SamplerChain
 from backends.llamacpp.speculation import SequenceDrafter
-from backends.answer_steering import Steering
 from backends.text_output import IncrementalDetokenizer, StopStringFilter
 
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat.tool_call_parser import CallArguments, CallStarted, ContentText, ToolCallStreamParser, parse_tool_calls
-from chat.tool_formats import FORMATS, GENERIC, HERMES, LLAMA3, MISTRAL, detect_tool_call_format
+from chat.tool_formats import FORMATS, GENERIC, GLM, GLM_47, HERMES, LLAMA3, MISTRAL, detect_tool_call_format
 
 names = st.from_regex(r"[a-z_]{1,12}", fullmatch=True)
 json_values = st.recursive(
@@ -139,3 +139,15 @@ def test_format_is_detected_from_the_template(source, expected):
 
 def test_call_cut_off_before_its_name_is_dropped_not_content():
     assert parse_tool_calls('Sure. <tool_call>{"na', HERMES) == ("Sure. ", [])
+
+
+@pytest.mark.parametrize("text", [
+    "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>",  # GLM 4.6, Laguna
+    "<tool_call>get_weather<arg_key>city</arg_key>\n<arg_value>Paris</arg_value></tool_call>",  # Ling 3
+    "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value></tool_call>",  # GLM 4.7, Spark 2.5
+])
+@pytest.mark.parametrize("call_format", [GLM, GLM_47], ids=lambda f: f.name)
+def test_glm_calls_are_read_whatever_whitespace_their_template_puts_between_tags(text, call_format):
+    content, calls = parse_tool_calls("Checking.\n" + text, call_format)
+    assert content.strip() == "Checking."
+    assert [(c.name, json.loads(c.arguments), c.complete) for c in calls] == [("get_weather", {"city": "Paris"}, True)]
