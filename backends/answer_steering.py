@@ -12,6 +12,8 @@ answer, over the model's own pick, in two situations:
   answer is still valid JSON (then finish_reason is `length`: the budget made it end);
 - loop breaking: once the answer repeats itself (see backends/json_loops.py), where the model would start one
   more element of the looping container (then finish_reason stays `stop`: the JSON ended where it was complete).
+Calls with XML-like parameters (qwen-xml, glm: chat/xml_arguments.py) are closed by their tags instead, the model
+led along the closing text one token at a time.
 Lazy grammars (tool_choice auto) are left alone: whether their grammar is active yet is not known here.
 """
 
@@ -116,6 +118,8 @@ class Steering:
         self.budget_closing = active and options.budget_closing
         self.loops = LoopWatch() if active and options.loop_breaking else None
         self.json = JsonDepth()  # of the answer: whether a quote or a bracket closes next
+        self.tags = grammar.tag_closing if active else None  # XML-like calls: closed by their tags instead
+        self.answer = bytearray()  # the answer so far, where its tags are read (XML-like calls only)
         self.reasoning = ReasoningTracker(reasoning, max_tokens, (floor.needed if floor else 0) if active else None)
         self.reason: str | None = None  # why the last boost was given: "budget" or "loop"
         self.closed_by_budget = False  # budget closing changed a pick: the answer ends with finish_reason length
@@ -136,7 +140,18 @@ class Steering:
         if self.reason is None:
             return None
         closers = closers_of(self.vocabulary)
+        if self.tags is not None:
+            return self._toward_closing_tags(closers), amount
         return (closers.in_string if self.json.in_string else closers.outside), amount
+
+    def _toward_closing_tags(self, closers: Closers) -> np.ndarray:
+        """The next token of the text that closes an XML-like call from here (closing the value the answer is in,
+        the function, the call), or the end of the answer once it is closed. One token at a time, re-read from the
+        answer each step: a model that strays (writes `</function>` inside a value) is led back from where it is."""
+        remaining = self.tags.remaining(self.answer.decode("utf-8", errors="replace"))
+        if not remaining:
+            return closers.outside  # (the end-of-generation tokens; the grammar refuses the brackets here)
+        return np.array(self.vocabulary.tokenize_markup(remaining)[:1], dtype=np.int64)
 
     def observe(self, token: int, steered: bool) -> None:
         """Record the token taken, and whether steering changed it from the model's own pick."""
@@ -148,6 +163,8 @@ class Steering:
         if answering and (self.budget_closing or self.loops is not None):
             piece = self.vocabulary.piece(token)
             self.json.feed(piece)
+            if self.tags is not None:
+                self.answer += piece
             if self.loops is not None:
                 self.loops.observe(token, piece)
 

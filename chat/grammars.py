@@ -21,7 +21,7 @@ from chat.schema_refs import embeddable, self_contained
 from chat.schema_support import enforceable, map_values
 from chat.tool_formats import ToolCallFormat
 from chat.tools import ToolPlan
-from chat.xml_arguments import parameters_rule
+from chat.xml_arguments import TagClosing, parameters_rule, tag_closing
 from errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ class GrammarSpec:
     # Logits added to ending the answer wherever the grammar allows it (after each complete tool call): small
     # models otherwise repeat the call they just made until the call limit.
     end_bonus: float = 0.0
+    # How budget closing closes an answer of XML-like calls (None: JSON, closed by quotes and brackets)
+    tag_closing: TagClosing | None = None
 
     def __post_init__(self) -> None:
         # llama.cpp's grammar engine recurses over rules: a huge grammar can crash the whole process.
@@ -185,6 +187,9 @@ def tool_call_grammar(plan: ToolPlan, call_format: ToolCallFormat, *, lazy: bool
     gbnf = _compact_whitespace(converter.format_grammar())
     if lazy:
         return GrammarSpec(gbnf, call_format.lazy_triggers())
+    closing = call_format.xml_parameters and tag_closing(call_format.xml_parameters, call_format.call_close,
+                                                         call_format.section_close)
     # A client that asked for parallel calls explicitly gets them unhindered; by default a further call must be
     # clearly wanted.
-    return GrammarSpec(gbnf, end_bonus=NEXT_CALL_THRESHOLD if plan.parallel and plan.parallel_by_default else 0.0)
+    return GrammarSpec(gbnf, end_bonus=NEXT_CALL_THRESHOLD if plan.parallel and plan.parallel_by_default else 0.0,
+                       tag_closing=closing or None)

@@ -14,7 +14,7 @@ reasoning.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from chat.gbnf_text import literal, step_without
 from chat.grammars import GrammarSpec
@@ -167,4 +167,4 @@ def grammar_after_reasoning(grammar: GrammarSpec, markers: ReasoningMarkers, sta
         f"reasoning-rest ::= reasoning-step* {literal(markers.close)} [ \\t\\n]{{0,4}}",
         f"reasoning-step ::= {step_without(markers.close)}",
     ]
-    return GrammarSpec("\n".join(rules) + "\n" + _rename_root(grammar.gbnf, "answer-root"), (), grammar.end_bonus)
+    return replace(grammar, gbnf="\n".join(rules) + "\n" + _rename_root(grammar.gbnf, "answer-root"))

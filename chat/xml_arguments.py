@@ -39,6 +39,37 @@ class XmlParameters:
     end: str  # after the last parameter: the function's closing tag
 
 
+@dataclass(frozen=True)
+class TagClosing:
+    """How budget closing ends an answer of XML-like calls: a string value is any text but its closing tag, so the
+    brackets and quotes that close JSON close nothing here. The text that closes the answer from where it stands is
+    the value's closing tag when it is inside a value, then the function's and the call's; budget closing steers the
+    model along it token by token (backends/answer_steering.py)."""
+
+    value_start: str  # regex: the text just before a value
+    value_close: str  # after a value
+    tail: str  # after the last parameter: the function's and the call's closing tags
+
+    def remaining(self, answer: str) -> str:
+        """The closing text still to write after `answer` (empty: the call is closed; the answer may end)."""
+        last_start = max((match.end() for match in re.finditer(self.value_start, answer)), default=-1)
+        inside = last_start > answer.rfind(self.value_close.strip())
+        target = (self.value_close if inside else "") + self.tail
+        written = next((k for k in range(len(target), 0, -1) if answer.endswith(target[:k])), 0)
+        return target[written:]
+
+
+def tag_closing(syntax: XmlParameters, call_close: str, section_close: str) -> TagClosing:
+    tags = _between_tags(syntax.name_close)
+    start = re.escape(syntax.open.strip()) + r"[^<>]*?" + r"\s*".join(map(re.escape, tags))
+    return TagClosing(value_start=start, value_close=syntax.close, tail=syntax.end + call_close + section_close)
+
+
+def _between_tags(name_close: str) -> list[str]:
+    """The tags between a parameter's name and its value (GLM: `</arg_key>`, `<arg_value>`; Qwen: `>`)."""
+    return re.split(r"\s+|(?<=>)(?=<)", name_close.strip())
+
+
 def parameter_types(tools) -> dict[str, dict[str, Any]]:
     """tool name -> parameter name -> its JSON-schema type (what a value's text is read as)."""
     return {tool.name: {name: (schema or {}).get("type") for name, schema in
@@ -94,8 +125,7 @@ class XmlArguments:
 
     def _parameter(self, text: str) -> tuple[str, Any, int] | None:
         # (the tags between a name and its value with any whitespace between them: GLM's copies differ in it)
-        tags = re.split(r"\s+|(?<=>)(?=<)", self.syntax.name_close.strip())
-        between = re.compile(r"\s*".join(map(re.escape, tags)))
+        between = re.compile(r"\s*".join(map(re.escape, _between_tags(self.syntax.name_close))))
         name_match = between.search(text)
         value_end = text.find(self.syntax.close.strip(), name_match.end()) if name_match else -1
         if name_match is None or value_end < 0:

@@ -16,10 +16,10 @@ import yaml
 from settings import PROJECT_ROOT, SMOLLM2_FILE
 from tests.server_process import running_server
 
-# (Command R+'s tool_use template needs every parameter described: it renders `param.description` as text)
+# (its parameter undescribed, as many clients send tools: Command R+'s tool_use template then fails, a 400)
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
-                                            "parameters": {"type": "object", "required": ["city"], "properties": {
-                                                "city": {"type": "string", "description": "The city's name."}}}}}
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                           "required": ["city"]}}}
 ASK = {"role": "user", "content": "What is the weather in Paris?"}
 HISTORY = [ASK, {"role": "assistant", "content": "", "tool_calls": [{"id": "abc123XYZ", "type": "function", "function": {
     "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},

@@ -44,6 +44,28 @@ def test_a_real_template_serves_the_case(client, name, case):
     CASES[case](client, name)
 
 
+@pytest.mark.parametrize("max_tokens", [120, 200])
+def test_a_required_xml_call_is_closed_by_its_tags_within_the_budget(client, max_tokens):
+    """Qwen 3.5's calls are XML-like: a string value is any text but `</parameter>`, so quotes and brackets close
+    nothing. SmolLM2 reasons, then writes one value until the budget runs out (before: `length`, no call, the
+    streamed call's arguments empty); budget closing now leads it along `</parameter></function></tool_call>`."""
+    import json
+
+    described = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
+                                                   "parameters": {"type": "object", "required": ["city"], "properties": {
+                                                       "city": {"type": "string", "description": "The city's name."}}}}}
+    kwargs = dict(model="Qwen3.5-4B", messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+                  tools=[described], tool_choice="required", max_tokens=max_tokens, temperature=0,
+                  parallel_tool_calls=False)
+    choice = client.chat.completions.create(**kwargs).choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    [call] = choice.message.tool_calls
+    assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments)["city"], str)
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert "".join(d.function.arguments or "" for d in deltas) == call.function.arguments
+
+
 @pytest.mark.parametrize("name", sorted(BROKEN))
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_a_broken_template_is_a_400_naming_its_line(server, name, stream):

@@ -242,3 +242,25 @@ def test_xml_parameters_grammar_takes_any_text_values_and_typed_others():
     assert accepts(gbnf, call("\n<parameter=city>\nParis</parameter>"))  # the parser reads this value as "Paris"
     assert not accepts(gbnf, call("\n<parameter=days>\n3\n</parameter>"))  # city is required
     assert not accepts(gbnf, call("\n<parameter=city>\nParis\n</parameter>", "\n<parameter=days>\nthree\n</parameter>"))
+
+
+@pytest.mark.parametrize(("answer", "remaining"), [
+    ("<tool_call>\n<function=f>\n<parameter=city>\nParis is a", "\n</parameter>\n</function>\n</tool_call>"),
+    ("<tool_call>\n<function=f>\n<parameter=city>\nParis\n</", "parameter>\n</function>\n</tool_call>"),
+    ("<tool_call>\n<function=f>\n<parameter=city>\nParis </function> x", "\n</parameter>\n</function>\n</tool_call>"),
+    ("<tool_call>\n<function=f>\n<parameter=city>\nParis\n</parameter>", "\n</function>\n</tool_call>"),
+    ("<tool_call>\n<function=f>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>", ""),
+])
+def test_the_text_that_closes_an_xml_call_is_read_from_where_the_answer_stands(answer, remaining):
+    from chat.tool_formats import QWEN_XML
+
+    plan = build_tool_plan([WEATHER], "required", False)
+    assert tool_call_grammar(plan, QWEN_XML, lazy=False).tag_closing.remaining(answer) == remaining
+
+
+def test_glm_calls_close_their_value_then_the_call():
+    from chat.tool_formats import GLM_47
+
+    closing = tool_call_grammar(build_tool_plan([WEATHER], "required", False), GLM_47, lazy=False).tag_closing
+    assert closing.remaining("<tool_call>get_weather<arg_key>city</arg_key><arg_value>Par") == "</arg_value></tool_call>"
+    assert closing.remaining("<tool_call>get_weather<arg_key>city</arg_key><arg_value>P</arg_value>") == "</tool_call>"
