@@ -162,8 +162,9 @@ def _named_calls(plan: ToolPlan, call_format: ToolCallFormat) -> SchemaConverter
                 rule = parameters_rule(converter, parameters, call_format.xml_parameters, f"arguments-{index}",
                                        tool.strict)
                 converter._add_rule(f"arguments-{index}", f"{rule} {literal(call_format.xml_parameters.end)}")
-    names = " | ".join(f"{literal(tool.name)} {literal(call_format.name_close)} arguments-{index}"
-                       for index, tool in enumerate(plan.tools))
+    index = '":" [0-9]{1,2} ' if call_format.indexed_names else ""  # (the call's index in the turn: Kimi K2)
+    names = " | ".join(f"{literal(tool.name)} {index}{literal(call_format.name_close)} arguments-{position}"
+                       for position, tool in enumerate(plan.tools))
     converter._add_rule("call", f"{literal(call_format.call_open + call_format.name_open)} ( {names} ) "
                                 f"{literal(call_format.call_close)}")
     return converter

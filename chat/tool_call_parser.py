@@ -245,6 +245,8 @@ class ToolCallStreamParser:
         if not found:
             return False  # the name goes on (a call cut off here is dropped at the end: never content)
         name = head.strip().removeprefix(fmt.name_open.strip()).split("[CALL_ID]")[0].strip()  # (Mistral 3.2's id)
+        if fmt.indexed_names:
+            name = re.sub(r":\d+$", "", name)  # (Kimi K2's `functions.name:0`)
         index = len(self.calls)
         self.calls.append(ParsedCall(id=new_call_id(), name=name, arguments=""))
         events.append(CallStarted(index, self.calls[index].id, name))

@@ -20,8 +20,13 @@ the arguments' JSON object. So one parser, one grammar builder and one history w
   (chat/xml_arguments.py).
 - glm `<tool_call>name\n<arg_key>key</arg_key>\n<arg_value>value</arg_value>\n</tool_call>` (GLM 4.5/4.6, Laguna,
   Ling 3) and glm-4.7 the same without line breaks (GLM 4.7, Spark 2.5): XML-like parameters too.
-Formats with other XML-like parameters (MiniMax M2's `<invoke>`, DeepSeek V3.2's DSML) and Kimi K2's indexed calls are
-not among them yet: those templates get the hermes or generic format (README lists them).
+- minimax-m2 `<minimax:tool_call>\n<invoke name="name">\n<parameter name="key">value</parameter>\n</invoke>\n
+  </minimax:tool_call>` and minicpm `<function name="name"><param name="key">value</param></function>` (MiniCPM 5):
+  XML-like parameters too;
+- kimi-k2 `<|tool_calls_section_begin|><|tool_call_begin|>functions.name:0<|tool_call_argument_begin|>{...}
+  <|tool_call_end|>...<|tool_calls_section_end|>` (the `:0` is the call's index in the turn).
+Formats whose parameter tags change with the value (DeepSeek V3.2's DSML `string="true"`, Kimi K3's `type=`, MiniMax
+M3's `<key>`) are not among them yet: those templates get the hermes or generic format (README lists them).
 - harmony (gpt-oss): after the `<|start|>assistant` header the prompt ends with, ` to=functions.name<|channel|>
   commentary json<|message|>{...}<|call|>`; its final channel's header is never content (the analysis channel is
   its reasoning: chat/reasoning.py).
@@ -56,6 +61,7 @@ class ToolCallFormat:
     header: str = ""  # a message header the model may write before its calls (harmony's `<|start|>assistant`)
     content_markup: tuple[str, ...] = ()  # headers that are never content wherever they appear (harmony's final)
     xml_parameters: XmlParameters | None = None  # arguments as XML-like parameters (chat/xml_arguments.py)
+    indexed_names: bool = False  # the name is followed by `:N`, the call's index in the turn (Kimi K2)
 
     @property
     def names_outside(self) -> bool:
@@ -92,7 +98,8 @@ class ToolCallFormat:
 
     def render_calls(self, calls: list[tuple[str, Any]]) -> str:
         """Calls from the conversation history, written the way the model itself writes them."""
-        objects = [self.call_open + self._call_body(name, arguments) + self.call_close for name, arguments in calls]
+        objects = [self.call_open + self._call_body(f"{name}:{index}" if self.indexed_names else name, arguments)
+                   + self.call_close for index, (name, arguments) in enumerate(calls)]
         return self.section_open + self.list_open + self.separator.join(objects) + self.section_close
 
     def _call_body(self, name: str, arguments: Any) -> str:
@@ -142,10 +149,21 @@ GLM = ToolCallFormat("glm", call_open="<tool_call>", separator="\n", xml_paramet
     open="\n<arg_key>", name_close="</arg_key>\n<arg_value>", close="</arg_value>", end="\n</tool_call>"))
 GLM_47 = ToolCallFormat("glm-4.7", call_open="<tool_call>", separator="", xml_parameters=XmlParameters(
     open="<arg_key>", name_close="</arg_key><arg_value>", close="</arg_value>", end="</tool_call>"))
+MINIMAX_M2 = ToolCallFormat("minimax-m2", section_open="<minimax:tool_call>", call_open='\n<invoke name="',
+                            name_close='">', separator="", section_close="\n</minimax:tool_call>",
+                            xml_parameters=XmlParameters(open='\n<parameter name="', name_close='">',
+                                                         close="</parameter>", end="\n</invoke>"))
+MINICPM = ToolCallFormat("minicpm", call_open='<function name="', name_close='">', separator="\n",
+                         xml_parameters=XmlParameters(open='<param name="', name_close='">', close="</param>",
+                                                      end="</function>"))
+KIMI_K2 = ToolCallFormat("kimi-k2", section_open="<|tool_calls_section_begin|>", call_open="<|tool_call_begin|>",
+                         name_open="functions.", name_close="<|tool_call_argument_begin|>",
+                         call_close="<|tool_call_end|>", separator="", section_close="<|tool_calls_section_end|>",
+                         indexed_names=True)
 MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
-FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47, DEEPSEEK_V3, DEEPSEEK_R1,
-           FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
-XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")  # (the first two are read)
+FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47, MINIMAX_M2, MINICPM, KIMI_K2,
+           DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
+XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")  # (DSML is not read yet)
 
 
 def detect_tool_call_format(template_source: str) -> ToolCallFormat:
@@ -156,6 +174,12 @@ def detect_tool_call_format(template_source: str) -> ToolCallFormat:
         return HARMONY
     if "<function=" in template_source and "<parameter=" in template_source:
         return SEED_XML if "<seed:tool_call>" in template_source else QWEN_XML
+    if "<|tool_call_argument_begin|>" in template_source:
+        return KIMI_K2
+    if "<minimax:tool_call>" in template_source and '<invoke name="' in template_source:
+        return MINIMAX_M2
+    if '<function name="' in template_source and '<param name="' in template_source:
+        return MINICPM
     if "<arg_key>" in template_source and "<tool_call>" in template_source:
         return GLM_47 if "</arg_key><arg_value>" in template_source else GLM
     if "<｜tool▁sep｜>" in template_source and not any(m in template_source for m in XML_ARGUMENTS):
