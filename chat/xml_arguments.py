@@ -133,6 +133,8 @@ class XmlArguments:
         name = text[:name_match.start()].strip()
         raw = text[name_match.end():value_end]
         raw = raw.removeprefix("\n").removesuffix("\n")  # the line breaks around a value are the format's
+        if raw.startswith("<![CDATA[") and raw.endswith("]]>"):  # (MiniCPM 5 wraps text with `<`, `&` or lines)
+            raw = raw[len("<![CDATA["):-len("]]>")]
         return name, value_of(raw, self.types.get(name)), value_end + len(self.syntax.close.strip())
 
     def waiting(self, buffer: str) -> bool:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat.tool_call_parser import CallArguments, CallStarted, ContentText, ToolCallStreamParser, parse_tool_calls
-from chat.tool_formats import FORMATS, GENERIC, GLM, GLM_47, HERMES, LLAMA3, MISTRAL, detect_tool_call_format
+from chat.tool_formats import FORMATS, GENERIC, GLM, GLM_47, HERMES, LLAMA3, MINICPM, MISTRAL, detect_tool_call_format
 
 names = st.from_regex(r"[a-z_]{1,12}", fullmatch=True)
 json_values = st.recursive(
@@ -151,3 +151,9 @@ def test_glm_calls_are_read_whatever_whitespace_their_template_puts_between_tags
     content, calls = parse_tool_calls("Checking.\n" + text, call_format)
     assert content.strip() == "Checking."
     assert [(c.name, json.loads(c.arguments), c.complete) for c in calls] == [("get_weather", {"city": "Paris"}, True)]
+
+
+def test_a_minicpm_value_in_cdata_is_read_without_its_wrapper():
+    text = '<function name="note"><param name="text"><![CDATA[a < b\nand c]]></param></function>'
+    _, calls = parse_tool_calls(text, MINICPM, {"note": {"text": "string"}})
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("note", {"text": "a < b\nand c"})]
