@@ -25,8 +25,11 @@ the arguments' JSON object. So one parser, one grammar builder and one history w
   XML-like parameters too;
 - kimi-k2 `<|tool_calls_section_begin|><|tool_call_begin|>functions.name:0<|tool_call_argument_begin|>{...}
   <|tool_call_end|>...<|tool_calls_section_end|>` (the `:0` is the call's index in the turn).
-Formats whose parameter tags change with the value (DeepSeek V3.2's DSML `string="true"`, Kimi K3's `type=`, MiniMax
-M3's `<key>`) are not among them yet: those templates get the hermes or generic format (README lists them).
+- dsml-function_calls (DeepSeek V3.2) and dsml-tool_calls (V4): `<｜DSML｜function_calls>\n<｜DSML｜invoke name="name">
+  \n<｜DSML｜parameter name="key" string="true">value</｜DSML｜parameter>\n</｜DSML｜invoke>...`, `string="false"` for a
+  value that is not text.
+Formats whose parameter tags hold more than that (Kimi K3's `type=`, MiniMax M3's `<key>`) are not among them yet:
+those templates get the hermes or generic format (README lists them).
 - harmony (gpt-oss): after the `<|start|>assistant` header the prompt ends with, ` to=functions.name<|channel|>
   commentary json<|message|>{...}<|call|>`; its final channel's header is never content (the analysis channel is
   its reasoning: chat/reasoning.py).
@@ -105,7 +108,7 @@ class ToolCallFormat:
     def _call_body(self, name: str, arguments: Any) -> str:
         if self.xml_parameters is not None:
             syntax = self.xml_parameters
-            parameters = "".join(syntax.open + key + syntax.name_close
+            parameters = "".join(syntax.open + key + syntax.name_close_for(isinstance(value, str))
                                  + (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
                                  + syntax.close for key, value in (arguments or {}).items())
             return self.name_open + name + self.name_close + parameters + syntax.end
@@ -153,6 +156,17 @@ MINIMAX_M2 = ToolCallFormat("minimax-m2", section_open="<minimax:tool_call>", ca
                             name_close='">', separator="", section_close="\n</minimax:tool_call>",
                             xml_parameters=XmlParameters(open='\n<parameter name="', name_close='">',
                                                          close="</parameter>", end="\n</invoke>"))
+def _dsml(section: str) -> ToolCallFormat:
+    """DeepSeek V3.2 (`function_calls`) and V4 (`tool_calls`): `<｜DSML｜invoke name="...">` per call, one
+    `<｜DSML｜parameter name="..." string="true|false">` per argument."""
+    return ToolCallFormat(f"dsml-{section}", section_open=f"<｜DSML｜{section}>", call_open='\n<｜DSML｜invoke name="',
+                          name_close='">', separator="", section_close=f"\n</｜DSML｜{section}>",
+                          xml_parameters=XmlParameters(open='\n<｜DSML｜parameter name="', name_close='" string="false">',
+                                                       string_name_close='" string="true">',
+                                                       close="</｜DSML｜parameter>", end="\n</｜DSML｜invoke>"))
+
+
+DSML_V32, DSML_V4 = _dsml("function_calls"), _dsml("tool_calls")
 MINICPM = ToolCallFormat("minicpm", call_open='<function name="', name_close='">', separator="\n",
                          xml_parameters=XmlParameters(open='<param name="', name_close='">', close="</param>",
                                                       end="</function>"))
@@ -162,8 +176,8 @@ KIMI_K2 = ToolCallFormat("kimi-k2", section_open="<|tool_calls_section_begin|>",
                          indexed_names=True)
 MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
 FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47, MINIMAX_M2, MINICPM, KIMI_K2,
-           DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
-XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")  # (DSML is not read yet)
+           DSML_V32, DSML_V4, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
+XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")
 
 
 def detect_tool_call_format(template_source: str) -> ToolCallFormat:
@@ -174,6 +188,8 @@ def detect_tool_call_format(template_source: str) -> ToolCallFormat:
         return HARMONY
     if "<function=" in template_source and "<parameter=" in template_source:
         return SEED_XML if "<seed:tool_call>" in template_source else QWEN_XML
+    if "｜DSML｜" in template_source:
+        return DSML_V32 if "function_calls" in template_source else DSML_V4
     if "<|tool_call_argument_begin|>" in template_source:
         return KIMI_K2
     if "<minimax:tool_call>" in template_source and '<invoke name="' in template_source:

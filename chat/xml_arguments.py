@@ -37,6 +37,17 @@ class XmlParameters:
     name_close: str  # between its name and its value
     close: str  # after its value
     end: str  # after the last parameter: the function's closing tag
+    # set: what a string value's name is closed with instead (DeepSeek V3.2's DSML says `string="true"` there)
+    string_name_close: str = ""
+
+    def name_close_for(self, is_string: bool) -> str:
+        return self.string_name_close if is_string and self.string_name_close else self.name_close
+
+    def between(self) -> str:
+        """Regex of the text between a name and its value, with any whitespace between tags (GLM's copies differ
+        in it) and either of the two closings where strings have their own."""
+        closings = dict.fromkeys(close for close in (self.name_close, self.string_name_close) if close)
+        return "(?:" + "|".join(r"\s*".join(map(re.escape, _between_tags(close))) for close in closings) + ")"
 
 
 @dataclass(frozen=True)
@@ -60,8 +71,7 @@ class TagClosing:
 
 
 def tag_closing(syntax: XmlParameters, call_close: str, section_close: str) -> TagClosing:
-    tags = _between_tags(syntax.name_close)
-    start = re.escape(syntax.open.strip()) + r"[^<>]*?" + r"\s*".join(map(re.escape, tags))
+    start = re.escape(syntax.open.strip()) + r"[^<>]*?" + syntax.between()
     return TagClosing(value_start=start, value_close=syntax.close, tail=syntax.end + call_close + section_close)
 
 
@@ -125,8 +135,7 @@ class XmlArguments:
 
     def _parameter(self, text: str) -> tuple[str, Any, int] | None:
         # (the tags between a name and its value with any whitespace between them: GLM's copies differ in it)
-        between = re.compile(r"\s*".join(map(re.escape, _between_tags(self.syntax.name_close))))
-        name_match = between.search(text)
+        name_match = re.search(self.syntax.between(), text)
         value_end = text.find(self.syntax.close.strip(), name_match.end()) if name_match else -1
         if name_match is None or value_end < 0:
             return None
@@ -157,6 +166,8 @@ def parameters_rule(converter, schema: dict, syntax: XmlParameters, rule: str, s
     for index, (name, subschema) in enumerate(properties.items()):
         subschema = subschema or {}
         value = f"{rule}-{index}"
+        is_string = subschema.get("type") == "string" or bool(subschema.get("enum")) and all(
+            isinstance(option, str) for option in subschema["enum"])
         if subschema.get("type") == "string" and "enum" not in subschema:
             unenforced = [key for key in STRING_CONSTRAINTS if key in subschema]
             if unenforced and strict:
@@ -172,6 +183,6 @@ def parameters_rule(converter, schema: dict, syntax: XmlParameters, rule: str, s
             if reference != value:  # (a primitive: the converter's shared rule)
                 converter._add_rule(value, reference)
         line_break = f"{literal(syntax.close[:-len(terminator)])}? " if len(syntax.close) > len(terminator) else ""
-        part = f"{literal(syntax.open + name + syntax.name_close)} {value} {line_break}{literal(terminator)}"
+        part = f"{literal(syntax.open + name + syntax.name_close_for(is_string))} {value} {line_break}{literal(terminator)}"
         parts.append(part if name in required else f"( {part} )?")
     return " ".join(parts) if parts else '""'

@@ -264,3 +264,20 @@ def test_glm_calls_close_their_value_then_the_call():
     closing = tool_call_grammar(build_tool_plan([WEATHER], "required", False), GLM_47, lazy=False).tag_closing
     assert closing.remaining("<tool_call>get_weather<arg_key>city</arg_key><arg_value>Par") == "</arg_value></tool_call>"
     assert closing.remaining("<tool_call>get_weather<arg_key>city</arg_key><arg_value>P</arg_value>") == "</tool_call>"
+
+
+def test_dsml_says_which_values_are_text():
+    """DeepSeek V3.2 writes `string="true"` before a text value and `string="false"` before any other."""
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from chat.tool_formats import DSML_V32
+
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city", "days"]}}}
+    gbnf = tool_call_grammar(build_tool_plan([tool], "required", False), DSML_V32, lazy=False).gbnf
+    head, tail = '<｜DSML｜function_calls>\n<｜DSML｜invoke name="f">', "\n</｜DSML｜invoke>\n</｜DSML｜function_calls>"
+    city = '\n<｜DSML｜parameter name="city" string="{}">Paris</｜DSML｜parameter>'
+    days = '\n<｜DSML｜parameter name="days" string="{}">3</｜DSML｜parameter>'
+    assert accepts(gbnf, head + city.format("true") + days.format("false") + tail)
+    assert not accepts(gbnf, head + city.format("false") + days.format("false") + tail)
+    assert not accepts(gbnf, head + city.format("true") + days.format("true") + tail)
