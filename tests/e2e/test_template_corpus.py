@@ -1,8 +1,9 @@
 """Real chat templates served over HTTP (issue 35): a sample of llama.cpp's collection, one template per family of
 format and feature (Qwen 3.5, gpt-oss harmony, Mistral v7, DeepSeek V3.1, Gemma 2 without a system role, Functionary
 with text arguments, Nemotron Nano 2, Granite 3.3 thinking, Kimi K3's loop controls, LFM 2.5's generation tag, GLM
-4.6's tojson options), each served over the embedded SmolLM2 through the cases of tests/template_cases.py. The whole
-collection runs in `python -m bench.bench_templates`. Broken and hostile templates are a 400 or a failed load that
+4.6's tojson options and `<arg_key>` calls, DeepSeek V3.2's DSML, MiniMax M2's `<invoke>`), each served over the
+embedded SmolLM2 through the cases of tests/template_cases.py. The whole collection runs in
+`python -m bench.bench_templates`. Broken and hostile templates are a 400 or a failed load that
 names the template line: never a 500, never a dropped connection."""
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from tests.template_cases import CASES, applicable, serve_templates
 
 SAMPLE = ["Qwen3.5-4B", "openai-gpt-oss-120b", "mistralai-Ministral-3-14B-Reasoning-2512", "deepseek-ai-DeepSeek-V3.1",
           "google-gemma-2-2b-it", "meetkai-functionary-medium-v3.2", "NVIDIA-Nemotron-Nano-v2",
-          "ibm-granite-granite-3.3-2B-Instruct", "Kimi-K3", "LFM2.5-8B-A1B", "GLM-4.6"]
+          "ibm-granite-granite-3.3-2B-Instruct", "Kimi-K3", "LFM2.5-8B-A1B", "GLM-4.6", "deepseek-ai-DeepSeek-V3.2",
+          "MiniMax-M2"]
 BROKEN = {
     "type-error": "{% for m in messages %}{{ m.content + 1 }}{% endfor %}",
     "hostile": "{{ 'x' * 1000000000 }}",
