@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from chat.gbnf_text import literal
+from chat.gemma_arguments import GemmaClosing, gemma_object_rule
 from chat.grammar_shortest import shortest_text
 from chat.schema_refs import embeddable, self_contained
 from chat.schema_support import enforceable, map_values
@@ -39,7 +40,7 @@ class GrammarSpec:
     # models otherwise repeat the call they just made until the call limit.
     end_bonus: float = 0.0
     # How budget closing closes an answer of XML-like calls (None: JSON, closed by quotes and brackets)
-    tag_closing: TagClosing | None = None
+    tag_closing: TagClosing | GemmaClosing | None = None
 
     def __post_init__(self) -> None:
         # llama.cpp's grammar engine recurses over rules: a huge grammar can crash the whole process.
@@ -154,7 +155,11 @@ def _named_calls(plan: ToolPlan, call_format: ToolCallFormat) -> SchemaConverter
     with _schema_errors("tools"):
         resolved = converter.resolve_refs(_closed_objects({"anyOf": options, "$defs": definitions}), "request")
         for index, (tool, parameters) in enumerate(zip(plan.tools, resolved["anyOf"], strict=True)):
-            if call_format.xml_parameters is None:
+            if call_format.gemma_arguments:
+                reference = gemma_object_rule(converter, parameters, f"arguments-{index}")
+                if reference != f"arguments-{index}":
+                    converter._add_rule(f"arguments-{index}", reference)
+            elif call_format.xml_parameters is None:
                 reference = converter.visit(parameters, f"arguments-{index}")
                 if reference != f"arguments-{index}":  # (a schema the converter names by its own rule)
                     converter._add_rule(f"arguments-{index}", reference)
@@ -190,6 +195,8 @@ def tool_call_grammar(plan: ToolPlan, call_format: ToolCallFormat, *, lazy: bool
         return GrammarSpec(gbnf, call_format.lazy_triggers())
     closing = call_format.xml_parameters and tag_closing(call_format.xml_parameters, call_format.call_close,
                                                          call_format.section_close)
+    if call_format.gemma_arguments:
+        closing = GemmaClosing(call_format.call_open, call_format.call_close)
     # A client that asked for parallel calls explicitly gets them unhindered; by default a further call must be
     # clearly wanted.
     return GrammarSpec(gbnf, end_bonus=NEXT_CALL_THRESHOLD if plan.parallel and plan.parallel_by_default else 0.0,

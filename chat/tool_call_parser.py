@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from chat.gemma_arguments import GemmaArguments
 from chat.tool_formats import HERMES, ToolCallFormat
 from chat.xml_arguments import XmlArguments
 
@@ -124,7 +125,7 @@ class ToolCallStreamParser:
         """`parameter_types`: tool -> parameter -> schema type, to read XML-like parameter values (qwen-xml)."""
         self.format = call_format
         self._parameter_types = parameter_types or {}
-        self._xml: XmlArguments | None = None
+        self._xml: XmlArguments | GemmaArguments | None = None
         self._markers = call_format.entry_markers
         self._content_markup = call_format.content_markup
         self._between_markup = tuple(dict.fromkeys(call_format.markup + self._markers))
@@ -255,6 +256,8 @@ class ToolCallStreamParser:
         if fmt.xml_parameters is not None:
             self._xml = XmlArguments(fmt.xml_parameters, self._parameter_types.get(name, {}))
             self._state = "xml"
+        elif fmt.gemma_arguments:
+            self._xml, self._state = GemmaArguments(), "xml"  # (read the same way: fragments as they complete)
         return True
 
     def _name_and_rest(self, buffer: str) -> tuple[str, bool, str]:
@@ -264,6 +267,9 @@ class ToolCallStreamParser:
         if fmt.name_close:
             head, found, rest = buffer.partition(fmt.name_close)
             return head, bool(found), rest
+        if fmt.gemma_arguments:  # (Gemma 4: the name ends where its arguments' object opens)
+            at = buffer.find("{")
+            return (buffer[:at], True, buffer[at:]) if at >= 0 else (buffer, False, "")
         markers = (fmt.xml_parameters.open.strip(), fmt.xml_parameters.end.strip())
         at = min((index for marker in markers if (index := buffer.find(marker)) >= 0), default=-1)
         return (buffer[:at], True, buffer[at:]) if at >= 0 else (buffer, False, "")
@@ -276,7 +282,7 @@ class ToolCallStreamParser:
         for fragment in fragments:
             self._emit_arguments(call, fragment, events)
         if self._xml.done:
-            self.calls[call.index].complete = True
+            self.calls[call.index].complete = not self._xml.invalid
         elif self._xml.waiting(self._buffer):
             return False
         self._call, self._xml, self._state = None, None, "between"  # whole, or malformed (then it stays incomplete)

@@ -28,6 +28,8 @@ the arguments' JSON object. So one parser, one grammar builder and one history w
 - dsml-function_calls (DeepSeek V3.2) and dsml-tool_calls (V4): `<｜DSML｜function_calls>\n<｜DSML｜invoke name="name">
   \n<｜DSML｜parameter name="key" string="true">value</｜DSML｜parameter>\n</｜DSML｜invoke>...`, `string="false"` for a
   value that is not text.
+- gemma4 `<|tool_call>call:name{key:<|"|>text<|"|>,other:3}<tool_call|>` (Gemma 4: keys bare and sorted, text between
+  `<|"|>` markers; chat/gemma_arguments.py).
 Formats whose parameter tags hold more than that (Kimi K3's `type=`, MiniMax M3's `<key>`) are not among them yet:
 those templates get the hermes or generic format (README lists them).
 - harmony (gpt-oss): after the `<|start|>assistant` header the prompt ends with, ` to=functions.name<|channel|>
@@ -42,6 +44,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from chat.gemma_arguments import QUOTE, gemma_text
 from chat.xml_arguments import XmlParameters
 
 _CONTROL_LOOKING = re.compile(r"<[|｜][^<>]*?[|｜]>|\[[A-Z_]+\]")
@@ -65,10 +68,11 @@ class ToolCallFormat:
     content_markup: tuple[str, ...] = ()  # headers that are never content wherever they appear (harmony's final)
     xml_parameters: XmlParameters | None = None  # arguments as XML-like parameters (chat/xml_arguments.py)
     indexed_names: bool = False  # the name is followed by `:N`, the call's index in the turn (Kimi K2)
+    gemma_arguments: bool = False  # the arguments in Gemma 4's notation, not JSON (chat/gemma_arguments.py)
 
     @property
     def names_outside(self) -> bool:
-        return bool(self.name_close or self.xml_parameters)
+        return bool(self.name_close or self.xml_parameters or self.gemma_arguments)
 
     @property
     def entry_markers(self) -> tuple[str, ...]:
@@ -90,6 +94,8 @@ class ToolCallFormat:
                                         *self.content_markup) if m.strip()]
         # and the control-token-looking pieces inside longer markers (DeepSeek's `\n```<｜tool▁call▁end｜>`)
         pieces = [piece for marker in markers for piece in _CONTROL_LOOKING.findall(marker)]
+        if self.gemma_arguments:
+            pieces.append(QUOTE)  # (Gemma 4's vocabulary holds its text marker as one control token)
         return tuple(dict.fromkeys(markers + pieces))
 
     def lazy_triggers(self) -> tuple[str, ...]:
@@ -106,6 +112,8 @@ class ToolCallFormat:
         return self.section_open + self.list_open + self.separator.join(objects) + self.section_close
 
     def _call_body(self, name: str, arguments: Any) -> str:
+        if self.gemma_arguments:
+            return self.name_open + name + gemma_text(arguments or {})
         if self.xml_parameters is not None:
             syntax = self.xml_parameters
             parameters = "".join(syntax.open + key + syntax.name_close_for(isinstance(value, str))
@@ -167,6 +175,8 @@ def _dsml(section: str) -> ToolCallFormat:
 
 
 DSML_V32, DSML_V4 = _dsml("function_calls"), _dsml("tool_calls")
+GEMMA4 = ToolCallFormat("gemma4", call_open="<|tool_call>", name_open="call:", call_close="<tool_call|>", separator="",
+                        gemma_arguments=True)
 MINICPM = ToolCallFormat("minicpm", call_open='<function name="', name_close='">', separator="\n",
                          xml_parameters=XmlParameters(open='<param name="', name_close='">', close="</param>",
                                                       end="</function>"))
@@ -176,7 +186,7 @@ KIMI_K2 = ToolCallFormat("kimi-k2", section_open="<|tool_calls_section_begin|>",
                          indexed_names=True)
 MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
 FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47, MINIMAX_M2, MINICPM, KIMI_K2,
-           DSML_V32, DSML_V4, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
+           DSML_V32, DSML_V4, GEMMA4, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
 XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")
 
 
@@ -188,6 +198,8 @@ def detect_tool_call_format(template_source: str) -> ToolCallFormat:
         return HARMONY
     if "<function=" in template_source and "<parameter=" in template_source:
         return SEED_XML if "<seed:tool_call>" in template_source else QWEN_XML
+    if "<|tool_call>call:" in template_source:
+        return GEMMA4
     if "｜DSML｜" in template_source:
         return DSML_V32 if "function_calls" in template_source else DSML_V4
     if "<|tool_call_argument_begin|>" in template_source:

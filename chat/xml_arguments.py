@@ -108,6 +108,7 @@ class XmlArguments:
     types: dict[str, Any]
     written: int = 0  # parameters emitted so far
     done: bool = False
+    invalid: bool = False  # (never: a malformed parameter leaves the call incomplete instead)
 
     def feed(self, buffer: str) -> tuple[list[str], int]:
         """Fragments of the arguments JSON and the characters of `buffer` consumed (the rest waits for more)."""

@@ -281,3 +281,33 @@ def test_dsml_says_which_values_are_text():
     assert accepts(gbnf, head + city.format("true") + days.format("false") + tail)
     assert not accepts(gbnf, head + city.format("false") + days.format("false") + tail)
     assert not accepts(gbnf, head + city.format("true") + days.format("true") + tail)
+
+
+def test_gemma4_calls_have_sorted_bare_keys_and_marked_text():
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from chat.tool_formats import GEMMA4
+
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "days": {"type": "integer"}, "city": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["city"]}}}
+    gbnf = tool_call_grammar(build_tool_plan([tool], "required", False), GEMMA4, lazy=False).gbnf
+
+    def call(body: str) -> str:
+        return "<|tool_call>call:f{" + body + "}<tool_call|>"
+
+    assert accepts(gbnf, call('city:<|"|>Paris, "the" {city}<|"|>,days:3'))
+    assert accepts(gbnf, call('city:<|"|>Paris<|"|>,tags:[<|"|>a<|"|>,<|"|>b<|"|>]'))
+    assert not accepts(gbnf, call('days:3,city:<|"|>Paris<|"|>'))  # keys in sorted order, as the template writes them
+    assert not accepts(gbnf, call('days:3'))  # city is required
+    assert not accepts(gbnf, call('city:"Paris"'))  # text is marked, not quoted
+
+
+def test_the_text_that_closes_a_gemma4_call_is_read_from_where_the_answer_stands():
+    from chat.tool_formats import GEMMA4
+
+    closing = tool_call_grammar(build_tool_plan([WEATHER], "required", False), GEMMA4, lazy=False).tag_closing
+    assert closing.remaining('<|tool_call>call:get_weather{city:<|"|>Par') == '<|"|>}<tool_call|>'
+    assert closing.remaining('<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,tags:[1') == "]}<tool_call|>"
+    assert closing.remaining('<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_') == "call|>"
+    assert closing.remaining('<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>') == ""

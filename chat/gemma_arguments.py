@@ -1,0 +1,279 @@
+"""Tool-call arguments in Gemma 4's notation instead of JSON, as its chat template writes them:
+
+    <|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:3}<tool_call|>
+
+Keys are bare (in sorted order: the template sorts them), text sits between `<|"|>` markers (raw: no escapes), other
+values are written as JSON writes them, lists in brackets, objects in braces. `GemmaArguments` reads a call's object
+back into the JSON clients get (whole, when its closing brace comes); `gemma_object_rule` writes the grammar that
+makes it valid by construction from the tool's JSON schema; `GemmaClosing` tells budget closing what closes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from chat.gbnf_text import literal, step_without
+
+QUOTE = '<|"|>'
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_BARE = re.compile(r"[^,:{}\[\]<]+")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_\-.]*")
+
+
+def gemma_text(value: Any) -> str:
+    """A value in Gemma 4's notation (what its template writes for a call's arguments)."""
+    if isinstance(value, str):
+        return QUOTE + value + QUOTE
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_key(key)}:{gemma_text(item)}" for key, item in sorted(value.items())) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(gemma_text(item) for item in value) + "]"
+    return "null" if value is None else json.dumps(value)
+
+
+def _key(key: str) -> str:
+    """A key as the template writes it, bare; one that cannot be bare (`:`, `,`, brackets...) quoted like text."""
+    return key if _IDENTIFIER.fullmatch(key) else QUOTE + key + QUOTE
+
+
+def value_end(text: str) -> int | None:
+    """Where the object or list `text` starts with closes (the index after it); None while it is still open."""
+    depth, position = 0, 0
+    while position < len(text):
+        if text.startswith(QUOTE, position):
+            closing = text.find(QUOTE, position + len(QUOTE))
+            if closing < 0:
+                return None
+            position = closing + len(QUOTE)
+            continue
+        char = text[position]
+        if char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+        position += 1
+        if depth == 0:
+            return position
+    return None
+
+
+def parse_value(text: str) -> Any:
+    """The Python value of one value in Gemma 4's notation (ValueError when it is not one)."""
+    value, end = _value(text, 0)
+    if text[end:].strip():
+        raise ValueError(f"text after the value: {text[end:]!r}")
+    return value
+
+
+def _value(text: str, position: int) -> tuple[Any, int]:
+    position = _skip_space(text, position)
+    if text.startswith(QUOTE, position):
+        closing = text.find(QUOTE, position + len(QUOTE))
+        if closing < 0:
+            raise ValueError("unterminated text")
+        return text[position + len(QUOTE):closing], closing + len(QUOTE)
+    if text.startswith("{", position):
+        return _object(text, position + 1)
+    if text.startswith("[", position):
+        return _list(text, position + 1)
+    for word, value in (("true", True), ("false", False), ("null", None), ("None", None)):
+        if text.startswith(word, position):
+            return value, position + len(word)
+    number = _NUMBER.match(text, position)
+    if number:
+        return json.loads(number.group(0)), number.end()
+    bare = _BARE.match(text, position)  # (a model's unquoted word: read as text)
+    if bare:
+        return bare.group(0).strip(), bare.end()
+    raise ValueError(f"no value at {text[position:position + 20]!r}")
+
+
+def _object(text: str, position: int) -> tuple[dict, int]:
+    result: dict[str, Any] = {}
+    position = _skip_space(text, position)
+    if text.startswith("}", position):
+        return result, position + 1
+    while True:
+        position = _skip_space(text, position)
+        if text.startswith(QUOTE, position):  # (keys of nested objects may be quoted)
+            key, position = _value(text, position)
+        else:
+            colon = text.find(":", position)
+            if colon < 0:
+                raise ValueError("a key without its value")
+            key, position = text[position:colon].strip(), colon
+        position = _skip_space(text, position)
+        if not text.startswith(":", position):
+            raise ValueError("a key without its value")
+        result[key], position = _value(text, position + 1)
+        position = _skip_space(text, position)
+        if text.startswith(",", position):
+            position += 1
+        elif text.startswith("}", position):
+            return result, position + 1
+        else:
+            raise ValueError("an object that does not close")
+
+
+def _list(text: str, position: int) -> tuple[list, int]:
+    items: list[Any] = []
+    position = _skip_space(text, position)
+    if text.startswith("]", position):
+        return items, position + 1
+    while True:
+        item, position = _value(text, position)
+        items.append(item)
+        position = _skip_space(text, position)
+        if text.startswith(",", position):
+            position += 1
+        elif text.startswith("]", position):
+            return items, position + 1
+        else:
+            raise ValueError("a list that does not close")
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position].isspace():
+        position += 1
+    return position
+
+
+@dataclass
+class GemmaArguments:
+    """Reads one call's arguments object as it streams: the JSON object, whole, once its closing brace came."""
+
+    done: bool = False
+    invalid: bool = False  # its object closed but is not Gemma's notation: the call stays incomplete
+
+    def feed(self, buffer: str) -> tuple[list[str], int]:
+        stripped = buffer.lstrip()
+        if self.done or not stripped.startswith("{"):
+            return [], 0
+        end = value_end(stripped)
+        if end is None:
+            return [], 0
+        self.done = True
+        consumed = len(buffer) - len(stripped) + end
+        try:
+            return [json.dumps(parse_value(stripped[:end]), ensure_ascii=False)], consumed
+        except ValueError:
+            self.invalid = True
+            return [], consumed
+
+    @staticmethod
+    def waiting(buffer: str) -> bool:
+        stripped = buffer.lstrip()
+        return not stripped or stripped.startswith("{")
+
+
+# ---------------------------------------------------------------- grammar
+
+_STRING = f'{literal(QUOTE)} ( {step_without(QUOTE)} )* {literal(QUOTE)}'
+_GENERIC_RULES = {
+    "gemma-value": "gemma-string | gemma-number | gemma-object | gemma-list | \"true\" | \"false\" | \"null\"",
+    "gemma-string": _STRING,
+    "gemma-number": r'"-"? [0-9]+ ("." [0-9]+)? ([eE] [-+]? [0-9]+)?',
+    "gemma-key": r'[a-zA-Z_] [a-zA-Z0-9_\-.]*',
+    "gemma-object": '"{" ( gemma-field ( "," gemma-field )* )? "}"',
+    "gemma-field": '( gemma-key | gemma-string ) ":" gemma-value',
+    "gemma-list": '"[" ( gemma-value ( "," gemma-value )* )? "]"',
+}
+
+
+def gemma_object_rule(converter, schema: dict, rule: str) -> str:
+    """Adds to `converter` (llama-cpp-python's SchemaConverter, for its rule table) the rules of a value of `schema`
+    in Gemma 4's notation; returns the rule's name. Properties in sorted order, required ones always."""
+    for name, body in _GENERIC_RULES.items():
+        converter._add_rule(name, body)
+    return _value_rule(converter, schema or {}, rule)
+
+
+def _value_rule(converter, schema: dict, rule: str) -> str:
+    kind = schema.get("type")
+    if "enum" in schema:
+        options = [gemma_text(option) for option in schema["enum"]]
+        return converter._add_rule(rule, " | ".join(literal(option) for option in options))
+    if "const" in schema:
+        return converter._add_rule(rule, literal(gemma_text(schema["const"])))
+    alternatives = schema.get("anyOf") or schema.get("oneOf")
+    if alternatives:
+        names = [_value_rule(converter, option or {}, f"{rule}-{index}") for index, option in enumerate(alternatives)]
+        return converter._add_rule(rule, " | ".join(names))
+    if isinstance(kind, list):
+        names = [_value_rule(converter, {**schema, "type": one}, f"{rule}-{one}") for one in kind]
+        return converter._add_rule(rule, " | ".join(names))
+    if kind == "string":
+        return "gemma-string"
+    if kind in ("number", "integer"):
+        return converter._add_rule(rule, '"-"? [0-9]+' if kind == "integer" else "gemma-number")
+    if kind == "boolean":
+        return converter._add_rule(rule, '"true" | "false"')
+    if kind == "null":
+        return converter._add_rule(rule, '"null"')
+    if kind == "array":
+        item = _value_rule(converter, schema.get("items") or {}, f"{rule}-item")
+        return converter._add_rule(rule, f'"[" ( {item} ( "," {item} )* )? "]"')
+    if kind == "object" or "properties" in schema:
+        return _object_rule(converter, schema, rule)
+    return "gemma-value"
+
+
+def _object_rule(converter, schema: dict, rule: str) -> str:
+    properties = sorted((schema.get("properties") or {}).items())
+    if not properties:
+        return converter._add_rule(rule, "gemma-object") if schema.get("additionalProperties", True) is not False \
+            else converter._add_rule(rule, '"{}"')
+    required = set(schema.get("required") or [])
+    # `rule-k-first` / `rule-k-rest`: the properties from the k-th on, before any (no comma) or after one (a comma)
+    count = len(properties)
+    for position in range(count, -1, -1):
+        for first in (True, False):
+            name = f"{rule}-{position}-{'first' if first else 'rest'}"
+            if position == count:
+                converter._add_rule(name, '""')
+                continue
+            key, subschema = properties[position]
+            value = _value_rule(converter, subschema or {}, f"{rule}-{position}-value")
+            present = f'{literal(("" if first else ",") + _key(key) + ":")} {value} {rule}-{position + 1}-rest'
+            skipped = f"{rule}-{position + 1}-{'first' if first else 'rest'}"
+            converter._add_rule(name, present if key in required else f"( {present} ) | {skipped}")
+    return converter._add_rule(rule, f'"{{" {rule}-0-first "}}"')
+
+
+# ---------------------------------------------------------------- budget closing
+
+
+@dataclass(frozen=True)
+class GemmaClosing:
+    """What closes a Gemma 4 call from where the answer stands: the open text, the open lists and objects, the
+    call's end marker (see chat/xml_arguments.py TagClosing, its counterpart for XML-like calls)."""
+
+    call_open: str
+    call_close: str
+
+    def remaining(self, answer: str) -> str:
+        start = answer.rfind(self.call_open)
+        if start < 0:
+            return self.call_close
+        call = answer[start + len(self.call_open):]
+        if self.call_close in call:
+            return ""
+        stack, position, inside = [], 0, False
+        while position < len(call):
+            if call.startswith(QUOTE, position):
+                inside, position = not inside, position + len(QUOTE)
+                continue
+            char = call[position]
+            if not inside and char in "{[":
+                stack.append("}" if char == "{" else "]")
+            elif not inside and char in "}]" and stack:
+                stack.pop()
+            position += 1
+        target = (QUOTE if inside else "") + "".join(reversed(stack)) + self.call_close
+        written = next((k for k in range(len(target), 0, -1) if answer.endswith(target[:k])), 0)
+        return target[written:]
