@@ -28,6 +28,7 @@ the arguments' JSON object. So one parser, one grammar builder and one history w
 - dsml-function_calls (DeepSeek V3.2) and dsml-tool_calls (V4): `<｜DSML｜function_calls>\n<｜DSML｜invoke name="name">
   \n<｜DSML｜parameter name="key" string="true">value</｜DSML｜parameter>\n</｜DSML｜invoke>...`, `string="false"` for a
   value that is not text.
+- gigachat `<|function_call|>{"name": ..., "arguments": {...}}` (GigaChat 3.1);
 - gemma4 `<|tool_call>call:name{key:<|"|>text<|"|>,other:3}<tool_call|>` (Gemma 4: keys bare and sorted, text between
   `<|"|>` markers; chat/gemma_arguments.py).
 Formats whose parameter tags hold more than that (Kimi K3's `type=`, MiniMax M3's `<key>`) are not among them yet:
@@ -177,6 +178,7 @@ def _dsml(section: str) -> ToolCallFormat:
 DSML_V32, DSML_V4 = _dsml("function_calls"), _dsml("tool_calls")
 GEMMA4 = ToolCallFormat("gemma4", call_open="<|tool_call>", name_open="call:", call_close="<tool_call|>", separator="",
                         gemma_arguments=True)
+GIGACHAT = ToolCallFormat("gigachat", call_open="<|function_call|>")  # (GigaChat 3.1: `<|function_call|>{"name": ...}`)
 MINICPM = ToolCallFormat("minicpm", call_open='<function name="', name_close='">', separator="\n",
                          xml_parameters=XmlParameters(open='<param name="', name_close='">', close="</param>",
                                                       end="</function>"))
@@ -186,7 +188,7 @@ KIMI_K2 = ToolCallFormat("kimi-k2", section_open="<|tool_calls_section_begin|>",
                          indexed_names=True)
 MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
 FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47, MINIMAX_M2, MINICPM, KIMI_K2,
-           DSML_V32, DSML_V4, GEMMA4, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
+           DSML_V32, DSML_V4, GEMMA4, GIGACHAT, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
 XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")
 
 
@@ -198,6 +200,8 @@ def detect_tool_call_format(template_source: str) -> ToolCallFormat:
         return HARMONY
     if "<function=" in template_source and "<parameter=" in template_source:
         return SEED_XML if "<seed:tool_call>" in template_source else QWEN_XML
+    if "<|function_call|>" in template_source:
+        return GIGACHAT
     if "<|tool_call>call:" in template_source:
         return GEMMA4
     if "｜DSML｜" in template_source:

@@ -94,7 +94,7 @@ NOT_READ = {
     "upstage-Solar-Open-100B": "Solar's call id before the name",
     "LFM2.5-8B-A1B": "pythonic calls (`[get_weather(city='Paris')]`)",
     "Apertus-8B-Instruct": "Apertus' `[{\"NAME\": {...}}]`",
-    "GigaChat3-10B-A1.8B": "GigaChat's call as a message of its own", "GigaChat3.1-10B-A1.8B": "GigaChat's `<|function_call|>`",
+    "GigaChat3-10B-A1.8B": "GigaChat's call as a message of its own",
     "meetkai-functionary-medium-v3.2": "Functionary 3.2's `>>>NAME` recipients (the prompt opens them)",
 }
 
@@ -118,4 +118,4 @@ def test_the_calls_a_template_writes_are_read_back():
         else:
             not_read[name] = renderer.tool_call_format.name
     assert set(not_read) == set(NOT_READ), not_read
-    assert len(read) >= 45
+    assert len(read) >= 46
