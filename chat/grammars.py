@@ -170,7 +170,8 @@ def _named_calls(plan: ToolPlan, call_format: ToolCallFormat) -> SchemaConverter
     index = '":" [0-9]{1,2} ' if call_format.indexed_names else ""  # (the call's index in the turn: Kimi K2)
     names = " | ".join(f"{literal(tool.name)} {index}{literal(call_format.name_close)} arguments-{position}"
                        for position, tool in enumerate(plan.tools))
-    converter._add_rule("call", f"{literal(call_format.call_open + call_format.name_open)} ( {names} ) "
+    call_id = f'[a-zA-Z0-9_-]{{1,24}} {literal(call_format.id_before_name)} ' if call_format.id_before_name else ""
+    converter._add_rule("call", f"{literal(call_format.call_open + call_format.name_open)} {call_id}( {names} ) "
                                 f"{literal(call_format.call_close)}")
     return converter
 

@@ -248,6 +248,8 @@ class ToolCallStreamParser:
         name = head.strip().removeprefix(fmt.name_open.strip()).split("[CALL_ID]")[0].strip()  # (Mistral 3.2's id)
         if fmt.indexed_names:
             name = re.sub(r":\d+$", "", name)  # (Kimi K2's `functions.name:0`)
+        if fmt.id_before_name:
+            name = name.rsplit(fmt.id_before_name, 1)[-1].strip()  # (Solar's `ID<|tool_call:name|>name`)
         index = len(self.calls)
         self.calls.append(ParsedCall(id=new_call_id(), name=name, arguments=""))
         events.append(CallStarted(index, self.calls[index].id, name))

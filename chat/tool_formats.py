@@ -28,6 +28,8 @@ the arguments' JSON object. So one parser, one grammar builder and one history w
 - dsml-function_calls (DeepSeek V3.2) and dsml-tool_calls (V4): `<｜DSML｜function_calls>\n<｜DSML｜invoke name="name">
   \n<｜DSML｜parameter name="key" string="true">value</｜DSML｜parameter>\n</｜DSML｜invoke>...`, `string="false"` for a
   value that is not text.
+- solar `<|tool_calls|><|tool_call:begin|>ID<|tool_call:name|>name<|tool_call:args|>{...}<|tool_call:end|>...<|calls|>`
+  (Solar Open: the model writes a call id before the name);
 - gigachat `<|function_call|>{"name": ..., "arguments": {...}}` (GigaChat 3.1);
 - gemma4 `<|tool_call>call:name{key:<|"|>text<|"|>,other:3}<tool_call|>` (Gemma 4: keys bare and sorted, text between
   `<|"|>` markers; chat/gemma_arguments.py).
@@ -69,6 +71,7 @@ class ToolCallFormat:
     content_markup: tuple[str, ...] = ()  # headers that are never content wherever they appear (harmony's final)
     xml_parameters: XmlParameters | None = None  # arguments as XML-like parameters (chat/xml_arguments.py)
     indexed_names: bool = False  # the name is followed by `:N`, the call's index in the turn (Kimi K2)
+    id_before_name: str = ""  # set: the model writes a call id, this marker, then the name (Solar Open)
     gemma_arguments: bool = False  # the arguments in Gemma 4's notation, not JSON (chat/gemma_arguments.py)
 
     @property
@@ -90,7 +93,8 @@ class ToolCallFormat:
     @property
     def preserved_tokens(self) -> tuple[str, ...]:
         """Markers some vocabularies hold as special tokens, which engines must still show as text."""
-        markers = [m.strip() for m in (self.section_open, self.call_open, self.name_open, self.name_close,
+        markers = [m.strip() for m in (self.section_open, self.call_open, self.name_open, self.id_before_name,
+                                        self.name_close,
                                         self.call_close, self.section_close, self.optional_prefix, self.header,
                                         *self.content_markup) if m.strip()]
         # and the control-token-looking pieces inside longer markers (DeepSeek's `\n```<｜tool▁call▁end｜>`)
@@ -108,9 +112,15 @@ class ToolCallFormat:
 
     def render_calls(self, calls: list[tuple[str, Any]]) -> str:
         """Calls from the conversation history, written the way the model itself writes them."""
-        objects = [self.call_open + self._call_body(f"{name}:{index}" if self.indexed_names else name, arguments)
-                   + self.call_close for index, (name, arguments) in enumerate(calls)]
+        objects = [self.call_open + self._call_body(self._name_text(name, index), arguments) + self.call_close
+                   for index, (name, arguments) in enumerate(calls)]
         return self.section_open + self.list_open + self.separator.join(objects) + self.section_close
+
+    def _name_text(self, name: str, index: int) -> str:
+        """The name as written, with what the format writes around it (a call's index or id)."""
+        if self.indexed_names:
+            return f"{name}:{index}"
+        return f"call{index:05d}{self.id_before_name}{name}" if self.id_before_name else name
 
     def _call_body(self, name: str, arguments: Any) -> str:
         if self.gemma_arguments:
@@ -178,6 +188,9 @@ def _dsml(section: str) -> ToolCallFormat:
 DSML_V32, DSML_V4 = _dsml("function_calls"), _dsml("tool_calls")
 GEMMA4 = ToolCallFormat("gemma4", call_open="<|tool_call>", name_open="call:", call_close="<tool_call|>", separator="",
                         gemma_arguments=True)
+SOLAR = ToolCallFormat("solar", section_open="<|tool_calls|>", call_open="<|tool_call:begin|>",
+                       id_before_name="<|tool_call:name|>", name_close="<|tool_call:args|>", call_close="<|tool_call:end|>",
+                       separator="", section_close="<|calls|>")
 GIGACHAT = ToolCallFormat("gigachat", call_open="<|function_call|>")  # (GigaChat 3.1: `<|function_call|>{"name": ...}`)
 MINICPM = ToolCallFormat("minicpm", call_open='<function name="', name_close='">', separator="\n",
                          xml_parameters=XmlParameters(open='<param name="', name_close='">', close="</param>",
@@ -188,7 +201,7 @@ KIMI_K2 = ToolCallFormat("kimi-k2", section_open="<|tool_calls_section_begin|>",
                          indexed_names=True)
 MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
 FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47, MINIMAX_M2, MINICPM, KIMI_K2,
-           DSML_V32, DSML_V4, GEMMA4, GIGACHAT, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
+           DSML_V32, DSML_V4, GEMMA4, GIGACHAT, SOLAR, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
 XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")
 
 
@@ -200,6 +213,8 @@ def detect_tool_call_format(template_source: str) -> ToolCallFormat:
         return HARMONY
     if "<function=" in template_source and "<parameter=" in template_source:
         return SEED_XML if "<seed:tool_call>" in template_source else QWEN_XML
+    if "<|tool_call:name|>" in template_source:
+        return SOLAR
     if "<|function_call|>" in template_source:
         return GIGACHAT
     if "<|tool_call>call:" in template_source:
