@@ -19,7 +19,15 @@ from chat.gemma_arguments import GemmaArguments
 from chat.tool_formats import HERMES, ToolCallFormat
 from chat.xml_arguments import XmlArguments
 
-_NAME_RE = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_JSON_TEXT = r'"((?:[^"\\]|\\.)*)"'
+
+
+def _name_re(call_format: ToolCallFormat) -> re.Pattern:
+    """The start of a call's JSON object up to its name (after its id, where the format writes one first)."""
+    call_id = rf'"{call_format.id_key}"\s*:\s*{_JSON_TEXT}\s*,\s*' if call_format.id_key else ""
+    return re.compile(rf'\s*\{{\s*{call_id}"{call_format.name_key}"\s*:\s*{_JSON_TEXT}')
+
+
 _ARGUMENTS_RE = re.compile(r'\s*,\s*"(?:arguments|parameters)"\s*:\s*')
 
 
@@ -126,6 +134,7 @@ class ToolCallStreamParser:
         self.format = call_format
         self._parameter_types = parameter_types or {}
         self._xml: XmlArguments | GemmaArguments | None = None
+        self._name_re = _name_re(call_format)
         self._markers = call_format.entry_markers
         self._content_markup = call_format.content_markup
         self._between_markup = tuple(dict.fromkeys(call_format.markup + self._markers))
@@ -302,7 +311,7 @@ class ToolCallStreamParser:
         return True
 
     def _announce_if_named(self, call: _OpenCall, events: list[ParseEvent]) -> None:
-        name_match = _NAME_RE.match(call.body)
+        name_match = self._name_re.match(call.body)
         if not name_match:
             return
         arguments_match = _ARGUMENTS_RE.match(call.body, name_match.end())
@@ -312,7 +321,8 @@ class ToolCallStreamParser:
             return  # a scalar "arguments" value is read whole when the object closes
         call.index = len(self.calls)
         call.arguments_start = call.scanned_to = arguments_match.end()
-        parsed = ParsedCall(id=new_call_id(), name=json.loads(f'"{name_match.group(1)}"'), arguments="")
+        parsed = ParsedCall(id=new_call_id(), name=json.loads(f'"{name_match.group(name_match.lastindex)}"'),
+                            arguments="")
         self.calls.append(parsed)
         events.append(CallStarted(call.index, parsed.id, parsed.name))
 
@@ -337,10 +347,11 @@ class ToolCallStreamParser:
         except json.JSONDecodeError:
             data = None
         has_arguments = isinstance(data, dict) and ("arguments" in data or "parameters" in data)
-        if has_arguments and isinstance(data.get("name"), str):
+        name = data.get(self.format.name_key) if isinstance(data, dict) else None
+        if has_arguments and isinstance(name, str):
             arguments = data.get("arguments", data.get("parameters"))
             index = len(self.calls)
-            call = ParsedCall(id=new_call_id(), name=data["name"], arguments=json.dumps(arguments), complete=True)
+            call = ParsedCall(id=new_call_id(), name=name, arguments=json.dumps(arguments), complete=True)
             self.calls.append(call)
             events += [CallStarted(index, call.id, call.name), CallArguments(index, call.arguments)]
             return

@@ -28,6 +28,8 @@ the arguments' JSON object. So one parser, one grammar builder and one history w
 - dsml-function_calls (DeepSeek V3.2) and dsml-tool_calls (V4): `<｜DSML｜function_calls>\n<｜DSML｜invoke name="name">
   \n<｜DSML｜parameter name="key" string="true">value</｜DSML｜parameter>\n</｜DSML｜invoke>...`, `string="false"` for a
   value that is not text.
+- cohere `<|START_ACTION|>[{"tool_call_id": "0", "tool_name": ..., "parameters": {...}}]<|END_ACTION|>` (Command R7B,
+  Command A) and cohere-r-plus (`Action:` and the same list, without ids, in a ```json fence);
 - solar `<|tool_calls|><|tool_call:begin|>ID<|tool_call:name|>name<|tool_call:args|>{...}<|tool_call:end|>...<|calls|>`
   (Solar Open: the model writes a call id before the name);
 - gigachat `<|function_call|>{"name": ..., "arguments": {...}}` (GigaChat 3.1);
@@ -63,6 +65,8 @@ class ToolCallFormat:
     separator: str = "\n"  # between calls
     section_close: str = ""  # closes the block of calls
     arguments_key: str = "arguments"
+    name_key: str = "name"  # (JSON calls) the key of the tool's name
+    id_key: str = ""  # (JSON calls) set: the key of a call id the model writes first (Cohere's `tool_call_id`)
     json_at_start: bool = False  # a bare `{"name"` at the very start of the output also opens the calls
     optional_prefix: str = ""  # a marker the model may put before bare calls (llama3's <|python_tag|>)
     name_open: str = ""  # (name outside the JSON) before the name, after call_open
@@ -112,7 +116,7 @@ class ToolCallFormat:
 
     def render_calls(self, calls: list[tuple[str, Any]]) -> str:
         """Calls from the conversation history, written the way the model itself writes them."""
-        objects = [self.call_open + self._call_body(self._name_text(name, index), arguments) + self.call_close
+        objects = [self.call_open + self._call_body(self._name_text(name, index), arguments, index) + self.call_close
                    for index, (name, arguments) in enumerate(calls)]
         return self.section_open + self.list_open + self.separator.join(objects) + self.section_close
 
@@ -122,7 +126,7 @@ class ToolCallFormat:
             return f"{name}:{index}"
         return f"call{index:05d}{self.id_before_name}{name}" if self.id_before_name else name
 
-    def _call_body(self, name: str, arguments: Any) -> str:
+    def _call_body(self, name: str, arguments: Any, index: int) -> str:
         if self.gemma_arguments:
             return self.name_open + name + gemma_text(arguments or {})
         if self.xml_parameters is not None:
@@ -133,7 +137,8 @@ class ToolCallFormat:
             return self.name_open + name + self.name_close + parameters + syntax.end
         if self.names_outside:
             return self.name_open + name + self.name_close + json.dumps(arguments, ensure_ascii=False)
-        return json.dumps({"name": name, self.arguments_key: arguments}, ensure_ascii=False)
+        call_id = {self.id_key: str(index)} if self.id_key else {}
+        return json.dumps({**call_id, self.name_key: name, self.arguments_key: arguments}, ensure_ascii=False)
 
 
 HERMES = ToolCallFormat("hermes", call_open="<tool_call>", call_close="</tool_call>")
@@ -188,6 +193,13 @@ def _dsml(section: str) -> ToolCallFormat:
 DSML_V32, DSML_V4 = _dsml("function_calls"), _dsml("tool_calls")
 GEMMA4 = ToolCallFormat("gemma4", call_open="<|tool_call>", name_open="call:", call_close="<tool_call|>", separator="",
                         gemma_arguments=True)
+# Cohere Command R7B / Command A: `<|START_ACTION|>[{"tool_call_id": "0", "tool_name": ..., "parameters": {...}}]
+# <|END_ACTION|>`; Command R+'s tool_use template: `Action:\n```json\n[{"tool_name": ..., "parameters": ...}\n]````.
+COHERE = ToolCallFormat("cohere", section_open="<|START_ACTION|>", list_open="[", separator=",",
+                        section_close="]<|END_ACTION|>", name_key="tool_name", id_key="tool_call_id",
+                        arguments_key="parameters")
+COHERE_R_PLUS = ToolCallFormat("cohere-r-plus", section_open="Action:\n```json\n", list_open="[", separator=",",
+                               section_close="\n]```", name_key="tool_name", arguments_key="parameters")
 SOLAR = ToolCallFormat("solar", section_open="<|tool_calls|>", call_open="<|tool_call:begin|>",
                        id_before_name="<|tool_call:name|>", name_close="<|tool_call:args|>", call_close="<|tool_call:end|>",
                        separator="", section_close="<|calls|>")
@@ -201,7 +213,7 @@ KIMI_K2 = ToolCallFormat("kimi-k2", section_open="<|tool_calls_section_begin|>",
                          indexed_names=True)
 MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
 FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47, MINIMAX_M2, MINICPM, KIMI_K2,
-           DSML_V32, DSML_V4, GEMMA4, GIGACHAT, SOLAR, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
+           DSML_V32, DSML_V4, GEMMA4, GIGACHAT, SOLAR, COHERE, COHERE_R_PLUS, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
 XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")
 
 
@@ -213,6 +225,10 @@ def detect_tool_call_format(template_source: str) -> ToolCallFormat:
         return HARMONY
     if "<function=" in template_source and "<parameter=" in template_source:
         return SEED_XML if "<seed:tool_call>" in template_source else QWEN_XML
+    if "<|START_ACTION|>" in template_source:
+        return COHERE
+    if "Action:\\n```json" in template_source and '"tool_name": ' in template_source:
+        return COHERE_R_PLUS
     if "<|tool_call:name|>" in template_source:
         return SOLAR
     if "<|function_call|>" in template_source:
