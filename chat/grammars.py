@@ -126,12 +126,17 @@ def json_schema_grammar(schema: dict, param: str = "response_format", strict: bo
 JSON_OBJECT_SCHEMA = {"type": "object"}
 
 
-def tool_call_schema(plan: ToolPlan, arguments_key: str = "arguments", name_key: str = "name",
+def tool_call_schema(plan: ToolPlan, arguments_key: str = "arguments", name_key: str | None = "name",
                      id_key: str = "") -> dict:
     """One call: {"name": <one of the tools>, "<arguments key>": <that tool's parameters>} (with the format's own
     keys, and a call id first where it writes one). Each tool's own definitions (`$defs`) move to the wrapper's
     root under the tool's name, so its references still resolve."""
     parameters, definitions = _tool_parameters(plan)
+    if name_key is None:  # the name as the key of its arguments (Apertus)
+        options = [{"type": "object", "properties": {tool.name: schema}, "required": [tool.name]}
+                   for tool, schema in zip(plan.tools, parameters, strict=True)]
+        wrapper = options[0] if len(options) == 1 else {"anyOf": options}
+        return {**wrapper, "$defs": definitions} if definitions else wrapper
     call_id = {id_key: {"type": "string", "pattern": "^[0-9]{1,2}$"}} if id_key else {}
     options = [{"type": "object", "properties": {**call_id, name_key: {"const": tool.name}, arguments_key: schema},
                 "required": [*call_id, name_key, arguments_key]}
@@ -187,7 +192,8 @@ def tool_call_grammar(plan: ToolPlan, call_format: ToolCallFormat, *, lazy: bool
     if call_format.names_outside:
         converter = _named_calls(plan, call_format)
     else:
-        schema = tool_call_schema(plan, call_format.arguments_key, call_format.name_key, call_format.id_key)
+        name_key = None if call_format.name_as_key else call_format.name_key
+        schema = tool_call_schema(plan, call_format.arguments_key, name_key, call_format.id_key)
         converter = _convert(schema, "call-json", "tools")
         converter._add_rule("call", f"{literal(call_format.call_open)} call-json {literal(call_format.call_close)}")
     repeat = f" ({literal(call_format.separator)} call){{0,{MAX_PARALLEL_CALLS - 1}}}" if plan.parallel else ""

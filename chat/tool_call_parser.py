@@ -24,11 +24,14 @@ _JSON_TEXT = r'"((?:[^"\\]|\\.)*)"'
 
 def _name_re(call_format: ToolCallFormat) -> re.Pattern:
     """The start of a call's JSON object up to its name (after its id, where the format writes one first)."""
+    if call_format.name_as_key:  # (Apertus: `{"name": {...}}`, the arguments right after the name's colon)
+        return re.compile(rf'\s*\{{\s*{_JSON_TEXT}\s*:')
     call_id = rf'"{call_format.id_key}"\s*:\s*{_JSON_TEXT}\s*,\s*' if call_format.id_key else ""
     return re.compile(rf'\s*\{{\s*{call_id}"{call_format.name_key}"\s*:\s*{_JSON_TEXT}')
 
 
 _ARGUMENTS_RE = re.compile(r'\s*,\s*"(?:arguments|parameters)"\s*:\s*')
+_NOTHING = re.compile(r"\s*")
 
 
 @dataclass(frozen=True)
@@ -314,7 +317,7 @@ class ToolCallStreamParser:
         name_match = self._name_re.match(call.body)
         if not name_match:
             return
-        arguments_match = _ARGUMENTS_RE.match(call.body, name_match.end())
+        arguments_match = (_NOTHING if self.format.name_as_key else _ARGUMENTS_RE).match(call.body, name_match.end())
         if not arguments_match or not call.body[arguments_match.end() :].lstrip()[:1]:
             return
         if call.body[arguments_match.end() :].lstrip()[0] not in '{["':
@@ -346,8 +349,12 @@ class ToolCallStreamParser:
             data = json.loads(body)
         except json.JSONDecodeError:
             data = None
+        if self.format.name_as_key and isinstance(data, dict) and len(data) == 1:
+            data = {"name": next(iter(data)), "arguments": next(iter(data.values()))}
+            name = data["name"]
+        else:
+            name = data.get(self.format.name_key) if isinstance(data, dict) else None
         has_arguments = isinstance(data, dict) and ("arguments" in data or "parameters" in data)
-        name = data.get(self.format.name_key) if isinstance(data, dict) else None
         if has_arguments and isinstance(name, str):
             arguments = data.get("arguments", data.get("parameters"))
             index = len(self.calls)

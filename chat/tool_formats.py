@@ -30,6 +30,7 @@ the arguments' JSON object. So one parser, one grammar builder and one history w
   value that is not text.
 - cohere `<|START_ACTION|>[{"tool_call_id": "0", "tool_name": ..., "parameters": {...}}]<|END_ACTION|>` (Command R7B,
   Command A) and cohere-r-plus (`Action:` and the same list, without ids, in a ```json fence);
+- apertus `<|tools_prefix|>[{"name": {...}}, ...]<|tools_suffix|>` (the name as the key of its arguments);
 - solar `<|tool_calls|><|tool_call:begin|>ID<|tool_call:name|>name<|tool_call:args|>{...}<|tool_call:end|>...<|calls|>`
   (Solar Open: the model writes a call id before the name);
 - gigachat `<|function_call|>{"name": ..., "arguments": {...}}` (GigaChat 3.1);
@@ -67,6 +68,7 @@ class ToolCallFormat:
     arguments_key: str = "arguments"
     name_key: str = "name"  # (JSON calls) the key of the tool's name
     id_key: str = ""  # (JSON calls) set: the key of a call id the model writes first (Cohere's `tool_call_id`)
+    name_as_key: bool = False  # (JSON calls) `{"name": {arguments}}` (Apertus)
     json_at_start: bool = False  # a bare `{"name"` at the very start of the output also opens the calls
     optional_prefix: str = ""  # a marker the model may put before bare calls (llama3's <|python_tag|>)
     name_open: str = ""  # (name outside the JSON) before the name, after call_open
@@ -137,6 +139,8 @@ class ToolCallFormat:
             return self.name_open + name + self.name_close + parameters + syntax.end
         if self.names_outside:
             return self.name_open + name + self.name_close + json.dumps(arguments, ensure_ascii=False)
+        if self.name_as_key:
+            return json.dumps({name: arguments}, ensure_ascii=False)
         call_id = {self.id_key: str(index)} if self.id_key else {}
         return json.dumps({**call_id, self.name_key: name, self.arguments_key: arguments}, ensure_ascii=False)
 
@@ -200,6 +204,8 @@ COHERE = ToolCallFormat("cohere", section_open="<|START_ACTION|>", list_open="["
                         arguments_key="parameters")
 COHERE_R_PLUS = ToolCallFormat("cohere-r-plus", section_open="Action:\n```json\n", list_open="[", separator=",",
                                section_close="\n]```", name_key="tool_name", arguments_key="parameters")
+APERTUS = ToolCallFormat("apertus", section_open="<|tools_prefix|>", list_open="[", separator=", ",
+                         section_close="]<|tools_suffix|>", name_as_key=True)
 SOLAR = ToolCallFormat("solar", section_open="<|tool_calls|>", call_open="<|tool_call:begin|>",
                        id_before_name="<|tool_call:name|>", name_close="<|tool_call:args|>", call_close="<|tool_call:end|>",
                        separator="", section_close="<|calls|>")
@@ -213,7 +219,8 @@ KIMI_K2 = ToolCallFormat("kimi-k2", section_open="<|tool_calls_section_begin|>",
                          indexed_names=True)
 MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
 FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47, MINIMAX_M2, MINICPM, KIMI_K2,
-           DSML_V32, DSML_V4, GEMMA4, GIGACHAT, SOLAR, COHERE, COHERE_R_PLUS, DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
+           DSML_V32, DSML_V4, GEMMA4, GIGACHAT, SOLAR, COHERE, COHERE_R_PLUS, APERTUS,
+           DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
 XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")
 
 
@@ -225,6 +232,8 @@ def detect_tool_call_format(template_source: str) -> ToolCallFormat:
         return HARMONY
     if "<function=" in template_source and "<parameter=" in template_source:
         return SEED_XML if "<seed:tool_call>" in template_source else QWEN_XML
+    if "<|tools_prefix|>" in template_source:
+        return APERTUS
     if "<|START_ACTION|>" in template_source:
         return COHERE
     if "Action:\\n```json" in template_source and '"tool_name": ' in template_source:
