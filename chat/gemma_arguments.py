@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chat.gbnf_text import literal, step_without
+from chat.notation_grammar import Notation, value_rule
 
 QUOTE = '<|"|>'
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
@@ -173,76 +174,26 @@ class GemmaArguments:
 
 # ---------------------------------------------------------------- grammar
 
-_STRING = f'{literal(QUOTE)} ( {step_without(QUOTE)} )* {literal(QUOTE)}'
-_GENERIC_RULES = {
-    "gemma-value": "gemma-string | gemma-number | gemma-object | gemma-list | \"true\" | \"false\" | \"null\"",
-    "gemma-string": _STRING,
-    "gemma-number": r'"-"? [0-9]+ ("." [0-9]+)? ([eE] [-+]? [0-9]+)?',
-    "gemma-key": r'[a-zA-Z_] [a-zA-Z0-9_\-.]*',
-    "gemma-object": '"{" ( gemma-field ( "," gemma-field )* )? "}"',
-    "gemma-field": '( gemma-key | gemma-string ) ":" gemma-value',
-    "gemma-list": '"[" ( gemma-value ( "," gemma-value )* )? "]"',
-}
+GEMMA_NOTATION = Notation(
+    prefix="gemma",
+    rules={
+        "gemma-value": 'gemma-string | gemma-number | gemma-object | gemma-list | "true" | "false" | "null"',
+        "gemma-string": f"{literal(QUOTE)} ( {step_without(QUOTE)} )* {literal(QUOTE)}",
+        "gemma-number": r'"-"? [0-9]+ ("." [0-9]+)? ([eE] [-+]? [0-9]+)?',
+        "gemma-key": r"[a-zA-Z_] [a-zA-Z0-9_\-.]*",
+        "gemma-object": '"{" ( gemma-field ( "," gemma-field )* )? "}"',
+        "gemma-field": '( gemma-key | gemma-string ) ":" gemma-value',
+        "gemma-list": '"[" ( gemma-value ( "," gemma-value )* )? "]"',
+    },
+    text_of=lambda value: gemma_text(value),
+    member=lambda key: _key(key) + ":",
+    sorted_keys=True,  # (the template's `dictsort`)
+)
 
 
 def gemma_object_rule(converter, schema: dict, rule: str) -> str:
-    """Adds to `converter` (llama-cpp-python's SchemaConverter, for its rule table) the rules of a value of `schema`
-    in Gemma 4's notation; returns the rule's name. Properties in sorted order, required ones always."""
-    for name, body in _GENERIC_RULES.items():
-        converter._add_rule(name, body)
-    return _value_rule(converter, schema or {}, rule)
-
-
-def _value_rule(converter, schema: dict, rule: str) -> str:
-    kind = schema.get("type")
-    if "enum" in schema:
-        options = [gemma_text(option) for option in schema["enum"]]
-        return converter._add_rule(rule, " | ".join(literal(option) for option in options))
-    if "const" in schema:
-        return converter._add_rule(rule, literal(gemma_text(schema["const"])))
-    alternatives = schema.get("anyOf") or schema.get("oneOf")
-    if alternatives:
-        names = [_value_rule(converter, option or {}, f"{rule}-{index}") for index, option in enumerate(alternatives)]
-        return converter._add_rule(rule, " | ".join(names))
-    if isinstance(kind, list):
-        names = [_value_rule(converter, {**schema, "type": one}, f"{rule}-{one}") for one in kind]
-        return converter._add_rule(rule, " | ".join(names))
-    if kind == "string":
-        return "gemma-string"
-    if kind in ("number", "integer"):
-        return converter._add_rule(rule, '"-"? [0-9]+' if kind == "integer" else "gemma-number")
-    if kind == "boolean":
-        return converter._add_rule(rule, '"true" | "false"')
-    if kind == "null":
-        return converter._add_rule(rule, '"null"')
-    if kind == "array":
-        item = _value_rule(converter, schema.get("items") or {}, f"{rule}-item")
-        return converter._add_rule(rule, f'"[" ( {item} ( "," {item} )* )? "]"')
-    if kind == "object" or "properties" in schema:
-        return _object_rule(converter, schema, rule)
-    return "gemma-value"
-
-
-def _object_rule(converter, schema: dict, rule: str) -> str:
-    properties = sorted((schema.get("properties") or {}).items())
-    if not properties:
-        return converter._add_rule(rule, "gemma-object") if schema.get("additionalProperties", True) is not False \
-            else converter._add_rule(rule, '"{}"')
-    required = set(schema.get("required") or [])
-    # `rule-k-first` / `rule-k-rest`: the properties from the k-th on, before any (no comma) or after one (a comma)
-    count = len(properties)
-    for position in range(count, -1, -1):
-        for first in (True, False):
-            name = f"{rule}-{position}-{'first' if first else 'rest'}"
-            if position == count:
-                converter._add_rule(name, '""')
-                continue
-            key, subschema = properties[position]
-            value = _value_rule(converter, subschema or {}, f"{rule}-{position}-value")
-            present = f'{literal(("" if first else ",") + _key(key) + ":")} {value} {rule}-{position + 1}-rest'
-            skipped = f"{rule}-{position + 1}-{'first' if first else 'rest'}"
-            converter._add_rule(name, present if key in required else f"( {present} ) | {skipped}")
-    return converter._add_rule(rule, f'"{{" {rule}-0-first "}}"')
+    """The rule of a call's arguments object in Gemma 4's notation (chat/notation_grammar.py)."""
+    return value_rule(converter, GEMMA_NOTATION, schema, rule)
 
 
 # ---------------------------------------------------------------- budget closing
