@@ -185,7 +185,7 @@ GEMMA_NOTATION = Notation(
         "gemma-field": '( gemma-key | gemma-string ) ":" gemma-value',
         "gemma-list": '"[" ( gemma-value ( "," gemma-value )* )? "]"',
     },
-    text_of=lambda value: gemma_text(value),
+    text_of=gemma_text,
     member=lambda key: _key(key) + ":",
     sorted_keys=True,  # (the template's `dictsort`)
 )

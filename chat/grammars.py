@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from chat.gbnf_text import literal
 from chat.gemma_arguments import GemmaClosing, gemma_object_rule
 from chat.grammar_shortest import shortest_text
+from chat.notation_grammar import fields_rule
+from chat.python_arguments import PYTHON_NOTATION, PythonClosing
 from chat.schema_refs import embeddable, self_contained
 from chat.schema_support import enforceable, map_values
 from chat.tool_formats import ToolCallFormat
@@ -40,7 +42,7 @@ class GrammarSpec:
     # models otherwise repeat the call they just made until the call limit.
     end_bonus: float = 0.0
     # How budget closing closes an answer of XML-like calls (None: JSON, closed by quotes and brackets)
-    tag_closing: TagClosing | GemmaClosing | None = None
+    tag_closing: TagClosing | GemmaClosing | PythonClosing | None = None
 
     def __post_init__(self) -> None:
         # llama.cpp's grammar engine recurses over rules: a huge grammar can crash the whole process.
@@ -168,6 +170,10 @@ def _named_calls(plan: ToolPlan, call_format: ToolCallFormat) -> SchemaConverter
                 reference = gemma_object_rule(converter, parameters, f"arguments-{index}")
                 if reference != f"arguments-{index}":
                     converter._add_rule(f"arguments-{index}", reference)
+            elif call_format.python_arguments:  # keyword arguments, then the call's closing parenthesis
+                fields = fields_rule(converter, PYTHON_NOTATION, parameters, f"arguments-{index}-fields",
+                                     key=lambda name: f"{name}=", separator=", ")
+                converter._add_rule(f"arguments-{index}", f'{fields} ")"')
             elif call_format.xml_parameters is None:
                 reference = converter.visit(parameters, f"arguments-{index}")
                 if reference != f"arguments-{index}":  # (a schema the converter names by its own rule)
@@ -209,6 +215,8 @@ def tool_call_grammar(plan: ToolPlan, call_format: ToolCallFormat, *, lazy: bool
                                                          call_format.section_close)
     if call_format.gemma_arguments:
         closing = GemmaClosing(call_format.call_open, call_format.call_close)
+    if call_format.python_arguments:
+        closing = PythonClosing(call_format.section_open, call_format.section_close.removeprefix("]"))
     # A client that asked for parallel calls explicitly gets them unhindered; by default a further call must be
     # clearly wanted.
     return GrammarSpec(gbnf, end_bonus=NEXT_CALL_THRESHOLD if plan.parallel and plan.parallel_by_default else 0.0,

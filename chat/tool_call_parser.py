@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chat.gemma_arguments import GemmaArguments
+from chat.python_arguments import PythonArguments
 from chat.tool_formats import HERMES, ToolCallFormat
 from chat.xml_arguments import XmlArguments
 
@@ -136,7 +137,7 @@ class ToolCallStreamParser:
         """`parameter_types`: tool -> parameter -> schema type, to read XML-like parameter values (qwen-xml)."""
         self.format = call_format
         self._parameter_types = parameter_types or {}
-        self._xml: XmlArguments | GemmaArguments | None = None
+        self._xml: XmlArguments | GemmaArguments | PythonArguments | None = None
         self._name_re = _name_re(call_format)
         self._markers = call_format.entry_markers
         self._content_markup = call_format.content_markup
@@ -206,7 +207,7 @@ class ToolCallStreamParser:
         if not buffer:
             return False
         opener = self.format.call_open.lstrip()  # (whitespace before it was just skipped: harmony's " to=")
-        if self.format.names_outside and buffer.startswith(opener):
+        if self.format.names_outside and opener and buffer.startswith(opener):
             self._buffer = buffer[len(opener):]
             self._state = "name"
             return True
@@ -216,9 +217,14 @@ class ToolCallStreamParser:
         for markup in self._between_markup:
             if buffer.startswith(markup):
                 self._buffer = buffer[len(markup) :]
+                if markup == self.format.section_close.strip():
+                    self._state, self._at_start = "text", False  # the calls are over: text again
                 return True
-        if any(markup.startswith(buffer) for markup in (*self._between_markup, opener)):
+        if any(markup.startswith(buffer) for markup in (*self._between_markup, opener) if markup):
             return False  # may be the start of a marker
+        if self.format.names_outside and not opener:  # (pythonic: a call starts with its bare name)
+            self._state = "name"
+            return True
         self._state = "text"  # the calls are over; what follows is content again
         self._at_start = False
         return True
@@ -272,6 +278,8 @@ class ToolCallStreamParser:
             self._state = "xml"
         elif fmt.gemma_arguments:
             self._xml, self._state = GemmaArguments(), "xml"  # (read the same way: fragments as they complete)
+        elif fmt.python_arguments:
+            self._xml, self._state = PythonArguments(), "xml"
         return True
 
     def _name_and_rest(self, buffer: str) -> tuple[str, bool, str]:

@@ -30,6 +30,8 @@ the arguments' JSON object. So one parser, one grammar builder and one history w
   value that is not text.
 - cohere `<|START_ACTION|>[{"tool_call_id": "0", "tool_name": ..., "parameters": {...}}]<|END_ACTION|>` (Command R7B,
   Command A) and cohere-r-plus (`Action:` and the same list, without ids, in a ```json fence);
+- pythonic `<|tool_call_start|>[get_weather(city='Paris'), get_time()]<|tool_call_end|>` (LFM 2.5: Python calls
+  with keyword literals; chat/python_arguments.py);
 - apertus `<|tools_prefix|>[{"name": {...}}, ...]<|tools_suffix|>` (the name as the key of its arguments);
 - solar `<|tool_calls|><|tool_call:begin|>ID<|tool_call:name|>name<|tool_call:args|>{...}<|tool_call:end|>...<|calls|>`
   (Solar Open: the model writes a call id before the name);
@@ -51,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chat.gemma_arguments import QUOTE, gemma_text
+from chat.python_arguments import arguments_text
 from chat.xml_arguments import XmlParameters
 
 _CONTROL_LOOKING = re.compile(r"<[|｜][^<>]*?[|｜]>|\[[A-Z_]+\]")
@@ -78,6 +81,7 @@ class ToolCallFormat:
     xml_parameters: XmlParameters | None = None  # arguments as XML-like parameters (chat/xml_arguments.py)
     indexed_names: bool = False  # the name is followed by `:N`, the call's index in the turn (Kimi K2)
     id_before_name: str = ""  # set: the model writes a call id, this marker, then the name (Solar Open)
+    python_arguments: bool = False  # `name(key=value, ...)` Python calls (chat/python_arguments.py)
     gemma_arguments: bool = False  # the arguments in Gemma 4's notation, not JSON (chat/gemma_arguments.py)
 
     @property
@@ -131,6 +135,8 @@ class ToolCallFormat:
     def _call_body(self, name: str, arguments: Any, index: int) -> str:
         if self.gemma_arguments:
             return self.name_open + name + gemma_text(arguments or {})
+        if self.python_arguments:
+            return self.name_open + name + self.name_close + arguments_text(arguments or {}) + ")"
         if self.xml_parameters is not None:
             syntax = self.xml_parameters
             parameters = "".join(syntax.open + key + syntax.name_close_for(isinstance(value, str))
@@ -204,6 +210,8 @@ COHERE = ToolCallFormat("cohere", section_open="<|START_ACTION|>", list_open="["
                         arguments_key="parameters")
 COHERE_R_PLUS = ToolCallFormat("cohere-r-plus", section_open="Action:\n```json\n", list_open="[", separator=",",
                                section_close="\n]```", name_key="tool_name", arguments_key="parameters")
+PYTHONIC = ToolCallFormat("pythonic", section_open="<|tool_call_start|>", list_open="[", name_close="(",
+                          separator=", ", section_close="]<|tool_call_end|>", python_arguments=True)
 APERTUS = ToolCallFormat("apertus", section_open="<|tools_prefix|>", list_open="[", separator=", ",
                          section_close="]<|tools_suffix|>", name_as_key=True)
 SOLAR = ToolCallFormat("solar", section_open="<|tool_calls|>", call_open="<|tool_call:begin|>",
@@ -219,7 +227,7 @@ KIMI_K2 = ToolCallFormat("kimi-k2", section_open="<|tool_calls_section_begin|>",
                          indexed_names=True)
 MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
 FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47, MINIMAX_M2, MINICPM, KIMI_K2,
-           DSML_V32, DSML_V4, GEMMA4, GIGACHAT, SOLAR, COHERE, COHERE_R_PLUS, APERTUS,
+           DSML_V32, DSML_V4, GEMMA4, GIGACHAT, SOLAR, COHERE, COHERE_R_PLUS, APERTUS, PYTHONIC,
            DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
 XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")
 
@@ -232,6 +240,8 @@ def detect_tool_call_format(template_source: str) -> ToolCallFormat:
         return HARMONY
     if "<function=" in template_source and "<parameter=" in template_source:
         return SEED_XML if "<seed:tool_call>" in template_source else QWEN_XML
+    if "<|tool_call_start|>" in template_source and "<|tool_call_end|>" in template_source:
+        return PYTHONIC
     if "<|tools_prefix|>" in template_source:
         return APERTUS
     if "<|START_ACTION|>" in template_source:

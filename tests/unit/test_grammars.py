@@ -311,3 +311,21 @@ def test_the_text_that_closes_a_gemma4_call_is_read_from_where_the_answer_stands
     assert closing.remaining('<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,tags:[1') == "]}<tool_call|>"
     assert closing.remaining('<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_') == "call|>"
     assert closing.remaining('<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>') == ""
+
+
+def test_pythonic_calls_take_keyword_literals_and_close_where_they_stand():
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from chat.tool_formats import PYTHONIC
+
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "days": {"type": "integer"}, "metric": {"type": "boolean"}}, "required": ["city"]}}}
+    spec = tool_call_grammar(build_tool_plan([tool], "required", False), PYTHONIC, lazy=False)
+    assert accepts(spec.gbnf, "<|tool_call_start|>[f(city='Paris', days=3, metric=True)]<|tool_call_end|>")
+    assert accepts(spec.gbnf, "<|tool_call_start|>[f(city=\"l'Isle\")]<|tool_call_end|>")
+    assert not accepts(spec.gbnf, "<|tool_call_start|>[f(days=3)]<|tool_call_end|>")  # city is required
+    assert not accepts(spec.gbnf, "<|tool_call_start|>[f(city='Paris', metric=true)]<|tool_call_end|>")
+    closing = spec.tag_closing
+    assert closing.remaining("<|tool_call_start|>[f(city='Par") == "')]<|tool_call_end|>"
+    assert closing.remaining("<|tool_call_start|>[f(city='Paris', days=3") == ")]<|tool_call_end|>"
+    assert closing.remaining("<|tool_call_start|>[f(city='Paris')]<|tool_call_end|>") == ""

@@ -59,7 +59,11 @@ def test_text_without_calls_is_all_content(call_format, data):
     assert parse_tool_calls(text, call_format) == (text, [])
 
 
-@pytest.mark.parametrize("call_format", [f for f in FORMATS if f.xml_parameters is None], ids=lambda f: f.name)
+# Formats whose argument keys are bare names (XML-like tags, Python keywords) are tried with names as keys.
+NAMED_KEYS = [f for f in FORMATS if f.xml_parameters is not None or f.python_arguments]
+
+
+@pytest.mark.parametrize("call_format", [f for f in FORMATS if f not in NAMED_KEYS], ids=lambda f: f.name)
 @settings(max_examples=40)
 @given(calls=st.lists(st.tuples(names, arguments), min_size=1, max_size=3), cuts=st.lists(st.integers(0), max_size=20),
        data=st.data())
@@ -85,7 +89,7 @@ xml_values = st.recursive(
 SCHEMA_TYPE = {type(None): "null", bool: "boolean", int: "integer", str: "string", list: "array", dict: "object"}
 
 
-@pytest.mark.parametrize("call_format", [f for f in FORMATS if f.xml_parameters is not None], ids=lambda f: f.name)
+@pytest.mark.parametrize("call_format", NAMED_KEYS, ids=lambda f: f.name)
 @settings(max_examples=40)
 @given(calls=st.lists(st.tuples(names, st.dictionaries(names, xml_values, max_size=4)), min_size=1, max_size=3,
                       unique_by=lambda call: call[0]), cuts=st.lists(st.integers(0), max_size=20), data=st.data())
