@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from backends.embedded_model import SMOLLM2_FILE
+from tests.smollm2 import NO_END_TOKENS
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}}}
@@ -65,7 +66,7 @@ def test_developer_is_system(server):
 
 def test_max_completion_tokens_bounds_the_answer_and_usage_comes_with_include_usage(server):
     body = {"messages": [{"role": "user", "content": "Write a long story."}], "max_completion_tokens": 7,
-            "logit_bias": {"0": -100, "2": -100}, "stream_options": {"include_usage": True}}
+            "logit_bias": NO_END_TOKENS, "stream_options": {"include_usage": True}}
     chunks = chat(server, body, stream=True)
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 7
     assert all("usage" in c and c["usage"] is None for c in chunks[:-1])
@@ -89,6 +90,6 @@ def test_strict_json_schema_is_enforced_or_refused_by_name(server, strict):
 
 def test_logprobs_are_there_when_asked(server):
     answer = chat(server, {"messages": ASK, "max_tokens": 5, "logprobs": True, "top_logprobs": 2,
-                           "logit_bias": {"0": -100, "2": -100}}).json()  # no end token: 5 tokens, 5 entries
+                           "logit_bias": NO_END_TOKENS}).json()  # no end token: 5 tokens, 5 entries
     entries = answer["choices"][0]["logprobs"]["content"]
     assert len(entries) == answer["usage"]["completion_tokens"] and all(len(e["top_logprobs"]) == 2 for e in entries)

@@ -12,6 +12,7 @@ import yaml
 from backends.embedded_model import SMOLLM2_FILE
 from settings import PROJECT_ROOT
 from tests.server_process import running_server
+from tests.smollm2 import NO_END_TOKENS
 
 ASK = [{"role": "user", "content": "Say hello."}]
 
@@ -65,7 +66,7 @@ def test_keep_alive_zero_unloads_after_this_request_and_a_duration_renews(server
 
 def test_a_streaming_request_is_never_cut_by_its_own_keep_alive(server):
     body = {"model": "brief", "messages": ASK, "max_tokens": 48, "stream": True, "keep_alive": 0,
-            "logit_bias": {"0": -100, "2": -100}}  # no end token: all 48 tokens
+            "logit_bias": NO_END_TOKENS}  # no end token: all 48 tokens
     with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]" and '"finish_reason":"length"' in lines[-2].replace(" ", "")

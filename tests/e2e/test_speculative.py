@@ -20,6 +20,7 @@ import pytest
 
 from backends.embedded_model import GEMMA_FILE, SMOLLM2_FILE
 from tests.server_process import running_server
+from tests.smollm2 import NO_END_TOKENS
 
 CODE = """def area(width, height):
     return width * height
@@ -34,7 +35,7 @@ def describe(width, height):
 """
 REWRITE = ("Rewrite this code, renaming `describe` to `summary`. Output only the code.\n\n" + CODE)
 NEAR_TIE = 1.0
-SMOLLM2_END_TOKENS = {"0": -100, "2": -100}
+SMOLLM2_END_TOKENS = NO_END_TOKENS
 
 
 @pytest.fixture(scope="module")

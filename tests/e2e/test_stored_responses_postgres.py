@@ -13,9 +13,10 @@ import pytest
 
 from backends.embedded_model import SMOLLM2_FILE
 from tests.server_process import running_server
+from tests.smollm2 import NO_END_TOKENS
 
 MODEL = SMOLLM2_FILE
-NO_END = {"logit_bias": {"0": -100, "2": -100}}  # SmolLM2's end tokens banned: the story runs until cancelled
+NO_END = {"logit_bias": NO_END_TOKENS}  # the story runs until cancelled
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,6 @@ def _poll(client, response_id, done, timeout=60.0):
 def test_a_background_response_runs_on_one_instance_and_is_cancelled_through_the_other(two_instances):
     a_server, b_server = two_instances
     a, b = a_server.openai_client(), b_server.openai_client()
-    # 3800 tokens: still generating after the poll and the pause below on any host (900 finished in time on a fast one)
     queued = a.responses.create(model=MODEL, input="Write a long story.", max_output_tokens=3800, background=True,
                                 extra_body=NO_END)
     _poll(b, queued.id, done=("in_progress",))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from backends.embedded_model import SMOLLM2_FILE
 from tests.server_process import running_server
+from tests.smollm2 import NO_END_TOKENS
 
 
 def test_a_conversation_continues_after_a_restart(tmp_path):
@@ -34,7 +35,7 @@ def test_a_background_response_cut_by_a_crash_is_failed_never_half_written(tmp_p
     with running_server(*flags, log_dir=tmp_path / "a") as server:
         client = server.openai_client()
         queued = client.responses.create(model=SMOLLM2_FILE, input="Write a long story.", max_output_tokens=900,
-                                         background=True, extra_body={"logit_bias": {"0": -100, "2": -100}})
+                                         background=True, extra_body={"logit_bias": NO_END_TOKENS})
         while client.responses.retrieve(queued.id).status != "in_progress":
             time.sleep(0.05)
         server.process.kill()  # no shutdown: the row stays in_progress

@@ -1,10 +1,10 @@
 """Real chat templates served over HTTP (issue 35): a sample of llama.cpp's collection, one template per family of
 format and feature (Qwen 3.5, gpt-oss harmony, Mistral v7, DeepSeek V3.1, Gemma 2 without a system role, Functionary
 with text arguments, Nemotron Nano 2, Granite 3.3 thinking, Kimi K3's loop controls, LFM 2.5's generation tag, GLM
-4.6's tojson options and `<arg_key>` calls, DeepSeek V3.2's DSML, MiniMax M2's `<invoke>`), each served over the
-embedded SmolLM2 through the cases of tests/template_cases.py. The whole collection runs in
-`python -m bench.bench_templates`. Broken and hostile templates are a 400 or a failed load that
-names the template line: never a 500, never a dropped connection."""
+4.6's tojson options and `<arg_key>` calls, DeepSeek V3.2's DSML, MiniMax M2's `<invoke>`, LFM 2.5's Python calls,
+Cohere's action lists, Gemma 4's notation), each served over the embedded SmolLM2 through the cases of
+tests/template_cases.py. The whole collection runs in `python -m bench.bench_templates`. Broken and hostile
+templates are a 400 or a failed load that names the template line: never a 500, never a dropped connection."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from tests.template_cases import CASES, applicable, serve_templates
 SAMPLE = ["Qwen3.5-4B", "openai-gpt-oss-120b", "mistralai-Ministral-3-14B-Reasoning-2512", "deepseek-ai-DeepSeek-V3.1",
           "google-gemma-2-2b-it", "meetkai-functionary-medium-v3.2", "NVIDIA-Nemotron-Nano-v2",
           "ibm-granite-granite-3.3-2B-Instruct", "Kimi-K3", "LFM2.5-8B-A1B", "GLM-4.6", "deepseek-ai-DeepSeek-V3.2",
-          "MiniMax-M2"]
+          "MiniMax-M2", "CohereForAI-c4ai-command-r7b-12-2024-tool_use"]
+# Served for `required` only: under `auto` SmolLM2 writes turn markup copied from Gemma 4's prompt (README)
+REQUIRED_ONLY = ["google-gemma-4-31B-it"]
 BROKEN = {
     "type-error": "{% for m in messages %}{{ m.content + 1 }}{% endfor %}",
     "hostile": "{{ 'x' * 1000000000 }}",
@@ -31,7 +33,7 @@ TEMPLATES = chat_templates()
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("template-corpus")
-    with serve_templates({name: TEMPLATES[name] for name in SAMPLE} | BROKEN, folder) as process:
+    with serve_templates({name: TEMPLATES[name] for name in SAMPLE + REQUIRED_ONLY} | BROKEN, folder) as process:
         yield process
 
 
@@ -44,6 +46,11 @@ def client(server):
                                              if applicable(case, TEMPLATES[name])])  # (thinking off: where it exists)
 def test_a_real_template_serves_the_case(client, name, case):
     CASES[case](client, name)
+
+
+@pytest.mark.parametrize("name", REQUIRED_ONLY)
+def test_a_required_call_in_a_non_json_notation_is_valid_whole_and_streamed(client, name):
+    CASES["required"](client, name)
 
 
 @pytest.mark.parametrize("max_tokens", [120, 200])

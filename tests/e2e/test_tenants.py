@@ -16,8 +16,9 @@ import yaml
 
 from backends.embedded_model import GEMMA_FILE, SMOLLM2_FILE
 from tests.server_process import running_server
+from tests.smollm2 import NO_END_TOKENS
 
-SMOLLM2_END_TOKENS = {"0": -100, "2": -100}  # banned: every answer runs to max_tokens
+SMOLLM2_END_TOKENS = NO_END_TOKENS  # banned: every answer runs to max_tokens
 KEYS = {"keys": [
     {"key": "sk-ops", "label": "ops", "role": "admin"},
     {"key": "sk-alice", "label": "alice", "models": [SMOLLM2_FILE]},

@@ -19,10 +19,11 @@ import yaml
 from backends.embedded_model import SMOLLM2_FILE
 from settings import PROJECT_ROOT
 from tests.server_process import REPO_ROOT, running_server
+from tests.smollm2 import NO_END_TOKENS
 
 # The instruct model: it answers and ends its turn, as a person chatting expects (the base model rambles on).
 INSTRUCT = str(PROJECT_ROOT / "models" / SMOLLM2_FILE)
-SMOLLM2_END_TOKENS = {"0": -100, "2": -100}  # <|endoftext|>, <|im_end|>: banned, an answer runs to max_tokens
+SMOLLM2_END_TOKENS = NO_END_TOKENS  # banned: an answer runs to max_tokens
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][A-Z0-9]|\x1b[=>]|\r")
 
 
