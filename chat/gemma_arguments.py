@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from chat.closing_text import unwritten
 from chat.gbnf_text import literal, step_without
 from chat.notation_grammar import Notation, value_rule
 
@@ -95,47 +96,46 @@ def _value(text: str, position: int) -> tuple[Any, int]:
 
 
 def _object(text: str, position: int) -> tuple[dict, int]:
-    result: dict[str, Any] = {}
+    pairs, position = _items(text, position, "}", _member)
+    return dict(pairs), position
+
+
+def _member(text: str, position: int) -> tuple[tuple[str, Any], int]:
     position = _skip_space(text, position)
-    if text.startswith("}", position):
-        return result, position + 1
-    while True:
-        position = _skip_space(text, position)
-        if text.startswith(QUOTE, position):  # (keys of nested objects may be quoted)
-            key, position = _value(text, position)
-        else:
-            colon = text.find(":", position)
-            if colon < 0:
-                raise ValueError("a key without its value")
-            key, position = text[position:colon].strip(), colon
-        position = _skip_space(text, position)
-        if not text.startswith(":", position):
+    if text.startswith(QUOTE, position):  # (keys of nested objects may be quoted)
+        key, position = _value(text, position)
+    else:
+        colon = text.find(":", position)
+        if colon < 0:
             raise ValueError("a key without its value")
-        result[key], position = _value(text, position + 1)
-        position = _skip_space(text, position)
-        if text.startswith(",", position):
-            position += 1
-        elif text.startswith("}", position):
-            return result, position + 1
-        else:
-            raise ValueError("an object that does not close")
+        key, position = text[position:colon].strip(), colon
+    position = _skip_space(text, position)
+    if not text.startswith(":", position):
+        raise ValueError("a key without its value")
+    value, position = _value(text, position + 1)
+    return (key, value), position
 
 
 def _list(text: str, position: int) -> tuple[list, int]:
+    return _items(text, position, "]", _value)
+
+
+def _items(text: str, position: int, close: str, read_item) -> tuple[list, int]:
+    """The items of a list or object up to its closing bracket, each read by `read_item`, comma-separated."""
     items: list[Any] = []
     position = _skip_space(text, position)
-    if text.startswith("]", position):
+    if text.startswith(close, position):
         return items, position + 1
     while True:
-        item, position = _value(text, position)
+        item, position = read_item(text, position)
         items.append(item)
         position = _skip_space(text, position)
         if text.startswith(",", position):
             position += 1
-        elif text.startswith("]", position):
+        elif text.startswith(close, position):
             return items, position + 1
         else:
-            raise ValueError("a list that does not close")
+            raise ValueError(f"no {close!r} where the items end")
 
 
 def _skip_space(text: str, position: int) -> int:
@@ -226,5 +226,4 @@ class GemmaClosing:
                 stack.pop()
             position += 1
         target = (QUOTE if inside else "") + "".join(reversed(stack)) + self.call_close
-        written = next((k for k in range(len(target), 0, -1) if answer.endswith(target[:k])), 0)
-        return target[written:]
+        return unwritten(answer, target)

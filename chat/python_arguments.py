@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from chat.closing_text import unwritten
 from chat.notation_grammar import Notation
 
 _NAMED_CONSTANTS = {"True": True, "False": False, "None": None, "true": True, "false": False, "null": None}
@@ -37,7 +38,18 @@ def arguments_text(arguments: dict) -> str:
 
 def arguments_end(text: str) -> int | None:
     """Where the arguments `text` starts with end: the index of their closing parenthesis (None: still open)."""
-    depth, quote, position = 0, "", 0
+    _, _, unmatched = _brackets(text)
+    return unmatched if unmatched is not None and text[unmatched] == ")" else None
+
+
+_CLOSER = {"(": ")", "[": "]", "{": "}"}
+
+
+def _brackets(text: str) -> tuple[list[str], str, int | None]:
+    """Python text read up to its first unmatched closing bracket: (the closers of the brackets still open, the
+    quote of a string still open, where that unmatched bracket is, None if there is none)."""
+    stack: list[str] = []
+    quote, position = "", 0
     while position < len(text):
         char = text[position]
         if quote:
@@ -47,14 +59,14 @@ def arguments_end(text: str) -> int | None:
                 quote = ""
         elif char in "'\"":
             quote = char
-        elif char in "([{":
-            depth += 1
+        elif char in _CLOSER:
+            stack.append(_CLOSER[char])
         elif char in ")]}":
-            if depth == 0:
-                return position if char == ")" else None
-            depth -= 1
+            if not stack:
+                return stack, quote, position
+            stack.pop()
         position += 1
-    return None
+    return stack, quote, None
 
 
 def parse_arguments(text: str) -> dict[str, Any]:
@@ -134,21 +146,6 @@ class PythonClosing:
         section = answer[start + len(self.section_open):] if start >= 0 else ""
         if self.end_marker in section:
             return ""
-        stack, quote, position = [], "", 0
-        while position < len(section):
-            char = section[position]
-            if quote:
-                if char == "\\":
-                    position += 1
-                elif char == quote:
-                    quote = ""
-            elif char in "'\"":
-                quote = char
-            elif char in "([{":
-                stack.append({"(": ")", "[": "]", "{": "}"}[char])
-            elif char in ")]}" and stack:
-                stack.pop()
-            position += 1
+        stack, quote, _ = _brackets(section)
         target = quote + "".join(reversed(stack)) + self.end_marker
-        written = next((k for k in range(len(target), 0, -1) if answer.endswith(target[:k])), 0)
-        return target[written:]
+        return unwritten(answer, target)

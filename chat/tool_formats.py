@@ -232,6 +232,21 @@ FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47
 XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")
 
 
+# Formats a template is recognised by from markers only it writes (all of them present), tried in this order
+_MARKED_FORMATS = (
+    (("<|tool_call_start|>", "<|tool_call_end|>"), PYTHONIC),
+    (("<|tools_prefix|>",), APERTUS),
+    (("<|START_ACTION|>",), COHERE),
+    (("Action:\\n```json", '"tool_name": '), COHERE_R_PLUS),  # (its source writes line breaks as `\` `n`)
+    (("<|tool_call:name|>",), SOLAR),
+    (("<|function_call|>",), GIGACHAT),
+    (("<|tool_call>call:",), GEMMA4),
+    (("<|tool_call_argument_begin|>",), KIMI_K2),
+    (("<minimax:tool_call>", '<invoke name="'), MINIMAX_M2),
+    (('<function name="', '<param name="'), MINICPM),
+)
+
+
 def detect_tool_call_format(template_source: str) -> ToolCallFormat:
     """The format a chat template (or tool prompt) teaches, recognised by the markers it writes."""
     if "[ARGS]" in template_source:
@@ -240,28 +255,11 @@ def detect_tool_call_format(template_source: str) -> ToolCallFormat:
         return HARMONY
     if "<function=" in template_source and "<parameter=" in template_source:
         return SEED_XML if "<seed:tool_call>" in template_source else QWEN_XML
-    if "<|tool_call_start|>" in template_source and "<|tool_call_end|>" in template_source:
-        return PYTHONIC
-    if "<|tools_prefix|>" in template_source:
-        return APERTUS
-    if "<|START_ACTION|>" in template_source:
-        return COHERE
-    if "Action:\\n```json" in template_source and '"tool_name": ' in template_source:
-        return COHERE_R_PLUS
-    if "<|tool_call:name|>" in template_source:
-        return SOLAR
-    if "<|function_call|>" in template_source:
-        return GIGACHAT
-    if "<|tool_call>call:" in template_source:
-        return GEMMA4
+    for markers, call_format in _MARKED_FORMATS:
+        if all(marker in template_source for marker in markers):
+            return call_format
     if "｜DSML｜" in template_source:
         return DSML_V32 if "function_calls" in template_source else DSML_V4
-    if "<|tool_call_argument_begin|>" in template_source:
-        return KIMI_K2
-    if "<minimax:tool_call>" in template_source and '<invoke name="' in template_source:
-        return MINIMAX_M2
-    if '<function name="' in template_source and '<param name="' in template_source:
-        return MINICPM
     if "<arg_key>" in template_source and "<tool_call>" in template_source:
         return GLM_47 if "</arg_key><arg_value>" in template_source else GLM
     if "<｜tool▁sep｜>" in template_source and not any(m in template_source for m in XML_ARGUMENTS):

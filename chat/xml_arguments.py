@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from chat.closing_text import unwritten
 from chat.gbnf_text import literal, step_without
 from errors import InvalidRequest
 
@@ -66,8 +67,7 @@ class TagClosing:
         last_start = max((match.end() for match in re.finditer(self.value_start, answer)), default=-1)
         inside = last_start > answer.rfind(self.value_close.strip())
         target = (self.value_close if inside else "") + self.tail
-        written = next((k for k in range(len(target), 0, -1) if answer.endswith(target[:k])), 0)
-        return target[written:]
+        return unwritten(answer, target)
 
 
 def tag_closing(syntax: XmlParameters, call_close: str, section_close: str) -> TagClosing:
