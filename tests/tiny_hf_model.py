@@ -22,7 +22,9 @@ CORPUS = [
 ]
 
 
-def build_tiny_llama(folder: Path, *, vocab_size: int = 512, seed: int = 0) -> Path:
+def build_tiny_llama(folder: Path, *, vocab_size: int = 512, seed: int = 0,
+                     chat_template: str | dict[str, str] = CHATML) -> Path:
+    """`chat_template`: one, or named ones ({"default": ..., "tool_use": ...}), saved as transformers saves them."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -39,7 +41,7 @@ def build_tiny_llama(folder: Path, *, vocab_size: int = 512, seed: int = 0) -> P
         tokenizer_object=bpe, bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>", pad_token="</s>",
         additional_special_tokens=["<|im_start|>"],
     )
-    tokenizer.chat_template = CHATML
+    tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(folder)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -16,9 +16,12 @@ import yaml
 
 from settings import PROJECT_ROOT
 from tests.server_process import running_server
-from tests.tiny_hf_model import build_peft_adapter, build_tiny_llama
+from tests.tiny_hf_model import CHATML, build_peft_adapter, build_tiny_llama
 
 MODEL = "tiny-llama"
+TOOL_USE = ("TOOL USE: {{ tools | map(attribute='function.name') | join(',') }}\n"
+            "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+            "<|im_start|>assistant\n")
 ASK = [{"role": "user", "content": "Tell me about owls."}]
 WEATHER = {
     "type": "object",
@@ -35,6 +38,7 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def hf_server(tmp_path_factory, models):
     build_tiny_llama(models / MODEL)
+    build_tiny_llama(models / "tiny-named-templates", chat_template={"default": CHATML, "tool_use": TOOL_USE})
     build_peft_adapter(models / MODEL, models / "adapter")
     (models / "models.yaml").write_text(yaml.safe_dump({"models": [
         {"id": "tiny-lora", "base": MODEL, "lora": ["adapter"]},
@@ -223,6 +227,17 @@ def test_gemma_gguf_through_transformers_matches_llama_cpp_greedy(client):
         return [entry.token for entry in response.choices[0].logprobs.content]
 
     assert first_tokens("gemma-via-transformers") == first_tokens("gemma-llama-cpp")
+
+
+def test_a_tokenizers_tool_use_template_renders_requests_with_tools(hf_server):
+    """A tokenizer with named templates (Hermes 2 Pro's, Command R+'s): its `tool_use` one for requests with tools,
+    its `default` one for the others."""
+    ask = {"model": "tiny-named-templates", "messages": ASK}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+    with_tools = httpx.post(f"{hf_server.base_url}/apply-template", json={**ask, "tools": tools}, timeout=120).json()
+    without = httpx.post(f"{hf_server.base_url}/apply-template", json=ask, timeout=120).json()
+    assert with_tools["prompt"].startswith("TOOL USE: get_weather") and "Tell me about owls." in with_tools["prompt"]
+    assert without["prompt"].startswith("<|im_start|>user\nTell me about owls.")
 
 
 def test_text_completion_and_tokenize_on_the_transformers_engine(hf_server, client):
