@@ -127,9 +127,11 @@ _JSON_START_RE = re.compile(r'\s*\{\s*"name"')
 class ToolCallStreamParser:
     """Splits a stream of generated text into content and calls, for one `ToolCallFormat`.
 
-    Three states: free text (watching for a marker that opens calls), between calls (markup and whitespace
-    are skipped), inside a call's JSON object. Decisions only ever depend on the text seen so far, and text
-    that could still become a marker is held back, so any chunking of the same text gives the same result.
+    States: free text (watching for a marker that opens calls), between calls (markup and whitespace are
+    skipped), inside a call: its JSON object, or (formats that write the name outside it) its name, then its
+    arguments as JSON or in another notation (XML-like tags, Gemma 4's, Python's: a reader per notation). Decisions
+    only ever depend on the text seen so far, and text that could still become a marker is held back, so any
+    chunking of the same text gives the same result.
     """
 
     def __init__(self, call_format: ToolCallFormat = HERMES,
@@ -137,7 +139,7 @@ class ToolCallStreamParser:
         """`parameter_types`: tool -> parameter -> schema type, to read XML-like parameter values (qwen-xml)."""
         self.format = call_format
         self._parameter_types = parameter_types or {}
-        self._xml: XmlArguments | GemmaArguments | PythonArguments | None = None
+        self._notation: XmlArguments | GemmaArguments | PythonArguments | None = None
         self._name_re = _name_re(call_format)
         self._markers = call_format.entry_markers
         self._content_markup = call_format.content_markup
@@ -152,7 +154,7 @@ class ToolCallStreamParser:
         events: list[ParseEvent] = []
         self._buffer += text
         step = {"text": self._in_text, "between": self._between_calls, "call": self._in_call, "name": self._in_name,
-                "arguments": self._in_arguments, "xml": self._in_xml}
+                "arguments": self._in_arguments, "notation": self._in_notation}
         while self._buffer and step[self._state](events):
             pass
         return events
@@ -274,12 +276,12 @@ class ToolCallStreamParser:
         self._call = _OpenCall(index=index)
         self._buffer, self._state = rest, "arguments"
         if fmt.xml_parameters is not None:
-            self._xml = XmlArguments(fmt.xml_parameters, self._parameter_types.get(name, {}))
-            self._state = "xml"
+            self._notation = XmlArguments(fmt.xml_parameters, self._parameter_types.get(name, {}))
+            self._state = "notation"
         elif fmt.gemma_arguments:
-            self._xml, self._state = GemmaArguments(), "xml"  # (read the same way: fragments as they complete)
+            self._notation, self._state = GemmaArguments(), "notation"
         elif fmt.python_arguments:
-            self._xml, self._state = PythonArguments(), "xml"
+            self._notation, self._state = PythonArguments(), "notation"
         return True
 
     def _name_and_rest(self, buffer: str) -> tuple[str, bool, str]:
@@ -296,18 +298,19 @@ class ToolCallStreamParser:
         at = min((index for marker in markers if (index := buffer.find(marker)) >= 0), default=-1)
         return (buffer[:at], True, buffer[at:]) if at >= 0 else (buffer, False, "")
 
-    def _in_xml(self, events: list[ParseEvent]) -> bool:
-        """XML-like parameters (qwen-xml): each becomes a fragment of the arguments' JSON object as it completes."""
+    def _in_notation(self, events: list[ParseEvent]) -> bool:
+        """Arguments that are not JSON (XML-like parameters, Gemma 4's or Python's notation): their reader turns them
+        into fragments of the arguments' JSON object as they complete."""
         call = self._call
-        fragments, consumed = self._xml.feed(self._buffer)
+        fragments, consumed = self._notation.feed(self._buffer)
         self._buffer = self._buffer[consumed:]
         for fragment in fragments:
             self._emit_arguments(call, fragment, events)
-        if self._xml.done:
-            self.calls[call.index].complete = not self._xml.invalid
-        elif self._xml.waiting(self._buffer):
+        if self._notation.done:
+            self.calls[call.index].complete = not self._notation.invalid
+        elif self._notation.waiting(self._buffer):
             return False
-        self._call, self._xml, self._state = None, None, "between"  # whole, or malformed (then it stays incomplete)
+        self._call, self._notation, self._state = None, None, "between"  # whole, or malformed (left incomplete)
         return True
 
     def _in_arguments(self, events: list[ParseEvent]) -> bool:
