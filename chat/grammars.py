@@ -186,7 +186,9 @@ def _named_calls(plan: ToolPlan, call_format: ToolCallFormat) -> SchemaConverter
     names = " | ".join(f"{literal(tool.name)} {index}{literal(call_format.name_close)} arguments-{position}"
                        for position, tool in enumerate(plan.tools))
     call_id = f'[a-zA-Z0-9_-]{{1,24}} {literal(call_format.id_before_name)} ' if call_format.id_before_name else ""
-    converter._add_rule("call", f"{literal(call_format.call_open + call_format.name_open)} {call_id}( {names} ) "
+    # (a recipient format's call_open goes between calls: the prompt opened the first)
+    call_open = "" if call_format.content_recipient else call_format.call_open
+    converter._add_rule("call", f"{literal(call_open + call_format.name_open)} {call_id}( {names} ) "
                                 f"{literal(call_format.call_close)}")
     return converter
 
@@ -202,15 +204,21 @@ def tool_call_grammar(plan: ToolPlan, call_format: ToolCallFormat, *, lazy: bool
         schema = tool_call_schema(plan, call_format.arguments_key, name_key, call_format.id_key)
         converter = _convert(schema, "call-json", "tools")
         converter._add_rule("call", f"{literal(call_format.call_open)} call-json {literal(call_format.call_close)}")
-    repeat = f" ({literal(call_format.separator)} call){{0,{MAX_PARALLEL_CALLS - 1}}}" if plan.parallel else ""
+    between = call_format.call_open if call_format.content_recipient else call_format.separator
+    repeat = f" ({literal(between)} call){{0,{MAX_PARALLEL_CALLS - 1}}}" if plan.parallel else ""
     prefix = f"{literal(call_format.optional_prefix)}? " if lazy and call_format.optional_prefix else ""
+    if call_format.content_recipient and lazy:  # (a later recipient's `>>>` starts the lazy grammar too)
+        prefix += f"{literal(call_format.call_open)}? "
     if call_format.header:  # after a reasoning block the model opens a new message before its calls
         prefix += f"{literal(call_format.header)}? "
     opening = literal(call_format.section_open + call_format.list_open)
     converter._add_rule("root", f"{prefix}{opening} call{repeat} {literal(call_format.section_close)}")
     gbnf = _compact_whitespace(converter.format_grammar())
     if lazy:
-        return GrammarSpec(gbnf, call_format.lazy_triggers())
+        triggers = call_format.lazy_triggers()
+        if call_format.content_recipient:
+            triggers += (call_format.recipient_trigger([tool.name for tool in plan.tools]),)
+        return GrammarSpec(gbnf, triggers)
     closing = call_format.xml_parameters and tag_closing(call_format.xml_parameters, call_format.call_close,
                                                          call_format.section_close)
     if call_format.gemma_arguments:

@@ -33,6 +33,7 @@ def _name_re(call_format: ToolCallFormat) -> re.Pattern:
 
 _ARGUMENTS_RE = re.compile(r'\s*,\s*"(?:arguments|parameters)"\s*:\s*')
 _NOTHING = re.compile(r"\s*")
+_RECIPIENT = re.compile(r"[A-Za-z_][\w.\-]*")
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ class ToolCallStreamParser:
         self._content_markup = call_format.content_markup
         self._between_markup = tuple(dict.fromkeys(call_format.markup + self._markers))
         self._buffer = ""  # text received but not yet consumed by the current state
-        self._state = "text"
+        self._state = "recipient" if call_format.content_recipient else "text"  # (the prompt opened a recipient)
         self._at_start = call_format.json_at_start  # nothing but whitespace seen yet: a bare call may begin
         self._call: _OpenCall | None = None
         self.calls: list[ParsedCall] = []
@@ -154,7 +155,7 @@ class ToolCallStreamParser:
         events: list[ParseEvent] = []
         self._buffer += text
         step = {"text": self._in_text, "between": self._between_calls, "call": self._in_call, "name": self._in_name,
-                "arguments": self._in_arguments, "notation": self._in_notation}
+                "arguments": self._in_arguments, "notation": self._in_notation, "recipient": self._in_recipient}
         while self._buffer and step[self._state](events):
             pass
         return events
@@ -163,7 +164,7 @@ class ToolCallStreamParser:
         """End of generation: release held text. An unterminated call keeps what was streamed of it; one cut off
         before its name was complete is dropped (it began after a call marker, so it was never content)."""
         events: list[ParseEvent] = []
-        if self._state == "text":
+        if self._state in ("text", "recipient"):  # (a recipient never finished was text)
             self._emit_content(self._buffer, events)
         self._buffer, self._call, self._state = "", None, "text"
         return events
@@ -195,6 +196,8 @@ class ToolCallStreamParser:
             if marker in self._content_markup and marker not in self._markers:
                 return True  # a header that is never content: dropped, still in text
             self._state = "name" if self.format.names_outside and marker == self.format.call_open else "between"
+            if self.format.content_recipient and marker == self.format.call_open:
+                self._state = "recipient"
             return True
         held = max((_partial_marker_suffix(buffer, m) for m in self._markers + self._content_markup), default=0)
         self._emit_content(buffer[: len(buffer) - held], events)
@@ -211,7 +214,7 @@ class ToolCallStreamParser:
         opener = self.format.call_open.lstrip()  # (whitespace before it was just skipped: harmony's " to=")
         if self.format.names_outside and opener and buffer.startswith(opener):
             self._buffer = buffer[len(opener):]
-            self._state = "name"
+            self._state = "recipient" if self.format.content_recipient else "name"
             return True
         if buffer.startswith("{") and not self.format.names_outside:
             self._open_call()
@@ -282,6 +285,22 @@ class ToolCallStreamParser:
             self._notation, self._state = GemmaArguments(), "notation"
         elif fmt.python_arguments:
             self._notation, self._state = PythonArguments(), "notation"
+        return True
+
+    def _in_recipient(self, events: list[ParseEvent]) -> bool:
+        """A recipient format's message header (Functionary 3.2): a tool's name opens a call, the text recipient
+        (`all`) opens content; what cannot be a recipient was content all along (a model that skipped the header)."""
+        head, found, rest = self._buffer.partition(self.format.name_close)
+        name = head.strip()
+        if not (_RECIPIENT.fullmatch(name) or not found and not name):
+            self._state = "text"
+            return True
+        if not found:
+            return False  # the name goes on
+        if name == self.format.content_recipient:
+            self._buffer, self._state = rest, "text"
+        else:
+            self._state = "name"
         return True
 
     def _name_and_rest(self, buffer: str) -> tuple[str, bool, str]:

@@ -10,7 +10,8 @@ the arguments' JSON object. So one parser, one grammar builder and one history w
 - mistral-v7 `[TOOL_CALLS]name[ARGS]{...}` per call (Mistral Small 3.2, Devstral, Ministral 3, Magistral);
 - deepseek-v3 `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>name<｜tool▁sep｜>{...}<｜tool▁call▁end｜>...` (V3.1);
 - deepseek-r1 the same with `function<｜tool▁sep｜>name` and the arguments in a ```json fence (R1 distills);
-- functionary-v3.1 `<function=name>{...}</function>`; functionary-v3.2 `>>>name\n{...}`;
+- functionary-v3.1 `<function=name>{...}</function>`; functionary-v3.2 `>>>name\n{...}`, a recipient format: the
+  prompt ends with `>>>`, the answer starts with its recipient, `all` for text;
 - apriel `<tool_calls>[{...}, ...]</tool_calls>`; nemotron `<TOOLCALL>[{...}, ...]</TOOLCALL>` (Nemotron Nano 2);
   minimax-m1 `<tool_calls>` then one object per line, `</tool_calls>`;
 - llama3  `{"name": ..., "parameters": ...}` as the whole answer, optionally after `<|python_tag|>` (Llama 3.1+);
@@ -82,6 +83,9 @@ class ToolCallFormat:
     indexed_names: bool = False  # the name is followed by `:N`, the call's index in the turn (Kimi K2)
     id_before_name: str = ""  # set: the model writes a call id, this marker, then the name (Solar Open)
     python_arguments: bool = False  # `name(key=value, ...)` Python calls (chat/python_arguments.py)
+    # set: a recipient format (Functionary 3.2): every message opens with call_open and its recipient, a tool or this
+    # one for text, and the prompt ends having opened the answer's first (the answer starts with a recipient)
+    content_recipient: str = ""
     gemma_arguments: bool = False  # the arguments in Gemma 4's notation, not JSON (chat/gemma_arguments.py)
 
     @property
@@ -119,6 +123,12 @@ class ToolCallFormat:
         if self.json_at_start:
             triggers.append(r'\s*(\{\s*"name")[\s\S]*')
         return tuple(triggers)
+
+    def recipient_trigger(self, tool_names: list[str]) -> str:
+        """(recipient formats) The answer's first recipient when it is one of these tools. Only their names: the
+        grammar takes over from the trigger's text, and llama.cpp aborts the process on text it cannot accept."""
+        names = "|".join(re.escape(name) for name in tool_names)
+        return rf"\s*((?:{names}){re.escape(self.name_close)})[\s\S]*"
 
     def render_calls(self, calls: list[tuple[str, Any]]) -> str:
         """Calls from the conversation history, written the way the model itself writes them."""
@@ -164,6 +174,8 @@ DEEPSEEK_R1 = ToolCallFormat("deepseek-r1", section_open="<｜tool▁calls▁beg
                              call_close="\n```<｜tool▁call▁end｜>", separator="\n", section_close="<｜tool▁calls▁end｜>")
 FUNCTIONARY_V31 = ToolCallFormat("functionary-v3.1", call_open="<function=", name_close=">", call_close="</function>",
                                  separator="")
+FUNCTIONARY_V32 = ToolCallFormat("functionary-v3.2", call_open=">>>", name_close="\n", separator="",
+                                 content_recipient="all")
 APRIEL = ToolCallFormat("apriel", section_open="<tool_calls>", list_open="[", separator=", ",
                         section_close="]</tool_calls>")
 NEMOTRON = ToolCallFormat("nemotron", section_open="<TOOLCALL>", list_open="[", separator=", ",
@@ -228,12 +240,13 @@ KIMI_K2 = ToolCallFormat("kimi-k2", section_open="<|tool_calls_section_begin|>",
 MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
 FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47, MINIMAX_M2, MINICPM, KIMI_K2,
            DSML_V32, DSML_V4, GEMMA4, GIGACHAT, SOLAR, COHERE, COHERE_R_PLUS, APERTUS, PYTHONIC,
-           DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
+           DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V32, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
 XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")
 
 
 # Formats a template is recognised by from markers only it writes (all of them present), tried in this order
 _MARKED_FORMATS = (
+    ((">>>all",), FUNCTIONARY_V32),
     (("<|tool_call_start|>", "<|tool_call_end|>"), PYTHONIC),
     (("<|tools_prefix|>",), APERTUS),
     (("<|START_ACTION|>",), COHERE),

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -329,3 +330,20 @@ def test_pythonic_calls_take_keyword_literals_and_close_where_they_stand():
     assert closing.remaining("<|tool_call_start|>[f(city='Par") == "')]<|tool_call_end|>"
     assert closing.remaining("<|tool_call_start|>[f(city='Paris', days=3") == ")]<|tool_call_end|>"
     assert closing.remaining("<|tool_call_start|>[f(city='Paris')]<|tool_call_end|>") == ""
+
+
+def test_functionary_calls_start_at_the_recipient_the_prompt_opened():
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from chat.tool_formats import FUNCTIONARY_V32
+
+    plan = build_tool_plan([WEATHER, TIME], "required", True)
+    gbnf = tool_call_grammar(plan, FUNCTIONARY_V32, lazy=False).gbnf
+    assert accepts(gbnf, 'get_weather\n{"city": "Paris"}')
+    assert accepts(gbnf, 'get_weather\n{"city": "Paris"}>>>get_time\n{}')
+    assert not accepts(gbnf, '>>>get_weather\n{"city": "Paris"}')  # (the prompt wrote that `>>>`)
+    # Under `auto` the first recipient starts the grammar only when it is a tool: any other word would be text the
+    # grammar cannot take, and llama.cpp aborts the process on that (seen: "Hello\n" as a recipient).
+    lazy = tool_call_grammar(plan, FUNCTIONARY_V32, lazy=True)
+    assert any(re.fullmatch(trigger, 'get_weather\n{"ci') for trigger in lazy.lazy_triggers)
+    assert not any(re.fullmatch(trigger, text) for trigger in lazy.lazy_triggers for text in ("all\nHi", "Hello\nx"))

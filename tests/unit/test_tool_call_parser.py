@@ -2,6 +2,7 @@
 in every call format a template can teach."""
 
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -23,8 +24,11 @@ formats = pytest.mark.parametrize("call_format", FORMATS, ids=lambda f: f.name)
 def plain_text_for(call_format):
     """Text that cannot open calls in this format (nor holds its headers, which are never content)."""
     markers = call_format.entry_markers + call_format.content_markup
+    # (in a recipient format a first line that is one word is the answer's recipient: a header, not text)
+    header = re.compile(r"\s*[A-Za-z_][\w.\-]*\n") if call_format.content_recipient else re.compile("(?!)")
     return st.text(max_size=60).filter(
         lambda t: t and t.strip() == t and not any(m in t for m in markers) and not t.startswith("{")
+        and not header.match(t)
     )
 
 
@@ -161,3 +165,14 @@ def test_a_minicpm_value_in_cdata_is_read_without_its_wrapper():
     text = '<function name="note"><param name="text"><![CDATA[a < b\nand c]]></param></function>'
     _, calls = parse_tool_calls(text, MINICPM, {"note": {"text": "string"}})
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("note", {"text": "a < b\nand c"})]
+
+
+def test_functionary_recipients_open_calls_or_text():
+    """The prompt ends with `>>>`: the answer starts with its recipient, `all` for text, a tool's name for a call."""
+    from chat.tool_formats import FUNCTIONARY_V32
+
+    assert parse_tool_calls("all\nHello there.", FUNCTIONARY_V32) == ("Hello there.", [])
+    content, calls = parse_tool_calls('get_weather\n{"city": "Paris"}>>>all\nChecking.', FUNCTIONARY_V32)
+    assert content == "Checking." and [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris"})]
+    assert parse_tool_calls("Hello there, no header.", FUNCTIONARY_V32) == ("Hello there, no header.", [])
