@@ -215,10 +215,9 @@ def tool_call_grammar(plan: ToolPlan, call_format: ToolCallFormat, *, lazy: bool
     converter._add_rule("root", f"{prefix}{opening} call{repeat} {literal(call_format.section_close)}")
     gbnf = _compact_whitespace(converter.format_grammar())
     if lazy:
-        triggers = call_format.lazy_triggers()
         if call_format.content_recipient:
-            triggers += (call_format.recipient_trigger([tool.name for tool in plan.tools]),)
-        return GrammarSpec(gbnf, triggers)
+            return GrammarSpec(gbnf, call_format.recipient_triggers([tool.name for tool in plan.tools]))
+        return GrammarSpec(gbnf, call_format.lazy_triggers())
     closing = call_format.xml_parameters and tag_closing(call_format.xml_parameters, call_format.call_close,
                                                          call_format.section_close)
     if call_format.gemma_arguments:

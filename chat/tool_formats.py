@@ -124,11 +124,12 @@ class ToolCallFormat:
             triggers.append(r'\s*(\{\s*"name")[\s\S]*')
         return tuple(triggers)
 
-    def recipient_trigger(self, tool_names: list[str]) -> str:
-        """(recipient formats) The answer's first recipient when it is one of these tools. Only their names: the
-        grammar takes over from the trigger's text, and llama.cpp aborts the process on text it cannot accept."""
-        names = "|".join(re.escape(name) for name in tool_names)
-        return rf"\s*((?:{names}){re.escape(self.name_close)})[\s\S]*"
+    def recipient_triggers(self, tool_names: list[str]) -> tuple[str, ...]:
+        """(recipient formats) A recipient that is one of these tools: the answer's first (the prompt opened it) or
+        a later one after call_open. Only tools' names, never `>>>` alone (a later `>>>all` is text): the grammar
+        takes over from the trigger's text, and llama.cpp aborts the process on text it cannot accept."""
+        recipient = "(?:" + "|".join(re.escape(name) for name in tool_names) + ")" + re.escape(self.name_close)
+        return rf"\s*({recipient})[\s\S]*", rf"[\s\S]*?({re.escape(self.call_open)}{recipient})[\s\S]*"
 
     def render_calls(self, calls: list[tuple[str, Any]]) -> str:
         """Calls from the conversation history, written the way the model itself writes them."""

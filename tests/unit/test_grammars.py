@@ -346,4 +346,6 @@ def test_functionary_calls_start_at_the_recipient_the_prompt_opened():
     # grammar cannot take, and llama.cpp aborts the process on that (seen: "Hello\n" as a recipient).
     lazy = tool_call_grammar(plan, FUNCTIONARY_V32, lazy=True)
     assert any(re.fullmatch(trigger, 'get_weather\n{"ci') for trigger in lazy.lazy_triggers)
-    assert not any(re.fullmatch(trigger, text) for trigger in lazy.lazy_triggers for text in ("all\nHi", "Hello\nx"))
+    assert any(re.fullmatch(trigger, 'all\nLet me check.>>>get_weather\n{') for trigger in lazy.lazy_triggers)
+    assert not any(re.fullmatch(trigger, text) for trigger in lazy.lazy_triggers
+                   for text in ("all\nHi", "Hello\nx", "all\nHi.>>>all\nDone"))
