@@ -239,9 +239,20 @@ KIMI_K2 = ToolCallFormat("kimi-k2", section_open="<|tool_calls_section_begin|>",
                          call_close="<|tool_call_end|>", separator="", section_close="<|tool_calls_section_end|>",
                          indexed_names=True)
 MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
+# Hy3: GLM's tags with a `:opensource` suffix, and a marker of its own after the name
+HY3 = ToolCallFormat("hy3", section_open="<tool_calls:opensource>", list_open="\n", call_open="<tool_call:opensource>",
+                     name_close="<tool_sep:opensource>", separator="\n", section_close="\n</tool_calls:opensource>",
+                     xml_parameters=XmlParameters(open="\n<arg_key:opensource>",
+                                                  name_close="</arg_key:opensource>\n<arg_value:opensource>",
+                                                  close="</arg_value:opensource>", end="\n</tool_call:opensource>"))
+# GigaChat 3 (10B-A1.8B): a call is a message of its own, after the answer's: `<|message_sep|>\n\nfunction call
+# <|role_sep|>\n{"name": ..., "arguments": ...}`, one such message per call
+GIGACHAT_3 = ToolCallFormat("gigachat-3", section_open="<|message_sep|>", list_open="\n\n",
+                            call_open="function call<|role_sep|>\n", separator="<|message_sep|>\n\n")
 FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47, MINIMAX_M2, MINICPM, KIMI_K2,
            DSML_V32, DSML_V4, GEMMA4, GIGACHAT, SOLAR, COHERE, COHERE_R_PLUS, APERTUS, PYTHONIC,
-           DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V32, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, LLAMA3, GENERIC)
+           DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V32, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, HY3, GIGACHAT_3,
+           LLAMA3, GENERIC)
 XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")
 
 
@@ -254,6 +265,9 @@ _MARKED_FORMATS = (
     (("Action:\\n```json", '"tool_name": '), COHERE_R_PLUS),  # (its source writes line breaks as `\` `n`)
     (("<|tool_call:name|>",), SOLAR),
     (("<|function_call|>",), GIGACHAT),
+    (("<|message_sep|>", "function call"), GIGACHAT_3),
+    (("<tool_sep:opensource>",), HY3),
+    (("<tool_sep{}>", ":opensource"), HY3),  # (Hy3's template builds its markers with `format`)
     (("<|tool_call>call:",), GEMMA4),
     (("<|tool_call_argument_begin|>",), KIMI_K2),
     (("<minimax:tool_call>", '<invoke name="'), MINIMAX_M2),

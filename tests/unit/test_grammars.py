@@ -349,3 +349,32 @@ def test_functionary_calls_start_at_the_recipient_the_prompt_opened():
     assert any(re.fullmatch(trigger, 'all\nLet me check.>>>get_weather\n{') for trigger in lazy.lazy_triggers)
     assert not any(re.fullmatch(trigger, text) for trigger in lazy.lazy_triggers
                    for text in ("all\nHi", "Hello\nx", "all\nHi.>>>all\nDone"))
+
+
+def test_hy3_calls_write_text_raw_and_other_values_as_json():
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from chat.tool_formats import HY3
+
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]}}}
+    spec = tool_call_grammar(build_tool_plan([tool], "required", False), HY3, lazy=False)
+    head, tail = "<tool_calls:opensource>\n<tool_call:opensource>f<tool_sep:opensource>", \
+        "\n</tool_call:opensource>\n</tool_calls:opensource>"
+    city = "\n<arg_key:opensource>city</arg_key:opensource>\n<arg_value:opensource>{}</arg_value:opensource>"
+    days = "\n<arg_key:opensource>days</arg_key:opensource>\n<arg_value:opensource>{}</arg_value:opensource>"
+    assert accepts(spec.gbnf, head + city.format("Paris, France") + days.format("3") + tail)
+    assert not accepts(spec.gbnf, head + city.format("Paris") + days.format('"3"') + tail)
+    assert spec.tag_closing.remaining(head + city.format("Par")[:-len("</arg_value:opensource>")]) == \
+        "</arg_value:opensource>" + tail
+
+
+def test_gigachat3_calls_are_messages_of_their_own():
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from chat.tool_formats import GIGACHAT_3
+
+    gbnf = tool_call_grammar(build_tool_plan([WEATHER, TIME], "required", True), GIGACHAT_3, lazy=False).gbnf
+    call = '<|message_sep|>\n\nfunction call<|role_sep|>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    assert accepts(gbnf, call)
+    assert accepts(gbnf, call + '<|message_sep|>\n\nfunction call<|role_sep|>\n{"name": "get_time", "arguments": {}}')

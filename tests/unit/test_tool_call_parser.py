@@ -176,3 +176,13 @@ def test_functionary_recipients_open_calls_or_text():
     assert content == "Checking." and [(c.name, json.loads(c.arguments)) for c in calls] == [
         ("get_weather", {"city": "Paris"})]
     assert parse_tool_calls("Hello there, no header.", FUNCTIONARY_V32) == ("Hello there, no header.", [])
+
+
+def test_a_gigachat3_call_message_follows_the_answer_and_its_separator_is_never_content():
+    from chat.tool_formats import GIGACHAT_3
+
+    text = 'Checking.<|message_sep|>\n\nfunction call<|role_sep|>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    content, calls = parse_tool_calls(text, GIGACHAT_3)
+    assert content == "Checking." and [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris"})]
+    assert parse_tool_calls("Sunny.<|message_sep|>", GIGACHAT_3) == ("Sunny.", [])
