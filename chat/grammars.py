@@ -182,7 +182,10 @@ def _named_calls(plan: ToolPlan, call_format: ToolCallFormat) -> SchemaConverter
                 rule = parameters_rule(converter, parameters, call_format.xml_parameters, f"arguments-{index}",
                                        tool.strict)
                 converter._add_rule(f"arguments-{index}", f"{rule} {literal(call_format.xml_parameters.end)}")
-    index = '":" [0-9]{1,2} ' if call_format.indexed_names else ""  # (the call's index in the turn: Kimi K2)
+    index = ""
+    if call_format.call_index:  # (the call's index in the turn: Kimi K2, K3)
+        before, after = call_format.call_index.split("{}")
+        index = f"{literal(before)} [0-9]{{1,2}} {literal(after)} "
     names = " | ".join(f"{literal(tool.name)} {index}{literal(call_format.name_close)} arguments-{position}"
                        for position, tool in enumerate(plan.tools))
     call_id = f'[a-zA-Z0-9_-]{{1,24}} {literal(call_format.id_before_name)} ' if call_format.id_before_name else ""

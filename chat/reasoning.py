@@ -5,6 +5,7 @@ Detected families (from the chat template, else from single tokens in the vocabu
 - `<think>` ... `</think>`: Qwen3, QwQ, DeepSeek-R1 and its distills, SmolLM3, Phi-4-reasoning, GLM, most others;
 - `[THINK]` ... `[/THINK]`: Mistral's Magistral;
 - `<|channel>thought` ... `<channel|>`: Gemma 4 (thinking off, its prompt writes the empty block itself);
+- `<|open|>think<|sep|>` ... `<|close|>think<|sep|>`: Kimi K3 (its answer's response channel markers are dropped);
 - `<|channel|>analysis<|message|>` ... `<|end|>`: gpt-oss's analysis channel (harmony; its final channel's header
   and its calls are read by the tool-call parser: chat/tool_formats.py HARMONY).
 Templates whose generation prompt already opens the block (DeepSeek-R1 style `<think>\\n`) start the answer in
@@ -24,6 +25,7 @@ from chat.grammars import GrammarSpec
 class ReasoningMarkers:
     open: str
     close: str
+    answer_markup: tuple[str, ...] = ()  # markers around the answer, never content (Kimi K3's response channel)
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,11 @@ THINK = ReasoningMarkers("<think>", "</think>")
 MAGISTRAL = ReasoningMarkers("[THINK]", "[/THINK]")
 HARMONY = ReasoningMarkers("<|channel|>analysis<|message|>", "<|end|>")  # gpt-oss: the analysis channel
 GEMMA4 = ReasoningMarkers("<|channel>thought", "<channel|>")  # Gemma 4's thought channel
-KNOWN_MARKERS = (THINK, MAGISTRAL, GEMMA4)
+KIMI_K3 = ReasoningMarkers("<|open|>think<|sep|>", "<|close|>think<|sep|>",
+                           answer_markup=("<|open|>response<|sep|>", "<|close|>response<|sep|>"))
+KNOWN_MARKERS = (THINK, MAGISTRAL, GEMMA4, KIMI_K3)
+# Templates that build their markers in a macro rather than write them out, recognised by how they build them
+_BUILT_MARKERS = ((("open_tag('think')", "'<|close|>' + tag"), KIMI_K3),)
 
 
 def detect_markers(template_source: str, vocabulary_markers: tuple[str, ...] = ()) -> ReasoningMarkers | None:
@@ -47,6 +53,9 @@ def detect_markers(template_source: str, vocabulary_markers: tuple[str, ...] = (
         return HARMONY
     for markers in KNOWN_MARKERS:
         if markers.close in template_source:
+            return markers
+    for evidence, markers in _BUILT_MARKERS:
+        if all(piece in template_source for piece in evidence):
             return markers
     for markers in KNOWN_MARKERS:
         if markers.open in vocabulary_markers and markers.close in vocabulary_markers:
@@ -102,10 +111,18 @@ class ReasoningSplitter:
         if not self.decided:
             return self._read_start()
         if not self.inside:
-            parts.append((False, self.held))
-            self.held = ""
+            self._read_answer(parts)
             return False
         return self._read_reasoning(parts)
+
+    def _read_answer(self, parts: list[tuple[bool, str]]) -> None:
+        """The answer, without the markers around it that are never content (a marker's start is held back)."""
+        text = self.held
+        for marker in self.markers.answer_markup:
+            text = text.replace(marker, "")
+        keep = max((_partial_suffix(text, marker) for marker in self.markers.answer_markup), default=0)
+        parts.append((False, text[: len(text) - keep]))
+        self.held = text[len(text) - keep:]
 
     def _read_start(self) -> bool:
         start = self.held.lstrip()

@@ -269,8 +269,9 @@ class ToolCallStreamParser:
         if not found:
             return False  # the name goes on (a call cut off here is dropped at the end: never content)
         name = head.strip().removeprefix(fmt.name_open.strip()).split("[CALL_ID]")[0].strip()  # (Mistral 3.2's id)
-        if fmt.indexed_names:
-            name = re.sub(r":\d+$", "", name)  # (Kimi K2's `functions.name:0`)
+        if fmt.call_index:  # (Kimi K2's `functions.name:0`)
+            before, after = map(re.escape, fmt.call_index.split("{}"))
+            name = re.sub(rf"{before}\d+{after}$", "", name)
         if fmt.id_before_name:
             name = name.rsplit(fmt.id_before_name, 1)[-1].strip()  # (Solar's `ID<|tool_call:name|>name`)
         index = len(self.calls)

@@ -55,7 +55,7 @@ from typing import Any
 
 from chat.gemma_arguments import QUOTE, gemma_text
 from chat.python_arguments import arguments_text
-from chat.xml_arguments import XmlParameters
+from chat.xml_arguments import TYPE, XmlParameters, json_type
 
 _CONTROL_LOOKING = re.compile(r"<[|｜][^<>]*?[|｜]>|\[[A-Z_]+\]")
 
@@ -80,7 +80,9 @@ class ToolCallFormat:
     header: str = ""  # a message header the model may write before its calls (harmony's `<|start|>assistant`)
     content_markup: tuple[str, ...] = ()  # headers that are never content wherever they appear (harmony's final)
     xml_parameters: XmlParameters | None = None  # arguments as XML-like parameters (chat/xml_arguments.py)
-    indexed_names: bool = False  # the name is followed by `:N`, the call's index in the turn (Kimi K2)
+    # set: written after the name, `{}` the call's index in the turn counting from first_index (Kimi K2's `:{}`)
+    call_index: str = ""
+    first_index: int = 0
     id_before_name: str = ""  # set: the model writes a call id, this marker, then the name (Solar Open)
     python_arguments: bool = False  # `name(key=value, ...)` Python calls (chat/python_arguments.py)
     # set: a recipient format (Functionary 3.2): every message opens with call_open and its recipient, a tool or this
@@ -139,8 +141,8 @@ class ToolCallFormat:
 
     def _name_text(self, name: str, index: int) -> str:
         """The name as written, with what the format writes around it (a call's index or id)."""
-        if self.indexed_names:
-            return f"{name}:{index}"
+        if self.call_index:
+            return name + self.call_index.format(index + self.first_index)
         return f"call{index:05d}{self.id_before_name}{name}" if self.id_before_name else name
 
     def _call_body(self, name: str, arguments: Any, index: int) -> str:
@@ -150,7 +152,7 @@ class ToolCallFormat:
             return self.name_open + name + self.name_close + arguments_text(arguments or {}) + ")"
         if self.xml_parameters is not None:
             syntax = self.xml_parameters
-            parameters = "".join(syntax.open + key + syntax.name_close_for(isinstance(value, str))
+            parameters = "".join(syntax.open + key + syntax.name_close_for(json_type(value))
                                  + (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
                                  + syntax.close for key, value in (arguments or {}).items())
             return self.name_open + name + self.name_close + parameters + syntax.end
@@ -237,7 +239,14 @@ MINICPM = ToolCallFormat("minicpm", call_open='<function name="', name_close='">
 KIMI_K2 = ToolCallFormat("kimi-k2", section_open="<|tool_calls_section_begin|>", call_open="<|tool_call_begin|>",
                          name_open="functions.", name_close="<|tool_call_argument_begin|>",
                          call_close="<|tool_call_end|>", separator="", section_close="<|tool_calls_section_end|>",
-                         indexed_names=True)
+                         call_index=":{}")
+# Kimi K3: `<|open|>tools<|sep|><|open|>call tool="NAME" index="1"<|sep|><|open|>argument key="K" type="string"<|sep|>V
+# <|close|>argument<|sep|><|close|>call<|sep|><|close|>tools<|sep|>`, the value's JSON type named before it
+KIMI_K3 = ToolCallFormat("kimi-k3", section_open="<|open|>tools<|sep|>", call_open='<|open|>call tool="',
+                         call_index='" index="{}', first_index=1, name_close='"<|sep|>', separator="",
+                         section_close="<|close|>tools<|sep|>",
+                         xml_parameters=XmlParameters(open='<|open|>argument key="', name_close=f'" type="{TYPE}"<|sep|>',
+                                                      close="<|close|>argument<|sep|>", end="<|close|>call<|sep|>"))
 MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
 # Hy3: GLM's tags with a `:opensource` suffix, and a marker of its own after the name
 HY3 = ToolCallFormat("hy3", section_open="<tool_calls:opensource>", list_open="\n", call_open="<tool_call:opensource>",
@@ -251,7 +260,7 @@ GIGACHAT_3 = ToolCallFormat("gigachat-3", section_open="<|message_sep|>", list_o
                             call_open="function call<|role_sep|>\n", separator="<|message_sep|>\n\n")
 FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47, MINIMAX_M2, MINICPM, KIMI_K2,
            DSML_V32, DSML_V4, GEMMA4, GIGACHAT, SOLAR, COHERE, COHERE_R_PLUS, APERTUS, PYTHONIC,
-           DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V32, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, HY3, GIGACHAT_3,
+           DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V32, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, HY3, GIGACHAT_3, KIMI_K3,
            LLAMA3, GENERIC)
 XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")
 
@@ -270,6 +279,8 @@ _MARKED_FORMATS = (
     (("<tool_sep{}>", ":opensource"), HY3),  # (Hy3's template builds its markers with `format`)
     (("<|tool_call>call:",), GEMMA4),
     (("<|tool_call_argument_begin|>",), KIMI_K2),
+    (('<|open|>argument key="',), KIMI_K3),
+    (("<|open|>", "open_tag('argument'"), KIMI_K3),  # (K3's template builds its tags with a macro)
     (("<minimax:tool_call>", '<invoke name="'), MINIMAX_M2),
     (('<function name="', '<param name="'), MINICPM),
 )

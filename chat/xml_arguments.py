@@ -30,25 +30,42 @@ from errors import InvalidRequest
 logger = logging.getLogger(__name__)
 
 STRING_CONSTRAINTS = ("minLength", "maxLength", "pattern", "format")
+TYPE = "{type}"  # in a name_close: the value's JSON type (Kimi K3 writes `type="number"` before a number)
+NON_STRING_TYPES = ("number", "boolean", "null", "object", "array")
+
+
+def json_type(value: Any) -> str:
+    """A value's JSON type, as a `TYPE` attribute names it."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if value is None:
+        return "null"
+    return "string" if isinstance(value, str) else "object" if isinstance(value, dict) else "array"
 
 
 @dataclass(frozen=True)
 class XmlParameters:
     open: str  # before a parameter's name
-    name_close: str  # between its name and its value
+    name_close: str  # between its name and its value (with `TYPE` where the format names the value's type)
     close: str  # after its value
     end: str  # after the last parameter: the function's closing tag
     # set: what a string value's name is closed with instead (DeepSeek V3.2's DSML says `string="true"` there)
     string_name_close: str = ""
 
-    def name_close_for(self, is_string: bool) -> str:
-        return self.string_name_close if is_string and self.string_name_close else self.name_close
+    def name_close_for(self, kind: str) -> str:
+        """What closes a parameter's name before a value of this JSON type."""
+        if kind == "string" and self.string_name_close:
+            return self.string_name_close
+        return self.name_close.replace(TYPE, kind)
 
     def between(self) -> str:
         """Regex of the text between a name and its value, with any whitespace between tags (GLM's copies differ
-        in it) and either of the two closings where strings have their own."""
+        in it) and either of the two closings where strings have their own; a written type is its group `type`."""
         closings = dict.fromkeys(close for close in (self.name_close, self.string_name_close) if close)
-        return "(?:" + "|".join(r"\s*".join(map(re.escape, _between_tags(close))) for close in closings) + ")"
+        return "(?:" + "|".join(r"\s*".join(map(re.escape, _between_tags(close))).replace(
+            re.escape(TYPE), "(?P<type>[a-z]+)") for close in closings) + ")"
 
 
 @dataclass(frozen=True)
@@ -145,7 +162,9 @@ class XmlArguments:
         raw = raw.removeprefix("\n").removesuffix("\n")  # the line breaks around a value are the format's
         if raw.startswith("<![CDATA[") and raw.endswith("]]>"):  # (MiniCPM 5 wraps text with `<`, `&` or lines)
             raw = raw[len("<![CDATA["):-len("]]>")]
-        return name, value_of(raw, self.types.get(name)), value_end + len(self.syntax.close.strip())
+        # (the schema's type first; else the type the format wrote, where it writes one)
+        schema_type = self.types.get(name) or name_match.groupdict().get("type")
+        return name, value_of(raw, schema_type), value_end + len(self.syntax.close.strip())
 
     def waiting(self, buffer: str) -> bool:
         """Whether `buffer` can still become a parameter or the end (else the call is malformed)."""
@@ -184,6 +203,15 @@ def parameters_rule(converter, schema: dict, syntax: XmlParameters, rule: str, s
             if reference != value:  # (a primitive: the converter's shared rule)
                 converter._add_rule(value, reference)
         line_break = f"{literal(syntax.close[:-len(terminator)])}? " if len(syntax.close) > len(terminator) else ""
-        part = f"{literal(syntax.open + name + syntax.name_close_for(is_string))} {value} {line_break}{literal(terminator)}"
+        kinds = ["string"] if is_string else _non_string_types(subschema)
+        closings = " | ".join(dict.fromkeys(literal(syntax.open + name + syntax.name_close_for(kind)) for kind in kinds))
+        part = f"( {closings} ) {value} {line_break}{literal(terminator)}"
         parts.append(part if name in required else f"( {part} )?")
     return " ".join(parts) if parts else '""'
+
+
+def _non_string_types(schema: dict) -> list[str]:
+    """The JSON types a value of `schema` written as JSON may have (where a format names them: all but string when
+    the schema says no one type; the parser reads JSON for every one of them)."""
+    kind = {"integer": "number"}.get(schema.get("type"), schema.get("type"))
+    return [kind] if kind in NON_STRING_TYPES else list(NON_STRING_TYPES)

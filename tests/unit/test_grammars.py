@@ -378,3 +378,22 @@ def test_gigachat3_calls_are_messages_of_their_own():
     call = '<|message_sep|>\n\nfunction call<|role_sep|>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
     assert accepts(gbnf, call)
     assert accepts(gbnf, call + '<|message_sep|>\n\nfunction call<|role_sep|>\n{"name": "get_time", "arguments": {}}')
+
+
+def test_kimi_k3_calls_name_each_values_type_and_count_from_one():
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from chat.tool_formats import KIMI_K3
+
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "days": {"type": "integer"}, "at": {"anyOf": [{"type": "integer"}, {"type": "null"}]}},
+        "required": ["city", "days"]}}}
+    spec = tool_call_grammar(build_tool_plan([tool], "required", False), KIMI_K3, lazy=False)
+    head, tail = '<|open|>tools<|sep|><|open|>call tool="f" index="1"<|sep|>', "<|close|>call<|sep|><|close|>tools<|sep|>"
+    city = '<|open|>argument key="city" type="{}"<|sep|>Paris, "FR"<|close|>argument<|sep|>'
+    days = '<|open|>argument key="days" type="{}"<|sep|>3<|close|>argument<|sep|>'
+    at = '<|open|>argument key="at" type="{}"<|sep|>null<|close|>argument<|sep|>'
+    assert accepts(spec.gbnf, head + city.format("string") + days.format("number") + at.format("null") + tail)
+    assert not accepts(spec.gbnf, head + city.format("string") + days.format("string") + tail)
+    assert not accepts(spec.gbnf, head + city.format("string") + days.format("number") + at.format("string") + tail)
+    assert spec.tag_closing.remaining(head + city.format("string")[:-30]) == "<|close|>argument<|sep|>" + tail

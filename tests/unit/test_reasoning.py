@@ -110,3 +110,22 @@ def test_gemma_4_and_gpt_oss_thinking_is_found_and_split():
     splitter = ReasoningSplitter(GEMMA4)
     parts = splitter.feed("<|channel>thought\nThe user greets.<channel|>Hello!") + splitter.finish()
     assert [(reasoning, text) for reasoning, text in parts if text] == [(True, "The user greets."), (False, "Hello!")]
+
+
+@pytest.mark.parametrize("starts_inside, text", [
+    (True, "Look it up.<|close|>think<|sep|><|open|>response<|sep|>It is sunny.<|close|>response<|sep|>"),
+    (False, "It is sunny.<|close|>response<|sep|>"),  # (thinking off: the prompt opened the response channel)
+])
+def test_kimi_k3s_response_channel_markers_are_never_content(starts_inside, text):
+    from chat.reasoning import KIMI_K3
+    from tests.llama_cpp_sdist import chat_templates
+
+    assert detect_markers(chat_templates()["Kimi-K3"]) is KIMI_K3
+    for cuts in ([], list(range(len(text))), [5, 17, 40, 60]):
+        splitter, parts, previous = ReasoningSplitter(KIMI_K3, starts_inside), [], 0
+        for cut in [*cuts, len(text)]:
+            parts += splitter.feed(text[previous:cut])
+            previous = cut
+        parts += splitter.finish()
+        assert "".join(p for r, p in parts if not r) == "It is sunny."
+        assert "".join(p for r, p in parts if r) == ("Look it up." if starts_inside else "")

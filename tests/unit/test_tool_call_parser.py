@@ -186,3 +186,16 @@ def test_a_gigachat3_call_message_follows_the_answer_and_its_separator_is_never_
     assert content == "Checking." and [(c.name, json.loads(c.arguments)) for c in calls] == [
         ("get_weather", {"city": "Paris"})]
     assert parse_tool_calls("Sunny.<|message_sep|>", GIGACHAT_3) == ("Sunny.", [])
+
+
+def test_kimi_k3_values_are_read_by_the_type_the_call_names():
+    """Without the tool's schema (a call in the history), each value is read as the type written before it."""
+    from chat.tool_formats import KIMI_K3
+
+    argument = '<|open|>argument key="{}" type="{}"<|sep|>{}<|close|>argument<|sep|>'
+    text = ('<|open|>tools<|sep|><|open|>call tool="f" index="1"<|sep|>' + argument.format("city", "string", "3")
+            + argument.format("days", "number", "3") + argument.format("tags", "array", '["a"]')
+            + '<|close|>call<|sep|><|open|>call tool="g" index="2"<|sep|><|close|>call<|sep|><|close|>tools<|sep|>')
+    content, calls = parse_tool_calls(text, KIMI_K3)
+    assert content == "" and [(c.name, json.loads(c.arguments), c.complete) for c in calls] == [
+        ("f", {"city": "3", "days": 3, "tags": ["a"]}, True), ("g", {}, True)]
