@@ -214,6 +214,10 @@ def tool_call_grammar(plan: ToolPlan, call_format: ToolCallFormat, *, lazy: bool
         prefix += f"{literal(call_format.call_open)}? "
     if call_format.header:  # after a reasoning block the model opens a new message before its calls
         prefix += f"{literal(call_format.header)}? "
+    if call_format.recipient_header:  # (muse: the message's header names the tool the call is for)
+        opening, closing = call_format.recipient_header
+        recipients = " | ".join(literal(tool.name) for tool in plan.tools)
+        prefix += f"( {literal(opening)} ( {recipients} ) {literal(closing)} )? "
     opening = literal(call_format.section_open + call_format.list_open)
     converter._add_rule("root", f"{prefix}{opening} call{repeat} {literal(call_format.section_close)}")
     gbnf = _compact_whitespace(converter.format_grammar())

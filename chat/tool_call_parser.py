@@ -128,8 +128,8 @@ _JSON_START_RE = re.compile(r'\s*\{\s*"name"')
 class ToolCallStreamParser:
     """Splits a stream of generated text into content and calls, for one `ToolCallFormat`.
 
-    States: free text (watching for a marker that opens calls), between calls (markup and whitespace are
-    skipped), inside a call: its JSON object, or (formats that write the name outside it) its name, then its
+    States: free text (watching for a marker that opens calls, and for a message header that is never content), between
+    calls (markup and whitespace are skipped), inside a call: its JSON object, or (formats that write the name outside it) its name, then its
     arguments as JSON or in another notation (XML-like tags, Gemma 4's, Python's: a reader per notation). Decisions
     only ever depend on the text seen so far, and text that could still become a marker is held back, so any
     chunking of the same text gives the same result.
@@ -144,6 +144,7 @@ class ToolCallStreamParser:
         self._name_re = _name_re(call_format)
         self._markers = call_format.entry_markers
         self._content_markup = call_format.content_markup
+        self._header_open = call_format.recipient_header[:1]  # (muse's ` to=`: a header naming a recipient follows)
         self._between_markup = tuple(dict.fromkeys(call_format.markup + self._markers))
         self._buffer = ""  # text received but not yet consumed by the current state
         self._state = "recipient" if call_format.content_recipient else "text"  # (the prompt opened a recipient)
@@ -155,7 +156,8 @@ class ToolCallStreamParser:
         events: list[ParseEvent] = []
         self._buffer += text
         step = {"text": self._in_text, "between": self._between_calls, "call": self._in_call, "name": self._in_name,
-                "arguments": self._in_arguments, "notation": self._in_notation, "recipient": self._in_recipient}
+                "arguments": self._in_arguments, "notation": self._in_notation, "recipient": self._in_recipient,
+                "header": self._in_message_header}
         while self._buffer and step[self._state](events):
             pass
         return events
@@ -166,6 +168,8 @@ class ToolCallStreamParser:
         events: list[ParseEvent] = []
         if self._state in ("text", "recipient"):  # (a recipient never finished was text)
             self._emit_content(self._buffer, events)
+        if self._state == "header":  # (so was a header never closed)
+            self._emit_content(self._header_open[0] + self._buffer, events)
         self._buffer, self._call, self._state = "", None, "text"
         return events
 
@@ -188,18 +192,22 @@ class ToolCallStreamParser:
             if _JSON_START_PREFIX_RE.fullmatch(buffer):
                 return False  # still only whitespace or the beginning of `{"name"`
             self._at_start = False
-        found = [(buffer.find(m), m) for m in self._markers + self._content_markup if m in buffer]
+        watched = self._markers + self._content_markup + self._header_open
+        found = [(buffer.find(m), m) for m in watched if m in buffer]
         if found:
             position, marker = min(found)
             self._emit_content(buffer[:position], events)
             self._buffer = buffer[position + len(marker) :]
+            if marker in self._header_open:
+                self._state = "header"
+                return True
             if marker in self._content_markup and marker not in self._markers:
                 return True  # a header that is never content: dropped, still in text
             self._state = "name" if self.format.names_outside and marker == self.format.call_open else "between"
             if self.format.content_recipient and marker == self.format.call_open:
                 self._state = "recipient"
             return True
-        held = max((_partial_marker_suffix(buffer, m) for m in self._markers + self._content_markup), default=0)
+        held = max((_partial_marker_suffix(buffer, m) for m in watched), default=0)
         self._emit_content(buffer[: len(buffer) - held], events)
         self._buffer = buffer[len(buffer) - held :]
         return False
@@ -302,6 +310,21 @@ class ToolCallStreamParser:
             self._buffer, self._state = rest, "text"
         else:
             self._state = "name"
+        return True
+
+    def _in_message_header(self, events: list[ParseEvent]) -> bool:
+        """After a header's opening (muse's ` to=`): a recipient's name, then the header's close, are never content
+        (whatever follows is read as usual: text, or calls); anything else was text all along."""
+        opening, closing = self.format.recipient_header
+        name = _RECIPIENT.match(self._buffer)
+        rest = self._buffer[name.end() if name else 0:]
+        if rest.startswith(closing):
+            self._buffer, self._state = rest[len(closing):], "text"
+            return True
+        if closing.startswith(rest):
+            return False  # the name or the closing goes on
+        self._emit_content(opening, events)
+        self._state = "text"
         return True
 
     def _name_and_rest(self, buffer: str) -> tuple[str, bool, str]:

@@ -89,6 +89,8 @@ class ToolCallFormat:
     # one for text, and the prompt ends having opened the answer's first (the answer starts with a recipient)
     content_recipient: str = ""
     gemma_arguments: bool = False  # the arguments in Gemma 4's notation, not JSON (chat/gemma_arguments.py)
+    # set: (open, close) around the recipient a message's header names, never content (muse's ` to=NAME<|message|>`)
+    recipient_header: tuple[str, ...] = ()
 
     @property
     def names_outside(self) -> bool:
@@ -112,7 +114,7 @@ class ToolCallFormat:
         markers = [m.strip() for m in (self.section_open, self.call_open, self.name_open, self.id_before_name,
                                         self.name_close,
                                         self.call_close, self.section_close, self.optional_prefix, self.header,
-                                        *self.content_markup) if m.strip()]
+                                        *self.content_markup, *self.recipient_header) if m.strip()]
         # and the control-token-looking pieces inside longer markers (DeepSeek's `\n```<｜tool▁call▁end｜>`)
         pieces = [piece for marker in markers for piece in _CONTROL_LOOKING.findall(marker)]
         if self.gemma_arguments:
@@ -201,21 +203,26 @@ GLM = ToolCallFormat("glm", call_open="<tool_call>", separator="\n", xml_paramet
     open="\n<arg_key>", name_close="</arg_key>\n<arg_value>", close="</arg_value>", end="\n</tool_call>"))
 GLM_47 = ToolCallFormat("glm-4.7", call_open="<tool_call>", separator="", xml_parameters=XmlParameters(
     open="<arg_key>", name_close="</arg_key><arg_value>", close="</arg_value>", end="</tool_call>"))
-MINIMAX_M2 = ToolCallFormat("minimax-m2", section_open="<minimax:tool_call>", call_open='\n<invoke name="',
-                            name_close='">', separator="", section_close="\n</minimax:tool_call>",
-                            xml_parameters=XmlParameters(open='\n<parameter name="', name_close='">',
-                                                         close="</parameter>", end="\n</invoke>"))
-def _dsml(section: str) -> ToolCallFormat:
-    """DeepSeek V3.2 (`function_calls`) and V4 (`tool_calls`): `<｜DSML｜invoke name="...">` per call, one
-    `<｜DSML｜parameter name="..." string="true|false">` per argument."""
-    return ToolCallFormat(f"dsml-{section}", section_open=f"<｜DSML｜{section}>", call_open='\n<｜DSML｜invoke name="',
-                          name_close='">', separator="", section_close=f"\n</｜DSML｜{section}>",
-                          xml_parameters=XmlParameters(open='\n<｜DSML｜parameter name="', name_close='" string="false">',
-                                                       string_name_close='" string="true">',
-                                                       close="</｜DSML｜parameter>", end="\n</｜DSML｜invoke>"))
+def _invoke_calls(name: str, section: str, prefix: str = "", value_open: str = '">', string_value_open: str = "",
+                  **more: Any) -> ToolCallFormat:
+    """`<SECTION>\n<PREFIXinvoke name="NAME">\n<PREFIXparameter name="KEY">VALUE</PREFIXparameter>...\n
+    </PREFIXinvoke>\n</SECTION>`, one invoke per call (MiniMax M2, DeepSeek's DSML, muse's ATEM)."""
+    return ToolCallFormat(name, section_open=f"<{section}>", call_open=f'\n<{prefix}invoke name="', name_close='">',
+                          separator="", section_close=f"\n</{section}>", **more,
+                          xml_parameters=XmlParameters(open=f'\n<{prefix}parameter name="', name_close=value_open,
+                                                       string_name_close=string_value_open,
+                                                       close=f"</{prefix}parameter>", end=f"\n</{prefix}invoke>"))
 
 
-DSML_V32, DSML_V4 = _dsml("function_calls"), _dsml("tool_calls")
+MINIMAX_M2 = _invoke_calls("minimax-m2", "minimax:tool_call")
+# DeepSeek V3.2 (`function_calls`) and V4 (`tool_calls`): `string="true"` before a value that is text, else "false"
+DSML_V32, DSML_V4 = (_invoke_calls(f"dsml-{section}", f"｜DSML｜{section}", "｜DSML｜", value_open='" string="false">',
+                                   string_value_open='" string="true">') for section in ("function_calls", "tool_calls"))
+# muse (Glimmer): each message opens with a header naming its recipient, ` to=get_weather<|message|>` before a call,
+# ` to=user<|message|>` before text, never content (the prompt ends having opened the first: `<|start|>assistant`)
+MUSE = _invoke_calls("muse", "atem:function_calls", "atem:", header="<|start|>assistant",
+                     recipient_header=(" to=", "<|message|>"),
+                     content_markup=("<|start|>assistant", "<|message|>", "<|eom|>", "<|eot|>"))
 GEMMA4 = ToolCallFormat("gemma4", call_open="<|tool_call>", name_open="call:", call_close="<tool_call|>", separator="",
                         gemma_arguments=True)
 # Cohere Command R7B / Command A: `<|START_ACTION|>[{"tool_call_id": "0", "tool_name": ..., "parameters": {...}}]
@@ -260,7 +267,7 @@ GIGACHAT_3 = ToolCallFormat("gigachat-3", section_open="<|message_sep|>", list_o
                             call_open="function call<|role_sep|>\n", separator="<|message_sep|>\n\n")
 FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47, MINIMAX_M2, MINICPM, KIMI_K2,
            DSML_V32, DSML_V4, GEMMA4, GIGACHAT, SOLAR, COHERE, COHERE_R_PLUS, APERTUS, PYTHONIC,
-           DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V32, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, HY3, GIGACHAT_3, KIMI_K3,
+           DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V32, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, HY3, GIGACHAT_3, KIMI_K3, MUSE,
            LLAMA3, GENERIC)
 XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")
 
@@ -282,6 +289,7 @@ _MARKED_FORMATS = (
     (('<|open|>argument key="',), KIMI_K3),
     (("<|open|>", "open_tag('argument'"), KIMI_K3),  # (K3's template builds its tags with a macro)
     (("<minimax:tool_call>", '<invoke name="'), MINIMAX_M2),
+    (("<atem:function_calls>", '<atem:invoke name="'), MUSE),
     (('<function name="', '<param name="'), MINICPM),
 )
 

@@ -397,3 +397,15 @@ def test_kimi_k3_calls_name_each_values_type_and_count_from_one():
     assert not accepts(spec.gbnf, head + city.format("string") + days.format("string") + tail)
     assert not accepts(spec.gbnf, head + city.format("string") + days.format("number") + at.format("string") + tail)
     assert spec.tag_closing.remaining(head + city.format("string")[:-30]) == "<|close|>argument<|sep|>" + tail
+
+
+def test_muse_calls_may_open_with_the_header_naming_their_tool():
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from chat.tool_formats import MUSE
+
+    gbnf = tool_call_grammar(build_tool_plan([WEATHER, TIME], "required", False), MUSE, lazy=False).gbnf
+    call = ('<atem:function_calls>\n<atem:invoke name="get_weather">\n<atem:parameter name="city">Paris'
+            '</atem:parameter>\n</atem:invoke>\n</atem:function_calls>')
+    assert accepts(gbnf, call) and accepts(gbnf, " to=get_weather<|message|>" + call)
+    assert not accepts(gbnf, " to=user<|message|>" + call)  # (a header naming no tool opens text, not a call)

@@ -199,3 +199,30 @@ def test_kimi_k3_values_are_read_by_the_type_the_call_names():
     content, calls = parse_tool_calls(text, KIMI_K3)
     assert content == "" and [(c.name, json.loads(c.arguments), c.complete) for c in calls] == [
         ("f", {"city": "3", "days": 3, "tags": ["a"]}, True), ("g", {}, True)]
+
+
+@pytest.mark.parametrize("text, expected", [
+    (" to=user<|message|>It is sunny.<|eot|>", "It is sunny."),
+    ("<|message|>It is sunny.", "It is sunny."),  # (a small model's header without its recipient)
+    ("Set x to=5, then to= y.", "Set x to=5, then to= y."),  # not headers: text
+    ("Cut off to=us", "Cut off to=us"),
+])
+def test_muse_message_headers_are_never_content(text, expected):
+    from chat.tool_formats import MUSE
+
+    for cuts in ([], list(range(len(text)))):
+        events, calls = stream(text, cuts, MUSE)
+        assert content_of(events) == expected and calls == []
+
+
+def test_muse_calls_follow_a_header_naming_the_tool():
+    from chat.tool_formats import MUSE
+
+    call = ('<atem:function_calls>\n<atem:invoke name="{}">\n<atem:parameter name="city">Paris</atem:parameter>\n'
+            '</atem:invoke>\n</atem:function_calls>')
+    text = (" to=user<|message|>Checking.<|eom|><|start|>assistant to=get_weather<|message|>" + call.format("get_weather")
+            + "<|eom|><|start|>assistant to=get_time<|message|>" + call.format("get_time") + "<|eot|>")
+    events, calls = stream(text, list(range(0, len(text), 3)), MUSE)
+    assert content_of(events) == "Checking."
+    assert [(c.name, json.loads(c.arguments), c.complete) for c in calls] == [
+        ("get_weather", {"city": "Paris"}, True), ("get_time", {"city": "Paris"}, True)]
