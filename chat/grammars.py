@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from chat.element_arguments import ElementClosing, elements_rule
 from chat.gbnf_text import literal
 from chat.gemma_arguments import GemmaClosing, gemma_object_rule
 from chat.grammar_shortest import shortest_text
@@ -42,7 +43,7 @@ class GrammarSpec:
     # models otherwise repeat the call they just made until the call limit.
     end_bonus: float = 0.0
     # How budget closing closes an answer of XML-like calls (None: JSON, closed by quotes and brackets)
-    tag_closing: TagClosing | GemmaClosing | PythonClosing | None = None
+    tag_closing: TagClosing | GemmaClosing | PythonClosing | ElementClosing | None = None
 
     def __post_init__(self) -> None:
         # llama.cpp's grammar engine recurses over rules: a huge grammar can crash the whole process.
@@ -174,6 +175,10 @@ def _named_calls(plan: ToolPlan, call_format: ToolCallFormat) -> SchemaConverter
                 fields = fields_rule(converter, PYTHON_NOTATION, parameters, f"arguments-{index}-fields",
                                      key=lambda name: f"{name}=", separator=", ")
                 converter._add_rule(f"arguments-{index}", f'{fields} ")"')
+            elif call_format.element_marker:
+                reference = elements_rule(converter, parameters, call_format.element_marker, f"arguments-{index}",
+                                          tool.strict)
+                converter._add_rule(f"arguments-{index}", reference)
             elif call_format.xml_parameters is None:
                 reference = converter.visit(parameters, f"arguments-{index}")
                 if reference != f"arguments-{index}":  # (a schema the converter names by its own rule)
@@ -229,6 +234,9 @@ def tool_call_grammar(plan: ToolPlan, call_format: ToolCallFormat, *, lazy: bool
                                                          call_format.section_close)
     if call_format.gemma_arguments:
         closing = GemmaClosing(call_format.call_open, call_format.call_close)
+    if call_format.element_marker:
+        closing = ElementClosing(call_format.element_marker, call_format.call_open,
+                                 call_format.call_close + call_format.section_close)
     if call_format.python_arguments:
         closing = PythonClosing(call_format.section_open, call_format.section_close.removeprefix("]"))
     # A client that asked for parallel calls explicitly gets them unhindered; by default a further call must be

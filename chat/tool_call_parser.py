@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from chat.element_arguments import ElementArguments
 from chat.gemma_arguments import GemmaArguments
 from chat.python_arguments import PythonArguments
 from chat.tool_formats import HERMES, ToolCallFormat
@@ -130,17 +131,17 @@ class ToolCallStreamParser:
 
     States: free text (watching for a marker that opens calls, and for a message header that is never content), between
     calls (markup and whitespace are skipped), inside a call: its JSON object, or (formats that write the name outside it) its name, then its
-    arguments as JSON or in another notation (XML-like tags, Gemma 4's, Python's: a reader per notation). Decisions
+    arguments as JSON or in another notation (XML-like tags, elements, Gemma 4's, Python's: a reader per notation). Decisions
     only ever depend on the text seen so far, and text that could still become a marker is held back, so any
     chunking of the same text gives the same result.
     """
 
     def __init__(self, call_format: ToolCallFormat = HERMES,
                  parameter_types: dict[str, dict[str, Any]] | None = None) -> None:
-        """`parameter_types`: tool -> parameter -> schema type, to read XML-like parameter values (qwen-xml)."""
+        """`parameter_types`: tool -> parameter -> its schema, to read XML-like parameter values (qwen-xml)."""
         self.format = call_format
         self._parameter_types = parameter_types or {}
-        self._notation: XmlArguments | GemmaArguments | PythonArguments | None = None
+        self._notation: XmlArguments | GemmaArguments | PythonArguments | ElementArguments | None = None
         self._name_re = _name_re(call_format)
         self._markers = call_format.entry_markers
         self._content_markup = call_format.content_markup
@@ -287,7 +288,10 @@ class ToolCallStreamParser:
         events.append(CallStarted(index, self.calls[index].id, name))
         self._call = _OpenCall(index=index)
         self._buffer, self._state = rest, "arguments"
-        if fmt.xml_parameters is not None:
+        if fmt.element_marker:
+            self._notation = ElementArguments(fmt.element_marker, self._parameter_types.get(name, {}))
+            self._state = "notation"
+        elif fmt.xml_parameters is not None:
             self._notation = XmlArguments(fmt.xml_parameters, self._parameter_types.get(name, {}))
             self._state = "notation"
         elif fmt.gemma_arguments:

@@ -53,6 +53,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from chat.element_arguments import elements_text
 from chat.gemma_arguments import QUOTE, gemma_text
 from chat.python_arguments import arguments_text
 from chat.xml_arguments import TYPE, XmlParameters, json_type
@@ -91,10 +92,11 @@ class ToolCallFormat:
     gemma_arguments: bool = False  # the arguments in Gemma 4's notation, not JSON (chat/gemma_arguments.py)
     # set: (open, close) around the recipient a message's header names, never content (muse's ` to=NAME<|message|>`)
     recipient_header: tuple[str, ...] = ()
+    element_marker: str = ""  # set: the arguments as elements, each tag after it (chat/element_arguments.py)
 
     @property
     def names_outside(self) -> bool:
-        return bool(self.name_close or self.xml_parameters or self.gemma_arguments)
+        return bool(self.name_close or self.xml_parameters or self.gemma_arguments or self.element_marker)
 
     @property
     def entry_markers(self) -> tuple[str, ...]:
@@ -114,7 +116,8 @@ class ToolCallFormat:
         markers = [m.strip() for m in (self.section_open, self.call_open, self.name_open, self.id_before_name,
                                         self.name_close,
                                         self.call_close, self.section_close, self.optional_prefix, self.header,
-                                        *self.content_markup, *self.recipient_header) if m.strip()]
+                                        *self.content_markup, *self.recipient_header, self.element_marker)
+                   if m.strip()]
         # and the control-token-looking pieces inside longer markers (DeepSeek's `\n```<｜tool▁call▁end｜>`)
         pieces = [piece for marker in markers for piece in _CONTROL_LOOKING.findall(marker)]
         if self.gemma_arguments:
@@ -152,6 +155,8 @@ class ToolCallFormat:
             return self.name_open + name + gemma_text(arguments or {})
         if self.python_arguments:
             return self.name_open + name + self.name_close + arguments_text(arguments or {}) + ")"
+        if self.element_marker:
+            return self.name_open + name + self.name_close + elements_text(arguments or {}, self.element_marker)
         if self.xml_parameters is not None:
             syntax = self.xml_parameters
             parameters = "".join(syntax.open + key + syntax.name_close_for(json_type(value))
@@ -254,6 +259,12 @@ KIMI_K3 = ToolCallFormat("kimi-k3", section_open="<|open|>tools<|sep|>", call_op
                          section_close="<|close|>tools<|sep|>",
                          xml_parameters=XmlParameters(open='<|open|>argument key="', name_close=f'" type="{TYPE}"<|sep|>',
                                                       close="<|close|>argument<|sep|>", end="<|close|>call<|sep|>"))
+# MiniMax M3: `]<]minimax[>[<tool_call>\n]<]minimax[>[<invoke name="NAME">]<]minimax[>[<city>Paris]<]minimax[>[</city>
+# ]<]minimax[>[</invoke>\n]<]minimax[>[</tool_call>`, each parameter a tag of its name, nested values nested tags
+_MINIMAX = "]<]minimax[>["
+MINIMAX_M3 = ToolCallFormat("minimax-m3", section_open=f"{_MINIMAX}<tool_call>", call_open=f'\n{_MINIMAX}<invoke name="',
+                            name_close='">', call_close=f"{_MINIMAX}</invoke>", separator="",
+                            section_close=f"\n{_MINIMAX}</tool_call>", element_marker=_MINIMAX)
 MINIMAX_M1 = ToolCallFormat("minimax-m1", section_open="<tool_calls>", separator="\n", section_close="</tool_calls>")
 # Hy3: GLM's tags with a `:opensource` suffix, and a marker of its own after the name
 HY3 = ToolCallFormat("hy3", section_open="<tool_calls:opensource>", list_open="\n", call_open="<tool_call:opensource>",
@@ -268,6 +279,7 @@ GIGACHAT_3 = ToolCallFormat("gigachat-3", section_open="<|message_sep|>", list_o
 FORMATS = (HERMES, MISTRAL, MISTRAL_V7, HARMONY, QWEN_XML, SEED_XML, GLM, GLM_47, MINIMAX_M2, MINICPM, KIMI_K2,
            DSML_V32, DSML_V4, GEMMA4, GIGACHAT, SOLAR, COHERE, COHERE_R_PLUS, APERTUS, PYTHONIC,
            DEEPSEEK_V3, DEEPSEEK_R1, FUNCTIONARY_V32, FUNCTIONARY_V31, APRIEL, NEMOTRON, MINIMAX_M1, HY3, GIGACHAT_3, KIMI_K3, MUSE,
+           MINIMAX_M3,
            LLAMA3, GENERIC)
 XML_ARGUMENTS = ("<parameter=", "<arg_key>", "<invoke name=", "DSML", "<param name=")
 
@@ -289,6 +301,7 @@ _MARKED_FORMATS = (
     (('<|open|>argument key="',), KIMI_K3),
     (("<|open|>", "open_tag('argument'"), KIMI_K3),  # (K3's template builds its tags with a macro)
     (("<minimax:tool_call>", '<invoke name="'), MINIMAX_M2),
+    ((_MINIMAX, '<invoke name="'), MINIMAX_M3),
     (("<atem:function_calls>", '<atem:invoke name="'), MUSE),
     (('<function name="', '<param name="'), MINICPM),
 )

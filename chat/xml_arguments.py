@@ -98,8 +98,9 @@ def _between_tags(name_close: str) -> list[str]:
 
 
 def parameter_types(tools) -> dict[str, dict[str, Any]]:
-    """tool name -> parameter name -> its JSON-schema type (what a value's text is read as)."""
-    return {tool.name: {name: (schema or {}).get("type") for name, schema in
+    """tool name -> parameter name -> its JSON schema (its type is what a value's text is read as; MiniMax M3's
+    nested elements read the types within it)."""
+    return {tool.name: {name: schema or {} for name, schema in
                         ((tool.parameters or {}).get("properties") or {}).items()} for tool in tools}
 
 
@@ -122,7 +123,7 @@ class XmlArguments:
     make and how much of the text it consumed."""
 
     syntax: XmlParameters
-    types: dict[str, Any]
+    types: dict[str, Any]  # parameter -> its schema
     written: int = 0  # parameters emitted so far
     done: bool = False
     invalid: bool = False  # (never: a malformed parameter leaves the call incomplete instead)
@@ -163,7 +164,7 @@ class XmlArguments:
         if raw.startswith("<![CDATA[") and raw.endswith("]]>"):  # (MiniCPM 5 wraps text with `<`, `&` or lines)
             raw = raw[len("<![CDATA["):-len("]]>")]
         # (the schema's type first; else the type the format wrote, where it writes one)
-        schema_type = self.types.get(name) or name_match.groupdict().get("type")
+        schema_type = (self.types.get(name) or {}).get("type") or name_match.groupdict().get("type")
         return name, value_of(raw, schema_type), value_end + len(self.syntax.close.strip())
 
     def waiting(self, buffer: str) -> bool:
@@ -171,6 +172,17 @@ class XmlArguments:
         stripped = buffer.lstrip()
         opener, end = self.syntax.open.strip(), self.syntax.end.strip()
         return not stripped or stripped.startswith(opener) or opener.startswith(stripped) or end.startswith(stripped)
+
+
+def string_constraints_checked(schema: dict, name: str, strict: bool) -> None:
+    """A text value is any text but its closing tag: a strict tool's constraints on it cannot be kept (a 400),
+    another's are left out with a warning."""
+    unenforced = [key for key in STRING_CONSTRAINTS if key in schema]
+    if unenforced and strict:
+        raise InvalidRequest(f"'{unenforced[0]}' on a string parameter cannot be enforced in this model's "
+                             f"XML call format (parameter '{name}').", param="tools")
+    if unenforced:
+        logger.warning("%s of parameter %r is not enforced in the XML call format", unenforced, name)
 
 
 def parameters_rule(converter, schema: dict, syntax: XmlParameters, rule: str, strict: bool) -> str:
@@ -189,12 +201,7 @@ def parameters_rule(converter, schema: dict, syntax: XmlParameters, rule: str, s
         is_string = subschema.get("type") == "string" or bool(subschema.get("enum")) and all(
             isinstance(option, str) for option in subschema["enum"])
         if subschema.get("type") == "string" and "enum" not in subschema:
-            unenforced = [key for key in STRING_CONSTRAINTS if key in subschema]
-            if unenforced and strict:
-                raise InvalidRequest(f"'{unenforced[0]}' on a string parameter cannot be enforced in this model's "
-                                     f"XML call format (parameter '{name}').", param="tools")
-            if unenforced:
-                logger.warning("%s of parameter %r is not enforced in the XML call format", unenforced, name)
+            string_constraints_checked(subschema, name, strict)
             converter._add_rule(value, f"( {step_without(terminator)} )*")
         elif "enum" in subschema and all(isinstance(option, str) for option in subschema["enum"]):
             converter._add_rule(value, " | ".join(json.dumps(option) for option in subschema["enum"]))

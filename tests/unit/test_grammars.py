@@ -409,3 +409,33 @@ def test_muse_calls_may_open_with_the_header_naming_their_tool():
             '</atem:parameter>\n</atem:invoke>\n</atem:function_calls>')
     assert accepts(gbnf, call) and accepts(gbnf, " to=get_weather<|message|>" + call)
     assert not accepts(gbnf, " to=user<|message|>" + call)  # (a header naming no tool opens text, not a call)
+
+
+def test_minimax_m3_parameters_are_tags_of_their_names_and_nested_values_nested_tags():
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from chat.tool_call_parser import parse_tool_calls
+    from chat.tool_formats import MINIMAX_M3
+    from chat.xml_arguments import parameter_types
+
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "days": {"type": "integer"},
+        "stops": {"type": "array", "items": {"type": "object", "properties": {"at": {"type": "string"}, "n": {
+            "type": "number"}}, "required": ["at"]}}}, "required": ["city"]}}}
+    plan = build_tool_plan([tool], "required", False)
+    spec = tool_call_grammar(plan, MINIMAX_M3, lazy=False)
+    m = "]<]minimax[>["
+    head, tail = f'{m}<tool_call>\n{m}<invoke name="f">', f"{m}</invoke>\n{m}</tool_call>"
+    stops = f"{m}<stops>{m}<item>{m}<at>3{m}</at>{m}<n>1.5{m}</n>{m}</item>{m}<item>{m}<at>Lyon{m}</at>{m}</item>{m}</stops>"
+    call = head + f"{m}<city>Paris <b>{m}</city>{m}<days>3{m}</days>" + stops + tail
+    assert accepts(spec.gbnf, call)
+    assert not accepts(spec.gbnf, head + f"{m}<days>3{m}</days>" + tail)  # city is required
+    assert not accepts(spec.gbnf, head + f"{m}<city>Paris{m}</city>{m}<days>three{m}</days>" + tail)
+    _, calls = parse_tool_calls(call, MINIMAX_M3, parameter_types(plan.tools))
+    assert json.loads(calls[0].arguments) == {"city": "Paris <b>", "days": 3,
+                                              "stops": [{"at": "3", "n": 1.5}, {"at": "Lyon"}]}
+    closing = spec.tag_closing
+    assert closing.remaining(head + f"{m}<city>Paris{m}</city>{m}<stops>{m}<item>{m}<at>Ly") == \
+        f"{m}</at>{m}</item>{m}</stops>" + tail
+    assert closing.remaining(head + f"{m}<city>Par") == f"{m}</city>" + tail
+    assert closing.remaining(call) == ""

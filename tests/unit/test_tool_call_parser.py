@@ -65,9 +65,10 @@ def test_text_without_calls_is_all_content(call_format, data):
 
 # Formats whose argument keys are bare names (XML-like tags, Python keywords) are tried with names as keys.
 NAMED_KEYS = [f for f in FORMATS if f.xml_parameters is not None or f.python_arguments]
+ELEMENTS = [f for f in FORMATS if f.element_marker]  # (no None, and nested values read by their schemas)
 
 
-@pytest.mark.parametrize("call_format", [f for f in FORMATS if f not in NAMED_KEYS], ids=lambda f: f.name)
+@pytest.mark.parametrize("call_format", [f for f in FORMATS if f not in NAMED_KEYS + ELEMENTS], ids=lambda f: f.name)
 @settings(max_examples=40)
 @given(calls=st.lists(st.tuples(names, arguments), min_size=1, max_size=3), cuts=st.lists(st.integers(0), max_size=20),
        data=st.data())
@@ -101,7 +102,45 @@ def test_xml_parameters_are_recovered_with_their_schema_types(call_format, calls
     """Qwen3-Coder style calls: each value is read back as the type its parameter's schema gives."""
     prefix = data.draw(plain_text_for(call_format))
     text = (prefix + " " if prefix else "") + call_format.render_calls(calls)
-    types = {name: {key: SCHEMA_TYPE[type(value)] for key, value in arguments.items()} for name, arguments in calls}
+    types = {name: {key: {"type": SCHEMA_TYPE[type(value)]} for key, value in arguments.items()}
+             for name, arguments in calls}
+    events, parsed = stream(text, cuts, call_format, types)
+    assert [(c.name, json.loads(c.arguments), c.complete) for c in parsed] == [(n, a, True) for n, a in calls]
+    assert content_of(events).strip() == prefix
+
+
+element_values = st.recursive(
+    st.booleans() | st.integers() | xml_text,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(names, children, max_size=3), max_leaves=8)
+
+
+def schema_of(value) -> dict:
+    if isinstance(value, dict):
+        return {"type": "object", "properties": {key: schema_of(item) for key, item in value.items()}}
+    if isinstance(value, list):
+        return {"type": "array", "items": schema_of(value[0]) if value else {}}
+    return {"type": SCHEMA_TYPE[type(value)]}
+
+
+def one_kind_of_items(value) -> bool:
+    """Whether every list in `value` holds one kind of item (one `items` schema describes them)."""
+    if isinstance(value, dict):
+        return all(one_kind_of_items(item) for item in value.values())
+    if isinstance(value, list):
+        return len({json.dumps(schema_of(item)) for item in value}) <= 1 and all(map(one_kind_of_items, value))
+    return True
+
+
+@pytest.mark.parametrize("call_format", ELEMENTS, ids=lambda f: f.name)
+@settings(max_examples=40)
+@given(calls=st.lists(st.tuples(names, st.dictionaries(names, element_values, max_size=4)), min_size=1, max_size=3,
+                      unique_by=lambda call: call[0]), cuts=st.lists(st.integers(0), max_size=20), data=st.data())
+def test_element_arguments_are_recovered_by_their_schemas(call_format, calls, cuts, data):
+    """MiniMax M3: parameters as tags of their names, nested values as nested tags, each read as its schema says."""
+    calls = [(name, arguments) for name, arguments in calls if one_kind_of_items(arguments)]
+    prefix = data.draw(plain_text_for(call_format))
+    text = (prefix + " " if prefix else "") + call_format.render_calls(calls)
+    types = {name: {key: schema_of(value) for key, value in arguments.items()} for name, arguments in calls}
     events, parsed = stream(text, cuts, call_format, types)
     assert [(c.name, json.loads(c.arguments), c.complete) for c in parsed] == [(n, a, True) for n, a in calls]
     assert content_of(events).strip() == prefix
@@ -163,7 +202,7 @@ def test_glm_calls_are_read_whatever_whitespace_their_template_puts_between_tags
 
 def test_a_minicpm_value_in_cdata_is_read_without_its_wrapper():
     text = '<function name="note"><param name="text"><![CDATA[a < b\nand c]]></param></function>'
-    _, calls = parse_tool_calls(text, MINICPM, {"note": {"text": "string"}})
+    _, calls = parse_tool_calls(text, MINICPM, {"note": {"text": {"type": "string"}}})
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("note", {"text": "a < b\nand c"})]
 
 
