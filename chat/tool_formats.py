@@ -39,8 +39,12 @@ the arguments' JSON object. So one parser, one grammar builder and one history w
 - gigachat `<|function_call|>{"name": ..., "arguments": {...}}` (GigaChat 3.1);
 - gemma4 `<|tool_call>call:name{key:<|"|>text<|"|>,other:3}<tool_call|>` (Gemma 4: keys bare and sorted, text between
   `<|"|>` markers; chat/gemma_arguments.py).
-Formats whose parameter tags hold more than that (Kimi K3's `type=`, MiniMax M3's `<key>`) are not among them yet:
-those templates get the hermes or generic format (README lists them).
+- hy3 (Hunyuan 3) glm's tags with a `:opensource` suffix and `<tool_sep:opensource>` after the name; kimi-k3
+  `<|open|>call tool="name" index="1"<|sep|><|open|>argument key="k" type="string"<|sep|>v<|close|>argument<|sep|>...`
+  (each value's JSON type named before it); muse's ATEM `<atem:invoke name="...">` after a ` to=name<|message|>`
+  header that is never content; minimax-m3 `]<]minimax[>[<key>value]<]minimax[>[</key>`, nested values as nested
+  tags (chat/element_arguments.py); gigachat-3 `<|message_sep|>\n\nfunction call<|role_sep|>\n{...}` (GigaChat 3
+  10B: a call is a message of its own).
 - harmony (gpt-oss): after the `<|start|>assistant` header the prompt ends with, ` to=functions.name<|channel|>
   commentary json<|message|>{...}<|call|>`; its final channel's header is never content (the analysis channel is
   its reasoning: chat/reasoning.py).
