@@ -82,6 +82,13 @@ class EngineFailure(ServerError):
     code = "engine_error"
 
 
+class EngineCrashed(EngineFailure):
+    """The model's worker process died (a signal, a native abort, the OOM killer) while this request was in it. The
+    model restarts on its next request; nothing else is affected."""
+
+    code = "engine_crashed"
+
+
 class NotSupported(ServerError):
     """The model's engine does not offer this operation (e.g. prompt pre-warming on a remote model)."""
 

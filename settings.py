@@ -166,6 +166,11 @@ class Settings(BaseSettings):
         2, ge=1, description="Drafts are checked only in steps where at most this many sequences decode: on CPU a "
         "step's cost grows with every row, so with more streams checking guesses costs more than it saves"
     )
+    engine_workers: bool = Field(
+        True, description="Run each local model's engine in a worker process of its own: a native crash in one model "
+        "fails only that model's requests (it restarts on the next), and unloading it gives its memory back to the "
+        "system. Off: engines run inside the server process."
+    )
     mmproj: str | None = Field(
         None, description="The multimodal projector (mmproj GGUF) of the default model, for image/audio input (file in "
         "--models-dir or a path; per model: `mmproj:` in models.yaml; found by itself as mmproj-<model stem>*.gguf "

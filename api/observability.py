@@ -116,6 +116,11 @@ class RegistryCollector:
             for counter in ("disk_hits", "disk_misses", "restored_tokens", "saves", "save_errors", "bad_entries"):
                 if counter in summary:
                     cache.add_metric([model.model_id, counter], summary[counter])
+        crashes = CounterMetricFamily("llm_engine_crashes", "Times a model's engine (its worker process) died; each "
+                                      "time its next request started a fresh one", labels=["model"])
+        for model_id, count in sorted(self.model_registry.crashes.items()):
+            crashes.add_metric([model_id], count)
+        yield crashes
         yield GaugeMetricFamily("llm_loaded_models", "Models loaded", value=len(loaded))
         yield from (active, queued, memory, cache)
 

@@ -80,6 +80,12 @@ class AdapterView(Engine):
     def cache_summary(self, adapters: AdapterSet | None = None) -> dict | None:
         return self.base.cache_summary(self.adapters)
 
+    def failure(self) -> str | None:
+        return self.base.failure()
+
+    def worker_pid(self) -> int | None:
+        return self.base.worker_pid()
+
     # active_sequences / queued_requests stay 0: the base's own figures count its adapter entries' sequences.
 
     async def aclose(self) -> None:

@@ -248,6 +248,15 @@ class Engine(ABC):
         """Where the weights went (llama.cpp: the `--repack` choice and bytes per buffer type), for the model card."""
         return None
 
+    def failure(self) -> str | None:
+        """Why this engine can serve no more (its worker process died), or None while it is fine. The registry
+        then replaces it with a fresh one."""
+        return None
+
+    def worker_pid(self) -> int | None:
+        """The process the model runs in, where that is not the server's own (engine workers)."""
+        return None
+
     def active_sequences(self) -> int:
         """Sequences generating right now (for status pages)."""
         return 0

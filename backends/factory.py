@@ -73,5 +73,14 @@ class EngineBuilder:
             from backends.remote.engine import RemoteEngine
 
             return RemoteEngine(entry, self.remote.pool((entry.upstream or {}).get("name", "")))
-        module, name = ENGINE_CLASSES[local_engine_kind(entry, settings)]
-        return getattr(importlib.import_module(module), name)(entry, settings)
+        if settings.engine_workers:  # (the worker picks the engine: this process never imports llama.cpp or torch)
+            from backends.worker.engine import WorkerEngine
+
+            return WorkerEngine(entry, settings)
+        return build_local_engine(entry, settings)
+
+
+def build_local_engine(entry: ModelEntry, settings: Settings) -> Engine:
+    """The llama.cpp or transformers engine of a local entry, in this process."""
+    module, name = ENGINE_CLASSES[local_engine_kind(entry, settings)]
+    return getattr(importlib.import_module(module), name)(entry, settings)

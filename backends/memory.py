@@ -15,13 +15,18 @@ def physical_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def process_rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
+def process_rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size of a process, this one by default (Linux /proc; 0 where unavailable)."""
     try:
-        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+        resident_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
     except (OSError, IndexError, ValueError):
         return 0
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def server_rss_bytes(worker_pids: list[int]) -> int:
+    """The server's resident memory: its own process and its engine workers'."""
+    return process_rss_bytes() + sum(process_rss_bytes(pid) for pid in worker_pids)
 
 
 def cuda_allocated_bytes() -> int | None:

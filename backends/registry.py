@@ -3,7 +3,9 @@
 Names are looked up in the catalog (ids and aliases), never joined into paths. A model that is not loaded is
 loaded in the background of the request that wants it; concurrent requests for it wait for that one load.
 Which models stay loaded, and which go to make room for a load, is residency.py's. A failed load is recorded
-(status `failed` with the error) and retried by the next request that asks for the model.
+(status `failed` with the error) and retried by the next request that asks for the model. So is an engine that
+died under its model (its worker process: backends/worker/): the next request loads a fresh one, later and later
+if it keeps dying.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from backends.load_progress import LoadProgress, tracking
 from backends.memory import estimate_memory_bytes
 from backends.residency import Residency
 from chat.templates import ChatPromptRenderer
-from errors import ModelLoadFailed, ModelNotFound, NotSupported, ServerError
+from errors import ModelLoadFailed, ModelLoading, ModelNotFound, NotSupported, ServerError
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ def everyone(model_id: str, aliases: tuple[str, ...] = ()) -> bool:
 ModelStatus = Literal["available", "loading", "loaded", "failed"]
 RegistryState = Literal["empty", "loading", "ready", "failed", "missing"]
 KEEP = object()  # lease(): leave the model's keep-alive as it is
+CRASH_WINDOW_SECONDS = 300.0  # crashes this recent count toward a model's restart backoff
+MAX_RESTART_DELAY_SECONDS = 60.0
 
 
 class ModelRegistry:
@@ -65,6 +69,8 @@ class ModelRegistry:
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
         self._progress: dict[str, LoadProgress] = {}  # how far each load in progress has come
         self._errors: dict[str, str] = {}
+        self.crashes: dict[str, int] = {}  # model id -> how often its engine died under it (worker processes)
+        self._crash_times: dict[str, list[float]] = {}
         self._runtime_defaults: dict[str, GenerationDefaults] = {}
 
     # ---------------------------------------------------------------- catalog
@@ -117,8 +123,9 @@ class ModelRegistry:
     def status(self, model_id: str) -> tuple[ModelStatus, str | None]:
         if model_id in self._loading:
             return "loading", None
-        if self.loaded_model(model_id):
-            return "loaded", None
+        if model := self.loaded_model(model_id):
+            failure = model.engine.failure()
+            return ("loaded", None) if failure is None else ("failed", failure)
         if model_id in self._errors:
             return "failed", self._errors[model_id]
         return "available", None
@@ -154,6 +161,10 @@ class ModelRegistry:
                 "Put a .gguf file or a Hugging Face model folder into the models directory, or pass --model-name "
                 "with an available model.")
 
+    def worker_pids(self) -> list[int]:
+        """The engine worker processes of the resident models."""
+        return sorted({pid for m in self.residency.models if (pid := m.engine.worker_pid()) is not None})
+
     def memory_budget(self) -> int:
         return self.residency.memory_budget()
 
@@ -185,10 +196,38 @@ class ModelRegistry:
             if model is not None and model.retired:
                 await model.gone.wait()  # being unloaded: wait, then load it again
                 continue
+            if model is not None and model.engine.failure() is not None:
+                await self._retire_crashed(model)
+                continue
+            if model is None:
+                self._check_restart_backoff(entry.id)
             if model is not None:
                 model.last_used = time.monotonic()
                 return model
             return await asyncio.shield(self._load_task(entry))
+
+    async def _retire_crashed(self, model: LoadedModel) -> None:
+        """An engine that died (its worker process): recorded, counted and unloaded, so a fresh one is loaded."""
+        failure = model.engine.failure()
+        if model.base_id is None and not model.retired:  # (an adapter model dies with its base: counted there)
+            self._errors[model.model_id] = failure
+            self.crashes[model.model_id] = self.crashes.get(model.model_id, 0) + 1
+            now = time.monotonic()
+            recent = [t for t in self._crash_times.get(model.model_id, []) if now - t < CRASH_WINDOW_SECONDS]
+            self._crash_times[model.model_id] = recent + [now]
+        await self.residency.unload(model)
+
+    def _check_restart_backoff(self, model_id: str) -> None:
+        """A model that keeps crashing is restarted at most once per 2, 4, 8... (up to 60) seconds: 503 until then."""
+        recent = self._crash_times.get(model_id, [])
+        if len(recent) < 2:
+            return
+        wait = recent[-1] + min(2.0 ** (len(recent) - 1), MAX_RESTART_DELAY_SECONDS) - time.monotonic()
+        if wait > 0:
+            error = ModelLoading(f"Model '{model_id}' crashed {len(recent)} times in the last "
+                                 f"{CRASH_WINDOW_SECONDS:.0f} s; it restarts in {wait:.0f} s. Last: {self._errors.get(model_id)}")
+            error.retry_after_seconds = max(1, round(wait))
+            raise error
 
     def _load_task(self, entry: ModelEntry) -> asyncio.Task[LoadedModel]:
         """The one load of `entry` in progress, started now if there is none."""

@@ -15,7 +15,7 @@ from api.protocol import ModelActionRequest, ModelCard, ModelList, SetModelReque
 from api.routes_web import chat_page
 from api.sse import event_stream
 from backends.catalog import GenerationDefaults, ModelEntry
-from backends.memory import cuda_allocated_bytes, process_rss_bytes
+from backends.memory import cuda_allocated_bytes, process_rss_bytes, server_rss_bytes
 from backends.registry import ModelRegistry
 from errors import DefaultModelUnavailable, ModelLoading
 from tenants.audit import audit
@@ -36,6 +36,8 @@ def _model_card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
         "size_bytes": entry.size_bytes,
         "default": registry.default_model in entry.names,  # what a request naming no model gets
     }
+    if entry.engine != "remote":
+        extra["crashes"] = registry.crashes.get(entry.id, 0)  # its engine died under it (then restarted)
     if entry.base is not None:  # an adapter entry: the model it runs on and what it applies there
         extra["base"] = entry.base
         extra["lora"] = [{"file": adapter.path.name, "scale": adapter.scale} for adapter in entry.lora]
@@ -54,6 +56,8 @@ def _model_card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
         expires = model.expires_in()  # None while in use or kept forever
         extra["expires_at"] = None if expires is None else _rfc3339(time.time() + expires)
         extra["weights"] = engine.weight_placement()
+        if (pid := engine.worker_pid()) is not None:  # its worker process (--engine-workers)
+            extra["worker"] = {"pid": pid, "rss_bytes": process_rss_bytes(pid)}
         extra["chat_template"] = engine.chat_template.origin
         extra["capabilities"] = {
             **vars(engine.capabilities),
@@ -124,11 +128,11 @@ async def load_model(body: ModelActionRequest, registry: RegistryDep, admin: Adm
 @router.post("/admin/models/unload", tags=["admin"])
 async def unload_model(body: ModelActionRequest, registry: RegistryDep, admin: AdminDep) -> dict:
     """Unload a model and free its memory, after the requests it is serving finish."""
-    rss_before, cuda_before = process_rss_bytes(), cuda_allocated_bytes()
+    rss_before, cuda_before = server_rss_bytes(registry.worker_pids()), cuda_allocated_bytes()
     was_loaded = await registry.unload(body.model)
     audit(admin, "unload", model=body.model, was_loaded=was_loaded)
     return {"model": registry.resolve(body.model).id, "unloaded": was_loaded, "status": "available",
-            "rss_bytes_before": rss_before, "rss_bytes_after": process_rss_bytes(),
+            "rss_bytes_before": rss_before, "rss_bytes_after": server_rss_bytes(registry.worker_pids()),
             "cuda_allocated_bytes_before": cuda_before, "cuda_allocated_bytes_after": cuda_allocated_bytes()}
 
 
@@ -180,7 +184,7 @@ def _status(request: Request) -> dict:
         "error": registry.last_error,
         "active_sequences": sum(m.engine.active_sequences() for m in loaded),
         "queued_requests": sum(m.engine.queued_requests() for m in loaded),
-        "memory": {"rss_bytes": process_rss_bytes(), "cuda_allocated_bytes": cuda_allocated_bytes(),
+        "memory": {"rss_bytes": server_rss_bytes(registry.worker_pids()), "cuda_allocated_bytes": cuda_allocated_bytes(),
                    "budget_bytes": registry.memory_budget(),
                    "estimated_in_use_bytes": registry.memory_in_use()},
         "prompt_cache": default.engine.cache_summary() if default else None,
