@@ -29,7 +29,7 @@ def strict_client(base_url: str, key: str = "x", **options) -> openai.OpenAI:
 
 
 class ServerProcess:
-    def __init__(self, *flags: str, log_path: Path) -> None:
+    def __init__(self, *flags: str, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -37,8 +37,9 @@ class ServerProcess:
             flags = (*flags, "--cache-dir", str(log_path.parent / "prompt-cache"))
         command = [sys.executable, str(REPO_ROOT / "server.py"), "--port", str(self.port), *flags]
         self._log = open(log_path, "wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_SERVER_")}
-        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("LLM_SERVER_")}
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env={**clean, **(env or {})})
 
     def openai_client(self, key: str = "x", *, bare: bool = False, **options) -> openai.OpenAI:
         """A strict client of this server at `/v1` (or at the bare root, as some clients are configured)."""
@@ -67,9 +68,10 @@ class ServerProcess:
 
 
 @contextmanager
-def running_server(*flags: str, log_dir: Path) -> Iterator[ServerProcess]:
-    """A ready server for the duration of the block, stopped afterwards whatever happens."""
-    process = ServerProcess(*flags, log_path=log_dir / "server.log")
+def running_server(*flags: str, log_dir: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """A ready server for the duration of the block, stopped afterwards whatever happens (`env`: variables set for
+    it, the test's own LLM_SERVER_* ones never are)."""
+    process = ServerProcess(*flags, log_path=log_dir / "server.log", env=env)
     try:
         process.wait_ready()
         yield process

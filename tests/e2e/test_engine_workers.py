@@ -1,0 +1,111 @@
+"""Each local model runs in a worker process of its own: a worker killed mid-stream (SIGKILL) or aborting natively
+(libc abort(), as a failed GGML_ASSERT does; injected through the worker's test-only LLM_SERVER_WORKER_ABORT_MARKER)
+ends its own streams with one `engine_crashed` error event, leaves the other model's concurrent stream exactly as
+it is alone, shows on the model's card and in /metrics, and the model's next request runs on a fresh worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import GEMMA_END_TOKENS
+from tests.server_process import running_server
+from tests.smollm2 import NO_END_TOKENS
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA = "gemma-3-270m-q4_k_m.gguf"
+MARKER = "please-abort-this-worker"
+ASK = [{"role": "user", "content": "Tell me a long story about owls."}]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    flags = ("--model-name", SMOL, "--n-ctx", "2048", "--parallel", "2", "--log-level", "info")
+    with running_server(*flags, log_dir=tmp_path_factory.mktemp("workers"),
+                        env={"LLM_SERVER_WORKER_ABORT_MARKER": MARKER}) as process:
+        yield process
+
+
+def card(server, model: str) -> dict:
+    return httpx.get(f"{server.base_url}/v1/models/{model}", timeout=30).json()
+
+
+def events(server, body: dict):
+    """The stream's events, parsed (`[DONE]` as the string)."""
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json={**body, "stream": True},
+                      timeout=120) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                data = line.removeprefix("data: ")
+                yield data if data == "[DONE]" else json.loads(data)
+
+
+def text_of(server, body: dict, started: threading.Event | None = None) -> str:
+    pieces = []
+    for event in events(server, body):
+        if isinstance(event, dict) and event.get("choices") and event["choices"][0]["delta"].get("content"):
+            pieces.append(event["choices"][0]["delta"]["content"])
+            if started is not None:
+                started.set()
+    return "".join(pieces)
+
+
+def assert_crashed_stream(rest: list) -> None:
+    """After the crash: one error event (engine_crashed), then nothing but the end."""
+    errors = [e for e in rest if isinstance(e, dict) and "error" in e]
+    assert len(errors) == 1 and errors[0]["error"]["code"] == "engine_crashed", rest
+    after = rest[rest.index(errors[0]) + 1:]
+    assert after in ([], ["[DONE]"]), rest
+
+
+def test_a_killed_worker_ends_only_its_own_streams(server):
+    gemma = {"model": GEMMA, "messages": ASK, "max_tokens": 40, "temperature": 0, "logit_bias": GEMMA_END_TOKENS}
+    alone = text_of(server, gemma)
+    old_pid = card(server, SMOL)["worker"]["pid"]
+    assert old_pid != card(server, GEMMA)["worker"]["pid"]
+
+    smol = events(server, {"model": SMOL, "messages": ASK, "max_tokens": 900, "logit_bias": NO_END_TOKENS})
+    first = [next(smol) for _ in range(3)]  # the role, then text: the worker is generating
+    assert all(isinstance(e, dict) and "error" not in e for e in first)
+    started, result = threading.Event(), {}
+    other = threading.Thread(target=lambda: result.update(text=text_of(server, gemma, started)))
+    other.start()
+    assert started.wait(60)  # gemma's stream is under way in its own worker
+    os.kill(old_pid, signal.SIGKILL)
+    assert_crashed_stream(list(smol))
+    other.join(120)
+    assert result["text"] == alone  # the other model's stream never noticed
+
+    crashed = card(server, SMOL)
+    assert crashed["status"] == "failed" and "SIGKILL" in crashed["error"], crashed
+    again = server.openai_client().chat.completions.create(model=SMOL, messages=ASK, max_tokens=5)
+    assert again.choices[0].finish_reason in ("stop", "length") and again.usage.completion_tokens > 0
+    restarted = card(server, SMOL)
+    assert restarted["status"] == "loaded" and restarted["crashes"] == 1 and restarted["worker"]["pid"] != old_pid
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    assert f'llm_engine_crashes_total{{model="{SMOL}"}} 1.0' in metrics
+
+
+def test_a_native_abort_is_that_models_failure_alone(server):
+    crashes = card(server, SMOL).get("crashes", 0)
+    body = {"model": SMOL, "messages": [{"role": "user", "content": f"Say {MARKER}."}], "max_tokens": 200,
+            "logit_bias": NO_END_TOKENS}
+    rest = list(events(server, body))
+    assert_crashed_stream(rest)
+    crashed = card(server, SMOL)
+    assert crashed["status"] == "failed" and "SIGABRT" in crashed["error"], crashed
+    assert card(server, GEMMA)["status"] == "loaded"  # the other worker never noticed
+
+    # A second crash in a row: the model restarts after a short backoff (503 until then, with Retry-After) ...
+    waiting = httpx.post(f"{server.base_url}/v1/chat/completions", json={**body, "messages": ASK}, timeout=60)
+    assert waiting.status_code == 503 and waiting.json()["error"]["code"] == "model_loading"
+    assert int(waiting.headers["retry-after"]) >= 1
+    # ... which the official client waits out by itself; a whole (non-streamed) crash is a 500 engine_crashed
+    again = server.openai_client().chat.completions.create(model=SMOL, messages=ASK, max_tokens=5)
+    assert again.usage.completion_tokens > 0 and card(server, SMOL)["crashes"] == crashes + 1
