@@ -10,7 +10,10 @@ parenthesis comes (Python's own parser reads them); PYTHON_NOTATION is their gra
 from __future__ import annotations
 
 import ast
+import io
 import json
+import keyword
+import tokenize
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,13 +74,32 @@ def _brackets(text: str) -> tuple[list[str], str, int | None]:
 
 def parse_arguments(text: str) -> dict[str, Any]:
     """Keyword arguments (`city='Paris', days=3`) as a dict (ValueError when they are not keyword literals)."""
+    source, renamed = _keywords_renamed(f"f({text})")
     try:
-        call = ast.parse(f"f({text})", mode="eval").body
+        call = ast.parse(source, mode="eval").body
     except SyntaxError as exc:
         raise ValueError(str(exc)) from exc
-    if not isinstance(call, ast.Call) or call.args or any(keyword.arg is None for keyword in call.keywords):
+    if not isinstance(call, ast.Call) or call.args or any(argument.arg is None for argument in call.keywords):
         raise ValueError("only keyword arguments")
-    return {keyword.arg: _literal(keyword.value) for keyword in call.keywords}
+    return {renamed.get(argument.arg, argument.arg): _literal(argument.value) for argument in call.keywords}
+
+
+def _keywords_renamed(source: str) -> tuple[str, dict[str, str]]:
+    """A parameter may be named as a Python keyword (`from=`, `if=`), which Python's parser refuses as an argument
+    name: such names become placeholders (found as tokens, so text inside strings is never touched)."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return source, {}
+    renamed: dict[str, str] = {}
+    lines = source.split("\n")
+    for token, following in reversed(list(zip(tokens, tokens[1:]))):
+        if token.type == tokenize.NAME and keyword.iskeyword(token.string) and following.string == "=":
+            placeholder = f"_keyword_{len(renamed)}_"
+            renamed[placeholder] = token.string
+            (row, start), (_, end) = token.start, token.end
+            lines[row - 1] = lines[row - 1][:start] + placeholder + lines[row - 1][end:]
+    return "\n".join(lines), renamed
 
 
 def _literal(node: ast.AST) -> Any:

@@ -70,6 +70,17 @@ class _Stream:
         except RuntimeError:  # the event loop is gone (shutdown)
             pass
 
+    @staticmethod
+    def deliver_many(items: list[tuple[_Stream, list]]) -> None:
+        """From the reader thread: chunks for several streams (all on the server's one event loop)."""
+        def put_all() -> None:
+            for stream, chunks in items:
+                stream.queue.put_nowait(chunks)
+        try:
+            items[0][0].loop.call_soon_threadsafe(put_all)
+        except RuntimeError:
+            pass
+
 
 class WorkerEngine(Engine):
     """One local model (llama.cpp or transformers, generative or not) served by its worker process."""
@@ -123,11 +134,11 @@ class WorkerEngine(Engine):
 
     def _handle(self, message: tuple) -> None:
         kind = message[0]
-        if kind == "chunks":
+        if kind == "chunks":  # one scheduler step's tokens: handed to the event loop in one wake-up, not one each
             _, batch, self._stats = message
-            for stream_id, chunks in batch:
-                if (stream := self._streams.get(stream_id)) is not None:
-                    stream.deliver(chunks)
+            ready = [(stream, chunks) for stream_id, chunks in batch if (stream := self._streams.get(stream_id))]
+            if ready:
+                _Stream.deliver_many(ready)
         elif kind in ("stream_error", "stream_end"):
             if (stream := self._streams.get(message[1])) is not None:
                 stream.deliver(decode_error(message[2]) if kind == "stream_error" else _End(message[2]))

@@ -9,7 +9,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat.tool_call_parser import CallArguments, CallStarted, ContentText, ToolCallStreamParser, parse_tool_calls
-from chat.tool_formats import FORMATS, GENERIC, GLM, GLM_47, HERMES, LLAMA3, MINICPM, MISTRAL, detect_tool_call_format
+from chat.tool_formats import (
+    FORMATS,
+    GENERIC,
+    GLM,
+    GLM_47,
+    HERMES,
+    LLAMA3,
+    MINICPM,
+    MISTRAL,
+    PYTHONIC,
+    detect_tool_call_format,
+)
 
 names = st.from_regex(r"[a-z_]{1,12}", fullmatch=True)
 json_values = st.recursive(
@@ -265,3 +276,11 @@ def test_muse_calls_follow_a_header_naming_the_tool():
     assert content_of(events) == "Checking."
     assert [(c.name, json.loads(c.arguments), c.complete) for c in calls] == [
         ("get_weather", {"city": "Paris"}, True), ("get_time", {"city": "Paris"}, True)]
+
+
+def test_pythonic_parameters_named_as_python_keywords_are_read():
+    """`from=` or `if=` is no valid Python argument, yet tools name parameters so (a route's `from`)."""
+    text = "<|tool_call_start|>[route(from='Paris', to='Rome', note='if=1 stays text')]<|tool_call_end|>"
+    _, calls = parse_tool_calls(text, PYTHONIC)
+    assert [(c.name, json.loads(c.arguments), c.complete) for c in calls] == [
+        ("route", {"from": "Paris", "to": "Rome", "note": "if=1 stays text"}, True)]
