@@ -23,6 +23,8 @@ import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
+
 from backends.base import (
     AdapterSet,
     Engine,
@@ -101,7 +103,8 @@ class WorkerEngine(Engine):
                "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "backends.worker.child", str(theirs.fileno())], pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True)  # a terminal's Ctrl-C is the server's to handle (it closes workers gracefully)
         theirs.close()
         self.logs = LogRelay(self.process.stdout, entry.id)
         self.channel = Channel(ours)
@@ -236,11 +239,13 @@ class WorkerEngine(Engine):
     def weight_placement(self) -> dict | None:
         return self._weight_placement
 
+    # The worker's figures arrive with its messages; a stream that ended here is no longer counted even if its last
+    # figures still did (they were taken while its last token was on its way).
     def active_sequences(self) -> int:
-        return 0 if self._failure else self._stats[0]
+        return 0 if self._failure else min(self._stats[0], len(self._streams))
 
     def queued_requests(self) -> int:
-        return 0 if self._failure else self._stats[1]
+        return 0 if self._failure else min(self._stats[1], len(self._streams))
 
     def cache_summary(self, adapters: AdapterSet | None = None) -> dict | None:
         return None if self._failure else self._call_blocking("cache_summary", adapters)
@@ -289,7 +294,10 @@ class WorkerEngine(Engine):
         finally:
             usage = None
             if not finished and self._failure is None:
-                usage = await self._cancel(stream_id, stream)
+                # Shielded: a client gone cancels the request's scope, and anyio (Starlette's) would cancel every
+                # await here again; the worker's count of what the stream used arrives within milliseconds.
+                with anyio.CancelScope(shield=True):
+                    usage = await self._cancel(stream_id, stream)
             self._streams.pop(stream_id, None)
             if not finished and (report := unfinished_usage.get()) is not None:
                 report(usage or Usage(prompt_tokens=0, completion_tokens=sent))
