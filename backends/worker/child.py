@@ -33,7 +33,7 @@ from backends.worker.wire import Channel, WorkerGone, encode_error
 
 logger = logging.getLogger(__name__)
 
-STATS_INTERVAL_SECONDS = 0.25
+STATS_INTERVAL_SECONDS = 0.05
 # Methods of the engine the server may call by name (anything else is refused)
 CALLABLE = frozenset({"count_tokens", "tokenize", "detokenize", "infill_prompt", "cache_summary", "warm_prompt",
                       "embed", "rerank", "weight_placement"})
@@ -151,6 +151,8 @@ class EngineWorker:
             self.streams.pop(stream_id, None)
             self._flush()
             self.channel.send(("stream_end", stream_id, unfinished[-1] if unfinished else None))
+            self._stats = self._engine_stats()
+            self.channel.send(("stats", *self._stats))
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
