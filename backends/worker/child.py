@@ -173,6 +173,8 @@ class EngineWorker:
         """Sequences and queue as they change while no chunk carries them (a request waiting for a slot)."""
         while not self.closed.is_set():
             await asyncio.sleep(STATS_INTERVAL_SECONDS)
+            if not self.streams:  # (the last stream's end already sent the idle figures)
+                continue
             stats = self._engine_stats()
             if stats != self._stats:
                 self._stats = stats

@@ -176,7 +176,7 @@ class WorkerEngine(Engine):
         self._failure = f"The worker process of model '{self.entry.id}' died ({how})" + (
             f"; its last log lines: {tail}" if tail else "")
         logger.error("%s", self._failure)
-        crashed = EngineCrashed(self._failure + ". The model restarts on its next request.")
+        crashed = self._crashed()
         if not self._ready.done():
             self._ready.set_exception(ModelLoadFailed(f"Model '{self.entry.id}' failed to load: {self._failure}"))
         for future in list(self._calls.values()):
@@ -191,7 +191,7 @@ class WorkerEngine(Engine):
     def _start(self, message: tuple) -> concurrent.futures.Future:
         """Send `message` (its second item the call's id, filled in here); the future of its answer."""
         if self._failure is not None:
-            raise EngineCrashed(self._failure + ". The model restarts on its next request.")
+            raise self._crashed()
         call_id = next(self._ids)
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._calls[call_id] = future
@@ -199,8 +199,14 @@ class WorkerEngine(Engine):
             self.channel.send((message[0], call_id, *message[1:]))
         except WorkerGone:
             self._calls.pop(call_id, None)
-            raise EngineCrashed(f"The worker process of model '{self.entry.id}' is gone.") from None
+            raise self._crashed() from None
         return future
+
+    def _crashed(self) -> EngineCrashed:
+        """The error of a request the worker cannot serve: it died (or its socket is gone, the moment before the
+        reader thread notices)."""
+        failure = self._failure or f"The worker process of model '{self.entry.id}' is gone"
+        return EngineCrashed(failure + ". The model restarts on its next request.")
 
     def _call_blocking(self, method: str, *args):
         return self._start(("call", method, args)).result(CALL_TIMEOUT_SECONDS)
@@ -270,19 +276,20 @@ class WorkerEngine(Engine):
         stream = _Stream(asyncio.get_running_loop())
         stream_id = next(self._ids)
         self._streams[stream_id] = stream
-        sent, finished = 0, False
+        sent, finished, ended = 0, False, None
         try:
             if self._failure is not None:
-                raise EngineCrashed(self._failure + ". The model restarts on its next request.")
+                raise self._crashed()
             try:
                 self.channel.send(("generate", stream_id, request))
             except WorkerGone:
-                raise EngineCrashed(f"The worker process of model '{self.entry.id}' is gone.") from None
+                raise self._crashed() from None
             while True:
                 item = await stream.queue.get()
                 if isinstance(item, Exception):
                     raise item
-                if isinstance(item, _End):  # (only after an error or a cancel, both handled here already)
+                if isinstance(item, _End):  # the worker's stream ended without its GenerationFinished
+                    ended = item
                     return
                 for chunk in item:
                     if isinstance(chunk, TokenDelta):
@@ -292,8 +299,8 @@ class WorkerEngine(Engine):
                     if finished:
                         return
         finally:
-            usage = None
-            if not finished and self._failure is None:
+            usage = ended.usage if ended else None
+            if not finished and not ended and self._failure is None:
                 # Shielded: a client gone cancels the request's scope, and anyio (Starlette's) would cancel every
                 # await here again; the worker's count of what the stream used arrives within milliseconds.
                 with anyio.CancelScope(shield=True):
