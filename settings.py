@@ -167,9 +167,9 @@ class Settings(BaseSettings):
         "step's cost grows with every row, so with more streams checking guesses costs more than it saves"
     )
     engine_workers: bool = Field(
-        False, description="Run each local model's engine in a worker process of its own: a native crash in one model "
+        True, description="Run each local model's engine in a worker process of its own: a native crash in one model "
         "fails only that model's requests (it restarts on the next), and unloading it gives its memory back to the "
-        "system. Off (for now the default): engines run inside the server process."
+        "system. Off (--no-engine-workers): engines run inside the server process."
     )
     mmproj: str | None = Field(
         None, description="The multimodal projector (mmproj GGUF) of the default model, for image/audio input (file in "

@@ -60,6 +60,10 @@ class AnswerWriter(ABC):
     def finish(self) -> Payloads:
         return ()
 
+    async def settled(self) -> None:
+        """Wait, once the last chunk is added, for what must be done before the client sees the end (a stored
+        response's write: the client may read it back at once, from another instance too)."""
+
     @abstractmethod
     def fail(self, error: ServerError) -> Payloads:
         """The payloads that end a stream broken by `error`."""
@@ -92,7 +96,7 @@ class LocalBackground:
     body: object
     writer: AnswerWriter
     chunks: ChoiceChunks
-    launch: Callable[[Callable[[], Awaitable[None]]], None]
+    launch: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]]
 
 
 LocalStart = Callable[[LoadedModel], Awaitable[LocalRun | LocalWhole | LocalBackground]]
@@ -181,7 +185,7 @@ async def _run_locally(run: LocalRun | LocalWhole | LocalBackground, request: Re
         ticket.charge(run.prompt_tokens, 0)
         return JSONResponse(run.body)
     if isinstance(run, LocalBackground):
-        run.launch(_in_background(run, resources.pop_all(), ticket))  # the lease and the ticket go with it
+        await run.launch(_in_background(run, resources.pop_all(), ticket))  # the lease and the ticket go with it
         return JSONResponse(run.body)
     run.chunks = _charged(run.chunks, ticket)
     if run.stream:
@@ -195,6 +199,7 @@ async def _run_locally(run: LocalRun | LocalWhole | LocalBackground, request: Re
     if not await consume_unless_disconnected(run.chunks, lambda item: run.writer.add(*item), request.receive):
         logger.info("Client disconnected; its generation was cancelled")
         return Response(status_code=499)
+    await run.writer.settled()
     return JSONResponse(run.writer.whole())
 
 
@@ -237,10 +242,15 @@ async def _local_events(run: LocalRun, first: tuple[int, GenerationChunk], resou
             yield event
         pending: tuple[int, GenerationChunk] | None = first
         while pending is not None:
-            for event in events(writer.add(*pending)):
+            added = events(writer.add(*pending))
+            if isinstance(pending[1], GenerationFinished):
+                await writer.settled()
+            for event in added:
                 yield event
             pending = await anext(run.chunks, None)
-        for event in events(writer.finish()):
+        finishing = events(writer.finish())
+        await writer.settled()
+        for event in finishing:
             yield event
     except ServerError as exc:
         ticket.failed()

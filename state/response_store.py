@@ -167,15 +167,17 @@ class ResponseStore:
 
     # ------------------------------------------------------------ async
 
-    def save(self, response: dict, input_items: list, tenant: str) -> None:
+    def save(self, response: dict, input_items: list, tenant: str) -> Future:
         """Store a response (or a background response's new state) and return at once: the write runs on the
         writer thread, in order (with PostgreSQL it is a network round trip, which must never hold up the event
-        loop and every stream on it). Reads of that response in this process wait for it (`_written`)."""
+        loop and every stream on it). Reads of that response in this process wait for it (`_written`); the
+        returned future is done once it is in the database (where another instance can read it)."""
         response_id = response["id"]
         write = self._writer.submit(self._save_logged, response, input_items, tenant)
         with self._pending_lock:
             self._pending[response_id] = write
         write.add_done_callback(lambda done: self._forget_write(response_id, done))
+        return write
 
     def flush(self) -> None:
         """Wait until the writes queued so far are in the database."""

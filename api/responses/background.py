@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 
 from state.response_store import ResponseStore
 
@@ -25,11 +26,12 @@ class BackgroundRuns:
         self._tasks: dict[str, asyncio.Task] = {}
         self._watcher: asyncio.Task | None = None
 
-    def start(self, response: dict, items: list, tenant: str, generate: Callable[[], Awaitable[None]]) -> None:
-        """Store `response` (queued) and run `generate()` in a task (its writer stores the final state)."""
+    async def start(self, response: dict, items: list, tenant: str, generate: Callable[[], Awaitable[None]]) -> None:
+        """Store `response` (queued) and run `generate()` in a task (its writer stores the final state). Returns
+        once the queued response is in the database: the client polls it next, maybe on another instance."""
 
-        def save(state: dict) -> None:
-            self.store.save(state, items, tenant)
+        def save(state: dict) -> Future:
+            return self.store.save(state, items, tenant)
 
         async def run() -> None:
             try:
@@ -44,10 +46,11 @@ class BackgroundRuns:
             finally:
                 self._tasks.pop(response["id"], None)
 
-        save(response)
+        queued = save(response)
         self._tasks[response["id"]] = asyncio.create_task(run())
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.create_task(self._watch_cancels())
+        await asyncio.wrap_future(queued)
 
     async def cancel(self, response_id: str, tenant: str) -> None:
         """Cancel a background response: stopped here if it runs here, else by the instance running it."""

@@ -8,8 +8,10 @@ Whitespace before a tool call opens no message (models often write a newline bef
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from api.pipeline.choice_output import ChoiceOutput
@@ -61,9 +63,11 @@ class ResponseWriter(AnswerWriter):
     named_events = True  # `event: response.output_text.delta`
 
     def __init__(self, response: ResponseObject, output: ChoiceOutput, want_logprobs: bool,
-                 on_done: Callable[[dict], None] | None = None) -> None:
-        """`on_done`: given the final response object (to store it) once generation ends."""
+                 on_done: Callable[[dict], Future] | None = None) -> None:
+        """`on_done`: given the final response object once generation ends (to store it: the write it returns is
+        waited for before the client sees the end)."""
         self.on_done = on_done
+        self._stored: Future | None = None
         self.response = response
         self.output = output
         self.want_logprobs = want_logprobs
@@ -207,6 +211,10 @@ class ResponseWriter(AnswerWriter):
             ]
         return events
 
+    async def settled(self) -> None:
+        if self._stored is not None:  # a failed write is logged by the store; the answer still goes out
+            await asyncio.wrap_future(self._stored)
+
     def _finish(self, finished: GenerationFinished) -> list[Event]:
         events: list[Event] = []
         if not any(item.type != "reasoning" for item in self.response.output):  # no answer: a (blank) message
@@ -221,5 +229,5 @@ class ResponseWriter(AnswerWriter):
             self.response.status = "completed"
             self.response.completed_at = float(int(time.time()))
         if self.on_done is not None:
-            self.on_done(self.response.model_dump(mode="json"))
+            self._stored = self.on_done(self.response.model_dump(mode="json"))
         return events + [self._lifecycle(f"response.{self.response.status}")]

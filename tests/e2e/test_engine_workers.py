@@ -25,7 +25,7 @@ ASK = [{"role": "user", "content": "Tell me a long story about owls."}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    flags = ("--model-name", SMOL, "--n-ctx", "2048", "--parallel", "2", "--log-level", "info", "--engine-workers")
+    flags = ("--model-name", SMOL, "--n-ctx", "2048", "--parallel", "2", "--log-level", "info")
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("workers"),
                         env={"LLM_SERVER_WORKER_ABORT_MARKER": MARKER}) as process:
         yield process

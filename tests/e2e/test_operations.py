@@ -182,7 +182,8 @@ def test_requests_whose_clients_leave_while_queued_leave_at_once_unevaluated(sec
     the queue at once (not be admitted and generated later), and none of their prompts reaches the engine."""
     metric = lambda name: _metric(get(secured, "/metrics").text, name, model="other")  # noqa: E731
     headers = {"Authorization": f"Bearer {KEY}"}
-    holder_body = {"model": "other", "messages": ASK, "max_tokens": 300, "stream": True,
+    # the longest answer the server allows: a fast host makes 300 tokens in the ~3 s the queued clients wait
+    holder_body = {"model": "other", "messages": ASK, "max_tokens": 512, "stream": True,
                    "logit_bias": GEMMA_END_TOKENS}
     with httpx.stream("POST", f"{secured.base_url}/v1/chat/completions", json=holder_body, headers=headers,
                       timeout=60) as holder:
@@ -192,14 +193,14 @@ def test_requests_whose_clients_leave_while_queued_leave_at_once_unevaluated(sec
         def give_up(index: int) -> None:
             body = {"model": "other", "messages": [{"role": "user", "content": f"Queued {index}"}], "max_tokens": 50,
                     "stream": True}
-            with pytest.raises(httpx.ReadTimeout):  # nothing comes while it waits; the client closes after 2 s
-                with httpx.stream("POST", f"{secured.base_url}/v1/chat/completions", json=body, timeout=2,
+            with pytest.raises(httpx.ReadTimeout):  # nothing comes while it waits; the client closes after 1.5 s
+                with httpx.stream("POST", f"{secured.base_url}/v1/chat/completions", json=body, timeout=1.5,
                                   headers={**headers, "x-request-id": f"gave-up-{index}"}) as response:
                     response.read()
 
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             waiting = [pool.submit(give_up, index) for index in range(6)]
-            deadline = time.monotonic() + 1.8
+            deadline = time.monotonic() + 1.4
             while metric("llm_queue_depth") < 6:
                 assert time.monotonic() < deadline, "the six requests never queued"
                 time.sleep(0.05)
