@@ -100,20 +100,28 @@ def test_a_fresh_instance_continues_from_the_shared_database_and_cache(database,
 
 def test_a_save_waiting_on_the_database_holds_up_no_other_stream(two_instances, database):
     """Answers were stored on the event loop: a save waiting on PostgreSQL (here: a table lock held by this test)
-    froze every stream of the instance until the database answered. The save now waits on its own thread."""
+    froze every stream of the instance until the database answered. The save now waits on its own thread; only
+    its own answer waits for it (so that any instance can read the response back once it is answered)."""
     import concurrent.futures
 
     import psycopg
 
-    a_server, _ = two_instances
+    a_server, b_server = two_instances
     client = a_server.openai_client(timeout=20, max_retries=0)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool, psycopg.connect(database) as locker:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, psycopg.connect(database) as locker, \
+            psycopg.connect(database, autocommit=True) as watcher:
         locker.execute("LOCK TABLE responses IN ACCESS EXCLUSIVE MODE")  # held until this transaction ends
         stored = pool.submit(client.responses.create, model=MODEL, input="Hello.", max_output_tokens=4,
                              temperature=0)
-        response = stored.result(timeout=20)  # answered; its save waits on the lock
+        deadline = time.monotonic() + 20
+        while not watcher.execute("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                                  "AND relation = 'responses'::regclass").fetchone()[0]:
+            assert time.monotonic() < deadline, "the response's save never reached the database"
+            time.sleep(0.05)
         chunks = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
                                                      max_tokens=8, temperature=0, stream=True))
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")  # streamed in full meanwhile
+        assert not stored.done()  # the stored response's own answer waits for its write
         locker.rollback()
-    assert client.responses.retrieve(response.id).output_text == response.output_text  # stored once the lock went
+        response = stored.result(timeout=20)
+    assert b_server.openai_client().responses.retrieve(response.id).output_text == response.output_text
