@@ -64,6 +64,7 @@ class _Stream:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.generating = False  # its tokens come (it holds a slot) and its end has not: counted as active
 
     def deliver(self, item) -> None:
         """From the reader thread: a list of chunks, an exception or the stream's end."""
@@ -140,10 +141,13 @@ class WorkerEngine(Engine):
         if kind == "chunks":  # one scheduler step's tokens: handed to the event loop in one wake-up, not one each
             _, batch, self._stats = message
             ready = [(stream, chunks) for stream_id, chunks in batch if (stream := self._streams.get(stream_id))]
+            for stream, _ in ready:
+                stream.generating = True
             if ready:
                 _Stream.deliver_many(ready)
         elif kind in ("stream_error", "stream_end"):
             if (stream := self._streams.get(message[1])) is not None:
+                stream.generating = False
                 stream.deliver(decode_error(message[2]) if kind == "stream_error" else _End(message[2]))
         elif kind in ("result", "error"):
             if (future := self._calls.pop(message[1], None)) is not None:
@@ -246,9 +250,11 @@ class WorkerEngine(Engine):
         return self._weight_placement
 
     # The worker's figures arrive with its messages; a stream that ended here is no longer counted even if its last
-    # figures still did (they were taken while its last token was on its way).
+    # figures still did (they were taken while its last token was on its way), and a stream whose tokens are coming
+    # is counted even before figures taken after its start arrive.
     def active_sequences(self) -> int:
-        return 0 if self._failure else min(self._stats[0], len(self._streams))
+        generating = sum(1 for stream in list(self._streams.values()) if stream.generating)
+        return 0 if self._failure else min(max(self._stats[0], generating), len(self._streams))
 
     def queued_requests(self) -> int:
         return 0 if self._failure else min(self._stats[1], len(self._streams))
