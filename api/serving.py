@@ -61,8 +61,8 @@ class AnswerWriter(ABC):
         return ()
 
     async def settled(self) -> None:
-        """Wait, once the last chunk is added, for what must be done before the client sees the end (a stored
-        response's write: the client may read it back at once, from another instance too)."""
+        """Wait, once a choice's GenerationFinished is added, for what must be done before the client sees its
+        events (a stored response's write: the client may read it back at once, from another instance too)."""
 
     @abstractmethod
     def fail(self, error: ServerError) -> Payloads:
@@ -248,9 +248,7 @@ async def _local_events(run: LocalRun, first: tuple[int, GenerationChunk], resou
             for event in added:
                 yield event
             pending = await anext(run.chunks, None)
-        finishing = events(writer.finish())
-        await writer.settled()
-        for event in finishing:
+        for event in events(writer.finish()):
             yield event
     except ServerError as exc:
         ticket.failed()
