@@ -171,6 +171,11 @@ class Settings(BaseSettings):
         "fails only that model's requests (it restarts on the next), and unloading it gives its memory back to the "
         "system. Off (--no-engine-workers): engines run inside the server process."
     )
+    worker_stall_seconds: float = Field(
+        120.0, ge=0, description="End an engine worker that hangs (its crash path: its requests fail with "
+        "engine_crashed, it restarts on the next): silent this long, or taking no step this long while requests wait "
+        "on it. Longer than the slowest single step of your largest model (a batch of prompt tokens); 0: never"
+    )
     mmproj: str | None = Field(
         None, description="The multimodal projector (mmproj GGUF) of the default model, for image/audio input (file in "
         "--models-dir or a path; per model: `mmproj:` in models.yaml; found by itself as mmproj-<model stem>*.gguf "

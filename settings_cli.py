@@ -19,7 +19,7 @@ from settings import Settings
 FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "model": ("model_name", "models_dir", "models_file", "chat_template", "chat_template_tool_use", "templates_dir",
               "install_embedded_models", "scan_hf_cache", "hf_cache_dir", "trust_remote_code", "max_loaded_models", "memory_budget",
-              "model_ttl", "mmproj", "engine_workers"),
+              "model_ttl", "mmproj", "engine_workers", "worker_stall_seconds"),
     "serving": ("host", "port", "parallel", "max_queue", "request_timeout", "shutdown_grace", "cors_origins",
                 "max_body_bytes", "body_timeout", "max_messages", "media_fetch", "media_fetch_timeout",
                 "max_media_per_request", "max_media_bytes", "max_image_pixels", "upstream"),

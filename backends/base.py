@@ -265,6 +265,11 @@ class Engine(ABC):
         """Requests waiting for a free sequence slot."""
         return 0
 
+    def steps_taken(self) -> int | None:
+        """A count that grows with every step of work (a batch decoded); None where the engine has none. An engine
+        worker's watchdog reads it: work waiting while it stands still means the engine is stuck."""
+        return None
+
     async def warm_prompt(self, prompt: str, conversation: str, adapters: AdapterSet | None = None) -> WarmedPrompt:
         """Evaluate a chat prompt into the prompt cache (memory and disk) without generating.
 

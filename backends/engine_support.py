@@ -184,6 +184,9 @@ class WorkerThreadEngine(Engine):
     def queued_requests(self) -> int:
         return self.scheduler.queued
 
+    def steps_taken(self) -> int | None:
+        return self.scheduler.steps
+
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close_blocking)
 

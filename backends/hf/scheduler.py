@@ -79,6 +79,7 @@ class BatchScheduler:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(eos_ids, default=0)
         self._queue: JobQueue[HFJob] = JobQueue(max_queue)
         self._running: list[_Row] = []
+        self.steps = 0  # forward passes done (a worker's watchdog sees work waiting while it stands still)
         self._thread = threading.Thread(target=self._run, name="transformers-batcher", daemon=True)
         self._thread.start()
 
@@ -157,6 +158,7 @@ class BatchScheduler:
                 position_ids=positions.to(self.device), past_key_values=cache, use_cache=True, logits_to_keep=1,
                 **extra,
             )
+        self.steps += 1
         return output.logits[:, -1, :].float().cpu()
 
     def _new_row(self, job: HFJob) -> _Row:

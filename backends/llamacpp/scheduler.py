@@ -58,6 +58,7 @@ class Scheduler:
         self.speculative_steps = SpeculativeSteps(context, self._batch, speculation, seq_ctx, draft_model, self._sample)
         self._adapter_turns = AdapterTurns(lambda adapters: apply_adapters(context, adapters))
         self._stepping = threading.Lock()  # held by the thread while it admits and steps (see forget_adapters)
+        self.steps = 0  # steps done (a worker's watchdog sees work waiting while it stands still)
         self._thread = threading.Thread(target=self._run, name="llamacpp-scheduler", daemon=True)
         self._thread.start()
 
@@ -117,6 +118,7 @@ class Scheduler:
                 except Exception as exc:  # a bug or decode failure must not kill the thread and hang clients
                     logger.exception("Scheduler step failed")
                     self._fail_active(EngineFailure(f"The engine failed while generating: {exc}"))
+                self.steps += 1
 
     def _admit(self, jobs: list[SequenceJob]) -> None:
         """Move taken jobs into free slots, preferring the slot whose cached KV shares the longest prefix."""

@@ -8,7 +8,8 @@ then serves the engine interface until told to close or until the server's end o
     ("call", id, method, args)            ("result", id, value) | ("error", id, error)
     ("generate", id, request)             ("chunks", [(id, [chunk, ...]), ...], (active, queued))
     ("cancel", id)                        ("stream_error", id, error), ("stream_end", id, usage or None)
-    ("close", id)                         ("progress", fraction, stage), ("ready", info), ("stats", active, queued)
+    ("close", id)                         ("progress", fraction, stage), ("ready", info),
+                                          ("stats", active, queued, steps taken)
 
 Everything the engine does happens on this process's event loop, as it would in the server's. The chunks of all
 streams that arrive in one turn of the loop (one scheduler step's tokens) leave as one message. Logging goes to
@@ -34,6 +35,7 @@ from backends.worker.wire import Channel, WorkerGone, encode_error
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_SECONDS = 0.05
+BEAT_SECONDS = 1.0  # the figures go out at least this often, changed or not: the server's watchdog hears it alive
 # Methods of the engine the server may call by name (anything else is refused)
 CALLABLE = frozenset({"count_tokens", "tokenize", "detokenize", "infill_prompt", "cache_summary", "warm_prompt",
                       "embed", "rerank", "weight_placement"})
@@ -61,7 +63,7 @@ class EngineWorker:
         self.adapter_sets: dict[str, AdapterSet] = {}  # key -> the engine's own set (its handles stay here)
         self._pending_chunks: dict[int, list] = {}
         self._flush_scheduled = False
-        self._stats = (0, 0)
+        self._stats = (0, 0, None)
         self.closed = asyncio.Event()
 
     # ---------------------------------------------------------------- loading
@@ -83,7 +85,6 @@ class EngineWorker:
             "weight_placement": engine.weight_placement(), "dimensions": getattr(engine, "dimensions", None),
             "pid": os.getpid(),
         }))
-        asyncio.create_task(self._report_stats())
 
     # ---------------------------------------------------------------- messages
 
@@ -166,18 +167,21 @@ class EngineWorker:
             self._stats = self._engine_stats()
             self.channel.send(("chunks", batch, self._stats))
 
-    def _engine_stats(self) -> tuple[int, int]:
-        return self.engine.active_sequences(), self.engine.queued_requests()
+    def _engine_stats(self) -> tuple[int, int, int | None]:
+        if self.engine is None:  # (loading)
+            return 0, 0, None
+        return self.engine.active_sequences(), self.engine.queued_requests(), self.engine.steps_taken()
 
-    async def _report_stats(self) -> None:
-        """Sequences and queue as they change while no chunk carries them (a request waiting for a slot)."""
+    async def report_stats(self) -> None:
+        """Sequences, queue and steps as they change while no chunk carries them (a request waiting for a slot, a
+        long prompt being evaluated), and once a second regardless: the beat the server's watchdog listens for."""
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()
         while not self.closed.is_set():
             await asyncio.sleep(STATS_INTERVAL_SECONDS)
-            if not self.streams:  # (the last stream's end already sent the idle figures)
-                continue
             stats = self._engine_stats()
-            if stats != self._stats:
-                self._stats = stats
+            if stats != self._stats or loop.time() - sent_at >= BEAT_SECONDS:
+                self._stats, sent_at = stats, loop.time()
                 self.channel.send(("stats", *stats))
 
     async def _close(self, call_id: int) -> None:
@@ -209,7 +213,9 @@ async def _serve(fd: int) -> None:
             os._exit(0)  # the server is gone: nobody is left to serve
 
     threading.Thread(target=read_forever, name="worker-reader", daemon=True).start()
+    beats = asyncio.create_task(worker.report_stats())
     await worker.closed.wait()
+    beats.cancel()
 
 
 def main(argv: list[str]) -> None:

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -50,6 +51,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CALL_TIMEOUT_SECONDS = 60.0  # a blocking call (tokenize, a cache summary) the worker does not answer: it hangs
 CLOSE_TIMEOUT_SECONDS = 120.0  # closing finishes the work in flight and queued cache writes first
 CANCEL_REPORT_SECONDS = 2.0  # how long a stream left early waits for the worker's count of what it used
+WATCH_INTERVAL_SECONDS = 0.5
 _SECRET_SETTINGS = ("api_key", "admin_key", "api_key_file")  # a worker never needs the server's keys
 
 
@@ -96,7 +98,11 @@ class WorkerEngine(Engine):
         self._ids = itertools.count(1)
         self._failure: str | None = None
         self._closing = False
-        self._stats = (0, 0)
+        self._stats = (0, 0, None)
+        self._stall_seconds = settings.worker_stall_seconds
+        self._heard_at: float | None = None  # its last message (none yet: it is still starting Python)
+        self._moved_at = time.monotonic()  # its last step, or the last moment it had nothing to do
+        self._stalled: str | None = None  # why the watchdog ended it
         self._progress = current_load()
         self._ready: concurrent.futures.Future = concurrent.futures.Future()
         ours, theirs = socket.socketpair()
@@ -110,6 +116,8 @@ class WorkerEngine(Engine):
         self.logs = LogRelay(self.process.stdout, entry.id)
         self.channel = Channel(ours)
         threading.Thread(target=self._read_forever, name=f"worker-reader-{entry.id}", daemon=True).start()
+        if self._stall_seconds:
+            threading.Thread(target=self._watch, name=f"worker-watchdog-{entry.id}", daemon=True).start()
         without_keys = settings.model_copy(update={name: Settings.model_fields[name].default for name in _SECRET_SETTINGS})
         self.channel.send(("load", entry, without_keys))
         info = self._ready.result()  # the load's own error, or a ModelLoadFailed naming how the worker died
@@ -128,7 +136,9 @@ class WorkerEngine(Engine):
     def _read_forever(self) -> None:
         try:
             while True:
-                self._handle(self.channel.receive())
+                message = self.channel.receive()
+                self._heard_at = time.monotonic()
+                self._handle(message)
         except WorkerGone:
             pass
         except Exception:  # a message this side cannot read: treat the worker as gone
@@ -139,7 +149,9 @@ class WorkerEngine(Engine):
     def _handle(self, message: tuple) -> None:
         kind = message[0]
         if kind == "chunks":  # one scheduler step's tokens: handed to the event loop in one wake-up, not one each
-            _, batch, self._stats = message
+            _, batch, stats = message
+            self._note_stats(stats)
+            self._moved_at = self._heard_at
             ready = [(stream, chunks) for stream_id, chunks in batch if (stream := self._streams.get(stream_id))]
             for stream, _ in ready:
                 stream.generating = True
@@ -156,7 +168,7 @@ class WorkerEngine(Engine):
                 else:
                     future.set_exception(decode_error(message[2]))
         elif kind == "stats":
-            self._stats = message[1:]
+            self._note_stats(message[1:])
         elif kind == "progress":
             if self._progress is not None:
                 self._progress.report(*message[1:])
@@ -164,6 +176,29 @@ class WorkerEngine(Engine):
             self._ready.set_result(message[1])
         elif kind == "load_failed":
             self._ready.set_exception(decode_error(message[1]))
+
+    def _note_stats(self, stats: tuple) -> None:
+        active, queued, steps = stats
+        if steps != self._stats[2] or not (active or queued):  # it stepped, or it has nothing to do
+            self._moved_at = self._heard_at
+        self._stats = stats
+
+    def _watch(self) -> None:
+        """End a worker that hangs instead of dying: one silent for `worker_stall_seconds` (it beats every second),
+        or one whose engine has work but has taken no step for as long. Ending it is then the crash path."""
+        while self.process.poll() is None and self._failure is None and not self._closing:
+            time.sleep(WATCH_INTERVAL_SECONDS)
+            now = time.monotonic()
+            if self._heard_at is None:
+                continue
+            if now - self._heard_at > self._stall_seconds:
+                self._stalled = f"stopped answering (nothing from it for {now - self._heard_at:.0f} s)"
+            elif now - self._moved_at > self._stall_seconds:
+                self._stalled = f"made no progress for {now - self._moved_at:.0f} s with requests waiting on it"
+            if self._stalled and not self._closing:
+                logger.error("The worker of %s %s: ending it", self.entry.id, self._stalled)
+                self.process.kill()
+                return
 
     def _worker_gone(self) -> None:
         """The socket closed: a worker told to close is done; any other died. Fail everything waiting on it."""
@@ -176,8 +211,9 @@ class WorkerEngine(Engine):
         if self._closing and code == 0:
             return
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        what = f"{self._stalled} and was ended ({how})" if self._stalled else f"died ({how})"
         tail = " | ".join(self.logs.tail())
-        self._failure = f"The worker process of model '{self.entry.id}' died ({how})" + (
+        self._failure = f"The worker process of model '{self.entry.id}' {what}" + (
             f"; its last log lines: {tail}" if tail else "")
         logger.error("%s", self._failure)
         crashed = self._crashed()

@@ -1,7 +1,8 @@
 """Each local model runs in a worker process of its own: a worker killed mid-stream (SIGKILL) or aborting natively
 (libc abort(), as a failed GGML_ASSERT does; injected through the worker's test-only LLM_SERVER_WORKER_ABORT_MARKER)
 ends its own streams with one `engine_crashed` error event, leaves the other model's concurrent stream exactly as
-it is alone, shows on the model's card and in /metrics, and the model's next request runs on a fresh worker."""
+it is alone, shows on the model's card and in /metrics, and the model's next request runs on a fresh worker. A worker
+that hangs instead (stopped with SIGSTOP) is ended by the watchdog and takes the same path."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 import httpx
 import pytest
@@ -21,11 +23,13 @@ SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA = "gemma-3-270m-q4_k_m.gguf"
 MARKER = "please-abort-this-worker"
 ASK = [{"role": "user", "content": "Tell me a long story about owls."}]
+STALL_SECONDS = 4
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    flags = ("--model-name", SMOL, "--n-ctx", "2048", "--parallel", "2", "--log-level", "info")
+    flags = ("--model-name", SMOL, "--n-ctx", "2048", "--parallel", "2", "--log-level", "info",
+             "--worker-stall-seconds", str(STALL_SECONDS))
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("workers"),
                         env={"LLM_SERVER_WORKER_ABORT_MARKER": MARKER}) as process:
         yield process
@@ -107,5 +111,27 @@ def test_a_native_abort_is_that_models_failure_alone(server):
     assert waiting.status_code == 503 and waiting.json()["error"]["code"] == "model_loading"
     assert int(waiting.headers["retry-after"]) >= 1
     # ... which the official client waits out by itself; a whole (non-streamed) crash is a 500 engine_crashed
+    again = server.openai_client().chat.completions.create(model=SMOL, messages=ASK, max_tokens=5)
+    assert again.usage.completion_tokens > 0 and card(server, SMOL)["crashes"] == crashes + 1
+
+
+def test_a_hung_worker_is_ended_by_the_watchdog(server):
+    crashes = card(server, SMOL).get("crashes", 0)
+    pid = card(server, SMOL)["worker"]["pid"]
+    smol = events(server, {"model": SMOL, "messages": ASK, "max_tokens": 900, "logit_bias": NO_END_TOKENS})
+    assert all(isinstance(next(smol), dict) for _ in range(3))
+    os.kill(pid, signal.SIGSTOP)  # alive but frozen: no crash for the socket to show, only silence
+    stopped_at = time.monotonic()
+    try:
+        assert_crashed_stream(list(smol))
+    finally:
+        waited = time.monotonic() - stopped_at
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:  # (ended by the watchdog, as it should be)
+            pass
+    assert STALL_SECONDS <= waited < STALL_SECONDS + 10
+    crashed = card(server, SMOL)
+    assert crashed["status"] == "failed" and "stopped answering" in crashed["error"], crashed
     again = server.openai_client().chat.completions.create(model=SMOL, messages=ASK, max_tokens=5)
     assert again.usage.completion_tokens > 0 and card(server, SMOL)["crashes"] == crashes + 1
