@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     cache_min_tokens: int = Field(
         256, ge=1, description="Shortest sequence worth saving to the prompt cache (shorter ones are cheap to redo)."
     )
+    ctx_checkpoints: int = Field(
+        32, ge=0, description="Models with recurrent layers (Qwen3.5, Granite 4, LFM2, Mamba...): recurrent-state "
+        "checkpoints kept per sequence slot, so a new turn resumes from the last one its prompt shares instead of "
+        "re-evaluating the whole prompt (0: none; each holds one copy of the model's recurrent state)"
+    )
+    checkpoint_every: int = Field(
+        4096, ge=0, description="Also take a checkpoint every this many tokens of a long prompt (besides a few "
+        "tokens before each prompt's end), so an edit deep in a conversation resumes near it (0: only at the end)"
+    )
     models_file: Path | None = Field(
         None, description="Models file (YAML) with catalog entries: aliases, engine, settings, defaults. "
         "Default: models.yaml in the models directory."

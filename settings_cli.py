@@ -24,7 +24,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
                 "max_body_bytes", "body_timeout", "max_messages", "media_fetch", "media_fetch_timeout",
                 "max_media_per_request", "max_media_bytes", "max_image_pixels", "upstream"),
     "cache and stored state": ("cache_dir", "prompt_cache", "cache_capacity_bytes", "cache_min_tokens",
-                               "state_db"),
+                               "ctx_checkpoints", "checkpoint_every", "state_db"),
     "keys and limits": ("api_key", "admin_key", "api_key_file", "key_requests_per_minute", "key_tokens_per_minute",
                         "key_max_streams", "key_max_request_tokens", "rate_window_seconds", "max_tokens_limit",
                         "private_metrics"),

@@ -142,6 +142,10 @@ class EngineCapabilities:
     rerank: bool = False  # /v1/rerank natively (a cross-encoder or a GGUF with rank pooling)
     vision: bool = False  # image content parts (a GGUF model with its projector, mmproj)
     audio: bool = False  # input_audio content parts
+    # How a new prompt reuses what a sequence already evaluated: "kv" (any shared prefix), "checkpoints"
+    # (recurrent state: back to the nearest checkpoint), "none"
+    prefix_reuse: str = "none"
+    speculation: str = "off"  # speculative decoding: "ngram", "draft", or "off" (with the reason where forced)
 
 
 # What the local generative engines (llama.cpp, transformers) both honour.

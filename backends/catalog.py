@@ -67,6 +67,8 @@ class EngineOverrides(BaseModel):
     swa_full: bool | None = None
     prompt_cache: bool | None = None
     cache_min_tokens: int | None = Field(None, ge=1)
+    ctx_checkpoints: int | None = Field(None, ge=0)
+    checkpoint_every: int | None = Field(None, ge=0)
     embedding: bool | None = None
     pooling: Literal["model", "mean", "cls", "last", "rank"] | None = None
     budget_closing: bool | None = None

