@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from api.openai.protocol import Completion, CompletionChoice, CompletionLogprobs
 from api.openai.stream_writer import OpenAIStreamWriter
 from api.pipeline.prepare import sampling_params, stop_strings
-from api.protocol import CompletionRequest, CompletionUsage, now_seconds
+from api.protocol import CompletionRequest, CompletionUsage, PromptTokensDetails, now_seconds
 from api.serving import LocalRun, Payloads, generation_chunks
 from backends.base import GenerationChunk, GenerationFinished, GenerationRequest, GrammarSpec, TokenDelta, TokenLogprob
 from backends.registry import LoadedModel, ModelRegistry
@@ -150,6 +150,9 @@ class CompletionWriter(OpenAIStreamWriter):
 
     def _usage(self) -> CompletionUsage:
         # Every prompt counts once however many choices it has, as OpenAI counts.
-        prompt = sum(usage.prompt_tokens for index, usage in self.usages.items() if index % self.n == 0)
+        firsts = [usage for index, usage in self.usages.items() if index % self.n == 0]
+        prompt = sum(usage.prompt_tokens for usage in firsts)
         completion = sum(usage.completion_tokens for usage in self.usages.values())
-        return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                               prompt_tokens_details=PromptTokensDetails(
+                                   cached_tokens=sum(usage.cached_tokens for usage in firsts)))
