@@ -8,12 +8,13 @@ fixed text, so every system sees the same prompts; each turn asks for one token 
 token: prompt evaluation, one step, HTTP). Medians of --runs conversations; the cached prompt tokens each system
 reports are shown beside.
 
-Usage: python -m bench.bench_hybrid_turns [--turns 6] [--runs 3] [--system-rules 300]
+Usage: python -m bench.bench_hybrid_turns [--turns 6] [--runs 3] [--system-rules 100]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -49,7 +50,8 @@ def ask(base_url: str, messages: list[dict]) -> tuple[float, int, int]:
     started = time.perf_counter()
     response = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=600)
     elapsed = time.perf_counter() - started
-    response.raise_for_status()
+    if response.status_code != 200:
+        raise RuntimeError(f"{base_url}: {response.status_code} {response.text[:500]}")
     answer = response.json()
     usage = answer["usage"]
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
@@ -69,7 +71,7 @@ def measure(base_url: str, args) -> list[dict]:
 
 def ours(gguf: Path, args, *flags: str) -> list[dict]:
     models = Path(tempfile.mkdtemp(prefix="bench-hybrid-"))
-    (models / MODEL).symlink_to(gguf)
+    shutil.copy(gguf, models / MODEL)  # (a link out of the models directory is refused, as it should be)
     port = free_port()
     server = Process("ours", [sys.executable, "server.py", "--port", str(port), "--models-dir", str(models),
                               "--model-name", MODEL, "--parallel", "1", "--n-ctx", str(args.n_ctx),
@@ -104,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--system-rules", type=int, default=300, help="length of the system prompt (~17 tokens each)")
+    parser.add_argument("--system-rules", type=int, default=100, help="length of the system prompt (~60 tokens each)")
     parser.add_argument("--n-ctx", type=int, default=16384)
     args = parser.parse_args()
     gguf = qwen35(width=512, layers=("linear_attention",) * 6 + ("full_attention",) * 2)

@@ -68,7 +68,7 @@ def qwen35(*, layers: tuple[str, ...] = ("linear_attention",) * 3 + ("full_atten
     """Qwen3.5 (Gated DeltaNet layers and gated full attention, `qwen35` in llama.cpp), with Qwen3.5's real
     template. Head sizes keep Qwen3.5's rope layout (head 256, a quarter of it rotated in M-RoPE sections).
     `width`: the hidden size (64 for tests; the bench builds a wider one whose prompt evaluation costs more)."""
-    settings = {"family": "qwen35", "layers": layers, "seed": seed, "version": 1}
+    settings = {"family": "qwen35", "layers": layers, "seed": seed, "version": 2}
     if width != 64:
         settings["width"] = width
 
@@ -84,7 +84,7 @@ def qwen35(*, layers: tuple[str, ...] = ("linear_attention",) * 3 + ("full_atten
             vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=len(layers),
             layer_types=list(layers), num_attention_heads=2, num_key_value_heads=1, head_dim=256,
             linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=16, linear_value_head_dim=16,
-            linear_conv_kernel_dim=4, max_position_embeddings=4096, tie_word_embeddings=False,
+            linear_conv_kernel_dim=4, max_position_embeddings=32768, tie_word_embeddings=False,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id)
         torch.manual_seed(seed)

@@ -132,7 +132,7 @@ class LlamaCppEngine(WorkerThreadEngine):
             return None
         namespace = model_namespace(self.entry.id, self.path) + (f"-lora-{adapter_key}" if adapter_key else "")
         try:
-            return PromptCache(
+            cache = PromptCache(
                 settings.cache_dir / namespace,
                 settings.cache_capacity_bytes,
                 settings.cache_min_tokens,
@@ -141,6 +141,8 @@ class LlamaCppEngine(WorkerThreadEngine):
         except Exception as exc:  # an unusable cache dir must not stop the model from serving
             logger.warning("Prompt cache disabled for %s: %s", self.path.name, exc)
             return None
+        cache.busy = lambda: self.scheduler.active_sequences > 0  # (writes wait for a quiet moment)
+        return cache
 
     def _load_template(self, settings: Settings) -> ChatTemplateInfo:
         source, origin = resolve_template_source(

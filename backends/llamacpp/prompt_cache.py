@@ -5,7 +5,8 @@ never share states. Values are per-sequence llama.cpp states (`llama_state_seq_g
 so saving one conversation never copies everyone's KV.
 
 Writes happen on a background thread, off the request path: the scheduler hands over a snapshot and moves on.
-A burst cannot queue writes without bound (at most `MAX_PENDING_WRITES` wait; older ones are dropped, the
+A write (tens of MB to serialise and store) waits while the engine is busy, up to `DEFER_SECONDS`, so it takes
+CPU from the idle moments between requests instead of from the next turn's prompt evaluation. A burst cannot queue writes without bound (at most `MAX_PENDING_WRITES` wait; older ones are dropped, the
 same tokens are coalesced). Everything that can go wrong on disk (a corrupt or truncated entry, a state from
 another llama.cpp build, a full disk, a deleted directory) is logged, the entry dropped, and the request
 served cold. diskcache itself is safe for several processes sharing one directory.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -31,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 MAX_PENDING_WRITES = 2
 KNOWN_SAVED_LIMIT = 4096
+DEFER_SECONDS = 2.0  # longest a write waits for the engine to go idle (a caller waiting on it never waits)
+IDLE_POLL_SECONDS = 0.005
 
 
 def model_namespace(model_id: str, model_path: Path) -> str:
@@ -171,6 +175,7 @@ class _PendingWrite:
     tokens: tuple[int, ...]
     state: bytes
     done: Callable[[bool], None] | None = None  # told whether the state reached the disk
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 class PromptCache:
@@ -186,6 +191,7 @@ class PromptCache:
         self._closing = False
         # Digests of sequences known to be on disk, so they are not snapshotted again (bounded, oldest forgotten).
         self._known_saved: OrderedDict[bytes, None] = OrderedDict()
+        self.busy: Callable[[], bool] = lambda: False  # the engine is evaluating (set by its owner)
         self._writer = threading.Thread(target=self._write_loop, name="prompt-cache-writer", daemon=True)
         self._writer.start()
 
@@ -267,6 +273,11 @@ class PromptCache:
                     self._wakeup.wait()
                 if not self._pending:
                     return
+                head = self._pending[0]
+                if (head.done is None and not self._closing and self.busy()
+                        and time.monotonic() - head.queued_at < DEFER_SECONDS):
+                    self._wakeup.wait(IDLE_POLL_SECONDS)
+                    continue
                 item = self._pending.popleft()
             ok = self._write(item)
             if item.done:
