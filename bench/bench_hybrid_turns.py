@@ -1,6 +1,7 @@
 """Prefix reuse on a hybrid model: the latency of each turn of an agent-shaped conversation (a long system prompt
-with tools, then short user turns) with recurrent-state checkpoints, without them (every prompt evaluated in full,
-as before checkpoints), and on llama-server with its own `--ctx-checkpoints`, same GGUF, same run.
+with tools, then short user turns) with recurrent-state checkpoints (with and without the disk prompt cache, which
+also writes each turn's states to disk), without them (every prompt evaluated in full, as before checkpoints), and
+on llama-server with its own `--ctx-checkpoints`, same GGUF, same run.
 
 The model is a random Qwen3.5 (Gated DeltaNet + attention, tests/tiny_hybrids.py, converted by llama.cpp's
 converter) wider than the tests' so evaluating a prompt costs something. The conversation's assistant turns are
@@ -112,6 +113,7 @@ def main() -> None:
     gguf = qwen35(width=512, layers=("linear_attention",) * 6 + ("full_attention",) * 2)
     results = {
         "checkpoints": ours(gguf, args),
+        "checkpoints, no disk": ours(gguf, args, "--no-prompt-cache"),
         "no checkpoints": ours(gguf, args, "--ctx-checkpoints", "0", "--no-prompt-cache"),
         "llama-server": llama_server(gguf, args),
     }

@@ -15,7 +15,9 @@ served cold. diskcache itself is safe for several processes sharing one director
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import pickle
 import threading
 import time
 import zlib
@@ -75,6 +77,16 @@ class StoredSequenceState(LlamaState):
         if _checksum(self.llama_state) != self.checksum:
             return "checksum mismatch"
         return None
+
+
+_TOKEN = np.dtype("<i4")
+
+
+def _stored_key(tokens) -> bytes:
+    """Tokens as the store keys them: little-endian int32s. diskcache keeps bytes keys as they are, while a tuple
+    key is pickled and optimised on every write and read (tens of ms for a long prompt); and a stored prefix of a
+    prompt is a byte prefix of its key, compared at memory speed."""
+    return np.asarray(tokens, dtype=_TOKEN).tobytes()
 
 
 def _checksum(data: bytes) -> int:
@@ -141,26 +153,30 @@ class PromptStateStore(LlamaDiskCache):
 
         Whole prefixes only: a state can always be continued from its end, while cutting it shorter fails
         for sliding-window caches (gemma 2/3), where the older positions are gone."""
-        best: tuple[int, ...] | None = None
-        for key in self.cache.iterkeys():
-            if (best is None or len(key) > len(best)) and len(key) <= max_length and tokens[: len(key)] == key:
+        wanted = _stored_key(tokens)
+        best = b""
+        for key in self.cache.iterkeys():  # (entries an older version keyed otherwise are passed over)
+            if isinstance(key, bytes) and len(best) < len(key) <= 4 * max_length and wanted.startswith(key):
                 best = key
-        return best
+        return tuple(np.frombuffer(best, dtype=_TOKEN).tolist()) if best else None
 
     def __getitem__(self, key) -> StoredSequenceState:
-        value = self.cache.get(tuple(key), default=None, retry=True)
+        value = self.cache.get(_stored_key(key), default=None, retry=True)
         if value is None:
             raise KeyError("Key not found")
-        return value
+        return pickle.loads(value)
 
     def __setitem__(self, key, value: LlamaState) -> None:
-        self.cache.set(tuple(key), value, retry=True)
+        # Handed over as a file: diskcache copies a file in 4 MB chunks, while bytes it would write line by line
+        # (a state has a newline every few hundred bytes: tens of thousands of writes, tens of ms)
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        self.cache.set(_stored_key(key), io.BytesIO(data), read=True, retry=True)
 
     def __contains__(self, key) -> bool:
-        return tuple(key) in self.cache
+        return _stored_key(key) in self.cache
 
     def discard(self, key: tuple[int, ...]) -> None:
-        self.cache.delete(key, retry=True)
+        self.cache.delete(_stored_key(key), retry=True)
 
     def summary(self) -> dict[str, int | str]:
         return {"directory": str(self.directory), "entries": len(self.cache), "bytes": int(self.cache.volume()),
