@@ -64,13 +64,17 @@ def _cached(name: str, settings: dict, build) -> Path:
 
 
 def qwen35(*, layers: tuple[str, ...] = ("linear_attention",) * 3 + ("full_attention",), seed: int = 0,
-           width: int = 64) -> Path:
+           width: int = 64, head_dim: int = 256) -> Path:
     """Qwen3.5 (Gated DeltaNet layers and gated full attention, `qwen35` in llama.cpp), with Qwen3.5's real
     template. Head sizes keep Qwen3.5's rope layout (head 256, a quarter of it rotated in M-RoPE sections).
-    `width`: the hidden size (64 for tests; the bench builds a wider one whose prompt evaluation costs more)."""
+    `width`: the hidden size (64 for tests; the bench builds a wider one whose prompt evaluation costs more).
+    `head_dim`: a head too small for Qwen3.5's rope sections makes a model file llama.cpp aborts on
+    (`GGML_ASSERT(sect_dims <= ne0)`), as a user's odd conversion would: the crash tests use one."""
     settings = {"family": "qwen35", "layers": layers, "seed": seed, "version": 2}
     if width != 64:
         settings["width"] = width
+    if head_dim != 256:
+        settings["head_dim"] = head_dim
 
     def build(folder: Path, out: Path) -> None:
         import torch
@@ -82,7 +86,7 @@ def qwen35(*, layers: tuple[str, ...] = ("linear_attention",) * 3 + ("full_atten
                                     extra_special_tokens=QWEN_TOKENS)
         config = Qwen3_5TextConfig(
             vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=len(layers),
-            layer_types=list(layers), num_attention_heads=2, num_key_value_heads=1, head_dim=256,
+            layer_types=list(layers), num_attention_heads=2, num_key_value_heads=1, head_dim=head_dim,
             linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=16, linear_value_head_dim=16,
             linear_conv_kernel_dim=4, max_position_embeddings=32768, tie_word_embeddings=False,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

@@ -19,7 +19,6 @@ stderr as `LEVEL logger: message` lines, which the server relays into its own lo
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import dataclasses
 import logging
 import os
@@ -39,9 +38,6 @@ BEAT_SECONDS = 1.0  # the figures go out at least this often, changed or not: th
 # Methods of the engine the server may call by name (anything else is refused)
 CALLABLE = frozenset({"count_tokens", "tokenize", "detokenize", "infill_prompt", "cache_summary", "warm_prompt",
                       "embed", "rerank", "weight_placement"})
-# Fault injection for the crash tests: a prompt holding this text makes the worker abort natively (libc abort(),
-# as a failed GGML_ASSERT does) after its second chunk. Read from the environment only; unset in any real use.
-ABORT_MARKER = os.environ.get("LLM_SERVER_WORKER_ABORT_MARKER", "")
 
 
 class _RelayedProgress(LoadProgress):
@@ -134,15 +130,10 @@ class EngineWorker:
         unfinished_usage.set(unfinished.append)  # (this task's own context) the usage of a stream left early
         if request.adapters is not None:
             request = dataclasses.replace(request, adapters=self._own(request.adapters))
-        sent = 0
         try:
             async for chunk in self.engine.generate(request):
                 self._pending_chunks.setdefault(stream_id, []).append(chunk)
                 self._schedule_flush()
-                sent += 1
-                if ABORT_MARKER and sent == 2 and ABORT_MARKER in str(request.prompt):
-                    self._flush()
-                    ctypes.CDLL(None).abort()
         except asyncio.CancelledError:
             pass
         except Exception as exc:

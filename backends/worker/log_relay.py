@@ -2,8 +2,9 @@
 
 The worker's Python logging writes `LEVEL logger: message` lines (backends/worker/child.py), logged here again at
 their level under their logger; anything else (a native library printing straight to the file descriptors: a
-failed GGML_ASSERT, a C++ `terminate called...`) is logged as a warning. The last lines are kept: they say why a
-worker died.
+failed GGML_ASSERT, a C++ `terminate called...`) is logged as a warning. The last lines are kept, and the last
+line that reads like a native failure: they say why a worker died (ggml prints a debugger's backtrace after its
+assert, so the assert itself is rarely among the very last lines).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import deque
 from typing import BinaryIO
 
 _LINE = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) ([\w.]+): (.*)")
+_FATAL = re.compile(r"GGML_ASSERT|GGML_ABORT|terminate called|Segmentation fault|Aborted|fatal error", re.IGNORECASE)
 KEPT_LINES = 20
 
 
@@ -22,6 +24,7 @@ class LogRelay:
     def __init__(self, stream: BinaryIO, model_id: str) -> None:
         self.model_id = model_id
         self.last_lines: deque[str] = deque(maxlen=KEPT_LINES)
+        self.last_fatal: str | None = None
         self._stream = stream
         self._thread = threading.Thread(target=self._relay, name=f"worker-log-{model_id}", daemon=True)
         self._thread.start()
@@ -32,6 +35,8 @@ class LogRelay:
             if not line:
                 continue
             self.last_lines.append(line)
+            if _FATAL.search(line):
+                self.last_fatal = line
             if (match := _LINE.fullmatch(line)) is not None:
                 level, name, message = match.groups()
                 logging.getLogger(name).log(logging.getLevelName(level), "[%s] %s", self.model_id, message)
@@ -44,4 +49,8 @@ class LogRelay:
         self._thread.join(timeout)
 
     def tail(self, count: int = 5) -> list[str]:
-        return list(self.last_lines)[-count:]
+        """The last `count` lines, after the last native failure's line when that is further back."""
+        lines = list(self.last_lines)[-count:]
+        if self.last_fatal is not None and self.last_fatal not in lines:
+            lines = [self.last_fatal, "...", *lines[1:]]
+        return lines

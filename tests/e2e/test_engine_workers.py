@@ -1,13 +1,15 @@
 """Each local model runs in a worker process of its own: a worker killed mid-stream (SIGKILL) or aborting natively
-(libc abort(), as a failed GGML_ASSERT does; injected through the worker's test-only LLM_SERVER_WORKER_ABORT_MARKER)
-ends its own streams with one `engine_crashed` error event, leaves the other model's concurrent stream exactly as
-it is alone, shows on the model's card and in /metrics, and the model's next request runs on a fresh worker. A worker
-that hangs instead (stopped with SIGSTOP) is ended by the watchdog and takes the same path."""
+(a real `GGML_ASSERT` in llama.cpp: a Qwen3.5 file whose heads are too small for its rope sections, as an odd
+conversion makes, built by tests/tiny_hybrids.py) ends its own streams with one `engine_crashed` error event, leaves
+the other model's concurrent stream exactly as it is alone, shows on the model's card and in /metrics, and the
+model's next request runs on a fresh worker. A worker that hangs instead (stopped with SIGSTOP) is ended by the
+watchdog and takes the same path."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -18,20 +20,22 @@ import pytest
 from tests.e2e.conftest import GEMMA_END_TOKENS
 from tests.server_process import running_server
 from tests.smollm2 import NO_END_TOKENS
+from tests.tiny_hybrids import qwen35
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA = "gemma-3-270m-q4_k_m.gguf"
-MARKER = "please-abort-this-worker"
+BROKEN = "broken-qwen35.gguf"  # llama.cpp aborts on its first decode: GGML_ASSERT(sect_dims <= ne0)
 ASK = [{"role": "user", "content": "Tell me a long story about owls."}]
 STALL_SECONDS = 4
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    flags = ("--model-name", SMOL, "--n-ctx", "2048", "--parallel", "2", "--log-level", "info",
-             "--worker-stall-seconds", str(STALL_SECONDS))
-    with running_server(*flags, log_dir=tmp_path_factory.mktemp("workers"),
-                        env={"LLM_SERVER_WORKER_ABORT_MARKER": MARKER}) as process:
+    models = tmp_path_factory.mktemp("worker-models")
+    shutil.copy(qwen35(head_dim=16), models / BROKEN)
+    flags = ("--models-dir", str(models), "--model-name", SMOL, "--n-ctx", "2048", "--parallel", "2",
+             "--log-level", "info", "--worker-stall-seconds", str(STALL_SECONDS))
+    with running_server(*flags, log_dir=tmp_path_factory.mktemp("workers")) as process:
         yield process
 
 
@@ -97,22 +101,35 @@ def test_a_killed_worker_ends_only_its_own_streams(server):
 
 
 def test_a_native_abort_is_that_models_failure_alone(server):
-    crashes = card(server, SMOL).get("crashes", 0)
-    body = {"model": SMOL, "messages": [{"role": "user", "content": f"Say {MARKER}."}], "max_tokens": 200,
-            "logit_bias": NO_END_TOKENS}
-    rest = list(events(server, body))
-    assert_crashed_stream(rest)
-    crashed = card(server, SMOL)
+    gemma = {"model": GEMMA, "messages": ASK, "max_tokens": 40, "temperature": 0, "logit_bias": GEMMA_END_TOKENS}
+    alone = text_of(server, gemma)
+    started, result = threading.Event(), {}
+    other = threading.Thread(target=lambda: result.update(text=text_of(server, gemma, started)))
+    other.start()
+    assert started.wait(60)
+    # Its first decode aborts before any token: the stream had not begun, so the answer is a plain 500
+    crash = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=120,
+                       json={"model": BROKEN, "messages": ASK, "max_tokens": 20, "stream": True})
+    assert crash.status_code == 500 and crash.json()["error"]["code"] == "engine_crashed", crash.text
+    other.join(120)
+    assert result["text"] == alone  # gemma's worker never noticed
+    crashed = card(server, BROKEN)
     assert crashed["status"] == "failed" and "SIGABRT" in crashed["error"], crashed
-    assert card(server, GEMMA)["status"] == "loaded"  # the other worker never noticed
+    assert "GGML_ASSERT" in crashed["error"]  # llama.cpp's own last words, from the worker's log
+    assert card(server, GEMMA)["status"] == "loaded" and card(server, SMOL)["status"] == "loaded"
 
-    # A second crash in a row: the model restarts after a short backoff (503 until then, with Retry-After) ...
-    waiting = httpx.post(f"{server.base_url}/v1/chat/completions", json={**body, "messages": ASK}, timeout=60)
+    # It restarts on its next request and crashes again (a whole answer: a 500 engine_crashed) ...
+    whole = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": BROKEN, "messages": ASK,
+                                                                       "max_tokens": 20}, timeout=120)
+    assert whole.status_code == 500 and whole.json()["error"]["code"] == "engine_crashed", whole.text
+    # ... then, crashing again and again, it waits longer each time: a 503 with Retry-After until then
+    waiting = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": BROKEN, "messages": ASK},
+                         timeout=60)
     assert waiting.status_code == 503 and waiting.json()["error"]["code"] == "model_loading"
     assert int(waiting.headers["retry-after"]) >= 1
-    # ... which the official client waits out by itself; a whole (non-streamed) crash is a 500 engine_crashed
-    again = server.openai_client().chat.completions.create(model=SMOL, messages=ASK, max_tokens=5)
-    assert again.usage.completion_tokens > 0 and card(server, SMOL)["crashes"] == crashes + 1
+    assert card(server, BROKEN)["crashes"] == 2
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    assert f'llm_engine_crashes_total{{model="{BROKEN}"}} 2.0' in metrics
 
 
 def test_a_hung_worker_is_ended_by_the_watchdog(server):
