@@ -70,5 +70,6 @@ async def apply_template(body: ChatCompletionRequest, registry: RegistryDep, ten
     """The prompt a chat request renders to (its messages, tools, template variables), as llama-server answers it:
     for seeing what the model's template makes of a conversation."""
     model = await _local_model(registry, body.model, tenant)
-    prompt, _ = render_for_cache(body, model.renderer, registry.generation_defaults(model.model_id))
+    prompt, _ = render_for_cache(body, model.renderer, registry.generation_defaults(model.model_id),
+                                 model.engine.capabilities)  # (an image renders as its marker, `<__media__>`)
     return ApplyTemplateResponse(prompt=prompt)

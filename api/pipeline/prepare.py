@@ -195,13 +195,16 @@ def _render_prompt(
 
 
 def render_for_cache(
-    request: ChatCompletionRequest, renderer: ChatPromptRenderer, defaults: GenerationDefaults = NO_DEFAULTS
+    request: ChatCompletionRequest, renderer: ChatPromptRenderer, defaults: GenerationDefaults = NO_DEFAULTS,
+    capabilities: EngineCapabilities | None = None,
 ) -> tuple[str, str]:
-    """(the prompt a chat request with these messages and tools evaluates, the same without generation prompt)."""
+    """(the prompt a chat request with these messages and tools evaluates, the same without generation prompt).
+    With the model's `capabilities`, media parts it takes render as their markers (`/apply-template`)."""
     plan = tool_plan(request)
     variables = template_variables(reasoning_request(request), defaults, renderer)
-    return (_render_prompt(request, renderer, plan, variables=variables),
-            _render_prompt(request, renderer, plan, add_generation_prompt=False, variables=variables))
+    sink = _media_sink(capabilities, []) if capabilities is not None else None
+    return (_render_prompt(request, renderer, plan, variables=variables, media=sink),
+            _render_prompt(request, renderer, plan, add_generation_prompt=False, variables=variables, media=sink))
 
 
 def prepare_chat(

@@ -97,21 +97,22 @@ class StateCheckpoints:
         checkpoint = self.slots[seq_id].best(length)
         return checkpoint.length if checkpoint else 0
 
-    def return_to(self, seq_id: int, held: int, length: int) -> bool:
-        """Cut a sequence back to `length` tokens (a length `restorable` gave); False if llama.cpp refused."""
+    def return_to(self, seq_id: int, held: int, length: int, position: int) -> bool:
+        """Cut a sequence back to `length` tokens, whose next position is `position` (a length `restorable`
+        gave); False if llama.cpp refused."""
         if length < held:
             checkpoint = self.slots[seq_id].best(length)
             if checkpoint is None or checkpoint.length != length:
                 return False
-            return self.context.restore_checkpoint(seq_id, checkpoint.state, length)
-        return self.context.remove_tokens(seq_id, length)
+            return self.context.restore_checkpoint(seq_id, checkpoint.state, position)
+        return self.context.remove_tokens(seq_id, position)
 
-    def share(self, donor_seq: int, donor_held: int, seq_id: int, length: int) -> bool:
+    def share(self, donor_seq: int, donor_held: int, seq_id: int, length: int, position: int) -> bool:
         """After the attention KV of a donor's first `length` tokens was copied into `seq_id`: its recurrent state
         there too (the donor's checkpoint, unless `length` is the donor's end and the copy took its state)."""
         donor = self.slots[donor_seq]
         self.slots[seq_id].replace_with(c for c in donor.items if c.length <= length)
-        return self.return_to(seq_id, donor_held, length)
+        return self.return_to(seq_id, donor_held, length, position)
 
     def take(self, seq_id: int, length: int) -> None:
         """The sequence holds exactly `length` tokens now: keep a copy of its recurrent state."""

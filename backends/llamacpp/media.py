@@ -47,6 +47,11 @@ class MediaSpan:
     chunk: int  # an owned mtmd_input_chunk (address), freed with the span
     kind: str
     embeddings: np.ndarray | None = field(default=None, repr=False)  # (length, n_embd) float32, once encoded
+    positions: int = -1  # positions it advances the sequence by: its length, except with M-RoPE (set in __post_init__)
+
+    def __post_init__(self) -> None:
+        if self.positions < 0:
+            self.positions = self.length
 
     @property
     def end(self) -> int:
@@ -89,10 +94,9 @@ class Projector:
         self.model = model
         self.vision = bool(mtmd.mtmd_support_vision(self.ptr))
         self.audio = bool(mtmd.mtmd_support_audio(self.ptr))
-        if mtmd.mtmd_decode_use_mrope(self.ptr):
-            self.free()
-            raise ValueError(f"{path.name} needs M-RoPE positions (Qwen2-VL family), which this server does not "
-                             "support yet")
+        # M-RoPE (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5...): an image's embeddings take a grid of positions, so
+        # the sequence advances by fewer positions than the image has tokens (MediaSpan.positions)
+        self.mrope = bool(mtmd.mtmd_decode_use_mrope(self.ptr))
         self.n_embd = llama_cpp.llama_model_n_embd_inp(model.ptr)  # the width of media embeddings
         self._lock = threading.Lock()
 
@@ -147,7 +151,8 @@ class Projector:
             item = next(items)
             length = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
             owned = mtmd.mtmd_input_chunk_copy(chunk)
-            span = MediaSpan(len(tokens), length, owned, item.kind)
+            span = MediaSpan(len(tokens), length, owned, item.kind,
+                             positions=mtmd.mtmd_input_chunk_get_n_pos(chunk))
             weakref.finalize(span, mtmd.mtmd_input_chunk_free, owned)
             spans.append(span)
             tokens.extend([placeholder_token(item.digest)] * length)
@@ -171,12 +176,13 @@ class Projector:
             output = mtmd.mtmd_get_output_embd(self.ptr)
             span.embeddings = np.ctypeslib.as_array(output, shape=(span.length * self.n_embd,)).copy()
 
-    def decode(self, context: LlamaContext, span: MediaSpan, seq_id: int, n_batch: int) -> None:
-        """Decode the span's embeddings into `seq_id` at its positions (the scheduler's thread)."""
+    def decode(self, context: LlamaContext, span: MediaSpan, seq_id: int, position: int, n_batch: int) -> None:
+        """Decode the span's embeddings into `seq_id` from `position` on (the scheduler's thread); mtmd lays out
+        the positions of each embedding (a grid of them with M-RoPE)."""
         self.encode(span)  # normally done before the sequence started
         embeddings = span.embeddings.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        new_position = llama_cpp.llama_pos(span.start)
-        status = mtmd.mtmd_helper_decode_image_chunk(self.ptr, context.ptr, span.chunk, embeddings, span.start,
+        new_position = llama_cpp.llama_pos(position)
+        status = mtmd.mtmd_helper_decode_image_chunk(self.ptr, context.ptr, span.chunk, embeddings, position,
                                                      seq_id, n_batch, ctypes.byref(new_position),
                                                      mtmd.mtmd_helper_post_decode_callback(), None)  # NULL: none
         if status != 0:

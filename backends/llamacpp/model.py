@@ -331,13 +331,13 @@ class LlamaContext:
         written = llama_cpp.llama_state_seq_get_data_ext(self.ptr, buffer, size, seq_id, flags)
         return ctypes.string_at(buffer, written)
 
-    def restore_checkpoint(self, seq_id: int, state: bytes, length: int) -> bool:
-        """Return a sequence to a checkpoint taken when it held `length` tokens: its recurrent state from the
-        checkpoint, its attention KV cut to the same length. False (the sequence left empty) if llama.cpp refuses."""
+    def restore_checkpoint(self, seq_id: int, state: bytes, position: int) -> bool:
+        """Return a sequence to a checkpoint taken when its next position was `position`: its recurrent state from
+        the checkpoint, its attention KV cut there. False (the sequence left empty) if llama.cpp refuses."""
         buffer = ctypes.cast(ctypes.c_char_p(state), ctypes.POINTER(ctypes.c_uint8))
         flags = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
         if llama_cpp.llama_state_seq_set_data_ext(self.ptr, buffer, len(state), seq_id, flags) == 0 or \
-                not self.remove_tokens(seq_id, length):
+                not self.remove_tokens(seq_id, position):
             self.clear_sequence(seq_id)
             return False
         return True

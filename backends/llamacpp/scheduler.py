@@ -162,7 +162,7 @@ class Scheduler:
                 length = span.start
         if self.checkpoints is not None:  # (llama.cpp's oldest position of a hybrid is its recurrent state's)
             return self._returnable(slot, length)
-        needed_from = max(0, length - self.model.n_swa) if self.model.n_swa else 0
+        needed_from = max(0, job.position_of(length) - self.model.n_swa) if self.model.n_swa else 0
         return length if self.context.first_position(slot.seq_id) <= needed_from else 0
 
     def _start(self, slot: Slot, job: SequenceJob) -> None:
@@ -180,19 +180,20 @@ class Scheduler:
             reuse = self._restore(slot, job, stored)
         elif shared > reuse:
             self.context.clear_sequence(slot.seq_id)
-            self.context.copy_prefix(donor.seq_id, slot.seq_id, shared)
+            self.context.copy_prefix(donor.seq_id, slot.seq_id, job.position_of(shared))
             reuse = shared
             if self.checkpoints is not None and not self.checkpoints.share(
-                    donor.seq_id, len(donor.cached_tokens), slot.seq_id, shared):
+                    donor.seq_id, len(donor.cached_tokens), slot.seq_id, shared, job.position_of(shared)):
                 self.context.clear_sequence(slot.seq_id)
                 reuse = 0
             held = prompt[:reuse]  # (the slot's checkpoints are the donor's now)
-        elif reuse == 0 or not self._cut(slot, reuse):
+        elif reuse == 0 or not self._cut(slot, reuse, job.position_of(reuse)):
             self.context.clear_sequence(slot.seq_id)
             reuse = 0
         if self.checkpoints is not None:  # those past where the sequence now differs describe another sequence
             self.checkpoints.keep_within(slot.seq_id, common_prefix_length(held, prompt[:reuse]))
         slot.cached_tokens = prompt[:reuse]
+        slot.position_shift = job.position_of(reuse) - reuse
         slot.adapter_key = job.adapter_key
         job.cached_prefix = None  # the state bytes are in the KV now (or rejected): free them
         slot.job = job
@@ -215,11 +216,12 @@ class Scheduler:
         slot.detokenizer = IncrementalDetokenizer()
         slot.stop_filter = StopStringFilter(job.stop)
 
-    def _cut(self, slot: Slot, length: int) -> bool:
-        """Cut the slot's sequence back to its first `length` tokens (a length `_reusable_prefix` gave)."""
+    def _cut(self, slot: Slot, length: int, position: int) -> bool:
+        """Cut the slot's sequence back to its first `length` tokens (a length `_reusable_prefix` gave), whose
+        next position is `position`."""
         if self.checkpoints is not None:
-            return self.checkpoints.return_to(slot.seq_id, len(slot.cached_tokens), length)
-        return self.context.remove_tokens(slot.seq_id, length)
+            return self.checkpoints.return_to(slot.seq_id, len(slot.cached_tokens), length, position)
+        return self.context.remove_tokens(slot.seq_id, position)
 
     def _prompt_snapshot_point(self, job: SequenceJob, reuse: int) -> int | None:
         """Where to save the prompt's state on its way in: all but its last token, the state an identical prompt
@@ -245,12 +247,13 @@ class Scheduler:
         tokens), like a prompt chunk of its size; its placeholders join the sequence's tokens."""
         span, slot.media_due = slot.media_due, None
         try:
-            self.projector.decode(self.context, span, slot.seq_id, self.context.n_batch)
+            self.projector.decode(self.context, span, slot.seq_id, slot.next_position, self.context.n_batch)
         except Exception as exc:  # this sequence's media failed: end it alone
             logger.exception("Decoding media failed")
             self._abort(slot, EngineFailure(f"The engine could not read this request's {span.kind}: {exc}"))
             return
         slot.cached_tokens.extend(slot.job.prompt_tokens[span.start:span.end])
+        slot.position_shift += span.positions - span.length
         slot.prompt_cursor = span.end
         span.embeddings = None  # in the KV now
 
@@ -429,6 +432,6 @@ class Scheduler:
         slot.job.emit(error)
         self._release(slot)
         self.context.clear_sequence(slot.seq_id)
-        slot.cached_tokens = []
+        slot.cached_tokens, slot.position_shift = [], 0
         if self.checkpoints is not None:
             self.checkpoints.keep_within(slot.seq_id, 0)

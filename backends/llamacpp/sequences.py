@@ -47,6 +47,11 @@ class SequenceJob:
     def adapter_key(self) -> str:
         return key_of(self.adapters)
 
+    def position_of(self, index: int) -> int:
+        """The sequence position of prompt token `index` (never inside a media span): its index, but for media
+        before it that take fewer positions than tokens (M-RoPE)."""
+        return index + sum(span.positions - span.length for span in self.media if span.end <= index)
+
 
 @dataclass(eq=False)
 class Slot:
@@ -54,6 +59,7 @@ class Slot:
 
     seq_id: int
     cached_tokens: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds, in order
+    position_shift: int = 0  # next position - len(cached_tokens): media that took fewer positions than tokens
     adapter_key: str = BASE  # the adapter set those tokens' KV was computed with
     job: SequenceJob | None = None
     prompt_cursor: int = 0  # next prompt token to feed
@@ -82,12 +88,16 @@ class Slot:
         return len(self.cached_tokens) - self.unverified
 
     @property
+    def next_position(self) -> int:
+        return len(self.cached_tokens) + self.position_shift
+
+    @property
     def prefilling(self) -> bool:
         return self.job is not None and self.prompt_cursor < len(self.job.prompt_tokens)
 
     def add_to_batch(self, batch: llama_cpp.llama_batch, token: int, *, want_logits: bool) -> int:
         """Put `token` into `batch` at this sequence's next position (it joins cached_tokens); its batch row."""
-        index = add_to_batch(batch, token, len(self.cached_tokens), self.seq_id, logits=want_logits)
+        index = add_to_batch(batch, token, self.next_position, self.seq_id, logits=want_logits)
         self.cached_tokens.append(token)
         return index
 

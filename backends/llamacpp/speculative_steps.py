@@ -92,6 +92,6 @@ class SpeculativeSteps:
         """Remove the rejected rest of a draft from the sequence's tokens and KV."""
         if slot.unverified:
             del slot.cached_tokens[-slot.unverified:]
-            self.context.remove_tokens(slot.seq_id, len(slot.cached_tokens))
+            self.context.remove_tokens(slot.seq_id, slot.next_position)
             slot.unverified = 0
         slot.draft, slot.draft_rows = [], []
