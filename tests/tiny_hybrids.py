@@ -36,15 +36,18 @@ import sys
 sys.path.insert(0, sys.argv.pop(1))
 import conversion.base
 conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
+{setup}
 import convert_hf_to_gguf
 convert_hf_to_gguf.main()
 """
 
 
-def _convert(checkpoint: Path, out: Path, *extra: str) -> Path:
+def convert(checkpoint: Path, out: Path, *extra: str, setup: str = "") -> Path:
+    """llama.cpp's converter on `checkpoint` (`extra`: its flags; `setup`: Python run in it first, to adapt a
+    family's converter to a test checkpoint)."""
     script = converter()
-    subprocess.run([sys.executable, "-c", _CONVERT, str(script.parent), str(checkpoint), "--outfile", str(out),
-                    "--outtype", "f32", *extra], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", _CONVERT.format(setup=setup), str(script.parent), str(checkpoint),
+                    "--outfile", str(out), "--outtype", "f32", *extra], check=True, capture_output=True)
     return out
 
 
@@ -93,7 +96,7 @@ def qwen35(*, layers: tuple[str, ...] = ("linear_attention",) * 3 + ("full_atten
             pad_token_id=tokenizer.pad_token_id)
         torch.manual_seed(seed)
         Qwen3_5ForCausalLM(config).save_pretrained(folder)
-        _convert(folder, out, "--no-mtp")
+        convert(folder, out, "--no-mtp")
 
     return _cached("qwen35", settings, build)
 
@@ -128,7 +131,7 @@ def granite4(*, layers: tuple[str, ...] = ("linear_attention",) * 2 + ("full_att
         hub_names = {"linear_attention": "mamba", "full_attention": "attention"}
         saved["layer_types"] = [hub_names.get(kind, kind) for kind in saved["layer_types"]]
         (folder / "config.json").write_text(json.dumps(saved, indent=2))
-        _convert(folder, out)
+        convert(folder, out)
 
     return _cached("granite4", settings, build)
 
@@ -153,6 +156,6 @@ def lfm2(*, layers: tuple[str, ...] = ("conv",) * 2 + ("full_attention",), seed:
             pad_token_id=tokenizer.pad_token_id)
         torch.manual_seed(seed)
         Lfm2ForCausalLM(config).save_pretrained(folder)
-        _convert(folder, out)
+        convert(folder, out)
 
     return _cached("lfm2", settings, build)

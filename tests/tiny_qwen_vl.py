@@ -23,12 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.llama_cpp_sdist import CACHE, chat_templates
-from tests.tiny_projectors import converter
+from tests.tiny_hybrids import convert
 
 # Qwen2.5-VL's control tokens (one token each, as in the real vocabulary), and those MiMo-VL's template writes
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
@@ -45,27 +43,13 @@ PREPROCESSOR = {
     "do_normalize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_resize": True, "resample": 3,
 }
 
-# As tests/tiny_hybrids.py converts (our tokenizer is new to the converter: its pre-tokenizer is named `gpt-2`), and
-# the Qwen-VL text model reads its vocabulary as byte-level BPE directly: its converter tries SentencePiece first
+# The Qwen-VL text model reads its vocabulary as byte-level BPE directly: its converter tries SentencePiece first
 # and falls back to BPE only on a missing tokenizer.model, not on a missing `sentencepiece` package (this venv has
 # none; a hub Qwen2.5-VL has no tokenizer.model either, so the outcome is the same)
-_CONVERT = """
-import sys
-sys.path.insert(0, sys.argv.pop(1))
-import conversion.base
+_AS_BPE = """
 import conversion.qwenvl
-conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
 conversion.qwenvl.Qwen2VLModel.set_vocab = conversion.base.TextModel._set_vocab_gpt2
-import convert_hf_to_gguf
-convert_hf_to_gguf.main()
 """
-
-
-def _convert(checkpoint: Path, out: Path, *extra: str) -> Path:
-    script = converter()
-    subprocess.run([sys.executable, "-c", _CONVERT, str(script.parent), str(checkpoint), "--outfile", str(out),
-                    "--outtype", "f32", *extra], check=True, capture_output=True)
-    return out
 
 
 QK_SHARPENING = 8.0
@@ -82,8 +66,8 @@ def qwen25_vl(*, seed: int = 0) -> tuple[Path, Path]:
         staging = folder.with_name(folder.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         checkpoint = _checkpoint(staging / "hf", seed)
-        _convert(checkpoint, staging / model.name)
-        _convert(checkpoint, staging / projector.name, "--mmproj")
+        convert(checkpoint, staging / model.name, setup=_AS_BPE)
+        convert(checkpoint, staging / projector.name, "--mmproj", setup=_AS_BPE)
         shutil.rmtree(checkpoint)
         shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)
