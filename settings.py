@@ -180,6 +180,13 @@ class Settings(BaseSettings):
         "fails only that model's requests (it restarts on the next), and unloading it gives its memory back to the "
         "system. Off (--no-engine-workers): engines run inside the server process."
     )
+    kv_events: str | None = Field(
+        None, description="Publish KV-cache events (vLLM's format: ZMQ PUB, msgpack BlockStored / BlockRemoved) on "
+        "this endpoint, e.g. tcp://*:5557, for a KV-aware router (vllm-router --policy kv_aware --kv-event-source "
+        "URL=tcp://HOST:5557): it then sends each conversation to the replica holding its prefix"
+    )
+    kv_event_block_size: int = Field(16, ge=1, le=4096, description="Tokens per block in KV events (the router's "
+                                     "--kv-event-block-size)")
     worker_stall_seconds: float = Field(
         120.0, ge=0, description="End an engine worker that hangs (its crash path: its requests fail with "
         "engine_crashed, it restarts on the next): silent this long, or taking no step this long while requests wait "

@@ -19,6 +19,7 @@ from api.admin.routes import router as admin_router
 from api.anthropic.routes import router as messages_router
 from api.auth import ApiKeyMiddleware
 from api.error_responses import install_error_handlers
+from api.kv_events import KvEventPublisher
 from api.limits import BodyLimitMiddleware
 from api.observability import KeyUsageCollector, Metrics, RegistryCollector, RequestLogMiddleware
 from api.openai.chat_routes import router as chat_router
@@ -97,6 +98,8 @@ def create_app(settings: Settings | None = None, responses: ResponseStore | None
         await run_in_threadpool(lambda: None)
         app.state.background = BackgroundRuns(app.state.responses)
         app.state.startup = asyncio.create_task(registry.load_default_model())
+        events = KvEventPublisher(settings.kv_events, registry) if settings.kv_events else None
+        app.state.kv_events = asyncio.create_task(events.run()) if events else None
         logger.info("%s", keys.describe())
         _reload_keys_on_sighup(keys)
         try:
@@ -105,7 +108,13 @@ def create_app(settings: Settings | None = None, responses: ResponseStore | None
             AppStatus.should_exit = True  # streams still open after uvicorn's grace period end now
             app.state.startup.cancel()
             app.state.tending.cancel()
-            await asyncio.gather(app.state.startup, app.state.tending, return_exceptions=True)
+            background = [app.state.startup, app.state.tending]
+            if events is not None:
+                app.state.kv_events.cancel()
+                background.append(app.state.kv_events)
+            await asyncio.gather(*background, return_exceptions=True)
+            if events is not None:
+                events.close()
             await app.state.background.aclose()
             await registry.aclose()  # models, then the upstream clients
             app.state.responses.close()

@@ -269,6 +269,10 @@ class Engine(ABC):
         """Requests waiting for a free sequence slot."""
         return 0
 
+    def kv_events(self) -> list[dict]:
+        """KV-cache events (vLLM's format, as dicts) since the last call, for `--kv-events`; none by default."""
+        return []
+
     def steps_taken(self) -> int | None:
         """A count that grows with every step of work (a batch decoded); None where the engine has none. An engine
         worker's watchdog reads it: work waiting while it stands still means the engine is stuck."""

@@ -1,5 +1,6 @@
 """`/v1/completions` (legacy text completions: local engines, remote relayed) and llama-server's `/tokenize`,
-`/detokenize` and `/apply-template`. The body is validated here, not by FastAPI, so a remote upstream gets exactly what was sent."""
+`/detokenize` and `/apply-template`, and vLLM's `/v1/chat/completions/render` and `/v1/completions/render` (a
+KV-aware router asks for a request's tokens there). The body is validated here, not by FastAPI, so a remote upstream gets exactly what was sent."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fastapi.responses import Response
 
 from api.deps import RegistryDep, SettingsDep, TenantDep
 from api.openai.completions import start_completion
-from api.openai.protocol import ApplyTemplateResponse, DetokenizeResponse, TokenizeResponse
+from api.openai.protocol import ApplyTemplateResponse, DetokenizeResponse, RenderResponse, TokenizeResponse
 from api.pipeline.prepare import render_for_cache
 from api.protocol import (
     ChatCompletionRequest,
@@ -22,7 +23,7 @@ from api.protocol import (
 from api.serving import LocalRun, requested_tokens, serve
 from backends.base import Engine
 from backends.registry import LoadedModel, ModelRegistry
-from errors import NotSupported
+from errors import InvalidRequest, NotSupported
 from tenants.keys import Tenant
 
 router = APIRouter(tags=["completions"])
@@ -73,3 +74,29 @@ async def apply_template(body: ChatCompletionRequest, registry: RegistryDep, ten
     prompt, _ = render_for_cache(body, model.renderer, registry.generation_defaults(model.model_id),
                                  model.engine.capabilities)  # (an image renders as its marker, `<__media__>`)
     return ApplyTemplateResponse(prompt=prompt)
+
+
+@router.post("/v1/chat/completions/render", response_model=RenderResponse)
+@router.post("/chat/completions/render", response_model=RenderResponse, include_in_schema=False)
+async def render_chat(body: ChatCompletionRequest, registry: RegistryDep, tenant: TenantDep) -> RenderResponse:
+    """The token ids a chat request's prompt evaluates, as vLLM renders them: vllm-router's kv_aware policy asks
+    before it routes, to match the prompt against the blocks each replica announced (--kv-events)."""
+    model = await _local_model(registry, body.model, tenant)
+    prompt, _ = render_for_cache(body, model.renderer, registry.generation_defaults(model.model_id),
+                                 model.engine.capabilities)
+    return RenderResponse(model=model.model_id, token_ids=model.engine.tokenize(prompt))
+
+
+@router.post("/v1/completions/render", response_model=RenderResponse)
+@router.post("/completions/render", response_model=RenderResponse, include_in_schema=False)
+async def render_completion(body: CompletionRequest, registry: RegistryDep, tenant: TenantDep) -> RenderResponse:
+    """A completion request's prompt tokens (one prompt: a text, or token ids as they are)."""
+    model = await _local_model(registry, body.model, tenant)
+    prompt = body.prompt
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return RenderResponse(model=model.model_id, token_ids=model.engine.tokenize(prompt))
+    if isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
+        return RenderResponse(model=model.model_id, token_ids=prompt)
+    raise InvalidRequest("Render one prompt at a time.", param="prompt")

@@ -65,3 +65,10 @@ class DetokenizeResponse(WireModel):
 
 class ApplyTemplateResponse(WireModel):
     prompt: str
+
+
+class RenderResponse(WireModel):
+    """vLLM's render answer, as far as routers read it: the prompt's token ids."""
+
+    model: str
+    token_ids: list[int]

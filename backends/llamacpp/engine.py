@@ -104,6 +104,7 @@ class LlamaCppEngine(WorkerThreadEngine):
             self.draft_model,
             self.projector,
             checkpoints=(settings.ctx_checkpoints, settings.checkpoint_every),
+            event_block_size=settings.kv_event_block_size if settings.kv_events else 0,
         )
         spec = self.scheduler.speculative_steps.options.mode
         self.capabilities = replace(
@@ -334,6 +335,9 @@ class LlamaCppEngine(WorkerThreadEngine):
             self.loras.release(path)
         if adapters.prompt_cache is not None:
             adapters.prompt_cache.close()
+
+    def kv_events(self) -> list[dict]:
+        return self.scheduler.ledger.drain() if self.scheduler.ledger is not None else []
 
     def close_blocking(self) -> None:
         if self._closing_tokens_ready is not None:

@@ -18,6 +18,7 @@ import llama_cpp
 from backends.answer_steering import DEFAULT_STEERING, Steering, SteeringOptions
 from backends.base import GenerationFinished, Usage
 from backends.job_queue import JobQueue
+from backends.llamacpp.block_ledger import BlockLedger
 from backends.llamacpp.checkpoints import TAIL, StateCheckpoints
 from backends.llamacpp.draft_model import DraftModel
 from backends.llamacpp.lora import AdapterTurns, LlamaLoraSet, apply_adapters, key_of, prompt_cache_of
@@ -33,6 +34,10 @@ from errors import EngineFailure
 
 logger = logging.getLogger(__name__)
 
+# A free slot whose sequence shares less than this share of a new prompt is not worth evicting for it: an empty slot,
+# or the least recently used one, takes the prompt instead (llama-server's --slot-prompt-similarity, same default)
+SLOT_SIMILARITY = 0.1
+
 class Scheduler:
     def __init__(
         self,
@@ -47,8 +52,10 @@ class Scheduler:
         draft_model: DraftModel | None = None,
         projector: Projector | None = None,
         checkpoints: tuple[int, int] = (0, 0),
+        event_block_size: int = 0,
     ) -> None:
-        """`checkpoints`: (most kept per sequence, spacing along a long prompt) for a model with recurrent state."""
+        """`checkpoints`: (most kept per sequence, spacing along a long prompt) for a model with recurrent state;
+        `event_block_size`: keep a ledger of held blocks for KV events (0: none)."""
         self.model = model
         self.steering = steering
         self.projector = projector  # decodes media embeddings (models with an mmproj)
@@ -60,9 +67,11 @@ class Scheduler:
         self._batch = llama_cpp.llama_batch_init(context.n_batch, 0, 1)
         # Recurrent state cannot be cut back: prefixes are reused by returning to checkpoints (checkpoints.py)
         self.checkpoints = StateCheckpoints(context, n_slots, *checkpoints) if model.has_recurrent_state else None
+        self.ledger = BlockLedger(event_block_size) if event_block_size else None  # (for a router: --kv-events)
         self.speculative_steps = SpeculativeSteps(context, self._batch, speculation, seq_ctx, draft_model, self._sample)
         self._adapter_turns = AdapterTurns(lambda adapters: apply_adapters(context, adapters))
         self._stepping = threading.Lock()  # held by the thread while it admits and steps (see forget_adapters)
+        self._uses = 0  # slots taken so far (each slot remembers when it was last taken)
         self.steps = 0  # steps done (a worker's watchdog sees work waiting while it stands still)
         self._thread = threading.Thread(target=self._run, name="llamacpp-scheduler", daemon=True)
         self._thread.start()
@@ -133,11 +142,19 @@ class Scheduler:
                 self.steps += 1
 
     def _admit(self, jobs: list[SequenceJob]) -> None:
-        """Move taken jobs into free slots, preferring the slot whose cached KV shares the longest prefix."""
+        """Move taken jobs into free slots: the slot whose cached KV shares the longest prefix, if it shares enough
+        of the prompt to be worth taking over; else an empty slot, else the one used longest ago. (Picking the
+        longest prefix alone made every new conversation take the slot of another one with which it shared just
+        the template's first tokens, evicting it while empty slots waited.)"""
         for job in jobs:
             free = [slot for slot in self.slots if slot.job is None]
-            slot = max(free, key=lambda s: common_prefix_length(s.cached_tokens, job.prompt_tokens)
-                       if s.adapter_key == job.adapter_key else -1)
+            shared = {slot.seq_id: common_prefix_length(slot.cached_tokens, job.prompt_tokens)
+                      if slot.adapter_key == job.adapter_key else -1 for slot in free}
+            slot = max(free, key=lambda s: shared[s.seq_id])
+            if shared[slot.seq_id] < SLOT_SIMILARITY * len(job.prompt_tokens):
+                slot = min(free, key=lambda s: (len(s.cached_tokens) > 0, s.last_used))
+            self._uses += 1
+            slot.last_used = self._uses
             try:
                 self._start(slot, job)
             except Exception as exc:  # one bad request must not take the scheduler thread down
@@ -166,7 +183,7 @@ class Scheduler:
         return length if self.context.first_position(slot.seq_id) <= needed_from else 0
 
     def _start(self, slot: Slot, job: SequenceJob) -> None:
-        prompt = job.prompt_tokens
+        prompt, previous = job.prompt_tokens, slot.cached_tokens
         reuse = self._reusable_prefix(slot, job)
         # Another sequence (even one still generating) may hold a longer prefix, e.g. the same system prompt:
         # share its KV cells instead of recomputing them. Only a unified cache can: there cells just gain a
@@ -194,6 +211,9 @@ class Scheduler:
             self.checkpoints.keep_within(slot.seq_id, common_prefix_length(held, prompt[:reuse]))
         slot.cached_tokens = prompt[:reuse]
         slot.position_shift = job.position_of(reuse) - reuse
+        if self.ledger is not None:
+            self.ledger.sync(slot.seq_id, common_prefix_length(previous, slot.cached_tokens), slot.cached_tokens,
+                             job.adapter_key)
         slot.adapter_key = job.adapter_key
         job.cached_prefix = None  # the state bytes are in the KV now (or rejected): free them
         slot.job = job
@@ -301,6 +321,9 @@ class Scheduler:
                         self._abort(slot, EngineFailure(f"The engine failed while generating: {exc}"))
             elif slot.job.prefill_only and not slot.prefilling:
                 self._finish(slot, "stop")
+        if self.ledger is not None:  # what the step evaluated (drafts not yet verified are not held)
+            for slot in active:
+                self.ledger.extend(slot.seq_id, slot.cached_tokens, slot.adapter_key, slot.committed_length)
 
     def _add_prompt_chunk(self, slot: Slot) -> None:
         prompt = slot.job.prompt_tokens
@@ -433,5 +456,7 @@ class Scheduler:
         self._release(slot)
         self.context.clear_sequence(slot.seq_id)
         slot.cached_tokens, slot.position_shift = [], 0
+        if self.ledger is not None:
+            self.ledger.truncate(slot.seq_id, 0)
         if self.checkpoints is not None:
             self.checkpoints.keep_within(slot.seq_id, 0)

@@ -60,6 +60,7 @@ class Slot:
     seq_id: int
     cached_tokens: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds, in order
     position_shift: int = 0  # next position - len(cached_tokens): media that took fewer positions than tokens
+    last_used: int = 0  # when a job last took this slot (the scheduler's count): the oldest is evicted first
     adapter_key: str = BASE  # the adapter set those tokens' KV was computed with
     job: SequenceJob | None = None
     prompt_cursor: int = 0  # next prompt token to feed

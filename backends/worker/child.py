@@ -9,7 +9,7 @@ then serves the engine interface until told to close or until the server's end o
     ("generate", id, request)             ("chunks", [(id, [chunk, ...]), ...], (active, queued))
     ("cancel", id)                        ("stream_error", id, error), ("stream_end", id, usage or None)
     ("close", id)                         ("progress", fraction, stage), ("ready", info),
-                                          ("stats", active, queued, steps taken)
+                                          ("stats", active, queued, steps taken), ("kv_events", [event, ...])
 
 Everything the engine does happens on this process's event loop, as it would in the server's. The chunks of all
 streams that arrive in one turn of the loop (one scheduler step's tokens) leave as one message. Logging goes to
@@ -174,6 +174,8 @@ class EngineWorker:
             if stats != self._stats or loop.time() - sent_at >= BEAT_SECONDS:
                 self._stats, sent_at = stats, loop.time()
                 self.channel.send(("stats", *stats))
+            if self.engine is not None and (events := self.engine.kv_events()):
+                self.channel.send(("kv_events", events))
 
     async def _close(self, call_id: int) -> None:
         try:

@@ -11,6 +11,7 @@ Nothing of the model lives in this process, so ending the worker gives all of it
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import itertools
 import logging
@@ -103,6 +104,7 @@ class WorkerEngine(Engine):
         self._heard_at: float | None = None  # its last message (none yet: it is still starting Python)
         self._moved_at = time.monotonic()  # its last step, or the last moment it had nothing to do
         self._stalled: str | None = None  # why the watchdog ended it
+        self._kv_events: collections.deque[dict] = collections.deque()  # (--kv-events) until the publisher drains
         self._progress = current_load()
         self._ready: concurrent.futures.Future = concurrent.futures.Future()
         ours, theirs = socket.socketpair()
@@ -169,6 +171,8 @@ class WorkerEngine(Engine):
                     future.set_exception(decode_error(message[2]))
         elif kind == "stats":
             self._note_stats(message[1:])
+        elif kind == "kv_events":
+            self._kv_events.extend(message[1])
         elif kind == "progress":
             if self._progress is not None:
                 self._progress.report(*message[1:])
@@ -294,6 +298,12 @@ class WorkerEngine(Engine):
 
     def queued_requests(self) -> int:
         return 0 if self._failure else min(self._stats[1], len(self._streams))
+
+    def kv_events(self) -> list[dict]:
+        events = []
+        while self._kv_events:
+            events.append(self._kv_events.popleft())
+        return events
 
     def cache_summary(self, adapters: AdapterSet | None = None) -> dict | None:
         return None if self._failure else self._call_blocking("cache_summary", adapters)

@@ -1,0 +1,142 @@
+"""Replicas behind the real vllm-router (PyPI `vllm-router`, its Rust binary) with its `kv_aware` policy fed by our
+KV-cache events (`--kv-events`, vLLM's ZMQ/msgpack format; api/kv_events.py): every continued turn of interleaved
+multi-turn conversations lands on the replica that holds its prefix. The replicas keep no disk prompt cache here,
+so only the replica that evaluated a conversation's earlier turns can report them as cached: a turn the router sent
+elsewhere would show it."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server_process import ServerProcess, free_port, strict_client
+
+MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BLOCK = 16
+SYSTEM = "You are a careful assistant for a team of engineers. Answer in one short sentence."
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory):
+    with replicas(tmp_path_factory.mktemp("replicas"), 2) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def replicas(tmp_path: Path, count: int):
+    """`count` servers publishing KV events: [(server, events endpoint)]."""
+    started = []
+    try:
+        for index in range(count):
+            endpoint = f"tcp://127.0.0.1:{free_port()}"
+            folder = tmp_path / f"replica-{index}"
+            folder.mkdir()
+            server = ServerProcess("--model-name", MODEL, "--parallel", "8", "--n-ctx", "8192", "--no-prompt-cache",
+                                   "--kv-events", endpoint, "--kv-event-block-size", str(BLOCK),
+                                   log_path=folder / "server.log")
+            started.append((server, endpoint))
+        for server, _ in started:
+            server.wait_ready()
+        yield started
+    finally:
+        for server, _ in started:
+            server.stop()
+
+
+@contextlib.contextmanager
+def vllm_router(tmp_path: Path, workers, policy: str):
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("vllm-router")), "--host", "127.0.0.1", "--port", str(port),
+               "--prometheus-port", str(free_port()), "--policy", policy,
+               "--worker-urls", *[server.base_url for server, _ in workers]]
+    if policy == "kv_aware":
+        for server, endpoint in workers:
+            command += ["--kv-event-source", f"{server.base_url}={endpoint}"]
+        command += ["--kv-event-block-size", str(BLOCK), "--kv-event-model", MODEL]
+    log = open(tmp_path / f"router-{policy}.log", "wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, (tmp_path / f"router-{policy}.log").read_text()[-3000:]
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "vllm-router did not become ready"
+            time.sleep(0.2)
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(20)
+        log.close()
+
+
+def chats_served(server) -> int:
+    return sum(1 for line in server.log_path.read_text(errors="replace").splitlines()
+               if "path=/v1/chat/completions status=200" in line)
+
+
+def test_kv_aware_routing_sends_each_continued_turn_to_the_replica_holding_its_prefix(workers, tmp_path):
+    """Each conversation's first turn goes straight to a replica (a placement round-robin would not reproduce);
+    its next turns go through the router, which can only know where each conversation lives from the events."""
+    placement = [0, 0, 1, 1, 1, 0]  # (round_robin through the router would send the k-th request to k % 2)
+    before = [chats_served(server) for server, _ in workers]
+    conversations = [[{"role": "system", "content": f"{word.title()} service, project {index}. {SYSTEM}"}]
+                     for index, word in enumerate(["billing", "search", "storage", "payments", "login", "email"])]
+    previous: dict[int, int] = {}
+    misses = []
+    with vllm_router(tmp_path, workers, "kv_aware") as router:
+        for turn in range(3):
+            for index, messages in enumerate(conversations):  # interleaved: every conversation, turn by turn
+                server = workers[placement[index]][0]
+                client = strict_client(f"{server.base_url if turn == 0 else router}/v1")
+                messages.append({"role": "user", "content": f"Question {turn}: what should we check first?"})
+                answer = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
+                messages.append({"role": "assistant", "content": answer.choices[0].message.content})
+                cached = answer.usage.prompt_tokens_details.cached_tokens
+                if turn and cached < previous[index]:
+                    misses.append((index, turn, cached, previous[index]))
+                previous[index] = answer.usage.prompt_tokens
+                time.sleep(0.15)  # (the events of the turn just answered reach the router)
+    assert not misses, misses
+    served = [chats_served(server) - count for (server, _), count in zip(workers, before, strict=True)]
+    assert served == [9, 9], served  # each replica served its own three conversations, all three turns
+
+
+def test_interleaved_conversations_each_keep_their_slot(workers):
+    """A new conversation takes an empty slot rather than the slot of another one that shares only the template's
+    first tokens with it (which evicted that conversation while empty slots waited)."""
+    client = strict_client(f"{workers[1][0].base_url}/v1")
+    conversations = [[{"role": "system", "content": f"Team {name}. {SYSTEM}"}] for name in ("red", "green", "blue")]
+    for turn in range(2):
+        for messages in conversations:
+            messages.append({"role": "user", "content": f"Step {turn}: what now?"})
+            answer = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0)
+            messages.append({"role": "assistant", "content": answer.choices[0].message.content})
+            if turn:
+                assert answer.usage.prompt_tokens_details.cached_tokens >= answer.usage.prompt_tokens // 2
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions/render", "/chat/completions/render"])
+def test_render_gives_the_prompt_tokens_a_chat_request_evaluates(workers, path):
+    server = workers[0][0]
+    messages = [{"role": "user", "content": "Hello there"}]
+    body = {"model": MODEL, "messages": messages, "stream": False, "skip_special_tokens": True}  # (as the router sends)
+    rendered = httpx.post(f"{server.base_url}{path}", json=body, timeout=60)
+    assert rendered.status_code == 200, rendered.text
+    tokens = rendered.json()["token_ids"]
+    answer = strict_client(f"{server.base_url}/v1").chat.completions.create(model=MODEL, messages=messages,
+                                                                             max_tokens=1)
+    assert len(tokens) == answer.usage.prompt_tokens and rendered.json()["model"] == MODEL
+    prompt = httpx.post(f"{server.base_url}/apply-template", json={"model": MODEL, "messages": messages},
+                        timeout=60).json()["prompt"]
+    completion = httpx.post(f"{server.base_url}/v1/completions/render", json={"model": MODEL, "prompt": prompt},
+                            timeout=60).json()
+    assert completion["token_ids"] == tokens
