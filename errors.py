@@ -67,6 +67,14 @@ class DefaultModelUnavailable(ServerError):
     code = "model_not_found"
 
 
+class ModelNotLoaded(ServerError):
+    """/readyz?model=: the model exists but is not loaded (it loads on its first request)."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "model_not_loaded"
+
+
 class EngineBusy(ServerError):
     """All slots are taken and the waiting queue is full."""
 

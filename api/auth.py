@@ -14,7 +14,7 @@ from api.error_responses import error_response
 from errors import Unauthorized
 from tenants.keys import KeyStore
 
-OPEN_PATHS = {"/health", "/chat", "/favicon.ico", "/openapi.json", "/docs"}
+OPEN_PATHS = {"/health", "/livez", "/readyz", "/chat", "/favicon.ico", "/openapi.json", "/docs"}
 OPEN_PREFIXES = ("/chat/assets/",)
 
 

@@ -17,7 +17,7 @@ from api.sse import event_stream
 from backends.catalog import GenerationDefaults, ModelEntry
 from backends.memory import cuda_allocated_bytes, process_rss_bytes, server_rss_bytes
 from backends.registry import ModelRegistry
-from errors import DefaultModelUnavailable, ModelLoading
+from errors import DefaultModelUnavailable, ModelLoading, ModelNotLoaded
 from tenants.audit import audit
 
 router = APIRouter(tags=["models"])
@@ -210,3 +210,28 @@ async def health(request: Request) -> JSONResponse:
         return error_response(ModelLoading("The model is loading; retry shortly."))
     code = "model_not_found" if status["status"] == "missing" else "model_load_failed"
     return error_response(DefaultModelUnavailable(f"No model is loaded: {status['error']}", code=code))
+
+
+@router.get("/livez")
+async def liveness() -> JSONResponse:
+    """Liveness for an orchestrator: 200 while the server answers at all, during a long model load too (a liveness
+    probe on /health, 503 while loading, would have the server restarted in the middle of its load)."""
+    return JSONResponse({"status": "alive"})
+
+
+@router.get("/readyz")
+async def readiness(request: Request, registry: RegistryDep, model: str | None = None) -> JSONResponse:
+    """Readiness: without `model`, /health's answer; with one, 200 only when that model is loaded and its engine
+    works, else 503 (`model_loading`, `model_not_loaded`: it would load on its first request, `model_load_failed`),
+    404 for a name the catalog does not know. Never loads anything."""
+    if model is None:
+        return await health(request)
+    entry = registry.resolve(model)
+    status, error = registry.status(entry.id)
+    if status == "loaded":
+        return JSONResponse({"status": "ok", "model": entry.id})
+    if status == "loading":
+        return error_response(ModelLoading(f"Model '{entry.id}' is loading; retry shortly."))
+    if status == "failed":
+        return error_response(DefaultModelUnavailable(f"Model '{entry.id}' failed: {error}", code="model_load_failed"))
+    return error_response(ModelNotLoaded(f"Model '{entry.id}' is not loaded; it loads on its first request."))
