@@ -195,7 +195,9 @@ def _configure_logging() -> None:
 
 async def _serve(fd: int) -> None:
     loop = asyncio.get_running_loop()
-    channel = Channel(socket.socket(fileno=fd))
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)  # a process the engine starts (a debugger, a tool) must not keep it open
+    channel = Channel(sock)
     worker = EngineWorker(channel, loop)
 
     def read_forever() -> None:

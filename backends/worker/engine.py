@@ -108,7 +108,9 @@ class WorkerEngine(Engine):
         self._progress = current_load()
         self._ready: concurrent.futures.Future = concurrent.futures.Future()
         ours, theirs = socket.socketpair()
-        env = {**os.environ, "LLM_SERVER_WORKER_LOG_LEVEL": settings.log_level,
+        # GGML_NO_BACKTRACE: a failed GGML_ASSERT otherwise forks gdb to print a backtrace first, which can take
+        # seconds on a busy host (the worker looks hung meanwhile); the assert line itself says what failed.
+        env = {"GGML_NO_BACKTRACE": "1", **os.environ, "LLM_SERVER_WORKER_LOG_LEVEL": settings.log_level,
                "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "backends.worker.child", str(theirs.fileno())], pass_fds=(theirs.fileno(),),
@@ -202,6 +204,11 @@ class WorkerEngine(Engine):
             if self._stalled and not self._closing:
                 logger.error("The worker of %s %s: ending it", self.entry.id, self._stalled)
                 self.process.kill()
+                try:
+                    self.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+                self.channel.shut_down()  # (the reader sees the end now, even if a child of the worker kept the socket)
                 return
 
     def _worker_gone(self) -> None:

@@ -60,6 +60,13 @@ class Channel:
         except OSError:
             pass
 
+    def shut_down(self) -> None:
+        """End both directions now: a receive blocked in another thread returns (the other end is gone)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
 
 def encode_error(exc: BaseException) -> tuple:
     cls = type(exc)

@@ -25,6 +25,17 @@ class StandInProcess:
     def kill(self) -> None:
         self.killed.set()
 
+    def wait(self, timeout=None):
+        return -9
+
+
+class StandInChannel:
+    def __init__(self) -> None:
+        self.shut = False
+
+    def shut_down(self) -> None:
+        self.shut = True  # (the reader thread would see the worker gone now)
+
 
 class StandInEntry:
     id = "stand-in"
@@ -32,7 +43,7 @@ class StandInEntry:
 
 def watched() -> WorkerEngine:
     engine = WorkerEngine.__new__(WorkerEngine)  # (no process started: only the watchdog's state)
-    engine.entry, engine.process = StandInEntry(), StandInProcess()
+    engine.entry, engine.process, engine.channel = StandInEntry(), StandInProcess(), StandInChannel()
     engine._failure, engine._closing, engine._stalled = None, False, None
     engine._stats, engine._stall_seconds = (0, 0, None), STALL
     engine._heard_at = engine._moved_at = time.monotonic()
@@ -76,6 +87,10 @@ def test_a_worker_that_beats_but_takes_no_step_with_work_waiting_is_ended():
     beat_for(engine, STALL * 4, (1, 0, 5))  # its event loop lives; its engine is stuck in a step
     assert engine.process.killed.is_set()
     assert engine._stalled.startswith("made no progress")
+    deadline = time.monotonic() + 2
+    while not engine.channel.shut and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.channel.shut  # the reader is woken even if a child of the worker still holds its socket
 
 
 def test_a_silent_worker_is_ended():
