@@ -23,6 +23,7 @@ import msgpack
 import zmq
 
 from backends.base import Engine
+from backends.llamacpp.block_ledger import MEDIUM
 from backends.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class KvEventPublisher:
         for key in set(self._announced) - set(live):
             _, held = self._announced.pop(key)
             if held:
-                events.append({"type": "BlockRemoved", "block_hashes": sorted(held), "medium": "GPU"})
+                events.append({"type": "BlockRemoved", "block_hashes": sorted(held), "medium": MEDIUM})
         return events
 
     def publish(self, events: list[dict]) -> None:

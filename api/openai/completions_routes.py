@@ -71,9 +71,14 @@ async def apply_template(body: ChatCompletionRequest, registry: RegistryDep, ten
     """The prompt a chat request renders to (its messages, tools, template variables), as llama-server answers it:
     for seeing what the model's template makes of a conversation."""
     model = await _local_model(registry, body.model, tenant)
+    return ApplyTemplateResponse(prompt=_rendered(body, model, registry))
+
+
+def _rendered(body: ChatCompletionRequest, model: LoadedModel, registry: ModelRegistry) -> str:
+    """The prompt a chat request evaluates on `model` (an image renders as its marker, `<__media__>`)."""
     prompt, _ = render_for_cache(body, model.renderer, registry.generation_defaults(model.model_id),
-                                 model.engine.capabilities)  # (an image renders as its marker, `<__media__>`)
-    return ApplyTemplateResponse(prompt=prompt)
+                                 model.engine.capabilities)
+    return prompt
 
 
 @router.post("/v1/chat/completions/render", response_model=RenderResponse)
@@ -82,9 +87,7 @@ async def render_chat(body: ChatCompletionRequest, registry: RegistryDep, tenant
     """The token ids a chat request's prompt evaluates, as vLLM renders them: vllm-router's kv_aware policy asks
     before it routes, to match the prompt against the blocks each replica announced (--kv-events)."""
     model = await _local_model(registry, body.model, tenant)
-    prompt, _ = render_for_cache(body, model.renderer, registry.generation_defaults(model.model_id),
-                                 model.engine.capabilities)
-    return RenderResponse(model=model.model_id, token_ids=model.engine.tokenize(prompt))
+    return RenderResponse(model=model.model_id, token_ids=model.engine.tokenize(_rendered(body, model, registry)))
 
 
 @router.post("/v1/completions/render", response_model=RenderResponse)

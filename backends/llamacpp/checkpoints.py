@@ -66,10 +66,6 @@ class SlotCheckpoints:
         for checkpoint in checkpoints:
             self.add(checkpoint)
 
-    @property
-    def state_bytes(self) -> int:
-        return sum(len(c.state) for c in self.items)
-
 
 def checkpoint_points(prompt_length: int, evaluated_from: int, every: int, inside_media) -> list[int]:
     """Where to stop while evaluating a prompt from `evaluated_from` to take checkpoints: `TAIL` tokens before its
@@ -123,7 +119,3 @@ class StateCheckpoints:
 
     def points(self, prompt_length: int, evaluated_from: int, inside_media) -> list[int]:
         return checkpoint_points(prompt_length, evaluated_from, self.every, inside_media)
-
-    def summary(self) -> dict:
-        return {"count": sum(len(slot.items) for slot in self.slots),
-                "bytes": sum(slot.state_bytes for slot in self.slots)}

@@ -94,9 +94,8 @@ class Projector:
         self.model = model
         self.vision = bool(mtmd.mtmd_support_vision(self.ptr))
         self.audio = bool(mtmd.mtmd_support_audio(self.ptr))
-        # M-RoPE (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5...): an image's embeddings take a grid of positions, so
-        # the sequence advances by fewer positions than the image has tokens (MediaSpan.positions)
-        self.mrope = bool(mtmd.mtmd_decode_use_mrope(self.ptr))
+        # (M-RoPE projectors, the Qwen2-VL family's, lay an image on a grid of positions: it advances the sequence
+        # by fewer positions than it has tokens, MediaSpan.positions)
         self.n_embd = llama_cpp.llama_model_n_embd_inp(model.ptr)  # the width of media embeddings
         self._lock = threading.Lock()
 

@@ -6,8 +6,9 @@ so saving one conversation never copies everyone's KV.
 
 Writes happen on a background thread, off the request path: the scheduler hands over a snapshot and moves on.
 A write (tens of MB to serialise and store) waits while the engine is busy, up to `DEFER_SECONDS`, so it takes
-CPU from the idle moments between requests instead of from the next turn's prompt evaluation. A burst cannot queue writes without bound (at most `MAX_PENDING_WRITES` wait; older ones are dropped, the
-same tokens are coalesced). Everything that can go wrong on disk (a corrupt or truncated entry, a state from
+CPU from the idle moments between requests instead of from the next turn's prompt evaluation. A burst cannot
+queue writes without bound (at most `MAX_PENDING_WRITES` wait; older ones are dropped, the same tokens are
+coalesced). Everything that can go wrong on disk (a corrupt or truncated entry, a state from
 another llama.cpp build, a full disk, a deleted directory) is logged, the entry dropped, and the request
 served cold. diskcache itself is safe for several processes sharing one directory.
 """

@@ -192,7 +192,7 @@ class Scheduler:
         if self.context.kv_unified:
             donor = max(self.slots, key=lambda s: self._reusable_prefix(s, job) if s is not slot else -1)
             shared = self._reusable_prefix(donor, job) if donor is not slot else 0
-        stored, held = job.cached_prefix, slot.cached_tokens
+        stored, from_donor = job.cached_prefix, False
         if stored is not None and len(stored.tokens) > max(reuse, shared):
             reuse = self._restore(slot, job, stored)
         elif shared > reuse:
@@ -203,17 +203,17 @@ class Scheduler:
                     donor.seq_id, len(donor.cached_tokens), slot.seq_id, shared, job.position_of(shared)):
                 self.context.clear_sequence(slot.seq_id)
                 reuse = 0
-            held = prompt[:reuse]  # (the slot's checkpoints are the donor's now)
+            from_donor = True  # (the slot's checkpoints are the donor's now)
         elif reuse == 0 or not self._cut(slot, reuse, job.position_of(reuse)):
             self.context.clear_sequence(slot.seq_id)
             reuse = 0
-        if self.checkpoints is not None:  # those past where the sequence now differs describe another sequence
-            self.checkpoints.keep_within(slot.seq_id, common_prefix_length(held, prompt[:reuse]))
         slot.cached_tokens = prompt[:reuse]
         slot.position_shift = job.position_of(reuse) - reuse
+        kept = common_prefix_length(previous, slot.cached_tokens)  # what the slot held that still stands
+        if self.checkpoints is not None:  # those past what stands describe another sequence
+            self.checkpoints.keep_within(slot.seq_id, reuse if from_donor else kept)
         if self.ledger is not None:
-            self.ledger.sync(slot.seq_id, common_prefix_length(previous, slot.cached_tokens), slot.cached_tokens,
-                             job.adapter_key)
+            self.ledger.sync(slot.seq_id, kept, slot.cached_tokens, job.adapter_key)
         slot.adapter_key = job.adapter_key
         job.cached_prefix = None  # the state bytes are in the KV now (or rejected): free them
         slot.job = job

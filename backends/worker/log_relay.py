@@ -3,8 +3,8 @@
 The worker's Python logging writes `LEVEL logger: message` lines (backends/worker/child.py), logged here again at
 their level under their logger; anything else (a native library printing straight to the file descriptors: a
 failed GGML_ASSERT, a C++ `terminate called...`) is logged as a warning. The last lines are kept, and the last
-line that reads like a native failure: they say why a worker died (ggml prints a debugger's backtrace after its
-assert, so the assert itself is rarely among the very last lines).
+line that reads like a native failure: they say why a worker died (with a backtrace, which ggml prints after its
+assert when GGML_NO_BACKTRACE is unset, the assert itself is rarely among the very last lines).
 """
 
 from __future__ import annotations
