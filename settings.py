@@ -6,9 +6,9 @@ never written twice.
 """
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -18,6 +18,18 @@ PROJECT_ROOT = Path(__file__).resolve().parent
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
 EMBEDDED_MODEL_FILES = (SMOLLM2_FILE, GEMMA_FILE)
+
+
+def _on_off(value):
+    """A switch that was a boolean before it had `auto` (YAML `false`, LLM_SERVER_FLASH_ATTN=1) keeps working."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return "on" if value.lower() in ("true", "1", "yes") else "off"
+    return value
+
+
+OnOffAuto = Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)]
 
 
 class Settings(BaseSettings):
@@ -123,8 +135,11 @@ class Settings(BaseSettings):
         "with AMX), `on` all of them, AMX included, `off` none (llama-server's --no-repack). Per model in "
         "models.yaml."
     )
-    flash_attn: bool = Field(
-        True, description="Flash attention where the llama.cpp build supports it (llama.cpp's 'auto'); faster on CPU."
+    flash_attn: OnOffAuto = Field(
+        "auto",
+        description="Flash attention (llama-server's -fa): `auto` = on where layers run on a GPU and for embedding "
+        "models; for generation on the CPU, off for attention heads over 128 wide (gemma 3, Qwen 3.5: llama.cpp's "
+        "CPU kernel measured 1.3-3x slower there), on otherwise; `on` / `off` force it.",
     )
     kv_unified: bool = Field(
         False,

@@ -28,6 +28,7 @@ from api.openai.embeddings_routes import router as embeddings_router
 from api.rerank.routes import router as rerank_router
 from api.responses.background import BackgroundRuns
 from api.responses.routes import router as responses_router
+from api.router_metrics import RouterMetricsCollector
 from api.routes_web import assets as web_assets
 from api.routes_web import router as web_router
 from backends.registry import ModelRegistry
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, responses: ResponseStore | None
         registry = ModelRegistry.from_settings(settings)
         registry.start()
         metrics.registry.register(RegistryCollector(registry))
+        metrics.registry.register(RouterMetricsCollector(registry, settings.kv_event_block_size))
         app.state.registry = registry
         app.state.responses = responses or ResponseStore.from_settings(settings)
         app.state.tending = asyncio.create_task(_tend_response_store(app.state.responses))

@@ -107,11 +107,14 @@ class RegistryCollector:
         queued = GaugeMetricFamily("llm_queue_depth", "Requests waiting for a slot", labels=["model"])
         memory = GaugeMetricFamily("llm_model_memory_bytes", "Estimated memory of a loaded model", labels=["model"])
         cache = GaugeMetricFamily("llm_prompt_cache", "Prompt cache counters", labels=["model", "counter"])
+        kv = GaugeMetricFamily("llm_kv_cache_usage", "KV cells holding sequences' tokens, 0..1", labels=["model"])
         loaded = self.model_registry.loaded_models
         for model in loaded:
             active.add_metric([model.model_id], model.engine.active_sequences())
             queued.add_metric([model.model_id], model.engine.queued_requests())
             memory.add_metric([model.model_id], model.memory_bytes)
+            if (usage := model.engine.kv_cache_usage()) is not None:
+                kv.add_metric([model.model_id], usage.fraction)
             summary = model.engine.cache_summary() or {}
             for counter in ("disk_hits", "disk_misses", "restored_tokens", "saves", "save_errors", "bad_entries"):
                 if counter in summary:
@@ -122,7 +125,7 @@ class RegistryCollector:
             crashes.add_metric([model_id], count)
         yield crashes
         yield GaugeMetricFamily("llm_loaded_models", "Models loaded", value=len(loaded))
-        yield from (active, queued, memory, cache)
+        yield from (active, queued, memory, cache, kv)
 
 
 class KeyUsageCollector:

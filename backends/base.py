@@ -56,6 +56,18 @@ class AdapterSet:
 
 
 @dataclass(frozen=True)
+class KvCacheUsage:
+    """Cells of a KV cache that hold a sequence's tokens (in use, or kept for prefix reuse), of all it has."""
+
+    used: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.used / self.total) if self.total else 0.0
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: str | list[int]  # text (special-token text parsed, BOS added as the model wants) or exact token ids
     sampling: SamplingParams
@@ -268,6 +280,10 @@ class Engine(ABC):
     def queued_requests(self) -> int:
         """Requests waiting for a free sequence slot."""
         return 0
+
+    def kv_cache_usage(self) -> KvCacheUsage | None:
+        """How full the KV cache is (routers' KV-utilisation gauge); None where the engine cannot say."""
+        return None
 
     def kv_events(self) -> list[dict]:
         """KV-cache events (vLLM's format, as dicts) since the last call, for `--kv-events`; none by default."""

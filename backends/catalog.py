@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from backends.gguf_header import auxiliary_gguf
+from settings import OnOffAuto
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class EngineOverrides(BaseModel):
     n_threads_batch: int | None = Field(None, ge=0)
     n_gpu_layers: int | None = None
     repack: Literal["auto", "on", "off"] | None = None
-    flash_attn: bool | None = None
+    flash_attn: OnOffAuto | None = None
     kv_unified: bool | None = None
     swa_full: bool | None = None
     prompt_cache: bool | None = None

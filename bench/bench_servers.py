@@ -267,7 +267,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--parallel", type=int, default=16, help="slots for ours and llama-server")
-    parser.add_argument("--ours-flags", default="", help="extra flags for our server, e.g. '--flash-attn'")
+    parser.add_argument("--ours-flags", default="", help="extra flags for our server, e.g. '--flash-attn on'")
     parser.add_argument("--only", nargs="+", default=["ours", "llama-server", "llama-cpp-python", "in-process"])
     args = parser.parse_args()
     results = {}

@@ -69,7 +69,7 @@ def bench_raw_loop(runs: int, max_tokens: int, threads: int) -> dict:
     from backends.llamacpp.sampling import SamplerChain
 
     model = LlamaModel(MODEL_PATH)
-    config = ContextConfig(N_CTX, 1, 512, 512, threads, threads, flash_attn=True)  # as our server defaults
+    config = ContextConfig(N_CTX, 1, 512, 512, threads, threads, flash_attn=False)  # as our server's auto on a CPU
     batch = llama_cpp.llama_batch_init(512, 0, 1)
 
     def fill(tokens: list[int], first_pos: int) -> None:

@@ -20,7 +20,14 @@ from backends.catalog import ModelEntry
 from backends.embedding_base import RERANKER, EmbeddingEngine, Embeddings, l2_normalized
 from backends.engine_support import check_token_ids
 from backends.gguf_header import read_gguf_metadata, read_gguf_tensor_names
-from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, add_to_batch, default_threads
+from backends.llamacpp.model import (
+    ContextConfig,
+    LlamaContext,
+    LlamaModel,
+    add_to_batch,
+    default_threads,
+    flash_attention,
+)
 from errors import EngineFailure, InvalidRequest, ModelNotFound
 from settings import Settings
 
@@ -90,7 +97,8 @@ class LlamaCppEmbeddingEngine(EmbeddingEngine):
         n_ubatch = n_ctx if bidirectional else min(n_ctx, settings.n_ubatch)
         config = ContextConfig(
             n_ctx=n_ctx, n_seq_max=SEQUENCES_PER_DECODE, n_batch=n_ctx, n_ubatch=n_ubatch, n_threads=threads,
-            n_threads_batch=settings.n_threads_batch or threads, flash_attn=settings.flash_attn, kv_unified=True,
+            n_threads_batch=settings.n_threads_batch or threads,
+            flash_attn=flash_attention(settings.flash_attn, self.model, embedding=True), kv_unified=True,
             embeddings=True, pooling_type=_pooling(settings.pooling, entry.path, metadata),
         )
         try:

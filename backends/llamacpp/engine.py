@@ -20,6 +20,7 @@ from backends.base import (
     GenerationChunk,
     GenerationFinished,
     GenerationRequest,
+    KvCacheUsage,
     SamplingParams,
     WarmedPrompt,
 )
@@ -34,7 +35,7 @@ from backends.engine_support import (
 from backends.llamacpp.draft_model import DraftModel
 from backends.llamacpp.lora import BASE, LlamaLoraSet, LoraLibrary, prompt_cache_of
 from backends.llamacpp.media import MediaSpan, Projector, find_projector
-from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, default_threads
+from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, default_threads, flash_attention
 from backends.llamacpp.prompt_cache import CachedPrefix, PromptCache, model_namespace, state_format_tag
 from backends.llamacpp.sampling import grammar_parses
 from backends.llamacpp.scheduler import Scheduler
@@ -61,6 +62,9 @@ class LlamaCppEngine(WorkerThreadEngine):
         threads = settings.n_threads or default_threads()
         # Never allocate more context than the model was trained for: positions beyond it are garbage.
         n_ctx = min(settings.n_ctx, self.model.n_ctx_train * settings.parallel)
+        self.flash_attn = flash_attention(settings.flash_attn, self.model)
+        logger.info("%s: flash attention %s (--flash-attn %s; attention heads %d wide)", path.name,
+                    "on" if self.flash_attn else "off", settings.flash_attn, self.model.attention_head_size)
         config = ContextConfig(
             n_ctx=n_ctx,
             n_seq_max=settings.parallel,
@@ -68,7 +72,7 @@ class LlamaCppEngine(WorkerThreadEngine):
             n_ubatch=settings.n_ubatch,
             n_threads=threads,
             n_threads_batch=settings.n_threads_batch or threads,
-            flash_attn=settings.flash_attn,
+            flash_attn=self.flash_attn,
             kv_unified=settings.kv_unified,
             swa_full=settings.swa_full,
         )
@@ -137,7 +141,7 @@ class LlamaCppEngine(WorkerThreadEngine):
                 settings.cache_dir / namespace,
                 settings.cache_capacity_bytes,
                 settings.cache_min_tokens,
-                state_format_tag(flash_attn=settings.flash_attn, swa_full=settings.swa_full),
+                state_format_tag(flash_attn=self.flash_attn, swa_full=settings.swa_full),
             )
         except Exception as exc:  # an unusable cache dir must not stop the model from serving
             logger.warning("Prompt cache disabled for %s: %s", self.path.name, exc)
@@ -300,6 +304,9 @@ class LlamaCppEngine(WorkerThreadEngine):
         if not await saved:
             logger.warning("The warmed prompt of %d tokens could not be written to the disk cache", len(to_cache))
         return WarmedPrompt(prompt_tokens=len(prompt_tokens), cached_tokens=len(to_cache), reused_tokens=usage.cached_tokens)
+
+    def kv_cache_usage(self) -> KvCacheUsage:
+        return self.scheduler.kv_cache_usage()
 
     def cache_summary(self, adapters: AdapterSet | None = None) -> dict | None:
         cache = prompt_cache_of(self._own_adapters(adapters), self.prompt_cache)

@@ -78,6 +78,27 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+# Above this attention head size, llama.cpp's CPU flash-attention kernel (llama-cpp-python 0.3.36) measured slower
+# than plain attention: head size 256 (gemma 3, Qwen 3.5) decoded 1.3x faster at 4k tokens without it, and a
+# conversation's next turn (94 new tokens after 6.5k) evaluated 3x faster; head size 64 (SmolLM2) evaluated
+# prompts ~5 % faster with it, decoding the same (`python -m bench.bench_flash_attention`, bench_hybrid_turns).
+# 128 was not measured: it keeps llama.cpp's own choice.
+CPU_FLASH_ATTENTION_MAX_HEAD_SIZE = 128
+
+
+def flash_attention(setting: str, model: LlamaModel, *, embedding: bool = False) -> bool:
+    """Whether a context of `model` uses flash attention, for the `flash_attn` setting (auto / on / off).
+
+    `auto` turns it on where layers run on a GPU and for embedding models (one non-causal pass over short inputs:
+    2.6x faster on CPU, bench_embeddings); for generation on the CPU, on unless the attention heads are larger
+    than CPU_FLASH_ATTENTION_MAX_HEAD_SIZE."""
+    if setting != "auto":
+        return setting == "on"
+    if embedding or model.offloads_to_gpu:
+        return True
+    return model.attention_head_size <= CPU_FLASH_ATTENTION_MAX_HEAD_SIZE
+
+
 class LlamaModel:
     """Loaded GGUF weights and vocabulary."""
 
@@ -86,6 +107,7 @@ class LlamaModel:
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         self.path = path
+        self.offloads_to_gpu = n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
         progress = current_load()
         if progress is not None:  # the registry is tracking this load: llama.cpp reports the share of data read
             def on_progress(fraction: float, _user_data: object) -> bool:
@@ -107,6 +129,7 @@ class LlamaModel:
         self._closing_lock = threading.Lock()
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.ptr)
         self.n_swa = llama_cpp.llama_model_n_swa(self.ptr)  # sliding attention window; 0 = none
+        self.attention_head_size = self._attention_head_size()
         # Recurrent layers (Mamba, RWKV, Gated DeltaNet, short convolutions; alone or beside attention in hybrids)
         # keep one state per sequence that cannot be cut back to an earlier position.
         self.has_recurrent_state = bool(llama_cpp.llama_model_is_recurrent(self.ptr)
@@ -117,6 +140,15 @@ class LlamaModel:
         self._piece_cache: dict[int, bytes] = {}
 
     # ---------------------------------------------------------------- metadata
+
+    def _attention_head_size(self) -> int:
+        """The size of one attention head's keys: the GGUF's `key_length`, or the width over the head count."""
+        architecture = self.metadata("general.architecture") or ""
+        given = self.metadata(f"{architecture}.attention.key_length")
+        if given and given.isdigit():
+            return int(given)
+        heads = llama_cpp.llama_model_n_head(self.ptr)
+        return llama_cpp.llama_model_n_embd(self.ptr) // heads if heads > 0 else 0
 
     def metadata(self, key: str) -> str | None:
         size = llama_cpp.llama_model_meta_val_str(self.ptr, key.encode(), None, 0)

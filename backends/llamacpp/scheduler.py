@@ -16,7 +16,7 @@ import threading
 import llama_cpp
 
 from backends.answer_steering import DEFAULT_STEERING, Steering, SteeringOptions
-from backends.base import GenerationFinished, Usage
+from backends.base import GenerationFinished, KvCacheUsage, Usage
 from backends.job_queue import JobQueue
 from backends.llamacpp.block_ledger import BlockLedger
 from backends.llamacpp.checkpoints import TAIL, StateCheckpoints
@@ -108,6 +108,10 @@ class Scheduler:
     @property
     def active_sequences(self) -> int:
         return sum(1 for slot in self.slots if slot.job is not None)
+
+    def kv_cache_usage(self) -> KvCacheUsage:
+        """Cells holding the slots' tokens (an idle slot's are kept for the next turn, so they count), of n_ctx."""
+        return KvCacheUsage(sum(len(slot.cached_tokens) for slot in self.slots), self.context.n_ctx)
 
     @property
     def queued(self) -> int:

@@ -9,7 +9,7 @@ then serves the engine interface until told to close or until the server's end o
     ("generate", id, request)             ("chunks", [(id, [chunk, ...]), ...], (active, queued))
     ("cancel", id)                        ("stream_error", id, error), ("stream_end", id, usage or None)
     ("close", id)                         ("progress", fraction, stage), ("ready", info),
-                                          ("stats", active, queued, steps taken), ("kv_events", [event, ...])
+                                          ("stats", active, queued, steps taken, KV usage), ("kv_events", [event, ...])
 
 Everything the engine does happens on this process's event loop, as it would in the server's. The chunks of all
 streams that arrive in one turn of the loop (one scheduler step's tokens) leave as one message. Logging goes to
@@ -26,7 +26,7 @@ import socket
 import sys
 import threading
 
-from backends.base import AdapterSet, Engine, GenerationRequest, unfinished_usage
+from backends.base import AdapterSet, Engine, GenerationRequest, KvCacheUsage, unfinished_usage
 from backends.factory import build_local_engine
 from backends.load_progress import LoadProgress, tracking
 from backends.worker.wire import Channel, WorkerGone, encode_error
@@ -59,7 +59,7 @@ class EngineWorker:
         self.adapter_sets: dict[str, AdapterSet] = {}  # key -> the engine's own set (its handles stay here)
         self._pending_chunks: dict[int, list] = {}
         self._flush_scheduled = False
-        self._stats = (0, 0, None)
+        self._stats = (0, 0, None, None)
         self.closed = asyncio.Event()
 
     # ---------------------------------------------------------------- loading
@@ -158,10 +158,11 @@ class EngineWorker:
             self._stats = self._engine_stats()
             self.channel.send(("chunks", batch, self._stats))
 
-    def _engine_stats(self) -> tuple[int, int, int | None]:
+    def _engine_stats(self) -> tuple[int, int, int | None, KvCacheUsage | None]:
         if self.engine is None:  # (loading)
-            return 0, 0, None
-        return self.engine.active_sequences(), self.engine.queued_requests(), self.engine.steps_taken()
+            return 0, 0, None, None
+        return (self.engine.active_sequences(), self.engine.queued_requests(), self.engine.steps_taken(),
+                self.engine.kv_cache_usage())
 
     async def report_stats(self) -> None:
         """Sequences, queue and steps as they change while no chunk carries them (a request waiting for a slot, a
@@ -171,7 +172,8 @@ class EngineWorker:
         while not self.closed.is_set():
             await asyncio.sleep(STATS_INTERVAL_SECONDS)
             stats = self._engine_stats()
-            if stats != self._stats or loop.time() - sent_at >= BEAT_SECONDS:
+            # (the KV usage moves with every token: it rides along, never a reason to send on its own)
+            if stats[:3] != self._stats[:3] or loop.time() - sent_at >= BEAT_SECONDS:
                 self._stats, sent_at = stats, loop.time()
                 self.channel.send(("stats", *stats))
             if self.engine is not None and (events := self.engine.kv_events()):

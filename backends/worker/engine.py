@@ -33,6 +33,7 @@ from backends.base import (
     GenerationChunk,
     GenerationFinished,
     GenerationRequest,
+    KvCacheUsage,
     Ranking,
     TokenDelta,
     Usage,
@@ -99,7 +100,7 @@ class WorkerEngine(Engine):
         self._ids = itertools.count(1)
         self._failure: str | None = None
         self._closing = False
-        self._stats = (0, 0, None)
+        self._stats = (0, 0, None, None)
         self._stall_seconds = settings.worker_stall_seconds
         self._heard_at: float | None = None  # its last message (none yet: it is still starting Python)
         self._moved_at = time.monotonic()  # its last step, or the last moment it had nothing to do
@@ -184,7 +185,7 @@ class WorkerEngine(Engine):
             self._ready.set_exception(decode_error(message[1]))
 
     def _note_stats(self, stats: tuple) -> None:
-        active, queued, steps = stats
+        active, queued, steps, _ = stats
         if steps != self._stats[2] or not (active or queued):  # it stepped, or it has nothing to do
             self._moved_at = self._heard_at
         self._stats = stats
@@ -305,6 +306,9 @@ class WorkerEngine(Engine):
 
     def queued_requests(self) -> int:
         return 0 if self._failure else min(self._stats[1], len(self._streams))
+
+    def kv_cache_usage(self) -> KvCacheUsage | None:
+        return None if self._failure else self._stats[3]
 
     def kv_events(self) -> list[dict]:
         events = []

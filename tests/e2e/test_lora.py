@@ -69,6 +69,16 @@ def _cards(server) -> dict[str, dict]:
     return {card["id"]: card for card in httpx.get(f"{server.base_url}/v1/models", timeout=30).json()["data"]}
 
 
+def _lora_info(server) -> dict[str, str]:
+    """The labels of `vllm:lora_requests_info` for the base (what LoRA-aware routers read)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    (labels,) = [sample.labels for family in text_string_to_metric_families(text) for sample in family.samples
+                 if sample.name == "vllm:lora_requests_info" and sample.labels["model_name"] == "smol"]
+    return labels
+
+
 def _admin(server, action: str, model: str) -> httpx.Response:
     return httpx.post(f"{server.base_url}/admin/models/{action}", json={"model": model}, timeout=300)
 
@@ -141,8 +151,11 @@ def test_adapters_load_and_unload_at_run_time_without_the_base(server, models):
     assert loaded.status_code == 200, loaded.text
     assert _cards(server)["smol-lora-b"]["status"] == "loaded"
     assert _chat(server, "smol-lora-b")["choices"][0]["message"]["content"]
+    info = _lora_info(server)
+    assert info["max_lora"] == "4" and "smol-lora-b" in info["running_lora_adapters"].split(","), info
     unloaded = _admin(server, "unload", "smol-lora-b").json()
     assert unloaded["unloaded"]
+    assert "smol-lora-b" not in _lora_info(server)["running_lora_adapters"].split(",")
     cards = _cards(server)
     assert cards["smol-lora-b"]["status"] == "available" and cards["smol"]["status"] == "loaded"
     assert server.log_path.read_text().count("Loading model smol ") == loads_before  # the base never reloaded

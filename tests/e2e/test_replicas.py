@@ -140,3 +140,52 @@ def test_render_gives_the_prompt_tokens_a_chat_request_evaluates(workers, path):
     completion = httpx.post(f"{server.base_url}/v1/completions/render", json={"model": MODEL, "prompt": prompt},
                             timeout=60).json()
     assert completion["token_ids"] == tokens
+
+
+def scrape(server) -> dict[str, list]:
+    """The replica's /metrics: metric name -> its samples (labels, value)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    found: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def gauge(found: dict[str, list], name: str) -> float:
+    (value,) = [value for labels, value in found[name] if labels["model_name"] == MODEL]
+    return value
+
+
+def test_the_gauges_routers_scrape_are_published_under_their_names_and_follow_the_engine(workers):
+    """The names llm-d's / the Gateway API Inference Extension's endpoint picker reads by default (vLLM's), as
+    api/router_metrics.py documents them and README lists them, with what the engine holds behind each."""
+    from api.router_metrics import CONTRACT
+    from tests.smollm2 import NO_END_TOKENS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert all(f"`{name}`" in readme for name in CONTRACT), "README's replica section lists every name"
+    server = workers[1][0]
+    idle = scrape(server)
+    assert set(CONTRACT) - {"vllm:lora_requests_info"} <= set(idle), sorted(idle)  # (no adapters: no LoRA line)
+    (layout,) = [labels for labels, _ in idle["vllm:cache_config_info"] if labels["model_name"] == MODEL]
+    assert (layout["block_size"], layout["num_gpu_blocks"]) == (str(BLOCK), str(8192 // BLOCK))
+
+    stream = strict_client(f"{server.base_url}/v1").chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": f"{SYSTEM} Describe a long checklist."}],
+        max_tokens=400, temperature=0, logit_bias=NO_END_TOKENS, stream=True, stream_options={"include_usage": True})
+    next(stream)  # generating now
+    during = scrape(server)
+    assert (gauge(during, "vllm:num_requests_running"), gauge(during, "vllm:num_requests_waiting")) == (1, 0)
+    usage = [chunk.usage for chunk in stream if chunk.usage][0]
+    # (the finished conversation's tokens stay in its slot for a next turn: they count, as vLLM's cached blocks do)
+    floor = (usage.prompt_tokens + usage.completion_tokens - 1) / 8192 + gauge(idle, "vllm:kv_cache_usage_perc")
+    deadline = time.monotonic() + 3  # (the engine worker sends its figures at least once a second)
+    while gauge(after := scrape(server), "vllm:kv_cache_usage_perc") < floor and time.monotonic() < deadline:
+        time.sleep(0.1)
+    held = gauge(after, "vllm:kv_cache_usage_perc")
+    assert floor <= held < 1 and gauge(after, "vllm:num_requests_running") == 0
+    assert gauge(after, "vllm:gpu_cache_usage_perc") == held
+    assert [value for labels, value in after["llm_kv_cache_usage"] if labels["model"] == MODEL] == [held]

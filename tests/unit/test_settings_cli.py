@@ -7,8 +7,8 @@ from settings_cli import FLAG_GROUPS, build_parser, settings_from_cli
 def test_every_setting_has_both_flag_spellings():
     assert settings_from_cli(["--model_name", "a.gguf"]).model_name == "a.gguf"
     assert settings_from_cli(["--model-name", "b.gguf"]).model_name == "b.gguf"
-    settings = settings_from_cli(["--n-ctx", "2048", "--n_threads", "3", "--models-dir", "/tmp/m", "--no-flash-attn"])
-    assert (settings.n_ctx, settings.n_threads, settings.models_dir, settings.flash_attn) == (2048, 3, Path("/tmp/m"), False)
+    settings = settings_from_cli(["--n-ctx", "2048", "--n_threads", "3", "--models-dir", "/tmp/m", "--flash-attn", "off"])
+    assert (settings.n_ctx, settings.n_threads, settings.models_dir, settings.flash_attn) == (2048, 3, Path("/tmp/m"), "off")
 
 
 def test_defaults_bind_loopback():
@@ -32,7 +32,7 @@ def test_every_setting_is_in_exactly_one_help_group():
 def test_help_is_grouped_and_shows_one_spelling_of_each_flag():
     help_text = build_parser().format_help()
     assert help_text.index("\nmodel:") < help_text.index("\nserving:") < help_text.index("\nlogging:")
-    assert "--model-name" in help_text and "--model_name" not in help_text and "--no-flash_attn" not in help_text
+    assert "--model-name" in help_text and "--model_name" not in help_text and "--no-kv_unified" not in help_text
     assert len(help_text.split("\n\n")[0].splitlines()) == 1  # the usage: one line, not every flag twice
 
 
@@ -40,7 +40,18 @@ def test_choices_are_checked_by_the_parser(capsys):
     import pytest
 
     assert settings_from_cli(["--repack", "off"]).repack == "off"
-    assert settings_from_cli(["--no-flash_attn"]).flash_attn is False
+    assert settings_from_cli(["--flash_attn", "on"]).flash_attn == "on"
+    with pytest.raises(SystemExit):
+        settings_from_cli(["--flash-attn", "sometimes"])
     with pytest.raises(SystemExit):
         settings_from_cli(["--repack", "sometimes"])
     assert "invalid choice: 'sometimes'" in capsys.readouterr().err
+
+
+def test_flash_attention_was_a_switch_and_its_old_values_still_mean_on_and_off(monkeypatch):
+    from settings import Settings
+
+    assert Settings().flash_attn == "auto"
+    assert (Settings(flash_attn=True).flash_attn, Settings(flash_attn=False).flash_attn) == ("on", "off")
+    monkeypatch.setenv("LLM_SERVER_FLASH_ATTN", "false")  # an environment written for the old boolean
+    assert Settings().flash_attn == "off"

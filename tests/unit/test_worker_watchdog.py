@@ -45,7 +45,7 @@ def watched() -> WorkerEngine:
     engine = WorkerEngine.__new__(WorkerEngine)  # (no process started: only the watchdog's state)
     engine.entry, engine.process, engine.channel = StandInEntry(), StandInProcess(), StandInChannel()
     engine._failure, engine._closing, engine._stalled = None, False, None
-    engine._stats, engine._stall_seconds = (0, 0, None), STALL
+    engine._stats, engine._stall_seconds = (0, 0, None, None), STALL
     engine._heard_at = engine._moved_at = time.monotonic()
     threading.Thread(target=engine._watch, daemon=True).start()
     return engine
@@ -70,21 +70,21 @@ def beat_for(engine: WorkerEngine, seconds: float, stats) -> None:
 
 def test_an_idle_worker_that_beats_is_left_alone():
     engine = watched()
-    beat_for(engine, STALL * 4, (0, 0, 7))  # nothing to do: its steps stand still, rightly
+    beat_for(engine, STALL * 4, (0, 0, 7, None))  # nothing to do: its steps stand still, rightly
     assert not engine.process.killed.is_set() and engine._stalled is None
 
 
 def test_a_worker_stepping_through_its_work_is_left_alone():
     engine = watched()
     steps = iter(range(10_000))
-    beat_for(engine, STALL * 4, lambda: (2, 1, next(steps)))
+    beat_for(engine, STALL * 4, lambda: (2, 1, next(steps), None))
     assert not engine.process.killed.is_set()
 
 
 def test_a_worker_that_beats_but_takes_no_step_with_work_waiting_is_ended():
     engine = watched()
-    hear(engine, (1, 0, 5))
-    beat_for(engine, STALL * 4, (1, 0, 5))  # its event loop lives; its engine is stuck in a step
+    hear(engine, (1, 0, 5, None))
+    beat_for(engine, STALL * 4, (1, 0, 5, None))  # its event loop lives; its engine is stuck in a step
     assert engine.process.killed.is_set()
     assert engine._stalled.startswith("made no progress")
     deadline = time.monotonic() + 2
@@ -95,6 +95,6 @@ def test_a_worker_that_beats_but_takes_no_step_with_work_waiting_is_ended():
 
 def test_a_silent_worker_is_ended():
     engine = watched()
-    hear(engine, (0, 0, None))
+    hear(engine, (0, 0, None, None))
     assert engine.process.killed.wait(STALL * 10)
     assert engine._stalled.startswith("stopped answering")
