@@ -44,6 +44,7 @@ class RequestRecord:
     first_token_at: float | None = None
     status: int = 0
     upstream_error: tuple[str, str] | None = None  # (upstream, code) when a remote upstream failed
+    session: str | None = None  # the conversation it continues (api/pipeline/affinity.py)
 
     def count_unfinished(self, usage: Usage) -> None:
         """A generation the client left early: its prompt and the tokens it was sent still happened."""
@@ -200,6 +201,7 @@ class RequestLogMiddleware:
         given = Headers(scope=scope).get("x-request-id", "")
         request_id = given if _REQUEST_ID.match(given) else f"req_{uuid.uuid4().hex[:16]}"
         record = RequestRecord(request_id, scope["method"], scope["path"])
+        record.session = Headers(scope=scope).get("x-session-id")  # (as given: api/pipeline/affinity.py reads it)
         token = current_request.set(record)
         unfinished_token = unfinished_usage.set(record.count_unfinished)
 
@@ -230,7 +232,7 @@ class RequestLogMiddleware:
                   "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
                   "reasoning_tokens": record.reasoning_tokens or None,
                   "drafted_tokens": record.drafted_tokens or None, "accepted_tokens": record.accepted_tokens or None,
-                  "ttft_s": ttft, "total_s": round(total, 4)}
+                  "ttft_s": ttft, "total_s": round(total, 4), "session": record.session}
         if self.json_logs:
             logger.info(json.dumps(fields))
         else:

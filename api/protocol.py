@@ -117,6 +117,7 @@ class ChatCompletionRequest(WireModel):
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     user: str | None = None
+    prompt_cache_key: str | None = None  # the conversation it continues (api/pipeline/affinity.py)
 
     # --- llama.cpp / vLLM extensions (not in OpenAI's API) ---
     top_k: Annotated[int, Field(ge=0)] | None = None
@@ -172,6 +173,7 @@ class CompletionRequest(WireModel):
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     suffix: str | None = None
     user: str | None = None
+    prompt_cache_key: str | None = None  # the conversation it continues (api/pipeline/affinity.py)
     top_k: Annotated[int, Field(ge=0)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     repeat_penalty: Annotated[float, Field(ge=0.0)] | None = None

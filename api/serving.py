@@ -30,6 +30,7 @@ from api.choice_streams import (
 )
 from api.error_responses import error_body
 from api.observability import note_model, note_upstream_error, observe
+from api.pipeline.affinity import SESSION_HEADER, request_affinity
 from api.sse import event_stream, sse_bytes, sse_event
 from backends.base import GenerationChunk, GenerationFinished, GenerationRequest, RelayedStream, RelayedWhole
 from backends.keep_alive import parse_duration
@@ -108,8 +109,9 @@ def generation_chunks(
     """The choices' chunks, merged, observed for metrics and bounded by `--request-timeout`. Each generation is
     labelled with its tenant, so the engines' queues can take turns between tenants, and carries the request's
     engine-level extensions found in `body` (any API's)."""
-    speculative = wants_speculation(body)
-    streams = [model.engine.generate(replace(r, tenant=tenant.label, speculative=speculative)) for r in requests]
+    speculative, affinity = wants_speculation(body), request_affinity(body)
+    streams = [model.engine.generate(replace(r, tenant=tenant.label, speculative=speculative, affinity=affinity))
+               for r in requests]
     chunks = observe(merge_choices(streams), model.model_id, model.engine.engine_kind)
     return with_deadline(chunks, settings.request_timeout) if settings.request_timeout else chunks
 
@@ -267,7 +269,10 @@ async def _local_events(run: LocalRun, first: tuple[int, GenerationChunk], resou
 async def _upstream_answer(model: LoadedModel, path: str, body: dict,
                            request: Request) -> RelayedWhole | RelayedStream | None:
     try:
-        return await model.engine.relay(path, body, lambda: wait_for_disconnect(request.receive))
+        request_affinity(body)  # (logged; the body goes upstream as it came, and the header with it)
+        given = request.headers.get(SESSION_HEADER)
+        return await model.engine.relay(path, body, lambda: wait_for_disconnect(request.receive),
+                                        {SESSION_HEADER: given} if given else {})
     except UpstreamError as exc:
         if exc.status_code >= 500:
             note_upstream_error(exc.upstream, exc.code)

@@ -85,6 +85,7 @@ class GenerationRequest:
     clamp_to_context: bool = False
     speculative: bool = True  # may use the server's speculative decoding (a request can opt out)
     adapters: AdapterSet | None = None  # LoRA adapters to apply (set by an adapter entry's engine view)
+    affinity: str | None = None  # the conversation it continues (a session id, prompt_cache_key...): a slot hint
     media: tuple = ()  # chat.media.MediaPart each, in the order of the prompt's media markers
 
 
@@ -242,7 +243,7 @@ class Engine(ABC):
         raise NotSupported(f"This {self.engine_kind} model does not rerank.")
 
     async def relay(
-        self, path: str, body: dict, client_gone: Callable[[], Awaitable]
+        self, path: str, body: dict, client_gone: Callable[[], Awaitable], headers: dict[str, str] | None = None
     ) -> RelayedWhole | RelayedStream | None:
         """Forward a request as the client sent it to the API `path` of another server (`relays_requests`
         engines). None: `client_gone` finished before the answer did."""

@@ -67,6 +67,7 @@ class ResponsesRequest(WireModel):
     reasoning: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
     user: str | None = None
+    prompt_cache_key: str | None = None  # the conversation it continues (api/pipeline/affinity.py)
 
     # --- llama.cpp / vLLM extensions (not in OpenAI's API) ---
     seed: int | None = None

@@ -245,6 +245,7 @@ class LlamaCppEngine(WorkerThreadEngine):
             reasoning=request.reasoning,
             speculative=request.speculative,
             adapters=adapters,
+            affinity=request.affinity,
             media=media,
             cached_prefix=cached_prefix,
             answer_floor=floor,

@@ -149,22 +149,39 @@ class Scheduler:
         """Move taken jobs into free slots: the slot whose cached KV shares the longest prefix, if it shares enough
         of the prompt to be worth taking over; else an empty slot, else the one used longest ago. (Picking the
         longest prefix alone made every new conversation take the slot of another one with which it shared just
-        the template's first tokens, evicting it while empty slots waited.)"""
+        the template's first tokens, evicting it while empty slots waited.)
+
+        A job naming its conversation (`affinity`: a session id, a prompt_cache_key) goes back to the slot that
+        key used last, whatever it shares (an edited conversation still replaces only its own). A new key keeps
+        out of the slots other keys hold while another is free: agents' sessions often share a long system
+        prompt, which alone would make a new session take over a live one's slot and its history."""
         for job in jobs:
-            free = [slot for slot in self.slots if slot.job is None]
-            shared = {slot.seq_id: common_prefix_length(slot.cached_tokens, job.prompt_tokens)
-                      if slot.adapter_key == job.adapter_key else -1 for slot in free}
-            slot = max(free, key=lambda s: shared[s.seq_id])
-            if shared[slot.seq_id] < SLOT_SIMILARITY * len(job.prompt_tokens):
-                slot = min(free, key=lambda s: (len(s.cached_tokens) > 0, s.last_used))
+            slot = self._slot_for(job)
             self._uses += 1
             slot.last_used = self._uses
+            slot.affinity = job.affinity
             try:
                 self._start(slot, job)
             except Exception as exc:  # one bad request must not take the scheduler thread down
                 logger.exception("Could not start a sequence")
                 slot.job = job
                 self._abort(slot, EngineFailure(f"The engine could not start this request: {exc}"))
+
+    def _slot_for(self, job: SequenceJob) -> Slot:
+        free = [slot for slot in self.slots if slot.job is None]
+        if job.affinity is not None:
+            if own := [slot for slot in free if slot.affinity == job.affinity]:
+                return max(own, key=lambda s: common_prefix_length(s.cached_tokens, job.prompt_tokens))
+            unclaimed = [slot for slot in free if slot.affinity is None]
+            if not unclaimed:  # every free slot holds another named conversation: the one idle longest gives way
+                return min(free, key=lambda s: s.last_used)
+            free = unclaimed
+        shared = {slot.seq_id: common_prefix_length(slot.cached_tokens, job.prompt_tokens)
+                  if slot.adapter_key == job.adapter_key else -1 for slot in free}
+        slot = max(free, key=lambda s: shared[s.seq_id])
+        if shared[slot.seq_id] < SLOT_SIMILARITY * len(job.prompt_tokens):
+            slot = min(free, key=lambda s: (len(s.cached_tokens) > 0, s.last_used))
+        return slot
 
     def _reusable_prefix(self, slot: Slot, job: SequenceJob) -> int:
         """Prompt tokens whose KV `slot` holds and can serve; the last prompt token is always evaluated (logits),

@@ -39,6 +39,7 @@ class SequenceJob:
     reasoning: ReasoningControl | None = None  # a thinking model's block: counted, budgeted, closed
     speculative: bool = True  # may draft and verify several tokens per step (the server's mode permitting)
     adapters: LlamaLoraSet | None = None  # LoRA adapters its sequence decodes with (None: the base weights)
+    affinity: str | None = None  # the conversation it continues, as its client named it (Scheduler._admit)
     media: list[MediaSpan] = field(default_factory=list)  # images / audio in the prompt (placeholder runs)
     answer_floor: AnswerFloor | None = None  # what its grammar-constrained answer takes at least
     cancelled: bool = False  # set by the request side when the client goes away
@@ -61,6 +62,7 @@ class Slot:
     cached_tokens: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds, in order
     position_shift: int = 0  # next position - len(cached_tokens): media that took fewer positions than tokens
     last_used: int = 0  # when a job last took this slot (the scheduler's count): the oldest is evicted first
+    affinity: str | None = None  # the conversation key of the job that last took it
     adapter_key: str = BASE  # the adapter set those tokens' KV was computed with
     job: SequenceJob | None = None
     prompt_cursor: int = 0  # next prompt token to feed

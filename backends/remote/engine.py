@@ -38,11 +38,12 @@ class RemoteEngine(Engine):
         self.upstream_model = upstream.get("model") or entry.id.split("/", 1)[-1]
 
     async def relay(
-        self, path: str, body: dict, client_gone: Callable[[], Awaitable]
+        self, path: str, body: dict, client_gone: Callable[[], Awaitable], headers: dict[str, str] | None = None
     ) -> RelayedWhole | RelayedStream | None:
-        """Forward `body` to the upstream's `path` (e.g. `chat/completions`). A stream comes back once its first
-        bytes arrived; a whole answer once read, or None if `client_gone` finished first."""
-        call = await open_call(self.pool, path, {**body, "model": self.upstream_model})
+        """Forward `body` to the upstream's `path` (e.g. `chat/completions`), with the client's `headers` meant
+        for it (affinity hints). A stream comes back once its first bytes arrived; a whole answer once read, or
+        None if `client_gone` finished first."""
+        call = await open_call(self.pool, path, {**body, "model": self.upstream_model}, headers or {})
         if body.get("stream"):
             return await start_stream(call, self.upstream_model, self.entry.id)
         return await read_whole(call, self.entry.id, client_gone)

@@ -52,13 +52,14 @@ def timed_out(pool: UpstreamPool, what: str) -> UpstreamError:
                          upstream=pool.name)
 
 
-async def open_call(pool: UpstreamPool, path: str, payload: dict) -> UpstreamCall:
+async def open_call(pool: UpstreamPool, path: str, payload: dict, headers: dict[str, str]) -> UpstreamCall:
     """Send to the least busy healthy URL; on a connection error try the others. Upstream errors are raised."""
     tried: set[UpstreamURL] = set()
     last_error: Exception | None = None
     while (url := pool.borrow(tried)) is not None:
         tried.add(url)
-        request = pool.client.build_request("POST", f"{url.base}/{path}", json=payload, headers=pool.headers())
+        request = pool.client.build_request("POST", f"{url.base}/{path}", json=payload,
+                                            headers={**headers, **pool.headers()})
         try:
             call = UpstreamCall(pool, url, await pool.client.send(request, stream=True))
         except httpx.TimeoutException as exc:

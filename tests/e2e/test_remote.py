@@ -117,6 +117,23 @@ def test_a_remote_models_conversation_belongs_to_its_upstream(proxy, fakes):
     assert [body["previous_response_id"] for body in sent] == ["resp_upstream_1"]
 
 
+def test_affinity_hints_reach_the_upstream_and_the_log(proxy, fakes):
+    """A session header goes upstream as it came (so a router or vLLM behind us sees it too); a body's
+    prompt_cache_key goes in the body; both are logged with the request."""
+    response = httpx.post(f"{proxy.base_url}/v1/chat/completions", headers={"x-session-id": "agent-7"},
+                          json={"model": "fake/echo", "messages": ASK, "prompt_cache_key": "team-cache"}, timeout=30)
+    assert response.status_code == 200, response.text
+    seen = [r for fake in fakes for r in fake.record.requests if r["body"].get("prompt_cache_key")][-1]
+    assert seen["headers"]["x-session-id"] == "agent-7" and seen["body"]["prompt_cache_key"] == "team-cache"
+    keyed = client_for(f"{proxy.base_url}/v1").chat.completions.create(model="fake/echo", messages=ASK,
+                                                                       prompt_cache_key="key-only")
+    assert keyed.choices[0].message.content is not None
+    sent = [r for fake in fakes for r in fake.record.requests if r["body"].get("prompt_cache_key") == "key-only"]
+    assert sent and "x-session-id" not in sent[-1]["headers"]  # (a body key is not turned into a header)
+    log = proxy.log_path.read_text(errors="replace")
+    assert "session=agent-7" in log and "session=key-only" in log
+
+
 def test_tools_pass_through(proxy):
     response = client_for(f"{proxy.base_url}/v1").chat.completions.create(
         model=OURS, messages=ASK, max_tokens=80, temperature=0, parallel_tool_calls=False,

@@ -189,3 +189,34 @@ def test_the_gauges_routers_scrape_are_published_under_their_names_and_follow_th
     assert floor <= held < 1 and gauge(after, "vllm:num_requests_running") == 0
     assert gauge(after, "vllm:gpu_cache_usage_perc") == held
     assert [value for labels, value in after["llm_kv_cache_usage"] if labels["model"] == MODEL] == [held]
+
+
+def test_a_named_conversation_keeps_its_slot_when_another_shares_its_system_prompt(workers):
+    """Agents' sessions share long system prompts. Unnamed, a new session takes over the slot of a live one that
+    shares its system prompt (the most similar slot), and that one's next turn evaluates its history again; named
+    (`x-session-id`, `prompt_cache_key`) each keeps its own slot while unclaimed ones are free."""
+    server = workers[0][0]
+    client = strict_client(f"{server.base_url}/v1")
+
+    def turn(messages: list[dict], question: str, **naming) -> tuple[int, int]:
+        messages.append({"role": "user", "content": question})
+        answer = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0,
+                                                **naming)
+        messages.append({"role": "assistant", "content": answer.choices[0].message.content})
+        return answer.usage.prompt_tokens, answer.usage.prompt_tokens_details.cached_tokens
+
+    def two_sessions(project: str, a_naming: dict, b_naming: dict) -> tuple[int, int]:
+        system = f"Project {project}. {SYSTEM} " + " ".join(f"Rule {i}: keep the build green." for i in range(30))
+        a, b = [{"role": "system", "content": system}], [{"role": "system", "content": system}]
+        first_prompt, _ = turn(a, "Which file holds the router?", **a_naming)
+        turn(b, "Which test is flaky?", **b_naming)
+        _, cached = turn(a, "And who owns it?", **a_naming)
+        return first_prompt, cached
+
+    first_prompt, cached = two_sessions("Orion", {}, {})
+    assert cached < first_prompt  # unnamed: session b took a's slot
+    first_prompt, cached = two_sessions("Vega", {"extra_headers": {"x-session-id": "session-a"}},
+                                        {"prompt_cache_key": "session-b"})
+    assert cached >= first_prompt, (cached, first_prompt)
+    log = server.log_path.read_text(errors="replace")
+    assert "session=session-a" in log and "session=session-b" in log
