@@ -7,6 +7,7 @@ import logging
 import sys
 
 import uvicorn
+from opentelemetry import trace
 
 from api.app import create_app
 from settings import Settings
@@ -18,6 +19,9 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
                  "message": record.getMessage()}
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:  # (with --otlp-traces-endpoint: the request's trace, to find its spans from a log line)
+            entry["trace_id"], entry["span_id"] = format(span.trace_id, "032x"), format(span.span_id, "016x")
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

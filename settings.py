@@ -207,6 +207,11 @@ class Settings(BaseSettings):
         "engine_crashed, it restarts on the next): silent this long, or taking no step this long while requests wait "
         "on it. Longer than the slowest single step of your largest model (a batch of prompt tokens); 0: never"
     )
+    otlp_traces_endpoint: str | None = Field(
+        None, description="OpenTelemetry collector's OTLP/HTTP traces URL (e.g. http://127.0.0.1:4318/v1/traces): one "
+        "trace per request, GenAI attributes, spans for admission, model load, queue, prompt evaluation, decoding "
+        "(vLLM's flag). Off by default.",
+    )
     mmproj: str | None = Field(
         None, description="The multimodal projector (mmproj GGUF) of the default model, for image/audio input (file in "
         "--models-dir or a path; per model: `mmproj:` in models.yaml; found by itself as mmproj-<model stem>*.gguf "

@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from sse_starlette.sse import AppStatus
 from starlette.concurrency import run_in_threadpool
 
+from api import tracing
 from api.admin.cache_routes import router as cache_router
 from api.admin.models_routes import router as models_router
 from api.admin.routes import router as admin_router
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, responses: ResponseStore | None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        spans = tracing.configure(settings.otlp_traces_endpoint)  # (FastAPI opens request spans once it is set)
         registry = ModelRegistry.from_settings(settings)
         registry.start()
         metrics.registry.register(RegistryCollector(registry))
@@ -120,6 +122,8 @@ def create_app(settings: Settings | None = None, responses: ResponseStore | None
             await app.state.background.aclose()
             await registry.aclose()  # models, then the upstream clients
             app.state.responses.close()
+            if spans is not None:
+                spans.shutdown()  # (sends the spans still batched)
 
     app = FastAPI(title="OpenAI-compatible LLM server", version="0.1.0", lifespan=lifespan)
     # sse-starlette would end every stream the moment SIGTERM arrives; we let them finish within uvicorn's

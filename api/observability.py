@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.tracing import GenerationTrace
 from backends.base import GenerationFinished, TokenDelta, Usage, unfinished_usage
 
 logger = logging.getLogger("llm_server.requests")
@@ -156,10 +157,15 @@ async def observe(chunks: AsyncIterator, model_id: str, engine: str) -> AsyncIte
     record = current_request.get()
     if record is not None:
         record.model, record.engine = model_id, engine
+    traced = GenerationTrace(model_id, record.path if record is not None else "")
     try:
         async for item in chunks:
+            chunk = item[1]
+            if isinstance(chunk, TokenDelta):
+                traced.first_token()
+            elif isinstance(chunk, GenerationFinished):
+                traced.finished(chunk.finish_reason, chunk.usage)
             if record is not None:
-                chunk = item[1]
                 if isinstance(chunk, TokenDelta) and record.first_token_at is None:
                     record.first_token_at = time.perf_counter()
                 elif isinstance(chunk, GenerationFinished):
@@ -171,6 +177,7 @@ async def observe(chunks: AsyncIterator, model_id: str, engine: str) -> AsyncIte
             yield item
     finally:
         await chunks.aclose()
+        traced.write()
 
 
 def note_model(model_id: str, engine: str) -> None:

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
+from api import tracing
 from api.choice_streams import (
     consume_unless_disconnected,
     first_unless_disconnected,
@@ -153,13 +154,15 @@ async def serve(
 ) -> Response:
     """`relay_answer`: the upstream's answer is read back and written by this endpoint's writer (Messages over
     an upstream's chat completions) instead of being passed through as it came."""
-    ticket = request.app.state.quotas.admit(tenant, request_tokens)  # 429 before any work
+    with tracing.span("admission", **{"llm_server.tenant": tenant.label}):
+        ticket = request.app.state.quotas.admit(tenant, request_tokens)  # 429 before any work
     resources = AsyncExitStack()  # holds the model lease and the quota ticket
     resources.callback(ticket.release)
     handed_to_stream = False
     try:
         keep_alive = requested_keep_alive(relay_body())
-        model = await resources.enter_async_context(registry.lease(model_name, tenant.may_use, keep_alive))
+        with tracing.span("model lease", **{"gen_ai.request.model": model_name or ""}):  # (a load inside it)
+            model = await resources.enter_async_context(registry.lease(model_name, tenant.may_use, keep_alive))
         if model.engine.relays_requests and relay_answer is not None:
             note_model(model.model_id, model.engine.engine_kind)
             response = await _relay_through_writer(model, relay_path, relay_body(), relay_answer(model), request,
@@ -271,8 +274,9 @@ async def _upstream_answer(model: LoadedModel, path: str, body: dict,
     try:
         request_affinity(body)  # (logged; the body goes upstream as it came, and the header with it)
         given = request.headers.get(SESSION_HEADER)
+        headers = {SESSION_HEADER: given} if given else {}
         return await model.engine.relay(path, body, lambda: wait_for_disconnect(request.receive),
-                                        {SESSION_HEADER: given} if given else {})
+                                        {**headers, **tracing.propagation_headers()})
     except UpstreamError as exc:
         if exc.status_code >= 500:
             note_upstream_error(exc.upstream, exc.code)

@@ -121,6 +121,7 @@ class Usage:
     reasoning_tokens: int = 0  # completion tokens spent inside the reasoning block (markers included)
     drafted_tokens: int = 0  # speculative decoding: tokens guessed and checked
     accepted_tokens: int = 0  # of those, the ones the model confirmed (each one a decode step saved)
+    queued_seconds: float = 0.0  # waiting in the engine's queue for a sequence slot (tracing's time in queue)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
+from opentelemetry import trace
+
 from backends.adapters import AdapterView
 from backends.base import Engine
 from backends.catalog import Catalog, GenerationDefaults, ModelEntry, default_hf_cache
@@ -33,6 +35,7 @@ from errors import ModelLoadFailed, ModelLoading, ModelNotFound, NotSupported, S
 from settings import Settings
 
 logger = logging.getLogger(__name__)
+_tracer = trace.get_tracer("llm-server")
 
 EngineFactory = Callable[[ModelEntry, Settings], Engine]
 # Whether a caller may use a model (id, aliases): the HTTP layer passes its key's rule explicitly.
@@ -260,6 +263,12 @@ class ModelRegistry:
         return entry
 
     async def _load(self, entry: ModelEntry) -> LoadedModel:
+        # (traced as a child of the request that started the load, when tracing is on: api/tracing.py)
+        with _tracer.start_as_current_span("model load", attributes={"gen_ai.request.model": entry.id,
+                                                                      "llm_server.engine": entry.engine}):
+            return await self._load_traced(entry)
+
+    async def _load_traced(self, entry: ModelEntry) -> LoadedModel:
         started = time.perf_counter()
         settings = engine_settings(entry, self.settings)
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import llama_cpp
 
@@ -238,6 +239,7 @@ class Scheduler:
         slot.adapter_key = job.adapter_key
         job.cached_prefix = None  # the state bytes are in the KV now (or rejected): free them
         slot.job = job
+        slot.queued_seconds = time.monotonic() - job.submitted_at
         slot.prompt_cursor = reuse
         slot.reused_tokens = reuse
         slot.next_token = None
@@ -427,6 +429,7 @@ class Scheduler:
             reasoning_tokens=steering.reasoning.tokens,
             drafted_tokens=slot.drafter.drafted if slot.drafter else 0,
             accepted_tokens=slot.drafter.accepted if slot.drafter else 0,
+            queued_seconds=slot.queued_seconds,
         )
         self._save_to_disk_cache(slot)
         job.emit(GenerationFinished(finish_reason=reason, usage=usage, stop_sequence=slot.stop_filter.matched))

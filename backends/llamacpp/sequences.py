@@ -3,6 +3,7 @@ sequence id of the shared context, the job using it and that job's per-sequence 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ class SequenceJob:
     media: list[MediaSpan] = field(default_factory=list)  # images / audio in the prompt (placeholder runs)
     answer_floor: AnswerFloor | None = None  # what its grammar-constrained answer takes at least
     cancelled: bool = False  # set by the request side when the client goes away
+    submitted_at: float = field(default_factory=time.monotonic)  # (its time in the queue is reported in its usage)
 
     @property
     def adapter_key(self) -> str:
@@ -63,6 +65,7 @@ class Slot:
     position_shift: int = 0  # next position - len(cached_tokens): media that took fewer positions than tokens
     last_used: int = 0  # when a job last took this slot (the scheduler's count): the oldest is evicted first
     affinity: str | None = None  # the conversation key of the job that last took it
+    queued_seconds: float = 0.0  # how long its job waited for it
     adapter_key: str = BASE  # the adapter set those tokens' KV was computed with
     job: SequenceJob | None = None
     prompt_cursor: int = 0  # next prompt token to feed

@@ -6,19 +6,15 @@ elsewhere would show it."""
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.server_process import ServerProcess, free_port, strict_client
+from tests.replica_cluster import BLOCK, MODEL, replicas, vllm_router
+from tests.server_process import strict_client
 
-MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BLOCK = 16
 SYSTEM = "You are a careful assistant for a team of engineers. Answer in one short sentence."
 
 
@@ -26,56 +22,6 @@ SYSTEM = "You are a careful assistant for a team of engineers. Answer in one sho
 def workers(tmp_path_factory):
     with replicas(tmp_path_factory.mktemp("replicas"), 2) as started:
         yield started
-
-
-@contextlib.contextmanager
-def replicas(tmp_path: Path, count: int):
-    """`count` servers publishing KV events: [(server, events endpoint)]."""
-    started = []
-    try:
-        for index in range(count):
-            endpoint = f"tcp://127.0.0.1:{free_port()}"
-            folder = tmp_path / f"replica-{index}"
-            folder.mkdir()
-            server = ServerProcess("--model-name", MODEL, "--parallel", "8", "--n-ctx", "8192", "--no-prompt-cache",
-                                   "--kv-events", endpoint, "--kv-event-block-size", str(BLOCK),
-                                   log_path=folder / "server.log")
-            started.append((server, endpoint))
-        for server, _ in started:
-            server.wait_ready()
-        yield started
-    finally:
-        for server, _ in started:
-            server.stop()
-
-
-@contextlib.contextmanager
-def vllm_router(tmp_path: Path, workers, policy: str):
-    port = free_port()
-    command = [str(Path(sys.executable).with_name("vllm-router")), "--host", "127.0.0.1", "--port", str(port),
-               "--prometheus-port", str(free_port()), "--policy", policy,
-               "--worker-urls", *[server.base_url for server, _ in workers]]
-    if policy == "kv_aware":
-        for server, endpoint in workers:
-            command += ["--kv-event-source", f"{server.base_url}={endpoint}"]
-        command += ["--kv-event-block-size", str(BLOCK), "--kv-event-model", MODEL]
-    log = open(tmp_path / f"router-{policy}.log", "wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, (tmp_path / f"router-{policy}.log").read_text()[-3000:]
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "vllm-router did not become ready"
-            time.sleep(0.2)
-        yield base_url
-    finally:
-        process.terminate()
-        process.wait(20)
-        log.close()
 
 
 def chats_served(server) -> int:
@@ -220,3 +166,32 @@ def test_a_named_conversation_keeps_its_slot_when_another_shares_its_system_prom
     assert cached >= first_prompt, (cached, first_prompt)
     log = server.log_path.read_text(errors="replace")
     assert "session=session-a" in log and "session=session-b" in log
+
+
+def test_a_killed_replicas_conversations_continue_on_another_from_the_shared_disk_cache(tmp_path):
+    """Replicas sharing --cache-dir: when one dies, the router sends its conversations to the other, which restores
+    their prefixes from the disk cache the dead one wrote; no request after the kill fails."""
+    shared = tmp_path / "shared-cache"
+    with replicas(tmp_path, 2, "--prompt-cache", "--cache-dir", str(shared), "--cache-min-tokens", "32") as pair:
+        conversations = [[{"role": "system", "content": f"Desk {index}. {SYSTEM} "
+                           + " ".join(f"Note {n}: reply briefly." for n in range(20))}] for index in range(4)]
+        previous: dict[int, int] = {}
+        with vllm_router(tmp_path, pair, "kv_aware", "--health-check-interval-secs", "1",
+                         "--health-failure-threshold", "1") as router:
+            for turn in range(3):
+                if turn == 2:
+                    time.sleep(3)  # (the states' disk writes wait for a quiet moment, 2 s at most)
+                    pair[0][0].process.kill()  # SIGKILL: no goodbye; its worker process ends with it
+                for index, messages in enumerate(conversations):
+                    first_placement = pair[index % 2][0].base_url  # turn 0 straight to a replica: 0, 1, 0, 1
+                    client = strict_client(f"{first_placement if turn == 0 else router}/v1", max_retries=0)
+                    messages.append({"role": "user", "content": f"Question {turn}: what is next?"})
+                    answer = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8,
+                                                            temperature=0)
+                    messages.append({"role": "assistant", "content": answer.choices[0].message.content})
+                    cached = answer.usage.prompt_tokens_details.cached_tokens
+                    if turn:  # on its replica (turn 1), restored from the dead one's states on the other (turn 2)
+                        assert cached >= previous[index], (index, turn, cached, previous[index])
+                    previous[index] = answer.usage.prompt_tokens
+        survivor_log = pair[1][0].log_path.read_text(errors="replace")
+        assert survivor_log.count("path=/v1/chat/completions status=200") == 2 + 2 + 4  # its own, then all four
