@@ -19,7 +19,9 @@ BLOCK = 16
 
 @contextlib.contextmanager
 def replicas(tmp_path: Path, count: int, *flags: str):
-    """`count` servers publishing KV events (with `flags` besides ours): [(server, events endpoint)]."""
+    """`count` servers publishing KV events (with `flags` besides ours): [(server, events endpoint)]. They share
+    this machine's cores (one thread each unless `flags` say otherwise): llama.cpp processes that each spin
+    threads on every core slow each other down many times over."""
     started = []
     try:
         for index in range(count):
@@ -27,7 +29,7 @@ def replicas(tmp_path: Path, count: int, *flags: str):
             folder = tmp_path / f"replica-{index}"
             folder.mkdir()
             server = ServerProcess("--model-name", MODEL, "--parallel", "8", "--n-ctx", "8192", "--no-prompt-cache",
-                                   "--kv-events", endpoint, "--kv-event-block-size", str(BLOCK), *flags,
+                                   "--n-threads", "1", "--kv-events", endpoint, "--kv-event-block-size", str(BLOCK), *flags,
                                    log_path=folder / "server.log")
             started.append((server, endpoint))
         for server, _ in started:
