@@ -1,6 +1,8 @@
 """Which conversation a request continues, as clients and routers name it: the `x-session-id` header (agent
-harnesses and session-affinity routers), the body's `prompt_cache_key` (OpenAI's name for it, in Chat Completions,
-Completions and Responses), or a Responses `previous_response_id`, first found first.
+harnesses and session-affinity routers), else the body's `prompt_cache_key` (OpenAI's name for it, in Chat
+Completions, Completions and Responses). A Responses `previous_response_id` is no such name: it changes every turn
+(a key per turn would move the chain out of its slot each time); the chain's stored turns are the next prompt's
+prefix, which finds its slot by itself.
 
 The key is logged with the request (`session=`), relayed upstream by the remote engine as the same header (the body
 goes as it came), and handed to the engine: the llama.cpp scheduler keeps a conversation in the slot its key used
@@ -16,7 +18,7 @@ from pydantic import BaseModel
 from api.observability import current_request
 
 SESSION_HEADER = "x-session-id"
-BODY_FIELDS = ("prompt_cache_key", "previous_response_id")
+BODY_FIELDS = ("prompt_cache_key",)
 MAX_KEY_LENGTH = 256  # a key is a name, not content: longer ones are cut (never refused: it is only a hint)
 
 

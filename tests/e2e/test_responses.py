@@ -206,21 +206,23 @@ LONG = {"format": {"type": "json_schema", "name": "story", "schema": {
     "type": "object", "properties": {"story": {"type": "string", "minLength": 1500}}, "required": ["story"]}}}
 
 
-def _wait_idle(http) -> None:
-    deadline = time.monotonic() + 5
+def _wait_idle(http, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
     while http.get("/").json()["active_sequences"] != 0:
         assert time.monotonic() < deadline, "generation kept running after the client left"
         time.sleep(0.05)
 
 
 def test_disconnects_stop_the_generation(server, http):
-    # One token a step (no speculation): a story the model loops in would otherwise be drafted and accepted many
-    # tokens at a time and end within the poll below (seen in CI: "not counted" because it had already finished).
+    # Counted from its first token on; one token a step (no speculation), so it runs long enough to be counted.
     body = {"model": MODEL, "input": "Tell a story.", "text": LONG, "max_output_tokens": 900, "speculative": False}
+    # The server is the session's, shared with earlier modules: a generation one of them left running (a client
+    # gone without waiting for the cancel) would count too. Start from idle.
+    _wait_idle(http, timeout=60)
     with httpx.Client(base_url=server.base_url, timeout=60) as session:
         with session.stream("POST", "/v1/responses", json={**body, "stream": True}) as response:
-            received = [line for line, _ in zip(response.iter_lines(), range(24))]
-            assert any(line.startswith("event: response.output_text.delta") for line in received)
+            lines = response.iter_lines()
+            assert any(line.startswith("event: response.output_text.delta") for line, _ in zip(lines, range(40)))
             deadline = time.monotonic() + 2  # (an engine worker's figures come with its messages)
             while http.get("/").json()["active_sequences"] != 1:
                 assert time.monotonic() < deadline, "the stream was not counted while it generated"

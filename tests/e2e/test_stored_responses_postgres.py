@@ -60,6 +60,25 @@ def test_a_chain_alternates_between_instances(two_instances):
         b.responses.create(model=MODEL, input="More.", previous_response_id=third.id, max_output_tokens=2)
 
 
+def test_a_chain_continues_behind_a_real_router_whichever_instance_answers(two_instances, tmp_path):
+    """Behind vllm-router's round_robin (it knows nothing of stored responses) the turns of one chain alternate
+    between the instances; each continues from the shared store."""
+    from tests.replica_cluster import vllm_router
+
+    with vllm_router(tmp_path, [(server, None) for server in two_instances], "round_robin") as router:
+        client = openai.OpenAI(base_url=f"{router}/v1", api_key="x", _strict_response_validation=True)
+        served = [server.log_path.read_text().count("path=/v1/responses status=200") for server in two_instances]
+        previous, sizes = None, []
+        for turn in range(4):
+            answer = client.responses.create(model=MODEL, input=f"Turn {turn}: my name is Ada.", temperature=0,
+                                             max_output_tokens=4, previous_response_id=previous)
+            previous = answer.id
+            sizes.append(answer.usage.input_tokens)
+    assert sizes == sorted(set(sizes))  # each turn saw the whole conversation so far
+    now = [server.log_path.read_text().count("path=/v1/responses status=200") for server in two_instances]
+    assert [after - before for after, before in zip(now, served, strict=True)] == [2, 2]  # both took turns
+
+
 def _poll(client, response_id, done, timeout=60.0):
     deadline = time.monotonic() + timeout
     while (response := client.responses.retrieve(response_id)).status not in done:

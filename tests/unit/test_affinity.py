@@ -11,11 +11,11 @@ def chat(**fields) -> ChatCompletionRequest:
     return ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], **fields)
 
 
-def test_the_header_wins_over_the_body_and_the_body_key_over_a_previous_response():
+def test_the_header_wins_over_the_body_and_a_previous_response_is_no_name():
     assert affinity_key({"x-session-id": " s1 "}, chat(prompt_cache_key="k1")) == "s1"
     assert affinity_key({}, chat(prompt_cache_key="k1")) == "k1"
     responses = ResponsesRequest(model="m", input="hi", previous_response_id="resp_1")
-    assert affinity_key(None, responses) == "resp_1"
+    assert affinity_key(None, responses) is None  # (a new id every turn: the chain's prefix finds its slot)
     assert affinity_key(None, ResponsesRequest(model="m", input="hi", previous_response_id="resp_1",
                                                prompt_cache_key="k2")) == "k2"
     assert affinity_key(None, {"prompt_cache_key": "relayed"}) == "relayed"  # a relayed body, as it came
