@@ -195,3 +195,28 @@ def test_a_killed_replicas_conversations_continue_on_another_from_the_shared_dis
                     previous[index] = answer.usage.prompt_tokens
         survivor_log = pair[1][0].log_path.read_text(errors="replace")
         assert survivor_log.count("path=/v1/chat/completions status=200") == 2 + 2 + 4  # its own, then all four
+
+
+def test_a_session_header_keeps_a_conversation_on_one_replica_under_consistent_hash(workers, tmp_path):
+    """The router's `consistent_hash` hashes `x-session-id`, the header our replicas key slots by: each session's
+    turns land on one replica (the round_robin of the same requests would alternate) and find their prefix there."""
+    before = [chats_served(server) for server, _ in workers]
+    sessions = {f"session-{index}": [{"role": "system", "content": f"Shift {index}. {SYSTEM}"}] for index in range(3)}
+    previous: dict[str, int] = {}  # (3 sessions: with an even count round_robin would keep each on one by accident)
+    with vllm_router(tmp_path, workers, "consistent_hash") as router:
+        client = strict_client(f"{router}/v1")
+        for turn in range(3):
+            for session, messages in sessions.items():
+                messages.append({"role": "user", "content": f"Item {turn}: what is next?"})
+                answer = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0,
+                                                        extra_headers={"x-session-id": session})
+                messages.append({"role": "assistant", "content": answer.choices[0].message.content})
+                if turn:
+                    assert answer.usage.prompt_tokens_details.cached_tokens >= previous[session], session
+                previous[session] = answer.usage.prompt_tokens
+    served = [chats_served(server) - count for (server, _), count in zip(workers, before, strict=True)]
+    assert sum(served) == 9, served
+    logs = [server.log_path.read_text(errors="replace") for server, _ in workers]
+    for session in sessions:  # all three turns of a session on one replica, none on the other
+        assert sorted(sum(line.endswith(f" session={session}") for line in log.splitlines()) for log in logs) \
+            == [0, 3], session
