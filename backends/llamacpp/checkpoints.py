@@ -26,7 +26,7 @@ TAIL = 4  # tokens before a prompt's end where its checkpoint is taken (the next
 @dataclass(frozen=True)
 class Checkpoint:
     length: int  # tokens of the sequence it follows: its recurrent state right after them
-    state: bytes  # llama.cpp's partial (recurrent-only) serialisation
+    state: bytearray  # llama.cpp's partial (recurrent-only) serialisation
 
 
 class SlotCheckpoints:

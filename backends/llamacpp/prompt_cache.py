@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
-import pickle
 import threading
 import time
 import zlib
@@ -31,6 +31,8 @@ import llama_cpp
 import numpy as np
 from llama_cpp.llama import LlamaState
 from llama_cpp.llama_cache import LlamaDiskCache
+
+from backends.thread_priority import lower_this_threads_priority
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +57,14 @@ def state_format_tag(*, flash_attn: bool, swa_full: bool) -> str:
 
 
 class StoredSequenceState(LlamaState):
-    """One sequence's state as LlamaDiskCache stores it (a `LlamaState`), plus what it takes to trust it later."""
+    """One sequence's state as LlamaDiskCache stores it (a `LlamaState`), plus what it takes to trust it later.
 
-    def __init__(self, tokens: tuple[int, ...], state: bytes, format_tag: str) -> None:
+    On disk: a magic line, a small JSON header (format tag, token count, size, checksum), then the state's bytes as
+    llama.cpp wrote them. Not a pickle: pickling copies tens of MB holding the GIL (the scheduler thread waited on
+    it), and unpickling a file from `cache/` would run whatever code it names."""
+
+    def __init__(self, tokens: tuple[int, ...], state: bytes | bytearray, format_tag: str,
+                 checksum: int | None = None) -> None:
         super().__init__(
             input_ids=np.asarray(tokens, dtype=np.intc),
             scores=np.zeros(0, dtype=np.single),
@@ -67,7 +74,7 @@ class StoredSequenceState(LlamaState):
             seed=0,
         )
         self.format_tag = format_tag
-        self.checksum = _checksum(state)
+        self.checksum = _checksum(state) if checksum is None else checksum
 
     def verify(self, tokens: tuple[int, ...], format_tag: str) -> str | None:
         """None when the entry can be restored, else why not."""
@@ -78,6 +85,48 @@ class StoredSequenceState(LlamaState):
         if _checksum(self.llama_state) != self.checksum:
             return "checksum mismatch"
         return None
+
+    def as_stream(self) -> io.RawIOBase:
+        header = json.dumps({"format_tag": self.format_tag, "n_tokens": self.n_tokens,
+                             "size": self.llama_state_size, "checksum": self.checksum}).encode()
+        return _Concatenation(_MAGIC + len(header).to_bytes(4, "little") + header, self.llama_state)
+
+    @classmethod
+    def read_from(cls, tokens: tuple[int, ...], stream) -> StoredSequenceState:
+        """Parse what `as_stream` wrote (ValueError if it is not that); the state lands in one writable buffer
+        llama.cpp reads in place."""
+        if stream.read(len(_MAGIC)) != _MAGIC:
+            raise ValueError("not a stored sequence state")
+        header = json.loads(stream.read(int.from_bytes(stream.read(4), "little")))
+        state = bytearray(header["size"])
+        got = stream.readinto(state)
+        entry = cls(tokens, state[:got] if got != len(state) else state, header["format_tag"], header["checksum"])
+        entry.n_tokens, entry.llama_state_size = header["n_tokens"], header["size"]
+        return entry
+
+
+_MAGIC = b"llm-server sequence state 1\n"
+
+
+class _Concatenation(io.RawIOBase):
+    """A read-only stream over several buffers, in order, without joining them (diskcache copies a file-like
+    value to disk in chunks)."""
+
+    def __init__(self, *parts) -> None:
+        self._parts = [memoryview(part).cast("B") for part in parts]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._parts and not len(self._parts[0]):
+            self._parts.pop(0)
+        if not self._parts:
+            return 0
+        count = min(len(buffer), len(self._parts[0]))
+        buffer[:count] = self._parts[0][:count]
+        self._parts[0] = self._parts[0][count:]
+        return count
 
 
 _TOKEN = np.dtype("<i4")
@@ -101,7 +150,7 @@ class CachedPrefix:
     """A stored state read back: the tokens it covers and the llama.cpp sequence state bytes."""
 
     tokens: tuple[int, ...]
-    state: bytes
+    state: bytes | bytearray
 
 
 @dataclass
@@ -162,16 +211,16 @@ class PromptStateStore(LlamaDiskCache):
         return tuple(np.frombuffer(best, dtype=_TOKEN).tolist()) if best else None
 
     def __getitem__(self, key) -> StoredSequenceState:
-        value = self.cache.get(_stored_key(key), default=None, retry=True)
-        if value is None:
+        stream = self.cache.get(_stored_key(key), default=None, read=True, retry=True)
+        if stream is None:
             raise KeyError("Key not found")
-        return pickle.loads(value)
+        with stream:
+            return StoredSequenceState.read_from(tuple(key), stream)
 
-    def __setitem__(self, key, value: LlamaState) -> None:
+    def __setitem__(self, key, value: StoredSequenceState) -> None:
         # Handed over as a file: diskcache copies a file in 4 MB chunks, while bytes it would write line by line
         # (a state has a newline every few hundred bytes: tens of thousands of writes, tens of ms)
-        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        self.cache.set(_stored_key(key), io.BytesIO(data), read=True, retry=True)
+        self.cache.set(_stored_key(key), value.as_stream(), read=True, retry=True)
 
     def __contains__(self, key) -> bool:
         return _stored_key(key) in self.cache
@@ -190,7 +239,7 @@ class PromptStateStore(LlamaDiskCache):
 @dataclass(eq=False)
 class _PendingWrite:
     tokens: tuple[int, ...]
-    state: bytes
+    state: bytes | bytearray
     done: Callable[[bool], None] | None = None  # told whether the state reached the disk
     queued_at: float = field(default_factory=time.monotonic)
 
@@ -265,7 +314,7 @@ class PromptCache:
         """Whether a sequence holding `tokens` is worth a snapshot (checked before copying any state)."""
         return (force or len(tokens) >= self.min_tokens) and _digest(tokens) not in self._known_saved
 
-    def offer(self, tokens: tuple[int, ...], state: bytes, done: Callable[[bool], None] | None = None) -> None:
+    def offer(self, tokens: tuple[int, ...], state: bytes | bytearray, done: Callable[[bool], None] | None = None) -> None:
         """Queue a snapshot for writing; returns at once. Backed-up writes are dropped oldest first."""
         with self._wakeup:
             for pending in list(self._pending):
@@ -284,6 +333,9 @@ class PromptCache:
             self._wakeup.notify()
 
     def _write_loop(self) -> None:
+        # Serialising and writing tens of MB takes cores the next turn's prompt evaluation wants (measured on a
+        # hybrid agent conversation: ~25 ms a turn on 2 cores): the engine's threads come first.
+        lower_this_threads_priority()
         while True:
             with self._wakeup:
                 while not self._pending and not self._closing:

@@ -431,8 +431,10 @@ class Scheduler:
             accepted_tokens=slot.drafter.accepted if slot.drafter else 0,
             queued_seconds=slot.queued_seconds,
         )
-        self._save_to_disk_cache(slot)
         job.emit(GenerationFinished(finish_reason=reason, usage=usage, stop_sequence=slot.stop_filter.matched))
+        # After the answer is out: copying the sequence's state for the disk cache (~10 ms for a 6k-token hybrid
+        # prompt) delayed every answer's end by that much. Nothing runs on the slot before it (same thread).
+        self._save_to_disk_cache(slot)
         self._release(slot)
 
     def _save_to_disk_cache(self, slot: Slot) -> None:

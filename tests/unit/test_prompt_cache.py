@@ -60,6 +60,32 @@ def test_flipped_state_bytes_fail_the_checksum(tmp_path):
     cache.close()
 
 
+class _Planted:
+    """A pickle that, unpickled, creates a file: what someone with write access to cache/ could plant."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_planted_pickle_is_never_unpickled(tmp_path):
+    import io
+    import pickle
+
+    from backends.llamacpp.prompt_cache import _stored_key
+
+    marker = tmp_path / "executed"
+    store = PromptStateStore(tmp_path / "store", 1 << 30)
+    store.cache.set(_stored_key((1, 2, 3)), io.BytesIO(pickle.dumps(_Planted(marker))), read=True)
+    store.close()
+    cache = open_cache(tmp_path / "store")
+    assert cache.lookup([1, 2, 3, 4], max_length=3, in_memory=0) is None
+    assert not marker.exists() and cache.stats.bad_entries == 1
+    cache.close()
+
+
 def test_a_state_from_another_build_is_dropped(tmp_path):
     old = open_cache(tmp_path, tag="llama-cpp-python 0.0.1")
     save(old, (1, 2, 3), b"state")
