@@ -202,6 +202,11 @@ class Settings(BaseSettings):
     )
     kv_event_block_size: int = Field(16, ge=1, le=4096, description="Tokens per block in KV events (the router's "
                                      "--kv-event-block-size)")
+    kv_events_replay: str | None = Field(
+        None, description="With --kv-events: answer replay requests on this endpoint (vLLM's ZMQ ROUTER socket, e.g. "
+        "tcp://*:5558; vllm-router --kv-event-replay-source URL=tcp://HOST:5558), so a router that starts or "
+        "reconnects after this replica catches up on the events it missed (the last 10,000 batches)"
+    )
     worker_stall_seconds: float = Field(
         120.0, ge=0, description="End an engine worker that hangs (its crash path: its requests fail with "
         "engine_crashed, it restarts on the next): silent this long, or taking no step this long while requests wait "

@@ -23,7 +23,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "serving": ("host", "port", "parallel", "max_queue", "request_timeout", "shutdown_grace", "cors_origins",
                 "max_body_bytes", "body_timeout", "max_messages", "media_fetch", "media_fetch_timeout",
                 "max_media_per_request", "max_media_bytes", "max_image_pixels", "upstream", "kv_events",
-                "kv_event_block_size", "otlp_traces_endpoint"),
+                "kv_event_block_size", "kv_events_replay", "otlp_traces_endpoint"),
     "cache and stored state": ("cache_dir", "prompt_cache", "cache_capacity_bytes", "cache_min_tokens",
                                "ctx_checkpoints", "checkpoint_every", "state_db"),
     "keys and limits": ("api_key", "admin_key", "api_key_file", "key_requests_per_minute", "key_tokens_per_minute",

@@ -102,7 +102,8 @@ def create_app(settings: Settings | None = None, responses: ResponseStore | None
         await run_in_threadpool(lambda: None)
         app.state.background = BackgroundRuns(app.state.responses)
         app.state.startup = asyncio.create_task(registry.load_default_model())
-        events = KvEventPublisher(settings.kv_events, registry) if settings.kv_events else None
+        events = (KvEventPublisher(settings.kv_events, registry, settings.kv_events_replay)
+                  if settings.kv_events else None)
         app.state.kv_events = asyncio.create_task(events.run()) if events else None
         logger.info("%s", keys.describe())
         _reload_keys_on_sighup(keys)

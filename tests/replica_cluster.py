@@ -25,12 +25,13 @@ def replicas(tmp_path: Path, count: int, *flags: str):
     started = []
     try:
         for index in range(count):
-            endpoint = f"tcp://127.0.0.1:{free_port()}"
+            endpoint, replay = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
             folder = tmp_path / f"replica-{index}"
             folder.mkdir()
             server = ServerProcess("--model-name", MODEL, "--parallel", "8", "--n-ctx", "8192", "--no-prompt-cache",
-                                   "--n-threads", "1", "--kv-events", endpoint, "--kv-event-block-size", str(BLOCK), *flags,
-                                   log_path=folder / "server.log")
+                                   "--n-threads", "1", "--kv-events", endpoint, "--kv-events-replay", replay,
+                                   "--kv-event-block-size", str(BLOCK), *flags, log_path=folder / "server.log")
+            server.kv_events_replay = replay
             started.append((server, endpoint))
         for server, _ in started:
             server.wait_ready()
@@ -41,8 +42,9 @@ def replicas(tmp_path: Path, count: int, *flags: str):
 
 
 @contextlib.contextmanager
-def vllm_router(tmp_path: Path, workers, policy: str, *flags: str):
-    """The router in front of `workers` with `policy` (and `flags`); its base URL."""
+def vllm_router(tmp_path: Path, workers, policy: str, *flags: str, replay: bool = False):
+    """The router in front of `workers` with `policy` (and `flags`); its base URL. With `replay`, a kv_aware router
+    also asks the replicas' replay sockets for the events it missed."""
     port = free_port()
     command = [str(Path(sys.executable).with_name("vllm-router")), "--host", "127.0.0.1", "--port", str(port),
                "--prometheus-port", str(free_port()), "--policy", policy, *flags,
@@ -50,6 +52,8 @@ def vllm_router(tmp_path: Path, workers, policy: str, *flags: str):
     if policy == "kv_aware":
         for server, endpoint in workers:
             command += ["--kv-event-source", f"{server.base_url}={endpoint}"]
+            if replay:
+                command += ["--kv-event-replay-source", f"{server.base_url}={server.kv_events_replay}"]
         command += ["--kv-event-block-size", str(BLOCK), "--kv-event-model", MODEL]
     log = open(tmp_path / f"router-{policy}.log", "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

@@ -41,7 +41,7 @@ class BlockLedger:
         run, run_tokens, run_parent = [], [], None  # consecutive blocks no other slot holds: one event
         for index in range(len(held), complete):
             block, previous = tokens[index * size:(index + 1) * size], (held[-1] if held else None)
-            digest = _chained(previous, block, adapter)
+            digest = block_hash(previous, block, adapter)
             held.append(digest)
             self._holders[digest] += 1
             if self._holders[digest] == 1:
@@ -98,7 +98,7 @@ class BlockLedger:
             })
 
 
-def _chained(parent: int | None, block: list[int], adapter: str) -> int:
+def block_hash(parent: int | None, block: list[int], adapter: str) -> int:
     """A block's name: its tokens, its whole prefix (through the parent's name) and its adapters, in 63 bits."""
     data = b"%d|%s|" % (parent or 0, adapter.encode()) + b",".join(b"%d" % token for token in block)
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") >> 1

@@ -98,6 +98,8 @@ class LlamaCppEngine(WorkerThreadEngine):
         self.settings = settings
         self.prompt_cache = self._open_prompt_cache()
         self.loras = LoraLibrary(self.model)
+        self._attached: set[LlamaLoraSet] = set()  # adapter sets loaded into this model (their own disk caches)
+        self._retired_events: list[dict] = []  # (--kv-events) removals of a detached set's disk blocks
         self.scheduler = Scheduler(
             self.model, self.context, settings.parallel, self._context_length, settings.max_queue, self.prompt_cache,
             SteeringOptions(budget_closing=settings.budget_closing, loop_breaking=settings.loop_breaking),
@@ -147,6 +149,8 @@ class LlamaCppEngine(WorkerThreadEngine):
             logger.warning("Prompt cache disabled for %s: %s", self.path.name, exc)
             return None
         cache.busy = lambda: self.scheduler.active_sequences > 0  # (writes wait for a quiet moment)
+        if settings.kv_events:  # what the store holds is announced too, as the DISK medium (disk_blocks.py)
+            cache.announce_blocks(settings.kv_event_block_size, adapter_key)
         return cache
 
     def _load_template(self, settings: Settings) -> ChatTemplateInfo:
@@ -332,9 +336,11 @@ class LlamaCppEngine(WorkerThreadEngine):
         key = adapter_key(adapters)
         logger.info("LoRA adapters of %s loaded into %s: %s", model_id, self.entry.id,
                     ", ".join(f"{a.path.name} x{a.scale:g}" for a in adapters))
-        return LlamaLoraSet(model_id=model_id, key=key, files=tuple(a.path for a in adapters),
-                            scales=tuple(a.scale for a in adapters), handles=tuple(handles),
-                            prompt_cache=self._open_prompt_cache(key))
+        attached = LlamaLoraSet(model_id=model_id, key=key, files=tuple(a.path for a in adapters),
+                                scales=tuple(a.scale for a in adapters), handles=tuple(handles),
+                                prompt_cache=self._open_prompt_cache(key))
+        self._attached.add(attached)
+        return attached
 
     def detach_adapters(self, adapters: AdapterSet) -> None:
         adapters = self._own_adapters(adapters)
@@ -343,9 +349,19 @@ class LlamaCppEngine(WorkerThreadEngine):
             self.loras.release(path)
         if adapters.prompt_cache is not None:
             adapters.prompt_cache.close()
+            if (blocks := adapters.prompt_cache.disk_blocks) is not None:  # (states only these adapters can use)
+                blocks.clear()
+                self._retired_events.extend(blocks.drain())
+        self._attached.discard(adapters)
 
     def kv_events(self) -> list[dict]:
-        return self.scheduler.ledger.drain() if self.scheduler.ledger is not None else []
+        events = self.scheduler.ledger.drain() if self.scheduler.ledger is not None else []
+        for cache in [self.prompt_cache, *(adapters.prompt_cache for adapters in list(self._attached))]:
+            if cache is not None and cache.disk_blocks is not None:
+                events.extend(cache.disk_blocks.drain())
+        events.extend(self._retired_events)
+        self._retired_events.clear()
+        return events
 
     def close_blocking(self) -> None:
         if self._closing_tokens_ready is not None:

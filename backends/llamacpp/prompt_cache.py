@@ -32,6 +32,7 @@ import numpy as np
 from llama_cpp.llama import LlamaState
 from llama_cpp.llama_cache import LlamaDiskCache
 
+from backends.llamacpp.disk_blocks import SCAN_SECONDS, DiskBlocks
 from backends.thread_priority import lower_this_threads_priority
 
 logger = logging.getLogger(__name__)
@@ -258,6 +259,8 @@ class PromptCache:
         # Digests of sequences known to be on disk, so they are not snapshotted again (bounded, oldest forgotten).
         self._known_saved: OrderedDict[bytes, None] = OrderedDict()
         self.busy: Callable[[], bool] = lambda: False  # the engine is evaluating (set by its owner)
+        self.disk_blocks: DiskBlocks | None = None  # (--kv-events) what the store holds, as DISK-medium events
+        self._next_scan = 0.0
         self._writer = threading.Thread(target=self._write_loop, name="prompt-cache-writer", daemon=True)
         self._writer.start()
 
@@ -307,6 +310,32 @@ class PromptCache:
             self.store.discard(key)
         except Exception:
             logger.exception("Could not remove a bad prompt cache entry")
+        if self.disk_blocks is not None:
+            self.disk_blocks.discard(_stored_key(key))
+
+    # ---------------------------------------------------------------- block events (--kv-events)
+
+    def announce_blocks(self, block_size: int, adapter: str) -> None:
+        """Keep `disk_blocks` up to date: this cache's own writes at once, the store's other changes (eviction,
+        other replicas sharing the directory) by a scan every SCAN_SECONDS, the first one now."""
+        with self._wakeup:
+            self.disk_blocks = DiskBlocks(block_size, adapter)
+            self._next_scan = 0.0
+            self._wakeup.notify()
+
+    def _scan_due(self) -> bool:
+        return self.disk_blocks is not None and time.monotonic() >= self._next_scan
+
+    def _until_scan(self) -> float | None:
+        return None if self.disk_blocks is None else max(0.0, self._next_scan - time.monotonic())
+
+    def _scan(self) -> None:
+        try:
+            self.store.reopen_if_missing()
+            self.disk_blocks.sync(list(self.store.cache.iterkeys()))
+        except Exception as exc:  # a routing hint: never worth failing over
+            logger.warning("Could not list the prompt cache for KV events: %s", exc)
+        self._next_scan = time.monotonic() + SCAN_SECONDS
 
     # ---------------------------------------------------------------- saving (scheduler thread -> writer thread)
 
@@ -337,11 +366,15 @@ class PromptCache:
         # hybrid agent conversation: ~25 ms a turn on 2 cores): the engine's threads come first.
         lower_this_threads_priority()
         while True:
+            if self._scan_due() and not self._closing:
+                self._scan()
             with self._wakeup:
-                while not self._pending and not self._closing:
-                    self._wakeup.wait()
+                while not self._pending and not self._closing and not self._scan_due():
+                    self._wakeup.wait(self._until_scan())
                 if not self._pending:
-                    return
+                    if self._closing:
+                        return
+                    continue  # (a scan is due)
                 head = self._pending[0]
                 if (head.done is None and not self._closing and self.busy()
                         and time.monotonic() - head.queued_at < DEFER_SECONDS):
@@ -362,6 +395,8 @@ class PromptCache:
             return False
         self._remember_saved(item.tokens)
         self.stats.add(saves=1)
+        if self.disk_blocks is not None:
+            self.disk_blocks.add(_stored_key(item.tokens))
         return True
 
     def _remember_saved(self, tokens: tuple[int, ...]) -> None:

@@ -197,6 +197,38 @@ def test_a_killed_replicas_conversations_continue_on_another_from_the_shared_dis
         assert survivor_log.count("path=/v1/chat/completions status=200") == 2 + 2 + 4  # its own, then all four
 
 
+def test_a_conversation_that_lost_its_slot_goes_to_the_replica_holding_it_on_disk(tmp_path):
+    """The disk prompt cache as the DISK medium of the events: each replica (one slot, its own --cache-dir) answers
+    one conversation, then another conversation takes its slot, so the first one's blocks leave its live KV (GPU) and
+    stay only in its disk cache. Through the router, each conversation's next turn goes to the replica whose disk
+    holds it (vllm-router credits DISK blocks at --kv-penalty-disk) and restores its prefix from there. Without the
+    DISK medium the router sees neither conversation anywhere and places both by load."""
+    with replicas(tmp_path, 2, "--prompt-cache", "--cache-min-tokens", "32", "--parallel", "1") as pair:
+        def talk(base_url: str, messages: list[dict], question: str):
+            messages.append({"role": "user", "content": question})
+            answer = strict_client(f"{base_url}/v1", max_retries=0).chat.completions.create(
+                model=MODEL, messages=messages, max_tokens=8, temperature=0)
+            messages.append({"role": "assistant", "content": answer.choices[0].message.content})
+            return answer.usage
+
+        notes = " ".join(f"Note {n}: reply briefly." for n in range(20))
+        conversations = [[{"role": "system", "content": f"Ledger {index}. {SYSTEM} {notes}"}] for index in range(2)]
+        first_prompts = [talk(server.base_url, conversations[index], "Question 0: what is next?").prompt_tokens
+                         for index, (server, _) in enumerate(pair)]
+        for index, (server, _) in enumerate(pair):  # the slot goes to another conversation
+            talk(server.base_url, [{"role": "system", "content": f"Unrelated desk {index}. {notes}"}], "Hello?")
+        time.sleep(3)  # (disk writes wait for a quiet moment, 2 s at most; then their events go out)
+        before = [chats_served(server) for server, _ in pair]
+        # (started now, the router learns what happened before from the replicas' replay sockets)
+        with vllm_router(tmp_path, pair, "kv_aware", replay=True) as router:
+            time.sleep(2)  # (idle replicas repeat their last sequence number every second: then the router asks)
+            for index, messages in enumerate(conversations):
+                usage = talk(router, messages, "Question 1: and then?")
+                assert usage.prompt_tokens_details.cached_tokens >= first_prompts[index], (index, usage)
+        served = [chats_served(server) - count for (server, _), count in zip(pair, before, strict=True)]
+        assert served == [1, 1], served
+
+
 def test_a_session_header_keeps_a_conversation_on_one_replica_under_consistent_hash(workers, tmp_path):
     """The router's `consistent_hash` hashes `x-session-id`, the header our replicas key slots by: each session's
     turns land on one replica (the round_robin of the same requests would alternate) and find their prefix there."""
