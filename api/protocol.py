@@ -128,6 +128,8 @@ class ChatCompletionRequest(WireModel):
     chat_template_kwargs: dict[str, Any] | None = None  # extra template variables, e.g. {"enable_thinking": false}
     reasoning_format: ReasoningFormat | None = None  # where thinking goes (server default: --reasoning-format)
     reasoning_budget: Annotated[int, Field(ge=-1)] | None = None  # thinking tokens before the block is closed
+    # vLLM's: the last message, an assistant's, is the start of the answer: continued, not answered (a prefill)
+    continue_final_message: bool | None = None
 
 
 class RestoreCacheRequest(WireModel):

@@ -222,8 +222,11 @@ def _conversation_fields(body: MessagesRequest | CountTokensRequest) -> dict[str
 
 
 def to_chat_request(body: MessagesRequest) -> ChatCompletionRequest:
+    conversation = _conversation_fields(body)
     chat = {
-        **_conversation_fields(body),
+        **conversation,
+        # A final assistant message is a prefill: the answer starts with it (Anthropic's semantics)
+        "continue_final_message": True if conversation["messages"][-1]["role"] == "assistant" else None,
         "max_tokens": body.max_tokens,
         "stop": body.stop_sequences or None,
         "temperature": body.temperature,

@@ -176,6 +176,9 @@ def _render_prompt(
     request: ChatCompletionRequest, renderer: ChatPromptRenderer, plan: ToolPlan, add_generation_prompt: bool = True,
     variables: dict[str, Any] | None = None, media: MediaSink | None = None,
 ) -> str:
+    if request.continue_final_message and add_generation_prompt:
+        prompt = _render_prompt(request, renderer, plan, False, variables, media)
+        return continued_prompt(prompt, _final_assistant_text(request))
     native = plan.active and renderer.supports_tools
     messages = to_template_messages(
         [m.model_dump() for m in request.messages], native_tools=native, call_format=renderer.tool_call_format,
@@ -192,6 +195,31 @@ def _render_prompt(
         else:
             messages.insert(0, {"role": "system", "content": instructions})
     return renderer.render(messages, add_generation_prompt=add_generation_prompt, extra=variables)
+
+
+def _final_assistant_text(request: ChatCompletionRequest) -> str:
+    final = request.messages[-1]
+    content = final.content
+    text = content if isinstance(content, str) else "".join(
+        part.text for part in content or [] if getattr(part, "type", None) == "text")
+    if final.role != "assistant" or getattr(final, "tool_calls", None) or not text.strip():
+        raise InvalidRequest("continue_final_message needs the last message to be an assistant's, with text and no "
+                             "tool calls: the start of the answer to continue.", param="continue_final_message")
+    return text
+
+
+def continued_prompt(prompt: str, final: str) -> str:
+    """The rendered conversation cut right after the final message's text, so the model continues it (what
+    transformers' `continue_final_message` does). Templates often trim a message: the text is looked for without
+    its surrounding whitespace, and its trailing whitespace kept only where the template kept it."""
+    core = final.strip()
+    at = prompt.rfind(core)
+    if at < 0:
+        raise InvalidRequest("The model's chat template does not render the final assistant message as written, so it "
+                             "cannot be continued.", param="continue_final_message")
+    kept = final.lstrip()
+    end = at + (len(kept) if prompt[at:at + len(kept)] == kept else len(core))
+    return prompt[:end]
 
 
 def render_for_cache(

@@ -252,3 +252,29 @@ def test_set_model_loads_and_sets_default(http):
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "model_not_found"
     assert http.post("/setModel", json={"modelName": SMOLLM2_FILE}).status_code == 200  # the session's default again
+
+
+def test_continue_final_message_continues_the_assistants_text(client):
+    """vLLM's `continue_final_message`: the last message, an assistant's, is the start of the answer (the web page's
+    Continue on a cut answer). The answer continues it: greedy, it equals what the model wrote after that text when
+    it answered from scratch."""
+    question = [{"role": "user", "content": "List the planets of the solar system, separated by commas."}]
+    whole = client.chat.completions.create(model=SMOLLM2_FILE, messages=question, max_tokens=24, temperature=0)
+    text = whole.choices[0].message.content
+    cut = len(text) // 2
+    cut = text.rindex(" ", 0, cut) if " " in text[:cut] else cut  # (at a word: the cut text retokenizes the same)
+    rest = client.chat.completions.create(
+        model=SMOLLM2_FILE, messages=question + [{"role": "assistant", "content": text[:cut]}], temperature=0,
+        max_tokens=24 - whole.usage.completion_tokens // 2 + 4, extra_body={"continue_final_message": True})
+    assert (text[:cut] + rest.choices[0].message.content).startswith(text[:cut + 8]), (text, rest)
+    plain = client.chat.completions.create(
+        model=SMOLLM2_FILE, messages=question + [{"role": "assistant", "content": text[:cut]}], temperature=0,
+        max_tokens=8)
+    assert rest.usage.prompt_tokens < plain.usage.prompt_tokens  # (answered, not continued: a new turn is opened)
+
+
+def test_continue_final_message_needs_an_assistant_message_last(http):
+    response = http.post("/v1/chat/completions", json={
+        "model": SMOLLM2_FILE, "messages": [{"role": "user", "content": "Hi"}], "continue_final_message": True})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "continue_final_message"

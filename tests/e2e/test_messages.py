@@ -101,6 +101,16 @@ def test_a_named_tool_is_called_with_valid_input_streamed_and_whole(client):
     assert json.loads("".join(fragments)) == call.input == final.content[0].input
 
 
+def test_a_final_assistant_message_is_a_prefill_the_answer_continues(client):
+    """Anthropic's semantics for a last assistant message: the answer starts with it, and the response holds only
+    what follows."""
+    question = {"role": "user", "content": "Count from one to ten in digits, separated by commas."}
+    message = client.messages.create(model=SMOLLM2_FILE, max_tokens=12, extra_body=GREEDY,
+                                     messages=[question, {"role": "assistant", "content": "1, 2, 3,"}])
+    text = message.content[0].text
+    assert text.lstrip().startswith("4"), text
+
+
 def test_count_tokens_equals_the_prompt_of_the_same_request(client):
     fields = dict(model=MODEL, system=[{"type": "text", "text": "You are terse."}], messages=ASK, tools=[WEATHER])
     counted = client.messages.count_tokens(**fields).input_tokens
