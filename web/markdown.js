@@ -1,95 +1,80 @@
-// A small, safe Markdown renderer for chat answers (no CDN, no build step): everything is HTML-escaped first,
-// then fenced code blocks, inline code, headings, bold/italic, lists, links (http/https only) and paragraphs.
+// Answers as rich text: Markdown (marked), math (KaTeX, $...$ and $$...$$), sanitized (DOMPurify: model output is
+// untrusted), then code highlighted (highlight.js) with a copy button. All bundled in web/vendor/, no CDN.
 (function (root) {
   "use strict";
 
-  function escapeHtml(text) {
-    return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
-      .replace(/"/g, "&quot;").replace(/'/g, "&#39;");
+  // Math spans become KaTeX HTML before sanitizing; a formula KaTeX cannot parse stays as its source text.
+  function math(display) {
+    const pattern = display ? /^\$\$([^$]+?)\$\$/ : /^\$([^$\n]+?)\$(?!\d)/;
+    return {
+      name: display ? "mathBlock" : "mathInline",
+      level: display ? "block" : "inline",
+      start: (src) => src.indexOf(display ? "$$" : "$"),
+      tokenizer(src) {
+        const match = pattern.exec(src);
+        if (match) return { type: display ? "mathBlock" : "mathInline", raw: match[0], text: match[1].trim() };
+      },
+      renderer(token) {
+        return root.katex.renderToString(token.text, { throwOnError: false, displayMode: display, output: "html" });
+      },
+    };
   }
 
-  function inline(text) {
-    const codes = [];
-    let html = escapeHtml(text).replace(/`([^`\n]+)`/g, (_, code) => {
-      codes.push("<code>" + code + "</code>");
-      return "\u0000" + (codes.length - 1) + "\u0000";
+  let ready = false;
+  function setUp() {
+    if (ready) return;
+    root.marked.use({ gfm: true, breaks: true, extensions: [math(true), math(false)] });
+    // Links open elsewhere and tell the target nothing; only http(s) and mailto survive (no javascript:). Images
+    // load only from data: URLs: an answer that names a remote image would make the browser call out (a prompt
+    // injection's way to send the conversation somewhere); it shows the address instead.
+    root.DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+      if (node.tagName === "IMG") {
+        const src = node.getAttribute("src") || "";
+        if (!/^data:image\//i.test(src)) {
+          node.removeAttribute("src");
+          node.setAttribute("alt", "[image: " + src + "]");
+        }
+      }
+      if (node.tagName === "A") {
+        const href = node.getAttribute("href") || "";
+        if (!/^(https?:|mailto:|#)/i.test(href)) node.removeAttribute("href");
+        node.setAttribute("target", "_blank");
+        node.setAttribute("rel", "noopener noreferrer");
+      }
     });
-    html = html
-      .replace(/\*\*([^*\n]+)\*\*/g, "<strong>$1</strong>")
-      .replace(/(^|[^*])\*([^*\n]+)\*/g, "$1<em>$2</em>")
-      .replace(/\[([^\]\n]+)\]\((https?:\/\/[^\s)]+)\)/g, '<a href="$2" target="_blank" rel="noopener noreferrer">$1</a>');
-    return html.replace(/\u0000(\d+)\u0000/g, (_, index) => codes[Number(index)]);
+    ready = true;
   }
 
   function renderMarkdown(source) {
-    const lines = source.split("\n");
-    const out = [];
-    let paragraph = [];
-    let list = null; // "ul" or "ol"
-    const flushParagraph = () => {
-      if (paragraph.length) out.push("<p>" + paragraph.map(inline).join("<br>") + "</p>");
-      paragraph = [];
-    };
-    const closeList = () => {
-      if (list) out.push("</" + list + ">");
-      list = null;
-    };
-    for (let i = 0; i < lines.length; i++) {
-      const line = lines[i];
-      const fence = line.match(/^```\s*([\w+-]*)\s*$/);
-      if (fence) {
-        flushParagraph();
-        closeList();
-        const code = [];
-        i++;
-        while (i < lines.length && !/^```\s*$/.test(lines[i])) code.push(lines[i++]);
-        const language = fence[1] ? ' class="language-' + escapeHtml(fence[1]) + '"' : "";
-        out.push("<pre><code" + language + ">" + escapeHtml(code.join("\n")) + "</code></pre>");
-        continue;
-      }
-      const heading = line.match(/^(#{1,6})\s+(.*)$/);
-      const bullet = line.match(/^\s*[-*]\s+(.*)$/);
-      const numbered = line.match(/^\s*\d+[.)]\s+(.*)$/);
-      if (heading) {
-        flushParagraph();
-        closeList();
-        out.push("<h" + heading[1].length + ">" + inline(heading[2]) + "</h" + heading[1].length + ">");
-      } else if (bullet || numbered) {
-        flushParagraph();
-        const kind = bullet ? "ul" : "ol";
-        if (list !== kind) {
-          closeList();
-          out.push("<" + kind + ">");
-          list = kind;
+    setUp();
+    return root.DOMPurify.sanitize(root.marked.parse(source || ""), { FORBID_TAGS: ["style", "form", "input"] });
+  }
+
+  // Highlights the code blocks of a rendered answer and gives each a copy button (once the answer is complete:
+  // highlighting on every streamed token would be wasted work).
+  function enhance(element) {
+    for (const code of element.querySelectorAll("pre > code")) {
+      if (code.dataset.enhanced) continue;
+      code.dataset.enhanced = "1";
+      root.hljs.highlightElement(code);
+      const copy = document.createElement("button");
+      copy.type = "button";
+      copy.className = "copy-code";
+      copy.textContent = "Copy";
+      copy.setAttribute("aria-label", "Copy code");
+      copy.addEventListener("click", async () => {
+        try {
+          await navigator.clipboard.writeText(code.textContent);
+          copy.textContent = "Copied";
+        } catch (error) {
+          copy.textContent = "Copy failed";
         }
-        out.push("<li>" + inline((bullet || numbered)[1]) + "</li>");
-      } else if (!line.trim()) {
-        flushParagraph();
-        closeList();
-      } else {
-        closeList();
-        paragraph.push(line);
-      }
+        setTimeout(() => { copy.textContent = "Copy"; }, 1500);
+      });
+      code.parentElement.classList.add("has-copy");
+      code.parentElement.append(copy);
     }
-    flushParagraph();
-    closeList();
-    return out.join("\n");
   }
 
-  // Splits a growing SSE text buffer into complete `data:` payloads; returns [payloads, rest].
-  function takeEvents(buffer) {
-    const payloads = [];
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const event = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      const data = event.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart());
-      if (data.length) payloads.push(data.join("\n"));
-    }
-    return [payloads, buffer];
-  }
-
-  const api = { escapeHtml, renderMarkdown, takeEvents };
-  if (typeof module !== "undefined" && module.exports) module.exports = api;
-  else root.ChatMarkdown = api;
+  root.ChatMarkdown = { renderMarkdown, enhance };
 })(this);

@@ -1,12 +1,13 @@
-"""Operator endpoints that are not about one model: per-key usage (`GET /admin/usage`, admin keys only) and
-Prometheus metrics (`GET /metrics`: any key, or admin keys only with `--private-metrics`)."""
+"""Operator endpoints that are not about one model: per-key usage (`GET /admin/usage`, admin keys only),
+Prometheus metrics (`GET /metrics`: any key, or admin keys only with `--private-metrics`), and who the caller's key
+says it is (`GET /whoami`: the web page shows its operator view to admin keys only)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import AdminDep, KeysDep, QuotasDep, SettingsDep, require_admin
+from api.deps import AdminDep, KeysDep, QuotasDep, SettingsDep, TenantDep, require_admin
 
 router = APIRouter(tags=["admin"])
 
@@ -24,6 +25,13 @@ async def usage(quotas: QuotasDep, keys: KeysDep, _: AdminDep) -> dict:
             **quotas.usage(label).summary(),
         }
     return {"window_seconds": quotas.window, "keys": summaries}
+
+
+@router.get("/whoami")
+async def whoami(tenant: TenantDep) -> dict:
+    """The caller's key as the server sees it: its label, role and models (never the key itself)."""
+    return {"label": tenant.label, "role": tenant.role,
+            "models": sorted(tenant.models) if tenant.models is not None else None}
 
 
 @router.get("/metrics", include_in_schema=False)

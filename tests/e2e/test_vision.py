@@ -224,7 +224,7 @@ def test_a_restarted_server_restores_the_image_prefix_from_disk(models, cache_di
 def test_the_web_page_sends_a_pasted_image(server):
     from playwright import sync_api  # a test dependency (requirements-dev.txt): never skipped
 
-    from tests.e2e.test_web_chat import CHROMIUM, CHROMIUM_ARGS
+    from tests.e2e.test_web_chat import CHROMIUM, CHROMIUM_ARGS, greedy
 
     sent, errors = [], []
     with sync_api.sync_playwright() as playwright:
@@ -236,8 +236,7 @@ def test_the_web_page_sends_a_pasted_image(server):
         page.goto(f"{server.base_url}/chat")
         page.wait_for_function("document.querySelectorAll('#model option').length > 1")
         page.select_option("#model", "gemma-vision")
-        page.fill("#temperature", "0")
-        page.dispatch_event("#temperature", "change")
+        greedy(page)
         page.evaluate("""(encoded) => {  // what pasting a copied picture delivers: a ClipboardEvent with a PNG file
             const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
             const data = new DataTransfer();

@@ -5,6 +5,7 @@ is a failure)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -24,9 +25,12 @@ def test_chat_page_and_its_assets_are_served(server):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for element in ('id="model"', 'id="input"', 'id="stop"', 'id="new-chat"', 'id="system"', 'id="temperature"'):
         assert element in page.text
-    for asset, kind in (("chat.js", "javascript"), ("markdown.js", "javascript"), ("chat.css", "text/css")):
+    scripts = re.findall(r'<script src="/chat/assets/([^"]+)"', page.text)
+    styles = re.findall(r'<link rel="stylesheet"[^>]* href="/chat/assets/([^"]+)"', page.text)
+    assert "vendor/marked.min.js" in scripts and "vendor/purify.min.js" in scripts and "chat.js" in scripts
+    for asset in scripts + styles + ["vendor/fonts/KaTeX_Main-Regular.woff2"]:
         response = httpx.get(f"{server.base_url}/chat/assets/{asset}")
-        assert response.status_code == 200 and kind in response.headers["content-type"]
+        assert response.status_code == 200, asset
     assert "cdn" not in page.text.lower() and "http" not in page.text.replace("http-equiv", "")
 
 
@@ -37,26 +41,36 @@ def test_root_serves_the_page_to_browsers_and_json_to_clients(server):
 
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed")
-def test_page_scripts_parse_and_markdown_is_safe():
-    for script in ("chat.js", "markdown.js"):
+def test_page_scripts_parse_and_the_conversation_tree_keeps_branches():
+    for script in ("chat.js", "markdown.js", "sse.js", "tree.js", "store.js", "operator.js"):
         subprocess.run([NODE, "--check", str(REPO_ROOT / "web" / script)], check=True)
     probe = """
-        const m = require(process.argv[1]);
-        const html = m.renderMarkdown("# T\\n**b** <img src=x onerror=alert(1)> `<i>`\\n```js\\nif (a < b) {}\\n```\\n"
-            + "- one\\n- two\\n[ok](https://example.org) [bad](javascript:alert(1))");
-        const [events, rest] = m.takeEvents('data: {"a":1}\\n\\ndata: [DONE]\\n\\ndata: {"b"');
-        console.log(JSON.stringify({html, events, rest}));
+        const sse = require(process.argv[1]), tree = require(process.argv[2]);
+        const [events, rest] = sse.takeEvents('data: {"a":1}\\n\\ndata: [DONE]\\n\\ndata: {"b"');
+        const c = tree.create();
+        const q = tree.add(c, null, {role: "user", text: "q1"});
+        const a = tree.add(c, q.id, {role: "assistant", content: "a1"});
+        const q2 = tree.add(c, null, {role: "user", text: "q2"});  // an edit: a sibling of q
+        const before = tree.path(c).map((n) => n.text || n.content);
+        tree.switchBranch(c, q2, -1);
+        const after = tree.path(c).map((n) => n.text || n.content);
+        const upTo = tree.pathUpTo(c, q).map((n) => n.text);
+        console.log(JSON.stringify({events, rest, before, after, upTo, position: tree.siblingPosition(c, q)}));
     """
-    result = subprocess.run([NODE, "-e", probe, str(REPO_ROOT / "web" / "markdown.js")], check=True,
-                            capture_output=True, text=True)
+    result = subprocess.run([NODE, "-e", probe, str(REPO_ROOT / "web" / "sse.js"), str(REPO_ROOT / "web" / "tree.js")],
+                            check=True, capture_output=True, text=True)
     out = json.loads(result.stdout)
-    html = out["html"]
-    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
-    assert "<code>&lt;i&gt;</code>" in html and "<strong>b</strong>" in html and "<h1>T</h1>" in html
-    assert '<pre><code class="language-js">if (a &lt; b) {}</code></pre>' in html
-    assert "<ul>\n<li>one</li>\n<li>two</li>\n</ul>" in html
-    assert '<a href="https://example.org"' in html and 'href="javascript' not in html
     assert out["events"] == ['{"a":1}', "[DONE]"] and out["rest"] == 'data: {"b"'
+    assert out["before"] == ["q2"] and out["after"] == ["q1", "a1"] and out["upTo"] == ["q1"]
+    assert out["position"] == [0, 2]
+
+
+def greedy(page) -> None:
+    """Temperature 0 for the chosen model, set in Settings as a person does."""
+    page.click("#settings-button")
+    page.fill("#temperature", "0")
+    page.dispatch_event("#temperature", "change")
+    page.click("#close-settings")
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -67,8 +81,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 WATCH_LAST_ANSWER = """() => {
     window.__lengths = [];
     new MutationObserver(() => {
-        const bubbles = document.querySelectorAll('.message.assistant');
-        if (bubbles.length) window.__lengths.push(bubbles[bubbles.length - 1].textContent.length);
+        const answers = document.querySelectorAll('.message.assistant .answer');
+        if (answers.length) window.__lengths.push(answers[answers.length - 1].textContent.length);
     }).observe(document.querySelector('#messages'), {childList: true, subtree: true, characterData: true});
 }"""
 
@@ -106,15 +120,14 @@ def test_chat_in_a_real_browser(server):
 
         # Greedy from the start: a sampled first answer can run to the slot's whole context (seen: an emoji loop
         # of ~1000 tokens), and the third turn carries it.
-        page.fill("#temperature", "0")
-        page.dispatch_event("#temperature", "change")
+        greedy(page)
 
         # Send, and watch the answer stream in.
         page.evaluate(WATCH_LAST_ANSWER)
         page.fill("#input", "Say hello.")
         page.press("#input", "Enter")
         page.wait_for_function("document.querySelector('#status').textContent.includes('tok/s')", timeout=60000)
-        answer = page.inner_text(".message.assistant")
+        answer = page.text_content(".message.assistant .answer")
         lengths = page.evaluate("window.__lengths")
         assert answer.strip() and len({n for n in lengths if 0 < n < len(answer)}) >= 2, lengths
 
@@ -123,22 +136,22 @@ def test_chat_in_a_real_browser(server):
         page.fill("#input", "Write a very long essay about the sea.")
         page.click("#send")
         page.wait_for_function("document.querySelectorAll('.message.assistant').length >= 2 && "
-                               "document.querySelectorAll('.message.assistant')[1].textContent.length > 5")
+                               "document.querySelectorAll('.message.assistant .answer')[1].textContent.length > 5")
         page.click("#stop")
         page.wait_for_function("document.querySelector('#status').textContent.includes('stopped')")
         _wait_idle(server.base_url)
-        stopped_answer = page.inner_text(".message.assistant >> nth=1")
+        stopped_answer = page.inner_text(".message.assistant >> nth=1 >> .answer")
 
-        # A reload keeps the conversation and the chosen model (localStorage).
+        # A reload keeps the conversation (IndexedDB) and the chosen model (localStorage).
         page.reload()
         page.wait_for_function("document.querySelectorAll('.message').length >= 4")
+        page.wait_for_function("document.querySelectorAll('#model option').length > 1")
         assert page.input_value("#model") == other_model
-        assert page.inner_text(".message.assistant >> nth=1") == stopped_answer
+        assert page.inner_text(".message.assistant >> nth=1 >> .answer") == stopped_answer
 
         # Back to the first model, same conversation (greedy: a short answer, whatever came before).
         page.select_option("#model", default_model)
-        page.fill("#temperature", "0")
-        page.dispatch_event("#temperature", "change")
+        greedy(page)
         page.fill("#input", "Thanks. One more sentence, please.")
         page.click("#send")
         try:
