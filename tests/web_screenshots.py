@@ -1,7 +1,7 @@
 """Screenshots of the web page for README (docs/screenshots/*.png): the main view with a real answer, a rich answer
 (code, a table, math), the settings and the operator's view, in light and dark, plus a phone-sized screen.
 
-Usage (from the repository root, Chromium installed): python -m docs.take_screenshots
+Usage (from the repository root, Chromium installed): python -m tests.web_screenshots
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from playwright import sync_api
 from tests.e2e.test_web_chat import CHROMIUM, CHROMIUM_ARGS
 from tests.server_process import running_server
 
-OUT = Path(__file__).parent / "screenshots"
+OUT = Path(__file__).parent.parent / "docs" / "screenshots"
 RICH = ("Here is a function and its cost.\n\n```python\ndef area(radius: float) -> float:\n"
         "    \"\"\"The area of a circle.\"\"\"\n    return math.pi * radius ** 2\n```\n\n"
         "| radius | area |\n|---|---|\n| 1 | 3.14 |\n| 2 | 12.57 |\n\n"
