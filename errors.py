@@ -49,6 +49,17 @@ class ResponseNotFound(ServerError):
                          "store: false, deleted, or never existed).", param="response_id")
 
 
+class ConversationNotFound(ServerError):
+    """A web page conversation that is not kept for this key (never stored, deleted, or another key's)."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "conversation_not_found"
+
+    def __init__(self, conversation_id: str):
+        super().__init__(f"No conversation with id '{conversation_id}' is kept for this API key.", param="id")
+
+
 class ModelLoading(ServerError):
     """The model is not ready yet; clients should retry."""
 

@@ -26,6 +26,7 @@ from api.observability import KeyUsageCollector, Metrics, RegistryCollector, Req
 from api.openai.chat_routes import router as chat_router
 from api.openai.completions_routes import router as completions_router
 from api.openai.embeddings_routes import router as embeddings_router
+from api.page_conversations import router as page_conversations_router
 from api.rerank.routes import router as rerank_router
 from api.responses.background import BackgroundRuns
 from api.responses.routes import router as responses_router
@@ -35,6 +36,7 @@ from api.routes_web import router as web_router
 from backends.registry import ModelRegistry
 from settings import Settings
 from state.instance_liveness import HEARTBEAT_SECONDS
+from state.page_conversations import PageConversations
 from state.response_store import ResponseStore
 from tenants.audit import audit
 from tenants.keys import KeyLimits, KeyStore
@@ -97,6 +99,7 @@ def create_app(settings: Settings | None = None, responses: ResponseStore | None
         app.state.registry = registry
         app.state.responses = responses or ResponseStore.from_settings(settings)
         app.state.tending = asyncio.create_task(_tend_response_store(app.state.responses))
+        app.state.page_conversations = PageConversations(app.state.responses.db)
         # Sync dependencies run in anyio's thread pool, whose backend anyio imports on first use (~110 ms here):
         # done now, not in the first request's time to first token.
         await run_in_threadpool(lambda: None)
@@ -155,5 +158,6 @@ def create_app(settings: Settings | None = None, responses: ResponseStore | None
     app.include_router(messages_router)
     app.include_router(admin_router)
     app.include_router(web_router)
+    app.include_router(page_conversations_router)
     app.mount("/chat/assets", web_assets, name="chat-assets")
     return app

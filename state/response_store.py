@@ -47,6 +47,16 @@ MIGRATIONS: list[str | dict[str, str]] = [  # a step is portable SQL, or one sta
         pid INTEGER NOT NULL,
         heartbeat DOUBLE PRECISION NOT NULL
     )""",
+    # 9: the web page's conversations (state/page_conversations.py), per tenant, the page's own JSON
+    """CREATE TABLE page_conversations (
+        tenant TEXT NOT NULL,
+        id TEXT NOT NULL,
+        title TEXT NOT NULL,
+        created DOUBLE PRECISION NOT NULL,
+        updated DOUBLE PRECISION NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (tenant, id)
+    )""",
 ]
 UNFINISHED = ("queued", "in_progress")
 logger = logging.getLogger(__name__)

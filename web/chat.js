@@ -3,8 +3,8 @@
 (function () {
   "use strict";
   const $ = (id) => document.getElementById(id);
-  const { conversations: saved } = ChatStore;
   let settings = ChatStore.loadSettings();
+  let saved = null;  // where conversations are kept (ChatStore.open: the server, or this browser)
   let models = [];
   let conversation = null;
   let controller = null;  // the generation in flight
@@ -122,26 +122,22 @@
   // ------------------------------------------------------------------ conversations
 
   async function refreshList() {
-    const query = $("search").value.trim().toLowerCase();
-    const all = await saved.all();
-    const shown = all.filter((item) => !query || item.title.toLowerCase().includes(query) ||
-      Object.values(item.nodes).some((node) => textOf(node).toLowerCase().includes(query)));
+    const query = $("search").value.trim();
+    let shown;
+    try {
+      shown = await saved.list(query);
+    } catch (error) {
+      $("status").textContent = "Could not list conversations: " + error.message;
+      return;
+    }
+    if (query !== $("search").value.trim()) return;  // (typed on meanwhile: a newer listing is on its way)
     $("conversations").replaceChildren(...shown.map((item) => {
       const entry = document.createElement("div");
       entry.className = "conversation" + (conversation && item.id === conversation.id ? " current" : "");
       entry.dataset.id = item.id;
-      const open = document.createElement("button");
-      open.type = "button";
-      open.className = "open";
-      open.textContent = item.title;
+      const open = button(item.title, () => openConversation(item.id), "Open " + item.title, "open");
       open.title = item.title;
-      open.addEventListener("click", () => openConversation(item.id));
-      const rename = document.createElement("button");
-      rename.type = "button";
-      rename.className = "rename";
-      rename.textContent = "✎";
-      rename.setAttribute("aria-label", "Rename " + item.title);
-      rename.addEventListener("click", async () => {
+      const rename = button("✎", async () => {
         const title = prompt("Rename the conversation", item.title);
         if (!title || !title.trim()) return;
         const stored = await saved.get(item.id);
@@ -149,18 +145,13 @@
         await saved.put(stored);
         if (conversation && conversation.id === item.id) conversation.title = stored.title;
         refreshList();
-      });
-      const remove = document.createElement("button");
-      remove.type = "button";
-      remove.className = "delete";
-      remove.textContent = "✕";
-      remove.setAttribute("aria-label", "Delete " + item.title);
-      remove.addEventListener("click", async () => {
+      }, "Rename " + item.title, "rename");
+      const remove = button("✕", async () => {
         if (!confirm("Delete \"" + item.title + "\"?")) return;
         await saved.remove(item.id);
         if (conversation && conversation.id === item.id) newConversation();
         refreshList();
-      });
+      }, "Delete " + item.title, "delete");
       entry.append(open, rename, remove);
       return entry;
     }));
@@ -193,7 +184,12 @@
   async function store() {
     if (!Object.keys(conversation.nodes).length) return;
     conversation.updated = Date.now();
-    await saved.put(conversation);
+    try {
+      await saved.put(conversation);
+    } catch (error) {
+      $("status").textContent = "Could not keep this conversation: " + error.message;
+      return;
+    }
     if (settings.currentId !== conversation.id) {
       settings.currentId = conversation.id;
       persistSettings();
@@ -251,9 +247,10 @@
       .concat([{ type: "text", text }]) };
   }
 
-  function button(label, onClick, title) {
+  function button(label, onClick, title, className) {
     const item = document.createElement("button");
     item.type = "button";
+    if (className) item.className = className;
     item.textContent = label;
     if (title) item.setAttribute("aria-label", title);
     item.addEventListener("click", onClick);
@@ -616,6 +613,9 @@
     $("effort-row").hidden = !(info && info.capabilities && info.capabilities.reasoning);
     $("system").value = settings.system;
     $("api-key").value = settings.apiKey;
+    $("keep-on-server").checked = settings.storage !== "browser";
+    $("storage-note").textContent = saved && saved.where === "server" ? "kept on the server, for this API key"
+      : "kept in this browser only";
     $("preset").replaceChildren(new Option("Presets…", ""), ...settings.presets.map((preset, index) => new Option(preset.name, String(index))));
   }
   function saveModelSetting(name, value) {
@@ -629,7 +629,20 @@
   $("max-tokens").addEventListener("change", () => saveModelSetting("max_tokens", Number($("max-tokens").value) || 0));
   $("reasoning-effort").addEventListener("change", () => saveModelSetting("reasoning_effort", $("reasoning-effort").value));
   $("system").addEventListener("change", () => { settings.system = $("system").value; persistSettings(); });
-  $("api-key").addEventListener("change", () => { settings.apiKey = $("api-key").value; persistSettings(); loadModels(); checkAdmin(); });
+  $("api-key").addEventListener("change", async () => {
+    settings.apiKey = $("api-key").value;
+    persistSettings();
+    loadModels();
+    checkAdmin();
+    await openStorage();  // another key: its own conversations
+    newConversation();
+  });
+  $("keep-on-server").addEventListener("change", async () => {
+    settings.storage = $("keep-on-server").checked ? "server" : "browser";
+    persistSettings();
+    await openStorage();
+    newConversation();
+  });
   $("preset").addEventListener("change", () => {
     const preset = settings.presets[Number($("preset").value)];
     if (!preset) return;
@@ -653,9 +666,14 @@
   // ------------------------------------------------------------------ start
 
   window.ChatApp = { current: () => conversation, settings: () => settings };  // (for tests and the console)
+  async function openStorage() {
+    saved = await ChatStore.open(settings.storage, headers);
+  }
+
   applyTheme();
   (async () => {
-    const stored = settings.currentId ? await saved.get(settings.currentId) : null;
+    await openStorage();
+    const stored = settings.currentId ? await saved.get(settings.currentId).catch(() => null) : null;
     conversation = stored || ChatTree.create();
     render();
     refreshList();

@@ -144,3 +144,16 @@ def test_a_save_waiting_on_the_database_holds_up_no_other_stream(two_instances, 
         locker.rollback()
         response = stored.result(timeout=20)
     assert b_server.openai_client().responses.retrieve(response.id).output_text == response.output_text
+
+
+def test_the_web_pages_conversations_are_shared_by_the_instances(two_instances):
+    """The page's conversations live in the same PostgreSQL: one instance stores, the other lists, searches (LIKE's
+    wildcards taken literally there too), returns and deletes."""
+    first, second = (f"{server.base_url}/chat/conversations" for server in two_instances)
+    body = {"id": "shared", "title": "Budget 100% done_now", "created": 1, "updated": 2, "roots": [], "nodes": {}}
+    assert httpx.put(f"{first}/shared", json=body).status_code == 200
+    assert httpx.get(f"{second}/shared").json() == body
+    assert [c["id"] for c in httpx.get(second, params={"q": "100% done_"}).json()["data"]] == ["shared"]
+    assert httpx.get(second, params={"q": "1_0%"}).json()["data"] == []
+    assert httpx.delete(f"{second}/shared").json()["deleted"] is True
+    assert httpx.get(f"{first}/shared").status_code == 404

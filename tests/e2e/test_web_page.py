@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from backends.embedded_model import SMOLLM2_FILE
@@ -123,14 +124,60 @@ def test_conversations_are_kept_renamed_searched_deleted_exported_and_imported(s
     assert visit.titles() == ["Planets"]
     visit.close()
 
-    elsewhere = Visit(browser, server)  # another browser: nothing, until the export is imported
-    assert elsewhere.titles() == []
-    elsewhere.page.set_input_files("#import-file", str(exported))
-    elsewhere.page.wait_for_function("document.querySelectorAll('#conversations .conversation').length === 2")
-    elsewhere.page.click("#conversations .conversation >> nth=1 >> .open")
-    elsewhere.page.wait_for_selector(".message.assistant")
-    assert elsewhere.page.inner_text(".message.user").startswith("Name a fruit.")
+    elsewhere = Visit(browser, server)  # another browser, same key: the server kept them for the key
+    elsewhere.page.wait_for_selector("#conversations .conversation")
+    assert elsewhere.titles() == ["Planets"]
     elsewhere.close()
+
+    other_key = Visit(browser, server, ADMIN)  # another key: none of them, until the export is imported
+    assert other_key.titles() == []
+    other_key.page.set_input_files("#import-file", str(exported))
+    other_key.page.wait_for_function("document.querySelectorAll('#conversations .conversation').length === 2")
+    other_key.page.click("#conversations .conversation >> nth=1 >> .open")
+    other_key.page.wait_for_selector(".message.assistant")
+    assert other_key.page.inner_text(".message.user").startswith("Name a fruit.")
+    other_key.close()
+
+
+def test_a_browser_can_keep_its_conversations_to_itself(server, browser):
+    visit = Visit(browser, server)
+    page = visit.page
+    page.click("#settings-button")
+    page.uncheck("#keep-on-server")
+    page.fill("#max-tokens", "4")
+    page.dispatch_event("#max-tokens", "change")
+    page.click("#close-settings")
+    visit.ask("Private question.")
+    page.click("#settings-button")
+    assert page.inner_text("#storage-note") == "kept in this browser only"
+    page.click("#close-settings")
+    page.reload()
+    page.wait_for_selector("#conversations .conversation")
+    assert visit.titles()[0] == "Private question."
+    visit.close()
+    assert "Private question." not in [c["title"] for c in httpx.get(
+        f"{server.base_url}/chat/conversations", headers={"Authorization": f"Bearer {USER}"}).json()["data"]]
+
+
+def test_the_conversation_store_is_per_key_and_checks_what_it_is_given(server):
+    def call(method: str, path: str, key: str = USER, **kwargs):
+        return httpx.request(method, f"{server.base_url}/chat/conversations{path}",
+                             headers={"Authorization": f"Bearer {key}"}, **kwargs)
+
+    body = {"id": "c1", "title": "Fifty % off_sale", "created": 1, "updated": 5, "roots": [], "nodes": {}}
+    assert call("PUT", "/c1", json=body).status_code == 200
+    assert call("GET", "/c1").json() == body
+    assert call("GET", "/c1", ADMIN).status_code == 404  # another key's
+    assert [c["id"] for c in call("GET", "?q=zebra").json()["data"]] == []
+    assert [c["id"] for c in call("GET", "?q=% off_").json()["data"]] == ["c1"]  # (LIKE wildcards taken literally)
+    assert [c["id"] for c in call("GET", "?q=%_%").json()["data"]] == []
+    assert call("PUT", "/c2", json=body).status_code == 400  # the id in the path and the body differ
+    assert call("PUT", "/c1", content=b"{not json").status_code == 400
+    assert call("PUT", "/bad%20id", json=dict(body, id="bad id")).status_code == 400
+    assert call("DELETE", "/c1").json() == {"id": "c1", "deleted": True}
+    error = call("DELETE", "/c1").json()["error"]
+    assert error["code"] == "conversation_not_found" and error["type"] == "invalid_request_error"
+    assert httpx.get(f"{server.base_url}/chat/conversations").status_code == 401  # no key
 
 
 def test_edit_keeps_branches_regenerate_adds_versions_and_a_cut_answer_continues(server, browser):
@@ -193,6 +240,15 @@ def test_a_text_file_goes_with_the_message_and_settings_stay_per_model(server, b
     page.click("#settings-button")
     assert page.input_value("#temperature") == "0.7"  # another model: its own settings (the defaults)
     page.click("#close-settings")
+    page.fill("#input", "Write a very long story about the sea.")  # (the base model rambles: time to stop it)
+    page.press("#input", "Enter")
+    page.wait_for_function("(document.querySelector('.message.assistant:last-of-type .answer') || {}).textContent"
+                           "?.length > 5")
+    page.keyboard.press("Escape")  # Esc stops, as Stop does
+    page.wait_for_function("document.querySelector('#status').textContent.includes('stopped')")
+    page.wait_for_function("[...document.querySelectorAll('.message.assistant .stats')].pop().textContent"
+                           ".includes('stopped')")
+    assert page.locator(".message.assistant >> nth=-1 >> text=Continue").count() == 1
     visit.close()
 
 
@@ -217,8 +273,8 @@ def test_untrusted_markdown_renders_richly_and_runs_no_script(server, browser, t
     visit = Visit(browser, server)
     page = visit.page
     page.set_input_files("#import-file", str(file))
-    page.wait_for_selector("#conversations .conversation")
-    page.click("#conversations .conversation .open")
+    page.wait_for_selector("#conversations .conversation >> text=Rich answer")
+    page.click("#conversations .conversation >> text=Rich answer")
     page.wait_for_selector(".message.assistant table")
     page.wait_for_timeout(300)
     assert page.evaluate("window.__pwned") is None
