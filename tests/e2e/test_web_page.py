@@ -78,6 +78,9 @@ class Visit:
         self.page.wait_for_function(f"document.querySelectorAll('.message.assistant').length > {answers} && {DONE}",
                                     timeout=60000)
         self.page.wait_for_function("!document.querySelector('#send').disabled")
+        # (then the conversation is stored and the list redrawn, both asynchronous)
+        self.page.wait_for_function("(document.querySelector('#conversations .conversation.current') || {})"
+                                    ".dataset?.id === ChatApp.current().id")
 
     def titles(self) -> list[str]:
         return self.page.locator("#conversations .conversation .open").all_inner_texts()
