@@ -5,9 +5,9 @@ sequence number, and a msgpack batch `[timestamp, [event, ...], data_parallel_ra
 its `type`: `BlockStored` (`block_hashes`, `parent_block_hash`, `token_ids`, `block_size`, `lora_id`, `medium`,
 `lora_name`), `BlockRemoved` (`block_hashes`, `medium`), `AllBlocksCleared`. Two media: `GPU` for what the
 engine's context holds (vLLM's name for its own KV, wherever it lives) and `DISK` for the states in the disk prompt
-cache (backends/llamacpp/disk_blocks.py), which the router credits less (`--kv-penalty-disk`). vllm-router 0.1.17's subscriber
-reads exactly this (it refuses array-encoded events and events without `lora_name`), then matches each request's
-tokens, which it asks for at `/v1/chat/completions/render`, against the blocks each replica holds.
+cache (backends/llamacpp/disk_blocks.py), which the router credits less (`--kv-penalty-disk`). vllm-router 0.1.17's
+subscriber reads exactly this (it refuses array-encoded events and events without `lora_name`), then matches each
+request's tokens, which it asks for at `/v1/chat/completions/render`, against the blocks each replica holds.
 
 The engines keep the ledger of what they hold (backends/llamacpp/block_ledger.py); this task collects their
 events every `INTERVAL_SECONDS` and publishes them. It also remembers what each engine announced, so an engine

@@ -1,6 +1,7 @@
 """The web page's conversations on the server (`/chat/conversations`), per API key: the page keeps them here, so
-they follow the key to another browser (it falls back to the browser's IndexedDB when this answers 404). Stored as
-the page sends them (state/page_conversations.py)."""
+they follow the key to another browser (in the browser's IndexedDB instead when the user unticks "Keep
+conversations on the server", or when listing here fails). Stored as the page sends them
+(state/page_conversations.py)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,10 @@ PAINT = """() => new Promise((resolve) => {
 WATCH_FRAMES = """() => {
     window.__gaps = []; window.__long = [];
     let last = performance.now();
-    const tick = (now) => { window.__gaps.push(now - last); last = now; if (!window.__stopWatch) requestAnimationFrame(tick); };
+    const tick = (now) => {
+        window.__gaps.push(now - last); last = now;
+        if (!window.__stopWatch) requestAnimationFrame(tick);
+    };
     requestAnimationFrame(tick);
     new PerformanceObserver((list) => list.getEntries().forEach((e) => window.__long.push(e.duration)))
         .observe({type: 'longtask', buffered: false});
@@ -92,7 +95,8 @@ def main() -> None:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             our_paints = first_paints(browser, f"{ours.base_url}/chat", args.visits)
-            their_paints = first_paints(browser, theirs.base_url + "/", args.visits) if theirs and theirs.wait_ready() else []
+            their_paints = (first_paints(browser, theirs.base_url + "/", args.visits)
+                            if theirs and theirs.wait_ready() else [])
             smooth = stream_smoothness(browser, ours.base_url, args.max_tokens)
             browser.close()
     finally:

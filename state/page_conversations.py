@@ -29,7 +29,8 @@ class PageConversations:
         return [{"id": row[0], "title": row[1], "created": row[2], "updated": row[3]} for row in rows]
 
     def _get(self, tenant: str, conversation_id: str) -> dict | None:
-        rows = self.db.query("SELECT body FROM page_conversations WHERE tenant = ? AND id = ?", (tenant, conversation_id))
+        rows = self.db.query("SELECT body FROM page_conversations WHERE tenant = ? AND id = ?",
+                             (tenant, conversation_id))
         return json.loads(rows[0][0]) if rows else None
 
     def _put(self, tenant: str, conversation: dict, body: str) -> None:
@@ -41,7 +42,8 @@ class PageConversations:
              float(conversation.get("created") or 0), float(conversation.get("updated") or 0), body))
 
     def _delete(self, tenant: str, conversation_id: str) -> bool:
-        return self.db.change("DELETE FROM page_conversations WHERE tenant = ? AND id = ?", (tenant, conversation_id)) > 0
+        return self.db.change("DELETE FROM page_conversations WHERE tenant = ? AND id = ?",
+                              (tenant, conversation_id)) > 0
 
     async def list(self, tenant: str, query: str = "") -> list[dict]:
         return await asyncio.to_thread(self._list, tenant, query)

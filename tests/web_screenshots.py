@@ -19,7 +19,8 @@ OUT = Path(__file__).parent.parent / "docs" / "screenshots"
 RICH = ("Here is a function and its cost.\n\n```python\ndef area(radius: float) -> float:\n"
         "    \"\"\"The area of a circle.\"\"\"\n    return math.pi * radius ** 2\n```\n\n"
         "| radius | area |\n|---|---|\n| 1 | 3.14 |\n| 2 | 12.57 |\n\n"
-        "The formula is $A = \\pi r^2$, and over a disc:\n\n$$\\int_0^{2\\pi}\\int_0^r \\rho\\,d\\rho\\,d\\theta = \\pi r^2$$\n")
+        "The formula is $A = \\pi r^2$, and over a disc:\n\n"
+        "$$\\int_0^{2\\pi}\\int_0^r \\rho\\,d\\rho\\,d\\theta = \\pi r^2$$\n")
 
 
 def rich_conversation() -> dict:

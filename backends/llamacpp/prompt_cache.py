@@ -58,11 +58,13 @@ def state_format_tag(*, flash_attn: bool, swa_full: bool) -> str:
 
 
 class StoredSequenceState(LlamaState):
-    """One sequence's state as LlamaDiskCache stores it (a `LlamaState`), plus what it takes to trust it later.
+    """One sequence's state (a `LlamaState`, as LlamaDiskCache's interface takes it), plus what it takes to trust
+    it later.
 
-    On disk: a magic line, a small JSON header (format tag, token count, size, checksum), then the state's bytes as
-    llama.cpp wrote them. Not a pickle: pickling copies tens of MB holding the GIL (the scheduler thread waited on
-    it), and unpickling a file from `cache/` would run whatever code it names."""
+    On disk (our own format, not LlamaDiskCache's pickle): a magic line, a small JSON header (format tag, token
+    count, size, checksum), then the state's bytes as llama.cpp wrote them. Not a pickle: pickling copies tens of MB
+    holding the GIL (the scheduler thread waited on it), and unpickling a file from `cache/` would run whatever code
+    it names."""
 
     def __init__(self, tokens: tuple[int, ...], state: bytes | bytearray, format_tag: str,
                  checksum: int | None = None) -> None:
@@ -343,7 +345,8 @@ class PromptCache:
         """Whether a sequence holding `tokens` is worth a snapshot (checked before copying any state)."""
         return (force or len(tokens) >= self.min_tokens) and _digest(tokens) not in self._known_saved
 
-    def offer(self, tokens: tuple[int, ...], state: bytes | bytearray, done: Callable[[bool], None] | None = None) -> None:
+    def offer(self, tokens: tuple[int, ...], state: bytes | bytearray,
+              done: Callable[[bool], None] | None = None) -> None:
         """Queue a snapshot for writing; returns at once. Backed-up writes are dropped oldest first."""
         with self._wakeup:
             for pending in list(self._pending):

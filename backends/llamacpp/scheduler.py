@@ -432,8 +432,9 @@ class Scheduler:
             queued_seconds=slot.queued_seconds,
         )
         job.emit(GenerationFinished(finish_reason=reason, usage=usage, stop_sequence=slot.stop_filter.matched))
-        # After the answer is out: copying the sequence's state for the disk cache (~10 ms for a 6k-token hybrid
-        # prompt) delayed every answer's end by that much. Nothing runs on the slot before it (same thread).
+        # After the answer is out: copying the sequence's state for the disk cache (13 MB for a 6k-token hybrid
+        # prompt, 3.5 ms) would delay every answer's end by that much. Nothing runs on the slot before it (same
+        # thread).
         self._save_to_disk_cache(slot)
         self._release(slot)
 

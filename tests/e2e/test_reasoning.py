@@ -173,7 +173,7 @@ def test_the_web_page_shows_thinking_in_a_collapsible_block(server):
         page.goto(f"{server.base_url}/chat")
         page.wait_for_function("document.querySelectorAll('#model option').length > 1")
         page.select_option("#model", "thinker")
-        greedy(page)  # (at the page's default 0.7 SmolLM2 sometimes writes a second, literal `</think>` into its answer)
+        greedy(page)  # (at the page's 0.7 SmolLM2 sometimes writes a second, literal `</think>` into its answer)
         page.fill("#input", "What is the weather like in Paris in spring?")
         page.press("#input", "Enter")
         page.wait_for_function("document.querySelector('#status').textContent.includes('tok/s')", timeout=60000)

@@ -53,7 +53,8 @@ class Visit:
                      and self.errors.append(f"{response.status} {response.url}"))
         self.page.on("request", lambda request: request.url.endswith("/v1/chat/completions")
                      and self.bodies.append(json.loads(request.post_data)))
-        self.page.on("dialog", lambda dialog: dialog.accept(self.answer) if dialog.type == "prompt" else dialog.accept())
+        self.page.on("dialog", lambda dialog: dialog.accept(self.answer) if dialog.type == "prompt"
+                     else dialog.accept())
         self.answer = ""
         self.page.goto(f"{server.base_url}/chat")
         self.page.wait_for_function("document.querySelectorAll('#model option').length > 1")
@@ -238,7 +239,8 @@ def test_a_text_file_goes_with_the_message_and_settings_stay_per_model(server, b
     page.click("#settings-button")
     assert page.input_value("#temperature") == "0.3" and page.input_value("#system") == "You answer in French."
     page.click("#close-settings")
-    other = [v for v in page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") if v != SMOLLM2_FILE][0]
+    options = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
+    other = [value for value in options if value != SMOLLM2_FILE][0]
     page.select_option("#model", other)
     page.click("#settings-button")
     assert page.input_value("#temperature") == "0.7"  # another model: its own settings (the defaults)
@@ -297,7 +299,7 @@ def test_dark_theme_phone_screen_and_the_operator_view_for_admins_only(server, b
 
     admin = Visit(browser, server, ADMIN, viewport={"width": 390, "height": 844})  # a phone
     page = admin.page
-    assert page.is_hidden("#sidebar .open") or page.evaluate("getComputedStyle(document.querySelector('#sidebar')).transform") != "none"
+    assert page.evaluate("document.querySelector('#sidebar').getBoundingClientRect().right") <= 0  # off screen
     page.click("#open-sidebar")
     page.wait_for_function("getComputedStyle(document.querySelector('#sidebar')).transform === 'none'")
     page.click("#close-sidebar")
