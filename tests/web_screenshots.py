@@ -48,7 +48,7 @@ def main() -> None:
             page.wait_for_function("document.querySelector('#status').textContent.includes('tok/s')", timeout=120000)
             page.screenshot(path=str(OUT / f"main-{theme}.png"))
             page.set_input_files("#import-file", str(folder / "rich.json"))
-            page.wait_for_function("document.querySelectorAll('#conversations .conversation').length === 2")
+            page.wait_for_selector("#conversations .conversation >> text=Area of a circle")
             page.click("#conversations .conversation >> text=Area of a circle")
             page.wait_for_selector(".message.assistant .katex-display")
             page.click(".message.assistant .thinking summary")

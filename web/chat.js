@@ -675,6 +675,7 @@
     await openStorage();
     const stored = settings.currentId ? await saved.get(settings.currentId).catch(() => null) : null;
     conversation = stored || ChatTree.create();
+    if (stored) await ChatMarkdown.ready;  // (its answers may hold math and code)
     render();
     refreshList();
     await loadModels();

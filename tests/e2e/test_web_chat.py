@@ -25,10 +25,11 @@ def test_chat_page_and_its_assets_are_served(server):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for element in ('id="model"', 'id="input"', 'id="stop"', 'id="new-chat"', 'id="system"', 'id="temperature"'):
         assert element in page.text
-    scripts = re.findall(r'<script src="/chat/assets/([^"]+)"', page.text)
+    scripts = re.findall(r'<script defer src="/chat/assets/([^"]+)"', page.text)
     styles = re.findall(r'<link rel="stylesheet"[^>]* href="/chat/assets/([^"]+)"', page.text)
     assert "vendor/marked.min.js" in scripts and "vendor/purify.min.js" in scripts and "chat.js" in scripts
-    for asset in scripts + styles + ["vendor/fonts/KaTeX_Main-Regular.woff2"]:
+    lazy = ["vendor/katex.min.js", "vendor/highlight.min.js", "vendor/katex.min.css"]  # (markdown.js loads them)
+    for asset in scripts + styles + lazy + ["vendor/fonts/KaTeX_Main-Regular.woff2"]:
         response = httpx.get(f"{server.base_url}/chat/assets/{asset}")
         assert response.status_code == 200, asset
     assert "cdn" not in page.text.lower() and "http" not in page.text.replace("http-equiv", "")

@@ -311,6 +311,11 @@ def test_dark_theme_phone_screen_and_the_operator_view_for_admins_only(server, b
     page.reload()
     page.wait_for_function("document.documentElement.dataset.theme === 'dark'")  # remembered
     page.wait_for_selector("#operator-button", state="visible")
+    # The top bar keeps to one row at phone width, every control in view.
+    boxes = page.evaluate("[...document.querySelectorAll('#topbar > :not([hidden]):not(.spacer)')]"
+                          ".filter((e) => e.offsetWidth).map((e) => e.getBoundingClientRect().toJSON())")
+    middles = [box["top"] + box["height"] / 2 for box in boxes]
+    assert len(boxes) >= 5 and max(middles) - min(middles) < 4 and max(box["right"] for box in boxes) <= 390
     page.click("#operator-button")
     page.wait_for_function("document.querySelectorAll('#operator-models tbody tr').length >= 2")
     assert "sequences running" in page.inner_text("#operator-summary")
