@@ -50,14 +50,24 @@ class ResponseNotFound(ServerError):
 
 
 class ConversationNotFound(ServerError):
-    """A web page conversation that is not kept for this key (never stored, deleted, or another key's)."""
+    """A conversation (the web page's, or the Conversations API's) that is not kept for this key (never stored,
+    deleted, or another key's)."""
 
     status_code = 404
     error_type = "invalid_request_error"
     code = "conversation_not_found"
 
-    def __init__(self, conversation_id: str):
-        super().__init__(f"No conversation with id '{conversation_id}' is kept for this API key.", param="id")
+    def __init__(self, conversation_id: str, param: str = "id"):
+        super().__init__(f"No conversation with id '{conversation_id}' is kept for this API key.", param=param)
+
+
+class ConversationItemNotFound(ServerError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "item_not_found"
+
+    def __init__(self, item_id: str):
+        super().__init__(f"No item with id '{item_id}' in this conversation.", param="item_id")
 
 
 class ModelLoading(ServerError):

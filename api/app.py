@@ -19,6 +19,7 @@ from api.admin.models_routes import router as models_router
 from api.admin.routes import router as admin_router
 from api.anthropic.routes import router as messages_router
 from api.auth import ApiKeyMiddleware
+from api.conversations.routes import router as conversations_router
 from api.error_responses import install_error_handlers
 from api.kv_events import KvEventPublisher
 from api.limits import BodyLimitMiddleware
@@ -35,6 +36,7 @@ from api.routes_web import assets as web_assets
 from api.routes_web import router as web_router
 from backends.registry import ModelRegistry
 from settings import Settings
+from state.conversation_store import ConversationStore
 from state.instance_liveness import HEARTBEAT_SECONDS
 from state.page_conversations import PageConversations
 from state.response_store import ResponseStore
@@ -100,6 +102,7 @@ def create_app(settings: Settings | None = None, responses: ResponseStore | None
         app.state.responses = responses or ResponseStore.from_settings(settings)
         app.state.tending = asyncio.create_task(_tend_response_store(app.state.responses))
         app.state.page_conversations = PageConversations(app.state.responses.db)
+        app.state.conversations = ConversationStore(app.state.responses.db)
         # Sync dependencies run in anyio's thread pool, whose backend anyio imports on first use (~110 ms here):
         # done now, not in the first request's time to first token.
         await run_in_threadpool(lambda: None)
@@ -125,6 +128,7 @@ def create_app(settings: Settings | None = None, responses: ResponseStore | None
                 events.close()
             await app.state.background.aclose()
             await registry.aclose()  # models, then the upstream clients
+            app.state.conversations.close()  # (its queued writes land first)
             app.state.responses.close()
             if spans is not None:
                 spans.shutdown()  # (sends the spans still batched)
@@ -155,6 +159,7 @@ def create_app(settings: Settings | None = None, responses: ResponseStore | None
     app.include_router(embeddings_router)
     app.include_router(rerank_router)
     app.include_router(responses_router)
+    app.include_router(conversations_router)
     app.include_router(messages_router)
     app.include_router(admin_router)
     app.include_router(web_router)

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from backends.registry import ModelRegistry
 from errors import PermissionDenied, Unauthorized
 from settings import Settings
+from state.conversation_store import ConversationStore
 from state.response_store import ResponseStore
 from tenants.keys import KeyStore, Tenant
 from tenants.quotas import QuotaBook
@@ -39,6 +40,13 @@ def get_response_store(request: Request) -> ResponseStore:
 
 
 StoreDep = Annotated[ResponseStore, Depends(get_response_store)]
+
+
+def get_conversation_store(request: Request) -> ConversationStore:
+    return request.app.state.conversations
+
+
+ConversationsDep = Annotated[ConversationStore, Depends(get_conversation_store)]
 
 
 def current_tenant(request: Request) -> Tenant:

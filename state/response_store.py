@@ -57,6 +57,21 @@ MIGRATIONS: list[str | dict[str, str]] = [  # a step is portable SQL, or one sta
         body TEXT NOT NULL,
         PRIMARY KEY (tenant, id)
     )""",
+    # 10-12: the Conversations API (state/conversation_store.py): conversations and their items in order
+    """CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        metadata TEXT NOT NULL
+    )""",
+    """CREATE TABLE conversation_items (
+        conversation_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        item TEXT NOT NULL,
+        PRIMARY KEY (conversation_id, position)
+    )""",
+    "CREATE INDEX conversation_items_id ON conversation_items (conversation_id, id)",
 ]
 UNFINISHED = ("queued", "in_progress")
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 harnesses and session-affinity routers), else the body's `prompt_cache_key` (OpenAI's name for it, in Chat
 Completions, Completions and Responses). A Responses `previous_response_id` is no such name: it changes every turn
 (a key per turn would move the chain out of its slot each time); the chain's stored turns are the next prompt's
-prefix, which finds its slot by itself.
+prefix, which finds its slot by itself. A Responses `conversation` is one: the same id every turn.
 
 The key is logged with the request (`session=`), relayed upstream by the remote engine as the same header (the body
 goes as it came), and handed to the engine: the llama.cpp scheduler keeps a conversation in the slot its key used
@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from api.observability import current_request
 
 SESSION_HEADER = "x-session-id"
-BODY_FIELDS = ("prompt_cache_key",)
+BODY_FIELDS = ("prompt_cache_key", "conversation")
 MAX_KEY_LENGTH = 256  # a key is a name, not content: longer ones are cut (never refused: it is only a hint)
 
 
@@ -27,6 +27,8 @@ def affinity_key(headers: Mapping[str, str] | None, body: BaseModel | dict | Non
         return given[:MAX_KEY_LENGTH]
     for name in BODY_FIELDS:
         value = body.get(name) if isinstance(body, dict) else getattr(body, name, None)
+        if isinstance(value, dict):  # a Responses `conversation` given as {"id": ...}
+            value = value.get("id")
         if isinstance(value, str) and value.strip():
             return value.strip()[:MAX_KEY_LENGTH]
     return None

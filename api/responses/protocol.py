@@ -1,5 +1,5 @@
 """Wire types of the Responses API (`/v1/responses`) as this server serves it: stored, chained with
-`previous_response_id`, streamed and in the background; `conversation` objects are not.
+`previous_response_id` or kept in a `conversation` (api/conversations/), streamed and in the background.
 
 Reference: https://platform.openai.com/docs/api-reference/responses . Input items stay plain dicts here: they
 come in many shapes, and `api/responses/request.py` checks each one and names the exact field it refuses.
@@ -162,6 +162,7 @@ class ResponseObject(WireModel):
     output: list[ReasoningItem | OutputMessage | FunctionCallItem] = Field(default_factory=list)
     parallel_tool_calls: bool = True
     previous_response_id: str | None = None
+    conversation: dict[str, str] | None = None  # {"id": ...}: the conversation this turn was added to
     temperature: float | None = None
     top_p: float | None = None
     text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})

@@ -2,8 +2,8 @@
 
 One path for both APIs means the same chat template, tool-call grammar, JSON-schema grammar, sampling and
 prompt cache. Every Responses field is mapped, or refused with a 400 that names it. A `previous_response_id`
-arrives here as the stored conversation it continues (`history`, read by the routes from state/response_store.py);
-`conversation` objects and item references are not kept, so those are refused.
+or a `conversation` arrives here as the stored items it continues (`history`, read by the routes from
+state/response_store.py or state/conversation_store.py); item references are refused.
 """
 
 from __future__ import annotations
@@ -36,10 +36,23 @@ def check_response_limits(body: ResponsesRequest, max_tokens_limit: int, max_mes
         raise InvalidRequest(f"At most {max_messages} input items per request on this server.", param="input")
 
 
+def conversation_id(body: ResponsesRequest) -> str | None:
+    """The conversation a turn continues and is added to: an id, or {"id": ...}."""
+    given = body.conversation
+    if given is None:
+        return None
+    if isinstance(given, dict):
+        given = given.get("id")
+    if not isinstance(given, str) or not given:
+        raise InvalidRequest("'conversation' is a conversation id or {\"id\": ...}.", param="conversation")
+    if body.previous_response_id:
+        raise InvalidRequest("'conversation' and 'previous_response_id' cannot be used together.",
+                             param="conversation")
+    return given
+
+
 def _refuse_stateful(body: ResponsesRequest) -> None:
-    if body.conversation:
-        raise InvalidRequest("'conversation' is not supported: continue with 'previous_response_id', or send the "
-                             "whole conversation in 'input'.", param="conversation")
+    conversation_id(body)
     if body.background and (body.store is False or body.stream):
         raise InvalidRequest("'background' responses are stored and polled: not with store: false or stream.",
                              param="background")
@@ -97,7 +110,16 @@ def _required_string(item: dict, key: str, param: str) -> str:
     return value
 
 
-def _chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def check_input_items(items: list[Any], param: str) -> None:
+    """Items kept for later turns (a conversation's) are checked when given, as a turn would read them."""
+    try:
+        _chat_messages(items, allow_empty=True)
+    except InvalidRequest as exc:
+        where = param + exc.param[len("input"):] if exc.param and exc.param.startswith("input") else param
+        raise InvalidRequest(exc.message, param=where) from exc
+
+
+def _chat_messages(items: list[dict[str, Any]], allow_empty: bool = False) -> list[dict[str, Any]]:
     """Input items -> chat messages. Consecutive function_call items become one assistant message's tool_calls."""
     messages: list[dict[str, Any]] = []
     thinking = ""  # a reasoning item's text, for the assistant turn that follows it
@@ -134,7 +156,7 @@ def _chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             reason = "this server stores no items" if kind == "item_reference" else "not supported by this server"
             raise InvalidRequest(f"Input items of type '{kind}' are {reason}.", param=f"{param}.type")
-    if not messages:
+    if not messages and not allow_empty:
         raise InvalidRequest("'input' must contain at least one message.", param="input")
     return messages
 

@@ -9,12 +9,14 @@ upstream gets exactly what the client sent, including item types only it underst
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import Response
 
-from api.deps import RegistryDep, SettingsDep, StoreDep, TenantDep
+from api.conversations.items import stored_item
+from api.deps import ConversationsDep, RegistryDep, SettingsDep, StoreDep, TenantDep
 from api.pipeline.prepare import prepare_chat
 from api.pipeline.reasoning_plan import server_reasoning
 from api.protocol import ErrorResponse
@@ -23,6 +25,7 @@ from api.responses.output import ResponseWriter
 from api.responses.protocol import ResponseObject, ResponsesRequest
 from api.responses.request import (
     check_response_limits,
+    conversation_id,
     input_items,
     responses_param_names,
     to_chat_request,
@@ -32,6 +35,7 @@ from api.serving import ChoiceChunks, LocalBackground, LocalRun, generation_chun
 from backends.registry import LoadedModel, ModelRegistry
 from errors import InvalidRequest
 from settings import Settings
+from state.conversation_store import ConversationStore
 from state.response_store import ResponseStore
 from tenants.keys import Tenant
 
@@ -52,7 +56,8 @@ BackgroundDep = Annotated[BackgroundRuns, Depends(_background_runs)]
 @router.post("/v1/responses", response_model=ResponseObject, responses=_ERRORS)
 @router.post("/responses", response_model=ResponseObject, responses=_ERRORS, include_in_schema=False)
 async def create_response(request: Request, registry: RegistryDep, tenant: TenantDep, settings: SettingsDep,
-                          store: StoreDep, background: BackgroundDep, body: Any = Body(...)) -> Response:
+                          store: StoreDep, conversations: ConversationsDep, background: BackgroundDep,
+                          body: Any = Body(...)) -> Response:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     parsed = ResponsesRequest.model_validate(body)  # a ValidationError becomes the app's usual 400
@@ -63,15 +68,13 @@ async def create_response(request: Request, registry: RegistryDep, tenant: Tenan
         raise InvalidRequest("Background responses run on local models only.", param="background")
 
     async def start_local(model: LoadedModel) -> LocalRun | LocalBackground:
-        # Only here: a remote model's `previous_response_id` is its upstream's, relayed untouched.
-        history = await store.conversation(parsed.previous_response_id, tenant.label) \
-            if parsed.previous_response_id else []
+        # Only here: a remote model's `previous_response_id` or `conversation` is its upstream's, relayed untouched.
+        kept = Keeping(parsed, tenant, store, conversations)
+        history = await kept.history()
         if parsed.background:
-            return _start_background(parsed, model, registry, settings, tenant, history, store, background)
+            return _start_background(parsed, model, registry, settings, tenant, history, kept, background)
         writer, chunks = _start_generation(parsed, model, registry, settings, tenant, history)
-        if parsed.store is not False:  # stored once generated, for previous_response_id and GET
-            items = input_items(parsed)
-            writer.on_done = lambda response: store.save(response, items, tenant.label)
+        kept.attach(writer)
         return LocalRun(writer, chunks, bool(parsed.stream))
 
     return await serve(request, registry, parsed.model, tenant=tenant,
@@ -118,19 +121,51 @@ async def cancel_response(response_id: str, tenant: TenantDep, store: StoreDep, 
     return (await store.load(response_id, tenant.label))[0]
 
 
+class Keeping:
+    """What a turn keeps: the response (unless `store: false`), and the turn's items in its `conversation`."""
+
+    def __init__(self, parsed: ResponsesRequest, tenant: Tenant, store: ResponseStore,
+                 conversations: ConversationStore) -> None:
+        self.parsed, self.tenant, self.store, self.conversations = parsed, tenant, store, conversations
+        self.conversation = conversation_id(parsed)
+        self.items = input_items(parsed)
+
+    async def history(self) -> list[dict]:
+        if self.conversation:  # (404 if it is not this key's)
+            return await self.conversations.items(self.tenant.label, self.conversation)
+        if self.parsed.previous_response_id:
+            return await self.store.conversation(self.parsed.previous_response_id, self.tenant.label)
+        return []
+
+    def attach(self, writer: ResponseWriter) -> None:
+        if self.conversation:
+            writer.response.conversation = {"id": self.conversation}
+        if self.conversation or self.parsed.store is not False:
+            writer.on_done = self._done
+
+    def _done(self, response: dict) -> Future | None:
+        """Stored once generated, for previous_response_id and GET; the conversation gets the turn's input and
+        output items (the write the writer waits for: the next turn must read them)."""
+        saved = self.store.save(response, self.items, self.tenant.label) if self.parsed.store is not False else None
+        if not self.conversation:
+            return saved
+        turn = [stored_item(item) for item in self.items + response.get("output", [])]
+        return self.conversations.add_later(self.tenant.label, self.conversation, turn)
+
+
 def _start_background(parsed: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings,
-                      tenant: Tenant, history: list[dict], store: ResponseStore,
+                      tenant: Tenant, history: list[dict], kept: Keeping,
                       background: BackgroundRuns) -> LocalBackground:
     """Answered at once with the queued response; the generation goes on in a task, stored as it goes."""
     queued = ResponseObject(model=model.model_id, status="queued", background=True, instructions=parsed.instructions,
-                            previous_response_id=parsed.previous_response_id, metadata=parsed.metadata or {})
+                            previous_response_id=parsed.previous_response_id, metadata=parsed.metadata or {},
+                            conversation={"id": kept.conversation} if kept.conversation else None)
     writer, chunks = _start_generation(parsed, model, registry, settings, tenant, history, queued.id)
     writer.response.background = True
-    items = input_items(parsed)
-    writer.on_done = lambda response: store.save(response, items, tenant.label)
+    kept.attach(writer)
     body = queued.model_dump(mode="json")
     return LocalBackground(body, writer, chunks,
-                           launch=lambda generate: background.start(body, items, tenant.label, generate))
+                           launch=lambda generate: background.start(body, kept.items, tenant.label, generate))
 
 
 def _start_generation(
