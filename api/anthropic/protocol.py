@@ -26,7 +26,8 @@ class MessagesRequest(WireModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
-    output_config: dict[str, Any] | None = None  # Claude Code: {"effort": "high"}
+    output_config: dict[str, Any] | None = None  # {"effort": "high"} (Claude Code), {"format": {json_schema}}
+    output_format: dict[str, Any] | None = None  # the structured-outputs beta's spelling of output_config.format
     stream: bool | None = None
 
 

@@ -174,7 +174,8 @@ def _chat_tools(tools: list[dict] | None) -> list[dict] | None:
         if not tool.get("name"):
             raise InvalidRequest("A tool needs a 'name'.", param=f"tools[{index}].name")
         function = {"name": tool["name"], "description": tool.get("description"),
-                    "parameters": tool.get("input_schema") or {"type": "object"}}
+                    "parameters": tool.get("input_schema") or {"type": "object"},
+                    "strict": True if tool.get("strict") is True else None}
         chat_tools.append({"type": "function", "function": {k: v for k, v in function.items() if v is not None}})
     return chat_tools or None
 
@@ -195,6 +196,30 @@ def _tool_choice(choice: dict | None, have_tools: bool) -> tuple[Any, bool | Non
         return {"type": "function", "function": {"name": choice["name"]}}, parallel
     raise InvalidRequest(f"tool_choice type '{kind}' is not supported; use auto, any, tool or none.",
                          param="tool_choice.type")
+
+
+def _response_format(body: MessagesRequest, calls_tools: bool) -> dict | None:
+    """`output_config.format` (or the structured-outputs beta's top-level `output_format`) -> a strict json_schema
+    response_format. Strict because Anthropic promises every keyword of the schema holds: one the grammar cannot
+    enforce is a 400 naming it, as for a strict chat schema."""
+    nested = (body.output_config or {}).get("format")
+    if nested is not None and body.output_format is not None:
+        raise InvalidRequest("Send the output format once: as 'output_config.format' or as 'output_format'.",
+                             param="output_format")
+    output_format, param = (nested, "output_config.format") if nested is not None else (body.output_format,
+                                                                                       "output_format")
+    if output_format is None:
+        return None
+    kind = output_format.get("type") if isinstance(output_format, dict) else None
+    if kind != "json_schema":
+        raise InvalidRequest(f"Output format type '{kind}' is not supported; use 'json_schema'.", param=f"{param}.type")
+    if not isinstance(output_format.get("schema"), dict):
+        raise InvalidRequest("A json_schema output format needs a 'schema' object.", param=f"{param}.schema")
+    if calls_tools:
+        # The answer is constrained by one grammar: either the tool calls' or the schema's, not a choice of both.
+        raise InvalidRequest(f"'{param}' cannot be combined with tools on this server unless tool_choice is "
+                             "{'type': 'none'}.", param=param)
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": output_format["schema"], "strict": True}}
 
 
 def reasoning_fields(thinking: dict | None, output_config: dict | None = None) -> dict[str, Any]:
@@ -225,6 +250,8 @@ def to_chat_request(body: MessagesRequest) -> ChatCompletionRequest:
     conversation = _conversation_fields(body)
     chat = {
         **conversation,
+        "response_format": _response_format(body, calls_tools=bool(conversation["tools"])
+                                            and conversation["tool_choice"] != "none"),
         # A final assistant message is a prefill: the answer starts with it (Anthropic's semantics)
         "continue_final_message": True if conversation["messages"][-1]["role"] == "assistant" else None,
         "max_tokens": body.max_tokens,
@@ -251,6 +278,8 @@ _PARAM_NAMES = [
     (re.compile(r"^tools\[(\d+)\]\.function\.parameters"), r"tools[\1].input_schema"),
     (re.compile(r"^tools\[(\d+)\]\.function\."), r"tools[\1]."),
     (re.compile(r"^reasoning_budget$"), "thinking.budget_tokens"),
+    (re.compile(r"^response_format\.json_schema\.schema"), "output_config.format.schema"),
+    (re.compile(r"^response_format"), "output_config.format"),
 ]
 
 

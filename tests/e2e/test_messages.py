@@ -1,15 +1,17 @@
 """Anthropic's Messages API through the real `anthropic` SDK against the real server and the instruct model:
-create, stream, tool round trips, tool_choice any / tool, count_tokens, errors as the SDK's exception classes,
-model listing, and a replay of a Claude-Code-shaped request (raw HTTP: `?beta=true`, `x-api-key`, system blocks
+create, stream, tool round trips, tool_choice any / tool, structured outputs (`output_config.format`, strict tools,
+the SDK's `messages.parse`), count_tokens, errors as the SDK's exception classes, model listing, and a replay of a Claude-Code-shaped request (raw HTTP: `?beta=true`, `x-api-key`, system blocks
 with cache_control, a system entry inside messages, 20+ tools, streaming)."""
 
 from __future__ import annotations
 
 import json
+from enum import Enum
 
 import anthropic
 import httpx
 import jsonschema
+import pydantic
 import pytest
 
 from backends.embedded_model import SMOLLM2_FILE
@@ -25,6 +27,16 @@ TIME = {"name": "get_time", "description": "Current time in a city.",
                          "required": ["city"]}}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 GREEDY = {"temperature": 0}  # this SDK version no longer takes `temperature` as an argument; the API still does
+CITY_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["city", "country", "century", "capital"],
+               "properties": {"city": {"type": "string", "maxLength": 24}, "country": {"type": "string", "maxLength": 24},
+                              "century": {"type": "integer", "minimum": 1, "maximum": 21},
+                              "capital": {"type": "boolean"}}}
+DESCRIBE = [{"role": "user", "content": "Describe Paris: its city name, country, founding century and whether it is "
+                                        "a capital."}]
+FORECAST = {"name": "get_forecast", "description": "Weather forecast for a city.", "strict": True, "input_schema": {
+    "type": "object", "additionalProperties": False, "required": ["city", "days", "unit"],
+    "properties": {"city": {"type": "string", "maxLength": 20}, "days": {"type": "integer", "minimum": 1, "maximum": 7},
+                   "unit": {"enum": ["celsius", "fahrenheit"]}}}}
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +121,78 @@ def test_a_final_assistant_message_is_a_prefill_the_answer_continues(client):
                                      messages=[question, {"role": "assistant", "content": "1, 2, 3,"}])
     text = message.content[0].text
     assert text.lstrip().startswith("4"), text
+
+
+def test_output_config_format_answers_json_valid_against_the_schema_streamed_and_whole(client, server):
+    kwargs = dict(model=MODEL, max_tokens=120, extra_body=GREEDY, messages=DESCRIBE,
+                  output_config={"format": {"type": "json_schema", "schema": CITY_SCHEMA}})
+    whole = client.messages.create(**kwargs)
+    [block] = whole.content
+    assert block.type == "text" and whole.stop_reason == "end_turn"
+    jsonschema.validate(json.loads(block.text), CITY_SCHEMA)
+    with client.messages.stream(**kwargs) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    jsonschema.validate(json.loads(text), CITY_SCHEMA)
+    assert final.stop_reason == "end_turn" and [b.type for b in final.content] == ["text"]
+    # The structured-outputs beta's spelling: a top-level `output_format`.
+    beta = {"model": MODEL, "max_tokens": 120, "temperature": 0, "messages": DESCRIBE,
+            "output_format": {"type": "json_schema", "schema": CITY_SCHEMA}}
+    answer = httpx.post(f"{server.base_url}/v1/messages", json=beta, timeout=120).json()
+    jsonschema.validate(json.loads(answer["content"][0]["text"]), CITY_SCHEMA)
+
+
+class Unit(str, Enum):
+    celsius = "celsius"
+    fahrenheit = "fahrenheit"
+
+
+class City(pydantic.BaseModel):
+    name: str
+    capital: bool
+    unit: Unit  # an enum: the SDK sends it as a `$ref` into `$defs`
+
+
+def test_the_sdks_parse_helper_returns_the_pydantic_model(client):
+    kwargs = dict(model=MODEL, max_tokens=120, extra_body=GREEDY, output_format=City, messages=[
+        {"role": "user", "content": "Paris: its name, whether it is a capital, and the temperature unit used there."}])
+    parsed = client.messages.parse(**kwargs)
+    assert isinstance(parsed.parsed_output, City) and parsed.stop_reason == "end_turn"
+    with client.messages.stream(**kwargs) as stream:
+        assert isinstance(stream.get_final_message().parsed_output, City)
+
+
+def test_a_strict_tool_is_called_with_input_valid_against_its_schema(client):
+    kwargs = dict(model=MODEL, max_tokens=120, extra_body=GREEDY, messages=ASK, tools=[FORECAST, WEATHER],
+                  tool_choice={"type": "tool", "name": "get_forecast"})
+    whole = client.messages.create(**kwargs)
+    [call] = whole.content
+    assert call.type == "tool_use" and call.name == "get_forecast" and whole.stop_reason == "tool_use"
+    jsonschema.validate(call.input, FORECAST["input_schema"])
+    with client.messages.stream(**kwargs) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    jsonschema.validate(final.content[0].input, FORECAST["input_schema"])
+
+
+def test_an_unenforceable_strict_schema_is_a_400_in_anthropics_shape(client, server):
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}
+    format_ = {"type": "json_schema", "schema": schema}
+    with pytest.raises(anthropic.BadRequestError) as whole:
+        client.messages.create(model=MODEL, max_tokens=5, messages=ASK, output_config={"format": format_})
+    with pytest.raises(anthropic.BadRequestError) as streamed, \
+            client.messages.stream(model=MODEL, max_tokens=5, messages=ASK, output_config={"format": format_}):
+        pass
+    tool = {"name": "tag", "strict": True, "input_schema": schema}
+    with pytest.raises(anthropic.BadRequestError) as strict_tool:
+        client.messages.create(model=MODEL, max_tokens=5, messages=ASK, tools=[tool],
+                               tool_choice={"type": "tool", "name": "tag"})
+    for error in (whole, streamed, strict_tool):
+        assert error.value.body["type"] == "error" and error.value.body["error"]["type"] == "invalid_request_error"
+        assert "'uniqueItems'" in error.value.body["error"]["message"]
+    # The same schema on a tool that is not strict is a description: the call goes ahead.
+    plain = client.messages.create(model=MODEL, max_tokens=5, messages=ASK, tools=[{**tool, "strict": False}])
+    assert plain.stop_reason in ("end_turn", "max_tokens", "tool_use")
 
 
 def test_count_tokens_equals_the_prompt_of_the_same_request(client):
