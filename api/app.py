@@ -19,7 +19,6 @@ from api.admin.models_routes import router as models_router
 from api.admin.routes import router as admin_router
 from api.anthropic.routes import router as messages_router
 from api.auth import ApiKeyMiddleware
-from api.conversations.routes import router as conversations_router
 from api.error_responses import install_error_handlers
 from api.kv_events import KvEventPublisher
 from api.limits import BodyLimitMiddleware
@@ -30,7 +29,9 @@ from api.openai.embeddings_routes import router as embeddings_router
 from api.page_conversations import router as page_conversations_router
 from api.rerank.routes import router as rerank_router
 from api.responses.background import BackgroundRuns
+from api.responses.conversation_routes import router as conversations_router
 from api.responses.routes import router as responses_router
+from api.responses.websocket import router as responses_socket_router
 from api.router_metrics import RouterMetricsCollector
 from api.routes_web import assets as web_assets
 from api.routes_web import router as web_router
@@ -159,6 +160,7 @@ def create_app(settings: Settings | None = None, responses: ResponseStore | None
     app.include_router(embeddings_router)
     app.include_router(rerank_router)
     app.include_router(responses_router)
+    app.include_router(responses_socket_router)
     app.include_router(conversations_router)
     app.include_router(messages_router)
     app.include_router(admin_router)

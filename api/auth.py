@@ -32,6 +32,9 @@ class ApiKeyMiddleware:
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._socket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -44,6 +47,18 @@ class ApiKeyMiddleware:
         if tenant is None:
             error = Unauthorized("Missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key'.")
             await error_response(error, scope["path"])(scope, receive, send)
+            return
+        scope.setdefault("state", {})["tenant"] = tenant
+        await self.app(scope, receive, send)
+
+    async def _socket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket (Responses' WebSocket mode) presents its key in the handshake, as a request does; without
+        a valid one the handshake is refused (403) before anything is read."""
+        ring = self.keys.ring
+        tenant = self.keys.open_tenant if ring.open else ring.tenant_for(presented_key(Headers(scope=scope)))
+        if tenant is None:
+            await receive()  # (websocket.connect: the handshake, answered with a refusal)
+            await send({"type": "websocket.close", "code": 1008, "reason": "Missing or invalid API key"})
             return
         scope.setdefault("state", {})["tenant"] = tenant
         await self.app(scope, receive, send)

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.protocol import ErrorDetail, ErrorResponse
-from errors import EngineFailure, ServerError
+from errors import EngineFailure, InvalidRequest, ServerError
 
 logger = logging.getLogger(__name__)
 
@@ -86,21 +86,23 @@ async def _handle_server_error(request: Request, exc: ServerError) -> JSONRespon
     return error_response(exc, request.url.path)
 
 
-async def _handle_validation_error(request: Request, exc: RequestValidationError | ValidationError) -> JSONResponse:
-    # Also pydantic errors raised inside handlers (a body re-validated as another request type): still the
-    # client's input, so a 400, never a 500.
+def validation_failure(exc: RequestValidationError | ValidationError) -> InvalidRequest:
+    """A pydantic validation error as the 400 it is: every offending value named (a client fixing one field at a
+    time would need as many round trips)."""
     errors = exc.errors()
     first = errors[0] if errors else {}
     code = "invalid_json" if first.get("type") == "json_invalid" else "invalid_value"
     if first.get("type") == "missing":
         code = "missing_required_parameter"
-    # Every offending value is named (a client fixing one field at a time would need as many round trips).
-    detail = ErrorDetail(
-        message=" ".join(dict.fromkeys(_validation_message(error) for error in errors)) or "Invalid request.",
-        type="invalid_request_error",
-        param=_param_from_location(tuple(first.get("loc", ()))),
-        code=code,
-    )
+    return InvalidRequest(" ".join(dict.fromkeys(_validation_message(error) for error in errors)) or "Invalid request.",
+                          param=_param_from_location(tuple(first.get("loc", ()))), code=code)
+
+
+async def _handle_validation_error(request: Request, exc: RequestValidationError | ValidationError) -> JSONResponse:
+    # Also pydantic errors raised inside handlers (a body re-validated as another request type): still the
+    # client's input, so a 400, never a 500.
+    failure = validation_failure(exc)
+    detail = ErrorDetail(message=failure.message, type="invalid_request_error", param=failure.param, code=failure.code)
     if speaks_anthropic(request.url.path):
         return JSONResponse({"type": "error", "error": {"type": detail.type, "message": detail.message}},
                             status_code=400)

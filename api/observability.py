@@ -14,7 +14,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -229,18 +230,40 @@ class RequestLogMiddleware:
             route = scope.get("route").path if scope.get("route") is not None else "unmatched"
             if route != "/metrics":
                 self.metrics.record(record, route)
-                self._log(record)
+                log_request(record, self.json_logs)
 
-    def _log(self, record: RequestRecord) -> None:
-        total = time.perf_counter() - record.started
-        ttft = None if record.first_token_at is None else round(record.first_token_at - record.started, 4)
-        fields = {"request_id": record.request_id, "method": record.method, "path": record.path,
-                  "status": record.status, "model": record.model, "engine": record.engine,
-                  "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
-                  "reasoning_tokens": record.reasoning_tokens or None,
-                  "drafted_tokens": record.drafted_tokens or None, "accepted_tokens": record.accepted_tokens or None,
-                  "ttft_s": ttft, "total_s": round(total, 4), "session": record.session}
-        if self.json_logs:
-            logger.info(json.dumps(fields))
-        else:
-            logger.info(" ".join(f"{k}={v}" for k, v in fields.items() if v is not None))
+
+def log_request(record: RequestRecord, json_logs: bool) -> None:
+    total = time.perf_counter() - record.started
+    ttft = None if record.first_token_at is None else round(record.first_token_at - record.started, 4)
+    fields = {"request_id": record.request_id, "method": record.method, "path": record.path,
+              "status": record.status, "model": record.model, "engine": record.engine,
+              "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
+              "reasoning_tokens": record.reasoning_tokens or None,
+              "drafted_tokens": record.drafted_tokens or None, "accepted_tokens": record.accepted_tokens or None,
+              "ttft_s": ttft, "total_s": round(total, 4), "session": record.session}
+    if json_logs:
+        logger.info(json.dumps(fields))
+    else:
+        logger.info(" ".join(f"{k}={v}" for k, v in fields.items() if v is not None))
+
+
+
+@contextmanager
+def recorded_request(metrics: Metrics, json_logs: bool, method: str, path: str, route: str,
+                     session: str | None = None) -> Iterator[RequestRecord]:
+    """A unit of work that is not an HTTP request of its own (one `response.create` on a WebSocket), counted and
+    logged as one: the same metrics, the same log line, its generation's tokens noted on the record."""
+    record = RequestRecord(f"req_{uuid.uuid4().hex[:16]}", method, path, session=session)
+    token = current_request.set(record)
+    unfinished_token = unfinished_usage.set(record.count_unfinished)
+    try:
+        yield record
+    except BaseException:
+        record.status = record.status or 500
+        raise
+    finally:
+        current_request.reset(token)
+        unfinished_usage.reset(unfinished_token)
+        metrics.record(record, route)
+        log_request(record, json_logs)

@@ -237,36 +237,66 @@ async def _charged(chunks: ChoiceChunks, ticket: Ticket) -> ChoiceChunks:
 
 async def _local_events(run: LocalRun, first: tuple[int, GenerationChunk], resources: AsyncExitStack,
                         ticket: Ticket):
+    named = run.writer.named_events
+    async for payload in _local_payloads(run, first, resources, ticket):
+        yield sse_event(payload, payload["type"] if named and isinstance(payload, dict) else None)
+
+
+async def _local_payloads(run: LocalRun, first: tuple[int, GenerationChunk], resources: AsyncExitStack,
+                          ticket: Ticket) -> AsyncIterator[dict | str]:
+    """A streamed run's payloads in order, from its first chunk on; a failure ends them with the writer's error
+    payloads. Gives the lease and the ticket back when done (or closed: the client left)."""
     writer = run.writer
-
-    def events(payloads: Payloads):
-        return [sse_event(p, p["type"] if writer.named_events and isinstance(p, dict) else None) for p in payloads]
-
     try:
-        for event in events(writer.start()):
-            yield event
+        for payload in writer.start():
+            yield payload
         pending: tuple[int, GenerationChunk] | None = first
         while pending is not None:
-            added = events(writer.add(*pending))
+            added = writer.add(*pending)
             if isinstance(pending[1], GenerationFinished):
                 await writer.settled()
-            for event in added:
-                yield event
+            for payload in added:
+                yield payload
             pending = await anext(run.chunks, None)
-        for event in events(writer.finish()):
-            yield event
+        for payload in writer.finish():
+            yield payload
     except ServerError as exc:
         ticket.failed()
-        for event in events(writer.fail(exc)):
-            yield event
+        for payload in writer.fail(exc):
+            yield payload
     except Exception:
         ticket.failed()
         logger.exception("A stream failed")
-        for event in events(writer.fail(EngineFailure("The engine failed while generating this response."))):
-            yield event
+        for payload in writer.fail(EngineFailure("The engine failed while generating this response.")):
+            yield payload
     finally:
         await run.chunks.aclose()
         await resources.aclose()
+
+
+async def serve_payloads(registry: ModelRegistry, quotas, model_name: str | None, *, tenant: Tenant,
+                         request_tokens: int, keep_alive: float | None | object,
+                         start_local: LocalStart) -> AsyncIterator[dict | str]:
+    """The serving path for a transport other than HTTP (Responses over a WebSocket): the same admission, lease
+    and local run as `serve`, streamed as the writer's payloads. Errors before the first chunk are raised here
+    (the caller answers them as errors); later ones end the payloads as a stream's do."""
+    ticket = quotas.admit(tenant, request_tokens)
+    resources = AsyncExitStack()
+    resources.callback(ticket.release)
+    try:
+        model = await resources.enter_async_context(registry.lease(model_name, tenant.may_use, keep_alive))
+        if model.engine.relays_requests:
+            raise InvalidRequest("This transport serves local models; use HTTP for a remote one.", param="model")
+        run = await start_local(model)
+        if not isinstance(run, LocalRun):
+            raise InvalidRequest("Only streamed responses are served here.")
+        run.chunks = _charged(run.chunks, ticket)
+        first = await anext(run.chunks)
+    except BaseException:
+        ticket.failed()
+        await resources.aclose()
+        raise
+    return _local_payloads(run, first, resources, ticket)
 
 
 async def _upstream_answer(model: LoadedModel, path: str, body: dict,

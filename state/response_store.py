@@ -156,7 +156,7 @@ class ResponseStore:
         current: str | None = response_id
         while current and len(turns) < MAX_CHAIN:
             response, items = self._load(current, tenant)
-            turns.append(items + [_as_input(item) for item in response.get("output", [])])
+            turns.append(items + [as_input_item(item) for item in response.get("output", [])])
             current = response.get("previous_response_id")
         return [item for turn in reversed(turns) for item in turn]
 
@@ -256,7 +256,7 @@ class ResponseStore:
         self.db.close()
 
 
-def _as_input(item: dict[str, Any]) -> dict[str, Any]:
+def as_input_item(item: dict[str, Any]) -> dict[str, Any]:
     """An output item as the next turn's input item (messages keep their text parts; calls and reasoning as is)."""
     if item.get("type") == "message":
         return {"type": "message", "role": "assistant",

@@ -4,7 +4,9 @@ the official openai client where a client would use it."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import json
 import os
 import signal
 import time
@@ -12,6 +14,7 @@ import time
 import httpx
 import openai
 import pytest
+import websockets
 import yaml
 
 from backends.embedded_model import GEMMA_FILE, SMOLLM2_FILE
@@ -250,3 +253,38 @@ def test_a_background_response_is_admitted_and_charged_like_any_request(server):
     assert done.status == "incomplete" and done.usage.output_tokens == 120  # its budget ran out
     later = as_key(server, "sk-ops", "GET", "/admin/usage").json()["keys"]["later"]
     assert later["completion_tokens"] == 120 and later["in_flight"] == 0
+
+
+def test_a_responses_socket_takes_the_key_in_its_handshake_and_keeps_to_the_key_s_models(server):
+    url = server.base_url.replace("http://", "ws://") + "/v1/responses"
+
+    async def connect(headers: dict) -> None:
+        async with websockets.connect(url, additional_headers=headers):
+            pass
+
+    for headers in ({}, {"Authorization": "Bearer sk-wrong"}):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            asyncio.run(connect(headers))
+        assert refused.value.response.status_code == 403
+
+    async def as_alice() -> list[dict]:
+        async with websockets.connect(url, additional_headers={"x-api-key": "sk-alice"}) as socket:
+            replies = []
+            for model in (GEMMA_FILE, SMOLLM2_FILE):  # not hers, then hers
+                await socket.send(json.dumps({"type": "response.create", "model": model, "input": "Hi",
+                                              "max_output_tokens": 2}))
+                while (reply := json.loads(await socket.recv()))["type"] not in ("error", "response.incomplete"):
+                    pass
+                replies.append(reply)
+            return replies
+
+    refused_model, answered = asyncio.run(as_alice())
+    assert refused_model["type"] == "error" and refused_model["error"]["param"] == "model"
+    assert answered["response"]["usage"]["output_tokens"] == 2
+    # Her stored response and her conversations are hers alone.
+    assert as_key(server, "sk-quiet", "GET", f"/v1/responses/{answered['response']['id']}").status_code == 404
+    conversation = as_key(server, "sk-alice", "POST", "/v1/conversations", json={"metadata": {"k": "v"}}).json()
+    assert as_key(server, "sk-alice", "GET", f"/v1/conversations/{conversation['id']}").status_code == 200
+    assert as_key(server, "sk-quiet", "GET", f"/v1/conversations/{conversation['id']}").status_code == 404
+    assert as_key(server, "sk-quiet", "POST", f"/v1/conversations/{conversation['id']}/items",
+                  json={"items": [{"role": "user", "content": "mine"}]}).status_code == 404

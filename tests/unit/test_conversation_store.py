@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from api.conversations.items import checked_items, stored_item
+from api.responses.conversation_items import checked_items, stored_item
 from errors import ConversationItemNotFound, ConversationNotFound, InvalidRequest
 from state.conversation_store import ConversationStore
 from state.response_store import ResponseStore

@@ -51,7 +51,8 @@ def test_logprobs_come_from_include():
 
 
 @pytest.mark.parametrize("fields, param", [
-    ({"input": "x", "conversation": "c"}, "conversation"),
+    ({"input": "x", "conversation": "c", "previous_response_id": "resp_1"}, "conversation"),  # one or the other
+    ({"input": "x", "conversation": {"name": "c"}}, "conversation"),
     ({"input": "x", "truncation": "auto"}, "truncation"),
     ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
     ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id"),

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from api.conversations.items import checked_items
 from api.deps import ConversationsDep, TenantDep
 from api.protocol import ErrorResponse
+from api.responses.conversation_items import checked_items
 from errors import InvalidRequest
 
 router = APIRouter(tags=["conversations"])

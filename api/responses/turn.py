@@ -1,0 +1,127 @@
+"""One Responses turn, whatever carries it (HTTP or a WebSocket): the request checked, the history it continues,
+the generation started, and what it keeps once done (the stored response, the conversation's new items, and, on a
+WebSocket, the connection's memory of its latest responses)."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from concurrent.futures import Future
+from typing import Any
+
+from api.pipeline.prepare import prepare_chat
+from api.pipeline.reasoning_plan import server_reasoning
+from api.responses.conversation_items import stored_item
+from api.responses.output import ResponseWriter
+from api.responses.protocol import ResponseObject, ResponsesRequest
+from api.responses.request import (
+    check_response_limits,
+    conversation_id,
+    input_items,
+    responses_param_names,
+    to_chat_request,
+    wants_logprobs,
+)
+from api.serving import ChoiceChunks, generation_chunks
+from backends.registry import LoadedModel, ModelRegistry
+from errors import InvalidRequest
+from settings import Settings
+from state.conversation_store import ConversationStore
+from state.response_store import ResponseStore, as_input_item
+from tenants.keys import Tenant
+
+logger = logging.getLogger(__name__)
+
+
+def parsed_request(body: Any, settings: Settings) -> ResponsesRequest:
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    parsed = ResponsesRequest.model_validate(body)  # a ValidationError becomes the app's usual 400
+    if parsed.model_extra:
+        logger.debug("Ignoring fields this server does not use: %s", sorted(parsed.model_extra))
+    check_response_limits(parsed, settings.max_tokens_limit, settings.max_messages)
+    return parsed
+
+
+class RecentResponses:
+    """A WebSocket connection's memory of its latest responses' whole histories (OpenAI's connection-local state):
+    the next turn's `previous_response_id` is found here without reading the chain from the store, and a
+    `store: false` chain can go on at all."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self._histories: OrderedDict[str, list[dict]] = OrderedDict()
+
+    def get(self, response_id: str) -> list[dict] | None:
+        return self._histories.get(response_id)
+
+    def remember(self, response_id: str, history: list[dict]) -> None:
+        self._histories[response_id] = history
+        self._histories.move_to_end(response_id)
+        while len(self._histories) > self.size:
+            self._histories.popitem(last=False)
+
+
+class Keeping:
+    """What a turn keeps: the response (unless `store: false`), and the turn's items in its `conversation`."""
+
+    def __init__(self, parsed: ResponsesRequest, tenant: Tenant, store: ResponseStore,
+                 conversations: ConversationStore, recent: RecentResponses | None = None) -> None:
+        self.parsed, self.tenant, self.store, self.conversations = parsed, tenant, store, conversations
+        self.recent = recent
+        self.conversation = conversation_id(parsed)
+        self.items = input_items(parsed)
+        self._history: list[dict] = []
+
+    async def history(self) -> list[dict]:
+        previous = self.parsed.previous_response_id
+        if self.conversation:  # (404 if it is not this key's)
+            self._history = await self.conversations.items(self.tenant.label, self.conversation)
+        elif previous and self.recent is not None and (known := self.recent.get(previous)) is not None:
+            self._history = known
+        elif previous:
+            self._history = await self.store.conversation(previous, self.tenant.label)
+        return self._history
+
+    def attach(self, writer: ResponseWriter) -> None:
+        if self.conversation:
+            writer.response.conversation = {"id": self.conversation}
+        if self.conversation or self.parsed.store is not False or self.recent is not None:
+            writer.on_done = self._done
+
+    def _done(self, response: dict) -> Future | None:
+        """Stored once generated, for previous_response_id and GET; the conversation gets the turn's input and
+        output items (the write the writer waits for: the next turn must read them)."""
+        if self.recent is not None:
+            outputs = [as_input_item(item) for item in response.get("output", [])]
+            self.recent.remember(response["id"], [*self._history, *self.items, *outputs])
+        saved = self.store.save(response, self.items, self.tenant.label) if self.parsed.store is not False else None
+        if not self.conversation:
+            return saved
+        turn = [stored_item(item) for item in self.items + response.get("output", [])]
+        return self.conversations.add_later(self.tenant.label, self.conversation, turn)
+
+
+def start_generation(
+    body: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings, tenant: Tenant,
+    history: list[dict], response_id: str | None = None,
+) -> tuple[ResponseWriter, ChoiceChunks]:
+    with responses_param_names():
+        chat = to_chat_request(body, history)
+        prepared = prepare_chat(chat, model.renderer, model.engine.capabilities,
+                                registry.generation_defaults(model.model_id), server_reasoning(settings))
+    text_format = body.text.format.model_dump(by_alias=True, exclude_none=True) if body.text and body.text.format \
+        else {"type": "text"}
+    shell = ResponseObject(
+        model=model.model_id, instructions=body.instructions, max_output_tokens=body.max_output_tokens,
+        metadata=body.metadata or {}, parallel_tool_calls=body.parallel_tool_calls is not False,
+        temperature=body.temperature, top_p=body.top_p, text={"format": text_format},
+        tool_choice=body.tool_choice.model_dump(exclude_none=True) if hasattr(body.tool_choice, "model_dump")
+        else body.tool_choice or "auto",
+        tools=[tool.model_dump(exclude_none=True) for tool in body.tools or []],
+        top_logprobs=body.top_logprobs, user=body.user, previous_response_id=body.previous_response_id,
+        store=body.store is not False, **({"id": response_id} if response_id else {}),
+    )
+    writer = ResponseWriter(shell, prepared.output(), wants_logprobs(body))
+    chunks = generation_chunks(model, prepared.requests, settings, tenant, body)
+    return writer, chunks
