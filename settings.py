@@ -237,6 +237,14 @@ class Settings(BaseSettings):
         "file, or postgresql://user:password@host/db to share conversations between instances; default: "
         "responses.sqlite3 in --cache-dir."
     )
+    compaction_key: str | None = Field(
+        None, description="Key sealing the Responses compaction items this server writes (a Fernet key: 32 bytes, "
+        "url-safe base64). Instances sharing --state-db must share it; default: compaction.key in --cache-dir, made "
+        "at first use.", repr=False
+    )
+    compaction_summary_tokens: int = Field(
+        1024, ge=64, description="Most tokens a compaction's summary of the conversation may take."
+    )
     model_ttl: str | None = Field(
         None, description="How long an idle model stays loaded (\"10m\", \"1h\", seconds; unset: until evicted). "
         "Per model: `ttl` in models.yaml; per request: `keep_alive` (Ollama's extension, 0 = unload after it)."

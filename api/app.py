@@ -29,6 +29,7 @@ from api.openai.embeddings_routes import router as embeddings_router
 from api.page_conversations import router as page_conversations_router
 from api.rerank.routes import router as rerank_router
 from api.responses.background import BackgroundRuns
+from api.responses.compaction import CompactionSeal
 from api.responses.conversation_routes import router as conversations_router
 from api.responses.routes import router as responses_router
 from api.responses.websocket import router as responses_socket_router
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None, responses: ResponseStore | None
         app.state.tending = asyncio.create_task(_tend_response_store(app.state.responses))
         app.state.page_conversations = PageConversations(app.state.responses.db)
         app.state.conversations = ConversationStore(app.state.responses.db)
+        app.state.compaction_seal = CompactionSeal.from_settings(settings)
         # Sync dependencies run in anyio's thread pool, whose backend anyio imports on first use (~110 ms here):
         # done now, not in the first request's time to first token.
         await run_in_threadpool(lambda: None)

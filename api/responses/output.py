@@ -87,7 +87,14 @@ class ResponseWriter(AnswerWriter):
         return self._event(kind, response=self.response.model_dump(mode="json"))
 
     def start(self) -> list[Event]:
-        return [self._lifecycle("response.created"), self._lifecycle("response.in_progress")]
+        made, self.response.output = self.response.output, []  # made before generating (a compaction item):
+        events = [self._lifecycle("response.created"), self._lifecycle("response.in_progress")]  # added after these
+        self.response.output = made
+        for index, item in enumerate(made):
+            body = item.model_dump(mode="json")
+            events += [self._event("response.output_item.added", output_index=index, item=body),
+                       self._event("response.output_item.done", output_index=index, item=body)]
+        return events
 
     def whole(self) -> dict:
         return self.response.model_dump(mode="json")

@@ -1,5 +1,5 @@
 """Wire types of the Responses API (`/v1/responses`) as this server serves it: stored, chained with
-`previous_response_id` or kept in a `conversation` (api/conversations/), streamed and in the background.
+`previous_response_id` or kept in a `conversation` (conversation_routes.py), streamed and in the background.
 
 Reference: https://platform.openai.com/docs/api-reference/responses . Input items stay plain dicts here: they
 come in many shapes, and `api/responses/request.py` checks each one and names the exact field it refuses.
@@ -68,6 +68,7 @@ class ResponsesRequest(WireModel):
     metadata: dict[str, str] | None = None
     user: str | None = None
     prompt_cache_key: str | None = None  # the conversation it continues (api/pipeline/affinity.py)
+    context_management: list[dict[str, Any]] | None = None  # [{"type": "compaction", "compact_threshold": N}]
 
     # --- llama.cpp / vLLM extensions (not in OpenAI's API) ---
     seed: int | None = None
@@ -121,6 +122,14 @@ class FunctionCallItem(WireModel):
     status: Literal["in_progress", "completed", "incomplete"] = "in_progress"
 
 
+class CompactionItem(WireModel):
+    """The history before it, summarised and sealed by this server (api/responses/compaction.py)."""
+
+    id: str
+    type: Literal["compaction"] = "compaction"
+    encrypted_content: str
+
+
 class InputTokensDetails(WireModel):
     cached_tokens: int = 0
     cache_write_tokens: int = 0
@@ -159,7 +168,7 @@ class ResponseObject(WireModel):
     max_output_tokens: int | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     model: str
-    output: list[ReasoningItem | OutputMessage | FunctionCallItem] = Field(default_factory=list)
+    output: list[ReasoningItem | OutputMessage | FunctionCallItem | CompactionItem] = Field(default_factory=list)
     parallel_tool_calls: bool = True
     previous_response_id: str | None = None
     conversation: dict[str, str] | None = None  # {"id": ...}: the conversation this turn was added to

@@ -9,6 +9,7 @@ upstream gets exactly what the client sent, including item types only it underst
 from __future__ import annotations
 
 import logging
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
@@ -17,9 +18,11 @@ from fastapi.responses import Response
 from api.deps import ConversationsDep, RegistryDep, SettingsDep, StoreDep, TenantDep
 from api.protocol import ErrorResponse
 from api.responses.background import BackgroundRuns
-from api.responses.protocol import ResponseObject, ResponsesRequest
-from api.responses.turn import Keeping, parsed_request, start_generation
-from api.serving import LocalBackground, LocalRun, requested_tokens, serve
+from api.responses.compaction import CompactionSeal, since_last_compaction
+from api.responses.output import response_usage
+from api.responses.protocol import ResponseObject, ResponsesRequest, new_item_id
+from api.responses.turn import Keeping, compact, parsed_request, start_turn
+from api.serving import LocalBackground, LocalRun, LocalWhole, requested_tokens, serve
 from backends.registry import LoadedModel, ModelRegistry
 from errors import InvalidRequest
 from settings import Settings
@@ -51,16 +54,38 @@ async def create_response(request: Request, registry: RegistryDep, tenant: Tenan
     async def start_local(model: LoadedModel) -> LocalRun | LocalBackground:
         # Only here: a remote model's `previous_response_id` or `conversation` is its upstream's, relayed untouched.
         kept = Keeping(parsed, tenant, store, conversations)
-        history = await kept.history()
+        seal = request.app.state.compaction_seal
         if parsed.background:
-            return _start_background(parsed, model, registry, settings, tenant, history, kept, background)
-        writer, chunks = start_generation(parsed, model, registry, settings, tenant, history)
+            return await _start_background(parsed, model, registry, settings, tenant, kept, seal, background)
+        writer, chunks = await start_turn(parsed, model, registry, settings, tenant, kept, seal)
         kept.attach(writer)
         return LocalRun(writer, chunks, bool(parsed.stream))
 
     return await serve(request, registry, parsed.model, tenant=tenant,
                        request_tokens=requested_tokens(body, settings.default_max_tokens), start_local=start_local,
                        relay_path="responses", relay_body=lambda: body)
+
+
+@router.post("/v1/responses/compact", responses=_ERRORS)
+@router.post("/responses/compact", include_in_schema=False)
+async def compact_conversation(request: Request, registry: RegistryDep, tenant: TenantDep, settings: SettingsDep,
+                               store: StoreDep, conversations: ConversationsDep, body: Any = Body(...)) -> Response:
+    """A conversation (`input`, after `previous_response_id`'s chain if given) as one compaction item, to send as
+    the next turn's input in place of the history (api/responses/compaction.py)."""
+    parsed = parsed_request({"input": [], **body} if isinstance(body, dict) else body, settings)
+    seal = request.app.state.compaction_seal
+
+    async def start_local(model: LoadedModel) -> LocalWhole:
+        kept = Keeping(parsed, tenant, store, conversations)
+        history = since_last_compaction(await kept.history())
+        item, usage = await compact([*history, *kept.items], parsed, model, registry, settings, tenant, seal)
+        compacted = {"id": new_item_id("resp"), "object": "response.compaction", "created_at": int(time.time()),
+                     "output": [item], "usage": response_usage(usage).model_dump(mode="json")}
+        return LocalWhole(compacted, usage.prompt_tokens)
+
+    return await serve(request, registry, parsed.model, tenant=tenant,
+                       request_tokens=requested_tokens(body, settings.default_max_tokens), start_local=start_local,
+                       relay_path="responses/compact", relay_body=lambda: body)
 
 
 @router.get("/v1/responses/{response_id}", responses={404: {"model": ErrorResponse}})
@@ -102,14 +127,14 @@ async def cancel_response(response_id: str, tenant: TenantDep, store: StoreDep, 
     return (await store.load(response_id, tenant.label))[0]
 
 
-def _start_background(parsed: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings,
-                      tenant: Tenant, history: list[dict], kept: Keeping,
-                      background: BackgroundRuns) -> LocalBackground:
+async def _start_background(parsed: ResponsesRequest, model: LoadedModel, registry: ModelRegistry,
+                            settings: Settings, tenant: Tenant, kept: Keeping, seal: CompactionSeal,
+                            background: BackgroundRuns) -> LocalBackground:
     """Answered at once with the queued response; the generation goes on in a task, stored as it goes."""
     queued = ResponseObject(model=model.model_id, status="queued", background=True, instructions=parsed.instructions,
                             previous_response_id=parsed.previous_response_id, metadata=parsed.metadata or {},
                             conversation={"id": kept.conversation} if kept.conversation else None)
-    writer, chunks = start_generation(parsed, model, registry, settings, tenant, history, queued.id)
+    writer, chunks = await start_turn(parsed, model, registry, settings, tenant, kept, seal, queued.id)
     writer.response.background = True
     kept.attach(writer)
     body = queued.model_dump(mode="json")

@@ -7,13 +7,23 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from concurrent.futures import Future
+from contextlib import aclosing
 from typing import Any
 
-from api.pipeline.prepare import prepare_chat
+from api.pipeline.prepare import PreparedChat, prepare_chat
 from api.pipeline.reasoning_plan import server_reasoning
+from api.responses.compaction import (
+    SUMMARY_REQUEST,
+    CompactionSeal,
+    compaction_item,
+    context_threshold,
+    expanded,
+    since_last_compaction,
+    split_history,
+)
 from api.responses.conversation_items import stored_item
 from api.responses.output import ResponseWriter
-from api.responses.protocol import ResponseObject, ResponsesRequest
+from api.responses.protocol import CompactionItem, ResponseObject, ResponsesRequest
 from api.responses.request import (
     check_response_limits,
     conversation_id,
@@ -23,6 +33,7 @@ from api.responses.request import (
     wants_logprobs,
 )
 from api.serving import ChoiceChunks, generation_chunks
+from backends.base import GenerationFinished, Usage
 from backends.registry import LoadedModel, ModelRegistry
 from errors import InvalidRequest
 from settings import Settings
@@ -31,6 +42,7 @@ from state.response_store import ResponseStore, as_input_item
 from tenants.keys import Tenant
 
 logger = logging.getLogger(__name__)
+MIN_SUMMARY_TOKENS = 32
 
 
 def parsed_request(body: Any, settings: Settings) -> ResponsesRequest:
@@ -74,6 +86,7 @@ class Keeping:
         self._history: list[dict] = []
 
     async def history(self) -> list[dict]:
+        """The items this turn continues, as kept (compaction items included: start_turn expands them)."""
         previous = self.parsed.previous_response_id
         if self.conversation:  # (404 if it is not this key's)
             self._history = await self.conversations.items(self.tenant.label, self.conversation)
@@ -102,14 +115,19 @@ class Keeping:
         return self.conversations.add_later(self.tenant.label, self.conversation, turn)
 
 
-def start_generation(
-    body: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings, tenant: Tenant,
-    history: list[dict], response_id: str | None = None,
-) -> tuple[ResponseWriter, ChoiceChunks]:
+def _prepared(body: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings,
+              history: list[dict]) -> PreparedChat:
     with responses_param_names():
         chat = to_chat_request(body, history)
-        prepared = prepare_chat(chat, model.renderer, model.engine.capabilities,
-                                registry.generation_defaults(model.model_id), server_reasoning(settings))
+        return prepare_chat(chat, model.renderer, model.engine.capabilities,
+                            registry.generation_defaults(model.model_id), server_reasoning(settings))
+
+
+def start_generation(
+    body: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings, tenant: Tenant,
+    history: list[dict], response_id: str | None = None, prepared: PreparedChat | None = None,
+) -> tuple[ResponseWriter, ChoiceChunks]:
+    prepared = prepared or _prepared(body, model, registry, settings, history)
     text_format = body.text.format.model_dump(by_alias=True, exclude_none=True) if body.text and body.text.format \
         else {"type": "text"}
     shell = ResponseObject(
@@ -125,3 +143,73 @@ def start_generation(
     writer = ResponseWriter(shell, prepared.output(), wants_logprobs(body))
     chunks = generation_chunks(model, prepared.requests, settings, tenant, body)
     return writer, chunks
+
+
+async def start_turn(parsed: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings,
+                     tenant: Tenant, kept: Keeping, seal: CompactionSeal,
+                     response_id: str | None = None) -> tuple[ResponseWriter, ChoiceChunks]:
+    """The turn's generation over its history, compacting it first when asked (api/responses/compaction.py): for
+    a `compaction_trigger` the response is the compaction item alone; past `compact_threshold` the item leads
+    the output and the answer is written from the compacted context."""
+    history = since_last_compaction(await kept.history())
+    items = kept.items
+    if items and items[-1].get("type") == "compaction_trigger":
+        item, usage = await compact([*history, *items[:-1]], parsed, model, registry, settings, tenant, seal)
+        body = parsed.model_copy(update={"input": []})
+        writer, unused = start_generation(body, model, registry, settings, tenant, expanded([item], seal),
+                                          response_id)
+        await unused.aclose()  # (never started: the compaction was this response's generation)
+        writer.response.output.append(CompactionItem(**item))
+        return writer, _finished(usage)
+    body = parsed.model_copy(update={"input": expanded(items, seal)})
+    past = expanded(history, seal, "previous_response_id")
+    prepared = _prepared(body, model, registry, settings, past)
+    threshold = context_threshold(parsed.context_management)
+    if threshold is not None and _prompt_tokens(prepared, model) > threshold:
+        item, _ = await compact([*history, *items], parsed, model, registry, settings, tenant, seal)
+        body = parsed.model_copy(update={"input": expanded([item], seal)})
+        writer, chunks = start_generation(body, model, registry, settings, tenant, [], response_id)
+        writer.response.output.append(CompactionItem(**item))
+        return writer, chunks
+    return start_generation(body, model, registry, settings, tenant, past, response_id, prepared)
+
+
+def _prompt_tokens(prepared: PreparedChat, model: LoadedModel) -> int:
+    prompt = prepared.requests[0].prompt
+    return len(prompt) if isinstance(prompt, list) else model.engine.count_tokens(prompt)
+
+
+async def _finished(usage: Usage) -> ChoiceChunks:
+    yield 0, GenerationFinished("stop", usage)
+
+
+async def compact(items: list[dict], parsed: ResponsesRequest, model: LoadedModel, registry: ModelRegistry,
+                  settings: Settings, tenant: Tenant, seal: CompactionSeal) -> tuple[dict, Usage]:
+    """One compaction item for `items` (a history, oldest first), and what writing its summary used. The summary
+    is asked with the conversation's own instructions and tools, so its prompt starts as the conversation's does
+    and the prompt cache serves that prefix."""
+    head, middle, tail = split_history(expanded(items, seal))
+    if not middle:
+        return compaction_item(seal, head, "(Nothing happened before this request.)", tail), Usage(0, 0)
+    ask = {"type": "message", "role": "user", "content": SUMMARY_REQUEST}
+    fields = {"previous_response_id": None, "conversation": None, "stream": False, "store": False, "text": None,
+              "tool_choice": "none" if parsed.tools else None, "context_management": None}
+    request = parsed.model_copy(update={**fields, "input": [*head, *middle, ask]})
+    prompt = _prompt_tokens(_prepared(request, model, registry, settings, []), model)
+    replaced = prompt - _prompt_tokens(_prepared(parsed.model_copy(update={**fields, "input": [*head, ask]}),
+                                                 model, registry, settings, []), model)
+    # A summary at most half as long as what it replaces (the context must shrink), within the setting and the
+    # room the context leaves.
+    budget = min(settings.compaction_summary_tokens, max(MIN_SUMMARY_TOKENS, replaced // 2),
+                 model.engine.context_length - prompt)
+    request = request.model_copy(update={"max_output_tokens": max(1, budget)})
+    writer, chunks = start_generation(request, model, registry, settings, tenant, [])
+    usage = Usage(0, 0)
+    async with aclosing(chunks):
+        async for index, chunk in chunks:
+            writer.add(index, chunk)
+            if isinstance(chunk, GenerationFinished):
+                usage = chunk.usage
+    summary = "".join(part.text for item in writer.response.output if item.type == "message"
+                      for part in item.content).strip()
+    return compaction_item(seal, head, summary, tail), usage

@@ -27,7 +27,7 @@ from api.error_responses import error_body, validation_failure
 from api.observability import recorded_request
 from api.pipeline.affinity import affinity_key
 from api.responses.protocol import ResponsesRequest
-from api.responses.turn import Keeping, RecentResponses, parsed_request, start_generation
+from api.responses.turn import Keeping, RecentResponses, parsed_request, start_turn
 from api.serving import LocalRun, requested_keep_alive, requested_tokens, serve_payloads
 from backends.registry import LoadedModel
 from errors import EngineFailure, InvalidRequest, ServerError
@@ -136,9 +136,8 @@ class ResponsesConnection:
     def _starter(self, parsed: ResponsesRequest):
         async def start_local(model: LoadedModel) -> LocalRun:
             kept = Keeping(parsed, self.tenant, self.state.responses, self.state.conversations, self.recent)
-            history = await kept.history()
-            writer, chunks = start_generation(parsed, model, self.state.registry, self.state.settings, self.tenant,
-                                              history)
+            writer, chunks = await start_turn(parsed, model, self.state.registry, self.state.settings,
+                                              self.tenant, kept, self.state.compaction_seal)
             kept.attach(writer)
             return LocalRun(writer, chunks, stream=True)
 
