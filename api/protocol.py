@@ -42,11 +42,24 @@ class ToolCall(WireModel):
     function: FunctionCall
 
 
+class CustomCall(WireModel):
+    name: str
+    input: str
+
+
+class CustomToolCall(WireModel):
+    """A call of a custom tool: its input is raw text (chat/custom_tools.py)."""
+
+    id: str
+    type: Literal["custom"] = "custom"
+    custom: CustomCall
+
+
 class ChatMessage(WireModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[ToolCall | CustomToolCall] | None = None
     tool_call_id: str | None = None
     function_call: FunctionCall | None = None  # legacy assistant field
     reasoning_content: str | None = None  # an assistant turn's thinking (llama-server's name)
@@ -65,6 +78,29 @@ class ChatTool(WireModel):
     function: FunctionDefinition
 
 
+class CustomGrammar(WireModel):
+    syntax: Literal["lark", "regex"]
+    definition: str
+
+
+class CustomToolFormat(WireModel):
+    type: Literal["text", "grammar"]
+    grammar: CustomGrammar | None = None
+
+
+class CustomToolDefinition(WireModel):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_.-]+$")]
+    description: str | None = None
+    format: CustomToolFormat | None = None  # None: free text
+
+
+class ChatCustomTool(WireModel):
+    """https://platform.openai.com/docs/guides/function-calling#custom-tools"""
+
+    type: Literal["custom"]
+    custom: CustomToolDefinition
+
+
 class NamedFunction(WireModel):
     name: str
 
@@ -72,6 +108,11 @@ class NamedFunction(WireModel):
 class NamedToolChoice(WireModel):
     type: Literal["function"]
     function: NamedFunction
+
+
+class NamedCustomToolChoice(WireModel):
+    type: Literal["custom"]
+    custom: NamedFunction
 
 
 class StreamOptions(WireModel):
@@ -109,8 +150,8 @@ class ChatCompletionRequest(WireModel):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    tools: list[ChatTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | NamedCustomToolChoice | None = None
+    tools: list[ChatTool | ChatCustomTool] | None = None
     parallel_tool_calls: bool | None = None
     functions: list[FunctionDefinition] | None = None  # legacy form of `tools`
     function_call: Literal["none", "auto"] | NamedFunction | None = None  # legacy form of `tool_choice`
@@ -137,8 +178,8 @@ class RestoreCacheRequest(WireModel):
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     model: str | None = None
-    tools: list[ChatTool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: list[ChatTool | ChatCustomTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | NamedCustomToolChoice | None = None
     parallel_tool_calls: bool | None = None
     functions: list[FunctionDefinition] | None = None
     function_call: Literal["none", "auto"] | NamedFunction | None = None
@@ -254,7 +295,7 @@ class AssistantMessage(WireModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[ToolCall | CustomToolCall] | None = None
     function_call: FunctionCall | None = None  # legacy `functions` requests only
     reasoning_content: str | None = None  # thinking, by --reasoning-format (omitted when there is none)
     reasoning: str | None = None
@@ -293,11 +334,18 @@ class DeltaFunctionCall(WireModel):
     arguments: str | None = None
 
 
+class DeltaCustomCall(WireModel):
+    name: str | None = None
+    input: str | None = None
+
+
 class DeltaToolCall(WireModel):
     index: int
     id: str | None = None
+    # A custom call's deltas carry `custom` and no `type`: the SDK's chunk type allows only "function" there
     type: Literal["function"] | None = None
     function: DeltaFunctionCall | None = None
+    custom: DeltaCustomCall | None = None
 
 
 class ChoiceDelta(WireModel):

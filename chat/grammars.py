@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from chat.custom_tools import INPUT_KEY
 from chat.element_arguments import ElementClosing, elements_rule
 from chat.gbnf_text import literal
 from chat.gemma_arguments import GemmaClosing, gemma_object_rule
@@ -24,9 +25,9 @@ from chat.python_arguments import PYTHON_NOTATION, PythonClosing
 from chat.schema_refs import embeddable, self_contained
 from chat.schema_support import enforceable, map_values
 from chat.tool_formats import ToolCallFormat
-from chat.tools import ToolPlan
-from chat.xml_arguments import TagClosing, parameters_rule, tag_closing
-from errors import InvalidRequest
+from chat.tools import ToolPlan, ToolSpec
+from chat.xml_arguments import TagClosing, XmlParameters, parameters_rule, tag_closing
+from errors import InvalidRequest, ServerError
 
 if TYPE_CHECKING:
     from llama_cpp.llama_grammar import SchemaConverter
@@ -152,11 +153,59 @@ def _tool_parameters(plan: ToolPlan) -> tuple[list[dict], dict]:
     """Each tool's enforceable parameters schema, and all their own definitions (`$defs`), moved under the tool's
     name so one root holds them all and every reference still resolves."""
     parameters, definitions = [], {}
-    for tool in plan.tools:
+    for position, tool in enumerate(plan.tools):
+        if _constrained_input(tool):  # a custom tool's input: a string whose rule `_add_custom_inputs` replaces
+            parameters.append({"type": "object", "properties": {INPUT_KEY: {"$ref": f"#/$defs/{_input_rule(position)}"}},
+                               "required": [INPUT_KEY]})
+            # (a constant, which the converter gives a rule of the definition's own name: a plain string it would not)
+            definitions[_input_rule(position)] = {"const": INPUT_KEY}
+            continue
         schema, tool_definitions = embeddable(enforceable(tool.parameters, "tools", tool.strict), tool.name)
         definitions.update(tool_definitions)
         parameters.append(schema)
     return parameters, definitions
+
+
+def _constrained_input(tool: ToolSpec) -> bool:
+    return tool.custom is not None and tool.custom.grammar is not None
+
+
+def _input_rule(position: int) -> str:
+    return f"custom-tool-input-{position}"
+
+
+def _add_custom_inputs(converter: SchemaConverter, plan: ToolPlan) -> None:
+    """Each grammar-constrained custom tool's `input` string (the converter's rule for it, named after its `$defs`
+    entry): the grammar's language, JSON-escaped between the string's quotes."""
+    for position, tool in enumerate(plan.tools):
+        if not _constrained_input(tool):
+            continue
+        root, rules = tool.custom.rules(f"custom-tool-{position}", json_escaped=True)
+        if _input_rule(position) not in converter._rules:
+            raise ServerError(f"The grammar of custom tool '{tool.name}' could not be placed in its call.")
+        converter._rules.update(rules)
+        converter._rules[_input_rule(position)] = f'"\\"" {root} "\\"" space'
+
+
+def _raw_input(converter: SchemaConverter, tool: ToolSpec, position: int, syntax: XmlParameters) -> str:
+    """A custom tool's call in an XML-like format: its one parameter, the grammar's language as is."""
+    root, rules = tool.custom.rules(f"custom-tool-{position}", json_escaped=False)
+    converter._rules.update(rules)
+    terminator = syntax.close.lstrip()
+    line_break = f"{literal(syntax.close[:-len(terminator)])}? " if len(syntax.close) > len(terminator) else ""
+    return (f"{literal(syntax.open + INPUT_KEY + syntax.name_close_for('string'))} {root} {line_break}"
+            f"{literal(terminator)} {literal(syntax.end)}")
+
+
+def _refuse_unconstrainable(plan: ToolPlan, call_format: ToolCallFormat) -> None:
+    """Formats whose arguments are neither JSON nor XML-like parameters have their own string quoting (Gemma 4's,
+    Python's, elements'): a custom tool's grammar is not placed inside those."""
+    if call_format.gemma_arguments or call_format.python_arguments or call_format.element_marker:
+        for tool in plan.tools:
+            if _constrained_input(tool):
+                raise InvalidRequest(f"Custom tool '{tool.name}': a grammar for its input cannot be enforced in this "
+                                     f"model's tool-call format ({call_format.name}); use the text format.",
+                                     param="tools")
 
 
 def _named_calls(plan: ToolPlan, call_format: ToolCallFormat) -> SchemaConverter:
@@ -175,6 +224,8 @@ def _named_calls(plan: ToolPlan, call_format: ToolCallFormat) -> SchemaConverter
                 fields = fields_rule(converter, PYTHON_NOTATION, parameters, f"arguments-{index}-fields",
                                      key=lambda name: f"{name}=", separator=", ")
                 converter._add_rule(f"arguments-{index}", f'{fields} ")"')
+            elif call_format.xml_parameters is not None and _constrained_input(tool):
+                converter._add_rule(f"arguments-{index}", _raw_input(converter, tool, index, call_format.xml_parameters))
             elif call_format.element_marker:
                 reference = elements_rule(converter, parameters, call_format.element_marker, f"arguments-{index}",
                                           tool.strict)
@@ -187,6 +238,8 @@ def _named_calls(plan: ToolPlan, call_format: ToolCallFormat) -> SchemaConverter
                 rule = parameters_rule(converter, parameters, call_format.xml_parameters, f"arguments-{index}",
                                        tool.strict)
                 converter._add_rule(f"arguments-{index}", f"{rule} {literal(call_format.xml_parameters.end)}")
+    if call_format.xml_parameters is None:  # (JSON arguments: the input is a JSON string)
+        _add_custom_inputs(converter, plan)
     index = ""
     if call_format.call_index:  # (the call's index in the turn: Kimi K2, K3)
         before, after = call_format.call_index.split("{}")
@@ -205,12 +258,14 @@ def tool_call_grammar(plan: ToolPlan, call_format: ToolCallFormat, *, lazy: bool
     """Calls in the model's own format, once or (parallel) up to MAX_PARALLEL_CALLS times.
 
     Lazy (tool_choice auto): free text until the model opens a call, then the call must be valid."""
+    _refuse_unconstrainable(plan, call_format)
     if call_format.names_outside:
         converter = _named_calls(plan, call_format)
     else:
         name_key = None if call_format.name_as_key else call_format.name_key
         schema = tool_call_schema(plan, call_format.arguments_key, name_key, call_format.id_key)
         converter = _convert(schema, "call-json", "tools")
+        _add_custom_inputs(converter, plan)
         converter._add_rule("call", f"{literal(call_format.call_open)} call-json {literal(call_format.call_close)}")
     between = call_format.call_open if call_format.content_recipient else call_format.separator
     repeat = f" ({literal(between)} call){{0,{MAX_PARALLEL_CALLS - 1}}}" if plan.parallel else ""

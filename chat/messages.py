@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from chat.custom_tools import INPUT_KEY
 from chat.media import MEDIA_MARKER, MediaPart, media_part
 from chat.tool_formats import HERMES, ToolCallFormat
 from errors import InvalidRequest
@@ -47,10 +48,20 @@ def content_text(content: Any, param: str, media: MediaSink | None = None) -> st
 
 
 def _calls_of(message: dict[str, Any]) -> list[dict[str, Any]]:
-    calls = list(message.get("tool_calls") or [])
+    """The message's calls as function calls (a custom tool's input is its one string argument, as the prompt shows
+    custom tools: chat/custom_tools.py)."""
+    calls = [_as_function_call(call) for call in message.get("tool_calls") or []]
     if message.get("function_call"):
         calls.append({"id": "", "type": "function", "function": message["function_call"]})
     return calls
+
+
+def _as_function_call(call: dict[str, Any]) -> dict[str, Any]:
+    if call.get("type") != "custom":
+        return call
+    custom = call["custom"]
+    arguments = json.dumps({INPUT_KEY: custom["input"]}, ensure_ascii=False)
+    return {"id": call["id"], "type": "function", "function": {"name": custom["name"], "arguments": arguments}}
 
 
 def _parsed_arguments(arguments: str, param: str) -> Any:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import jsonschema
 
+from chat.custom_tools import CustomInput, custom_input
 from errors import InvalidRequest
 
 ToolMode = Literal["none", "auto", "required", "named"]
@@ -23,6 +24,7 @@ class ToolSpec:
     description: str
     parameters: dict[str, Any]
     strict: bool = False  # the client asked that every keyword of `parameters` hold (else a 400)
+    custom: CustomInput | None = None  # set: a custom tool, its raw input the one string parameter (chat/custom_tools.py)
 
 
 @dataclass(frozen=True)
@@ -55,12 +57,25 @@ def _tool_spec(function: dict[str, Any], param: str) -> ToolSpec:
                     strict=function.get("strict") is True)
 
 
+def _custom_spec(custom: dict[str, Any], param: str) -> ToolSpec:
+    given = custom_input(custom.get("format"), f"{param}.format")
+    return ToolSpec(name=custom["name"], description=custom.get("description") or "", parameters=given.parameters(),
+                    custom=given)
+
+
+def _definitions(tools: list[dict]) -> list[tuple[dict, str]]:
+    """(the definition, where it was sent) of each tool: a function's `function`, a custom tool's `custom`."""
+    return [(tool["custom"], f"tools[{index}].custom") if tool.get("type") == "custom"
+            else (tool["function"], f"tools[{index}].function") for index, tool in enumerate(tools)]
+
+
 def _choice_mode(choice: Any, names: list[str], param: str) -> tuple[ToolMode, str | None]:
     if choice is None:
         return "auto", None
     if isinstance(choice, str):
         return choice, None
-    name = choice["function"]["name"] if "function" in choice else choice["name"]
+    named = choice.get("function") or choice.get("custom") or choice  # (a custom tool's: {"custom": {"name"}})
+    name = named["name"]
     if name not in names:
         raise InvalidRequest(f"tool_choice names '{name}', which is not among the tools given.", param=param)
     return "named", name
@@ -80,7 +95,9 @@ def build_tool_plan(
         raise InvalidRequest("'function_call' needs the legacy 'functions' (with 'tools', use 'tool_choice').",
                              param="function_call")
     legacy = bool(functions)
-    definitions = functions if legacy else [t["function"] for t in tools or []]
+    sent = [(function, f"functions[{index}].function") for index, function in enumerate(functions)] if legacy \
+        else _definitions(tools or [])
+    definitions = [definition for definition, _ in sent]
     choice = function_call if legacy else tool_choice
     tools_param, choice_param = ("functions", "function_call") if legacy else ("tools", "tool_choice")
     if not definitions:
@@ -90,7 +107,8 @@ def build_tool_plan(
     names = [d["name"] for d in definitions]
     if len(set(names)) != len(names):
         raise InvalidRequest("Tool names must be unique.", param=tools_param)
-    specs = tuple(_tool_spec(d, f"{tools_param}[{i}].function.parameters") for i, d in enumerate(definitions))
+    specs = tuple(_custom_spec(d, where) if where.endswith(".custom") else _tool_spec(d, f"{where}.parameters")
+                  for d, where in sent)
     mode, named = _choice_mode(choice, names, choice_param)
     if named:
         specs = tuple(s for s in specs if s.name == named)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from api.pipeline.choice_output import ChoiceOutput
+from api.pipeline.choice_output import ChoiceOutput, CustomCallInput, CustomCallStarted, OutputEvent
 from api.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -16,6 +16,9 @@ from api.protocol import (
     ChoiceLogprobs,
     CompletionTokensDetails,
     CompletionUsage,
+    CustomCall,
+    CustomToolCall,
+    DeltaCustomCall,
     DeltaFunctionCall,
     DeltaToolCall,
     FunctionCall,
@@ -27,7 +30,7 @@ from api.protocol import (
 )
 from backends.base import GenerationFinished, TokenDelta, TokenLogprob, Usage
 from chat.reasoning import ReasoningText
-from chat.tool_call_parser import CallStarted, ContentText, ParseEvent
+from chat.tool_call_parser import CallStarted, ContentText
 
 
 def wire_logprobs(entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> ChoiceLogprobs:
@@ -86,7 +89,7 @@ class ChoiceAccumulator:
             self._take(self.output.finish())
             self.finished = chunk
 
-    def _take(self, events: list[ParseEvent | ReasoningText]) -> None:
+    def _take(self, events: list[OutputEvent]) -> None:
         self.content.extend(e.text for e in events if isinstance(e, ContentText))
         self.reasoning.extend(e.text for e in events if isinstance(e, ReasoningText))
 
@@ -100,8 +103,15 @@ class ChoiceAccumulator:
         if self.output.plan.legacy:
             call = FunctionCall(name=calls[0].name, arguments=calls[0].arguments)
             return AssistantMessage(content=content, function_call=call, **thinking)
-        wire_calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls]
+        wire_calls = [self._wire_call(call) for call in calls]
         return AssistantMessage(content=content, tool_calls=wire_calls, **thinking)
+
+
+    def _wire_call(self, call) -> ToolCall | CustomToolCall:
+        given = self.output.custom_input(call)
+        if given is not None:
+            return CustomToolCall(id=call.id, custom=CustomCall(name=call.name, input=given))
+        return ToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
 
 
 @dataclass
@@ -168,7 +178,7 @@ class ChunkBuilder:
     def role(self, index: int) -> dict:
         return self._chunk([ChatCompletionChunkChoice(index=index, delta=ChoiceDelta(role="assistant", content=""))])
 
-    def events(self, index: int, events: list[ParseEvent | ReasoningText], logprobs: tuple[TokenLogprob, ...], legacy: bool) -> list[dict]:
+    def events(self, index: int, events: list[OutputEvent], logprobs: tuple[TokenLogprob, ...], legacy: bool) -> list[dict]:
         """One chunk per parse event; the token logprobs ride on the first of them."""
         if not events and logprobs and self.want_logprobs:
             events = [ContentText("")]  # text still held back (a split character): the logprobs go now
@@ -186,7 +196,12 @@ class ChunkBuilder:
         return self._chunk([], usage=wire_usage(usages))
 
 
-def _delta(event: ParseEvent | ReasoningText, legacy: bool, reasoning_format: str) -> ChoiceDelta:
+def _delta(event: OutputEvent, legacy: bool, reasoning_format: str) -> ChoiceDelta:
+    if isinstance(event, CustomCallStarted):
+        return ChoiceDelta(tool_calls=[DeltaToolCall(index=event.index, id=event.id,
+                                                     custom=DeltaCustomCall(name=event.name, input=""))])
+    if isinstance(event, CustomCallInput):
+        return ChoiceDelta(tool_calls=[DeltaToolCall(index=event.index, custom=DeltaCustomCall(input=event.fragment))])
     if isinstance(event, ContentText):
         return ChoiceDelta(content=event.text)
     if isinstance(event, ReasoningText):

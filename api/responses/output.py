@@ -14,8 +14,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from api.pipeline.choice_output import ChoiceOutput
+from api.pipeline.choice_output import ChoiceOutput, CustomCallInput, CustomCallStarted, OutputEvent
 from api.responses.protocol import (
+    CustomToolCallItem,
     FunctionCallItem,
     IncompleteDetails,
     InputTokensDetails,
@@ -32,7 +33,7 @@ from api.responses.protocol import (
 from api.serving import AnswerWriter
 from backends.base import GenerationFinished, TokenDelta, TokenLogprob, Usage
 from chat.reasoning import ReasoningText
-from chat.tool_call_parser import CallArguments, CallStarted, ContentText, ParseEvent
+from chat.tool_call_parser import CallArguments, CallStarted, ContentText
 from errors import ServerError
 
 Event = dict[str, Any]
@@ -73,7 +74,7 @@ class ResponseWriter(AnswerWriter):
         self.want_logprobs = want_logprobs
         self._sequence = 0
         self._message: OutputMessage | None = None  # the message item being written, if any
-        self._call: FunctionCallItem | None = None  # the function_call item being written, if any
+        self._call: FunctionCallItem | CustomToolCallItem | None = None  # the call item being written, if any
         self._reasoning: ReasoningItem | None = None  # the reasoning item being written, if any
         self._held_space = ""  # whitespace not yet known to belong to a message
         self._held_logprobs: list[TokenLogprob] = []
@@ -115,18 +116,22 @@ class ResponseWriter(AnswerWriter):
 
     # ------------------------------------------------------------ items
 
-    def _parse_events(self, parsed: list[ParseEvent | ReasoningText]) -> list[Event]:
+    def _parse_events(self, parsed: list[OutputEvent]) -> list[Event]:
         events: list[Event] = []
         for item in parsed:
             if isinstance(item, ReasoningText):
                 events += self._reasoning_text(item.text)
             elif isinstance(item, ContentText):
                 events += self._text(item.text)
-            elif isinstance(item, CallStarted):
+            elif isinstance(item, CallStarted | CustomCallStarted):
                 events += self._close_open_items("completed")
                 self._held_space, self._held_logprobs = "", []  # the call's tokens: no output_text logprobs
                 events += self._open_call(item)
-            elif isinstance(item, CallArguments) and self._call is not None:
+            elif isinstance(item, CustomCallInput) and isinstance(self._call, CustomToolCallItem):
+                self._call.input += item.fragment
+                events.append(self._event("response.custom_tool_call_input.delta", item_id=self._call.id,
+                                          output_index=self._index(self._call), delta=item.fragment))
+            elif isinstance(item, CallArguments) and isinstance(self._call, FunctionCallItem):
                 self._call.arguments += item.fragment
                 events.append(self._event("response.function_call_arguments.delta", item_id=self._call.id,
                                           output_index=self._index(self._call), delta=item.fragment))
@@ -154,7 +159,7 @@ class ResponseWriter(AnswerWriter):
                             text=item.content[0].text),
                 self._event("response.output_item.done", output_index=index, item=item.model_dump(mode="json"))]
 
-    def _index(self, item: ReasoningItem | OutputMessage | FunctionCallItem) -> int:
+    def _index(self, item: ReasoningItem | OutputMessage | FunctionCallItem | CustomToolCallItem) -> int:
         return len(self.response.output) - 1 if self.response.output[-1] is item else self.response.output.index(item)
 
     def _text(self, text: str) -> list[Event]:
@@ -187,8 +192,11 @@ class ResponseWriter(AnswerWriter):
                                  content_index=0, part=part.model_dump(mode="json"))
         return [*closed, added, part_added]
 
-    def _open_call(self, started: CallStarted) -> list[Event]:
-        self._call = FunctionCallItem(id=new_item_id("fc"), call_id=started.id, name=started.name)
+    def _open_call(self, started: CallStarted | CustomCallStarted) -> list[Event]:
+        if isinstance(started, CustomCallStarted):
+            self._call = CustomToolCallItem(id=new_item_id("ctc"), call_id=started.id, name=started.name)
+        else:
+            self._call = FunctionCallItem(id=new_item_id("fc"), call_id=started.id, name=started.name)
         self.response.output.append(self._call)
         return [self._event("response.output_item.added", output_index=self._index(self._call),
                             item=self._call.model_dump(mode="json"))]
@@ -211,11 +219,12 @@ class ResponseWriter(AnswerWriter):
             complete = any(c.id == call.call_id and c.complete for c in self.output.calls)
             call.status = "completed" if complete else "incomplete"  # cut off by max_output_tokens
             index = self._index(call)
-            events += [
+            done = self._event("response.custom_tool_call_input.done", item_id=call.id, output_index=index,
+                               input=call.input) if isinstance(call, CustomToolCallItem) else \
                 self._event("response.function_call_arguments.done", item_id=call.id, output_index=index,
-                            arguments=call.arguments),
-                self._event("response.output_item.done", output_index=index, item=call.model_dump(mode="json")),
-            ]
+                            arguments=call.arguments)
+            events += [done, self._event("response.output_item.done", output_index=index,
+                                         item=call.model_dump(mode="json"))]
         return events
 
     async def settled(self) -> None:

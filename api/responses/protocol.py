@@ -20,11 +20,12 @@ from api.protocol import WireModel
 
 
 class ResponsesTool(WireModel):
-    type: str  # only "function" is served; built-in tools (web_search, file_search...) are refused by name
+    type: str  # "function" and "custom" are served; built-in tools (web_search, file_search...) are refused by name
     name: str | None = None
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    format: dict[str, Any] | None = None  # a custom tool's input: {"type": "text"} or a grammar (request.py checks it)
 
 
 class ResponsesToolChoice(WireModel):
@@ -122,6 +123,17 @@ class FunctionCallItem(WireModel):
     status: Literal["in_progress", "completed", "incomplete"] = "in_progress"
 
 
+class CustomToolCallItem(WireModel):
+    """https://platform.openai.com/docs/api-reference/responses/object (output item `custom_tool_call`)"""
+
+    id: str
+    type: Literal["custom_tool_call"] = "custom_tool_call"
+    call_id: str
+    name: str
+    input: str = ""
+    status: Literal["in_progress", "completed", "incomplete"] = "in_progress"
+
+
 class CompactionItem(WireModel):
     """The history before it, summarised and sealed by this server (api/responses/compaction.py)."""
 
@@ -168,7 +180,8 @@ class ResponseObject(WireModel):
     max_output_tokens: int | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     model: str
-    output: list[ReasoningItem | OutputMessage | FunctionCallItem | CompactionItem] = Field(default_factory=list)
+    output: list[ReasoningItem | OutputMessage | FunctionCallItem | CustomToolCallItem | CompactionItem] = Field(
+        default_factory=list)
     parallel_tool_calls: bool = True
     previous_response_id: str | None = None
     conversation: dict[str, str] | None = None  # {"id": ...}: the conversation this turn was added to

@@ -110,6 +110,15 @@ def _required_string(item: dict, key: str, param: str) -> str:
     return value
 
 
+def _history_call(item: dict[str, Any], param: str) -> dict[str, Any]:
+    """A function_call or custom_tool_call item as the chat call it was."""
+    call_id, name = _required_string(item, "call_id", param), _required_string(item, "name", param)
+    if item["type"] == "custom_tool_call":
+        return {"id": call_id, "type": "custom", "custom": {"name": name, "input": _required_string(item, "input", param)}}
+    return {"id": call_id, "type": "function",
+            "function": {"name": name, "arguments": _required_string(item, "arguments", param)}}
+
+
 def check_input_items(items: list[Any], param: str) -> None:
     """Items kept for later turns (a conversation's) are checked when given, as a turn would read them."""
     try:
@@ -135,10 +144,8 @@ def _chat_messages(items: list[dict[str, Any]], allow_empty: bool = False) -> li
             messages.append({"role": role, "content": _message_content(item.get("content"), f"{param}.content")})
             if role == "assistant" and thinking:
                 messages[-1]["reasoning_content"], thinking = thinking, ""
-        elif kind == "function_call":
-            call = {"id": _required_string(item, "call_id", param), "type": "function",
-                    "function": {"name": _required_string(item, "name", param),
-                                 "arguments": _required_string(item, "arguments", param)}}
+        elif kind in ("function_call", "custom_tool_call"):
+            call = _history_call(item, param)
             last = messages[-1] if messages else None
             if last and last["role"] == "assistant":  # the same assistant turn: its text, then its calls
                 last.setdefault("tool_calls", []).append(call)
@@ -146,7 +153,7 @@ def _chat_messages(items: list[dict[str, Any]], allow_empty: bool = False) -> li
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
             if thinking:
                 messages[-1]["reasoning_content"], thinking = thinking, ""
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item.get("output")
             text = output if isinstance(output, str) else _content_text(output, f"{param}.output")
             messages.append({"role": "tool", "tool_call_id": _required_string(item, "call_id", param), "content": text})
@@ -182,24 +189,46 @@ def _chat_tools(body: ResponsesRequest) -> list[dict[str, Any]] | None:
         if tool.type in HOSTED_TOOLS:  # clients (Codex) list them by default: refusing would stop them cold
             logger.warning("Ignoring the hosted tool %r: it does not run on this server", tool.type)
             continue
-        if tool.type != "function":
-            raise InvalidRequest(f"Tools of type '{tool.type}' are not supported; only 'function' tools are.",
-                                 param=f"{param}.type")
+        if tool.type not in ("function", "custom"):
+            raise InvalidRequest(f"Tools of type '{tool.type}' are not supported; only 'function' and 'custom' tools "
+                                 "are.", param=f"{param}.type")
         if not tool.name:
-            raise InvalidRequest("A function tool needs a 'name'.", param=f"{param}.name")
+            raise InvalidRequest(f"A {tool.type} tool needs a 'name'.", param=f"{param}.name")
+        if tool.type == "custom":
+            tools.append(_chat_custom_tool(tool, param))
+            continue
         function = {"name": tool.name, "description": tool.description, "parameters": tool.parameters,
                     "strict": tool.strict}
         tools.append({"type": "function", "function": {k: v for k, v in function.items() if v is not None}})
     return tools or None  # only hosted tools: as if none were sent
 
 
+def _chat_custom_tool(tool: ResponsesTool, param: str) -> dict[str, Any]:
+    """Responses' `format: {"type": "grammar", "syntax", "definition"}` is chat's `{"type": "grammar", "grammar":
+    {"syntax", "definition"}}`."""
+    given = tool.format
+    if given is not None and given.get("type") == "grammar":
+        if given.get("syntax") not in ("lark", "regex") or not isinstance(given.get("definition"), str):
+            raise InvalidRequest("A grammar format needs 'syntax' ('lark' or 'regex') and a string 'definition'.",
+                                 param=f"{param}.format")
+        given = {"type": "grammar", "grammar": {"syntax": given["syntax"], "definition": given["definition"]}}
+    elif given is not None and given.get("type") != "text":
+        raise InvalidRequest("A custom tool's format is {'type': 'text'} or {'type': 'grammar', ...}.",
+                             param=f"{param}.format")
+    custom = {"name": tool.name, "description": tool.description, "format": given}
+    return {"type": "custom", "custom": {key: value for key, value in custom.items() if value is not None}}
+
+
 def _chat_tool_choice(body: ResponsesRequest) -> Any:
     choice = body.tool_choice
     if choice is None or isinstance(choice, str):
         return choice
+    if choice.type == "custom" and choice.name:
+        return {"type": "custom", "custom": {"name": choice.name}}
     if choice.type != "function" or not choice.name:
         raise InvalidRequest(f"tool_choice of type '{choice.type}' is not supported; use 'none', 'auto', "
-                             "'required' or {'type': 'function', 'name': ...}.", param="tool_choice")
+                             "'required', {'type': 'function', 'name': ...} or {'type': 'custom', 'name': ...}.",
+                             param="tool_choice")
     return {"type": "function", "function": {"name": choice.name}}
 
 
@@ -265,6 +294,7 @@ _PARAM_NAMES = [
     (re.compile(r"^response_format\.json_schema\.schema"), "text.format.schema"),
     (re.compile(r"^response_format.*"), "text.format"),
     (re.compile(r"^tools\[(\d+)\]\.function\."), r"tools[\1]."),
+    (re.compile(r"^tools\[(\d+)\]\.custom\.format.*"), r"tools[\1].format"),
     (re.compile(r"^max_completion_tokens$"), "max_output_tokens"),
     (re.compile(r"^messages\b.*"), "input"),
     (re.compile(r"^logprobs$"), "include"),

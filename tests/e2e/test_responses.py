@@ -11,6 +11,9 @@ import openai
 import pydantic
 import pytest
 
+from backends.embedded_model import SMOLLM2_FILE
+from tests.custom_tool_grammars import RESPONSES_CUSTOM_TOOLS, assert_in_language
+
 MODEL = "gemma-3-270m-q4_k_m.gguf"
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
                                             "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"]}
@@ -255,3 +258,59 @@ def test_a_background_response_can_be_cancelled(client, http):
     cancelled = client.responses.cancel(queued.id)
     assert cancelled.status == "cancelled" and client.responses.retrieve(queued.id).status == "cancelled"
     _wait_idle(http)  # the generation stopped on the server too
+
+
+# ---------------------------------------------------------------- custom tools (input constrained by a grammar)
+
+CUSTOM_INPUTS = {"apply_patch": "Create the file notes.txt with one line: hello. Use the patch tool.",
+                 "pick_date": "Book my dentist appointment for the 3rd of March 2026."}
+
+
+def _custom_call_request(name: str) -> dict:
+    return {"model": SMOLLM2_FILE, "input": CUSTOM_INPUTS[name], "tools": RESPONSES_CUSTOM_TOOLS,
+            "max_output_tokens": 300, "tool_choice": {"type": "custom", "name": name}, "temperature": 0.7,
+            "extra_body": {"seed": 3}}
+
+
+@pytest.mark.parametrize("name", ["apply_patch", "pick_date"])
+def test_a_custom_tool_call_item_input_is_in_its_grammar_language_whole_and_streamed(client, name):
+    whole = client.responses.create(**_custom_call_request(name))
+    assert whole.status == "completed"
+    [call] = whole.output
+    assert call.type == "custom_tool_call" and call.name == name and call.call_id.startswith("call_")
+    assert call.id.startswith("ctc_")
+    assert_in_language(name, call.input)
+    assert whole.tools[0].type == "custom" and whole.tools[0].format.type == "grammar"
+
+    events = list(client.responses.create(**_custom_call_request(name), stream=True))
+    kinds = [event.type for event in events]
+    assert kinds[2] == "response.output_item.added" and events[2].item.type == "custom_tool_call"
+    assert kinds[-3:] == ["response.custom_tool_call_input.done", "response.output_item.done", "response.completed"]
+    streamed = "".join(event.delta for event in events if event.type == "response.custom_tool_call_input.delta")
+    assert_in_language(name, streamed)
+    assert streamed == events[-3].input == events[-2].item.input == call.input  # the same seed: the same call
+    assert not any(kind.startswith(("response.output_text", "response.function_call")) for kind in kinds)
+
+
+def test_a_custom_grammar_that_cannot_be_enforced_is_a_400_naming_the_format(http):
+    tool = {"type": "custom", "name": "t", "format": {"type": "grammar", "syntax": "regex", "definition": r"\bword"}}
+    answer = http.post("/v1/responses", json={"model": SMOLLM2_FILE, "input": "hi", "tools": [tool]})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == "tools[0].format" and "word boundary" in error["message"]
+
+
+def test_a_custom_call_and_its_output_are_continued_as_history(client):
+    first = client.responses.create(**_custom_call_request("pick_date"))
+    [call] = first.output
+    output = {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Booked at 9:00."}
+    chained = client.responses.create(model=SMOLLM2_FILE, previous_response_id=first.id, input=[output],
+                                      tools=RESPONSES_CUSTOM_TOOLS, max_output_tokens=16, temperature=0)
+    assert chained.status in ("completed", "incomplete")
+    # the same turn sent whole, as items: the same prompt (the call and its output are in it)
+    items = [{"role": "user", "content": CUSTOM_INPUTS["pick_date"]},
+             {"type": "custom_tool_call", "call_id": call.call_id, "name": "pick_date", "input": call.input}, output]
+    whole = client.responses.create(model=SMOLLM2_FILE, input=items, tools=RESPONSES_CUSTOM_TOOLS,
+                                    max_output_tokens=16, temperature=0)
+    assert whole.usage.input_tokens == chained.usage.input_tokens > first.usage.input_tokens + 10
+    assert whole.output_text == chained.output_text

@@ -11,6 +11,7 @@ import pydantic
 import pytest
 
 from backends.embedded_model import SMOLLM2_FILE
+from tests.custom_tool_grammars import CHAT_CUSTOM_TOOLS, assert_in_language
 
 MODEL = "gemma-3-270m-q4_k_m.gguf"
 ASK = [{"role": "user", "content": "Please use a tool to help me."}]
@@ -228,3 +229,61 @@ def test_a_call_the_budget_cannot_hold_is_refused_and_one_it_can_is_valid_whole_
         assert calls and calls == _streamed_calls(client, **kwargs, max_tokens=max_tokens)
         for name, arguments in calls:
             jsonschema.validate(json.loads(arguments), {"get_weather": CITY_SCHEMA, "book_flight": FLIGHT_SCHEMA}[name])
+
+
+# ---------------------------------------------------------------- custom tools (input constrained by a grammar)
+
+PATCH_ASK = [{"role": "user", "content": "Create the file notes.txt with one line: hello. Use the patch tool."}]
+DATE_ASK = [{"role": "user", "content": "Book my dentist appointment for the 3rd of March 2026."}]
+CUSTOM_ASKS = {"apply_patch": PATCH_ASK, "pick_date": DATE_ASK}
+
+
+def _custom_call_request(name: str) -> dict:
+    return {"model": SMOLLM2_FILE, "messages": CUSTOM_ASKS[name], "tools": CHAT_CUSTOM_TOOLS, "max_tokens": 300,
+            "tool_choice": {"type": "custom", "custom": {"name": name}}, "temperature": 0.7, "seed": 3}
+
+
+@pytest.mark.parametrize("name", ["apply_patch", "pick_date"])
+def test_a_custom_tool_call_input_is_in_its_grammar_language_whole_and_streamed(client, name):
+    whole = client.chat.completions.create(**_custom_call_request(name)).choices[0]
+    assert whole.finish_reason == "tool_calls" and whole.message.content is None
+    [call] = whole.message.tool_calls
+    assert call.type == "custom" and call.custom.name == name and call.id.startswith("call_")
+    assert_in_language(name, call.custom.input)
+
+    chunks = list(client.chat.completions.create(**_custom_call_request(name), stream=True))
+    deltas = [delta for chunk in chunks if chunk.choices for delta in chunk.choices[0].delta.tool_calls or []]
+    # (the SDK's chunk type knows function deltas only: a custom call's delta carries `custom` and no `type`)
+    assert deltas[0].id and deltas[0].custom["name"] == name and deltas[0].function is None
+    streamed = "".join(delta.custom.get("input") or "" for delta in deltas)
+    assert_in_language(name, streamed)
+    assert streamed == call.custom.input  # the same seed: the same call
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(("grammar", "construct"), [
+    ({"syntax": "lark", "definition": 'start: "a" %json {"type": "object"}'}, "%json"),
+    ({"syntax": "lark", "definition": "start: sum\nsum: sum \"+\" NUMBER | NUMBER\n%import common.NUMBER"},
+     "Left recursion"),
+    ({"syntax": "regex", "definition": r"\d+(?=px)"}, "lookaround"),
+    ({"syntax": "regex", "definition": r"(a)\1"}, "backreference"),
+])
+def test_a_grammar_that_cannot_be_enforced_is_a_400_naming_the_construct(http, grammar, construct):
+    tool = {"type": "custom", "custom": {"name": "t", "format": {"type": "grammar", "grammar": grammar}}}
+    answer = http.post("/v1/chat/completions", json={"model": SMOLLM2_FILE, "messages": DATE_ASK, "tools": [tool]})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["param"] == "tools[0].custom.format" and error["type"] == "invalid_request_error"
+    assert construct in error["message"]
+
+
+def test_a_custom_call_and_its_output_go_back_into_the_prompt(client, http):
+    call = {"id": "call_7", "type": "custom", "custom": {"name": "pick_date", "input": "2026-03-03"}}
+    history = DATE_ASK + [{"role": "assistant", "content": None, "tool_calls": [call]},
+                          {"role": "tool", "tool_call_id": "call_7", "content": "Booked at 9:00."}]
+    prompt = http.post("/apply-template", json={"model": SMOLLM2_FILE, "messages": history,
+                                                "tools": CHAT_CUSTOM_TOOLS}).json()["prompt"]
+    assert '"name": "pick_date", "arguments": {"input": "2026-03-03"}' in prompt and "Booked at 9:00." in prompt
+    answer = client.chat.completions.create(model=SMOLLM2_FILE, messages=history, tools=CHAT_CUSTOM_TOOLS,
+                                            max_tokens=16)
+    assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
