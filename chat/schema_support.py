@@ -13,6 +13,7 @@ other numeric bounds are not enforceable. Remote `$ref`s are always a 400: there
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from errors import InvalidRequest
@@ -40,6 +41,8 @@ MAX_ENFORCED_LENGTH = 2048
 MAX_ENFORCED_ITEMS = 256
 _LENGTH_LIMITS = {"minLength": MAX_ENFORCED_LENGTH, "maxLength": MAX_ENFORCED_LENGTH,
                   "minItems": MAX_ENFORCED_ITEMS, "maxItems": MAX_ENFORCED_ITEMS}
+# String formats the converter has rules for (uuid1..uuid5 too); any other (email, uri, hostname...) it ignores.
+ENFORCED_FORMATS = re.compile(r"^(date|time|date-time|uuid[1-5]?)$")
 
 
 def map_values(key: str, value: Any, transform) -> Any:
@@ -79,6 +82,9 @@ def _walk(schema: Any, policy: _Policy, path: str) -> Any:
     for key, value in schema.items():
         if key in UNSUPPORTED_KEYWORDS:
             policy.unenforceable(key, path)
+            continue
+        if key == "format" and isinstance(value, str) and not ENFORCED_FORMATS.match(value):
+            policy.unenforceable(f"format '{value}'", path, ": only date, time, date-time and uuid are")
             continue
         if key in _LENGTH_LIMITS and isinstance(value, int) and value > _LENGTH_LIMITS[key]:
             policy.unenforceable(key, path, f" beyond {_LENGTH_LIMITS[key]}")

@@ -50,6 +50,7 @@ def test_objects_with_properties_are_closed_unless_they_say_otherwise():
     ("uniqueItems", {"type": "array", "items": {"type": "string"}, "uniqueItems": True}),
     ("multipleOf", {"type": "integer", "multipleOf": 2}),
     ("if", {"type": "string", "if": {"minLength": 1}, "then": {"maxLength": 2}}),
+    ("format 'email'", {"type": "string", "format": "email"}),  # (the converter knows date, time, uuid only)
 ])
 def test_unsupported_keywords_of_a_strict_schema_are_refused_by_name(keyword, schema):
     with pytest.raises(InvalidRequest) as caught:
@@ -72,6 +73,12 @@ def test_a_non_strict_schema_keeps_what_can_be_enforced_and_logs_the_rest(caplog
     grammar = json_schema_grammar(schema)
     assert "tags-kv" in rules(grammar.gbnf)["root"]
     assert "uniqueItems at $.properties.tags" in caplog.text and "exclusiveMinimum at $.properties.limit" in caplog.text
+
+
+def test_the_formats_the_converter_knows_are_enforced():
+    for known in ("date", "date-time", "time", "uuid", "uuid4"):
+        gbnf = json_schema_grammar({"type": "string", "format": known}, strict=True).gbnf
+        assert "[0-9]" in gbnf or "[0-9a-fA-F]" in gbnf, known
 
 
 def test_exclusive_integer_bounds_become_inclusive_ones():
