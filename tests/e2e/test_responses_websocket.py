@@ -2,7 +2,7 @@
 `openai` SDK's own `responses.connect()` (its typed events), and the `websockets` client for what the SDK hides:
 several conversations on one socket (`stream_id` lanes, run side by side), `store: false` chains continued from the
 connection's memory, bad events answered with error events on a socket that stays usable, a closed socket
-cancelling its generation."""
+cancelling its generation, pings answered."""
 
 from __future__ import annotations
 
@@ -103,6 +103,7 @@ def test_bad_events_get_error_events_and_the_socket_stays_usable(server):
                                         "previous_response_id": "resp_unknown", "stream_id": "x"})):
                 await socket.send(message)
                 replies.append(json.loads(await socket.recv()))
+            await asyncio.wait_for(await socket.ping(), timeout=5)  # (pongs come from the server's WebSocket layer)
             await socket.send(json.dumps({"type": "response.create", "model": MODEL, "input": "Hi",
                                           "max_output_tokens": 3}))
             _, answered = await _until_end(socket)
