@@ -92,8 +92,8 @@ def answer_floor(request: GenerationRequest, max_tokens: int, tokens_of: Callabl
     needed = math.ceil(ANSWER_MARGIN * shortest)
     if max_tokens < needed:
         raise InvalidRequest(
-            f"max_tokens is {max_tokens}, but a valid answer to this request's tools or response format needs at "
-            f"least {needed} tokens with this model (its shortest form takes {shortest}); raise max_tokens to at "
+            f"The token limit is {max_tokens}, but a valid answer to this request's tools or response format needs "
+            f"at least {needed} tokens with this model (its shortest form takes {shortest}); raise the limit to at "
             f"least {needed}.", param="max_tokens")
     return AnswerFloor(shortest, needed)
 

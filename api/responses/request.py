@@ -295,7 +295,7 @@ _PARAM_NAMES = [
     (re.compile(r"^response_format.*"), "text.format"),
     (re.compile(r"^tools\[(\d+)\]\.function\."), r"tools[\1]."),
     (re.compile(r"^tools\[(\d+)\]\.custom\.format.*"), r"tools[\1].format"),
-    (re.compile(r"^max_completion_tokens$"), "max_output_tokens"),
+    (re.compile(r"^max_(completion_)?tokens$"), "max_output_tokens"),  # (engines name it max_tokens)
     (re.compile(r"^messages\b.*"), "input"),
     (re.compile(r"^logprobs$"), "include"),
     (re.compile(r"^reasoning_effort$"), "reasoning.effort"),

@@ -141,8 +141,18 @@ def start_generation(
         store=body.store is not False, **({"id": response_id} if response_id else {}),
     )
     writer = ResponseWriter(shell, prepared.output(), wants_logprobs(body))
-    chunks = generation_chunks(model, prepared.requests, settings, tenant, body)
-    return writer, chunks
+    return writer, _spelled_as_sent(generation_chunks(model, prepared.requests, settings, tenant, body))
+
+
+async def _spelled_as_sent(chunks: ChoiceChunks) -> ChoiceChunks:
+    """The chunks; an error the engine raises before its first one (a max_tokens too small for the answer a grammar
+    allows) names the field as a Responses client sent it."""
+    try:
+        with responses_param_names():
+            async for item in chunks:
+                yield item
+    finally:
+        await chunks.aclose()
 
 
 async def start_turn(parsed: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings,

@@ -68,6 +68,12 @@ def test_bad_items_and_fields_are_refused_with_the_field_named(client, http):
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model=MODEL, input="Hi", conversation="conv_missing")
     assert http.post("/v1/conversations", content=b"{not json").status_code == 400
+    # (not a conversation's error, but a Responses one the engine raises: named as the client spelled it)
+    tool = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "string"}},
+                                                            "required": ["a"]}}
+    with pytest.raises(openai.BadRequestError) as too_few:
+        client.responses.create(model=MODEL, input="Hi", tools=[tool], tool_choice="required", max_output_tokens=5)
+    assert too_few.value.body["param"] == "max_output_tokens"
 
 
 def test_responses_turns_are_kept_in_the_conversation_and_its_prefix_stays_cached(client):
