@@ -210,8 +210,6 @@ class RequestLogMiddleware:
         request_id = given if _REQUEST_ID.match(given) else f"req_{uuid.uuid4().hex[:16]}"
         record = RequestRecord(request_id, scope["method"], scope["path"])
         record.session = Headers(scope=scope).get("x-session-id")  # (as given: api/pipeline/affinity.py reads it)
-        token = current_request.set(record)
-        unfinished_token = unfinished_usage.set(record.count_unfinished)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -220,13 +218,9 @@ class RequestLogMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
-        except BaseException:
-            record.status = record.status or 500
-            raise
+            with _current(record):
+                await self.app(scope, receive, send_with_id)
         finally:
-            current_request.reset(token)
-            unfinished_usage.reset(unfinished_token)
             route = scope.get("route").path if scope.get("route") is not None else "unmatched"
             if route != "/metrics":
                 self.metrics.record(record, route)
@@ -255,6 +249,18 @@ def recorded_request(metrics: Metrics, json_logs: bool, method: str, path: str, 
     """A unit of work that is not an HTTP request of its own (one `response.create` on a WebSocket), counted and
     logged as one: the same metrics, the same log line, its generation's tokens noted on the record."""
     record = RequestRecord(f"req_{uuid.uuid4().hex[:16]}", method, path, session=session)
+    try:
+        with _current(record):
+            yield record
+    finally:
+        metrics.record(record, route)
+        log_request(record, json_logs)
+
+
+@contextmanager
+def _current(record: RequestRecord) -> Iterator[RequestRecord]:
+    """`record` is the request being served (what generations note their tokens on) while the block runs; a
+    failure that set no status is a 500."""
     token = current_request.set(record)
     unfinished_token = unfinished_usage.set(record.count_unfinished)
     try:
@@ -265,5 +271,3 @@ def recorded_request(metrics: Metrics, json_logs: bool, method: str, path: str, 
     finally:
         current_request.reset(token)
         unfinished_usage.reset(unfinished_token)
-        metrics.record(record, route)
-        log_request(record, json_logs)
