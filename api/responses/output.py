@@ -68,6 +68,7 @@ class ResponseWriter(AnswerWriter):
         """`on_done`: given the final response object once generation ends (to store it: the write it returns is
         waited for before the client sees the end)."""
         self.on_done = on_done
+        self.answers = True  # False: a warm-up (`generate: false`), whose output stays empty
         self._stored: Future | None = None
         self.response = response
         self.output = output
@@ -233,7 +234,7 @@ class ResponseWriter(AnswerWriter):
 
     def _finish(self, finished: GenerationFinished) -> list[Event]:
         events: list[Event] = []
-        if not any(item.type != "reasoning" for item in self.response.output):  # no answer: a (blank) message
+        if self.answers and not any(item.type != "reasoning" for item in self.response.output):  # a blank message
             events += self._open_message() + self._text("")
         truncated = finished.finish_reason == "length"
         events += self._close_open_items("incomplete" if truncated else "completed")

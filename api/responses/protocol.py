@@ -70,6 +70,7 @@ class ResponsesRequest(WireModel):
     user: str | None = None
     prompt_cache_key: str | None = None  # the conversation it continues (api/pipeline/affinity.py)
     context_management: list[dict[str, Any]] | None = None  # [{"type": "compaction", "compact_threshold": N}]
+    generate: bool | None = None  # false: a warm-up, the prompt evaluated into the cache and nothing generated
 
     # --- llama.cpp / vLLM extensions (not in OpenAI's API) ---
     seed: int | None = None

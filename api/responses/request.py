@@ -266,7 +266,7 @@ def to_chat_request(body: ResponsesRequest, history: list[dict[str, Any]] = ()) 
         logger.warning("Nothing to include for %s: reasoning is returned as plain text and no built-in tools run "
                        "here", unknown_includes)
     items = [{"role": "user", "content": body.input}] if isinstance(body.input, str) else body.input
-    messages = _chat_messages([*history, *items])
+    messages = _chat_messages([*history, *items], allow_empty=body.generate is False)  # (a warm-up: tools alone)
     if body.instructions:
         messages.insert(0, {"role": "system", "content": body.instructions})
     tools, choice = _chat_tools(body), _chat_tool_choice(body)

@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from contextlib import aclosing
 from typing import Any
 
-from api.pipeline.prepare import PreparedChat, prepare_chat
+from api.pipeline.prepare import PreparedChat, prepare_chat, render_for_cache
 from api.pipeline.reasoning_plan import server_reasoning
 from api.responses.compaction import (
     SUMMARY_REQUEST,
@@ -173,6 +173,8 @@ async def start_turn(parsed: ResponsesRequest, model: LoadedModel, registry: Mod
         return writer, _finished(usage)
     body = parsed.model_copy(update={"input": expanded(items, seal)})
     past = expanded(history, seal, "previous_response_id")
+    if parsed.generate is False:
+        return await _warm_up(body, model, registry, settings, tenant, past, response_id)
     prepared = _prepared(body, model, registry, settings, past)
     threshold = context_threshold(parsed.context_management)
     if threshold is not None and _prompt_tokens(prepared, model) > threshold:
@@ -182,6 +184,21 @@ async def start_turn(parsed: ResponsesRequest, model: LoadedModel, registry: Mod
         writer.response.output.append(CompactionItem(**item))
         return writer, chunks
     return start_generation(body, model, registry, settings, tenant, past, response_id, prepared)
+
+
+async def _warm_up(body: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings,
+                   tenant: Tenant, history: list[dict], response_id: str | None) -> tuple[ResponseWriter, ChoiceChunks]:
+    """`generate: false` (OpenAI's WebSocket warm-up): the turn's prompt evaluated into the prompt cache, nothing
+    generated; the response (empty output) can be continued with previous_response_id, and that turn starts
+    from the cache."""
+    with responses_param_names():
+        chat = to_chat_request(body, history)
+    prompt, conversation = render_for_cache(chat, model.renderer, registry.generation_defaults(model.model_id))
+    warmed = await model.engine.warm_prompt(prompt, conversation)
+    writer, unused = start_generation(body, model, registry, settings, tenant, history, response_id)
+    await unused.aclose()
+    writer.answers = False
+    return writer, _finished(Usage(warmed.prompt_tokens, 0, cached_tokens=warmed.reused_tokens))
 
 
 def _prompt_tokens(prepared: PreparedChat, model: LoadedModel) -> int:

@@ -139,3 +139,25 @@ def test_closing_the_socket_cancels_its_generation(server, http):
     while active() != 0:
         assert time.monotonic() < deadline, "the generation went on after its socket closed"
         time.sleep(0.05)
+
+
+def test_a_warm_up_generates_nothing_and_its_turn_starts_from_the_cache(server):
+    async def scenario():
+        async with websockets.connect(socket_url(server)) as socket:
+            opening = {"type": "response.create", "model": MODEL, "store": False, "temperature": 0,
+                       "instructions": "You are a terse assistant who knows geography. " * 8}
+            await socket.send(json.dumps({**opening, "generate": False, "input": []}))  # the instructions alone
+            await _until_end(socket)
+            await socket.send(json.dumps({**opening, "generate": False,
+                                          "input": "I will ask about capitals of Europe."}))
+            events, warmed = await _until_end(socket)
+            await socket.send(json.dumps({**opening, "previous_response_id": warmed["id"], "max_output_tokens": 8,
+                                          "input": "What is the capital of Spain?"}))
+            _, answered = await _until_end(socket)
+            return events, warmed, answered
+
+    events, warmed, answered = asyncio.run(scenario())
+    assert warmed["status"] == "completed" and warmed["output"] == [] and warmed["usage"]["output_tokens"] == 0
+    assert not any(event["type"].startswith("response.output_") for event in events)
+    assert answered["usage"]["input_tokens_details"]["cached_tokens"] >= warmed["usage"]["input_tokens"] - 8
+    assert answered["output"][0]["content"][0]["text"]
