@@ -288,7 +288,9 @@ def test_a_custom_tool_call_item_input_is_in_its_grammar_language_whole_and_stre
     assert kinds[-3:] == ["response.custom_tool_call_input.done", "response.output_item.done", "response.completed"]
     streamed = "".join(event.delta for event in events if event.type == "response.custom_tool_call_input.delta")
     assert_in_language(name, streamed)
-    assert streamed == events[-3].input == events[-2].item.input == call.input  # the same seed: the same call
+    # (not compared with the whole answer's input: at temperature 0.7 the second request, its prompt now cached,
+    # can sample another date from logits that differ in the last bits, even with the same seed)
+    assert streamed == events[-3].input == events[-2].item.input
     assert not any(kind.startswith(("response.output_text", "response.function_call")) for kind in kinds)
 
 
