@@ -79,6 +79,7 @@ class ResponsesRequest(WireModel):
     repeat_penalty: Annotated[float, Field(ge=0.0)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None  # token id -> bias, as chat's
     reasoning_budget: Annotated[int, Field(ge=-1)] | None = None  # thinking tokens before the block is closed
     chat_template_kwargs: dict[str, Any] | None = None
 

@@ -284,7 +284,7 @@ def to_chat_request(body: ResponsesRequest, history: list[dict[str, Any]] = ()) 
         "reasoning_effort": (body.reasoning or {}).get("effort"),
     }
     for name in ("temperature", "top_p", "seed", "top_k", "min_p", "repeat_penalty", "presence_penalty",
-                 "frequency_penalty", "reasoning_budget", "chat_template_kwargs"):
+                 "frequency_penalty", "logit_bias", "reasoning_budget", "chat_template_kwargs"):
         chat[name] = getattr(body, name)
     return ChatCompletionRequest.model_validate({k: v for k, v in chat.items() if v is not None})
 

@@ -19,6 +19,11 @@ def test_string_input_and_instructions_become_system_and_user_messages():
     assert chat["max_completion_tokens"] == 5 and chat["temperature"] == 0.2 and chat["top_k"] == 3
 
 
+def test_sampling_extensions_reach_the_chat_request():
+    chat = convert(input="Hi", seed=7, logit_bias={"2": -100}, min_p=0.1)  # (logit_bias was dropped once)
+    assert chat["seed"] == 7 and chat["logit_bias"] == {"2": -100} and chat["min_p"] == 0.1
+
+
 def test_function_call_items_join_the_assistant_turn_and_outputs_become_tool_messages():
     chat = convert(input=[
         {"role": "user", "content": [{"type": "input_text", "text": "Weather?"}]},
