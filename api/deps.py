@@ -6,6 +6,7 @@ import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
 
 from backends.registry import ModelRegistry
 from errors import PermissionDenied, Unauthorized
@@ -16,10 +17,11 @@ from tenants.keys import KeyStore, Tenant
 from tenants.quotas import QuotaBook
 
 
-async def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: HTTPConnection) -> ModelRegistry:
     """The model registry, once start-up (assembling and loading the default model) has finished.
 
-    Requests that arrive during start-up wait for it rather than failing; `/health` reports it instead.
+    Requests (and WebSocket messages) that arrive during start-up wait for it rather than failing; `/health`
+    reports it instead.
     """
     startup: asyncio.Task = request.app.state.startup
     if not startup.done():

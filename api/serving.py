@@ -39,7 +39,7 @@ from backends.registry import KEEP, LoadedModel, ModelRegistry
 from errors import EngineFailure, InvalidRequest, ServerError, UpstreamError
 from settings import Settings
 from tenants.keys import Tenant
-from tenants.quotas import Ticket
+from tenants.quotas import QuotaBook, Ticket
 
 logger = logging.getLogger(__name__)
 
@@ -154,15 +154,10 @@ async def serve(
 ) -> Response:
     """`relay_answer`: the upstream's answer is read back and written by this endpoint's writer (Messages over
     an upstream's chat completions) instead of being passed through as it came."""
-    with tracing.span("admission", **{"llm_server.tenant": tenant.label}):
-        ticket = request.app.state.quotas.admit(tenant, request_tokens)  # 429 before any work
-    resources = AsyncExitStack()  # holds the model lease and the quota ticket
-    resources.callback(ticket.release)
+    ticket, resources = _admitted(request.app.state.quotas, tenant, request_tokens)
     handed_to_stream = False
     try:
-        keep_alive = requested_keep_alive(relay_body())
-        with tracing.span("model lease", **{"gen_ai.request.model": model_name or ""}):  # (a load inside it)
-            model = await resources.enter_async_context(registry.lease(model_name, tenant.may_use, keep_alive))
+        model = await _leased(resources, registry, model_name, tenant, requested_keep_alive(relay_body()))
         if model.engine.relays_requests and relay_answer is not None:
             note_model(model.model_id, model.engine.engine_kind)
             response = await _relay_through_writer(model, relay_path, relay_body(), relay_answer(model), request,
@@ -182,6 +177,21 @@ async def serve(
     finally:
         if not handed_to_stream:
             await resources.aclose()
+
+
+def _admitted(quotas: QuotaBook, tenant: Tenant, request_tokens: int) -> tuple[Ticket, AsyncExitStack]:
+    """The key's quota ticket (a 429 before any work), and the stack that holds it and, next, the model lease."""
+    with tracing.span("admission", **{"llm_server.tenant": tenant.label}):
+        ticket = quotas.admit(tenant, request_tokens)
+    resources = AsyncExitStack()
+    resources.callback(ticket.release)
+    return ticket, resources
+
+
+async def _leased(resources: AsyncExitStack, registry: ModelRegistry, model_name: str | None, tenant: Tenant,
+                  keep_alive: float | None | object) -> LoadedModel:
+    with tracing.span("model lease", **{"gen_ai.request.model": model_name or ""}):  # (a load inside it)
+        return await resources.enter_async_context(registry.lease(model_name, tenant.may_use, keep_alive))
 
 
 async def _run_locally(run: LocalRun | LocalWhole | LocalBackground, request: Request, resources: AsyncExitStack,
@@ -274,17 +284,15 @@ async def _local_payloads(run: LocalRun, first: tuple[int, GenerationChunk], res
         await resources.aclose()
 
 
-async def serve_payloads(registry: ModelRegistry, quotas, model_name: str | None, *, tenant: Tenant,
+async def serve_payloads(registry: ModelRegistry, quotas: QuotaBook, model_name: str | None, *, tenant: Tenant,
                          request_tokens: int, keep_alive: float | None | object,
                          start_local: LocalStart) -> AsyncIterator[dict | str]:
     """The serving path for a transport other than HTTP (Responses over a WebSocket): the same admission, lease
     and local run as `serve`, streamed as the writer's payloads. Errors before the first chunk are raised here
     (the caller answers them as errors); later ones end the payloads as a stream's do."""
-    ticket = quotas.admit(tenant, request_tokens)
-    resources = AsyncExitStack()
-    resources.callback(ticket.release)
+    ticket, resources = _admitted(quotas, tenant, request_tokens)
     try:
-        model = await resources.enter_async_context(registry.lease(model_name, tenant.may_use, keep_alive))
+        model = await _leased(resources, registry, model_name, tenant, keep_alive)
         if model.engine.relays_requests:
             raise InvalidRequest("This transport serves local models; use HTTP for a remote one.", param="model")
         run = await start_local(model)

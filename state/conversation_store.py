@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 from errors import ConversationItemNotFound, ConversationNotFound
 from state.database import StateDatabase
+from state.ordered_writes import OrderedWrites
 
 MAX_ITEMS_PER_CHANGE = 20  # OpenAI's limit on items created or added at once
 
@@ -29,9 +29,7 @@ def new_conversation_id() -> str:
 class ConversationStore:
     def __init__(self, db: StateDatabase) -> None:
         self.db = db
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conversation-store")
-        self._pending: dict[str, Future] = {}  # the latest write of each conversation not yet in the database
-        self._lock = threading.Lock()
+        self._writes = OrderedWrites("conversation-store")
 
     # ------------------------------------------------------------ sync (worker threads)
 
@@ -103,25 +101,10 @@ class ConversationStore:
     # ------------------------------------------------------------ async
 
     def _write(self, conversation_id: str, work, *args) -> Future:
-        write = self._writer.submit(work, *args)
-        with self._lock:
-            self._pending[conversation_id] = write
-        write.add_done_callback(lambda done: self._forget(conversation_id, done))
-        return write
-
-    def _forget(self, conversation_id: str, done: Future) -> None:
-        with self._lock:
-            if self._pending.get(conversation_id) is done:
-                del self._pending[conversation_id]
-
-    async def _written(self, conversation_id: str) -> None:
-        with self._lock:
-            write = self._pending.get(conversation_id)
-        if write is not None:
-            await asyncio.wrap_future(write)
+        return self._writes.submit(conversation_id, work, *args)
 
     async def _read(self, conversation_id: str, work, *args) -> Any:
-        await self._written(conversation_id)
+        await self._writes.written(conversation_id)
         return await asyncio.to_thread(work, *args)
 
     async def create(self, tenant: str, metadata: dict, items: list[dict]) -> dict:
@@ -158,7 +141,7 @@ class ConversationStore:
         await asyncio.wrap_future(self._write(conversation_id, self._replace, tenant, conversation_id, items))
 
     def close(self) -> None:
-        self._writer.shutdown(wait=True)
+        self._writes.close()
 
 
 def _insert_items(execute, conversation_id: str, items: list[dict]) -> None:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from errors import ResponseNotFound
 from settings import Settings
 from state.database import StoreUnavailable, open_database
 from state.instance_liveness import Liveness
+from state.ordered_writes import OrderedWrites
 
 __all__ = ["MIGRATIONS", "ResponseStore", "StoreUnavailable"]
 
@@ -94,9 +94,7 @@ class ResponseStore:
             raise StoreUnavailable(f"The response store {self.db.label} cannot be used: {exc}") from exc
         self.liveness.beat()
         # One writer: a background response's states (queued, in progress, final) land in the order they were made.
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="response-store")
-        self._pending: dict[str, Future] = {}  # the latest write of each response not yet on disk
-        self._pending_lock = threading.Lock()
+        self._writes = OrderedWrites("response-store")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResponseStore:
@@ -195,18 +193,14 @@ class ResponseStore:
     def save(self, response: dict, input_items: list, tenant: str) -> Future:
         """Store a response (or a background response's new state) and return at once: the write runs on the
         writer thread, in order (with PostgreSQL it is a network round trip, which must never hold up the event
-        loop and every stream on it). Reads of that response in this process wait for it (`_written`); the
-        returned future is done once it is in the database (where another instance can read it)."""
-        response_id = response["id"]
-        write = self._writer.submit(self._save_logged, response, input_items, tenant)
-        with self._pending_lock:
-            self._pending[response_id] = write
-        write.add_done_callback(lambda done: self._forget_write(response_id, done))
-        return write
+        loop and every stream on it). Reads of that response in this process wait for it (a GET right after the
+        answer finds it); the returned future is done once it is in the database (where another instance can read
+        it)."""
+        return self._writes.submit(response["id"], self._save_logged, response, input_items, tenant)
 
     def flush(self) -> None:
         """Wait until the writes queued so far are in the database."""
-        self._writer.submit(lambda: None).result()
+        self._writes.flush()
 
     def _save_logged(self, response: dict, input_items: list, tenant: str) -> None:
         try:
@@ -214,33 +208,21 @@ class ResponseStore:
         except Exception:  # nobody waits for the write: the log is where its failure is seen
             logger.exception("Could not store response %s", response.get("id"))
 
-    def _forget_write(self, response_id: str, done: Future) -> None:
-        with self._pending_lock:
-            if self._pending.get(response_id) is done:
-                del self._pending[response_id]
-
-    async def _written(self, response_id: str | None) -> None:
-        """Wait for this process's pending write of `response_id`, so a GET right after the answer finds it."""
-        with self._pending_lock:
-            write = self._pending.get(response_id)
-        if write is not None:
-            await asyncio.wrap_future(write)
-
     async def load(self, response_id: str, tenant: str) -> tuple[dict, list]:
-        await self._written(response_id)
+        await self._writes.written(response_id)
         return await asyncio.to_thread(self._load, response_id, tenant)
 
     async def delete(self, response_id: str, tenant: str) -> None:
-        await self._written(response_id)
+        await self._writes.written(response_id)
         await asyncio.to_thread(self._delete, response_id, tenant)
 
     async def conversation(self, response_id: str, tenant: str) -> list[dict]:
-        await self._written(response_id)
+        await self._writes.written(response_id)
         return await asyncio.to_thread(self._conversation, response_id, tenant)
 
     async def cancel(self, response_id: str, tenant: str) -> None:
         """Mark an unfinished response cancelled, whichever instance runs it (that one stops it: BackgroundRuns)."""
-        await self._written(response_id)
+        await self._writes.written(response_id)
         await asyncio.to_thread(self._cancel, response_id, tenant)
 
     async def cancelled_among(self, response_ids: list[str]) -> set[str]:
@@ -251,7 +233,7 @@ class ResponseStore:
         return await asyncio.to_thread(self.fail_orphans)
 
     def close(self) -> None:
-        self._writer.shutdown(wait=True)  # the writes already queued land first
+        self._writes.close()  # the writes already queued land first
         self.liveness.leave()
         self.db.close()
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from api.deps import ConversationsDep, TenantDep
 from api.protocol import ErrorResponse
 from api.responses.conversation_items import checked_items
+from api.responses.protocol import item_list, item_page
 from errors import InvalidRequest
 
 router = APIRouter(tags=["conversations"])
@@ -32,11 +33,6 @@ def _object(body: Any) -> dict:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
-
-
-def _item_list(items: list[dict], has_more: bool = False) -> dict:
-    return {"object": "list", "data": items, "first_id": items[0]["id"] if items else None,
-            "last_id": items[-1]["id"] if items else None, "has_more": has_more}
 
 
 async def _json_body(request: Request) -> Any:
@@ -91,7 +87,7 @@ async def add_items(conversation_id: str, tenant: TenantDep, conversations: Conv
     items = checked_items(_object(body).get("items"))
     if not items:
         raise InvalidRequest("'items' must hold at least one item.", param="items")
-    return _item_list(await conversations.add(tenant.label, conversation_id, items))
+    return item_list(await conversations.add(tenant.label, conversation_id, items))
 
 
 @router.get("/v1/conversations/{conversation_id}/items", responses=_ERRORS)
@@ -101,12 +97,7 @@ async def list_items(conversation_id: str, tenant: TenantDep, conversations: Con
                      order: str = Query("desc", pattern="^(asc|desc)$")) -> dict:
     """Paginated as OpenAI's: `after` an item id, newest first unless `order=asc`. (`include` asks for data this
     server never produces: nothing to add.)"""
-    items = await conversations.items(tenant.label, conversation_id)
-    items = items if order == "asc" else items[::-1]
-    ids = [item["id"] for item in items]
-    start = ids.index(after) + 1 if after in ids else 0
-    page = items[start:start + limit]
-    return _item_list(page, has_more=start + limit < len(items))
+    return item_page(await conversations.items(tenant.label, conversation_id), after, limit, order)
 
 
 @router.get("/v1/conversations/{conversation_id}/items/{item_id}", responses=_ERRORS)

@@ -202,3 +202,18 @@ class ResponseObject(WireModel):
 
 def new_item_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def item_list(items: list[dict], has_more: bool = False) -> dict:
+    """A list of items as OpenAI answers one (input items, conversation items)."""
+    return {"object": "list", "data": items, "first_id": items[0]["id"] if items else None,
+            "last_id": items[-1]["id"] if items else None, "has_more": has_more}
+
+
+def item_page(items: list[dict], after: str | None, limit: int, order: str) -> dict:
+    """One page of `items` (kept oldest first), as OpenAI pages them: `order` asc or desc, from after the item
+    with id `after`, `limit` at most."""
+    items = items if order == "asc" else items[::-1]
+    ids = [item.get("id") for item in items]
+    start = ids.index(after) + 1 if after in ids else 0
+    return item_list(items[start:start + limit], has_more=start + limit < len(items))

@@ -20,7 +20,7 @@ from api.protocol import ErrorResponse
 from api.responses.background import BackgroundRuns
 from api.responses.compaction import CompactionSeal, since_last_compaction
 from api.responses.output import response_usage
-from api.responses.protocol import ResponseObject, ResponsesRequest, new_item_id
+from api.responses.protocol import ResponseObject, ResponsesRequest, item_page, new_item_id
 from api.responses.turn import Keeping, compact, parsed_request, start_turn
 from api.serving import LocalBackground, LocalRun, LocalWhole, requested_tokens, serve
 from backends.registry import LoadedModel, ModelRegistry
@@ -58,7 +58,6 @@ async def create_response(request: Request, registry: RegistryDep, tenant: Tenan
         if parsed.background:
             return await _start_background(parsed, model, registry, settings, tenant, kept, seal, background)
         writer, chunks = await start_turn(parsed, model, registry, settings, tenant, kept, seal)
-        kept.attach(writer)
         return LocalRun(writer, chunks, bool(parsed.stream))
 
     return await serve(request, registry, parsed.model, tenant=tenant,
@@ -108,12 +107,7 @@ async def list_input_items(response_id: str, tenant: TenantDep, store: StoreDep,
                            limit: int = Query(20, ge=1, le=100), order: str = Query("desc", pattern="^(asc|desc)$")):
     """The input items a stored response answered (this turn's), paginated as OpenAI: `after` an item id."""
     _, items = await store.load(response_id, tenant.label)
-    items = items if order == "asc" else list(reversed(items))
-    ids = [item.get("id") for item in items]
-    start = ids.index(after) + 1 if after in ids else 0
-    page = items[start:start + limit]
-    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(items)}
+    return item_page(items, after, limit, order)
 
 
 @router.post("/v1/responses/{response_id}/cancel", responses={404: {"model": ErrorResponse}})
@@ -136,7 +130,6 @@ async def _start_background(parsed: ResponsesRequest, model: LoadedModel, regist
                             conversation={"id": kept.conversation} if kept.conversation else None)
     writer, chunks = await start_turn(parsed, model, registry, settings, tenant, kept, seal, queued.id)
     writer.response.background = True
-    kept.attach(writer)
     body = queued.model_dump(mode="json")
     return LocalBackground(body, writer, chunks,
                            launch=lambda generate: background.start(body, kept.items, tenant.label, generate))

@@ -128,6 +128,13 @@ def start_generation(
     history: list[dict], response_id: str | None = None, prepared: PreparedChat | None = None,
 ) -> tuple[ResponseWriter, ChoiceChunks]:
     prepared = prepared or _prepared(body, model, registry, settings, history)
+    chunks = generation_chunks(model, prepared.requests, settings, tenant, body)
+    return _writer(body, model, prepared, response_id), _spelled_as_sent(chunks)
+
+
+def _writer(body: ResponsesRequest, model: LoadedModel, prepared: PreparedChat,
+            response_id: str | None) -> ResponseWriter:
+    """The writer of the response `body` asks for, its object filled from the request."""
     text_format = body.text.format.model_dump(by_alias=True, exclude_none=True) if body.text and body.text.format \
         else {"type": "text"}
     shell = ResponseObject(
@@ -140,8 +147,7 @@ def start_generation(
         top_logprobs=body.top_logprobs, user=body.user, previous_response_id=body.previous_response_id,
         store=body.store is not False, **({"id": response_id} if response_id else {}),
     )
-    writer = ResponseWriter(shell, prepared.output(), wants_logprobs(body))
-    return writer, _spelled_as_sent(generation_chunks(model, prepared.requests, settings, tenant, body))
+    return ResponseWriter(shell, prepared.output(), wants_logprobs(body))
 
 
 async def _spelled_as_sent(chunks: ChoiceChunks) -> ChoiceChunks:
@@ -160,22 +166,29 @@ async def start_turn(parsed: ResponsesRequest, model: LoadedModel, registry: Mod
                      response_id: str | None = None) -> tuple[ResponseWriter, ChoiceChunks]:
     """The turn's generation over its history, compacting it first when asked (api/responses/compaction.py): for
     a `compaction_trigger` the response is the compaction item alone; past `compact_threshold` the item leads
-    the output and the answer is written from the compacted context."""
+    the output and the answer is written from the compacted context. The writer keeps what `kept` says once
+    the turn ends."""
+    writer, chunks = await _started(parsed, model, registry, settings, tenant, kept, seal, response_id)
+    kept.attach(writer)
+    return writer, chunks
+
+
+async def _started(parsed: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings,
+                   tenant: Tenant, kept: Keeping, seal: CompactionSeal,
+                   response_id: str | None) -> tuple[ResponseWriter, ChoiceChunks]:
     history = since_last_compaction(await kept.history())
     items = kept.items
-    if items and items[-1].get("type") == "compaction_trigger":
+    if items and items[-1].get("type") == "compaction_trigger":  # the compaction is this response's generation
         item, usage = await compact([*history, *items[:-1]], parsed, model, registry, settings, tenant, seal)
         body = parsed.model_copy(update={"input": []})
-        writer, unused = start_generation(body, model, registry, settings, tenant, expanded([item], seal),
-                                          response_id)
-        await unused.aclose()  # (never started: the compaction was this response's generation)
+        writer = _writer(body, model, _prepared(body, model, registry, settings, expanded([item], seal)), response_id)
         writer.response.output.append(CompactionItem(**item))
         return writer, _finished(usage)
     body = parsed.model_copy(update={"input": expanded(items, seal)})
     past = expanded(history, seal, "previous_response_id")
-    if parsed.generate is False:
-        return await _warm_up(body, model, registry, settings, tenant, past, response_id)
     prepared = _prepared(body, model, registry, settings, past)
+    if parsed.generate is False:
+        return await _warm_up(body, model, registry, past, prepared, response_id)
     threshold = context_threshold(parsed.context_management)
     if threshold is not None and _prompt_tokens(prepared, model) > threshold:
         item, _ = await compact([*history, *items], parsed, model, registry, settings, tenant, seal)
@@ -186,8 +199,8 @@ async def start_turn(parsed: ResponsesRequest, model: LoadedModel, registry: Mod
     return start_generation(body, model, registry, settings, tenant, past, response_id, prepared)
 
 
-async def _warm_up(body: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, settings: Settings,
-                   tenant: Tenant, history: list[dict], response_id: str | None) -> tuple[ResponseWriter, ChoiceChunks]:
+async def _warm_up(body: ResponsesRequest, model: LoadedModel, registry: ModelRegistry, history: list[dict],
+                   prepared: PreparedChat, response_id: str | None) -> tuple[ResponseWriter, ChoiceChunks]:
     """`generate: false` (OpenAI's WebSocket warm-up): the turn's prompt evaluated into the prompt cache, nothing
     generated; the response (empty output) can be continued with previous_response_id, and that turn starts
     from the cache."""
@@ -195,8 +208,7 @@ async def _warm_up(body: ResponsesRequest, model: LoadedModel, registry: ModelRe
         chat = to_chat_request(body, history)
     prompt, conversation = render_for_cache(chat, model.renderer, registry.generation_defaults(model.model_id))
     warmed = await model.engine.warm_prompt(prompt, conversation)
-    writer, unused = start_generation(body, model, registry, settings, tenant, history, response_id)
-    await unused.aclose()
+    writer = _writer(body, model, prepared, response_id)
     writer.answers = False
     return writer, _finished(Usage(warmed.prompt_tokens, 0, cached_tokens=warmed.reused_tokens))
 

@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
+from api.deps import get_registry
 from api.error_responses import error_body, validation_failure
 from api.observability import recorded_request
 from api.pipeline.affinity import affinity_key
@@ -108,14 +109,13 @@ class ResponsesConnection:
 
     async def _create(self, event: dict[str, Any], lane: str | None) -> None:
         body = {key: value for key, value in event.items() if key not in ("type", "stream_id", "stream")}
-        settings, registry = self.state.settings, self.state.registry
+        settings = self.state.settings
         with self._recorded(body) as record:
             try:
                 if body.get("background"):
                     raise InvalidRequest("'background' is not supported over a WebSocket.", param="background")
                 parsed = parsed_request(body, settings)
-                if not self.state.startup.done():
-                    await asyncio.shield(self.state.startup)
+                registry = await get_registry(self.websocket)  # (waits for start-up, as HTTP requests do)
                 payloads = await serve_payloads(
                     registry, self.state.quotas, parsed.model, tenant=self.tenant,
                     request_tokens=requested_tokens(body, settings.default_max_tokens),
@@ -138,7 +138,6 @@ class ResponsesConnection:
             kept = Keeping(parsed, self.tenant, self.state.responses, self.state.conversations, self.recent)
             writer, chunks = await start_turn(parsed, model, self.state.registry, self.state.settings,
                                               self.tenant, kept, self.state.compaction_seal)
-            kept.attach(writer)
             return LocalRun(writer, chunks, stream=True)
 
         return start_local
