@@ -22,6 +22,7 @@ from backends.base import (
     unfinished_usage,
 )
 from backends.reasoning_state import CLOSING_SUFFIX
+from backends.step_outbox import LoopEmit
 from errors import ContextLengthExceeded, InvalidRequest
 from settings import Settings
 
@@ -119,16 +120,8 @@ async def relay_from_thread(
 
     Leaving early (client gone, error) cancels the job, so the worker stops at its next token (or never takes it
     from the queue), and reports the usage so far (`unfinished_usage`)."""
-    loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[GenerationChunk | Exception] = asyncio.Queue()
-
-    def emit(item: GenerationChunk | Exception) -> None:
-        try:
-            loop.call_soon_threadsafe(chunks.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening any more
-            pass
-
-    job.emit = emit
+    job.emit = LoopEmit(asyncio.get_running_loop(), chunks)  # (a scheduler may hold its chunks per step)
     submit(job)
     sent, finished = 0, False
     try:

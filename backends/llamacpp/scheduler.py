@@ -30,6 +30,7 @@ from backends.llamacpp.sampling import SamplerChain, token_logprobs
 from backends.llamacpp.sequences import SequenceJob, Slot, common_prefix_length
 from backends.llamacpp.speculation import NO_SPECULATION, SpeculationOptions
 from backends.llamacpp.speculative_steps import SpeculativeSteps
+from backends.step_outbox import StepOutbox
 from backends.text_output import IncrementalDetokenizer, StopStringFilter
 from errors import EngineFailure
 
@@ -66,6 +67,7 @@ class Scheduler:
         self.slots = [Slot(seq_id=i) for i in range(n_slots)]
         self._queue: JobQueue[SequenceJob] = JobQueue(max_queue)
         self._batch = llama_cpp.llama_batch_init(context.n_batch, 0, 1)
+        self._outbox = StepOutbox()  # what the sequences emit during a step reaches the event loop when it ends
         # Recurrent state cannot be cut back: prefixes are reused by returning to checkpoints (checkpoints.py)
         self.checkpoints = StateCheckpoints(context, n_slots, *checkpoints) if model.has_recurrent_state else None
         self.ledger = BlockLedger(event_block_size) if event_block_size else None  # (for a router: --kv-events)
@@ -144,6 +146,7 @@ class Scheduler:
                 except Exception as exc:  # a bug or decode failure must not kill the thread and hang clients
                     logger.exception("Scheduler step failed")
                     self._fail_active(EngineFailure(f"The engine failed while generating: {exc}"))
+                self._outbox.flush()
                 self.steps += 1
 
     def _admit(self, jobs: list[SequenceJob]) -> None:
@@ -157,6 +160,7 @@ class Scheduler:
         out of the slots other keys hold while another is free: agents' sessions often share a long system
         prompt, which alone would make a new session take over a live one's slot and its history."""
         for job in jobs:
+            job.emit = self._outbox.holding(job.emit)
             slot = self._slot_for(job)
             self._uses += 1
             slot.last_used = self._uses
@@ -453,8 +457,7 @@ class Scheduler:
         return prompt_cache_of(job.adapters, self.prompt_cache)
 
     def _release(self, slot: Slot) -> None:
-        self.speculative_steps.drop_unverified(slot)
-        slot.drafter = None
+        self.speculative_steps.release(slot)
         if slot.sampler is not None:
             slot.sampler.free()
         slot.job = None

@@ -15,6 +15,13 @@ it would have without speculation, so greedy and seeded sampling give identical 
 the model's own distribution. (Speculative sampling proper, accepting by probability ratio, accepts more often
 at temperature > 0 but changes which random numbers are drawn; with a deterministic drafter it gains nothing.)
 
+Drafts may also come from other sequences (`DraftPool`): the ones decoding beside this one and the last few that
+finished. Their tokens are indexed already (each sequence's own drafter), so this costs only extra dict lookups, and
+it is where repeated work pays most: the same request again (a retry, a regenerate, n > 1, an agent's loop), sibling
+streams, the next turn quoting the previous answer. A match there counts only if it is at least `pool_ngram_min`
+tokens long; the sequence's own match wins a tie (it is the nearer context). llama.cpp's `ngram-mod` shares one
+table across all slots and requests in the same spirit (see docs/research/ngram-mod.md).
+
 Speculation backs off by itself: the draft length grows after fully accepted drafts and shrinks after rejections,
 a sequence whose drafts keep failing stops drafting for a while (twice as long each time), and the scheduler caps
 the tokens a step may hold so that drafts never crowd out other sequences' decoding.
@@ -22,6 +29,7 @@ the tokens a step may hold so that drafts never crowd out other sequences' decod
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,6 +44,8 @@ class SpeculationOptions:
     ngram_max: int = 8  # longest run of latest tokens looked up
     ngram_min: int = 2  # shortest (single tokens match too often by chance)
     max_sequences: int = 2  # steps with more sequences decoding check no drafts (CPU: rows cost what tokens do)
+    pool_ngram_min: int = 4  # shortest match taken from another sequence's tokens
+    pool_tokens: int = 65536  # tokens of finished sequences kept to draft from
 
     @property
     def enabled(self) -> bool:
@@ -85,16 +95,19 @@ class SequenceDrafter:
         limit = min(limit, self.length)
         return limit if limit >= self.options.draft_min else 0
 
-    def lookup(self, limit: int) -> list[int]:
-        tokens, draft = self.tokens, []
+    def lookup(self, limit: int, others: tuple[SequenceDrafter, ...] = ()) -> list[int]:
+        """Up to `limit` tokens following the sequence where its latest tokens occurred before: in its own tokens,
+        or (a longer match) in `others`' (a DraftPool's)."""
+        longest, draft = self.options.ngram_max, []
         while len(draft) < limit:  # a continuation that reaches the end is looked up again from there (cycles)
-            found = self._follower_of((tokens[-self.options.ngram_max:] + draft)[-self.options.ngram_max:])
+            tail = self.tokens[-longest:] + draft if len(draft) < longest else draft
+            found = self._follower_of(tail[-longest:], others)
             if found is None:
                 break
-            follower, matched = found
+            source, follower, matched = found
             # a short match is weak evidence: trust it for a few tokens only (2 tokens matched: 2, 3: 4, 4: 8...)
             trusted = min(limit - len(draft), 2 ** (matched - 1))
-            draft += tokens[follower:follower + trusted]
+            draft += source[follower:follower + trusted]
         if any(token < 0 for token in draft):  # a media placeholder is no token: guess only up to it
             draft = draft[: next(i for i, token in enumerate(draft) if token < 0)]
         if not draft or len(draft) < self.options.draft_min:
@@ -102,12 +115,20 @@ class SequenceDrafter:
         self.drafted += len(draft)
         return draft
 
-    def _follower_of(self, tail: list[int]) -> tuple[int, int] | None:
-        """Where the latest earlier occurrence of the longest known n-gram ending `tail` was followed, and n."""
+    def _follower_of(self, tail: list[int], others: tuple[SequenceDrafter, ...]) -> tuple[list[int], int, int] | None:
+        """The tokens, and the position in them, that followed the latest occurrence of the longest known n-gram
+        ending `tail` (this sequence's own first, then `others` for n >= pool_ngram_min), and n."""
+        pool_from = self.options.pool_ngram_min
         for n in range(min(self.options.ngram_max, len(tail)), self.options.ngram_min - 1, -1):
-            follower = self._follower[n].get(tuple(tail[-n:]))
+            key = tuple(tail[-n:])
+            follower = self._follower[n].get(key)
             if follower is not None:
-                return follower, n
+                return self.tokens, follower, n
+            if n >= pool_from:
+                for other in others:
+                    follower = other._follower.get(n, {}).get(key)
+                    if follower is not None:
+                        return other.tokens, follower, n
         return None
 
     def verified(self, drafted: int, accepted: int) -> None:
@@ -122,3 +143,25 @@ class SequenceDrafter:
             self._cooldown = min(MAX_COOLDOWN, 2 ** (self._misses - 2)) if self._misses > 1 else 0  # 1, 2, 4..
         else:
             self._misses = 0
+
+
+class DraftPool:
+    """The sequences a draft may be copied from besides its own: the drafters of the last sequences that finished
+    (at most `pool_tokens` tokens of them, newest first). The scheduler adds the ones decoding now."""
+
+    def __init__(self, options: SpeculationOptions) -> None:
+        self.options = options
+        self._finished: deque[SequenceDrafter] = deque()
+        self._tokens = 0
+
+    def keep(self, drafter: SequenceDrafter) -> None:
+        """A sequence finished: its tokens stay available to later drafts (the oldest kept ones make room)."""
+        if not self.options.pool_tokens or len(drafter.tokens) > self.options.pool_tokens:
+            return
+        self._finished.appendleft(drafter)
+        self._tokens += len(drafter.tokens)
+        while self._tokens > self.options.pool_tokens:
+            self._tokens -= len(self._finished.pop().tokens)
+
+    def finished(self) -> tuple[SequenceDrafter, ...]:
+        return tuple(self._finished)

@@ -11,7 +11,7 @@ import llama_cpp
 from backends.llamacpp.draft_model import DraftModel
 from backends.llamacpp.model import LlamaContext
 from backends.llamacpp.sequences import SequenceJob, Slot
-from backends.llamacpp.speculation import SequenceDrafter, SpeculationOptions
+from backends.llamacpp.speculation import DraftPool, SequenceDrafter, SpeculationOptions
 
 
 class SpeculativeSteps:
@@ -33,6 +33,7 @@ class SpeculativeSteps:
         self.options = options
         self.seq_ctx = seq_ctx
         self.draft_model = draft_model  # guesses instead of prompt lookup
+        self.pool = DraftPool(options)  # finished sequences' tokens, drafted from too
         # The scheduler's sampling step: verifying a drafted token is sampling from its row, with everything
         # sampling does for a sequence (steering, logprobs, stop strings, finishing it).
         self.sample = sample
@@ -62,7 +63,10 @@ class SpeculativeSteps:
             for seq_id, draft in drafts.items():
                 wanted[seq_id][0].drafter.drafted += len(draft)
         else:
-            drafts = {seq: slot.drafter.lookup(n) for seq, (slot, n) in wanted.items()}
+            live = tuple(slot.drafter for slot in decoding if slot.drafter is not None)
+            others = live + self.pool.finished()
+            drafts = {seq: slot.drafter.lookup(n, tuple(o for o in others if o is not slot.drafter))
+                      for seq, (slot, n) in wanted.items()}
         for seq_id, draft in drafts.items():
             slot = wanted[seq_id][0]
             slot.draft = draft
@@ -87,6 +91,13 @@ class SpeculativeSteps:
         self.drop_unverified(slot)
         if slot.job is not None:
             slot.emit_pending()
+
+    def release(self, slot: Slot) -> None:
+        """The slot's sequence ended: what it held unverified goes, its tokens stay in the pool for later drafts."""
+        self.drop_unverified(slot)
+        if slot.drafter is not None and self.draft_model is None:
+            self.pool.keep(slot.drafter)
+        slot.drafter = None
 
     def drop_unverified(self, slot: Slot) -> None:
         """Remove the rejected rest of a draft from the sequence's tokens and KV."""

@@ -35,3 +35,35 @@ def test_flash_attention_auto_is_off_for_wide_heads_on_the_cpu_and_on_for_embedd
     assert flash_attention("auto", gemma) is False
     assert flash_attention("auto", gemma, embedding=True) is True
     assert (flash_attention("on", gemma), flash_attention("off", gemma, embedding=True)) == (True, False)
+
+
+def test_a_plain_greedy_chain_picks_what_llama_cpps_greedy_sampler_picks(gemma):
+    """Plain greedy sampling is a numpy argmax over the logits row (no candidate array); it must pick exactly what
+    llama.cpp's greedy sampler picks, on every row of a batch (ties: the first maximum in both)."""
+    import llama_cpp
+
+    from backends.base import SamplingParams
+    from backends.llamacpp.model import ContextConfig, LlamaContext, add_to_batch
+    from backends.llamacpp.sampling import SamplerChain
+
+    context = LlamaContext(gemma, ContextConfig(n_ctx=512, n_seq_max=1, n_batch=64, n_ubatch=64, n_threads=2,
+                                                n_threads_batch=2, flash_attn=False))
+    batch = llama_cpp.llama_batch_init(64, 0, 1)
+    greedy = llama_cpp.llama_sampler_init_greedy()
+    chain = SamplerChain(gemma, SamplingParams(temperature=0.0), [])
+    biased = SamplerChain(gemma, SamplingParams(temperature=0.0, logit_bias={818: 5.0}), [])
+    try:
+        tokens = gemma.tokenize("The capital of France is Paris. The capital of Italy is Rome. The capital of")
+        for position, token in enumerate(tokens):
+            add_to_batch(batch, token, position, 0, logits=True)
+        assert context.decode(batch) == 0
+        assert chain.argmax_only and not biased.argmax_only  # a bias goes through the C chain
+        picks = [chain.sample(context.ptr, row)[0] for row in range(len(tokens))]
+        assert picks == [llama_cpp.llama_sampler_sample(greedy, context.ptr, row) for row in range(len(tokens))]
+        assert len(set(picks)) > 5  # (rows with different answers, not one token everywhere)
+    finally:
+        chain.free()
+        biased.free()
+        llama_cpp.llama_sampler_free(greedy)
+        llama_cpp.llama_batch_free(batch)
+        context.free()

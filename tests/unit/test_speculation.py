@@ -1,6 +1,6 @@
 """The prompt-lookup drafter: what it proposes from a sequence's own tokens, and how it backs off."""
 
-from backends.llamacpp.speculation import SequenceDrafter, SpeculationOptions
+from backends.llamacpp.speculation import DraftPool, SequenceDrafter, SpeculationOptions
 
 OPTIONS = SpeculationOptions(draft_max=4, draft_min=1, ngram_max=3, ngram_min=2)
 
@@ -37,3 +37,32 @@ def test_the_draft_length_adapts_and_repeated_misses_pause_drafting():
     assert drafter.propose(8) == []  # two in a row: pauses (one step, then two, four, ...)
     assert drafter.propose(8)
     assert drafter.drafted == 8 + 1 + 1  # what was proposed (acceptance is counted by the scheduler)
+
+
+POOLED = SpeculationOptions(draft_max=8, ngram_min=2, ngram_max=4, pool_ngram_min=3, pool_tokens=20)
+
+
+def test_a_draft_comes_from_another_sequence_when_it_matches_longer():
+    earlier = SequenceDrafter([9, 1, 2, 3, 4, 5, 6, 7, 8], POOLED)  # e.g. the same request answered a moment ago
+    drafter = SequenceDrafter([2, 3, 30, 31, 1, 2, 3], POOLED)  # its own tokens hold "2 3" before, not "1 2 3"
+    assert drafter.lookup(2) == [30, 31]  # alone: its own 2-token match
+    assert drafter.lookup(4, (earlier,)) == [4, 5, 6, 7]  # the 3-token match in the other sequence wins
+
+
+def test_the_own_sequence_wins_a_tie_and_short_matches_elsewhere_are_ignored():
+    other = SequenceDrafter([1, 2, 3, 50, 51, 52], POOLED)
+    drafter = SequenceDrafter([1, 2, 3, 60, 61, 62, 1, 2, 3], POOLED)
+    assert drafter.lookup(3, (other,)) == [60, 61, 62]  # same length (3): its own, the nearer context
+    short = SequenceDrafter([7, 8, 70, 71, 72, 73], POOLED)
+    drafter = SequenceDrafter([5, 7, 8], POOLED)
+    assert drafter.lookup(3, (short,)) == []  # 2 tokens matched elsewhere: below pool_ngram_min
+
+
+def test_the_pool_keeps_the_newest_finished_sequences_within_its_token_budget():
+    pool = DraftPool(POOLED)
+    first, second, third = (SequenceDrafter(list(range(start, start + 9)), POOLED) for start in (0, 100, 200))
+    for drafter in (first, second, third):
+        pool.keep(drafter)
+    assert pool.finished() == (third, second)  # 27 tokens > 20: the oldest went
+    pool.keep(SequenceDrafter(list(range(21)), POOLED))  # larger than the whole budget: not kept
+    assert pool.finished() == (third, second)
