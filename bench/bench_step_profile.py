@@ -1,7 +1,8 @@
 """Where one scheduler step's wall time goes, for 1, 4, 8 and 16 decoding sequences, with and without speculation.
 
-The real server runs in this process (uvicorn on a loopback port, the real llama.cpp engine and GGUF); the streaming
-clients run in a child process, so their work is not counted here. Timers are wrapped around the scheduler's own
+The real server runs in this process (uvicorn on a loopback port, the real llama.cpp engine and GGUF), with its engine
+in this process too (--no-engine-workers: by default the same scheduler runs in a worker process, whose functions
+could not be timed from here); the streaming clients run in a child process, so their work is not counted here. Timers are wrapped around the scheduler's own
 functions (exclusive time: a function's time excludes the timed functions it calls), so the table splits a step into:
 
   llama_decode   the one `llama_decode` of the step (C; the GIL is released)
@@ -174,27 +175,25 @@ def profile(base_url: str, model: str, streams: int, args, speculative: bool, ti
     return row
 
 
-def serve(args) -> tuple[str, dict[str, int]]:
+def server_for(args) -> tuple[uvicorn.Server, str]:
     settings = settings_from_cli(["--model-name", MODELS[args.model], "--parallel", "16", "--n-ctx", str(16 * 1024),
-                                  "--n-threads", str(args.threads), "--log-level", "warning", *args.flags.split()])
+                                  "--n-threads", str(args.threads), "--log-level", "warning", "--no-engine-workers",
+                                  *args.flags.split()])
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False))
-    threads: dict[str, int] = {}
+    return server, f"http://127.0.0.1:{port}"
 
-    def run() -> None:
-        threads["event loop"] = threading.get_native_id()
-        server.run()
-    threading.Thread(target=run, name="uvicorn", daemon=True).start()
-    base_url = f"http://127.0.0.1:{port}"
+
+def wait_ready(base_url: str) -> None:
     for _ in range(600):
         try:
             if httpx.get(f"{base_url}/health", timeout=5).status_code == 200:
-                break
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    return base_url, threads
+    raise RuntimeError("the server did not become ready")
 
 
 def print_table(rows: list[tuple[int, bool, dict]]) -> None:
@@ -220,15 +219,24 @@ def main() -> None:
     args = parser.parse_args()
     timers = StepTimers()
     install(timers)
-    base_url, threads = serve(args)
-    rows = []
-    for streams in args.sequences:
-        for speculative in (False, True):
-            rows.append((streams, speculative, profile(base_url, MODELS[args.model], streams, args, speculative,
-                                                       timers, threads)))
-            print(f"{streams} seqs, speculation {'on' if speculative else 'off'}: {rows[-1]['tok/s']:.1f} tok/s",
-                  flush=True)
-    print_table(rows)
+    server, base_url = server_for(args)
+    threads = {"event loop": threading.get_native_id()}  # uvicorn runs here, in the main thread (signal handlers)
+
+    def drive() -> None:
+        try:
+            wait_ready(base_url)
+            rows = []
+            for streams in args.sequences:
+                for speculative in (False, True):
+                    rows.append((streams, speculative, profile(base_url, MODELS[args.model], streams, args,
+                                                               speculative, timers, threads)))
+                    print(f"{streams} seqs, speculation {'on' if speculative else 'off'}: "
+                          f"{rows[-1][2]['tok/s']:.1f} tok/s", flush=True)
+            print_table(rows)
+        finally:
+            server.should_exit = True
+    threading.Thread(target=drive, name="profile-driver", daemon=True).start()
+    server.run()
 
 
 if __name__ == "__main__":

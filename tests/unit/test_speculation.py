@@ -30,7 +30,11 @@ def test_the_draft_length_adapts_and_repeated_misses_pause_drafting():
     drafter.verified(drafted=8, accepted=2)
     assert drafter.length == 3  # what was accepted, plus one
     drafter.verified(drafted=3, accepted=3)
-    assert drafter.length == 5  # a full hit: longer
+    assert drafter.length == 6  # a full hit: twice as long
+    drafter.verified(drafted=2, accepted=2)
+    assert drafter.length == 6  # a full hit of a draft cut short (the lookup ran out): says nothing more
+    drafter.verified(drafted=6, accepted=6)
+    assert drafter.length == 8  # (never past draft_max)
     drafter.verified(drafted=5, accepted=0)
     assert drafter.propose(8)  # one miss: keeps drafting
     drafter.verified(drafted=1, accepted=0)
