@@ -69,6 +69,8 @@ class SequenceDrafter:
             n: {} for n in range(options.ngram_min, options.ngram_max + 1)}
         self.length = min(options.draft_start, options.draft_max)  # current draft length, adapted to how drafts fare
         self._misses = 0  # drafts in a row with nothing accepted
+        self._run = 0  # tokens accepted since the last draft that missed
+        self._typical_run = float(options.draft_start)  # how many tokens drafts hold before one misses (average)
         self._cooldown = 0  # steps left without drafting
         self.drafted = 0
         self.accepted = 0
@@ -138,11 +140,16 @@ class SequenceDrafter:
         repeated misses. On CPU every drafted row costs about a third of a token (gemma-3; half for SmolLM2) however
         long the draft, so a long draft pays only where it is nearly sure to hold: a run of full hits (a loop, a
         copied block, the same answer again) doubles it up to draft_max (llama.cpp's ngram-mod drafts 48-64), and
-        the first miss brings it back."""
+        the first miss brings it back. Past draft_start it grows only as far as runs of hits have gone: a copy
+        with a renamed word every 15 tokens misses every 15 tokens, and a 30-token draft there wastes half its rows."""
         if accepted == drafted:
+            self._run += accepted
             if drafted >= self.length:  # (a draft cut short by the lookup or the room left says nothing more)
-                self.length = min(self.options.draft_max, 2 * self.length)
+                room = max(self.options.draft_start, self._typical_run, self._run)
+                self.length = min(self.options.draft_max, 2 * self.length, int(room))
         else:
+            self._typical_run = (self._typical_run + self._run + accepted) / 2
+            self._run = 0
             self.length = max(self.options.draft_min, accepted + 1)
         if accepted == 0:
             self._misses += 1

@@ -70,3 +70,17 @@ def test_the_pool_keeps_the_newest_finished_sequences_within_its_token_budget():
     assert pool.finished() == (third, second)  # 27 tokens > 20: the oldest went
     pool.keep(SequenceDrafter(list(range(21)), POOLED))  # larger than the whole budget: not kept
     assert pool.finished() == (third, second)
+
+
+def test_drafts_grow_past_their_start_only_as_far_as_runs_of_hits_have_gone():
+    drafter = SequenceDrafter([1, 2, 3] * 10, SpeculationOptions(draft_max=64, draft_start=4))
+    for _ in range(3):  # a copy with a renamed word every 6 tokens: each draft holds 5, then misses
+        drafter.verified(drafted=4, accepted=4)
+        drafter.verified(drafted=drafter.length, accepted=1)
+    assert drafter._typical_run < 6
+    drafter.verified(drafted=drafter.length, accepted=drafter.length)
+    drafter.verified(drafted=drafter.length, accepted=drafter.length)
+    assert drafter.length <= 8  # not 64: runs here end after ~5 tokens
+    for _ in range(6):  # a loop: everything holds
+        drafter.verified(drafted=drafter.length, accepted=drafter.length)
+    assert drafter.length == 64
