@@ -13,7 +13,8 @@ tokens banned so every stream can run to 128) it prints aggregate tok/s, per-str
 and p95, and tokens delivered / requested; then a long-prompt case (~1.8k tokens): cold TTFT and the TTFT of
 the same prefix again with a new question. Finally our ratios to each other system.
 
-Usage: python -m bench.bench_servers [--concurrency 1 4 8 16] [--max-tokens 128] [--threads 2] [--only ours ...]
+Usage: python -m bench.bench_servers [--concurrency 1 4 8 16] [--max-tokens 128] [--threads 2]
+       [--only ours llama-server llama-cpp-python in-process decode-limit]
 """
 
 from __future__ import annotations
@@ -85,22 +86,26 @@ def messages_for(index: int) -> list[dict]:
 
 def stream_once(base_url: str, messages: list[dict], max_tokens: int) -> StreamResult:
     body = {"model": GEMMA_FILE, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
-            "stream": True, "logit_bias": BANNED_END_TOKENS}
-    result, stamps = StreamResult(), []
+            "stream": True, "stream_options": {"include_usage": True}, "logit_bias": BANNED_END_TOKENS}
+    result, stamps, counted = StreamResult(), [], None
     start = time.perf_counter()
     try:
         with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=600) as response:
             for line in response.iter_lines():
                 if not line.startswith("data: {"):
                     continue
-                choices = json.loads(line[6:]).get("choices") or []
+                chunk = json.loads(line[6:])
+                choices = chunk.get("choices") or []
                 if choices and (choices[0].get("delta") or {}).get("content"):
                     stamps.append(time.perf_counter())
+                if chunk.get("usage"):
+                    counted = chunk["usage"]["completion_tokens"]
     except httpx.HTTPError:
         pass  # a server that cuts streams off (llama-cpp-python's does): count what was delivered
     if stamps:
         result.ttft = stamps[0] - start
-        result.tokens = len(stamps)  # each system streams one token per content delta
+        # the server's own count where it gives one (a verified draft goes out as one delta of several tokens)
+        result.tokens = counted if counted is not None else len(stamps)
         result.decode_seconds = stamps[-1] - stamps[0]
     return result
 
