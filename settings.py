@@ -191,6 +191,12 @@ class Settings(BaseSettings):
         2, ge=1, description="Drafts are checked only in steps where at most this many sequences decode: on CPU a "
         "step's cost grows with every row, so with more streams checking guesses costs more than it saves"
     )
+    spec_pool_tokens: int = Field(
+        0, ge=0, description="Let drafts copy from other sequences too: the ones decoding beside it and the last "
+        "finished ones, up to this many tokens of them (0: off). A repeated request then drafts from its earlier "
+        "answer; llama.cpp rounds a step of several rows differently from a one-row step, so a greedy repeat may "
+        "differ at near ties where, off, it gives the same answer every time"
+    )
     engine_workers: bool = Field(
         True, description="Run each local model's engine in a worker process of its own: a native crash in one model "
         "fails only that model's requests (it restarts on the next), and unloading it gives its memory back to the "

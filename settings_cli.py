@@ -35,7 +35,8 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "engines (llama.cpp unless noted)": ("n_ctx", "n_threads", "n_threads_batch", "n_batch", "n_ubatch",
                                          "n_gpu_layers", "repack", "flash_attn", "kv_unified", "swa_full",
                                          "embedding", "pooling"),
-    "speculative decoding": ("spec", "draft_model", "spec_draft_max", "spec_draft_min", "spec_max_sequences"),
+    "speculative decoding": ("spec", "draft_model", "spec_draft_max", "spec_draft_min", "spec_max_sequences",
+                             "spec_pool_tokens"),
     "logging": ("log_level", "log_format"),
 }
 USAGE = "python server.py [--model-name MODEL] [--host HOST] [--port PORT] [options]"

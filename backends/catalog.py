@@ -79,6 +79,7 @@ class EngineOverrides(BaseModel):
     spec_draft_max: int | None = Field(None, ge=1, le=64)
     spec_draft_min: int | None = Field(None, ge=1, le=64)
     spec_max_sequences: int | None = Field(None, ge=1)
+    spec_pool_tokens: int | None = Field(None, ge=0)
 
 
 class HFLoadOptions(BaseModel):

@@ -46,7 +46,7 @@ class SpeculationOptions:
     ngram_min: int = 2  # shortest (single tokens match too often by chance)
     max_sequences: int = 2  # steps with more sequences decoding check no drafts (CPU: rows cost what tokens do)
     pool_ngram_min: int = 4  # shortest match taken from another sequence's tokens
-    pool_tokens: int = 65536  # tokens of finished sequences kept to draft from
+    pool_tokens: int = 0  # tokens of finished sequences kept to draft from (0: no drafts from other sequences)
 
     @property
     def enabled(self) -> bool:

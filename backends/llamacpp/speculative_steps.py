@@ -63,7 +63,8 @@ class SpeculativeSteps:
             for seq_id, draft in drafts.items():
                 wanted[seq_id][0].drafter.drafted += len(draft)
         else:
-            live = tuple(slot.drafter for slot in decoding if slot.drafter is not None)
+            pooled = self.options.pool_tokens > 0  # (off: each sequence drafts from its own tokens alone)
+            live = tuple(slot.drafter for slot in decoding if slot.drafter is not None) if pooled else ()
             others = live + self.pool.finished()
             drafts = {seq: slot.drafter.lookup(n, tuple(o for o in others if o is not slot.drafter))
                       for seq, (slot, n) in wanted.items()}
