@@ -22,10 +22,11 @@ class LoopEmit:
         self.queue = queue
 
     def __call__(self, item: object) -> None:
-        _deliver_soon(self.loop, [(self.queue, item)])
+        deliver_soon(self.loop, [(self.queue, item)])
 
 
-def _deliver_soon(loop: asyncio.AbstractEventLoop, items: list[tuple[asyncio.Queue, object]]) -> None:
+def deliver_soon(loop: asyncio.AbstractEventLoop, items: list[tuple[asyncio.Queue, object]]) -> None:
+    """From another thread: put each item on its queue, all in one callback of `loop` (one wake-up)."""
     try:
         loop.call_soon_threadsafe(_put_all, items)
     except RuntimeError:  # the event loop is gone (shutdown): nobody is listening any more
@@ -59,7 +60,7 @@ class StepOutbox:
             else:
                 emit(item)
         for loop, items in by_loop.items():
-            _deliver_soon(loop, items)
+            deliver_soon(loop, items)
 
 
 class _HeldEmit:

@@ -15,12 +15,14 @@ it would have without speculation, so greedy and seeded sampling give identical 
 the model's own distribution. (Speculative sampling proper, accepting by probability ratio, accepts more often
 at temperature > 0 but changes which random numbers are drawn; with a deterministic drafter it gains nothing.)
 
-Drafts may also come from other sequences (`DraftPool`): the ones decoding beside this one and the last few that
-finished. Their tokens are indexed already (each sequence's own drafter), so this costs only extra dict lookups, and
+With `pool_tokens` (--spec-pool-tokens, off by default), drafts may also come from other sequences (`DraftPool`): the
+ones decoding beside this one and the last few that finished. Their tokens are indexed already (each sequence's own drafter), so this costs only extra dict lookups, and
 it is where repeated work pays most: the same request again (a retry, a regenerate, n > 1, an agent's loop), sibling
 streams, the next turn quoting the previous answer. A match there counts only if it is at least `pool_ngram_min`
 tokens long; the sequence's own match wins a tie (it is the nearer context). llama.cpp's `ngram-mod` shares one
-table across all slots and requests in the same spirit (see docs/research/ngram-mod.md).
+table across all slots and requests in the same spirit (see docs/research/ngram-mod.md). It is off by default: a
+repeat drafted from the earlier answer is checked in steps of other shapes, which llama.cpp rounds differently, so a
+greedy repeat may then differ at a near tie.
 
 Speculation backs off by itself: the draft length grows after fully accepted drafts and shrinks after rejections,
 a sequence whose drafts keep failing stops drafting for a while (twice as long each time), and the scheduler caps
@@ -129,7 +131,7 @@ class SequenceDrafter:
                 return self.tokens, follower, n
             if n >= pool_from:
                 for other in others:
-                    follower = other._follower.get(n, {}).get(key)
+                    follower = other._follower[n].get(key)  # (every drafter indexes the same lengths)
                     if follower is not None:
                         return other.tokens, follower, n
         return None

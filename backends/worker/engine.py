@@ -42,6 +42,7 @@ from backends.base import (
 )
 from backends.catalog import ModelEntry
 from backends.load_progress import current_load
+from backends.step_outbox import deliver_soon
 from backends.worker.log_relay import LogRelay
 from backends.worker.wire import Channel, WorkerGone, decode_error
 from errors import EngineCrashed, ModelLoadFailed
@@ -72,21 +73,12 @@ class _Stream:
 
     def deliver(self, item) -> None:
         """From the reader thread: a list of chunks, an exception or the stream's end."""
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (shutdown)
-            pass
+        deliver_soon(self.loop, [(self.queue, item)])
 
     @staticmethod
     def deliver_many(items: list[tuple[_Stream, list]]) -> None:
         """From the reader thread: chunks for several streams (all on the server's one event loop)."""
-        def put_all() -> None:
-            for stream, chunks in items:
-                stream.queue.put_nowait(chunks)
-        try:
-            items[0][0].loop.call_soon_threadsafe(put_all)
-        except RuntimeError:
-            pass
+        deliver_soon(items[0][0].loop, [(stream.queue, chunks) for stream, chunks in items])
 
 
 class WorkerEngine(Engine):
