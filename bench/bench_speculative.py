@@ -31,7 +31,7 @@ import time
 import httpx
 
 from backends.embedded_model import GEMMA_FILE, SMOLLM2_FILE
-from bench.bench_servers import Process, llama_server_binary, messages_for
+from bench.bench_servers import Process, llama_cpp_safety_flags, llama_server_binary, messages_for
 from settings import PROJECT_ROOT
 from tests.server_process import free_port
 
@@ -170,7 +170,7 @@ def start(name: str, model_key: str, args, slots: int, mode: str = "") -> Proces
                    str(slots), "--n-ctx", n_ctx, "--n-threads", threads, "--log-level", "warning", *args.ours_flags.split()]
         return Process(name, command, "/health", port)
     command = [llama_server_binary(), "-m", path, "--port", str(port), "-np", str(slots), "-c", n_ctx, "-t", threads,
-               "-tb", threads, "--jinja", "--no-webui", "--spec-type", mode]
+               "-tb", threads, "--jinja", "--no-webui", "--spec-type", mode, *llama_cpp_safety_flags()]
     if model_key in TEMPLATES:
         command += ["--chat-template-file", str(TEMPLATES[model_key])]
     return Process(name, command, "/health", port)

@@ -62,7 +62,7 @@ class LlamaCppEngine(WorkerThreadEngine):
         threads = settings.n_threads or default_threads()
         # Never allocate more context than the model was trained for: positions beyond it are garbage.
         n_ctx = min(settings.n_ctx, self.model.n_ctx_train * settings.parallel)
-        self.flash_attn = flash_attention(settings.flash_attn, self.model)
+        self.flash_attn = flash_attention(settings.flash_attn, self.model, sequences=settings.parallel)
         logger.info("%s: flash attention %s (--flash-attn %s; attention heads %d wide)", path.name,
                     "on" if self.flash_attn else "off", settings.flash_attn, self.model.attention_head_size)
         config = ContextConfig(

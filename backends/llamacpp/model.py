@@ -72,24 +72,31 @@ def default_threads() -> int:
 
 
 # Above this attention head size, llama.cpp's CPU flash-attention kernel (llama-cpp-python 0.3.36) measured slower
-# than plain attention: head size 256 (gemma 3, Qwen 3.5) decoded 1.3x faster at 4k tokens without it, and a
-# conversation's next turn (94 new tokens after 6.5k) evaluated 3x faster; head size 64 (SmolLM2) evaluated
-# prompts ~5 % faster with it, decoding the same (`python -m bench.bench_flash_attention`, bench_hybrid_turns).
-# 128 was not measured: it keeps llama.cpp's own choice.
+# than plain attention for one sequence on an AMD EPYC: head size 256 (gemma 3, Qwen 3.5) decoded 1.3x faster at 4k
+# tokens without it, and a conversation's next turn (94 new tokens after 6.5k) evaluated 3x faster; head size 64
+# (SmolLM2) evaluated prompts ~5 % faster with it, decoding the same (`python -m bench.bench_flash_attention`,
+# bench_hybrid_turns). 128 was not measured: it keeps llama.cpp's own choice.
 CPU_FLASH_ATTENTION_MAX_HEAD_SIZE = 128
+# ...unless the context decodes many sequences at once: B one-token sequences a step (one KV stream each) decoded
+# 1.13x faster with it at B=16 and 128 tokens of context, 1.31x at 1024, 1.04-1.19x at B=8 (gemma 3, a Xeon with
+# AMX; `python -m bench.bench_decode_config`), where one sequence's long chunks lost 5-9 % on that host. A server
+# sized for that many streams is mostly decoding several; llama-server and llama-batched-bench keep it on too.
+CPU_FLASH_ATTENTION_MIN_SEQUENCES = 8
 
 
-def flash_attention(setting: str, model: LlamaModel, *, embedding: bool = False) -> bool:
+def flash_attention(setting: str, model: LlamaModel, *, embedding: bool = False, sequences: int = 1) -> bool:
     """Whether a context of `model` uses flash attention, for the `flash_attn` setting (auto / on / off).
 
     `auto` turns it on where layers run on a GPU and for embedding models (one non-causal pass over short inputs:
     2.6x faster on CPU, bench_embeddings); for generation on the CPU, on unless the attention heads are larger
-    than CPU_FLASH_ATTENTION_MAX_HEAD_SIZE."""
+    than CPU_FLASH_ATTENTION_MAX_HEAD_SIZE and the context holds fewer than CPU_FLASH_ATTENTION_MIN_SEQUENCES
+    sequences (`sequences`: its slots)."""
     if setting != "auto":
         return setting == "on"
     if embedding or model.offloads_to_gpu:
         return True
-    return model.attention_head_size <= CPU_FLASH_ATTENTION_MAX_HEAD_SIZE
+    return (model.attention_head_size <= CPU_FLASH_ATTENTION_MAX_HEAD_SIZE
+            or sequences >= CPU_FLASH_ATTENTION_MIN_SEQUENCES)
 
 
 class LlamaModel:

@@ -27,12 +27,13 @@ def test_special_tokens_among_finds_only_control_tokens(gemma):
     assert gemma.piece(turn) == b"" and gemma.token_text(turn) == b"<start_of_turn>"
 
 
-def test_flash_attention_auto_is_off_for_wide_heads_on_the_cpu_and_on_for_embeddings(gemma):
+def test_flash_attention_auto_is_off_for_wide_heads_on_the_cpu_but_for_many_sequences_and_on_for_embeddings(gemma):
     from backends.llamacpp.model import flash_attention
 
     assert gemma.offloads_to_gpu is False  # (the CPU build: n_gpu_layers 0)
     assert gemma.attention_head_size == 256  # (gemma 3's key_length)
     assert flash_attention("auto", gemma) is False
+    assert (flash_attention("auto", gemma, sequences=4), flash_attention("auto", gemma, sequences=8)) == (False, True)
     assert flash_attention("auto", gemma, embedding=True) is True
     assert (flash_attention("on", gemma), flash_attention("off", gemma, embedding=True)) == (True, False)
 
