@@ -34,12 +34,13 @@ from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, add
 from settings import PROJECT_ROOT
 
 MODELS = {"gemma": GEMMA_FILE, "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf"}
-CONFIGS = ("server", "server+fa", "server-plain", "batched-bench", "batched-bench-plain", "batched-bench-nofa")
+CONFIGS = ("server", "server+fa", "server-unified", "server-plain", "batched-bench", "batched-bench-plain",
+           "batched-bench-nofa")
 SLOT_CONTEXT = 2304  # bench_servers' --n-ctx per slot
 
 
 def context_config(name: str, model: LlamaModel, args) -> ContextConfig:
-    slots = max(args.sequences)
+    slots = max(args.sequences) * args.spacing
     if name.startswith("server"):
         n_ctx, flash = max(slots * SLOT_CONTEXT, slots * (args.prompt + args.tokens * args.rows)), \
             flash_attention("auto", model, sequences=slots)
@@ -48,13 +49,14 @@ def context_config(name: str, model: LlamaModel, args) -> ContextConfig:
     else:  # batched-bench: -c P*(pp+tg)+256 in bench_servers, flash attention auto = on for a CPU context
         n_ctx, flash = slots * (args.prompt + args.tokens * args.rows) + 256, "nofa" not in name
     return ContextConfig(n_ctx=n_ctx, n_seq_max=slots, n_batch=2048, n_ubatch=512, n_threads=args.threads,
-                         n_threads_batch=args.threads, flash_attn=flash, kv_unified=False)
+                         n_threads_batch=args.threads, flash_attn=flash, kv_unified="unified" in name)
 
 
 def decode_steps(context: LlamaContext, batch, sequences: int, args, rng: random.Random, n_vocab: int) -> list[float]:
     """Prompts for `sequences` sequences, then args.tokens steps of one token each; the steps' seconds."""
     context.clear_memory()
-    for seq in range(sequences):  # one sequence's prompt a decode, in n_batch chunks
+    seq_ids = [i * args.spacing for i in range(sequences)]
+    for seq in seq_ids:  # one sequence's prompt a decode, in n_batch chunks
         for start in range(0, args.prompt, context.n_batch):
             batch.n_tokens = 0
             for position in range(start, min(args.prompt, start + context.n_batch)):
@@ -64,7 +66,7 @@ def decode_steps(context: LlamaContext, batch, sequences: int, args, rng: random
     steps = []
     for step in range(args.tokens):
         batch.n_tokens = 0
-        for seq in range(sequences):
+        for seq in seq_ids:
             for row in range(args.rows):  # rows > 1: a verification step's shape (the token and a draft)
                 add_to_batch(batch, rng.randrange(n_vocab), args.prompt + step * args.rows + row, seq, logits=True)
         started = time.perf_counter()
@@ -106,6 +108,9 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=64, help="prompt tokens per sequence")
     parser.add_argument("--rows", type=int, default=1, help="tokens per sequence per step (1 + a draft's length)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--spacing", type=int, default=1,
+                        help="sequence ids 0, s, 2s...: with one KV stream per slot, llama.cpp decodes only runs of "
+                             "consecutive ids together, so a spacing over 1 shows what scattered slots cost")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--model", choices=sorted(MODELS), default="gemma")
     parser.add_argument("--rounds", type=int, default=1, help="run the configurations in turn this many times")

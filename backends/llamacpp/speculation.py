@@ -46,7 +46,12 @@ class SpeculationOptions:
     draft_min: int = 1  # a draft shorter than this is not worth a step's extra rows
     ngram_max: int = 8  # longest run of latest tokens looked up
     ngram_min: int = 2  # shortest (single tokens match too often by chance)
-    max_sequences: int = 2  # steps with more sequences decoding check no drafts (CPU: rows cost what tokens do)
+    max_sequences: int = 8  # steps with more sequences decoding check no drafts (CPU: a row costs what a token does)
+    few_sequences: int = 2  # steps with more are busy: only drafts from long matches that keep holding (busy_*)
+    busy_ngram_min: int = 6  # shortest match drafted from in a busy step
+    busy_acceptance: float = 0.75  # ...by a sequence whose drafts were accepted at least this often so far
+    busy_evidence: int = 8  # ...once it has drafted this many tokens; before that, drafts of at most busy_probe
+    busy_probe: int = 4
     pool_ngram_min: int = 4  # shortest match taken from another sequence's tokens
     pool_tokens: int = 0  # tokens of finished sequences kept to draft from (0: no drafts from other sequences)
 
@@ -100,13 +105,22 @@ class SequenceDrafter:
         limit = min(limit, self.length)
         return limit if limit >= self.options.draft_min else 0
 
-    def lookup(self, limit: int, others: tuple[SequenceDrafter, ...] = ()) -> list[int]:
+    def busy_budget(self, limit: int) -> int:
+        """How many tokens to draft in a busy step (rows cost nearly what tokens do there): short probes until the
+        sequence's drafts have shown how often they hold, then only while they hold at least busy_acceptance."""
+        if self.drafted < self.options.busy_evidence:
+            return self.budget(min(limit, self.options.busy_probe))
+        if self.accepted < self.options.busy_acceptance * self.drafted:
+            return 0
+        return self.budget(limit)
+
+    def lookup(self, limit: int, others: tuple[SequenceDrafter, ...] = (), shortest: int = 0) -> list[int]:
         """Up to `limit` tokens following the sequence where its latest tokens occurred before: in its own tokens,
-        or (a longer match) in `others`' (a DraftPool's)."""
+        or (a longer match) in `others`' (a DraftPool's); only matches of at least `shortest` tokens if given."""
         longest, draft = self.options.ngram_max, []
         while len(draft) < limit:  # a continuation that reaches the end is looked up again from there (cycles)
             tail = self.tokens[-longest:] + draft if len(draft) < longest else draft
-            found = self._follower_of(tail[-longest:], others)
+            found = self._follower_of(tail[-longest:], others, shortest)
             if found is None:
                 break
             source, follower, matched = found
@@ -120,11 +134,12 @@ class SequenceDrafter:
         self.drafted += len(draft)
         return draft
 
-    def _follower_of(self, tail: list[int], others: tuple[SequenceDrafter, ...]) -> tuple[list[int], int, int] | None:
+    def _follower_of(self, tail: list[int], others: tuple[SequenceDrafter, ...],
+                     shortest: int = 0) -> tuple[list[int], int, int] | None:
         """The tokens, and the position in them, that followed the latest occurrence of the longest known n-gram
-        ending `tail` (this sequence's own first, then `others` for n >= pool_ngram_min), and n."""
+        ending `tail` (this sequence's own first, then `others` for n >= pool_ngram_min), and n (>= `shortest`)."""
         pool_from = self.options.pool_ngram_min
-        for n in range(min(self.options.ngram_max, len(tail)), self.options.ngram_min - 1, -1):
+        for n in range(min(self.options.ngram_max, len(tail)), max(self.options.ngram_min, shortest) - 1, -1):
             key = tuple(tail[-n:])
             follower = self._follower[n].get(key)
             if follower is not None:

@@ -45,10 +45,15 @@ class SpeculativeSteps:
         return SequenceDrafter(job.prompt_tokens, self.options) if speculates else None
 
     def add_drafts(self, active: list[Slot]) -> None:
-        """Guessed next tokens of decoding sequences, after their sampled token, each with its own logits row;
-        only in steps where few sequences decode (`max_sequences`)."""
+        """Guessed next tokens of decoding sequences, after their sampled token, each with its own logits row.
+        In a busy step (more than `few_sequences` decoding) a row costs nearly what a token does, so only drafts
+        from long matches (`busy_ngram_min`: a loop, a copied block) by sequences whose drafts keep holding, and none
+        above `max_sequences`."""
         decoding = [slot for slot in active if slot.batch_index >= 0]
         if len(decoding) > self.options.max_sequences:
+            return
+        shortest = self.options.busy_ngram_min if len(decoding) > self.options.few_sequences else 0
+        if shortest and self.draft_model is not None:  # (a draft model's guesses come with no match length)
             return
         wanted: dict[int, tuple[Slot, int]] = {}
         for slot in decoding:
@@ -56,7 +61,7 @@ class SpeculativeSteps:
                 continue
             job = slot.job
             left = min(job.max_tokens - slot.completion_tokens, self.seq_ctx - len(slot.cached_tokens)) - 1
-            if count := slot.drafter.budget(left):
+            if count := (slot.drafter.busy_budget(left) if shortest else slot.drafter.budget(left)):
                 wanted[slot.seq_id] = (slot, count)
         if self.draft_model is not None and wanted:
             drafts = self.draft_model.propose({seq: (slot.drafter.tokens, n) for seq, (slot, n) in wanted.items()})
@@ -66,7 +71,7 @@ class SpeculativeSteps:
             pooled = self.options.pool_tokens > 0  # (off: each sequence drafts from its own tokens alone)
             live = tuple(slot.drafter for slot in decoding if slot.drafter is not None) if pooled else ()
             others = live + self.pool.finished()
-            drafts = {seq: slot.drafter.lookup(n, tuple(o for o in others if o is not slot.drafter))
+            drafts = {seq: slot.drafter.lookup(n, tuple(o for o in others if o is not slot.drafter), shortest)
                       for seq, (slot, n) in wanted.items()}
         for seq_id, draft in drafts.items():
             slot = wanted[seq_id][0]
