@@ -84,3 +84,23 @@ def test_drafts_grow_past_their_start_only_as_far_as_runs_of_hits_have_gone():
     for _ in range(6):  # a loop: everything holds
         drafter.verified(drafted=drafter.length, accepted=drafter.length)
     assert drafter.length == 64
+
+
+def test_a_busy_step_drafts_only_from_long_matches():
+    drafter = SequenceDrafter([1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3], SpeculationOptions(ngram_max=8, ngram_min=2))
+    assert drafter.lookup(4) == [4, 5, 6, 7]  # a 3-token match is enough in a quiet step
+    assert drafter.lookup(4, shortest=6) == []  # not in a busy one
+    for token in (4, 5, 6):
+        drafter.push(token)
+    assert drafter.lookup(2, shortest=6) == [7, 8]  # "1 2 3 4 5 6" again: six tokens matched
+
+
+def test_in_busy_steps_a_sequence_probes_briefly_then_drafts_only_while_its_drafts_hold():
+    options = SpeculationOptions(busy_evidence=8, busy_probe=4, busy_acceptance=0.75)
+    holding, failing = SequenceDrafter([], options), SequenceDrafter([], options)
+    assert holding.busy_budget(16) == 4  # no record yet: a short probe
+    holding.drafted, holding.accepted = 8, 7
+    assert holding.busy_budget(16) == 16  # its drafts hold: the full length
+    failing.drafted, failing.accepted = 8, 3
+    assert failing.busy_budget(16) == 0  # they do not: no drafts while steps are busy
+    assert failing.budget(16) == 16  # (a quiet step still lets it try)
