@@ -145,7 +145,8 @@ class Settings(BaseSettings):
         True,
         description="One KV cache shared by all slots (llama-server's default): any mix of sequences decodes in one "
         "pass, and a new request can reuse a prefix cached by another slot (even one still generating), but every "
-        "sequence's attention spans all slots' cells (10-20 % slower decoding at 8-16 long sequences). Off: one KV "
+        "sequence's attention spans all slots' cells (10-20 % slower decoding at 8-16 long sequences, long prompts "
+        "slower while other slots hold conversations). Off: one KV "
         "stream per slot (llama-server with --parallel), where llama.cpp decodes together only slots with "
         "consecutive ids holding the same number of new tokens: scattered slots or uneven drafts cost a pass each.",
     )

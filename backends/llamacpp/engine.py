@@ -144,7 +144,8 @@ class LlamaCppEngine(WorkerThreadEngine):
                 settings.cache_dir / namespace,
                 settings.cache_capacity_bytes,
                 settings.cache_min_tokens,
-                state_format_tag(flash_attn=self.flash_attn, swa_full=settings.swa_full),
+                state_format_tag(flash_attn=self.flash_attn, swa_full=settings.swa_full,
+                                 kv_unified=settings.kv_unified),
             )
         except Exception as exc:  # an unusable cache dir must not stop the model from serving
             logger.warning("Prompt cache disabled for %s: %s", self.path.name, exc)

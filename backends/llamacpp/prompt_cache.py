@@ -52,9 +52,12 @@ def model_namespace(model_id: str, model_path: Path) -> str:
     return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def state_format_tag(*, flash_attn: bool, swa_full: bool) -> str:
-    """What a saved state's byte layout depends on besides the model: the llama.cpp build and KV layout options."""
-    return f"llama-cpp-python {llama_cpp.__version__}; v_trans={not flash_attn}; swa_full={swa_full}"
+def state_format_tag(*, flash_attn: bool, swa_full: bool, kv_unified: bool) -> str:
+    """What a saved state's byte layout depends on besides the model: the llama.cpp build and KV layout options.
+    (A state saved from one shared cache did not load into a cache of one stream per slot: the restore failed and
+    took the slot's own cached prefix with it.)"""
+    return f"llama-cpp-python {llama_cpp.__version__}; v_trans={not flash_attn}; swa_full={swa_full}; " \
+        f"kv_unified={kv_unified}"
 
 
 class StoredSequenceState(LlamaState):
