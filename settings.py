@@ -139,7 +139,8 @@ class Settings(BaseSettings):
         "auto",
         description="Flash attention (llama-server's -fa): `auto` = on where layers run on a GPU and for embedding "
         "models; for generation on the CPU, off for attention heads over 128 wide (gemma 3, Qwen 3.5: llama.cpp's "
-        "CPU kernel measured 1.3-3x slower there), on otherwise; `on` / `off` force it.",
+        "CPU kernel measured 1.3-3x slower there for one sequence) unless --parallel is 8 or more (many sequences a "
+        "step decoded 1.13-1.31x faster with it), on otherwise; `on` / `off` force it.",
     )
     kv_unified: bool = Field(
         True,

@@ -104,3 +104,12 @@ def test_in_busy_steps_a_sequence_probes_briefly_then_drafts_only_while_its_draf
     failing.drafted, failing.accepted = 8, 3
     assert failing.busy_budget(16) == 0  # they do not: no drafts while steps are busy
     assert failing.budget(16) == 16  # (a quiet step still lets it try)
+
+
+def test_with_one_kv_stream_per_slot_busy_steps_check_no_drafts():
+    from backends.llamacpp.engine import _speculating_sequences
+    from settings import Settings
+
+    assert _speculating_sequences(Settings()) == 8  # the shared cache decodes uneven drafts in one pass
+    assert _speculating_sequences(Settings(kv_unified=False)) == 2  # per-slot streams: a draft costs a pass
+    assert _speculating_sequences(Settings(kv_unified=False, spec_max_sequences=1)) == 1
