@@ -11,9 +11,10 @@ Systems (each started here on the same GGUF and threads, run one after another, 
 For each concurrency (default 1, 4, 8, 16 clients; fixed prompts, temperature 0, 128 tokens, end-of-turn
 tokens banned so every stream can run to 128) it prints aggregate tok/s, per-stream tok/s, TTFT median
 and p95, and tokens delivered / requested; then a long-prompt case (~1.8k tokens): cold TTFT and the TTFT of
-the same prefix again with a new question. Finally our ratios to each other system.
+the same prefix again with a new question; with --churn S, S seconds of --churn-clients clients sending requests of
+random lengths back to back (slots free and refill at different times). Finally our ratios to each other system.
 
-Usage: python -m bench.bench_servers [--concurrency 1 4 8 16] [--max-tokens 128] [--threads 2]
+Usage: python -m bench.bench_servers [--concurrency 1 4 8 16] [--max-tokens 128] [--threads 2] [--churn 40]
        [--only ours llama-server llama-cpp-python in-process decode-limit]
 """
 
@@ -23,6 +24,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -118,6 +120,24 @@ def http_load(base_url: str, concurrency: int, max_tokens: int) -> LoadResult:
     return LoadResult(concurrency, time.perf_counter() - start, streams)
 
 
+def churn_load(base_url: str, clients: int, seconds: float) -> float:
+    """Aggregate tok/s of `clients` clients each sending requests of random lengths (16-160 tokens, seeded) one after
+    another for `seconds`: slots free and refill at different times, as a busy server's do. (All-at-once loads keep
+    a server's active slots consecutive; this does not.)"""
+    deadline = time.perf_counter() + seconds
+
+    def client(k: int) -> int:
+        rng, tokens = random.Random(k), 0
+        while time.perf_counter() < deadline:
+            tokens += stream_once(base_url, messages_for(rng.randrange(1000)), rng.randrange(16, 161)).tokens
+        return tokens
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        total = sum(pool.map(client, range(clients)))
+    return total / (time.perf_counter() - start)
+
+
 def long_prompt_ttfts(base_url: str) -> tuple[float, float]:
     cold = stream_once(base_url, [{"role": "user", "content": LONG_PREFIX + " Summarise entry 3."}], 4).ttft
     warm = stream_once(base_url, [{"role": "user", "content": LONG_PREFIX + " Summarise entry 7."}], 4).ttft
@@ -204,6 +224,8 @@ def bench_http_system(name: str, args) -> dict | None:
         stream_once(process.base_url, messages_for(99), 4)  # warm-up
         rows = {n: http_load(process.base_url, n, args.max_tokens).row(args.max_tokens) for n in args.concurrency}
         rows["long"] = long_prompt_ttfts(process.base_url)
+        if args.churn:
+            rows["churn"] = churn_load(process.base_url, args.churn_clients, args.churn)
         return rows
     finally:
         process.stop()
@@ -300,6 +322,11 @@ def print_table(results: dict[str, dict], args) -> None:
     for name, rows in results.items():
         cold, warm = rows["long"]
         print(f"{name:18s} {cold:21.3f}s {warm:17.3f}s")
+    if args.churn:
+        print(f"\n{'system':18s} churn: {args.churn_clients} clients, requests of 16-160 tokens back to back, tok/s")
+        for name, rows in results.items():
+            if "churn" in rows:
+                print(f"{name:18s} {rows['churn']:10.1f}")
     ours = results.get("ours")
     if not ours:
         return
@@ -310,6 +337,8 @@ def print_table(results: dict[str, dict], args) -> None:
         parts = [f"agg@{n} {ours[n]['aggregate'] / rows[n]['aggregate']:.2f}" for n in args.concurrency]
         parts += [f"TTFTp50@{n} {ours[n]['ttft_p50'] / rows[n]['ttft_p50']:.2f}" for n in args.concurrency]
         parts.append(f"long-cold {ours['long'][0] / rows['long'][0]:.2f}")
+        if "churn" in ours and "churn" in rows:
+            parts.append(f"churn {ours['churn'] / rows['churn']:.2f}")
         print(f"  vs {name:16s} " + "  ".join(parts))
 
 
@@ -320,6 +349,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--parallel", type=int, default=16, help="slots for ours and llama-server")
     parser.add_argument("--ours-flags", default="", help="extra flags for our server, e.g. '--flash-attn on'")
+    parser.add_argument("--churn", type=float, default=0, help="seconds of the churn load (0: none)")
+    parser.add_argument("--churn-clients", type=int, default=8)
     parser.add_argument("--only", nargs="+", default=["ours", "llama-server", "llama-cpp-python", "in-process",
                                                       "decode-limit"])
     args = parser.parse_args()
