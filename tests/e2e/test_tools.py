@@ -161,7 +161,9 @@ def test_legacy_functions_answer_with_function_call(client, http):
 def test_json_object_output_parses(client):
     response = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Describe a cat as JSON."}],
-        response_format={"type": "json_object"}, max_tokens=200, seed=7,
+        # Greedy: a sampled path (seed 7) closed within 200 tokens or not depending on the rounding, which with one KV
+        # cache for all slots moves with what the other slots hold (1 seed in 12 ran past 200 here).
+        response_format={"type": "json_object"}, max_tokens=200, temperature=0,
     )
     assert response.choices[0].finish_reason == "stop"  # the grammar let the model close the object
     assert isinstance(json.loads(response.choices[0].message.content), dict)
