@@ -106,7 +106,7 @@ class LlamaCppEngine(WorkerThreadEngine):
             SpeculationOptions(mode=self._speculation_mode(),
                                draft_max=settings.spec_draft_max,
                                draft_min=min(settings.spec_draft_min, settings.spec_draft_max),
-                               max_sequences=_speculating_sequences(settings),
+                               max_sequences=settings.spec_max_sequences,
                                pool_tokens=settings.spec_pool_tokens),
             self.draft_model,
             self.projector,
@@ -378,15 +378,6 @@ class LlamaCppEngine(WorkerThreadEngine):
         if self.projector is not None:
             self.projector.free()
         self.model.free()
-
-
-def _speculating_sequences(settings: Settings) -> int:
-    """The most sequences a step may decode and still check drafts. With one KV stream per slot, llama.cpp decodes a
-    sequence holding more new tokens than the others in a pass of its own, so busy steps (above `few_sequences`)
-    check none: there each draft cost a pass (8 gemma streams: 73-94 tok/s with busy drafts, 105 without)."""
-    if settings.kv_unified:
-        return settings.spec_max_sequences
-    return min(settings.spec_max_sequences, SpeculationOptions.few_sequences)
 
 
 def _open_draft_model(settings: Settings, target: LlamaModel, config: ContextConfig) -> DraftModel | None:

@@ -106,10 +106,26 @@ def test_in_busy_steps_a_sequence_probes_briefly_then_drafts_only_while_its_draf
     assert failing.budget(16) == 16  # (a quiet step still lets it try)
 
 
-def test_with_one_kv_stream_per_slot_busy_steps_check_no_drafts():
-    from backends.llamacpp.engine import _speculating_sequences
-    from settings import Settings
+def _steps_with_three_decoding_sequences(kv_unified: bool):
+    """SpeculativeSteps over a stand-in context and three decoding slots, each with a drafter that has held."""
+    from types import SimpleNamespace
 
-    assert _speculating_sequences(Settings()) == 8  # the shared cache decodes uneven drafts in one pass
-    assert _speculating_sequences(Settings(kv_unified=False)) == 2  # per-slot streams: a draft costs a pass
-    assert _speculating_sequences(Settings(kv_unified=False, spec_max_sequences=1)) == 1
+    from backends.llamacpp.speculative_steps import SpeculativeSteps
+
+    steps = SpeculativeSteps(SimpleNamespace(kv_unified=kv_unified), None, SpeculationOptions(), 4096, None,
+                             sample=lambda slot: None)
+    slots = []
+    for seq_id in range(3):
+        drafter = SequenceDrafter(list(range(10)) * 3, SpeculationOptions())
+        drafter.drafted, drafter.accepted = 8, 8
+        slots.append(SimpleNamespace(seq_id=seq_id, batch_index=seq_id, drafter=drafter, forced=False, draft=[],
+                                     job=SimpleNamespace(max_tokens=64), completion_tokens=0, cached_tokens=[0] * 30,
+                                     add_to_batch=lambda batch, token, want_logits: 0))
+    steps.add_drafts(slots)
+    return slots
+
+
+def test_busy_steps_check_drafts_only_in_a_shared_kv_cache():
+    assert all(slot.draft for slot in _steps_with_three_decoding_sequences(kv_unified=True))
+    # one KV stream per slot: a longer sequence would be decoded in a pass of its own
+    assert not any(slot.draft for slot in _steps_with_three_decoding_sequences(kv_unified=False))
