@@ -8,16 +8,20 @@ else) in one Python thread with no server around it, once per configuration, so 
 the floor for a server using it; a server's step time above that floor is contention or its own work.
 
 Configurations (all on our LlamaModel / LlamaContext wrappers, the server's code path for loading):
-  server        what `python server.py --parallel P --n-ctx P*2304` creates (our defaults: flash attention by
-                head size, one KV stream per slot, weights placed by --repack auto)
-  server+fa     the same with flash attention on
-  batched-bench llama-batched-bench's as bench_servers runs it: n_ctx P*(64+T)+256, flash attention on (its
-                `auto` on a CPU), one KV stream per sequence; weights placed like the server's
-  ...-plain     any of them with weights in plain memory (--repack off: llama-server's --no-repack, which AMX
-                Xeons need for llama.cpp's own binaries)
+  server          what `python server.py --parallel P --n-ctx P*2304` creates with its defaults (flash attention
+                  by head size and slots, one KV cache for all slots, batch sizes, weights placed by --repack auto)
+  server+fa       the same with flash attention on
+  server-streams  the same with one KV stream per slot (--no-kv-unified)
+  batched-bench   llama-batched-bench's as bench_servers runs it: n_ctx P*(64+T)+256, batch 2048, flash attention on
+                  (its `auto` on a CPU), one KV stream per sequence; weights placed like the server's
+  ...-plain       weights in plain memory (--repack off: llama-server's --no-repack, which AMX Xeons need for
+                  llama.cpp's own binaries); batched-bench-nofa: flash attention off
 
-Usage: python -m bench.bench_decode_config [--sequences 1 8 16] [--tokens 64] [--prompt 64] [--rows 1] [--threads 2]
-       [--configs server server+fa batched-bench batched-bench-plain] [--model gemma|smollm2]
+--rows R gives each sequence R tokens a step (a verification's shape), --spacing S puts the sequences on slots 0, S,
+2S... (with one KV stream per slot llama.cpp decodes only runs of consecutive ids together).
+
+Usage: python -m bench.bench_decode_config [--sequences 1 8 16] [--tokens 64] [--prompt 64] [--rows 1] [--spacing 1]
+       [--threads 2] [--configs server server-streams batched-bench ...] [--model gemma|smollm2] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -29,27 +33,28 @@ import time
 
 import llama_cpp
 
-from backends.embedded_model import GEMMA_FILE
+from backends.embedded_model import GEMMA_FILE, SMOLLM2_FILE
 from backends.llamacpp.model import ContextConfig, LlamaContext, LlamaModel, add_to_batch, flash_attention
-from settings import PROJECT_ROOT
+from settings import PROJECT_ROOT, Settings
 
-MODELS = {"gemma": GEMMA_FILE, "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf"}
-CONFIGS = ("server", "server+fa", "server-unified", "server-plain", "batched-bench", "batched-bench-plain",
+MODELS = {"gemma": GEMMA_FILE, "smollm2": SMOLLM2_FILE}
+CONFIGS = ("server", "server+fa", "server-streams", "server-plain", "batched-bench", "batched-bench-plain",
            "batched-bench-nofa")
 SLOT_CONTEXT = 2304  # bench_servers' --n-ctx per slot
 
 
 def context_config(name: str, model: LlamaModel, args) -> ContextConfig:
     slots = max(args.sequences) * args.spacing
+    needed = slots * (args.prompt + args.tokens * args.rows)
     if name.startswith("server"):
-        n_ctx, flash = max(slots * SLOT_CONTEXT, slots * (args.prompt + args.tokens * args.rows)), \
-            flash_attention("auto", model, sequences=slots)
-        if "+fa" in name:
-            flash = True
-    else:  # batched-bench: -c P*(pp+tg)+256 in bench_servers, flash attention auto = on for a CPU context
-        n_ctx, flash = slots * (args.prompt + args.tokens * args.rows) + 256, "nofa" not in name
-    return ContextConfig(n_ctx=n_ctx, n_seq_max=slots, n_batch=2048, n_ubatch=512, n_threads=args.threads,
-                         n_threads_batch=args.threads, flash_attn=flash, kv_unified="unified" in name)
+        defaults = Settings()
+        flash = "+fa" in name or flash_attention(defaults.flash_attn, model, sequences=slots)
+        return ContextConfig(n_ctx=max(slots * SLOT_CONTEXT, needed), n_seq_max=slots, n_batch=defaults.n_batch,
+                             n_ubatch=defaults.n_ubatch, n_threads=args.threads, n_threads_batch=args.threads,
+                             flash_attn=flash, kv_unified=defaults.kv_unified and "-streams" not in name)
+    # batched-bench: -c P*(pp+tg)+256 -b 2048 -ub 512 in bench_servers, flash attention auto = on for a CPU context
+    return ContextConfig(n_ctx=needed + 256, n_seq_max=slots, n_batch=2048, n_ubatch=512, n_threads=args.threads,
+                         n_threads_batch=args.threads, flash_attn="nofa" not in name, kv_unified=False)
 
 
 def decode_steps(context: LlamaContext, batch, sequences: int, args, rng: random.Random, n_vocab: int) -> list[float]:
@@ -108,9 +113,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=64, help="prompt tokens per sequence")
     parser.add_argument("--rows", type=int, default=1, help="tokens per sequence per step (1 + a draft's length)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--spacing", type=int, default=1,
-                        help="sequence ids 0, s, 2s...: with one KV stream per slot, llama.cpp decodes only runs of "
-                             "consecutive ids together, so a spacing over 1 shows what scattered slots cost")
+    parser.add_argument("--spacing", type=int, default=1, help="sequence ids 0, s, 2s... (scattered slots)")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--model", choices=sorted(MODELS), default="gemma")
     parser.add_argument("--rounds", type=int, default=1, help="run the configurations in turn this many times")
