@@ -52,8 +52,6 @@ def grammar_parses(model: LlamaModel, grammar: GrammarSpec) -> bool:
     return True
 
 
-
-
 class SamplerChain:
     """Owns one llama_sampler chain; `sample` picks the next token from a batch row and records it."""
 
@@ -72,10 +70,12 @@ class SamplerChain:
             self._utf8 = Utf8Validity()  # of the answer's bytes: a grammar allows surrogates (see utf8_validity.py)
         self.model = model
         # A plain greedy chain is an argmax over the logits row: numpy's (SIMD, first maximum on ties, as llama.cpp's
-        # greedy sampler) reads 262k logits in ~40 us where llama_sampler_sample first copies them into a
-        # candidate array (~0.5 ms on gemma-3). Such a chain keeps no state, so skipping it changes nothing.
-        self.argmax_only = (grammar is None and not params.logit_bias and not _uses_penalties(params)
-                            and params.temperature <= 0.0)
+        # greedy sampler) reads 262k logits in ~40-80 us where llama_sampler_sample first copies them into a
+        # candidate array (~0.5 ms on gemma-3). Such a chain keeps no state, so skipping it changes nothing. A
+        # logit bias (clients ban tokens with it) is added in place for the argmax and taken off again after.
+        self.argmax_only = grammar is None and not _uses_penalties(params) and params.temperature <= 0.0
+        self._bias_tokens = np.fromiter(params.logit_bias.keys(), dtype=np.intp, count=len(params.logit_bias))
+        self._bias = np.fromiter(params.logit_bias.values(), dtype=np.float32, count=len(params.logit_bias))
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
@@ -114,8 +114,8 @@ class SamplerChain:
         pick and may return extra logits for some tokens (backends/answer_steering.py); the pick is then made
         again."""
         if self.argmax_only:
-            return int(logits_view(llama_cpp.llama_get_logits_ith(context_ptr, batch_index),
-                                   self.model.n_vocab).argmax()), False
+            return self._argmax(logits_view(llama_cpp.llama_get_logits_ith(context_ptr, batch_index),
+                                            self.model.n_vocab)), False
         if self.grammar is None:
             return llama_cpp.llama_sampler_sample(self.ptr, context_ptr, batch_index), False
         logits = llama_cpp.llama_get_logits_ith(context_ptr, batch_index)
@@ -126,6 +126,18 @@ class SamplerChain:
         llama_cpp.llama_sampler_accept(self.ptr, token)
         self._utf8.feed(self.model.piece(token))
         return token, token != natural
+
+    def _argmax(self, logits: np.ndarray) -> int:
+        """The greedy pick with the logit bias added as llama.cpp's bias sampler adds it (float32); the logits row
+        is left as it was (logprobs read it after)."""
+        if not len(self._bias_tokens):
+            return int(logits.argmax())
+        unbiased = logits[self._bias_tokens]
+        logits[self._bias_tokens] = unbiased + self._bias
+        try:
+            return int(logits.argmax())
+        finally:
+            logits[self._bias_tokens] = unbiased
 
     def accept(self, token: int) -> None:
         """Record a token the engine wrote without sampling it. llama.cpp aborts the process on a token its grammar

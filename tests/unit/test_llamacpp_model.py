@@ -38,33 +38,52 @@ def test_flash_attention_auto_is_off_for_wide_heads_on_the_cpu_but_for_many_sequ
     assert (flash_attention("on", gemma), flash_attention("off", gemma, embedding=True)) == (True, False)
 
 
-def test_a_plain_greedy_chain_picks_what_llama_cpps_greedy_sampler_picks(gemma):
-    """Plain greedy sampling is a numpy argmax over the logits row (no candidate array); it must pick exactly what
-    llama.cpp's greedy sampler picks, on every row of a batch (ties: the first maximum in both)."""
+def test_a_greedy_chain_picks_what_llama_cpps_bias_and_greedy_samplers_pick(gemma):
+    """Greedy sampling, with or without a logit bias, is a numpy argmax over the logits row (no candidate array); it
+    must pick exactly what llama.cpp's logit-bias + greedy samplers pick, on every row of a batch (ties: the first
+    maximum in both), and leave the row as it was (logprobs are read from it afterwards)."""
     import llama_cpp
+    import numpy as np
 
     from backends.base import SamplingParams
     from backends.llamacpp.model import ContextConfig, LlamaContext, add_to_batch
-    from backends.llamacpp.sampling import SamplerChain
+    from backends.llamacpp.sampling import SamplerChain, _logit_bias_sampler, logits_view
 
     context = LlamaContext(gemma, ContextConfig(n_ctx=512, n_seq_max=1, n_batch=64, n_ubatch=64, n_threads=2,
                                                 n_threads_batch=2, flash_attn=False))
     batch = llama_cpp.llama_batch_init(64, 0, 1)
     greedy = llama_cpp.llama_sampler_init_greedy()
     chain = SamplerChain(gemma, SamplingParams(temperature=0.0), [])
-    biased = SamplerChain(gemma, SamplingParams(temperature=0.0, logit_bias={818: 5.0}), [])
+    c_chain = biased = None
     try:
         tokens = gemma.tokenize("The capital of France is Paris. The capital of Italy is Rome. The capital of")
         for position, token in enumerate(tokens):
             add_to_batch(batch, token, position, 0, logits=True)
         assert context.decode(batch) == 0
-        assert chain.argmax_only and not biased.argmax_only  # a bias goes through the C chain
         picks = [chain.sample(context.ptr, row)[0] for row in range(len(tokens))]
         assert picks == [llama_cpp.llama_sampler_sample(greedy, context.ptr, row) for row in range(len(tokens))]
         assert len(set(picks)) > 5  # (rows with different answers, not one token everywhere)
+
+        # A bias that bans some rows' picks and lifts another token: the picks change, exactly as llama.cpp's do.
+        bias = {picks[0]: -100.0, picks[3]: -100.0, 818: 5.0}
+        biased = SamplerChain(gemma, SamplingParams(temperature=0.0, logit_bias=bias), [])
+        c_chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        llama_cpp.llama_sampler_chain_add(c_chain, _logit_bias_sampler(gemma.n_vocab, bias))
+        llama_cpp.llama_sampler_chain_add(c_chain, llama_cpp.llama_sampler_init_greedy())
+        before = [logits_view(llama_cpp.llama_get_logits_ith(context.ptr, row), gemma.n_vocab).copy()
+                  for row in range(len(tokens))]
+        biased_picks = [biased.sample(context.ptr, row)[0] for row in range(len(tokens))]
+        assert biased.argmax_only
+        assert biased_picks == [llama_cpp.llama_sampler_sample(c_chain, context.ptr, row) for row in range(len(tokens))]
+        assert biased_picks != picks and picks[0] not in biased_picks
+        assert all(np.array_equal(logits_view(llama_cpp.llama_get_logits_ith(context.ptr, row), gemma.n_vocab), kept)
+                   for row, kept in enumerate(before))
     finally:
         chain.free()
-        biased.free()
+        if biased is not None:
+            biased.free()
+        if c_chain is not None:
+            llama_cpp.llama_sampler_free(c_chain)
         llama_cpp.llama_sampler_free(greedy)
         llama_cpp.llama_batch_free(batch)
         context.free()
