@@ -138,10 +138,17 @@ def churn_load(base_url: str, clients: int, seconds: float) -> float:
     return total / (time.perf_counter() - start)
 
 
+def long_prompts() -> tuple[list[dict], list[dict]]:
+    """The long-prompt case's two requests: a prefix no server has seen (a new run number first, so a prompt cache
+    kept on disk by an earlier run does not make 'cold' warm), then the same prefix with another question."""
+    prefix = f"Run {time.time_ns()}. {LONG_PREFIX}"
+    return ([{"role": "user", "content": prefix + " Summarise entry 3."}],
+            [{"role": "user", "content": prefix + " Summarise entry 7."}])
+
+
 def long_prompt_ttfts(base_url: str) -> tuple[float, float]:
-    cold = stream_once(base_url, [{"role": "user", "content": LONG_PREFIX + " Summarise entry 3."}], 4).ttft
-    warm = stream_once(base_url, [{"role": "user", "content": LONG_PREFIX + " Summarise entry 7."}], 4).ttft
-    return cold, warm
+    cold, warm = long_prompts()
+    return stream_once(base_url, cold, 4).ttft, stream_once(base_url, warm, 4).ttft
 
 
 class Process:
@@ -292,8 +299,8 @@ def bench_in_process(args) -> dict:
             elapsed += stream.ttft + stream.decode_seconds
         row["ttft_p50"], row["ttft_p95"] = statistics.median(waits), sorted(waits)[round(0.95 * (len(waits) - 1))]
         rows[n] = row
-    cold = one([{"role": "user", "content": LONG_PREFIX + " Summarise entry 3."}], 4).ttft
-    warm = one([{"role": "user", "content": LONG_PREFIX + " Summarise entry 7."}], 4).ttft
+    cold_messages, warm_messages = long_prompts()
+    cold, warm = one(cold_messages, 4).ttft, one(warm_messages, 4).ttft
     rows["long"] = (cold, warm)
     return rows
 
