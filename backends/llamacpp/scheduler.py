@@ -326,13 +326,17 @@ class Scheduler:
                 slot.batch_index = slot.add_to_batch(batch, slot.next_token, want_logits=True)
                 slot.next_token = None
         self.speculative_steps.add_drafts(active)
+        decode_rows = batch.n_tokens
         for slot in active:
             if slot.prefilling:
                 self._add_prompt_chunk(slot)
         if batch.n_tokens:
+            started = time.perf_counter()
             status = self.context.decode(batch)
             if status != 0:
                 raise RuntimeError(f"llama_decode returned {status}")
+            if batch.n_tokens == decode_rows:
+                self.speculative_steps.observe_step(decode_rows, time.perf_counter() - started)
         for slot in active:
             if slot.media_due is not None:
                 self._decode_media(slot)

@@ -105,12 +105,13 @@ class SequenceDrafter:
         limit = min(limit, self.length)
         return limit if limit >= self.options.draft_min else 0
 
-    def busy_budget(self, limit: int) -> int:
+    def busy_budget(self, limit: int, acceptance: float | None = None) -> int:
         """How many tokens to draft in a busy step (rows cost nearly what tokens do there): short probes until the
-        sequence's drafts have shown how often they hold, then only while they hold at least busy_acceptance."""
+        sequence's drafts have shown how often they hold, then only while they hold at least `acceptance` (default
+        busy_acceptance; the scheduler raises it where a row costs more, see row_cost.py)."""
         if self.drafted < self.options.busy_evidence:
             return self.budget(min(limit, self.options.busy_probe))
-        if self.accepted < self.options.busy_acceptance * self.drafted:
+        if self.accepted < (acceptance or self.options.busy_acceptance) * self.drafted:
             return 0
         return self.budget(limit)
 

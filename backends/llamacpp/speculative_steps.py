@@ -10,6 +10,7 @@ import llama_cpp
 
 from backends.llamacpp.draft_model import DraftModel
 from backends.llamacpp.model import LlamaContext
+from backends.llamacpp.row_cost import RowCost
 from backends.llamacpp.sequences import SequenceJob, Slot
 from backends.llamacpp.speculation import DraftPool, SequenceDrafter, SpeculationOptions
 
@@ -34,6 +35,7 @@ class SpeculativeSteps:
         self.seq_ctx = seq_ctx
         self.draft_model = draft_model  # guesses instead of prompt lookup
         self.pool = DraftPool(options)  # finished sequences' tokens, drafted from too
+        self.row_cost = RowCost()  # what a row costs on this machine, from the scheduler's decode-only steps
         # The scheduler's sampling step: verifying a drafted token is sampling from its row, with everything
         # sampling does for a sequence (steering, logprobs, stop strings, finishing it).
         self.sample = sample
@@ -58,13 +60,14 @@ class SpeculativeSteps:
         if busy and (self.draft_model is not None or not self.context.kv_unified):
             return
         shortest = self.options.busy_ngram_min if busy else 0
+        acceptance = self.busy_acceptance(len(decoding)) if busy else None
         wanted: dict[int, tuple[Slot, int]] = {}
         for slot in decoding:
             if slot.drafter is None or slot.forced:
                 continue
             job = slot.job
             left = min(job.max_tokens - slot.completion_tokens, self.seq_ctx - len(slot.cached_tokens)) - 1
-            if count := (slot.drafter.busy_budget(left) if shortest else slot.drafter.budget(left)):
+            if count := (slot.drafter.busy_budget(left, acceptance) if shortest else slot.drafter.budget(left)):
                 wanted[slot.seq_id] = (slot, count)
         if self.draft_model is not None and wanted:
             drafts = self.draft_model.propose({seq: (slot.drafter.tokens, n) for seq, (slot, n) in wanted.items()})
@@ -81,6 +84,16 @@ class SpeculativeSteps:
             slot.draft = draft
             slot.draft_rows = [slot.add_to_batch(self.batch, token, want_logits=True) for token in draft]
             slot.unverified = len(draft)
+
+    def busy_acceptance(self, sequences: int) -> float:
+        """How often a sequence's guesses must hold to draft in a busy step of `sequences`: busy_acceptance, or a
+        row's measured cost in tokens where that is higher (below it, the rows cost more than they win)."""
+        cost = self.row_cost.of_a_token(sequences)
+        return self.options.busy_acceptance if cost is None else max(self.options.busy_acceptance, cost)
+
+    def observe_step(self, rows: int, seconds: float) -> None:
+        """A decode-only step's rows and `llama_decode` seconds (prompt chunks cost a row differently: not given)."""
+        self.row_cost.observe(rows, seconds)
 
     def verify(self, slot: Slot) -> None:
         """After the sampled token's row gave the next token: while that token is the drafted one (already in the

@@ -129,3 +129,37 @@ def test_busy_steps_check_drafts_only_in_a_shared_kv_cache():
     assert all(slot.draft for slot in _steps_with_three_decoding_sequences(kv_unified=True))
     # one KV stream per slot: a longer sequence would be decoded in a pass of its own
     assert not any(slot.draft for slot in _steps_with_three_decoding_sequences(kv_unified=False))
+
+
+def test_a_rows_cost_is_read_off_the_steps_timed_so_far():
+    from backends.llamacpp.row_cost import RowCost
+
+    cost = RowCost(min_steps=16, refit_every=1)
+    for _ in range(15):
+        cost.observe(8, 0.080)
+    assert cost.of_a_token(8) is None  # too few steps
+    cost.observe(8, 0.080)
+    assert cost.of_a_token(8) is None  # every step had 8 rows: no slope to read
+    cost.steps.clear()
+    for rows in (4, 8, 12) * 6:  # 20 ms a step plus 5 ms a row
+        cost.observe(rows, 0.020 + 0.005 * rows)
+    fixed, per_row = cost.fit()
+    assert abs(fixed - 0.020) < 1e-9 and abs(per_row - 0.005) < 1e-9
+    assert abs(cost.of_a_token(8) - 0.040 / 0.060) < 1e-9  # a row of an 8-row step: two thirds of a token
+
+
+def test_busy_steps_ask_more_of_guesses_where_a_row_costs_more_than_busy_acceptance():
+    from types import SimpleNamespace
+
+    from backends.llamacpp.speculative_steps import SpeculativeSteps
+
+    options = SpeculationOptions(busy_acceptance=0.75)
+    steps = SpeculativeSteps(SimpleNamespace(kv_unified=True), None, options, 4096, None, sample=lambda slot: None)
+    assert steps.busy_acceptance(8) == 0.75  # nothing measured yet
+    for rows in (4, 8, 12) * 8:  # 8 ms a step plus 9 ms a row: a row of an 8-row step costs 0.9 of a token
+        steps.observe_step(rows, 0.008 + 0.009 * rows)
+    assert abs(steps.busy_acceptance(8) - 0.9) < 1e-6
+    assert steps.busy_acceptance(2) == 0.75  # two rows share the fixed part: a row costs 0.69 of a token there
+    drafter = SequenceDrafter([], options)
+    drafter.drafted, drafter.accepted = 10, 8  # holds 80 %: enough for the default, not for this machine's rows
+    assert drafter.busy_budget(16) == 16 and drafter.busy_budget(16, steps.busy_acceptance(8)) == 0
