@@ -19,6 +19,7 @@ import jsonschema
 import pytest
 
 from backends.embedded_model import GEMMA_FILE, SMOLLM2_FILE
+from tests.greedy_agreement import assert_same_or_parted_at_near_tie
 from tests.server_process import running_server
 from tests.smollm2 import NO_END_TOKENS
 
@@ -34,7 +35,6 @@ def describe(width, height):
     return f"{width} x {height}: area {area(width, height)}, perimeter {perimeter(width, height)}"
 """
 REWRITE = ("Rewrite this code, renaming `describe` to `summary`. Output only the code.\n\n" + CODE)
-NEAR_TIE = 1.0
 SMOLLM2_END_TOKENS = NO_END_TOKENS
 
 
@@ -62,18 +62,8 @@ def _speculation_counters(server, model: str) -> tuple[float, float]:
     return values[0], values[1]
 
 
-def _same_or_near_tie(plain: dict, speculative: dict) -> None:
-    plain_entries = plain["choices"][0]["logprobs"]["content"]
-    spec_entries = speculative["choices"][0]["logprobs"]["content"]
-    plain_tokens = [e["token"] for e in plain_entries]
-    spec_tokens = [e["token"] for e in spec_entries]
-    if plain_tokens == spec_tokens:
-        return
-    split = next((i for i, (a, b) in enumerate(zip(plain_tokens, spec_tokens)) if a != b),
-                 min(len(plain_tokens), len(spec_tokens)))
-    for entries in (plain_entries, spec_entries):
-        first, second = entries[split]["top_logprobs"][:2]
-        assert first["logprob"] - second["logprob"] < NEAR_TIE, f"diverged at token {split} without a near tie"
+def _entries(answer: dict) -> list[dict]:
+    return answer["choices"][0]["logprobs"]["content"]
 
 
 @pytest.mark.parametrize("model", [SMOLLM2_FILE, GEMMA_FILE])
@@ -87,7 +77,7 @@ def test_greedy_answers_are_those_of_decoding_without_speculation(server, model)
                          zip(_speculation_counters(server, model), (drafted_before, accepted_before)))
     assert accepted > 10 and drafted >= accepted  # the rewrite copies its input: most drafts hold
     assert speculative["usage"]["completion_tokens"] == plain["usage"]["completion_tokens"] == 120
-    _same_or_near_tie(plain, speculative)
+    assert_same_or_parted_at_near_tie(_entries(plain), _entries(speculative), "speculative")
 
 
 def test_a_request_that_opts_out_drafts_nothing_and_a_bad_value_is_a_400(server):
@@ -140,4 +130,4 @@ def test_gemma_drafting_for_itself_gives_the_answers_of_decoding_without_specula
     # not all: the draft context decodes one token per step, the target checks several per step, and the two round
     # differently (see above); measured 80 %
     assert drafted > 50 and accepted >= 0.6 * drafted
-    _same_or_near_tie(plain, speculative)
+    assert_same_or_parted_at_near_tie(_entries(plain), _entries(speculative), "speculative")
