@@ -419,12 +419,14 @@ def main() -> None:
     parser.add_argument("--churn-clients", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2,
                         help="measurements of each system at each concurrency, taken in turns (A B, B A...); mean")
-    parser.add_argument("--only", nargs="+", default=["ours", "llama-server", "llama-cpp-python", "in-process",
-                                                      "decode-limit"])
+    parser.add_argument("--only", nargs="+", choices=[*HTTP_SYSTEMS, "in-process", "decode-limit"],
+                        default=[*HTTP_SYSTEMS, "in-process", "decode-limit"])
     args = parser.parse_args()
     http_systems = [name for name in args.only if name in HTTP_SYSTEMS]
-    print(f"running {', '.join(http_systems)} in turns ({args.rounds} rounds) ...", flush=True)
-    results, limits = bench_http_systems(http_systems, args), None
+    results, limits = {}, None
+    if http_systems:
+        print(f"running {', '.join(http_systems)} in turns ({args.rounds} rounds) ...", flush=True)
+        results = bench_http_systems(http_systems, args)
     if "in-process" in args.only:
         print("running in-process ...", flush=True)
         results["in-process"] = bench_in_process(args)
