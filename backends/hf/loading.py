@@ -6,12 +6,14 @@ download or a hang. torch and transformers are imported here, on first use, neve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from backends.catalog import HFLoadOptions, ModelEntry
+from backends.hf.gguf_reading import one_parse_per_file
 from backends.hf.load_tracking import FIRST, LAST
 from backends.hf.load_tracking import install as install_load_tracking
 from backends.load_progress import report
@@ -81,8 +83,6 @@ def checkpoint_location(entry: ModelEntry) -> tuple[Path, str | None]:
 
 
 def load_checkpoint(entry: ModelEntry, trust_remote_code: bool) -> LoadedCheckpoint:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     options = entry.hf
     device = pick_device(options)
     dtype = pick_dtype(options, device)
@@ -91,8 +91,6 @@ def load_checkpoint(entry: ModelEntry, trust_remote_code: bool) -> LoadedCheckpo
     common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
     if gguf_file:
         common["gguf_file"] = gguf_file
-    report(0.02, "tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(folder, **common)
     model_args: dict[str, Any] = {**common, "dtype": dtype}
     if quantization is not None:
         model_args["quantization_config"] = quantization
@@ -100,15 +98,25 @@ def load_checkpoint(entry: ModelEntry, trust_remote_code: bool) -> LoadedCheckpo
         model_args["device_map"] = options.device_map or {"": device.index or 0}
     logger.info("Loading %s from %s on %s as %s%s", entry.id, folder, device, dtype,
                 f" ({options.quantization})" if quantization is not None else "")
-    report(FIRST, "weights")
-    install_load_tracking()
-    model = AutoModelForCausalLM.from_pretrained(folder, **model_args)
+    # (a GGUF file is parsed for the tokenizer, the config and the weights: once is enough, see gguf_reading.py)
+    with one_parse_per_file() if gguf_file else contextlib.nullcontext():
+        tokenizer, model = _tokenizer_and_model(folder, common, model_args)
     report(LAST, "device")
     if "device_map" not in model_args:
         model.to(device)
     model.eval()
     input_device = next(model.parameters()).device
     return LoadedCheckpoint(model=model, tokenizer=tokenizer, device=input_device, dtype=dtype)
+
+
+def _tokenizer_and_model(folder: Path, common: dict[str, Any], model_args: dict[str, Any]):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    report(0.02, "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(folder, **common)
+    report(FIRST, "weights")
+    install_load_tracking()
+    return tokenizer, AutoModelForCausalLM.from_pretrained(folder, **model_args)
 
 
 def free_checkpoint(checkpoint: LoadedCheckpoint) -> None:
