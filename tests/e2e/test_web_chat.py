@@ -66,11 +66,14 @@ def test_page_scripts_parse_and_the_conversation_tree_keeps_branches():
     assert out["position"] == [0, 2]
 
 
-def greedy(page) -> None:
-    """Temperature 0 for the chosen model, set in Settings as a person does."""
+def greedy(page, max_tokens: int = 0) -> None:
+    """Temperature 0 (and `max_tokens` if given) for the chosen model, set in Settings as a person does."""
     page.click("#settings-button")
     page.fill("#temperature", "0")
     page.dispatch_event("#temperature", "change")
+    if max_tokens:
+        page.fill("#max-tokens", str(max_tokens))
+        page.dispatch_event("#max-tokens", "change")
     page.click("#close-settings")
 
 
