@@ -12,6 +12,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from backends.hf.gguf_reading import plain_array_reader
+
 
 def _architecture(reader: gguf.GGUFReader) -> str:
     field = reader.fields["general.architecture"]
@@ -22,7 +24,7 @@ def build_lora_gguf(base: Path, out: Path, *, rank: int = 8, alpha: float = 8.0,
                     targets: tuple[str, ...] = ("attn_q", "attn_v", "ffn_up"), seed: int = 0) -> Path:
     """An adapter for every `blk.N.<target>.weight` of `base`. `strength` scales the random entries: the larger,
     the more the adapted model departs from the base."""
-    reader = gguf.GGUFReader(base)
+    reader = plain_array_reader()(base)  # (gguf-py's own reader takes 23 s on gemma-3's vocabulary; this one 7 s)
     rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(out, _architecture(reader))
     writer.add_type(gguf.GGUFType.ADAPTER)
