@@ -18,10 +18,12 @@ Configurations (all on our LlamaModel / LlamaContext wrappers, the server's code
                   llama.cpp's own binaries); batched-bench-nofa: flash attention off
 
 --rows R gives each sequence R tokens a step (a verification's shape), --spacing S puts the sequences on slots 0, S,
-2S... (with one KV stream per slot llama.cpp decodes only runs of consecutive ids together).
+2S... (with one KV stream per slot llama.cpp decodes only runs of consecutive ids together), --idle-cells N keeps N
+cells of one more sequence in the cache, below the others' (what a server's idle slots keep for their next turn).
 
 Usage: python -m bench.bench_decode_config [--sequences 1 8 16] [--tokens 64] [--prompt 64] [--rows 1] [--spacing 1]
-       [--threads 2] [--configs server server-streams batched-bench ...] [--model gemma|smollm2] [--rounds 1]
+       [--threads 2] [--idle-cells 0] [--configs server server-streams batched-bench ...] [--model gemma|smollm2]
+       [--rounds 1]
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ SLOT_CONTEXT = 2304  # bench_servers' --n-ctx per slot
 
 
 def context_config(name: str, model: LlamaModel, args) -> ContextConfig:
-    slots = max(args.sequences) * args.spacing
+    slots = max(args.sequences) * args.spacing + (1 if args.idle_cells else 0)  # (+ the idle sequence's)
     needed = slots * (args.prompt + args.tokens * args.rows)
     if name.startswith("server"):
         defaults = Settings()
@@ -61,13 +63,10 @@ def decode_steps(context: LlamaContext, batch, sequences: int, args, rng: random
     """Prompts for `sequences` sequences, then args.tokens steps of one token each; the steps' seconds."""
     context.clear_memory()
     seq_ids = [i * args.spacing for i in range(sequences)]
-    for seq in seq_ids:  # one sequence's prompt a decode, in n_batch chunks
-        for start in range(0, args.prompt, context.n_batch):
-            batch.n_tokens = 0
-            for position in range(start, min(args.prompt, start + context.n_batch)):
-                add_to_batch(batch, rng.randrange(n_vocab), position, seq, logits=position == args.prompt - 1)
-            if context.decode(batch) != 0:
-                raise RuntimeError("prompt decode failed")
+    if args.idle_cells:  # first, so its cells sit below the others' (an idle slot's kept turn, in a server)
+        decode_prompt(context, batch, max(args.sequences) * args.spacing, args.idle_cells, rng, n_vocab)
+    for seq in seq_ids:
+        decode_prompt(context, batch, seq, args.prompt, rng, n_vocab)
     steps = []
     for step in range(args.tokens):
         batch.n_tokens = 0
@@ -80,6 +79,16 @@ def decode_steps(context: LlamaContext, batch, sequences: int, args, rng: random
         llama_cpp.llama_synchronize(context.ptr)
         steps.append(time.perf_counter() - started)
     return steps
+
+
+def decode_prompt(context: LlamaContext, batch, seq: int, length: int, rng: random.Random, n_vocab: int) -> None:
+    """`length` random tokens into sequence `seq`, in n_batch chunks."""
+    for start in range(0, length, context.n_batch):
+        batch.n_tokens = 0
+        for position in range(start, min(length, start + context.n_batch)):
+            add_to_batch(batch, rng.randrange(n_vocab), position, seq, logits=position == length - 1)
+        if context.decode(batch) != 0:
+            raise RuntimeError("prompt decode failed")
 
 
 def run_config(name: str, args) -> dict[int, tuple[float, float]]:
@@ -113,6 +122,8 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=64, help="prompt tokens per sequence")
     parser.add_argument("--rows", type=int, default=1, help="tokens per sequence per step (1 + a draft's length)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--idle-cells", type=int, default=0,
+                        help="cells of one more sequence that only sits in the cache (a server's idle slots' turns)")
     parser.add_argument("--spacing", type=int, default=1, help="sequence ids 0, s, 2s... (scattered slots)")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--model", choices=sorted(MODELS), default="gemma")
