@@ -4,7 +4,7 @@ engine at a .gguf file).
 transformers parses the file with gguf-py's `GGUFReader` each time it needs something from it: the tokenizer, the
 config and the weights are separate parses (three per load here). A parse walks every field, a gemma-3's 262k-token
 vocabulary included, through slices of a `numpy.memmap`, whose `__getitem__` and `__array_finalize__` are Python:
-23 s a parse for gemma-3-270m on a 2-core host, ~70 s of a ~80 s load. While a checkpoint loads, `gguf.GGUFReader`
+23 s a parse for gemma-3-270m on a 2-core host, ~70 s of a ~100 s load. While a checkpoint loads, `gguf.GGUFReader`
 (which transformers imports at each call) gives one reader per file, parsed once over a plain ndarray view of the
 same read-only mapping: 7 s, with the same fields and tensors.
 """
