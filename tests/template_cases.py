@@ -48,10 +48,7 @@ def required(client: openai.OpenAI, model: str) -> None:
     # Xeon with AVX-512 its Granite 3.3 call came after 417 tokens of `]` (256 sufficed on an AMD EPYC)
     kwargs = dict(model=model, messages=[ASK], tools=[WEATHER], tool_choice="required", max_tokens=512, temperature=0,
                   parallel_tool_calls=False)
-    # Warm the prefix cache so both runs below share one numeric regime. A stream's first chunk comes once the prompt
-    # is decoded and its first token picked, so leaving there warms it for the price of the prompt, not of an answer.
-    with client.chat.completions.create(stream=True, **kwargs) as warming:
-        next(iter(warming))
+    client.chat.completions.create(**kwargs)  # warm the prefix cache so both runs below share one numeric regime
     whole = client.chat.completions.create(**kwargs)
     choice = whole.choices[0]
     assert choice.finish_reason == "tool_calls", f"finish_reason {choice.finish_reason}"
