@@ -22,6 +22,7 @@ from backends.job_queue import JobQueue
 from backends.llamacpp.block_ledger import BlockLedger
 from backends.llamacpp.checkpoints import TAIL, StateCheckpoints
 from backends.llamacpp.draft_model import DraftModel
+from backends.llamacpp.kv_layout import GATHER_FROM_PROMPT_TOKENS, KvLayout
 from backends.llamacpp.lora import AdapterTurns, LlamaLoraSet, apply_adapters, key_of, prompt_cache_of
 from backends.llamacpp.media import Projector
 from backends.llamacpp.model import LlamaContext, LlamaModel
@@ -71,6 +72,9 @@ class Scheduler:
         # Recurrent state cannot be cut back: prefixes are reused by returning to checkpoints (checkpoints.py)
         self.checkpoints = StateCheckpoints(context, n_slots, *checkpoints) if model.has_recurrent_state else None
         self.ledger = BlockLedger(event_block_size) if event_block_size else None  # (for a router: --kv-events)
+        # One cache for all slots: idle sequences' cells are gathered before a long prompt (kv_layout.py). Not with
+        # recurrent state, whose checkpoints are kept beside the cells.
+        self.kv_layout = KvLayout(context) if context.kv_unified and self.checkpoints is None else None
         self.speculative_steps = SpeculativeSteps(context, self._batch, speculation, seq_ctx, draft_model, self._sample)
         self._adapter_turns = AdapterTurns(lambda adapters: apply_adapters(context, adapters))
         self._stepping = threading.Lock()  # held by the thread while it admits and steps (see forget_adapters)
@@ -221,9 +225,12 @@ class Scheduler:
         stored, from_donor = job.cached_prefix, False
         if stored is not None and len(stored.tokens) > max(reuse, shared):
             reuse = self._restore(slot, job, stored)
+            self._cleared(slot.seq_id)  # (its cells are the loaded state's, its own)
         elif shared > reuse:
             self.context.clear_sequence(slot.seq_id)
             self.context.copy_prefix(donor.seq_id, slot.seq_id, job.position_of(shared))
+            if self.kv_layout is not None:
+                self.kv_layout.shared(donor.seq_id, slot.seq_id, job.position_of(shared))
             reuse = shared
             if self.checkpoints is not None and not self.checkpoints.share(
                     donor.seq_id, len(donor.cached_tokens), slot.seq_id, shared, job.position_of(shared)):
@@ -232,7 +239,10 @@ class Scheduler:
             from_donor = True  # (the slot's checkpoints are the donor's now)
         elif reuse == 0 or not self._cut(slot, reuse, job.position_of(reuse)):
             self.context.clear_sequence(slot.seq_id)
+            self._cleared(slot.seq_id)
             reuse = 0
+        if self.kv_layout is not None and len(prompt) - reuse >= GATHER_FROM_PROMPT_TOKENS:
+            reuse = self._gather_idle_sequences(slot, reuse, len(prompt) - reuse)
         slot.cached_tokens = prompt[:reuse]
         slot.position_shift = job.position_of(reuse) - reuse
         kept = common_prefix_length(previous, slot.cached_tokens)  # what the slot held that still stands
@@ -262,6 +272,32 @@ class Scheduler:
         slot.drafter = self.speculative_steps.drafter_for(job)
         slot.detokenizer = IncrementalDetokenizer()
         slot.stop_filter = StopStringFilter(job.stop)
+
+    def _gather_idle_sequences(self, starting: Slot, reuse: int, to_compute: int) -> int:
+        """Before a long prompt: gather the idle sequences' cells, and the starting slot's reused prefix last (the
+        prompt's cells then follow it), so the prompt's cells lie together (kv_layout.py). Returns what the
+        starting slot still reuses."""
+        idle = [slot for slot in self.slots if slot.job is None and slot is not starting and slot.cached_tokens]
+        order = [slot.seq_id for slot in idle] + ([starting.seq_id] if reuse else [])
+        gathered = self.kv_layout.gather(order)
+        if gathered.moved:
+            logger.info("Gathered %d idle sequences' KV cells (%.1f MB) in %.1f ms before %d prompt tokens",
+                        gathered.moved, gathered.bytes / 1e6, gathered.seconds * 1000, to_compute)
+        lost = set(gathered.lost)
+        for slot in idle:
+            if slot.seq_id in lost:
+                slot.cached_tokens, slot.position_shift = [], 0
+                self._cleared(slot.seq_id)
+                if self.ledger is not None:
+                    self.ledger.truncate(slot.seq_id, 0)
+        if starting.seq_id in lost:
+            self._cleared(starting.seq_id)
+            return 0
+        return reuse
+
+    def _cleared(self, seq_id: int) -> None:
+        if self.kv_layout is not None:
+            self.kv_layout.cleared(seq_id)
 
     def _cut(self, slot: Slot, length: int, position: int) -> bool:
         """Cut the slot's sequence back to its first `length` tokens (a length `_reusable_prefix` gave), whose
@@ -489,6 +525,7 @@ class Scheduler:
         slot.job.emit(error)
         self._release(slot)
         self.context.clear_sequence(slot.seq_id)
+        self._cleared(slot.seq_id)
         slot.cached_tokens, slot.position_shift = [], 0
         if self.ledger is not None:
             self.ledger.truncate(slot.seq_id, 0)

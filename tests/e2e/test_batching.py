@@ -135,6 +135,26 @@ def test_prefix_reuse_reports_cached_tokens(client):
     assert other.usage.prompt_tokens_details.cached_tokens >= 300
 
 
+def test_a_long_prompt_after_streams_decoded_together_gathers_the_idle_ones_which_keep_their_prefixes(server, client):
+    """Four conversations decode together (their KV cells interleave in the shared cache); a long new prompt then
+    starts on another slot, and the idle ones are gathered first (backends/llamacpp/kv_layout.py) so that its cells
+    lie together. Each conversation asked again reuses its whole prompt from its moved cells and answers the same
+    (or parts at a near tie: the cells are summed in another order)."""
+    variants = [{"max_tokens": 24}] * 4
+    firsts = _concurrently(client, variants)
+    log_start = len(server.log_path.read_bytes())
+    harbour = " ".join(f"Entry {i}: the ferry left at dawn and the lamp was trimmed." for i in range(45))
+    long = client.chat.completions.create(model=MODEL, max_tokens=2, messages=[{"role": "user", "content": harbour}])
+    assert long.usage.prompt_tokens - long.usage.prompt_tokens_details.cached_tokens >= 512
+    log = server.log_path.read_bytes()[log_start:].decode(errors="replace")
+    gathered = [int(line.split("Gathered ")[1].split()[0]) for line in log.splitlines() if "Gathered " in line]
+    assert gathered and gathered[-1] >= 4, log[-2000:]
+    for index, (first_entries, first_usage) in enumerate(firsts):
+        entries, usage = _stream_tokens(client, index, variants)
+        assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1
+        assert_same_or_parted_at_near_tie(first_entries, entries, f"conversation {index}")
+
+
 @pytest.fixture(scope="module")
 def unified_client(tmp_path_factory):
     """A server whose slots share one KV cache (--kv-unified), so one slot can reuse another's prefix."""

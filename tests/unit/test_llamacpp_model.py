@@ -87,3 +87,66 @@ def test_a_greedy_chain_picks_what_llama_cpps_bias_and_greedy_samplers_pick(gemm
         llama_cpp.llama_sampler_free(greedy)
         llama_cpp.llama_batch_free(batch)
         context.free()
+
+
+def test_gathering_idle_sequences_moves_their_cells_without_changing_what_they_hold(gemma):
+    """Four sequences decoded together (their cells interleaved), one cleared (holes): gathering the other three
+    (kv_layout.py) moves each into one run of cells by llama.cpp's state copy. Their next step must then compute
+    what it computed before the move: the same positions, the same cached keys and values."""
+    import llama_cpp
+    import numpy as np
+
+    from backends.llamacpp.kv_layout import KvLayout
+    from backends.llamacpp.model import ContextConfig, LlamaContext, add_to_batch
+    from backends.llamacpp.sampling import logits_view
+    from tests.greedy_agreement import NEAR_TIE
+
+    context = LlamaContext(gemma, ContextConfig(n_ctx=2048, n_seq_max=4, n_batch=64, n_ubatch=64, n_threads=2,
+                                                n_threads_batch=2, flash_attn=True, kv_unified=True))
+    batch = llama_cpp.llama_batch_init(64, 0, 1)
+    prompts = [gemma.tokenize(f"Tell me about {topic}.") for topic in ("owls", "trains", "comets", "violins")]
+    try:
+        for seq, tokens in enumerate(prompts):
+            batch.n_tokens = 0
+            for position, token in enumerate(tokens):
+                add_to_batch(batch, token, position, seq, logits=False)
+            assert context.decode(batch) == 0
+        lengths = [len(tokens) for tokens in prompts]
+        for step in range(24):  # one token each per step, as a server's decoding sequences: cells interleave
+            batch.n_tokens = 0
+            for seq in range(4):
+                add_to_batch(batch, 236743 + step, lengths[seq] + step, seq, logits=False)
+            assert context.decode(batch) == 0
+        ends = [length + 24 for length in lengths]
+
+        def next_step() -> list:
+            """Each remaining sequence's logits for one more token, then that token taken back out."""
+            batch.n_tokens = 0
+            rows = [add_to_batch(batch, 818, ends[seq], seq, logits=True) for seq in (1, 2, 3)]
+            assert context.decode(batch) == 0
+            out = [np.array(logits_view(context.logits(row), gemma.n_vocab)) for row in rows]
+            for seq in (1, 2, 3):
+                assert context.remove_tokens(seq, ends[seq])
+            return out
+
+        context.clear_sequence(0)
+        before = next_step()
+        gathered = KvLayout(context).gather([1, 2, 3])
+        assert (gathered.moved, gathered.lost) == (3, [])
+        assert gathered.bytes > 0
+        for seq in (1, 2, 3):
+            assert llama_cpp.llama_memory_seq_pos_min(context.memory, seq) == 0
+            assert llama_cpp.llama_memory_seq_pos_max(context.memory, seq) == ends[seq] - 1
+        after = next_step()
+        # Only the order the cells are summed in differs (flash attention's f16 sums): the rounding moves logits
+        # by up to ~0.5 here, as splitting a prompt over two decodes does (tests/greedy_agreement.py), while
+        # another sequence's logits (what a wrong or misplaced state would give) correlate far less.
+        for old, new in zip(before, after, strict=True):
+            assert np.corrcoef(old, new)[0, 1] > 0.999
+            best, runner_up = np.sort(old)[-2:][::-1]
+            if best - runner_up > NEAR_TIE:
+                assert int(new.argmax()) == int(old.argmax())
+        assert np.corrcoef(before[0], before[1])[0, 1] < 0.99
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        context.free()
