@@ -135,11 +135,22 @@ def test_prefix_reuse_reports_cached_tokens(client):
     assert other.usage.prompt_tokens_details.cached_tokens >= 300
 
 
-def test_a_long_prompt_after_streams_decoded_together_gathers_the_idle_ones_which_keep_their_prefixes(server, client):
+@pytest.fixture(scope="module")
+def gathering_server(tmp_path_factory):
+    """A server of its own: the cells this test moves would change where later requests' cells land in the shared
+    server, and with them the last bits of those requests' logits (which a seeded sample at temperature 1 can
+    follow to another token)."""
+    flags = ("--n-ctx", "4096", "--parallel", "5", "--log-level", "info")
+    with running_server(*flags, log_dir=tmp_path_factory.mktemp("gathering")) as process:
+        yield process
+
+
+def test_a_long_prompt_after_streams_decoded_together_gathers_the_idle_ones_which_keep_their_prefixes(gathering_server):
     """Four conversations decode together (their KV cells interleave in the shared cache); a long new prompt then
     starts on another slot, and the idle ones are gathered first (backends/llamacpp/kv_layout.py) so that its cells
     lie together. Each conversation asked again reuses its whole prompt from its moved cells and answers the same
     (or parts at a near tie: the cells are summed in another order)."""
+    server, client = gathering_server, gathering_server.openai_client()
     variants = [{"max_tokens": 24}] * 4
     firsts = _concurrently(client, variants)
     log_start = len(server.log_path.read_bytes())
