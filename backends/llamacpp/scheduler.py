@@ -286,14 +286,8 @@ class Scheduler:
         lost = set(gathered.lost)
         for slot in idle:
             if slot.seq_id in lost:
-                slot.cached_tokens, slot.position_shift = [], 0
-                self._cleared(slot.seq_id)
-                if self.ledger is not None:
-                    self.ledger.truncate(slot.seq_id, 0)
-        if starting.seq_id in lost:
-            self._cleared(starting.seq_id)
-            return 0
-        return reuse
+                self._forget(slot)
+        return 0 if starting.seq_id in lost else reuse  # (its sequence is empty: the caller records the rest)
 
     def _cleared(self, seq_id: int) -> None:
         if self.kv_layout is not None:
@@ -524,6 +518,10 @@ class Scheduler:
         """End a sequence with an error. Its KV state is unknown after a failure, so forget its cache."""
         slot.job.emit(error)
         self._release(slot)
+        self._forget(slot)
+
+    def _forget(self, slot: Slot) -> None:
+        """Empty the slot's sequence and everything kept about what it held."""
         self.context.clear_sequence(slot.seq_id)
         self._cleared(slot.seq_id)
         slot.cached_tokens, slot.position_shift = [], 0

@@ -160,7 +160,7 @@ def test_a_long_prompt_after_streams_decoded_together_gathers_the_idle_ones_whic
     log = server.log_path.read_bytes()[log_start:].decode(errors="replace")
     gathered = [int(line.split("Gathered ")[1].split()[0]) for line in log.splitlines() if "Gathered " in line]
     assert gathered and gathered[-1] >= 4, log[-2000:]
-    for index, (first_entries, first_usage) in enumerate(firsts):
+    for index, (first_entries, _) in enumerate(firsts):
         entries, usage = _stream_tokens(client, index, variants)
         assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1
         assert_same_or_parted_at_near_tie(first_entries, entries, f"conversation {index}")

@@ -6,13 +6,12 @@ from backends.llamacpp.kv_layout import GATHER_SHARED_TOKENS, KvLayout
 
 
 class RecordingContext:
-    """Stands in for LlamaContext's state copy: records each sequence saved and loaded back; `full` refuse."""
+    """Stands in for LlamaContext's state copy: records each sequence loaded back; those in `full` do not fit."""
 
     def __init__(self, full: frozenset[int] = frozenset()) -> None:
-        self.full, self.saved, self.loaded = full, [], []
+        self.full, self.loaded = full, []
 
     def sequence_state(self, seq_id: int) -> bytearray:
-        self.saved.append(seq_id)
         return bytearray(100 + seq_id)
 
     def load_sequence_state(self, seq_id: int, state: bytearray) -> bool:
