@@ -188,8 +188,9 @@ class Settings(BaseSettings):
         "--models-dir or a path; per model: `settings: {draft_model: ...}` in models.yaml); implies --spec draft "
         "unless --spec off"
     )
-    spec_draft_max: int = Field(64, ge=1, le=64, description="Most tokens drafted for one sequence per step (drafts "
-                                "start at 16 and double after each fully accepted one)")
+    spec_draft_max: int = Field(63, ge=1, le=64, description="Most tokens drafted for one sequence per step (drafts "
+                                "start at 15 and double their rows, the token and the draft, after each fully "
+                                "accepted one: 16, 32, 64 rows)")
     spec_draft_min: int = Field(1, ge=1, le=64, description="Shortest draft worth checking")
     spec_max_sequences: int = Field(
         8, ge=1, description="Drafts are checked only in steps where at most this many sequences decode: on CPU a "

@@ -5,11 +5,21 @@ token, so a sequence's guesses must hold more often than `c`. `c` depends on the
 8 gemma-3 sequences on a Xeon with AMX, 0.85-0.9 on an AMD EPYC, where 8 sequences already keep both cores busy. A
 fixed threshold drafted at a loss on one and left speed unused on the other, so the scheduler times its decode-only
 steps and fits step seconds = fixed + per_row * rows over the recent ones.
+
+The line is not the whole story: ggml's CPU matrix products take a step's rows in groups of four (its repacked
+layouts quantize activations four rows at a time, llamafile's kernels work on 4-row tiles) and the rows left over go
+through a one-row kernel each. On an AMD EPYC with AVX-512 (gemma-3, one sequence, in one-row steps' time):
+4 rows 2.27, 5 rows 3.36, 7 rows 4.05, 8 rows 3.47, 16 rows 5.20, 17 rows 6.36; 16 sequences a step 72.0 ms against
+84.1 for 15. So each row count's own time is kept too (`step_seconds`), for rounding a step's guesses to a cheaper
+count (speculative_steps.py).
 """
 
 from __future__ import annotations
 
 from collections import deque
+
+BY_ROWS_WEIGHT = 0.25  # a new step's share in its row count's average
+TILE = 4  # rows ggml's CPU matrix products take together
 
 
 class RowCost:
@@ -22,10 +32,17 @@ class RowCost:
         self.refit_every = refit_every  # (a fit reads the whole window: not every step)
         self._fitted: tuple[float, float] | None = None
         self._new = 0
+        self._by_rows: dict[int, float] = {}  # row count -> its steps' seconds, a moving average
 
     def observe(self, rows: int, seconds: float) -> None:
         self.steps.append((rows, seconds))
         self._new += 1
+        before = self._by_rows.get(rows)
+        self._by_rows[rows] = seconds if before is None else before + BY_ROWS_WEIGHT * (seconds - before)
+
+    def step_seconds(self, rows: int) -> float | None:
+        """What a decode-only step of exactly `rows` rows took lately; None for a count not seen yet."""
+        return self._by_rows.get(rows)
 
     def fit(self) -> tuple[float, float] | None:
         """(fixed seconds, seconds per row), or None without enough different row counts behind it."""

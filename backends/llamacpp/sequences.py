@@ -86,6 +86,7 @@ class Slot:
     drafter: SequenceDrafter | None = None  # speculation: guesses the next tokens
     draft: list[int] = field(default_factory=list)  # tokens guessed this step, in the batch after next_token
     draft_rows: list[int] = field(default_factory=list)  # their batch rows
+    padding: int = 0  # the draft's last tokens that only fill the step's rows to a whole tile (speculative_steps.py)
     unverified: int = 0  # tokens at the end of cached_tokens (and the KV) not yet confirmed by sampling
 
     @property

@@ -41,8 +41,10 @@ SpecMode = Literal["off", "ngram", "draft"]  # draft: a draft model guesses (dra
 @dataclass(frozen=True)
 class SpeculationOptions:
     mode: SpecMode = "ngram"
-    draft_max: int = 64  # most tokens drafted for a sequence in one step (reached only by doubling, see verified)
-    draft_start: int = 16  # a sequence's first drafts are at most this long
+    # A step's rows are the sampled token and the draft: 64 and 16 rows are whole tiles of ggml's CPU kernels
+    # (row_cost.py), 65 and 17 rows cost a spilled row more.
+    draft_max: int = 63  # most tokens drafted for a sequence in one step (reached only by doubling, see verified)
+    draft_start: int = 15  # a sequence's first drafts are at most this long
     draft_min: int = 1  # a draft shorter than this is not worth a step's extra rows
     ngram_max: int = 8  # longest run of latest tokens looked up
     ngram_min: int = 2  # shortest (single tokens match too often by chance)
@@ -118,7 +120,17 @@ class SequenceDrafter:
     def lookup(self, limit: int, others: tuple[SequenceDrafter, ...] = (), shortest: int = 0) -> list[int]:
         """Up to `limit` tokens following the sequence where its latest tokens occurred before: in its own tokens,
         or (a longer match) in `others`' (a DraftPool's); only matches of at least `shortest` tokens if given."""
-        longest, draft = self.options.ngram_max, []
+        draft = self.continuation([], limit, others, shortest)
+        if not draft or len(draft) < self.options.draft_min:
+            return []
+        self.drafted += len(draft)
+        return draft
+
+    def continuation(self, draft: list[int], limit: int, others: tuple[SequenceDrafter, ...] = (),
+                     shortest: int = 0) -> list[int]:
+        """`draft` continued by lookup up to `limit` tokens in all (uncounted: a step's padding, see
+        speculative_steps.py, asks for a few more tokens after a draft this way)."""
+        longest, draft = self.options.ngram_max, list(draft)
         while len(draft) < limit:  # a continuation that reaches the end is looked up again from there (cycles)
             tail = self.tokens[-longest:] + draft if len(draft) < longest else draft
             found = self._follower_of(tail[-longest:], others, shortest)
@@ -130,9 +142,6 @@ class SequenceDrafter:
             draft += source[follower:follower + trusted]
         if any(token < 0 for token in draft):  # a media placeholder is no token: guess only up to it
             draft = draft[: next(i for i, token in enumerate(draft) if token < 0)]
-        if not draft or len(draft) < self.options.draft_min:
-            return []
-        self.drafted += len(draft)
         return draft
 
     def _follower_of(self, tail: list[int], others: tuple[SequenceDrafter, ...],
@@ -154,7 +163,7 @@ class SequenceDrafter:
 
     def verified(self, drafted: int, accepted: int) -> None:
         """How a draft fared (its accepted tokens already counted, one by one, in `accepted`): adapt the length
-        (double after a full hit of the whole length, shrink to what was accepted plus one) and pause drafting after
+        (double the rows after a full hit of the whole length, shrink to what was accepted plus one) and pause drafting after
         repeated misses. On CPU every drafted row costs about a third of a token (gemma-3; half for SmolLM2) however
         long the draft, so a long draft pays only where it is nearly sure to hold: a run of full hits (a loop, a
         copied block, the same answer again) doubles it up to draft_max (llama.cpp's ngram-mod drafts 48-64), and
@@ -164,7 +173,7 @@ class SequenceDrafter:
             self._run += accepted
             if drafted >= self.length:  # (a draft cut short by the lookup or the room left says nothing more)
                 room = max(self.options.draft_start, self._typical_run, self._run)
-                self.length = min(self.options.draft_max, 2 * self.length, int(room))
+                self.length = min(self.options.draft_max, 2 * self.length + 1, int(room))  # (twice the rows)
         else:
             self._typical_run = (self._typical_run + self._run + accepted) / 2
             self._run = 0

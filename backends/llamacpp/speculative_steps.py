@@ -10,7 +10,7 @@ import llama_cpp
 
 from backends.llamacpp.draft_model import DraftModel
 from backends.llamacpp.model import LlamaContext
-from backends.llamacpp.row_cost import RowCost
+from backends.llamacpp.row_cost import TILE, RowCost
 from backends.llamacpp.sequences import SequenceJob, Slot
 from backends.llamacpp.speculation import DraftPool, SequenceDrafter, SpeculationOptions
 
@@ -52,21 +52,33 @@ class SpeculativeSteps:
         from long matches (`busy_ngram_min`: a loop, a copied block) by sequences whose drafts keep holding, and none
         above `max_sequences`. None either in a busy step of a context with one KV stream per slot: llama.cpp decodes
         a sequence holding more new tokens than the others in a pass of its own there (8 gemma streams: 73-94 tok/s
-        with busy drafts, 105 without), nor from a draft model (its guesses come with no match length)."""
+        with busy drafts, 105 without), nor from a draft model (its guesses come with no match length).
+        Where rows past whole tiles cost extra on this machine (row_cost.py), the step's rows are then rounded to
+        whole tiles: padded with a few more guessed tokens, or the drafts' last rows cut, whichever is faster."""
         decoding = [slot for slot in active if slot.batch_index >= 0]
+        drafts = self._drafts(decoding)
+        if (self.draft_model is None and self.context.kv_unified
+                and not any(slot.prefilling for slot in active)):  # (a prompt chunk's rows follow: not known yet)
+            self._round_to_tiles(decoding, drafts)
+        for slot, draft, padding in drafts.values():
+            slot.draft, slot.padding = draft, padding
+            slot.draft_rows = [slot.add_to_batch(self.batch, token, want_logits=True) for token in draft]
+            slot.unverified = len(draft)
+
+    def _drafts(self, decoding: list[Slot]) -> dict[int, list]:
+        """{seq_id: [slot, its draft, padding tokens in it (0 here)]} for the sequences guessing this step."""
         if len(decoding) > self.options.max_sequences:
-            return
+            return {}
         busy = len(decoding) > self.options.few_sequences
         if busy and (self.draft_model is not None or not self.context.kv_unified):
-            return
+            return {}
         shortest = self.options.busy_ngram_min if busy else 0
         acceptance = self.busy_acceptance(len(decoding)) if busy else None
         wanted: dict[int, tuple[Slot, int]] = {}
         for slot in decoding:
             if slot.drafter is None or slot.forced:
                 continue
-            job = slot.job
-            left = min(job.max_tokens - slot.completion_tokens, self.seq_ctx - len(slot.cached_tokens)) - 1
+            left = self._room(slot)
             if count := (slot.drafter.busy_budget(left, acceptance) if shortest else slot.drafter.budget(left)):
                 wanted[slot.seq_id] = (slot, count)
         if self.draft_model is not None and wanted:
@@ -74,16 +86,92 @@ class SpeculativeSteps:
             for seq_id, draft in drafts.items():
                 wanted[seq_id][0].drafter.drafted += len(draft)
         else:
-            pooled = self.options.pool_tokens > 0  # (off: each sequence drafts from its own tokens alone)
-            live = tuple(slot.drafter for slot in decoding if slot.drafter is not None) if pooled else ()
-            others = live + self.pool.finished()
-            drafts = {seq: slot.drafter.lookup(n, tuple(o for o in others if o is not slot.drafter), shortest)
+            drafts = {seq: slot.drafter.lookup(n, self._others(slot, decoding), shortest)
                       for seq, (slot, n) in wanted.items()}
-        for seq_id, draft in drafts.items():
-            slot = wanted[seq_id][0]
-            slot.draft = draft
-            slot.draft_rows = [slot.add_to_batch(self.batch, token, want_logits=True) for token in draft]
-            slot.unverified = len(draft)
+        return {seq_id: [wanted[seq_id][0], draft, 0] for seq_id, draft in drafts.items() if draft}
+
+    def _room(self, slot: Slot) -> int:
+        """Tokens the sequence may still be given beyond the next one (max_tokens, its context)."""
+        return min(slot.job.max_tokens - slot.completion_tokens, self.seq_ctx - len(slot.cached_tokens)) - 1
+
+    def _others(self, slot: Slot, decoding: list[Slot]) -> tuple[SequenceDrafter, ...]:
+        """The drafters a sequence may copy from besides its own (the pool, if on)."""
+        if not self.options.pool_tokens:  # (off: each sequence drafts from its own tokens alone)
+            return ()
+        live = tuple(other.drafter for other in decoding if other.drafter is not None)
+        return tuple(other for other in live + self.pool.finished() if other is not slot.drafter)
+
+    def _round_to_tiles(self, decoding: list[Slot], drafts: dict[int, list]) -> None:
+        """Round the step's row count to whole tiles, by this machine's measured step times (row_cost.py: on an
+        AVX-512 EPYC 7 rows cost 4.05 one-row steps, 8 rows 3.47): drafts continued by lookup up to the next whole
+        tile, where that costs no more than the spilled rows (nearly always: padding rows may be accepted too);
+        else a guess for a sequence not drafting, where even a guess that never holds makes the step cheaper; else
+        the drafts' last rows cut, where that is faster per expected token (a guessed row is worth the drafter's
+        acceptance so far)."""
+        rows = len(decoding) + sum(len(draft) for _, draft, _ in drafts.values())
+        spilled, short = rows % TILE, -rows % TILE
+        now = self.row_cost.step_seconds(rows)
+        if not spilled or now is None:
+            return
+        padded = self.row_cost.step_seconds(rows + short)
+        if rows + short <= self.context.n_batch:
+            padding = self._padding(decoding, drafts, short)
+            guessed = all(looked_up for _, _, looked_up in padding.values())
+            if sum(len(extra) for _, extra, _ in padding.values()) == short and (
+                    guessed or (padded is not None and padded <= now)):
+                for seq_id, (slot, extra, _) in padding.items():
+                    entry = drafts.setdefault(seq_id, [slot, [], 0])
+                    entry[1], entry[2] = entry[1] + extra, entry[2] + len(extra)
+                return
+        cut = self._cut(drafts, spilled)  # (fewer where the drafts are shorter: then none are left)
+        trimmed = self.row_cost.step_seconds(rows - len(cut))
+        if not cut or trimmed is None:
+            return
+        worth = {seq_id: (slot.drafter.accepted + 1) / (slot.drafter.drafted + 2)
+                 for seq_id, (slot, _, _) in drafts.items()}
+        expected = len(decoding) + sum(worth[seq_id] * len(draft) for seq_id, (_, draft, _) in drafts.items())
+        if (expected - sum(worth[seq_id] for seq_id in cut)) / trimmed > expected / now:
+            for seq_id in cut:
+                slot, draft, _ = drafts[seq_id]
+                drafts[seq_id][1] = draft[:-1]
+                slot.drafter.drafted -= 1
+                if not drafts[seq_id][1]:
+                    del drafts[seq_id]
+
+    @staticmethod
+    def _cut(drafts: dict[int, list], count: int) -> list[int]:
+        """Whose drafts lose their last row, `count` rows in all (the longest drafts first; a sequence may repeat)."""
+        lengths = {seq_id: len(draft) for seq_id, (_, draft, _) in drafts.items()}
+        cut = []
+        for _ in range(count):
+            seq_id = max(lengths, key=lengths.get, default=None)
+            if seq_id is None or lengths[seq_id] == 0:
+                break
+            lengths[seq_id] -= 1
+            cut.append(seq_id)
+        return cut
+
+    def _padding(self, decoding: list[Slot], drafts: dict[int, list],
+                 short: int) -> dict[int, tuple[Slot, list[int], bool]]:
+        """Up to `short` more guessed tokens, and whether a lookup found them: drafts continued first, then
+        sequences not drafting (a lookup of any length, or their last token again)."""
+        padding: dict[int, tuple[Slot, list[int], bool]] = {}
+        for slot in sorted(decoding, key=lambda s: s.seq_id not in drafts):
+            if short == 0:
+                break
+            if slot.drafter is None or slot.forced:
+                continue
+            draft = drafts[slot.seq_id][1] if slot.seq_id in drafts else []
+            room = min(short, self._room(slot) - len(draft))
+            if room <= 0:
+                continue
+            extra = slot.drafter.continuation(draft, len(draft) + room, self._others(slot, decoding))[len(draft):]
+            if extra:
+                padding[slot.seq_id] = (slot, extra, True)
+            elif not draft:
+                padding[slot.seq_id] = (slot, extra := [slot.drafter.tokens[-1]], False)
+            short -= len(extra)
+        return padding
 
     def busy_acceptance(self, sequences: int) -> float:
         """How often a sequence's guesses must hold to draft in a busy step of `sequences`: busy_acceptance, or a
@@ -98,18 +186,19 @@ class SpeculativeSteps:
     def verify(self, slot: Slot) -> None:
         """After the sampled token's row gave the next token: while that token is the drafted one (already in the
         KV, its row holding the logits that follow it), sample again from the drafted row. Then drop what is left."""
-        accepted = 0
+        accepted, guessed = 0, len(slot.draft) - slot.padding  # (padding rows are not the drafter's guesses)
         for token, row in zip(slot.draft, slot.draft_rows, strict=True):
             if slot.job is None or slot.forced or slot.next_token != token:
                 break
             accepted += 1
-            slot.drafter.accepted += 1  # counted now: sampling may finish the sequence (usage is written then)
+            if accepted <= guessed:
+                slot.drafter.accepted += 1  # counted now: sampling may finish the sequence (usage is written then)
             slot.unverified -= 1
             slot.next_token = None
             slot.batch_index = row
             self.sample(slot)
-        if slot.drafter is not None:  # None once the sequence finished
-            slot.drafter.verified(len(slot.draft), accepted)
+        if slot.drafter is not None and guessed:  # (None once the sequence finished)
+            slot.drafter.verified(guessed, min(accepted, guessed))
         self.drop_unverified(slot)
         if slot.job is not None:
             slot.emit_pending()
@@ -127,4 +216,4 @@ class SpeculativeSteps:
             del slot.cached_tokens[-slot.unverified:]
             self.context.remove_tokens(slot.seq_id, slot.next_position)
             slot.unverified = 0
-        slot.draft, slot.draft_rows = [], []
+        slot.draft, slot.draft_rows, slot.padding = [], [], 0

@@ -30,10 +30,10 @@ def test_the_draft_length_adapts_and_repeated_misses_pause_drafting():
     drafter.verified(drafted=8, accepted=2)
     assert drafter.length == 3  # what was accepted, plus one
     drafter.verified(drafted=3, accepted=3)
-    assert drafter.length == 6  # a full hit: twice as long
+    assert drafter.length == 7  # a full hit: twice the rows (the token and the draft)
     drafter.verified(drafted=2, accepted=2)
-    assert drafter.length == 6  # a full hit of a draft cut short (the lookup ran out): says nothing more
-    drafter.verified(drafted=6, accepted=6)
+    assert drafter.length == 7  # a full hit of a draft cut short (the lookup ran out): says nothing more
+    drafter.verified(drafted=7, accepted=7)
     assert drafter.length == 8  # (never past draft_max)
     drafter.verified(drafted=5, accepted=0)
     assert drafter.propose(8)  # one miss: keeps drafting
@@ -100,10 +100,10 @@ def test_in_busy_steps_a_sequence_probes_briefly_then_drafts_only_while_its_draf
     holding, failing = SequenceDrafter([], options), SequenceDrafter([], options)
     assert holding.busy_budget(16) == 4  # no record yet: a short probe
     holding.drafted, holding.accepted = 8, 7
-    assert holding.busy_budget(16) == 16  # its drafts hold: the full length
+    assert holding.busy_budget(16) == 15  # its drafts hold: its full length (15 to start)
     failing.drafted, failing.accepted = 8, 3
     assert failing.busy_budget(16) == 0  # they do not: no drafts while steps are busy
-    assert failing.budget(16) == 16  # (a quiet step still lets it try)
+    assert failing.budget(16) == 15  # (a quiet step still lets it try)
 
 
 def _steps_with_three_decoding_sequences(kv_unified: bool):
@@ -120,6 +120,7 @@ def _steps_with_three_decoding_sequences(kv_unified: bool):
         drafter.drafted, drafter.accepted = 8, 8
         slots.append(SimpleNamespace(seq_id=seq_id, batch_index=seq_id, drafter=drafter, forced=False, draft=[],
                                      job=SimpleNamespace(max_tokens=64), completion_tokens=0, cached_tokens=[0] * 30,
+                                     prefilling=False,
                                      add_to_batch=lambda batch, token, want_logits: 0))
     steps.add_drafts(slots)
     return slots
@@ -162,4 +163,4 @@ def test_busy_steps_ask_more_of_guesses_where_a_row_costs_more_than_busy_accepta
     assert steps.busy_acceptance(2) == 0.75  # two rows share the fixed part: a row costs 0.69 of a token there
     drafter = SequenceDrafter([], options)
     drafter.drafted, drafter.accepted = 10, 8  # holds 80 %: enough for the default, not for this machine's rows
-    assert drafter.busy_budget(16) == 16 and drafter.busy_budget(16, steps.busy_acceptance(8)) == 0
+    assert drafter.busy_budget(16) == 15 and drafter.busy_budget(16, steps.busy_acceptance(8)) == 0
