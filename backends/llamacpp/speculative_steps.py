@@ -104,8 +104,10 @@ class SpeculativeSteps:
     def _round_to_tiles(self, decoding: list[Slot], drafts: dict[int, list]) -> None:
         """Round the step's row count to whole tiles, by this machine's measured step times (row_cost.py: on an
         AVX-512 EPYC 7 rows cost 4.05 one-row steps, 8 rows 3.47): drafts continued by lookup up to the next whole
-        tile, where that costs no more than the spilled rows (nearly always: padding rows may be accepted too);
-        else a guess for a sequence not drafting, where even a guess that never holds makes the step cheaper; else
+        tile (its drafter judged the sequence worth guessing for; a few more rows of the same lookup may hold too),
+        or guesses for sequences not
+        drafting, where the step with them is measured to cost no more than without (the fifth row of 5 costs
+        more than the next three together on that EPYC: 5 rows 3.36 one-row steps, 8 rows 3.47); else
         the drafts' last rows cut, where that is faster per expected token (a guessed row is worth the drafter's
         acceptance so far)."""
         rows = len(decoding) + sum(len(draft) for _, draft, _ in drafts.values())
@@ -116,9 +118,9 @@ class SpeculativeSteps:
         padded = self.row_cost.step_seconds(rows + short)
         if rows + short <= self.context.n_batch:
             padding = self._padding(decoding, drafts, short)
-            guessed = all(looked_up for _, _, looked_up in padding.values())
+            continued = all(continues for _, _, continues in padding.values())
             if sum(len(extra) for _, extra, _ in padding.values()) == short and (
-                    guessed or (padded is not None and padded <= now)):
+                    continued or (padded is not None and padded <= now)):
                 for seq_id, (slot, extra, _) in padding.items():
                     entry = drafts.setdefault(seq_id, [slot, [], 0])
                     entry[1], entry[2] = entry[1] + extra, entry[2] + len(extra)
@@ -153,8 +155,8 @@ class SpeculativeSteps:
 
     def _padding(self, decoding: list[Slot], drafts: dict[int, list],
                  short: int) -> dict[int, tuple[Slot, list[int], bool]]:
-        """Up to `short` more guessed tokens, and whether a lookup found them: drafts continued first, then
-        sequences not drafting (a lookup of any length, or their last token again)."""
+        """Up to `short` more guessed tokens, and whether they continue a draft: drafts continued by lookup first,
+        then guesses for sequences not drafting (a lookup of any length, or their last token again)."""
         padding: dict[int, tuple[Slot, list[int], bool]] = {}
         for slot in sorted(decoding, key=lambda s: s.seq_id not in drafts):
             if short == 0:
@@ -167,7 +169,7 @@ class SpeculativeSteps:
                 continue
             extra = slot.drafter.continuation(draft, len(draft) + room, self._others(slot, decoding))[len(draft):]
             if extra:
-                padding[slot.seq_id] = (slot, extra, True)
+                padding[slot.seq_id] = (slot, extra, bool(draft))
             elif not draft:
                 padding[slot.seq_id] = (slot, extra := [slot.drafter.tokens[-1]], False)
             short -= len(extra)
