@@ -6,9 +6,10 @@ token, so a sequence's guesses must hold more often than `c`. `c` depends on the
 fixed threshold drafted at a loss on one and left speed unused on the other, so the scheduler times its decode-only
 steps and fits step seconds = fixed + per_row * rows over the recent ones.
 
-The line is not the whole story: ggml's CPU matrix products take a step's rows in groups of four (its repacked
-layouts quantize activations four rows at a time, llamafile's kernels work on 4-row tiles) and the rows left over go
-through a one-row kernel each. On an AMD EPYC with AVX-512 (gemma-3, one sequence, in one-row steps' time):
+The line is not the whole story: on some CPUs a step of 4k + 1 rows costs more than one of 4k + 4, likely (not traced
+kernel by kernel) because ggml's CPU matrix products take rows in groups of four (its repacked layouts quantize
+activations four rows at a time, llamafile's kernels work on 4-row tiles) and put the rows left over through a
+one-row kernel each. On an AMD EPYC with AVX-512 (gemma-3, one sequence, in one-row steps' time):
 4 rows 2.27, 5 rows 3.36, 7 rows 4.05, 8 rows 3.47, 16 rows 5.20, 17 rows 6.36; 16 sequences a step 72.0 ms against
 84.1 for 15. So each row count's own time is kept too (`step_seconds`), for rounding a step's guesses to a cheaper
 count (speculative_steps.py).

@@ -5,6 +5,7 @@ confirmed run goes out as one delta, and the rest is taken back out of the seque
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import llama_cpp
 
@@ -13,6 +14,16 @@ from backends.llamacpp.model import LlamaContext
 from backends.llamacpp.row_cost import TILE, RowCost
 from backends.llamacpp.sequences import SequenceJob, Slot
 from backends.llamacpp.speculation import DraftPool, SequenceDrafter, SpeculationOptions
+
+
+@dataclass
+class StepDraft:
+    """A sequence's guesses for this step, before they join the batch; the last `padding` of them only fill the
+    step's rows to a whole tile (see _round_to_tiles)."""
+
+    slot: Slot
+    tokens: list[int]
+    padding: int = 0
 
 
 class SpeculativeSteps:
@@ -60,13 +71,14 @@ class SpeculativeSteps:
         if (self.draft_model is None and self.context.kv_unified
                 and not any(slot.prefilling for slot in active)):  # (a prompt chunk's rows follow: not known yet)
             self._round_to_tiles(decoding, drafts)
-        for slot, draft, padding in drafts.values():
-            slot.draft, slot.padding = draft, padding
-            slot.draft_rows = [slot.add_to_batch(self.batch, token, want_logits=True) for token in draft]
-            slot.unverified = len(draft)
+        for draft in drafts.values():
+            slot = draft.slot
+            slot.draft, slot.padding = draft.tokens, draft.padding
+            slot.draft_rows = [slot.add_to_batch(self.batch, token, want_logits=True) for token in draft.tokens]
+            slot.unverified = len(draft.tokens)
 
-    def _drafts(self, decoding: list[Slot]) -> dict[int, list]:
-        """{seq_id: [slot, its draft, padding tokens in it (0 here)]} for the sequences guessing this step."""
+    def _drafts(self, decoding: list[Slot]) -> dict[int, StepDraft]:
+        """The sequences guessing this step, by seq_id, with their guesses."""
         if len(decoding) > self.options.max_sequences:
             return {}
         busy = len(decoding) > self.options.few_sequences
@@ -88,7 +100,7 @@ class SpeculativeSteps:
         else:
             drafts = {seq: slot.drafter.lookup(n, self._others(slot, decoding), shortest)
                       for seq, (slot, n) in wanted.items()}
-        return {seq_id: [wanted[seq_id][0], draft, 0] for seq_id, draft in drafts.items() if draft}
+        return {seq_id: StepDraft(wanted[seq_id][0], draft) for seq_id, draft in drafts.items() if draft}
 
     def _room(self, slot: Slot) -> int:
         """Tokens the sequence may still be given beyond the next one (max_tokens, its context)."""
@@ -101,16 +113,15 @@ class SpeculativeSteps:
         live = tuple(other.drafter for other in decoding if other.drafter is not None)
         return tuple(other for other in live + self.pool.finished() if other is not slot.drafter)
 
-    def _round_to_tiles(self, decoding: list[Slot], drafts: dict[int, list]) -> None:
+    def _round_to_tiles(self, decoding: list[Slot], drafts: dict[int, StepDraft]) -> None:
         """Round the step's row count to whole tiles, by this machine's measured step times (row_cost.py: on an
         AVX-512 EPYC 7 rows cost 4.05 one-row steps, 8 rows 3.47): drafts continued by lookup up to the next whole
         tile (its drafter judged the sequence worth guessing for; a few more rows of the same lookup may hold too),
-        or guesses for sequences not
-        drafting, where the step with them is measured to cost no more than without (the fifth row of 5 costs
-        more than the next three together on that EPYC: 5 rows 3.36 one-row steps, 8 rows 3.47); else
-        the drafts' last rows cut, where that is faster per expected token (a guessed row is worth the drafter's
-        acceptance so far)."""
-        rows = len(decoding) + sum(len(draft) for _, draft, _ in drafts.values())
+        or guesses for sequences not drafting, where the step with them is measured to cost no more than without
+        (the fifth row of 5 costs more than the next three together on that EPYC: 5 rows 3.36 one-row steps, 8 rows
+        3.47); else the drafts' last rows cut, where that is faster per expected token (a guessed row is worth the
+        drafter's acceptance so far)."""
+        rows = len(decoding) + sum(len(draft.tokens) for draft in drafts.values())
         spilled, short = rows % TILE, -rows % TILE
         now = self.row_cost.step_seconds(rows)
         if not spilled or now is None:
@@ -122,28 +133,28 @@ class SpeculativeSteps:
             if sum(len(extra) for _, extra, _ in padding.values()) == short and (
                     continued or (padded is not None and padded <= now)):
                 for seq_id, (slot, extra, _) in padding.items():
-                    entry = drafts.setdefault(seq_id, [slot, [], 0])
-                    entry[1], entry[2] = entry[1] + extra, entry[2] + len(extra)
+                    draft = drafts.setdefault(seq_id, StepDraft(slot, []))
+                    draft.tokens, draft.padding = draft.tokens + extra, draft.padding + len(extra)
                 return
         cut = self._cut(drafts, spilled)  # (fewer where the drafts are shorter: then none are left)
         trimmed = self.row_cost.step_seconds(rows - len(cut))
         if not cut or trimmed is None:
             return
-        worth = {seq_id: (slot.drafter.accepted + 1) / (slot.drafter.drafted + 2)
-                 for seq_id, (slot, _, _) in drafts.items()}
-        expected = len(decoding) + sum(worth[seq_id] * len(draft) for seq_id, (_, draft, _) in drafts.items())
+        worth = {seq_id: (draft.slot.drafter.accepted + 1) / (draft.slot.drafter.drafted + 2)
+                 for seq_id, draft in drafts.items()}
+        expected = len(decoding) + sum(worth[seq_id] * len(draft.tokens) for seq_id, draft in drafts.items())
         if (expected - sum(worth[seq_id] for seq_id in cut)) / trimmed > expected / now:
             for seq_id in cut:
-                slot, draft, _ = drafts[seq_id]
-                drafts[seq_id][1] = draft[:-1]
-                slot.drafter.drafted -= 1
-                if not drafts[seq_id][1]:
+                draft = drafts[seq_id]
+                draft.tokens = draft.tokens[:-1]
+                draft.slot.drafter.drafted -= 1
+                if not draft.tokens:
                     del drafts[seq_id]
 
     @staticmethod
-    def _cut(drafts: dict[int, list], count: int) -> list[int]:
+    def _cut(drafts: dict[int, StepDraft], count: int) -> list[int]:
         """Whose drafts lose their last row, `count` rows in all (the longest drafts first; a sequence may repeat)."""
-        lengths = {seq_id: len(draft) for seq_id, (_, draft, _) in drafts.items()}
+        lengths = {seq_id: len(draft.tokens) for seq_id, draft in drafts.items()}
         cut = []
         for _ in range(count):
             seq_id = max(lengths, key=lengths.get, default=None)
@@ -153,7 +164,7 @@ class SpeculativeSteps:
             cut.append(seq_id)
         return cut
 
-    def _padding(self, decoding: list[Slot], drafts: dict[int, list],
+    def _padding(self, decoding: list[Slot], drafts: dict[int, StepDraft],
                  short: int) -> dict[int, tuple[Slot, list[int], bool]]:
         """Up to `short` more guessed tokens, and whether they continue a draft: drafts continued by lookup first,
         then guesses for sequences not drafting (a lookup of any length, or their last token again)."""
@@ -163,7 +174,7 @@ class SpeculativeSteps:
                 break
             if slot.drafter is None or slot.forced:
                 continue
-            draft = drafts[slot.seq_id][1] if slot.seq_id in drafts else []
+            draft = drafts[slot.seq_id].tokens if slot.seq_id in drafts else []
             room = min(short, self._room(slot) - len(draft))
             if room <= 0:
                 continue
