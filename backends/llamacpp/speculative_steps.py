@@ -85,13 +85,13 @@ class SpeculativeSteps:
         if busy and (self.draft_model is not None or not self.context.kv_unified):
             return {}
         shortest = self.options.busy_ngram_min if busy else 0
-        acceptance = self.busy_acceptance(len(decoding)) if busy else None
+        row_cost = self.busy_row_cost(len(decoding)) if busy else None
         wanted: dict[int, tuple[Slot, int]] = {}
         for slot in decoding:
             if slot.drafter is None or slot.forced:
                 continue
             left = self._room(slot)
-            if count := (slot.drafter.busy_budget(left, acceptance) if shortest else slot.drafter.budget(left)):
+            if count := (slot.drafter.busy_budget(left, row_cost) if shortest else slot.drafter.budget(left)):
                 wanted[slot.seq_id] = (slot, count)
         if self.draft_model is not None and wanted:
             drafts = self.draft_model.propose({seq: (slot.drafter.tokens, n) for seq, (slot, n) in wanted.items()})
@@ -186,11 +186,11 @@ class SpeculativeSteps:
             short -= len(extra)
         return padding
 
-    def busy_acceptance(self, sequences: int) -> float:
-        """How often a sequence's guesses must hold to draft in a busy step of `sequences`: busy_acceptance, or a
-        row's measured cost in tokens where that is higher (below it, the rows cost more than they win)."""
+    def busy_row_cost(self, sequences: int) -> float:
+        """What a guessed row costs, in tokens, in a busy step of `sequences`: measured (row_cost.py), at least
+        busy_row_cost (a fit over few row counts can read too cheap a row; a guess below it pays too little)."""
         cost = self.row_cost.of_a_token(sequences)
-        return self.options.busy_acceptance if cost is None else max(self.options.busy_acceptance, cost)
+        return self.options.busy_row_cost if cost is None else max(self.options.busy_row_cost, cost)
 
     def observe_step(self, rows: int, seconds: float) -> None:
         """A decode-only step's rows and `llama_decode` seconds (prompt chunks cost a row differently: not given)."""

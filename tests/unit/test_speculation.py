@@ -95,15 +95,28 @@ def test_a_busy_step_drafts_only_from_long_matches():
     assert drafter.lookup(2, shortest=6) == [7, 8]  # "1 2 3 4 5 6" again: six tokens matched
 
 
-def test_in_busy_steps_a_sequence_probes_briefly_then_drafts_only_while_its_drafts_hold():
-    options = SpeculationOptions(busy_evidence=8, busy_probe=4, busy_acceptance=0.75)
-    holding, failing = SequenceDrafter([], options), SequenceDrafter([], options)
+def test_in_busy_steps_a_sequence_probes_briefly_then_drafts_only_as_far_as_its_guesses_pay():
+    options = SpeculationOptions(busy_evidence=8, busy_probe=4, busy_row_cost=0.75, busy_draft_max=7)
+    holding, failing, mostly = (SequenceDrafter([], options) for _ in range(3))
     assert holding.busy_budget(16) == 4  # no record yet: a short probe
-    holding.drafted, holding.accepted = 8, 7
-    assert holding.busy_budget(16) == 15  # its drafts hold: its full length (15 to start)
-    failing.drafted, failing.accepted = 8, 3
-    assert failing.busy_budget(16) == 0  # they do not: no drafts while steps are busy
+    holding.drafted, holding.accepted = 8, 8
+    assert holding.busy_budget(16) == 7  # its guesses all held: the busy cap (not its 15 of a quiet step)
+    failing.drafted, failing.accepted, failing.broken = 8, 3, 2  # a guess holds 3 times in 5: less than a row costs
+    assert failing.busy_budget(16) == 0  # no drafts while steps are busy
     assert failing.budget(16) == 15  # (a quiet step still lets it try)
+    mostly.drafted, mostly.accepted, mostly.broken = 40, 38, 2  # holds 95 %: 0.95^5 = 0.77 >= 0.75 > 0.95^6
+    assert mostly.busy_budget(16) == 5
+    assert mostly.busy_budget(16, row_cost=0.9) == 2  # a dearer row: 0.95^2 = 0.90 > 0.9 > 0.95^3
+    assert mostly.busy_budget(3) == 3  # (within what the sequence has room for)
+
+
+def test_a_miss_counts_as_a_broken_draft():
+    drafter = SequenceDrafter([], SpeculationOptions())
+    drafter.verified(4, 4)
+    assert drafter.broken == 0
+    drafter.verified(4, 2)
+    drafter.verified(4, 0)
+    assert drafter.broken == 2
 
 
 def _steps_with_three_decoding_sequences(kv_unified: bool):
@@ -149,18 +162,18 @@ def test_a_rows_cost_is_read_off_the_steps_timed_so_far():
     assert abs(cost.of_a_token(8) - 0.040 / 0.060) < 1e-9  # a row of an 8-row step: two thirds of a token
 
 
-def test_busy_steps_ask_more_of_guesses_where_a_row_costs_more_than_busy_acceptance():
+def test_busy_steps_ask_more_of_guesses_where_a_row_costs_more_than_busy_row_cost():
     from types import SimpleNamespace
 
     from backends.llamacpp.speculative_steps import SpeculativeSteps
 
-    options = SpeculationOptions(busy_acceptance=0.75)
+    options = SpeculationOptions(busy_row_cost=0.75)
     steps = SpeculativeSteps(SimpleNamespace(kv_unified=True), None, options, 4096, None, sample=lambda slot: None)
-    assert steps.busy_acceptance(8) == 0.75  # nothing measured yet
+    assert steps.busy_row_cost(8) == 0.75  # nothing measured yet
     for rows in (4, 8, 12) * 8:  # 8 ms a step plus 9 ms a row: a row of an 8-row step costs 0.9 of a token
         steps.observe_step(rows, 0.008 + 0.009 * rows)
-    assert abs(steps.busy_acceptance(8) - 0.9) < 1e-6
-    assert steps.busy_acceptance(2) == 0.75  # two rows share the fixed part: a row costs 0.69 of a token there
+    assert abs(steps.busy_row_cost(8) - 0.9) < 1e-6
+    assert steps.busy_row_cost(2) == 0.75  # two rows share the fixed part: a row costs 0.69 of a token there
     drafter = SequenceDrafter([], options)
-    drafter.drafted, drafter.accepted = 10, 8  # holds 80 %: enough for the default, not for this machine's rows
-    assert drafter.busy_budget(16) == 15 and drafter.busy_budget(16, steps.busy_acceptance(8)) == 0
+    drafter.drafted, drafter.accepted, drafter.broken = 10, 8, 1  # a guess holds 8 times in 9: 0.89
+    assert drafter.busy_budget(16) == 2 and drafter.busy_budget(16, steps.busy_row_cost(8)) == 0
