@@ -85,13 +85,14 @@ class SpeculativeSteps:
         if busy and (self.draft_model is not None or not self.context.kv_unified):
             return {}
         shortest = self.options.busy_ngram_min if busy else 0
-        row_cost = self.busy_row_cost(len(decoding)) if busy else None
+        row_cost = self.busy_row_cost(len(decoding)) if busy else self.row_cost.of_a_token(len(decoding))
         wanted: dict[int, tuple[Slot, int]] = {}
         for slot in decoding:
             if slot.drafter is None or slot.forced:
                 continue
             left = self._room(slot)
-            if count := (slot.drafter.busy_budget(left, row_cost) if shortest else slot.drafter.budget(left)):
+            if count := (slot.drafter.busy_budget(left, row_cost) if busy
+                          else slot.drafter.quiet_budget(left, row_cost)):
                 wanted[slot.seq_id] = (slot, count)
         if self.draft_model is not None and wanted:
             drafts = self.draft_model.propose({seq: (slot.drafter.tokens, n) for seq, (slot, n) in wanted.items()})
@@ -115,23 +116,24 @@ class SpeculativeSteps:
 
     def _round_to_tiles(self, decoding: list[Slot], drafts: dict[int, StepDraft]) -> None:
         """Round the step's row count to whole tiles, by this machine's measured step times (row_cost.py: on an
-        AVX-512 EPYC 7 rows cost 4.05 one-row steps, 8 rows 3.47): drafts continued by lookup up to the next whole
-        tile (its drafter judged the sequence worth guessing for; a few more rows of the same lookup may hold too),
-        or guesses for sequences not drafting, where the step with them is measured to cost no more than without
-        (the fifth row of 5 costs more than the next three together on that EPYC: 5 rows 3.36 one-row steps, 8 rows
-        3.47); else the drafts' last rows cut, where that is faster per expected token (a guessed row is worth the
-        drafter's acceptance so far)."""
+        AVX-512 EPYC 7 rows cost 4.05 one-row steps, 8 rows 3.47), whichever is faster per expected token (a guessed
+        row is worth its drafter's acceptance so far; a sequence's last token repeated, nothing): padded up to the
+        next whole tile (drafts continued by lookup, else guesses for sequences not drafting), or the drafts' last
+        rows cut. Where the padded row count was not timed yet, drafts are continued anyway (so it gets timed), but no
+        guesses are added for others; where the cheaper count is not known, nothing changes."""
         rows = len(decoding) + sum(len(draft.tokens) for draft in drafts.values())
         spilled, short = rows % TILE, -rows % TILE
         now = self.row_cost.step_seconds(rows)
         if not spilled or now is None:
             return
+        expected = len(decoding) + sum(self._worth(draft.slot) * len(draft.tokens) for draft in drafts.values())
         padded = self.row_cost.step_seconds(rows + short)
         if rows + short <= self.context.n_batch:
             padding = self._padding(decoding, drafts, short)
-            continued = all(continues for _, _, continues in padding.values())
+            gain = sum(self._worth(slot) * len(extra) for slot, extra, guessed in padding.values() if guessed)
+            continued = all(slot.seq_id in drafts for slot, _, _ in padding.values())
             if sum(len(extra) for _, extra, _ in padding.values()) == short and (
-                    continued or (padded is not None and padded <= now)):
+                    (expected + gain) / padded >= expected / now if padded is not None else continued):
                 for seq_id, (slot, extra, _) in padding.items():
                     draft = drafts.setdefault(seq_id, StepDraft(slot, []))
                     draft.tokens, draft.padding = draft.tokens + extra, draft.padding + len(extra)
@@ -140,16 +142,18 @@ class SpeculativeSteps:
         trimmed = self.row_cost.step_seconds(rows - len(cut))
         if not cut or trimmed is None:
             return
-        worth = {seq_id: (draft.slot.drafter.accepted + 1) / (draft.slot.drafter.drafted + 2)
-                 for seq_id, draft in drafts.items()}
-        expected = len(decoding) + sum(worth[seq_id] * len(draft.tokens) for seq_id, draft in drafts.items())
-        if (expected - sum(worth[seq_id] for seq_id in cut)) / trimmed > expected / now:
+        if (expected - sum(self._worth(drafts[seq_id].slot) for seq_id in cut)) / trimmed > expected / now:
             for seq_id in cut:
                 draft = drafts[seq_id]
                 draft.tokens = draft.tokens[:-1]
                 draft.slot.drafter.drafted -= 1
                 if not draft.tokens:
                     del drafts[seq_id]
+
+    @staticmethod
+    def _worth(slot: Slot) -> float:
+        """Tokens a guessed row of the sequence is expected to give: its guesses' acceptance so far (a prior of 1/2)."""
+        return (slot.drafter.accepted + 1) / (slot.drafter.drafted + 2)
 
     @staticmethod
     def _cut(drafts: dict[int, StepDraft], count: int) -> list[int]:
@@ -166,8 +170,8 @@ class SpeculativeSteps:
 
     def _padding(self, decoding: list[Slot], drafts: dict[int, StepDraft],
                  short: int) -> dict[int, tuple[Slot, list[int], bool]]:
-        """Up to `short` more guessed tokens, and whether they continue a draft: drafts continued by lookup first,
-        then guesses for sequences not drafting (a lookup of any length, or their last token again)."""
+        """Up to `short` more guessed tokens by sequence, and whether they are a lookup's guess: drafts continued by
+        lookup first, then guesses for sequences not drafting (a lookup of any length, or their last token again)."""
         padding: dict[int, tuple[Slot, list[int], bool]] = {}
         for slot in sorted(decoding, key=lambda s: s.seq_id not in drafts):
             if short == 0:
@@ -180,7 +184,7 @@ class SpeculativeSteps:
                 continue
             extra = slot.drafter.continuation(draft, len(draft) + room, self._others(slot, decoding))[len(draft):]
             if extra:
-                padding[slot.seq_id] = (slot, extra, bool(draft))
+                padding[slot.seq_id] = (slot, extra, True)
             elif not draft:
                 padding[slot.seq_id] = (slot, extra := [slot.drafter.tokens[-1]], False)
             short -= len(extra)
