@@ -85,14 +85,14 @@ class SpeculativeSteps:
         if busy and (self.draft_model is not None or not self.context.kv_unified):
             return {}
         shortest = self.options.busy_ngram_min if busy else 0
-        row_cost = self.busy_row_cost(len(decoding)) if busy else self.row_cost.of_a_token(len(decoding))
+        row_cost = self.busy_row_cost(len(decoding)) if busy else None
         wanted: dict[int, tuple[Slot, int]] = {}
         for slot in decoding:
             if slot.drafter is None or slot.forced:
                 continue
             left = self._room(slot)
             if count := (slot.drafter.busy_budget(left, row_cost) if busy
-                          else slot.drafter.quiet_budget(left, row_cost)):
+                          else slot.drafter.budget(left)):
                 wanted[slot.seq_id] = (slot, count)
         if self.draft_model is not None and wanted:
             drafts = self.draft_model.propose({seq: (slot.drafter.tokens, n) for seq, (slot, n) in wanted.items()})
