@@ -116,13 +116,3 @@ def test_accepted_padding_gives_tokens_but_only_the_drafters_own_guesses_count_f
     assert slot.drafter.length == 9  # a full hit of its own 4: twice the rows
     assert slot.draft == [] and slot.padding == 0 and slot.unverified == 0
 
-
-def test_a_draft_is_not_padded_where_the_padded_step_gives_fewer_expected_tokens_a_second(batch):
-    # SmolLM2-135M on a Xeon: every row costs about half a one-row step, tiles or not
-    smollm2_ms = {1: 10.0, 4: 24.0, 5: 29.2, 8: 42.4}
-    slot = decoding_slot(0, CYCLE * 4, batch)
-    slot.drafter.length = 4
-    slot.drafter.drafted, slot.drafter.accepted = 20, 4  # its guesses held 20 % of the time
-    speculative_steps(batch, measured=smollm2_ms).add_drafts([slot])
-    # padded: (1 + 7 x 0.23) tokens in 42.4 ms lose to 1 + 4 x 0.23 in 29.2; one row fewer (24.0 ms) wins
-    assert slot.padding == 0 and slot.draft == CYCLE[:3]
