@@ -46,8 +46,10 @@ def required(client: openai.OpenAI, model: str) -> None:
     # 512: the stand-in model spells some families' control markers in many tokens (Kimi K3's shortest call takes
     # SmolLM2 101 tokens, and a constrained answer's floor is twice its shortest form), and may wander first: on a
     # Xeon with AVX-512 its Granite 3.3 call came after 417 tokens of `]` (256 sufficed on an AMD EPYC)
+    # Without speculation: the check is that streaming parses the same call, and speculation's step shapes, learnt
+    # from step times, can part two greedy runs at a near tie (Kimi K3's did once in CI)
     kwargs = dict(model=model, messages=[ASK], tools=[WEATHER], tool_choice="required", max_tokens=512, temperature=0,
-                  parallel_tool_calls=False)
+                  parallel_tool_calls=False, extra_body={"speculative": False})
     client.chat.completions.create(**kwargs)  # warm the prefix cache so both runs below share one numeric regime
     whole = client.chat.completions.create(**kwargs)
     choice = whole.choices[0]
