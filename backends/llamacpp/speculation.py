@@ -54,8 +54,8 @@ class SpeculationOptions:
     busy_ngram_min: int = 6  # shortest match drafted from in a busy step
     busy_row_cost: float = 0.75  # a busy step's row, in tokens, until measured (row_cost.py): see busy_budget
     busy_draft_max: int = 7  # longest draft in a busy step (8 rows a sequence: whole tiles whatever the count)
-    busy_evidence: int = 8  # ...once a sequence has drafted this many tokens; before that, drafts of at most busy_probe
-    busy_probe: int = 4
+    busy_evidence: int = 8  # a sequence's busy drafts are probes of at most busy_probe tokens until it has drafted
+    busy_probe: int = 4  # this many (its hold is not known before)
     pool_ngram_min: int = 4  # shortest match taken from another sequence's tokens
     pool_tokens: int = 0  # tokens of finished sequences kept to draft from (0: no drafts from other sequences)
 
@@ -124,9 +124,11 @@ class SequenceDrafter:
         1.17-1.21x; at 3: 1.10-1.24x."""
         if self.drafted < self.options.busy_evidence:
             return self.budget(min(limit, self.options.busy_probe))
+        limit = min(limit, self.options.busy_draft_max)
         paying = self.paying_rows(row_cost or self.options.busy_row_cost)
-        limit = min(limit, self.options.busy_draft_max, limit if paying is None else paying)
-        return self.budget(limit) if limit > 0 else 0
+        if paying is not None:
+            limit = min(limit, paying)
+        return self.budget(limit) if limit > 0 else 0  # (0: no draft, and its cooldown not spent on one)
 
     def paying_rows(self, row_cost: float) -> int | None:
         """Most guessed rows worth a step where a row costs `row_cost` of a token: the k-th gives a token only if the

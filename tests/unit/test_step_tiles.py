@@ -115,4 +115,3 @@ def test_accepted_padding_gives_tokens_but_only_the_drafters_own_guesses_count_f
     assert slot.drafter.accepted == 4  # (its record: 4 of 4)
     assert slot.drafter.length == 9  # a full hit of its own 4: twice the rows
     assert slot.draft == [] and slot.padding == 0 and slot.unverified == 0
-
